@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (as root, after scripts/setup.sh):
+# lint, ansible-test sanity, unit tests, then the real loopback test bed for
+# integration and molecule tests, torn down afterwards whatever happened.
+# Set BB_TEST_STAGES to a subset of "lint sanity unit integration molecule".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+export ANSIBLE_CONFIG="$PWD/ansible.cfg"
+stages=${BB_TEST_STAGES:-lint sanity unit integration molecule}
+want() { [[ " $stages " == *" $1 "* ]]; }
+step() { printf '\n=== %s\n' "$*"; }
+
+if want lint; then
+  step "lint: ruff, yamllint, ansible-lint"
+  ruff check src tests plugins
+  yamllint --strict .
+  ansible-lint --offline
+fi
+
+if want sanity; then
+  step "ansible-test sanity"
+  scripts/sanity.sh
+fi
+
+if want unit; then
+  step "unit tests"
+  pytest -q tests/unit
+fi
+
+if want integration || want molecule; then
+  step "test bed up"
+  trap 'step "test bed down"; bbctl testbed down' EXIT
+  bbctl testbed up
+  if want integration; then
+    step "integration tests on the test bed"
+    pytest -q tests/integration
+  fi
+  if want molecule; then
+    step "molecule"
+    for scenario in molecule/*/; do
+      name=$(basename "$scenario")
+      [ "$name" = "resources" ] || molecule test -s "$name"
+    done
+  fi
+  step "test bed down"
+  trap - EXIT
+  bbctl testbed down
+  scripts/check-clean.sh
+fi
+echo "ALL TESTS PASSED"

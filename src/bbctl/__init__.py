@@ -1,0 +1,1 @@
+"""bbctl: the Slurm-facing orchestrator of the hpc.burstbuffer collection."""

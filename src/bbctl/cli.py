@@ -1,0 +1,106 @@
+"""The bbctl command line.
+
+Exit codes: 0 success; 1 the operation failed (the reason is printed on one
+line); 2 the command line itself was wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bbctl.collection import sizes
+from bbctl.errors import BBError
+from bbctl.testbed import manager
+from bbctl.testbed.config import DEFAULT_ROOT, SLURM_FLAVOURS, TestbedConfig
+
+
+def _size(text: str) -> int:
+    try:
+        return sizes.parse_size(text)
+    except sizes.SizeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_testbed(subparsers: argparse._SubParsersAction) -> None:
+    testbed = subparsers.add_parser(
+        "testbed", help="a loopback GlusterFS cluster and a one-node Slurm on this machine",
+        description="Build, inspect or remove the loopback test bed (run as root).")
+    actions = testbed.add_subparsers(dest="action", required=True)
+    up = actions.add_parser("up", help="build the test bed, or repair a partial one")
+    up.add_argument("--servers", type=int, default=3, help="glusterd servers (default 3)")
+    up.add_argument("--bricks", type=int, default=2, dest="bricks_per_server",
+                    help="NVMe bricks per server (default 2)")
+    up.add_argument("--brick-size", type=_size, default=4 * 1024**3,
+                    help="size of each sparse brick image (default 4GiB)")
+    up.add_argument("--address-prefix", default="127.1.1",
+                    help="servers listen on PREFIX.1 .. PREFIX.N (default 127.1.1)")
+    up.add_argument("--slurm", choices=SLURM_FLAVOURS, default="lua",
+                    help="burst buffer plugin of the test Slurm, or none (default lua)")
+    up.add_argument("--user", default="bbuser", help="unprivileged job owner (default bbuser)")
+    for name in ("up", "down", "status"):
+        parser = up if name == "up" else actions.add_parser(
+            name, help={"down": "remove everything the test bed made",
+                        "status": "show what runs"}[name])
+        parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
+                            help=f"where the test bed keeps its files (default {DEFAULT_ROOT})")
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bbctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_testbed(subparsers)
+    return parser
+
+
+def _run_testbed(args: argparse.Namespace) -> int:
+    say = (lambda _: None) if args.json else print
+    if args.action == "down":
+        manager.down(args.root, progress=say)
+        report: dict = {"root": str(args.root), "up": False}
+    elif args.action == "up":
+        config = TestbedConfig(
+            root=args.root, servers=args.servers, bricks_per_server=args.bricks_per_server,
+            brick_size=args.brick_size, address_prefix=args.address_prefix, slurm=args.slurm,
+            user=args.user)
+        report = manager.up(config, progress=say)
+    else:
+        report = manager.status(TestbedConfig.load(args.root))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif args.action == "status":
+        _print_status(report)
+    return 0 if args.action != "status" or report["up"] else 3
+
+
+def _print_status(report: dict) -> None:
+    print(f"test bed under {report['root']}: {'up' if report['up'] else 'NOT up'}")
+    for node in report["nodes"]:
+        bricks = ", ".join(f"{b['path']}{'' if b['mounted'] else ' (unmounted)'}"
+                           for b in node["bricks"])
+        print(f"  {node['name']} {node['address']} glusterd "
+              f"{'running' if node['glusterd'] else 'stopped'}; bricks {bricks}")
+    if "slurm" in report:
+        s = report["slurm"]
+        print(f"  slurm ({s['burst_buffer']}): slurmctld {s['slurmctld']}, slurmd {s['slurmd']}, "
+              f"munged {s['munged']}, node {s['node_state'] or '?'}; SLURM_CONF={s['slurm_conf']}")
+    print(f"  inventory {report['inventory']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run_testbed(args)
+    except BBError as exc:
+        print(f"bbctl {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

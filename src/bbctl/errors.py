@@ -1,0 +1,22 @@
+"""Errors a user or operator can cause. Each carries a one-line reason."""
+
+
+class BBError(Exception):
+    """A failure with a message fit to show as it is (no traceback).
+
+    ``exit_code`` is what the CLI exits with; the codes are documented in
+    ``bbctl --help``.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class TestbedError(BBError):
+    """The loopback test bed cannot be built or torn down as asked."""
+
+    __test__ = False  # not a pytest test class, despite the name

@@ -1,0 +1,168 @@
+"""Facts about this host read from the kernel: processes, mounts, loop devices.
+
+Everything here reads /proc or asks util-linux; nothing guesses by process
+name. Processes are only ever signalled by pid from a pid file we wrote or a
+daemon we started wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bbctl.errors import BBError
+
+C_LOCALE = {**os.environ, "LANG": "C", "LC_ALL": "C"}
+
+
+def run(argv: Sequence[str], *, check: bool = True, timeout: float = 120,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run argv (never through a shell) in the C locale; raise BBError on failure."""
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
+                              env=env or C_LOCALE, stdin=subprocess.DEVNULL, check=False)
+    except FileNotFoundError as exc:
+        raise BBError(f"command not found: {argv[0]}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise BBError(f"{' '.join(argv)}: no answer within {timeout:.0f} s") from exc
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        reason = detail[-1] if detail else f"exit status {proc.returncode}"
+        raise BBError(f"{' '.join(argv)}: {reason}")
+    return proc
+
+
+def missing_commands(commands: Sequence[str]) -> list[str]:
+    return [cmd for cmd in commands if shutil.which(cmd) is None]
+
+
+# --- processes -------------------------------------------------------------
+
+def pid_alive(pid: int) -> bool:
+    """True if pid runs and is not a zombie (PID 1 here may be slow to reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")
+
+
+def read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def running_pid(pid_file: Path) -> int | None:
+    """The pid in pid_file if that process still runs, else None."""
+    pid = read_pid(pid_file)
+    return pid if pid is not None and pid_alive(pid) else None
+
+
+def stop_pid(pid: int, *, grace: float = 10.0) -> None:
+    """SIGTERM, wait up to grace seconds, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return
+            time.sleep(0.05)
+    raise BBError(f"process {pid} survived SIGKILL")
+
+
+def stop_pid_file(pid_file: Path, *, grace: float = 10.0) -> bool:
+    """Stop the process named by pid_file; True if one was running."""
+    pid = running_pid(pid_file)
+    if pid is not None:
+        stop_pid(pid, grace=grace)
+    pid_file.unlink(missing_ok=True)
+    return pid is not None
+
+
+def address_in_use(host: str, port: int) -> bool:
+    """True if nothing of ours could listen on host:port (someone holds it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+# --- mounts ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: Path
+    fstype: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal.
+    return (field.replace("\\040", " ").replace("\\011", "\t")
+            .replace("\\012", "\n").replace("\\134", "\\"))
+
+
+def mounts() -> list[Mount]:
+    """Current mounts from /proc/self/mountinfo (the kernel's own truth)."""
+    result = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        before, after = line.split(" - ", 1)
+        target = _unescape(before.split()[4])
+        fstype, source = after.split()[:2]
+        result.append(Mount(_unescape(source), Path(target), fstype))
+    return result
+
+
+def mount_at(target: Path) -> Mount | None:
+    found = [m for m in mounts() if m.target == target]
+    return found[-1] if found else None
+
+
+def umount(target: Path) -> None:
+    """Unmount target, lazily if busy: the test bed must never be left mounted."""
+    if run(["umount", str(target)], check=False).returncode != 0:
+        run(["umount", "-l", str(target)])
+
+
+# --- loop devices ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoopDevice:
+    device: str
+    backing_file: str
+
+
+def loop_devices() -> list[LoopDevice]:
+    out = run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"]).stdout
+    if not out.strip():
+        return []
+    return [LoopDevice(d["name"], (d.get("back-file") or "").removesuffix(" (deleted)"))
+            for d in json.loads(out)["loopdevices"]]
+
+
+def loops_backed_under(directory: Path) -> Iterator[LoopDevice]:
+    prefix = str(directory).rstrip("/") + "/"
+    return (loop for loop in loop_devices() if loop.backing_file.startswith(prefix))
+
+
+def loop_for(image: Path) -> str | None:
+    for loop in loop_devices():
+        if loop.backing_file == str(image):
+            return loop.device
+    return None

@@ -1,0 +1,1 @@
+"""The loopback test bed: real GlusterFS servers, NVMe bricks on loop devices, Slurm."""

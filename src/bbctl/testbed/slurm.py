@@ -1,0 +1,160 @@
+"""The Slurm half of the test bed: a private munged, slurmctld and slurmd.
+
+Everything lives under ``<root>/slurm`` and ``<root>/munge``: our own munge key
+and socket (named in slurm.conf by AuthInfo), our own slurm.conf (found by
+SLURM_CONF, which also makes slurmctld look for burst_buffer.lua beside it). A
+munged or Slurm that the site already runs is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import string
+import time
+from importlib import resources
+from pathlib import Path
+
+from bbctl import host
+from bbctl.collection import COLLECTION_ROOT
+from bbctl.errors import TestbedError
+from bbctl.testbed.config import TestbedConfig
+
+SLURMCTLD_PORT = 6817
+SLURMD_PORT = 6818
+LUA_SCRIPT = COLLECTION_ROOT / "slurm" / "burst_buffer.lua"
+
+
+def slurm_env(config: TestbedConfig) -> dict[str, str]:
+    """The environment every Slurm command of the test bed needs."""
+    return {**host.C_LOCALE, "SLURM_CONF": str(config.slurm_conf)}
+
+
+# --- munge -----------------------------------------------------------------------
+
+def _munge_paths(config: TestbedConfig) -> dict[str, Path]:
+    d = config.munge_dir
+    return {"key": d / "munge.key", "socket": d / "munge.socket", "pid": d / "munged.pid",
+            "log": d / "munged.log", "seed": d / "munged.seed"}
+
+
+def start_munged(config: TestbedConfig) -> None:
+    paths = _munge_paths(config)
+    if host.running_pid(paths["pid"]):
+        return
+    munge = pwd.getpwnam("munge")
+    config.munge_dir.mkdir(parents=True, exist_ok=True)
+    # munged refuses directories and keys that others could write or read.
+    os.chmod(config.munge_dir, 0o755)
+    if not paths["key"].exists():
+        paths["key"].write_bytes(os.urandom(1024))
+    os.chmod(paths["key"], 0o600)
+    for path in (config.munge_dir, paths["key"]):
+        os.chown(path, munge.pw_uid, munge.pw_gid)
+    paths["socket"].unlink(missing_ok=True)
+    host.run(["runuser", "-u", "munge", "--", "munged",
+              f"--socket={paths['socket']}", f"--key-file={paths['key']}",
+              f"--pid-file={paths['pid']}", f"--log-file={paths['log']}",
+              f"--seed-file={paths['seed']}"])
+    _wait(lambda: paths["socket"].exists(), "munged socket", paths["log"])
+
+
+# --- Slurm -----------------------------------------------------------------------
+
+def _render(template: str, **values: object) -> str:
+    text = resources.files("bbctl.testbed").joinpath("templates", template).read_text()
+    return string.Template(text).substitute({k: str(v) for k, v in values.items()})
+
+
+def write_config(config: TestbedConfig) -> None:
+    d = config.slurm_dir
+    for sub in ("etc", "state", "spool", "log"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    flavour = "datawarp" if config.slurm == "datawarp" else "lua"
+    values = {
+        "hostname": config.hostname, "slurmctld_port": SLURMCTLD_PORT,
+        "slurmd_port": SLURMD_PORT, "munge_socket": _munge_paths(config)["socket"],
+        "slurm_dir": d, "burst_buffer_type": f"burst_buffer/{flavour}",
+        "cpus": os.cpu_count() or 1, "bin_dir": Path(config.python).parent,
+    }
+    config.slurm_conf.write_text(_render("slurm.conf", **values))
+    (d / "etc" / "burst_buffer.conf").write_text(
+        _render(f"burst_buffer-{flavour}.conf", **values))
+    if flavour == "lua":
+        shutil.copyfile(LUA_SCRIPT, d / "etc" / "burst_buffer.lua")
+        _write_pools(config, d / "etc" / "bbctl-pools.json")
+
+
+def _write_pools(config: TestbedConfig, path: Path) -> None:
+    """The test bed's one pool, "nvme": every brick, one brick per granule."""
+    bricks = config.servers * config.bricks_per_server
+    pool = {"id": "nvme", "granularity": config.brick_size, "quantity": bricks, "free": bricks}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pools": [pool]}) + "\n")
+    tmp.rename(path)
+
+
+def _daemon(config: TestbedConfig, name: str) -> Path:
+    return config.slurm_dir / f"{name}.pid"
+
+
+def start_slurm(config: TestbedConfig) -> None:
+    env = slurm_env(config)
+    for daemon, port in (("slurmctld", SLURMCTLD_PORT), ("slurmd", SLURMD_PORT)):
+        if host.running_pid(_daemon(config, daemon)):
+            continue
+        if host.address_in_use("0.0.0.0", port):
+            raise TestbedError(f"port {port} for {daemon} is already taken "
+                               "(a Slurm of the site?); stop it first")
+        argv = [daemon] + (["-N", config.hostname] if daemon == "slurmd" else [])
+        host.run(argv, env=env)
+        _wait(lambda d=daemon: host.running_pid(_daemon(config, d)) is not None,
+              daemon, config.slurm_dir / "log" / f"{daemon}.log")
+    _wait(lambda: _node_state(config) in ("idle", "mixed", "allocated"),
+          f"node {config.hostname} to become idle", config.slurm_dir / "log" / "slurmd.log")
+
+
+def _node_state(config: TestbedConfig) -> str:
+    proc = host.run(["sinfo", "-h", "-N", "-o", "%T"], env=slurm_env(config), check=False)
+    return proc.stdout.strip().rstrip("*~#") if proc.returncode == 0 else ""
+
+
+def slurm_status(config: TestbedConfig) -> dict[str, object]:
+    return {
+        "munged": host.running_pid(_munge_paths(config)["pid"]) is not None,
+        "slurmctld": host.running_pid(_daemon(config, "slurmctld")) is not None,
+        "slurmd": host.running_pid(_daemon(config, "slurmd")) is not None,
+        "node_state": _node_state(config) if config.slurm_conf.exists() else "",
+        "burst_buffer": config.slurm, "slurm_conf": str(config.slurm_conf),
+    }
+
+
+def stop_slurm(config: TestbedConfig) -> list[str]:
+    """Stop slurmd, slurmctld and munged by the pid files they wrote under root."""
+    stopped = []
+    for name, pid_file in (("slurmd", _daemon(config, "slurmd")),
+                           ("slurmctld", _daemon(config, "slurmctld")),
+                           ("munged", _munge_paths(config)["pid"])):
+        if host.stop_pid_file(pid_file):
+            stopped.append(name)
+    return stopped
+
+
+def ensure_user(name: str) -> pwd.struct_passwd:
+    """The unprivileged job owner (Slurm refuses burst buffers to root)."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        host.run(["useradd", "--create-home", "--shell", "/bin/bash", name])
+        return pwd.getpwnam(name)
+
+
+def _wait(ready, what: str, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        time.sleep(0.2)
+    raise TestbedError(f"{what} not ready within {timeout:.0f} s; see {log}")

@@ -1,0 +1,173 @@
+"""The storage half of the test bed: "NVMe" bricks and glusterd "servers".
+
+A brick is a sparse image on a loop device, formatted XFS as a real NVMe brick
+would be (``mkfs.xfs -i size=512``) and mounted under its node's directory. A
+server is a glusterd bound to its own loopback alias with its own working
+directory, run directory and socket, as GlusterFS's regression tests do it.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+
+from bbctl import host
+from bbctl.errors import BBError, TestbedError
+from bbctl.testbed.config import GLUSTERD_PORT, Node, TestbedConfig
+
+
+# --- bricks ------------------------------------------------------------------
+
+def ensure_brick(node: Node, k: int, size: int) -> str:
+    """Image -> loop device -> XFS -> mounted; reuses whatever already exists."""
+    image, mountpoint = node.brick_image(k), node.brick_mount(k)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    if not image.exists():
+        with image.open("wb") as fh:
+            fh.truncate(size)
+    device = host.loop_for(image) or host.run(["losetup", "--find", "--show", str(image)]).stdout.strip()
+    if host.run(["blkid", "-o", "value", "-s", "TYPE", device], check=False).stdout.strip() != "xfs":
+        host.run(["mkfs.xfs", "-q", "-i", "size=512", device])
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    if host.mount_at(mountpoint) is None:
+        host.run(["mount", "-o", "noatime,inode64", device, str(mountpoint)])
+    return device
+
+
+# --- glusterd ------------------------------------------------------------------
+
+def gluster(node: Node, *args: str, check: bool = True, timeout: float = 120):
+    """The gluster CLI aimed at one test-bed node through its socket."""
+    return host.run(["gluster", "--mode=script", f"--glusterd-sock={node.socket}", *args],
+                    check=check, timeout=timeout)
+
+
+def glusterd_running(node: Node) -> bool:
+    return host.running_pid(node.pid_file) is not None
+
+
+def start_glusterd(node: Node) -> None:
+    if glusterd_running(node):
+        return
+    if host.address_in_use(node.address, GLUSTERD_PORT):
+        raise TestbedError(
+            f"{node.address}:{GLUSTERD_PORT} is already taken by another process "
+            "(a system glusterd?); stop it or choose another --address-prefix")
+    for directory in (node.glusterd_dir, node.run_dir, node.log_file.parent):
+        directory.mkdir(parents=True, exist_ok=True)
+    node.pid_file.unlink(missing_ok=True)
+    host.run([
+        "glusterd",
+        "--xlator-option", f"management.working-directory={node.glusterd_dir}",
+        "--xlator-option", f"management.transport.socket.bind-address={node.address}",
+        "--xlator-option", f"management.run-directory={node.run_dir}",
+        "--xlator-option", f"management.glusterd-sockfile={node.socket}",
+        "-p", str(node.pid_file), "-l", str(node.log_file),
+    ])
+    _wait_for_glusterd(node)
+
+
+def _wait_for_glusterd(node: Node, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if node.socket.exists() and gluster(node, "pool", "list", check=False).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise TestbedError(f"glusterd for {node.name} did not answer within {timeout:.0f} s; "
+                       f"see {node.log_file}")
+
+
+def _xml(node: Node, *args: str) -> ET.Element:
+    out = gluster(node, *args, "--xml").stdout
+    return ET.fromstring(out)
+
+
+def peers(node: Node) -> dict[str, bool]:
+    """Peers node 'node' knows: hostname -> connected."""
+    root = _xml(node, "pool", "list")
+    return {p.findtext("hostname", ""): p.findtext("connected") == "1"
+            for p in root.iter("peer") if p.findtext("hostname") != "localhost"}
+
+
+def ensure_peers(nodes: list[Node], timeout: float = 60) -> None:
+    """Probe every other node from the first, then wait until all are connected."""
+    first, others = nodes[0], nodes[1:]
+    for node in others:
+        if node.address not in peers(first):
+            gluster(first, "peer", "probe", node.address)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        known = peers(first)
+        if all(known.get(n.address) for n in others):
+            return
+        time.sleep(0.3)
+    raise TestbedError(f"peers did not all connect within {timeout:.0f} s: {peers(first)}")
+
+
+def volumes(node: Node) -> list[str]:
+    return [v.findtext("name", "") for v in _xml(node, "volume", "info").iter("volume")
+            if v.findtext("name")]
+
+
+# --- teardown ------------------------------------------------------------------
+
+def stop_gluster_processes(config: TestbedConfig) -> list[str]:
+    """Stop every glusterd, brick, self-heal and quota daemon of the test bed.
+
+    They all write pid files under the test bed's root (the glusterd ones we ask
+    for, the others glusterd puts in its run directory): stop by those pids.
+    glusterd goes first so it does not restart what we stop next.
+    """
+    stopped = []
+    for node in config.nodes:
+        if host.stop_pid_file(node.pid_file):
+            stopped.append(f"glusterd {node.name}")
+    if config.root.exists():
+        for pid_file in sorted(config.root.glob("node*/run/**/*.pid")):
+            if host.stop_pid_file(pid_file, grace=5):
+                stopped.append(f"{pid_file.stem} of {pid_file.relative_to(config.root).parts[0]}")
+    return stopped
+
+
+def unmount_clients(config: TestbedConfig) -> list[str]:
+    """Unmount every glusterfs client mount served by a test-bed address, wherever it is."""
+    prefix = config.address_prefix + "."
+    done = []
+    for mount in reversed(host.mounts()):
+        if mount.fstype.startswith("fuse.glusterfs") and mount.source.startswith(prefix):
+            host.umount(mount.target)
+            done.append(str(mount.target))
+    return done
+
+
+def remove_bricks(config: TestbedConfig) -> list[str]:
+    """Unmount brick file systems under root and detach their loop devices."""
+    done = []
+    root = str(config.root).rstrip("/") + "/"
+    for mount in reversed(host.mounts()):
+        if str(mount.target).startswith(root):
+            host.umount(mount.target)
+            done.append(f"umount {mount.target}")
+    for loop in host.loops_backed_under(config.root):
+        try:
+            host.run(["losetup", "--detach", loop.device])
+        except BBError:
+            time.sleep(0.5)  # the lazy unmount above may still hold it for a moment
+            host.run(["losetup", "--detach", loop.device])
+        done.append(f"detach {loop.device}")
+    return done
+
+
+def brick_devices(node: Node) -> list[str]:
+    return [host.loop_for(node.brick_image(k)) or "" for k in range(1, node.brick_count + 1)]
+
+
+def describe(node: Node) -> dict[str, object]:
+    """What is up on one node, for ``bbctl testbed status``."""
+    bricks = []
+    for k in range(1, node.brick_count + 1):
+        mount = host.mount_at(node.brick_mount(k))
+        bricks.append({"path": str(node.brick_mount(k)), "device": mount.source if mount else None,
+                       "mounted": mount is not None})
+    return {"name": node.name, "address": node.address, "glusterd": glusterd_running(node),
+            "socket": str(node.socket), "bricks": bricks}
