@@ -1,0 +1,210 @@
+# -*- coding: utf-8 -*-
+# Copyright: hpc.burstbuffer developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: UP001, UP009, UP010  (ansible-test sanity requires this boilerplate)
+"""Mounts: what the kernel says is mounted, and mount/umount that survive "busy".
+
+The truth is /proc/self/mountinfo (not /etc/mtab, not /etc/fstab): it names the
+device by major:minor, so a brick mounted through another device node or bound
+elsewhere is still recognised. Parsers are pure functions of text; the only
+functions that run anything take the AnsibleModule and go through
+``module.run_command`` in the C locale, because error text is matched.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import grp
+import os
+import pwd
+import re
+import stat
+import time
+from collections import namedtuple
+
+MOUNTINFO = "/proc/self/mountinfo"
+C_LOCALE = {"LANG": "C", "LC_ALL": "C", "LC_MESSAGES": "C"}
+
+# Transient EBUSY from umount/mount: a process still has a file open or its
+# cwd inside, or a FUSE daemon has not finished tearing down. Worth retrying.
+_BUSY_PATTERNS = ("target is busy", "device is busy", "device or resource busy")
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+MountEntry = namedtuple("MountEntry", [
+    "mount_id", "parent_id", "major", "minor", "root", "target", "options",
+    "fstype", "source", "super_options",
+])
+
+
+class MountError(Exception):
+    """A mount or umount that failed for good; the message says what to do."""
+
+
+def unescape(field):
+    """Undo the kernel's octal escapes in mountinfo/swaps fields (``\\040`` = space)."""
+    return _OCTAL_ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), field)
+
+
+def parse_mountinfo_line(line):
+    """One mountinfo line -> MountEntry (see proc(5): optional fields end at ``-``)."""
+    fields = line.split()
+    separator = fields.index("-", 6)
+    major, minor = fields[2].split(":")
+    fstype, source, super_options = [*fields[separator + 1:separator + 4], "", ""][:3]
+    return MountEntry(
+        mount_id=int(fields[0]), parent_id=int(fields[1]), major=int(major), minor=int(minor),
+        root=unescape(fields[3]), target=unescape(fields[4]), options=fields[5],
+        fstype=fstype, source=unescape(source), super_options=super_options)
+
+
+def parse_mountinfo(text):
+    """All mounts in mountinfo text, in mount order (later entries stack on earlier)."""
+    return [parse_mountinfo_line(line) for line in text.splitlines() if line.strip()]
+
+
+def read_mountinfo(path=MOUNTINFO):
+    with open(path) as handle:
+        return parse_mountinfo(handle.read())
+
+
+def normalise_path(path):
+    """Absolute, symlink-free path as the kernel reports it, even if it does not exist yet."""
+    return os.path.realpath(os.path.abspath(path))
+
+
+def mount_at(entries, path):
+    """The mount visible at path (the last one stacked there), or None."""
+    found = [entry for entry in entries if entry.target == path]
+    return found[-1] if found else None
+
+
+def mounts_of_device(entries, device, numbers=None):
+    """Mounts of a block device, found by major:minor first (bind mounts, other names)."""
+    return [entry for entry in entries
+            if (numbers is not None and (entry.major, entry.minor) == tuple(numbers))
+            or entry.source == device]
+
+
+def is_busy(stderr):
+    text = (stderr or "").lower()
+    return any(pattern in text for pattern in _BUSY_PATTERNS)
+
+
+def mount_argv(source, path, fstype=None, options=None):
+    argv = ["mount"]
+    if fstype:
+        argv += ["-t", fstype]
+    if options:
+        argv += ["-o", options]
+    return [*argv, source, path]
+
+
+def umount_argv(path):
+    return ["umount", path]
+
+
+def backoff_delays(retries, delay):
+    """Seconds to wait before each retry: delay, 2*delay, 4*delay ... capped at 30 s."""
+    return [min(delay * (2 ** attempt), 30.0) for attempt in range(retries)]
+
+
+def run_with_busy_retry(module, argv, retries=0, delay=1.0, sleep=time.sleep):
+    """Run argv in the C locale, retrying while it fails with EBUSY.
+
+    Returns (rc, stdout, stderr, attempts). Never raises for a failed command:
+    the caller decides what a failure means.
+    """
+    waits = backoff_delays(retries, delay)
+    attempts = 0
+    while True:
+        attempts += 1
+        rc, out, err = module.run_command(argv, environ_update=C_LOCALE)
+        if rc == 0 or not is_busy(err) or not waits:
+            return rc, out, err, attempts
+        sleep(waits.pop(0))
+
+
+def unmount(module, path, retries=3, delay=1.0, sleep=time.sleep):
+    """Unmount path, retrying on busy; raise MountError naming the cause otherwise."""
+    rc, out, err, attempts = run_with_busy_retry(module, umount_argv(path), retries, delay, sleep)
+    if rc == 0:
+        return attempts
+    if is_busy(err):
+        raise MountError(
+            f"umount {path}: still busy after {attempts} attempts: a process has a file or its "
+            f"working directory under it; stop it (see `fuser -vm {path}`) and try again")
+    raise MountError(f"umount {path} failed (rc {rc}): {(err or out).strip()}")
+
+
+def mount(module, source, path, fstype=None, options=None, retries=0, delay=1.0, sleep=time.sleep):
+    """Mount source at path; raise MountError with the command's own words on failure."""
+    argv = mount_argv(source, path, fstype, options)
+    rc, out, err, attempts = run_with_busy_retry(module, argv, retries, delay, sleep)
+    if rc != 0:
+        raise MountError(f"{' '.join(argv)} failed (rc {rc}): {(err or out).strip()}")
+    return attempts
+
+
+# --- owner and mode of a mount's root ----------------------------------------------
+
+def resolve_uid(owner):
+    """uid for a user name or a numeric id (ids need not exist in passwd: a job's uid may not)."""
+    if owner is None:
+        return None
+    text = str(owner)
+    if text.isdigit():
+        return int(text)
+    try:
+        return pwd.getpwnam(text).pw_uid
+    except KeyError:
+        raise MountError(f"owner {text!r}: no such user on this host; "
+                         "give an existing user name or a numeric uid") from None
+
+
+def resolve_gid(group):
+    """gid for a group name or a numeric id."""
+    if group is None:
+        return None
+    text = str(group)
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise MountError(f"group {text!r}: no such group on this host; "
+                         "give an existing group name or a numeric gid") from None
+
+
+def parse_mode(mode):
+    """Permission bits from an octal string ('0700', '755') or an int (YAML 0700 arrives as 448)."""
+    if mode is None:
+        return None
+    if isinstance(mode, int) and not isinstance(mode, bool):
+        value = mode
+    elif re.match(r"^0?[0-7]{3,4}$", str(mode).strip()):
+        value = int(str(mode).strip(), 8)
+    else:
+        raise MountError(f"mode {mode!r}: give octal permissions as a quoted string, e.g. '0700'")
+    if value > 0o7777:
+        raise MountError(f"mode {mode!r}: permissions go up to 07777")
+    return value
+
+
+def root_attributes(path):
+    """(uid, gid, permission bits) of path."""
+    info = os.stat(path)
+    return info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)
+
+
+def attribute_commands(path, current, uid=None, gid=None, mode=None):
+    """chown/chmod argv that bring path from current (uid, gid, mode) to the wanted ones."""
+    cur_uid, cur_gid, cur_mode = current
+    owner = str(uid) if uid is not None and uid != cur_uid else ""
+    group = str(gid) if gid is not None and gid != cur_gid else ""
+    commands = []
+    if owner or group:
+        commands.append(["chown", owner + (":" + group if group else ""), path])
+    if mode is not None and mode != cur_mode:
+        commands.append(["chmod", f"{mode:04o}", path])
+    return commands

@@ -1,0 +1,409 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hpc.burstbuffer developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: E402, UP001, UP009, UP010  (Ansible module layout: boilerplate, then docs, then imports)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: buffer_mount
+short_description: Mount or unmount a burst buffer (GlusterFS or Lustre) for one job
+version_added: "0.1.0"
+description:
+  - Mounts a burst buffer's filesystem at O(path) on a compute node or stage host and gives its
+    root to the job's user, or unmounts it.
+  - Ephemeral, like C(ansible.posix.mount) with C(state=ephemeral) - a buffer lives for one job,
+    so C(/etc/fstab) is never read or written.
+  - Idempotent; the truth is C(/proc/self/mountinfo). A path where another filesystem is
+    mounted is refused, never stacked over or unmounted.
+author:
+  - hpc.burstbuffer developers
+options:
+  path:
+    description:
+      - The mount point. Created (C(mkdir -p)) when missing.
+    type: path
+    required: true
+  src:
+    description:
+      - What to mount. GlusterFS C(server:/volume), for example C(127.1.1.1:/bb-job42);
+        Lustre C(mgsnid[:mgsnid]:/fsname), for example C(10.0.0.1@tcp:/bb42).
+      - Required with O(state=mounted). With O(state=unmounted), when given, only a mount of
+        this source is unmounted.
+    type: str
+  fstype:
+    description:
+      - The buffer's filesystem. In C(/proc/self/mountinfo) GlusterFS shows as C(fuse.glusterfs).
+    type: str
+    choices: [glusterfs, lustre]
+    default: glusterfs
+  opts:
+    description:
+      - Mount options (comma separated), applied when mounting; a mounted buffer is not remounted.
+    type: str
+  backup_servers:
+    description:
+      - GlusterFS only. Servers to fetch the volume file from when the one in O(src) is down;
+        passed as C(backup-volfile-servers=a:b).
+    type: list
+    elements: str
+    default: []
+  state:
+    description:
+      - V(mounted) creates O(path) if needed, mounts O(src) there unless it is already mounted,
+        then sets O(owner), O(group) and O(mode) of the buffer's root.
+      - V(unmounted) unmounts O(path) (retrying while it is busy) and, with O(remove_dir=true),
+        removes the mount point if it is empty.
+    type: str
+    choices: [mounted, unmounted]
+    default: mounted
+  owner:
+    description:
+      - Owner of the buffer's root after mounting, a user name or a numeric uid (the job's uid).
+    type: str
+  group:
+    description:
+      - Group of the buffer's root after mounting, a group name or a numeric gid.
+    type: str
+  mode:
+    description:
+      - Permissions of the buffer's root after mounting, an octal string such as V('0700').
+        Quote it in YAML.
+    type: raw
+  retries:
+    description:
+      - How many times to retry C(umount) (and C(mount)) while it fails with "target is busy",
+        waiting O(delay) seconds, then twice as long each time (at most 30 s per wait).
+    type: int
+    default: 5
+  delay:
+    description:
+      - Seconds before the first retry on busy.
+    type: float
+    default: 1.0
+  remove_dir:
+    description:
+      - With O(state=unmounted), remove O(path) after unmounting if it is an empty directory.
+        A directory that is not empty is kept, with a warning.
+    type: bool
+    default: false
+notes:
+  - Check mode reads everything and runs nothing; RV(commands) lists the exact commands that a
+    real run would run. The owner and mode of a buffer that is not mounted yet are predicted as
+    those of a new volume's root (root:root, 0755); a mounted buffer's mount point is predicted
+    empty underneath.
+requirements:
+  - util-linux (mount, umount)
+  - glusterfs-client (mount.glusterfs) for GlusterFS, the Lustre client for Lustre
+seealso:
+  - module: hpc.burstbuffer.nvme_brick
+  - module: ansible.posix.mount
+"""
+
+EXAMPLES = r"""
+- name: Mount the job's buffer on its compute nodes, private to the job's user
+  hpc.burstbuffer.buffer_mount:
+    path: /var/spool/bb/job42
+    src: 127.1.1.1:/bb-job42
+    backup_servers: [127.1.1.2, 127.1.1.3]
+    owner: "{{ bb_job_uid }}"
+    group: "{{ bb_job_gid }}"
+    mode: "0700"
+
+- name: Mount a Lustre buffer
+  hpc.burstbuffer.buffer_mount:
+    path: /var/spool/bb/job43
+    src: 10.0.0.1@tcp:/bb43
+    fstype: lustre
+    opts: flock
+
+- name: Unmount it after the job and remove the empty mount point
+  hpc.burstbuffer.buffer_mount:
+    path: /var/spool/bb/job42
+    state: unmounted
+    remove_dir: true
+"""
+
+RETURN = r"""
+path:
+  description: The mount point, absolute and without symlinks.
+  returned: always
+  type: str
+  sample: /var/spool/bb/job42
+src:
+  description: The source as given.
+  returned: always
+  type: str
+  sample: 127.1.1.1:/bb-job42
+fstype:
+  description: The buffer's filesystem, as given.
+  returned: always
+  type: str
+  sample: glusterfs
+mounted:
+  description: Whether a buffer is mounted at RV(path) afterwards (in check mode, would be).
+  returned: success
+  type: bool
+  sample: true
+commands:
+  description: The commands run, or in check mode the commands that would run, as argv lists.
+  returned: always
+  type: list
+  elements: list
+  sample:
+    - ["mkdir", "-p", "/var/spool/bb/job42"]
+    - ["mount", "-t", "glusterfs", "127.1.1.1:/bb-job42", "/var/spool/bb/job42"]
+    - ["chown", "1001:1001", "/var/spool/bb/job42"]
+    - ["chmod", "0700", "/var/spool/bb/job42"]
+"""
+
+import os
+from collections import namedtuple
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_native
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import (
+    C_LOCALE,
+    MountError,
+    attribute_commands,
+    is_busy,
+    mount_argv,
+    mount_at,
+    normalise_path,
+    parse_mode,
+    read_mountinfo,
+    resolve_gid,
+    resolve_uid,
+    root_attributes,
+    run_with_busy_retry,
+    umount_argv,
+)
+
+# fstype option -> how /proc/self/mountinfo names it (GlusterFS mounts through FUSE).
+KERNEL_FSTYPE = {"glusterfs": "fuse.glusterfs", "lustre": "lustre"}
+# A new volume's root as the servers create it: the check-mode prediction.
+NEW_VOLUME_ROOT = (0, 0, 0o755)
+
+BufferState = namedtuple("BufferState", ["path", "mount", "exists", "is_dir", "empty", "root"])
+
+
+class BufferError(Exception):
+    """The buffer cannot be brought to the wanted state safely; the message says what to do."""
+
+
+# --- reading ---------------------------------------------------------------------
+
+def dir_is_empty(path):
+    try:
+        return not os.listdir(path)
+    except OSError:
+        return False
+
+
+def read_state(path):
+    mount = mount_at(read_mountinfo(), path)
+    return BufferState(
+        path=path, mount=mount, exists=os.path.lexists(path), is_dir=os.path.isdir(path),
+        empty=dir_is_empty(path), root=root_attributes(path) if mount else None)
+
+
+# --- planning: (state read, params) -> commands; pure ----------------------------------
+
+def normalise_source(src):
+    """'host:vol', 'host:/vol/', 'host://vol' -> 'host:/vol'; Lustre NID lists keep their colons."""
+    server, _sep, volume = src.strip().rpartition(":")
+    return f"{server}:/{volume.strip('/')}"
+
+
+def is_wanted_mount(mount, params):
+    return (mount.fstype == KERNEL_FSTYPE[params["fstype"]]
+            and normalise_source(mount.source) == normalise_source(params["src"]))
+
+
+def mount_options(params):
+    options = [params["opts"]] if params["opts"] else []
+    if params["backup_servers"]:
+        if params["fstype"] != "glusterfs":
+            raise BufferError("backup_servers is for GlusterFS; for Lustre list the failover "
+                              "MGS NIDs in src (mgs1@tcp:mgs2@tcp:/fsname).")
+        options.append("backup-volfile-servers=" + ":".join(params["backup_servers"]))
+    return ",".join(options) or None
+
+
+def refuse_other_mount(state, params, action):
+    mount = state.mount
+    wanted = params["src"] or f"a {params['fstype']} buffer"
+    raise BufferError(
+        f"{state.path} has {mount.source} ({mount.fstype}) mounted, not {wanted} "
+        f"({KERNEL_FSTYPE[params['fstype']]}); not {action} it. Unmount it first, or choose "
+        "another path.")
+
+
+def plan_mounted(state, params):
+    """Argv lists that mount the buffer at path (the owner/mode step comes after mounting)."""
+    if state.mount is not None:
+        if not is_wanted_mount(state.mount, params):
+            refuse_other_mount(state, params, "mounting over")
+        return []
+    if state.exists and not state.is_dir:
+        raise BufferError(f"{state.path} exists and is not a directory; "
+                          "a mount point must be one.")
+    commands = [] if state.exists else [["mkdir", "-p", state.path]]
+    mount = mount_argv(params["src"], state.path, params["fstype"], mount_options(params))
+    return [*commands, mount]
+
+
+def plan_unmounted(state, params):
+    """Argv lists that unmount the buffer at path; [] if nothing is mounted there."""
+    if state.mount is None:
+        return []
+    wrong_type = state.mount.fstype != KERNEL_FSTYPE[params["fstype"]]
+    wrong_source = params["src"] and not is_wanted_mount(state.mount, params)
+    if wrong_type or wrong_source:
+        refuse_other_mount(state, params, "unmounting")
+    return [umount_argv(state.path)]
+
+
+def rmdir_commands(path, exists, empty, remove_dir):
+    return [["rmdir", path]] if remove_dir and exists and empty else []
+
+
+def root_commands(path, root, params):
+    return attribute_commands(path, root, uid=resolve_uid(params["owner"]),
+                              gid=resolve_gid(params["group"]), mode=parse_mode(params["mode"]))
+
+
+# --- acting ----------------------------------------------------------------------------
+
+class Executor:
+    """The single point of mutation: records every command, runs it unless in check mode."""
+
+    def __init__(self, module, retries, delay):
+        self.module = module
+        self.retries = retries
+        self.delay = delay
+        self.commands = []
+
+    def run(self, argv):
+        self.commands.append(list(argv))
+        if self.module.check_mode:
+            return
+        retries = self.retries if argv[0] in ("mount", "umount") else 0
+        rc, out, err, attempts = run_with_busy_retry(self.module, argv, retries, self.delay)
+        if rc == 0:
+            return
+        if is_busy(err):
+            raise BufferError(
+                f"{' '.join(argv)}: still busy after {attempts} attempts: a process has a file or "
+                f"its working directory under {argv[-1]}; stop it (`fuser -vm {argv[-1]}` names "
+                "it) and try again.")
+        raise BufferError(f"{' '.join(argv)} failed (rc {rc}): {(err or out).strip()}")
+
+    def run_all(self, commands):
+        for argv in commands:
+            self.run(argv)
+
+
+def verify_mounted(path, params):
+    """Fail unless the kernel now shows the wanted mount at path.
+
+    mount.glusterfs has returned 0 while its client died right after; trust the kernel.
+    """
+    mount = mount_at(read_mountinfo(), path)
+    if mount is None or not is_wanted_mount(mount, params):
+        raise BufferError(f"mount of {params['src']} at {path} reported success but the kernel "
+                          "shows no such mount; see the client log (/var/log/glusterfs/).")
+
+
+def describe(src, fstype, root):
+    """The facts --diff shows: what is mounted and who owns its root."""
+    facts = {"mounted": src is not None, "src": src, "fstype": fstype}
+    if root is not None:
+        facts.update(owner=root[0], group=root[1], mode=f"{root[2]:04o}")
+    return facts
+
+
+def ensure_mounted(module, params, state, executor):
+    executor.run_all(plan_mounted(state, params))
+    if module.check_mode:
+        root = state.root or NEW_VOLUME_ROOT
+    else:
+        verify_mounted(state.path, params)
+        root = root_attributes(state.path)
+    wanted = root_commands(state.path, root, params)
+    executor.run_all(wanted)
+    if not module.check_mode:
+        root = root_attributes(state.path)
+    elif wanted:
+        root = _predicted_root(root, params)
+    return True, describe(params["src"], KERNEL_FSTYPE[params["fstype"]], root)
+
+
+def _predicted_root(root, params):
+    uid, gid = resolve_uid(params["owner"]), resolve_gid(params["group"])
+    mode = parse_mode(params["mode"])
+    return (root[0] if uid is None else uid, root[1] if gid is None else gid,
+            root[2] if mode is None else mode)
+
+
+def ensure_unmounted(module, params, state, executor):
+    executor.run_all(plan_unmounted(state, params))
+    if module.check_mode:
+        # Underneath a mounted buffer the mount point is normally empty: predict so.
+        exists, empty = state.exists, state.empty or state.mount is not None
+    else:
+        exists, empty = os.path.lexists(state.path), dir_is_empty(state.path)
+    if params["remove_dir"] and exists and not empty:
+        module.warn(f"{state.path} is not empty after unmounting; kept it (remove_dir removes "
+                    "only an empty mount point).")
+    executor.run_all(rmdir_commands(state.path, exists, empty, params["remove_dir"]))
+    return False, describe(None, None, None)
+
+
+ARGUMENT_SPEC = dict(
+    path=dict(type="path", required=True),
+    src=dict(type="str"),
+    fstype=dict(type="str", choices=["glusterfs", "lustre"], default="glusterfs"),
+    opts=dict(type="str"),
+    backup_servers=dict(type="list", elements="str", default=[]),
+    state=dict(type="str", choices=["mounted", "unmounted"], default="mounted"),
+    owner=dict(type="str"),
+    group=dict(type="str"),
+    mode=dict(type="raw"),
+    retries=dict(type="int", default=5),
+    delay=dict(type="float", default=1.0),
+    remove_dir=dict(type="bool", default=False),
+)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
+                           required_if=[("state", "mounted", ["src"])])
+    module.run_command_environ_update = C_LOCALE
+    params = dict(module.params, path=normalise_path(module.params["path"]))
+    executor = Executor(module, params["retries"], params["delay"])
+    error = None
+    try:
+        state = read_state(params["path"])
+        ensure = ensure_mounted if params["state"] == "mounted" else ensure_unmounted
+        mounted, after = ensure(module, params, state, executor)
+    except (BufferError, MountError, OSError) as exc:
+        error = to_native(exc)
+    if error is not None:
+        # Outside the except block: these are refusals with a message, not crashes to trace.
+        module.fail_json(msg=error, path=params["path"], src=params["src"],
+                         fstype=params["fstype"], commands=executor.commands)
+    mount = state.mount
+    before = describe(mount.source if mount else None, mount.fstype if mount else None, state.root)
+    changed = bool(executor.commands)
+    module.exit_json(changed=changed, path=params["path"], src=params["src"],
+                     fstype=params["fstype"], mounted=mounted, commands=executor.commands,
+                     diff={"before": before, "after": after if changed else before})
+
+
+if __name__ == "__main__":
+    main()
