@@ -1,0 +1,174 @@
+"""buffer_mount planners: (state read, params) -> commands, refusals, owner/mode steps."""
+
+from pathlib import Path
+
+import pytest
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import parse_mountinfo_line
+from ansible_collections.hpc.burstbuffer.plugins.modules import buffer_mount as bm
+
+PROC = Path(__file__).resolve().parents[3] / "fixtures" / "proc"
+PATH = "/var/spool/bb/job42"
+SRC = "127.1.1.1:/bb-job42"
+GLUSTER = parse_mountinfo_line((PROC / "mountinfo_gluster_line").read_text()
+                               .replace("/var/tmp/bbfix/gm", PATH)
+                               .replace("/bm-probe", "/bb-job42"))
+UMOUNT = ["umount", PATH]
+
+
+def mounted(source, fstype):
+    return parse_mountinfo_line(f"60 27 0:50 / {PATH} rw - {fstype} {source} rw")
+
+
+def state(mount=None, exists=True, is_dir=True, empty=True):
+    return bm.BufferState(path=PATH, mount=mount, exists=exists, is_dir=is_dir, empty=empty,
+                          root=(0, 0, 0o755) if mount else None)
+
+
+def params(**overrides):
+    base = {"src": SRC, "fstype": "glusterfs", "opts": None, "backup_servers": [],
+            "owner": None, "group": None, "mode": None, "remove_dir": False}
+    return {**base, **overrides}
+
+
+MOUNTED_CASES = {
+    "fresh: mkdir then mount": (
+        state(exists=False, is_dir=False, empty=False), params(),
+        [["mkdir", "-p", PATH], ["mount", "-t", "glusterfs", SRC, PATH]]),
+    "mount point exists": (state(), params(), [["mount", "-t", "glusterfs", SRC, PATH]]),
+    "options and backup volfile servers": (
+        state(), params(opts="acl,log-level=WARNING", backup_servers=["127.1.1.2", "127.1.1.3"]),
+        [["mount", "-t", "glusterfs", "-o",
+          "acl,log-level=WARNING,backup-volfile-servers=127.1.1.2:127.1.1.3", SRC, PATH]]),
+    "backup servers only": (
+        state(), params(backup_servers=["127.1.1.2"]),
+        [["mount", "-t", "glusterfs", "-o", "backup-volfile-servers=127.1.1.2", SRC, PATH]]),
+    "lustre": (
+        state(), params(src="10.0.0.1@tcp:/bb42", fstype="lustre", opts="flock"),
+        [["mount", "-t", "lustre", "-o", "flock", "10.0.0.1@tcp:/bb42", PATH]]),
+    "already mounted (recorded gluster line)": (state(GLUSTER), params(), []),
+    "already mounted, source spelt without slash": (state(GLUSTER),
+                                                    params(src="127.1.1.1:bb-job42"), []),
+    "lustre already mounted": (
+        state(mounted("10.0.0.1@tcp:10.0.0.2@tcp:/bb42", "lustre")),
+        params(src="10.0.0.1@tcp:10.0.0.2@tcp:/bb42/", fstype="lustre"), []),
+}
+
+
+@pytest.mark.parametrize(("buffer", "options", "commands"), MOUNTED_CASES.values(),
+                         ids=MOUNTED_CASES)
+def test_plan_mounted(buffer, options, commands):
+    assert bm.plan_mounted(buffer, options) == commands
+
+
+REFUSED_MOUNTED = {
+    "another volume mounted there": (
+        state(GLUSTER), params(src="127.1.1.1:/bb-job7"),
+        f"{PATH} has 127.1.1.1:/bb-job42 \\(fuse.glusterfs\\) mounted, not 127.1.1.1:/bb-job7"),
+    "same name from another server": (state(GLUSTER), params(src="127.1.1.2:/bb-job42"),
+                                      "not mounting over it"),
+    "a local filesystem mounted there": (state(mounted("/dev/loop3", "xfs")), params(),
+                                         "has /dev/loop3 \\(xfs\\) mounted"),
+    "mount point is a file": (state(is_dir=False), params(), "not a directory"),
+    "backup servers with lustre": (
+        state(), params(src="10.0.0.1@tcp:/bb42", fstype="lustre", backup_servers=["x"]),
+        "backup_servers is for GlusterFS"),
+}
+
+
+@pytest.mark.parametrize(("buffer", "options", "message"), REFUSED_MOUNTED.values(),
+                         ids=REFUSED_MOUNTED)
+def test_plan_mounted_refuses(buffer, options, message):
+    with pytest.raises(bm.BufferError, match=message):
+        bm.plan_mounted(buffer, options)
+
+
+UNMOUNTED_CASES = {
+    "mounted: umount": (state(GLUSTER), params(src=None), [UMOUNT]),
+    "mounted, source given and matching": (state(GLUSTER), params(), [UMOUNT]),
+    "nothing mounted": (state(), params(src=None), []),
+    "no mount point at all": (state(exists=False, is_dir=False), params(src=None), []),
+}
+
+
+@pytest.mark.parametrize(("buffer", "options", "commands"), UNMOUNTED_CASES.values(),
+                         ids=UNMOUNTED_CASES)
+def test_plan_unmounted(buffer, options, commands):
+    assert bm.plan_unmounted(buffer, options) == commands
+
+
+REFUSED_UNMOUNTED = {
+    "a local filesystem": (state(mounted("/dev/vda", "ext4")), params(src=None),
+                           "not a glusterfs buffer .*not unmounting it"),
+    "another buffer than the one named": (state(GLUSTER), params(src="127.1.1.1:/bb-job7"),
+                                          "not unmounting it"),
+    "gluster mount when lustre asked": (state(GLUSTER), params(src=None, fstype="lustre"),
+                                        "not a lustre buffer"),
+}
+
+
+@pytest.mark.parametrize(("buffer", "options", "message"), REFUSED_UNMOUNTED.values(),
+                         ids=REFUSED_UNMOUNTED)
+def test_plan_unmounted_refuses(buffer, options, message):
+    with pytest.raises(bm.BufferError, match=message):
+        bm.plan_unmounted(buffer, options)
+
+
+@pytest.mark.parametrize(("src", "normal"), [
+    ("127.1.1.1:/vol", "127.1.1.1:/vol"),
+    ("127.1.1.1:vol", "127.1.1.1:/vol"),
+    ("127.1.1.1://vol/", "127.1.1.1:/vol"),
+    ("127.1.1.1:/vol/sub", "127.1.1.1:/vol/sub"),
+    ("10.0.0.1@tcp:10.0.0.2@tcp:/fs", "10.0.0.1@tcp:10.0.0.2@tcp:/fs"),
+])
+def test_normalise_source(src, normal):
+    assert bm.normalise_source(src) == normal
+
+
+@pytest.mark.parametrize(("exists", "empty", "remove_dir", "commands"), [
+    (True, True, True, [["rmdir", PATH]]),
+    (True, False, True, []),
+    (False, False, True, []),
+    (True, True, False, []),
+])
+def test_rmdir_commands(exists, empty, remove_dir, commands):
+    assert bm.rmdir_commands(PATH, exists, empty, remove_dir) == commands
+
+
+@pytest.mark.parametrize(("root", "wanted", "commands"), [
+    ((0, 0, 0o755), {"owner": "1001", "group": "1001", "mode": "0700"},
+     [["chown", "1001:1001", PATH], ["chmod", "0700", PATH]]),
+    ((1001, 1001, 0o700), {"owner": "1001", "group": "1001", "mode": "0700"}, []),
+    ((0, 0, 0o755), {"owner": "root", "group": "root", "mode": 0o755}, []),
+    ((1001, 0, 0o755), {"group": "1001"}, [["chown", ":1001", PATH]]),
+    ((0, 0, 0o755), {}, []),
+])
+def test_root_commands(root, wanted, commands):
+    assert bm.root_commands(PATH, root, params(**wanted)) == commands
+
+
+def test_predicted_root_for_check_mode():
+    assert bm._predicted_root((0, 0, 0o755), params(owner="1001", mode="0700")) == (1001, 0, 0o700)
+    assert bm._predicted_root((5, 6, 0o750), params()) == (5, 6, 0o750)
+
+
+def test_executor_check_mode_runs_nothing(fake_module):
+    module = fake_module(check_mode=True)
+    executor = bm.Executor(module, retries=5, delay=1.0)
+    executor.run_all([UMOUNT, ["rmdir", PATH]])
+    assert executor.commands == [UMOUNT, ["rmdir", PATH]]
+    assert module.calls == []
+
+
+def test_executor_retries_busy_then_gives_up_with_advice(fake_module):
+    busy = (32, "", f"umount: {PATH}: target is busy.")
+    module = fake_module([busy] * 3)
+    with pytest.raises(bm.BufferError, match=r"still busy after 3 attempts.*fuser -vm"):
+        bm.Executor(module, retries=2, delay=0.001).run(UMOUNT)
+    assert len(module.calls) == 3
+
+
+def test_executor_does_not_retry_other_commands(fake_module):
+    module = fake_module([(1, "", "chown: invalid user")])
+    with pytest.raises(bm.BufferError, match="chown 1001 /x failed"):
+        bm.Executor(module, retries=5, delay=0.001).run(["chown", "1001", "/x"])
+    assert len(module.calls) == 1
