@@ -1,0 +1,595 @@
+# -*- coding: utf-8 -*-
+# Copyright: hpc.burstbuffer developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: UP001, UP009, UP010  (ansible-test sanity requires this boilerplate)
+"""GlusterFS: the gluster CLI as argv lists, and its ``--xml`` answers as plain dicts.
+
+Three layers, so each can be tested alone:
+
+* argv builders: pure functions of their arguments. Every command runs with
+  ``--mode=script`` (gluster never waits for a "y/n" answer) and, when given,
+  ``--glusterd-sock=PATH`` (a glusterd that is not the system one, as on the
+  loopback test bed).
+* parsers: pure functions of the XML text gluster printed.
+* ``GlusterCli``: runs argv through ``module.run_command`` in the C locale and
+  hands the output to the parsers.
+
+Gluster 10.3 facts these rely on (recorded in tests/fixtures/gluster):
+
+* With ``--xml`` the exit status is 0 even when the operation failed; only
+  ``<opRet>`` tells. Errors found by the CLI's own parser (a bad volume name, a
+  duplicate brick) come as plain text with exit status 1 instead.
+* ``volume quota NAME list`` without a path reads quota.conf from the
+  compiled-in /var/lib/glusterd, so it answers "No quota configured" for a
+  glusterd with another working directory; ``list /`` asks glusterd and works
+  everywhere.
+* Quota can be read and changed only while the volume is started.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import os
+import re
+import socket
+import time
+import xml.etree.ElementTree as ET
+
+GLUSTER = "gluster"
+C_LOCALE = {"LANG": "C", "LC_ALL": "C", "LC_MESSAGES": "C"}
+# Read-only questions to another node's glusterd must not hang a task for the CLI's 120 s.
+REMOTE_TIMEOUT = 10
+VOLUME_STATUSES = {0: "created", 1: "started", 2: "stopped"}
+TRANSPORTS = {0: "tcp", 1: "rdma", 2: "tcp,rdma"}
+ERRNO_VOLUME_MISSING = 30806
+# glusterd runs one transaction per volume (and peer changes) at a time across the pool;
+# a command that meets another one's lock fails at once and may simply be tried again.
+_LOCK_CONTENTION = ("another transaction is in progress", "locking failed on",
+                    "please try again after some time")
+LOCK_RETRY_DELAYS = (0.5, 1, 1, 2, 2, 3, 3, 4, 4, 5)
+
+# Names the gluster 10.3 CLI refuses ("... cannot be the name of a volume"). glusterd
+# also treats "all" in any case as "every volume": a volume named "ALL" can be
+# created but never stopped or deleted, so all of these are refused in any case.
+RESERVED_VOLUME_NAMES = frozenset([
+    "volume", "type", "subvolumes", "option", "end-volume", "all", "volume_not_in_ring",
+    "description", "force", "snap-max-hard-limit", "snap-max-soft-limit", "auto-delete",
+    "activate-on-create", "help",
+])
+_VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+# glusterd writes "<vol>.client.<host>.<brick path with / as ->.vol" (plus a ".tmp" while
+# writing) for every brick; past NAME_MAX (255) volume create fails half-way, or quota
+# enable succeeds without its client volfiles. 255 - len(".client." "." ".vol" ".tmp") + 1.
+VOLFILE_NAME_BUDGET = 239
+_BRICK_RE = re.compile(r"^(?P<host>[^/\s]+?):(?P<path>/\S*)$")
+
+_TRUE_WORDS = frozenset(["on", "true", "yes", "enable", "enabled"])
+_FALSE_WORDS = frozenset(["off", "false", "no", "disable", "disabled"])
+# Options owned by "volume quota"; "volume set" must not be used for them.
+QUOTA_OPTION_KEYS = frozenset(["features.quota", "features.inode-quota", "quota", "inode-quota"])
+
+
+class GlusterError(Exception):
+    """A gluster command failed or printed something unreadable; str() says what and why."""
+
+    def __init__(self, message, argv=None, op_errno=None, output=None):
+        super().__init__(message)
+        self.argv = argv
+        self.op_errno = op_errno
+        self.output = output
+
+
+# --- argv builders: pure --------------------------------------------------------------
+
+def cli_argv(glusterd_socket, *words):
+    """``gluster --mode=script [--glusterd-sock=S] WORDS... --xml``."""
+    prefix = [GLUSTER, "--mode=script"]
+    if glusterd_socket:
+        prefix.append(f"--glusterd-sock={glusterd_socket}")
+    return prefix + [str(word) for word in words] + ["--xml"]
+
+
+def remote_argv(host, *words):
+    """A read-only question to the glusterd of host: ``--remote-host`` cannot change anything."""
+    return [GLUSTER, "--mode=script", f"--remote-host={host}", f"--timeout={REMOTE_TIMEOUT}",
+            *words, "--xml"]
+
+
+def pool_list_argv(glusterd_socket):
+    return cli_argv(glusterd_socket, "pool", "list")
+
+
+def peer_probe_argv(glusterd_socket, host):
+    return cli_argv(glusterd_socket, "peer", "probe", host)
+
+
+def peer_detach_argv(glusterd_socket, host):
+    return cli_argv(glusterd_socket, "peer", "detach", host)
+
+
+def node_uuid_argv(host):
+    return remote_argv(host, "system::", "uuid", "get")
+
+
+def volume_info_argv(glusterd_socket, name=None):
+    return cli_argv(glusterd_socket, "volume", "info", *([name] if name else []))
+
+
+def volume_status_argv(glusterd_socket, name):
+    return cli_argv(glusterd_socket, "volume", "status", name)
+
+
+def volume_get_all_argv(glusterd_socket, name):
+    return cli_argv(glusterd_socket, "volume", "get", name, "all")
+
+
+def volume_create_argv(glusterd_socket, name, bricks, layout=None, transport="tcp", force=False):
+    """``volume create``; layout holds replica/arbiter/disperse/redundancy counts (None = unset)."""
+    words = ["volume", "create", name]
+    for key in ("replica", "arbiter", "disperse", "redundancy"):
+        count = (layout or {}).get(key)
+        if count is not None:
+            words += [key, count]
+    words += ["transport", transport or "tcp", *list(bricks)]
+    if force:
+        words.append("force")
+    return cli_argv(glusterd_socket, *words)
+
+
+def volume_start_argv(glusterd_socket, name):
+    return cli_argv(glusterd_socket, "volume", "start", name)
+
+
+def volume_stop_argv(glusterd_socket, name):
+    return cli_argv(glusterd_socket, "volume", "stop", name)
+
+
+def volume_delete_argv(glusterd_socket, name):
+    return cli_argv(glusterd_socket, "volume", "delete", name)
+
+
+def volume_set_argv(glusterd_socket, name, key, value):
+    return cli_argv(glusterd_socket, "volume", "set", name, key, option_text(value))
+
+
+def quota_enable_argv(glusterd_socket, name):
+    return cli_argv(glusterd_socket, "volume", "quota", name, "enable")
+
+
+def quota_limit_argv(glusterd_socket, name, path, nbytes):
+    """A plain byte count: gluster reads "8GB" as 8 GiB, so units are never handed over."""
+    return cli_argv(glusterd_socket, "volume", "quota", name, "limit-usage", path, int(nbytes))
+
+
+def quota_list_argv(glusterd_socket, name, path="/"):
+    return cli_argv(glusterd_socket, "volume", "quota", name, "list", path)
+
+
+# --- parsing: pure -------------------------------------------------------------------
+
+def parse_cli_xml(text, argv=None):
+    """The <cliOutput> element; GlusterError if the operation failed or the text is not XML."""
+    try:
+        root = ET.fromstring(text.strip())
+    except ET.ParseError:
+        raise GlusterError(plain_text_error(text), argv=argv, output=text) from None
+    if root.tag != "cliOutput":
+        raise GlusterError(f"unexpected gluster output: <{root.tag}>", argv=argv, output=text)
+    op_ret = _int(root.findtext("opRet"), default=-1)
+    if op_ret != 0:
+        message = (root.findtext("opErrstr") or root.findtext("output") or "").strip()
+        raise GlusterError(message or f"gluster failed (opRet {op_ret})", argv=argv,
+                           op_errno=_int(root.findtext("opErrno")), output=text)
+    return root
+
+
+def plain_text_error(text):
+    """The CLI parser's complaint without the usage text that follows it."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        if line.startswith("Usage:"):
+            break
+        kept.append(line)
+    return " ".join(kept) or "gluster printed nothing"
+
+
+def is_lock_contention(text):
+    lowered = (text or "").lower()
+    return any(pattern in lowered for pattern in _LOCK_CONTENTION)
+
+
+def cli_message(root):
+    """The human part of a successful answer ("Probe on localhost not needed", ...)."""
+    return (root.findtext("output") or "").strip()
+
+
+def parse_pool_list(text):
+    """``pool list --xml`` -> [{uuid, hostname, hostnames, connected, state, state_str, local}]."""
+    root = parse_cli_xml(text)
+    return [_peer(element) for element in root.iter("peer")]
+
+
+def _peer(element):
+    hostname = element.findtext("hostname", "")
+    aliases = [h.text for h in element.findall("hostnames/hostname") if h.text]
+    return {
+        "uuid": element.findtext("uuid", ""),
+        "hostname": hostname,
+        "hostnames": aliases or [hostname],
+        "connected": element.findtext("connected") == "1",
+        "state": _int(element.findtext("state")),
+        "state_str": element.findtext("stateStr"),
+        # glusterd lists itself as "localhost", with neither state nor aliases.
+        "local": hostname == "localhost",
+    }
+
+
+def parse_volume_info(text):
+    """``volume info [NAME] --xml`` -> list of volume dicts ([] if the named one is missing)."""
+    try:
+        root = parse_cli_xml(text)
+    except GlusterError as error:
+        if error.op_errno == ERRNO_VOLUME_MISSING:
+            return []
+        raise
+    return [_volume(element) for element in root.iter("volume")]
+
+
+def _volume(element):
+    status = _int(element.findtext("status"))
+    return {
+        "name": element.findtext("name"),
+        "id": element.findtext("id"),
+        "status": VOLUME_STATUSES.get(status, str(status)),
+        "started": status == 1,
+        "type": element.findtext("typeStr"),
+        "brick_count": _int(element.findtext("brickCount")),
+        "dist_count": _int(element.findtext("distCount")),
+        "replica": _int(element.findtext("replicaCount")),
+        "arbiter": _int(element.findtext("arbiterCount")),
+        "disperse": _int(element.findtext("disperseCount")),
+        "redundancy": _int(element.findtext("redundancyCount")),
+        "transport": TRANSPORTS.get(_int(element.findtext("transport")), "tcp"),
+        "bricks": [_brick(b) for b in element.findall("bricks/brick")],
+        "options": {o.findtext("name"): o.findtext("value", "")
+                    for o in element.findall("options/option")},
+    }
+
+
+def _brick(element):
+    name = element.findtext("name") or (element.text or "").strip()
+    host, path = split_brick(name)
+    return {"name": name, "host": host, "path": path,
+            "host_uuid": element.findtext("hostUuid"),
+            "arbiter": element.findtext("isArbiter") == "1"}
+
+
+def parse_volume_status(text):
+    """``volume status NAME --xml`` of a started volume -> {name, bricks: [{..., online}]}."""
+    root = parse_cli_xml(text)
+    volume = root.find("volStatus/volumes/volume")
+    if volume is None:
+        raise GlusterError("volume status printed no volume", output=text)
+    bricks = []
+    for node in volume.findall("node"):
+        path = node.findtext("path", "")
+        if not path.startswith("/"):
+            continue  # self-heal and quota daemons are listed as nodes too
+        bricks.append({"host": node.findtext("hostname"), "path": path,
+                       "peer_uuid": node.findtext("peerid"),
+                       "online": node.findtext("status") == "1",
+                       "port": _int(node.findtext("port")), "pid": _int(node.findtext("pid"))})
+    return {"name": volume.findtext("volName"), "bricks": bricks}
+
+
+def parse_volume_get(text):
+    """``volume get NAME all --xml`` -> {option: value}; " (DEFAULT)" stripped, "(null)" -> None."""
+    root = parse_cli_xml(text)
+    options = {}
+    for opt in root.iter("Opt"):
+        value = opt.findtext("Value", "")
+        if value.endswith(" (DEFAULT)"):
+            value = value[:-len(" (DEFAULT)")]
+        options[opt.findtext("Option")] = None if value == "(null)" else value
+    return options
+
+
+def parse_quota_list(text):
+    """``volume quota NAME list PATH --xml`` -> {path: {hard_limit, soft_limit_percent, used}}.
+
+    A path without a limit is left out (gluster lists it with N/A values).
+    """
+    root = parse_cli_xml(text)
+    limits = {}
+    for limit in root.iter("limit"):
+        hard = _int(limit.findtext("hard_limit"))
+        if hard is None:
+            continue
+        limits[limit.findtext("path")] = {
+            "hard_limit": hard,
+            "soft_limit_percent": limit.findtext("soft_limit_percent"),
+            "used": _int(limit.findtext("used_space")),
+        }
+    return limits
+
+
+def parse_node_uuid(text):
+    return parse_cli_xml(text).findtext("uuidGenerate/uuid")
+
+
+def _int(text, default=None):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return default
+
+
+# --- validation and comparison: pure -------------------------------------------------------
+
+def split_brick(brick):
+    """"host:/path" -> (host, path); (None, None) if it does not have that shape."""
+    match = _BRICK_RE.match(brick or "")
+    return (match.group("host"), match.group("path")) if match else (None, None)
+
+
+def volume_name_problem(name):
+    """Why gluster 10.3 would refuse (or mishandle) this volume name; None if it is fine."""
+    if not name:
+        return "the volume name is empty"
+    if name.lower() in RESERVED_VOLUME_NAMES:
+        return f"{name!r} is reserved by gluster and cannot name a volume"
+    if not _VOLUME_NAME_RE.match(name):
+        return (f"volume name {name!r}: use only letters, digits, '-' and '_', "
+                "and do not start with '-'")
+    return None
+
+
+def brick_problems(bricks):
+    """Messages for bricks that are not "host:/absolute/normal/path", or given twice."""
+    problems, seen = [], set()
+    for brick in bricks:
+        host, path = split_brick(brick)
+        if host is None:
+            problems.append(f"brick {brick!r}: write it as host:/absolute/path")
+        elif ".." in path.split("/"):
+            problems.append(f"brick {brick}: '..' is not allowed in a brick path")
+        elif os.path.normpath(path) != path or path == "/":
+            problems.append(f"brick {brick}: give a normalised directory path below / (no '//', "
+                            f"'.', trailing '/'), e.g. {host}:{os.path.normpath(path)}")
+        elif brick in seen:
+            problems.append(f"brick {brick} is given twice; "
+                            "each brick must be a different directory")
+        seen.add(brick)
+    return problems
+
+
+def volfile_name_problem(name, bricks):
+    """Why the volfile names of this name and these bricks would be too long; None if fine."""
+    for brick in bricks:
+        host, path = split_brick(brick)
+        if host is not None and len(name) + len(host) + len(path) > VOLFILE_NAME_BUDGET:
+            total = len(name) + len(host) + len(path)
+            return (f"volume name {name!r} with brick {brick} is too long for gluster's volume "
+                    f"files: name, host and path together may have at most {VOLFILE_NAME_BUDGET} "
+                    f"characters (they have {total}); use a shorter volume name")
+    return None
+
+
+def layout_problems(bricks, replica=None, arbiter=None, disperse=None, redundancy=None):
+    """Messages for counts gluster would refuse with this many bricks."""
+    count, problems = len(bricks), []
+    if replica is not None:
+        if replica < 2:
+            problems.append("replica must be at least 2 (leave it out for a distributed volume)")
+        elif count % replica:
+            problems.append(f"{count} bricks cannot be grouped in replica sets of {replica}; "
+                            f"give a multiple of {replica} bricks")
+    if arbiter is not None and (arbiter != 1 or replica != 3):
+        problems.append("arbiter: gluster supports only replica 3 with arbiter 1")
+    if disperse is not None:
+        if disperse < 3:
+            problems.append("disperse must be at least 3")
+        elif count % disperse:
+            problems.append(f"{count} bricks cannot be grouped in disperse sets of {disperse}; "
+                            f"give a multiple of {disperse} bricks")
+    if redundancy is not None and disperse is not None and not 1 <= redundancy < disperse / 2.0:
+        problems.append(f"redundancy must be at least 1 and less than half of disperse "
+                        f"({disperse})")
+    return problems
+
+
+def option_text(value):
+    """A value as gluster wants it: YAML booleans (on: true) become on/off."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def normalise_option_value(value):
+    """Comparable form: on/true/yes/enable -> "on", off/false/no/disable -> "off", else lower."""
+    if value is None:
+        return None
+    text = option_text(value).strip().lower()
+    if text in _TRUE_WORDS:
+        return "on"
+    if text in _FALSE_WORDS:
+        return "off"
+    return text
+
+
+def resolve_option_key(key, known_keys):
+    """The full name gluster stores for key: "readdir-ahead" -> "performance.readdir-ahead"."""
+    if key in known_keys:
+        return key
+    matches = [known for known in known_keys if known.endswith("." + key)]
+    return matches[0] if len(matches) == 1 else key
+
+
+def option_changes(current, wanted):
+    """[(key, value)] of wanted options whose current value differs, keys as gluster stores them."""
+    changes = []
+    for key, value in wanted.items():
+        full_key = resolve_option_key(key, current)
+        if normalise_option_value(current.get(full_key)) != normalise_option_value(value):
+            changes.append((full_key, value))
+    return changes
+
+
+def bricks_in_use(bricks, volumes):
+    """Messages for bricks that are, contain or lie inside a brick of an existing volume."""
+    problems = []
+    for brick in bricks:
+        host, path = split_brick(brick)
+        for volume in volumes:
+            for used in volume["bricks"]:
+                if used["host"] == host and _nested(path, used["path"]):
+                    problems.append(_in_use_message(brick, used, volume["name"]))
+    return problems
+
+
+def _nested(a, b):
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+def _in_use_message(brick, used, volume_name):
+    if brick == used["name"]:
+        return f"brick {brick} is already part of volume {volume_name}"
+    return (f"brick {brick} overlaps brick {used['name']} of volume {volume_name}; "
+            "choose a directory outside it")
+
+
+# --- this host: where a brick directory sits -------------------------------------------------
+
+def is_local_host(host):
+    """True if host resolves to an address of this machine (one we can bind to)."""
+    try:
+        infos = socket.getaddrinfo(host, None, 0, socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    for family, kind, proto, _name, address in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind((address[0], 0))
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def volume_id_of(path):
+    """The trusted.glusterfs.volume-id xattr of path as a UUID string; None if it has none."""
+    try:
+        raw = os.getxattr(path, "trusted.glusterfs.volume-id", follow_symlinks=False)
+    except OSError as error:
+        if error.errno in (errno.ENODATA, errno.ENOENT, errno.ENOTSUP):
+            return None
+        raise
+    text = raw.hex()
+    return "-".join([text[0:8], text[8:12], text[12:16], text[16:20], text[20:32]])
+
+
+def local_brick_problem(brick, force, volumes_by_id):
+    """Why this brick on this host cannot become a brick; None if gluster should accept it."""
+    host, path = split_brick(brick)
+    parent = os.path.dirname(path)
+    if os.path.lexists(path):
+        if not os.path.isdir(path) or os.path.islink(path):
+            return f"brick {brick} exists and is not a directory"
+        used_by = volume_id_of(path)
+        if used_by:
+            return _leftover_message(brick, host, used_by, volumes_by_id)
+    if not os.path.isdir(parent):
+        return (f"brick {brick}: its parent directory {parent} does not exist on {host}; "
+                "gluster creates only the last directory of a brick path "
+                "(mount the brick root first)")
+    if force:
+        return None
+    if os.path.ismount(path):
+        return (f"brick {brick} is a mount point itself; give a directory inside it "
+                f"(e.g. {path}/NAME), or set force: true")
+    if os.stat(parent).st_dev == os.stat("/").st_dev:
+        return (f"brick {brick} is on the root filesystem of {host}; put bricks on a brick "
+                "filesystem (see hpc.burstbuffer.nvme_brick), or set force: true")
+    return None
+
+
+def _leftover_message(brick, host, volume_id, volumes_by_id):
+    if volume_id in volumes_by_id:
+        return f"brick {brick} is already part of volume {volumes_by_id[volume_id]}"
+    return (f"brick {brick} holds the brick directory of a deleted volume "
+            f"(volume-id {volume_id}); remove it with hpc.burstbuffer.gluster_brick_dir "
+            f"(state: absent) on {host}, or choose another path")
+
+
+# --- running ------------------------------------------------------------------------------
+
+class GlusterCli:
+    """The gluster CLI through module.run_command: C locale, --mode=script, --xml."""
+
+    def __init__(self, module, glusterd_socket=None, sleep=time.sleep):
+        self.module = module
+        self.socket = glusterd_socket
+        self.sleep = sleep
+        self.binary = module.get_bin_path(GLUSTER, required=True)
+
+    def output(self, argv):
+        """What argv (argv[0] = "gluster") printed; retried while another transaction holds
+        the cluster lock (other tasks and people share glusterd)."""
+        for delay in LOCK_RETRY_DELAYS:
+            text = self._output_once(argv)
+            if not is_lock_contention(text):
+                return text
+            self.sleep(delay)
+        return self._output_once(argv)
+
+    def _output_once(self, argv):
+        rc, out, err = self.module.run_command([self.binary, *argv[1:]],
+                                               environ_update=C_LOCALE)
+        if out.lstrip().startswith("<"):
+            return out
+        text = "\n".join(part.strip() for part in (out, err) if part and part.strip())
+        return text or f"gluster exited with status {rc} and printed nothing"
+
+    def execute(self, argv):
+        """Run a command that changes something; its <cliOutput>, or GlusterError naming argv."""
+        return parse_cli_xml(self.output(argv), argv=argv)
+
+    def read(self, argv, parser):
+        try:
+            return parser(self.output(argv))
+        except GlusterError as error:
+            error.argv = error.argv or argv
+            raise
+
+    def pool(self):
+        return self.read(pool_list_argv(self.socket), parse_pool_list)
+
+    def volumes(self):
+        return self.read(volume_info_argv(self.socket), parse_volume_info)
+
+    def volume(self, name):
+        return next((v for v in self.volumes() if v["name"] == name), None)
+
+    def volume_status(self, name):
+        return self.read(volume_status_argv(self.socket, name), parse_volume_status)
+
+    def effective_options(self, volume):
+        """Every option's value: gluster's defaults, overlaid with what was set on the volume."""
+        options = self.read(volume_get_all_argv(self.socket, volume["name"]), parse_volume_get)
+        options.update(volume["options"])
+        return options
+
+    def quota_limit(self, name, path="/"):
+        """The hard limit in bytes on path of a started volume with quota enabled; None if unset."""
+        limits = self.read(quota_list_argv(self.socket, name, path), parse_quota_list)
+        return limits.get(path, {}).get("hard_limit")
+
+    def node_uuid(self, host):
+        """The UUID of the glusterd on host; None if it cannot be asked."""
+        try:
+            return self.read(node_uuid_argv(host), parse_node_uuid)
+        except GlusterError:
+            return None

@@ -1,0 +1,610 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hpc.burstbuffer developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: E402, UP001, UP009, UP010  (Ansible module layout: boilerplate, then docs, then imports)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: gluster_volume
+short_description: Create, start, stop, tune and delete a GlusterFS volume
+version_added: "0.1.0"
+description:
+  - Brings one GlusterFS volume to the wanted state in one task, from any state it is in -
+    from absent straight to started (create, set options, start, quota), from started
+    straight to absent (stop, delete), and everything between.
+  - Reads first (C(gluster ... --xml)), computes the list of gluster commands that would bring
+    the volume to the wanted state, then runs them. Check mode computes the same list and runs
+    nothing.
+  - Options and the quota are compared with their current values, so a second run changes
+    nothing.
+  - Before creating, every brick is checked against the bricks of all volumes of the pool
+    (works for any host), and bricks on this host are checked on disk (see O(bricks)). If
+    C(volume create) or a later step of the same task fails, the half-made volume is deleted
+    again and the brick directories this task made on this host are removed, so nothing blocks
+    a corrected retry.
+  - Does not add, remove or replace bricks of an existing volume; it fails and says so when
+    O(bricks) differ from the volume's.
+author:
+  - hpc.burstbuffer developers
+options:
+  name:
+    description:
+      - The volume name. GlusterFS 10.3 accepts letters, digits, C(-) and C(_), not starting
+        with C(-) (a leading digit or C(_) is fine).
+      - Reserved words are refused in any letter case (C(all), C(volume), C(type), C(force),
+        C(help), ...), because glusterd accepts C(ALL) but can then never stop or delete it.
+      - There is no fixed maximum length; glusterd names a file after name, brick host and
+        brick path, so for each brick the three together may have at most 239 characters.
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) the volume exists (created if missing, left started or stopped as it is).
+      - V(started) the volume exists and is started.
+      - V(stopped) the volume exists and is not started.
+      - V(absent) the volume does not exist (stopped first if started). Its brick directories
+        stay on the bricks; remove them with M(hpc.burstbuffer.gluster_brick_dir) on each brick
+        host.
+    type: str
+    choices: [present, started, stopped, absent]
+    default: present
+  bricks:
+    description:
+      - The bricks, each C(host:/path), in the order gluster groups them into replica or
+        disperse sets. Required to create the volume; when the volume exists they must equal
+        its bricks.
+      - Each path is the brick directory to create inside a brick root (a mounted brick
+        filesystem); gluster creates that last directory itself, so its parent must exist.
+      - Paths must be absolute and normalised (no C(..), C(.), C(//) or trailing C(/)); a brick
+        may be given only once.
+      - Bricks whose host is this host (a name that resolves to an address of this machine)
+        are also checked on disk before creating; bricks on other hosts only by gluster itself,
+        whose messages are passed on. A brick on this host is refused when its parent directory
+        is missing, when it already carries a volume (C(trusted.glusterfs.volume-id)), and
+        unless O(force=true), when it is on the root filesystem or is itself a mount point.
+    type: list
+    elements: str
+  replica:
+    description:
+      - Replica count (at least 2; the number of bricks must be a multiple of it).
+      - Only used to create; when the volume exists it must match.
+    type: int
+  arbiter:
+    description:
+      - Arbiter count; gluster supports V(1) with O(replica=3).
+    type: int
+  disperse:
+    description:
+      - Disperse (erasure-coded) set size, at least 3.
+    type: int
+  redundancy:
+    description:
+      - Redundancy of each disperse set; at least 1 and less than half of O(disperse).
+    type: int
+  transport:
+    description:
+      - Transport of the volume.
+    type: str
+    choices: [tcp, rdma, tcp,rdma]
+    default: tcp
+  options:
+    description:
+      - Volume options to set (C(gluster volume set)), as a mapping of option name to value.
+      - Compared with the current values (C(gluster volume get NAME all) plus what was set on
+        the volume); only those that differ are set. Short names such as C(readdir-ahead) are
+        matched to the full name gluster stores (C(performance.readdir-ahead)).
+      - Values compare case-insensitively, and V(on), V(true), V(yes), V(enable) (and YAML
+        booleans) all mean on, V(off), V(false), V(no), V(disable) all mean off.
+      - Options not listed are left as they are. Quota options are refused here; use O(quota).
+    type: dict
+    default: {}
+  quota:
+    description:
+      - Capacity limit of the whole volume (C(gluster volume quota NAME limit-usage /)), a size
+        such as V(8GiB), V(500G) (powers of 1024) or V(100GB) (powers of 1000); quota is
+        enabled first if needed. Handed to gluster as a byte count.
+      - Gluster reads and sets quota only on a started volume. With O(state=started) it is
+        always applied; with V(present) or V(stopped) it is applied while the volume is started
+        (before stopping it), and a warning says when it could not be checked.
+      - Leaving it out leaves any quota as it is.
+    type: str
+  force:
+    description:
+      - Passes C(force) to C(gluster volume create). Needed only for bricks on the root
+        filesystem or bricks that are mount points themselves; the checks of O(bricks) on
+        this host then allow those too.
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - hpc.burstbuffer.glusterd
+notes:
+  - Check mode reads everything and runs nothing; RV(commands) lists the exact gluster
+    commands a real run would run. With C(--diff), C(before) and C(after) describe the volume
+    (state, bricks, the options asked for, quota).
+  - In check mode, a stopped volume with quota enabled is predicted to need C(limit-usage)
+    when it is to be started, because gluster cannot read the limit of a stopped volume.
+  - C(gluster volume stop) asks for confirmation; C(--mode=script) answers it.
+  - Commands that meet another transaction's cluster lock are tried again for up to 30 s.
+seealso:
+  - module: hpc.burstbuffer.gluster_peer
+  - module: hpc.burstbuffer.gluster_brick_dir
+"""
+
+EXAMPLES = r"""
+- name: A distributed buffer over three servers, started, with a quota, in one task
+  hpc.burstbuffer.gluster_volume:
+    name: job-4711
+    state: started
+    bricks:
+      - stor1:/srv/bricks/nvme0/job-4711
+      - stor2:/srv/bricks/nvme0/job-4711
+      - stor3:/srv/bricks/nvme0/job-4711
+    options:
+      performance.readdir-ahead: on
+      cluster.min-free-disk: 5%
+    quota: 1TiB
+
+- name: A replicated volume on the loopback test bed (glusterd of node 1)
+  hpc.burstbuffer.gluster_volume:
+    name: gv-replica
+    state: started
+    replica: 3
+    bricks: "{{ groups['bb_storage'] | map('extract', hostvars, 'bb_gluster_host')
+                | map('regex_replace', '$', ':/srv/bricks/nvme0/gv-replica') | list }}"
+    glusterd_socket: "{{ bb_glusterd_socket }}"
+
+- name: Tear a buffer down (stops it first if it is started)
+  hpc.burstbuffer.gluster_volume:
+    name: job-4711
+    state: absent
+"""
+
+RETURN = r"""
+volume:
+  description:
+    - The volume as gluster describes it after the task (in check mode, as it is now); null
+      when it does not exist.
+    - C(options) are those set on the volume (C(Options Reconfigured)), not the defaults.
+    - For a started volume each brick also has C(online) (from C(gluster volume status)).
+  returned: always
+  type: dict
+  sample:
+    name: job-4711
+    id: a16102d7-05e9-4f25-8be5-bd6825bd3d20
+    status: started
+    started: true
+    type: Distribute
+    brick_count: 3
+    dist_count: 3
+    replica: 1
+    arbiter: 0
+    disperse: 0
+    redundancy: 0
+    transport: tcp
+    bricks:
+      - name: stor1:/srv/bricks/nvme0/job-4711
+        host: stor1
+        path: /srv/bricks/nvme0/job-4711
+        host_uuid: 497d64f7-ec53-4ed3-8e70-5fbf686acaa9
+        arbiter: false
+        online: true
+    options:
+      nfs.disable: "on"
+      performance.readdir-ahead: "on"
+commands:
+  description: The gluster commands run, or in check mode those that would run, as argv lists.
+  returned: always
+  type: list
+  elements: list
+  sample:
+    - [gluster, --mode=script, volume, create, job-4711, transport, tcp,
+       "stor1:/srv/bricks/nvme0/job-4711", --xml]
+    - [gluster, --mode=script, volume, start, job-4711, --xml]
+rolled_back:
+  description:
+    - Commands run to undo a volume this task created after a later step failed. Only in the
+      result of a failed task.
+  returned: on failure after creating
+  type: list
+  elements: list
+  sample:
+    - [gluster, --mode=script, volume, delete, job-4711, --xml]
+"""
+
+import os
+import shutil
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
+    QUOTA_OPTION_KEYS,
+    GlusterCli,
+    GlusterError,
+    brick_problems,
+    bricks_in_use,
+    is_local_host,
+    layout_problems,
+    local_brick_problem,
+    normalise_option_value,
+    option_changes,
+    option_text,
+    quota_enable_argv,
+    quota_limit_argv,
+    resolve_option_key,
+    split_brick,
+    volfile_name_problem,
+    volume_create_argv,
+    volume_delete_argv,
+    volume_id_of,
+    volume_name_problem,
+    volume_set_argv,
+    volume_start_argv,
+    volume_stop_argv,
+)
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.sizes import (
+    SizeError,
+    format_size,
+    parse_size,
+)
+
+LAYOUT_KEYS = ("replica", "arbiter", "disperse", "redundancy")
+QUOTA_PATH = "/"
+
+ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True),
+    state=dict(type="str", default="present", choices=["present", "started", "stopped", "absent"]),
+    bricks=dict(type="list", elements="str"),
+    replica=dict(type="int"),
+    arbiter=dict(type="int"),
+    disperse=dict(type="int"),
+    redundancy=dict(type="int"),
+    transport=dict(type="str", default="tcp", choices=["tcp", "rdma", "tcp,rdma"]),
+    options=dict(type="dict", default={}),
+    quota=dict(type="str"),
+    force=dict(type="bool", default=False),
+    glusterd_socket=dict(type="path"),
+)
+
+
+class VolumeError(Exception):
+    """The request cannot be met as asked; the message says what to change."""
+
+
+# --- validation: pure ---------------------------------------------------------------------
+
+def request_problems(params, volume):
+    """Everything wrong with the request given the volume as it is (None = absent)."""
+    problems = []
+    name_problem = volume_name_problem(params["name"])
+    if name_problem:
+        return [name_problem]
+    if params["state"] == "absent":
+        return []
+    bricks = params["bricks"] or []
+    problems += brick_problems(bricks)
+    problems += option_problems(params["options"])
+    problems += quota_problems(params["quota"])
+    if volume is None:
+        problems += creation_problems(params, bricks)
+    else:
+        problems += mismatch_problems(params, volume)
+    return problems
+
+
+def creation_problems(params, bricks):
+    if not bricks:
+        return [f"volume {params['name']} does not exist: give bricks to create it"]
+    layout = {key: params[key] for key in LAYOUT_KEYS}
+    problems = layout_problems(bricks, **layout)
+    volfile_problem = volfile_name_problem(params["name"], bricks)
+    return problems + ([volfile_problem] if volfile_problem else [])
+
+
+def mismatch_problems(params, volume):
+    """The module creates volumes but never reshapes them: say so instead of ignoring it."""
+    name, problems = volume["name"], []
+    current = [brick["name"] for brick in volume["bricks"]]
+    if params["bricks"] and params["bricks"] != current:
+        problems.append(f"volume {name} exists with bricks {current}; this module does not add, "
+                        "remove or replace bricks: give its bricks as they are (or leave bricks "
+                        "out), or delete the volume first")
+    for key in LAYOUT_KEYS:
+        if params[key] is not None and params[key] != volume[key]:
+            problems.append(f"volume {name} has {key} {volume[key]}, not {params[key]}; "
+                            "a volume's layout cannot be changed here")
+    if params["transport"] != volume["transport"]:
+        problems.append(f"volume {name} uses transport {volume['transport']}, "
+                        f"not {params['transport']}")
+    return problems
+
+
+def option_problems(options):
+    quota_keys = sorted(key for key in options if key in QUOTA_OPTION_KEYS)
+    if quota_keys:
+        return [f"options {', '.join(quota_keys)}: set the quota with the quota option"]
+    return []
+
+
+def quota_problems(quota):
+    if quota is None:
+        return []
+    try:
+        nbytes = parse_size(quota)
+    except SizeError as error:
+        return [f"quota: {error}"]
+    return [] if nbytes > 0 else ["quota must be larger than 0"]
+
+
+# --- reading ----------------------------------------------------------------------------
+
+def observe(cli, params):
+    """What the plan depends on: all volumes, ours, its effective options and quota."""
+    volumes = cli.volumes()
+    volume = next((v for v in volumes if v["name"] == params["name"]), None)
+    observed = {"volumes": volumes, "volume": volume, "options": {}, "quota": None}
+    if volume is None or params["state"] == "absent":
+        return observed
+    if params["options"]:
+        observed["options"] = cli.effective_options(volume)
+    observed["quota"] = observe_quota(cli, volume)
+    return observed
+
+
+def observe_quota(cli, volume):
+    """{enabled, readable, limit}: gluster answers about limits only for a started volume."""
+    enabled = normalise_option_value(volume["options"].get("features.quota")) == "on"
+    readable = volume["started"]
+    limit = cli.quota_limit(volume["name"], QUOTA_PATH) if enabled and readable else None
+    return {"enabled": enabled, "readable": readable, "limit": limit}
+
+
+def local_problems(params, observed, is_local=is_local_host):
+    """Bricks that the pool or this host's disks already rule out (only before creating)."""
+    if observed["volume"] is not None or params["state"] == "absent":
+        return []
+    bricks = params["bricks"] or []
+    problems = bricks_in_use(bricks, observed["volumes"])
+    if problems:
+        return problems
+    by_id = {volume["id"]: volume["name"] for volume in observed["volumes"]}
+    for brick in bricks:
+        if is_local(split_brick(brick)[0]):
+            problem = local_brick_problem(brick, params["force"], by_id)
+            problems += [problem] if problem else []
+    return problems
+
+
+# --- planning: (observed, params) -> argv lists; pure -------------------------------------------
+
+def plan(observed, params):
+    """(commands, warnings): the gluster argv lists that reach the wanted state, in order."""
+    volume, state = observed["volume"], params["state"]
+    if state == "absent":
+        return plan_absent(volume, params), []
+    if volume is None:
+        return plan_create(params)
+    return plan_existing(observed, params)
+
+
+def plan_absent(volume, params):
+    if volume is None:
+        return []
+    socket, name = params["glusterd_socket"], params["name"]
+    stop = [volume_stop_argv(socket, name)] if volume["started"] else []
+    return [*stop, volume_delete_argv(socket, name)]
+
+
+def plan_create(params):
+    socket, name = params["glusterd_socket"], params["name"]
+    layout = {key: params[key] for key in LAYOUT_KEYS}
+    commands = [volume_create_argv(socket, name, params["bricks"], layout, params["transport"],
+                                   params["force"])]
+    commands += [volume_set_argv(socket, name, key, value)
+                 for key, value in params["options"].items()]
+    if params["state"] != "started":
+        return commands, quota_warnings(params)
+    commands.append(volume_start_argv(socket, name))
+    fresh_quota = {"enabled": False, "readable": True, "limit": None}
+    return commands + quota_commands(fresh_quota, params), []
+
+
+def plan_existing(observed, params):
+    volume, state = observed["volume"], params["state"]
+    socket, name = params["glusterd_socket"], params["name"]
+    commands = [volume_set_argv(socket, name, key, value)
+                for key, value in option_changes(observed["options"], params["options"])]
+    quota = observed["quota"]
+    if state == "started" and not volume["started"]:
+        return [*commands, volume_start_argv(socket, name), *quota_commands(quota, params)], []
+    if not volume["started"]:
+        return commands, quota_warnings(params)
+    commands += quota_commands(quota, params)
+    if state == "stopped":
+        commands.append(volume_stop_argv(socket, name))
+    return commands, []
+
+
+def quota_commands(quota, params):
+    """Enable quota and set the limit on /, as far as they differ from what gluster reported."""
+    if params["quota"] is None:
+        return []
+    socket, name, wanted = params["glusterd_socket"], params["name"], parse_size(params["quota"])
+    commands = [] if quota["enabled"] else [quota_enable_argv(socket, name)]
+    if quota["limit"] != wanted:
+        commands.append(quota_limit_argv(socket, name, QUOTA_PATH, wanted))
+    return commands
+
+
+def quota_warnings(params):
+    if params["quota"] is None:
+        return []
+    return [f"quota of volume {params['name']} not checked or applied: gluster reads and sets "
+            "quota only on a started volume; a task with state: started applies it"]
+
+
+# --- describing: before / after for --diff -------------------------------------------------------
+
+def summary(volume, options=None, quota=None):
+    """The volume as --diff shows it; options are those asked for, as gluster holds them."""
+    if volume is None:
+        return {"state": "absent"}
+    return {"state": "started" if volume["started"] else "stopped",
+            "bricks": [brick["name"] for brick in volume["bricks"]],
+            "options": dict(sorted((options or {}).items())),
+            "quota": format_size(quota["limit"]) if quota and quota["limit"] else None}
+
+
+def asked_options(effective, params):
+    return {resolve_option_key(key, effective): effective.get(resolve_option_key(key, effective))
+            for key in params["options"]}
+
+
+def predicted_summary(before, observed, params):
+    """What summary() would show after a real run of the plan (for check mode)."""
+    if params["state"] == "absent":
+        return {"state": "absent"}
+    after = dict(before)
+    if before["state"] == "absent":
+        after = {"state": "stopped", "bricks": list(params["bricks"]), "options": {},
+                 "quota": None}
+    if params["state"] in ("started", "stopped"):
+        after["state"] = params["state"]
+    options = dict(after["options"])
+    for key, value in params["options"].items():
+        options[resolve_option_key(key, observed["options"])] = option_text(value)
+    after["options"] = dict(sorted(options.items()))
+    if params["quota"] is not None and (after["state"] == "started"
+                                        or before["state"] == "started"):
+        after["quota"] = format_size(parse_size(params["quota"]))
+    return after
+
+
+# --- running ----------------------------------------------------------------------------------
+
+def new_local_brick_dirs(params, is_local=is_local_host):
+    """Brick directories on this host that do not exist yet: this task's to remove on failure."""
+    dirs = []
+    for brick in params["bricks"] or []:
+        host, path = split_brick(brick)
+        if host and is_local(host) and not os.path.lexists(path):
+            dirs.append(path)
+    return dirs
+
+
+def execute(cli, commands):
+    """Run the commands in order; the GlusterError of the first failure, with what ran."""
+    done = []
+    for argv in commands:
+        try:
+            cli.execute(argv)
+        except GlusterError as error:
+            error.done = done
+            raise
+        done.append(argv)
+    return done
+
+
+def roll_back(cli, params, created, new_dirs):
+    """Undo a volume this task created; remove the brick directories it made on this host."""
+    undone = []
+    if created:
+        socket, name = params["glusterd_socket"], params["name"]
+        for argv in (volume_stop_argv(socket, name), volume_delete_argv(socket, name)):
+            try:
+                cli.execute(argv)
+                undone.append(argv)
+            except GlusterError:
+                continue  # a never-started volume refuses "stop": expected, go on
+    ids = {volume["id"] for volume in cli.volumes()}
+    for path in new_dirs:
+        if os.path.isdir(path) and volume_id_of(path) not in ids:
+            shutil.rmtree(path)
+    return undone
+
+
+def describe_error(error):
+    """"gluster volume create NAME ...: <what gluster said>"."""
+    if not getattr(error, "argv", None):
+        return str(error)
+    words = [word for word in error.argv if not word.startswith("--")]
+    return f"{' '.join(words)}: {error}"
+
+
+def failure_message(error, params, created):
+    message = describe_error(error)
+    if created:
+        message += (f" (volume {params['name']} was created by this task and has been deleted "
+                    "again)")
+    return message
+
+
+def with_brick_status(cli, volume):
+    """The volume with each brick's online flag, for a started volume."""
+    if volume and volume["started"]:
+        status = cli.volume_status(volume["name"])
+        online = {(b["host"], b["path"]): b["online"] for b in status["bricks"]}
+        for brick in volume["bricks"]:
+            brick["online"] = online.get((brick["host"], brick["path"]), False)
+    return volume
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC,
+        mutually_exclusive=[("replica", "disperse")],
+        required_by={"arbiter": "replica", "redundancy": "disperse"},
+        supports_check_mode=True,
+    )
+    params = module.params
+    cli = GlusterCli(module, params["glusterd_socket"])
+    try:
+        result = run(module, cli, params)
+    except (GlusterError, VolumeError) as error:
+        module.fail_json(msg=describe_error(error), commands=getattr(error, "done", []))
+    module.exit_json(**result)
+
+
+def run(module, cli, params):
+    observed = observe(cli, params)
+    problems = request_problems(params, observed["volume"]) or local_problems(params, observed)
+    if problems:
+        raise VolumeError("; ".join(problems))
+    commands, warnings = plan(observed, params)
+    for warning in warnings:
+        module.warn(warning)
+    before = summary(observed["volume"], asked_options(observed["options"], params),
+                     observed["quota"])
+    if module.check_mode or not commands:
+        after = predicted_summary(before, observed, params) if commands else before
+        return result_of(module, commands, observed["volume"], before, after)
+    apply(module, cli, params, observed, commands)
+    now = observe(cli, params)
+    after = summary(now["volume"], asked_options(now["options"], params), now["quota"])
+    return result_of(module, commands, with_brick_status(cli, now["volume"]), before, after)
+
+
+def apply(module, cli, params, observed, commands):
+    creating = observed["volume"] is None and params["state"] != "absent"
+    new_dirs = new_local_brick_dirs(params) if creating else []
+    try:
+        execute(cli, commands)
+    except GlusterError as error:
+        created = creating and bool(error.done)  # "volume create" is the first command
+        undone = roll_back(cli, params, created, new_dirs) if creating else []
+        module.fail_json(msg=failure_message(error, params, created), commands=error.done,
+                         rolled_back=undone)
+
+
+def result_of(module, commands, volume, before, after):
+    result = {"changed": bool(commands), "commands": commands, "volume": volume}
+    if module._diff:
+        result["diff"] = {"before": before, "after": after}
+    return result
+
+
+if __name__ == "__main__":
+    main()
