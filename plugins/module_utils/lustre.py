@@ -1,6 +1,7 @@
-# -*- coding: utf-8 -*-  # noqa: UP009
+# -*- coding: utf-8 -*-
 # Copyright: hpc.burstbuffer developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: UP001, UP009, UP010  (ansible-test sanity requires this boilerplate)
 """Lustre targets as data: names, labels, argv lists and the order of things.
 
 Pure functions only (no I/O), so every rule here is unit-tested as a table and
@@ -22,9 +23,9 @@ Start-up and shut-down orders follow the Lustre Operations Manual ("Starting
 Lustre", "Stopping the Filesystem").
 """
 
-from __future__ import absolute_import, annotations, division, print_function  # noqa: UP010
+from __future__ import absolute_import, annotations, division, print_function
 
-__metaclass__ = type  # noqa: UP001
+__metaclass__ = type
 
 import re
 
@@ -257,23 +258,14 @@ def _index(target: dict) -> int:
 
 
 def parse_blkid_value(output: str) -> str | None:
-    """The value printed by ``blkid -o value -s TAG DEV`` (None when empty)."""
+    """The value printed by ``blkid -o value -s LABEL DEV`` (None when empty).
+
+    ``blkid -p -o export`` (block_devices.probe_signature) is what the module
+    runs, because TYPE also tells a foreign unlabelled filesystem from a blank
+    device; this reads the one-tag form operators and scripts use.
+    """
     value = (output or "").strip()
     return value or None
-
-
-def parse_blkid_export(output: str) -> dict:
-    """``KEY=value`` lines of ``blkid -p -o export DEV`` as a dict (``LABEL``, ``TYPE`` ...).
-
-    blkid escapes unsafe characters in export mode with a backslash; those
-    are undone so a label reads as it was written.
-    """
-    tags = {}
-    for line in (output or "").splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            tags[key.strip()] = re.sub(r"\\(.)", r"\1", value.strip())
-    return tags
 
 
 def parse_tunefs_dryrun(output: str) -> dict:

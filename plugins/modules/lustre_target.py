@@ -1,11 +1,12 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-  # noqa: UP009
+# -*- coding: utf-8 -*-
 # Copyright: hpc.burstbuffer developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# ruff: noqa: E402, UP001, UP009, UP010  (ansible-test sanity requires this layout)
 
-from __future__ import absolute_import, annotations, division, print_function  # noqa: UP010
+from __future__ import absolute_import, annotations, division, print_function
 
-__metaclass__ = type  # noqa: UP001
+__metaclass__ = type
 
 DOCUMENTATION = r"""
 ---
@@ -184,19 +185,24 @@ mountpoint:
   sample: /mnt/lustre/bb1-OST0003
 """
 
-# Ansible modules keep their imports below the documentation strings.
-import os  # noqa: E402
-import stat  # noqa: E402
+import os
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.lustre import (  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.block_devices import (
+    DeviceError,
+    describe_non_block,
+    describe_signature,
+    device_usage,
+    is_block_device,
+    probe_signature,
+)
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.lustre import (
     LustreError,
     expected_roles,
     labels_match,
     mkfs_argv,
     mount_argv,
     mount_source,
-    parse_blkid_export,
     parse_findmnt,
     parse_tunefs_dryrun,
     target_label,
@@ -208,8 +214,6 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.lustre import (  #
 )
 
 C_LOCALE = {"LANG": "C", "LC_ALL": "C"}
-BLKID_NOTHING_FOUND = 2
-BLKID_AMBIVALENT = 8
 
 ARGUMENT_SPEC = dict(
     fsname=dict(type="str", required=True),
@@ -249,13 +253,6 @@ def describe_request(params: dict) -> dict:
     }
 
 
-def is_block_device(path: str) -> bool:
-    try:
-        return stat.S_ISBLK(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
 def find_bin(module: AnsibleModule, name: str) -> str:
     """Absolute path of a tool; in check mode a missing tool still yields a plan."""
     path = module.get_bin_path(name)
@@ -275,19 +272,6 @@ def run_probe(module: AnsibleModule, argv: list, ok_codes: tuple = (0,)) -> tupl
         module.fail_json(msg=f"{' '.join(argv)} failed with rc {rc}: {err.strip()}", rc=rc,
                          stdout=out, stderr=err, cmd=argv)
     return rc, out
-
-
-def read_signature(module: AnsibleModule, device: str) -> dict:
-    """blkid's tags for ``device`` ({} when it carries no signature at all).
-
-    ``-p`` probes the device itself, not blkid's cache, so a label written a
-    moment ago is seen; TYPE tells an unlabelled filesystem from a blank disk.
-    """
-    argv = [find_bin(module, "blkid"), "-p", "-o", "export", device]
-    rc, out = run_probe(module, argv, ok_codes=(0, BLKID_NOTHING_FOUND, BLKID_AMBIVALENT))
-    if rc == BLKID_AMBIVALENT:
-        return {"TYPE": "several signatures (blkid: ambivalent result)"}
-    return parse_blkid_export(out) if rc == 0 else {}
 
 
 def read_lustre_data(module: AnsibleModule, source: str) -> dict:
@@ -317,18 +301,27 @@ def same_path(one: str, other: str) -> bool:
 
 
 def read_device(module: AnsibleModule, params: dict, request: dict) -> dict:
-    """The device as it is: signature, the target label found, and its mounts."""
-    signature = read_signature(module, params["device"])
+    """The device as it is: signature, the target label found, mounts and other users.
+
+    ``blkid -p`` reads the device itself, not blkid's cache, so a label written
+    a moment ago is seen, and its TYPE tells an unlabelled filesystem from a
+    blank disk. Mounts come from findmnt; holders and swap from the kernel.
+    """
+    signature = probe_signature(module, params["device"])
     label = signature.get("LABEL")
     if params["backfstype"] == "zfs":
         label = read_zfs_label(module, params, signature)
     ours = labels_match(label, request["label"]) and roles_match(module, params, request)
+    mounts = read_mounts(module, request["source"])
     return {
         "signature": signature,
         "label": label,
         "ours": ours,
         "blank": not signature,
-        "mounts": read_mounts(module, request["source"]),
+        "mounts": mounts,
+        "busy": device_usage(params["device"])["reasons"] or [
+            f"{params['device']} is mounted at {entry['target']} ({entry['fstype']})"
+            for entry in mounts],
     }
 
 
@@ -375,15 +368,14 @@ def plan_actions(params: dict, request: dict, device: dict) -> list:
 
 def refuse_to_format(params: dict, request: dict, device: dict) -> None:
     """Raise unless formatting ``device`` is safe or forced, and the device is not in use."""
-    if device["mounts"]:
-        where = ", ".join(f"{entry['target']} ({entry['fstype']})" for entry in device["mounts"])
-        raise Refusal(f"{params['device']} is mounted at {where}: unmount it before formatting "
-                      f"it as {request['label']}")
+    if device["busy"]:
+        raise Refusal(f"{params['device']} is in use ({'; '.join(device['busy'])}): free it "
+                      f"before formatting it as {request['label']} (force does not override this)")
     if device["blank"] or params["force"]:
         return
-    found = device["label"] or "no label"
-    fstype = device["signature"].get("TYPE", "unknown type")
-    raise Refusal(f"{params['device']} already carries {found!r} ({fstype}), not "
+    found = f"label {device['label']!r}" if device["label"] else "no label"
+    raise Refusal(f"{params['device']} carries {describe_signature(device['signature'])} "
+                  f"with {found}, not "
                   f"{request['label']!r}: refusing to format it. Set force: true to reformat "
                   "it (its data is lost), or choose another device.")
 
@@ -459,8 +451,8 @@ def run_module(module: AnsibleModule) -> dict:
     params = module.params
     request = describe_request(params)
     if not is_block_device(params["device"]):
-        raise Refusal(f"{params['device']} is not a block device: lustre_target formats block "
-                      "devices only (for a test, attach an image with losetup)")
+        raise Refusal(f"{params['device']} {describe_non_block(params['device'])}: lustre_target "
+                      "formats block devices only (for a test, attach an image with losetup)")
     device = read_device(module, params, request)
     actions = plan_actions(params, request, device)
     plan = [(action, action_argv(module, action, params, request, device)) for action in actions]
@@ -482,7 +474,7 @@ def main() -> None:
                            supports_check_mode=True)
     try:
         result = run_module(module)
-    except (LustreError, Refusal) as error:
+    except (DeviceError, LustreError, Refusal) as error:
         module.fail_json(msg=str(error))
     module.exit_json(**result)
 
