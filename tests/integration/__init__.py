@@ -1,0 +1,1 @@
+"""Integration tests: modules and playbooks run by real Ansible against real systems."""
