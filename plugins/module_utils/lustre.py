@@ -96,12 +96,13 @@ def validate_mgsnodes(kind: str, mgsnodes: list[str] | None) -> list[str]:
 
 def target_label(kind: str, fsname: str, index: int | None) -> str:
     """The label a registered target carries: ``fs-MDT0000``, ``fs-OST0003`` or ``MGS``."""
-    if kind == "mgs":
-        return MGS_LABEL
     if kind not in KINDS:
         raise LustreError(f"unknown target kind {kind!r}: use one of {', '.join(KINDS)}")
+    index = validate_index(kind, index)
+    if kind == "mgs":
+        return MGS_LABEL
     role = "OST" if kind == "ost" else "MDT"
-    return f"{validate_fsname(fsname)}-{role}{validate_index(kind, index):04x}"
+    return f"{validate_fsname(fsname)}-{role}{index:04x}"
 
 
 def canonical_label(label: str | None) -> str | None:
