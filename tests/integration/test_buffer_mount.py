@@ -1,0 +1,208 @@
+"""buffer_mount through real ansible-playbook against real GlusterFS volumes of the test bed.
+
+The tests make their own two-brick volumes (bm-<random>) on test-bed nodes 1 and 2 and
+mount them with FUSE under a temporary directory in /var/tmp. Finalizers unmount
+everything under that directory, stop and delete the volumes and remove their brick
+directories; nothing else of the test bed (which other people use at the same time) is
+touched. Skipped when ``bbctl testbed status`` says the test bed is not up.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+TESTBED = Path("/var/lib/bbctl-testbed")
+GLUSTERD_SOCKET = TESTBED / "node1" / "run" / "glusterd.socket"
+BRICK_HOSTS = [("127.1.1.1", TESTBED / "node1" / "bricks" / "nvme2"),
+               ("127.1.1.2", TESTBED / "node2" / "bricks" / "nvme2")]
+JOB_UID = 4242  # an unprivileged job owner; a numeric id need not exist in passwd
+OTHER_UID = 4243
+
+pytestmark = pytest.mark.testbed
+
+
+def sh(*argv, check=True, timeout=120):
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=check,
+                          timeout=timeout, env=dict(os.environ, LANG="C", LC_ALL="C"))
+
+
+def gluster(*args, check=True):
+    return sh("gluster", "--mode=script", f"--glusterd-sock={GLUSTERD_SOCKET}", *args, check=check)
+
+
+def bed_is_up():
+    bbctl = VENV_BIN / "bbctl"
+    return bbctl.exists() and sh(bbctl, "testbed", "status", check=False).returncode == 0
+
+
+def mounts():
+    """{target: (fstype, source)} of the current mounts, targets unescaped."""
+    table = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        before, after = line.split(" - ", 1)
+        target = before.split()[4].encode().decode("unicode_escape")
+        fstype, source = after.split()[:2]
+        table[target] = (fstype, source)
+    return table
+
+
+def unmount_under(directory):
+    prefix = str(directory) + "/"
+    for target in sorted(mounts(), reverse=True):
+        if target.startswith(prefix) and sh("umount", target, check=False).returncode != 0:
+            sh("umount", "-l", target, check=False)
+
+
+@pytest.fixture(scope="module")
+def volumes():
+    """Two started volumes, bm-a... and bm-b..., each over one brick on node 1 and node 2."""
+    if not bed_is_up():
+        pytest.skip("the test bed is not up (`.venv/bin/bbctl testbed up --slurm none` builds it)")
+    tag = uuid.uuid4().hex[:8]
+    names, created = [f"bm-a{tag}", f"bm-b{tag}"], []
+    try:
+        for name in names:
+            gluster("volume", "create", name,
+                    *[f"{host}:{root / name}" for host, root in BRICK_HOSTS], "force")
+            created.append(name)
+            gluster("volume", "start", name)
+        yield names
+    finally:
+        for name in created:
+            gluster("volume", "stop", name, check=False)
+            gluster("volume", "delete", name, check=False)
+            for _host, root in BRICK_HOSTS:
+                shutil.rmtree(root / name, ignore_errors=True)
+
+
+@pytest.fixture
+def workdir():
+    path = Path(tempfile.mkdtemp(prefix="bb-buffer-mount-", dir="/var/tmp"))
+    path.chmod(0o755)  # the job's uid must be able to reach the buffer below it
+    try:
+        yield path
+    finally:
+        unmount_under(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Runner:
+    """Runs one buffer_mount task per ansible-playbook and returns its registered result."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.runs = 0
+
+    def __call__(self, check=False, **args):
+        self.runs += 1
+        result = self.workdir / f"result{self.runs}.json"
+        playbook = self.workdir / f"play{self.runs}.yml"
+        playbook.write_text(yaml.safe_dump([{
+            "hosts": "localhost", "connection": "local", "gather_facts": False,
+            "vars": {"ansible_python_interpreter": str(VENV_BIN / "python")},
+            "tasks": [
+                {"hpc.burstbuffer.buffer_mount": args, "register": "buffer", "ignore_errors": True},
+                {"ansible.builtin.copy": {"content": "{{ buffer | to_json }}", "dest": str(result)},
+                 "check_mode": False, "diff": False},
+            ],
+        }]))
+        argv = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(playbook)]
+        done = subprocess.run(argv + (["--check", "--diff"] if check else []), cwd=REPO,
+                              capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")))
+        assert result.exists(), done.stdout + done.stderr
+        return json.loads(result.read_text())
+
+
+@pytest.fixture
+def buffer_mount(workdir):
+    return Runner(workdir)
+
+
+def as_uid(uid, *argv):
+    return sh("setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv, check=False)
+
+
+def test_mount_for_a_job_check_mode_idempotence_and_unmount(volumes, workdir, buffer_mount):
+    path, src = str(workdir / "job42"), f"127.1.1.1:/{volumes[0]}"
+    wanted = dict(path=path, src=src, backup_servers=["127.1.1.2"], owner=str(JOB_UID),
+                  group=str(JOB_UID), mode="0700")
+
+    planned = buffer_mount(check=True, **wanted)
+    assert planned["changed"] is True
+    assert planned["commands"] == [
+        ["mkdir", "-p", path],
+        ["mount", "-t", "glusterfs", "-o", "backup-volfile-servers=127.1.1.2", src, path],
+        ["chown", f"{JOB_UID}:{JOB_UID}", path], ["chmod", "0700", path]]
+    assert not os.path.exists(path)
+
+    mounted = buffer_mount(**wanted)
+    assert not mounted.get("failed"), mounted.get("msg")
+    assert (mounted["changed"], mounted["mounted"]) == (True, True)
+    assert mounts()[path] == ("fuse.glusterfs", src)
+    stat = os.stat(path)
+    assert (stat.st_uid, stat.st_gid, stat.st_mode & 0o7777) == (JOB_UID, JOB_UID, 0o700)
+    assert as_uid(JOB_UID, "touch", f"{path}/written-by-the-job").returncode == 0
+    assert as_uid(OTHER_UID, "ls", path).returncode != 0  # 0700: other users are kept out
+
+    again = buffer_mount(**wanted)
+    assert (again["changed"], again["commands"], again["mounted"]) == (False, [], True)
+
+    would = buffer_mount(check=True, **dict(wanted, mode="0750"))
+    assert (would["changed"], would["commands"]) == (True, [["chmod", "0750", path]])
+    assert os.stat(path).st_mode & 0o7777 == 0o700
+
+    would_unmount = buffer_mount(check=True, path=path, state="unmounted", remove_dir=True)
+    assert would_unmount["commands"] == [["umount", path], ["rmdir", path]]
+    assert path in mounts()
+
+    unmounted = buffer_mount(path=path, state="unmounted", remove_dir=True)
+    assert (unmounted["changed"], unmounted["mounted"]) == (True, False)
+    assert path not in mounts()
+    assert not os.path.exists(path)
+
+    idempotent = buffer_mount(path=path, state="unmounted", remove_dir=True)
+    assert (idempotent["changed"], idempotent["commands"]) == (False, [])
+
+
+def test_another_source_mounted_at_the_path_is_refused(volumes, workdir, buffer_mount):
+    path = workdir / "job43"
+    path.mkdir()
+    other = f"127.1.1.1:/{volumes[1]}"
+    sh("mount", "-t", "glusterfs", other, path)
+
+    refused = buffer_mount(path=str(path), src=f"127.1.1.1:/{volumes[0]}")
+    assert refused["failed"] is True
+    assert f"has {other} (fuse.glusterfs) mounted, not 127.1.1.1:/{volumes[0]}" in refused["msg"]
+    assert refused["commands"] == []
+
+    not_ours = buffer_mount(path=str(path), src=f"127.1.1.1:/{volumes[0]}", state="unmounted")
+    assert not_ours["failed"] is True
+    assert mounts()[str(path)] == ("fuse.glusterfs", other)
+
+
+def test_unmount_waits_out_a_busy_mount(volumes, workdir, buffer_mount):
+    path, src = str(workdir / "job44"), f"127.1.1.1:/{volumes[0]}"
+    assert buffer_mount(path=path, src=src)["changed"] is True
+    # Its working directory keeps the mount busy for longer than ansible-playbook takes to
+    # reach the umount, so the first attempts fail with "target is busy".
+    holder = subprocess.Popen(["sleep", "5"], cwd=path)
+    try:
+        unmounted = buffer_mount(path=path, state="unmounted", retries=6, delay=0.5)
+        # The kernel unmounts nothing busy: success means the module outlasted the holder.
+        assert holder.poll() is not None
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert not unmounted.get("failed"), unmounted.get("msg")
+    assert unmounted["changed"] is True
+    assert path not in mounts()
