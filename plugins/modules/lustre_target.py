@@ -28,7 +28,7 @@ description:
   - Bring targets up in the order MGS, MDT(s), OSTs and down in the order MDT(s), OSTs, MGS
     (the Lustre Operations Manual's order); this module handles one target per call.
 author:
-  - hpc.burstbuffer developers
+  - hpc.burstbuffer developers (@hpc-burstbuffer)
 options:
   fsname:
     description:
