@@ -286,14 +286,20 @@ def parse_volume_status(text):
 
 
 def parse_volume_get(text):
-    """``volume get NAME all --xml`` -> {option: value}; " (DEFAULT)" stripped, "(null)" -> None."""
+    """``volume get NAME all --xml`` -> {option: value}; " (DEFAULT)" stripped, "(null)" -> None.
+
+    Gluster 10.3 lists a few options twice, performance.cache-size even with two defaults
+    (32MB for io-cache, 128MB for quick-read): such a value is unknown (None), so a wanted
+    value is always set.
+    """
     root = parse_cli_xml(text)
     options = {}
     for opt in root.iter("Opt"):
-        value = opt.findtext("Value", "")
+        key, value = opt.findtext("Option"), opt.findtext("Value", "")
         if value.endswith(" (DEFAULT)"):
             value = value[:-len(" (DEFAULT)")]
-        options[opt.findtext("Option")] = None if value == "(null)" else value
+        value = None if value == "(null)" else value
+        options[key] = value if options.get(key, value) == value else None
     return options
 
 

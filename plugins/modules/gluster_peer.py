@@ -190,7 +190,8 @@ def identities_of(cli, pool, nodes):
     return found
 
 
-def wait_until_ready(cli, nodes, timeout, clock=time.monotonic, sleep=time.sleep):
+def wait_until_ready(cli, nodes, timeout, clock=time.monotonic, sleep=None):
+    sleep = sleep or cli.sleep
     deadline = clock() + timeout
     while True:
         pool = cli.pool()

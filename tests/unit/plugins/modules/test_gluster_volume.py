@@ -1,0 +1,313 @@
+"""gluster_volume: (volume as gluster 10.3 described it, parameters) -> exact gluster argv lists.
+
+The volumes are parsed from XML recorded on the loopback test bed
+(tests/fixtures/gluster), so the planner is tested against what gluster really prints.
+"""
+
+from pathlib import Path
+
+import pytest
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import gluster as g
+from ansible_collections.hpc.burstbuffer.plugins.modules import gluster_volume as gv
+
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "gluster"
+SOCK = "/var/lib/bbctl-testbed/node1/run/glusterd.socket"
+G = ["gluster", "--mode=script", f"--glusterd-sock={SOCK}"]
+BRICKS = [f"127.1.1.{n}:/var/lib/bbctl-testbed/node{n}/bricks/nvme1/gv-exp1" for n in (1, 2, 3)]
+GIB = 1024**3
+
+
+def fixture(name):
+    return (FIXTURES / name).read_text()
+
+
+def volume(name):
+    """The one volume of a recorded ``volume info --xml``."""
+    (parsed,) = g.parse_volume_info(fixture(name))
+    return parsed
+
+
+def params(**overrides):
+    """Module parameters with the argument spec's defaults."""
+    base = {"name": "gv-exp1", "state": "present", "bricks": None, "replica": None,
+            "arbiter": None, "disperse": None, "redundancy": None, "transport": "tcp",
+            "options": {}, "quota": None, "force": False, "glusterd_socket": SOCK}
+    base.update(overrides)
+    return base
+
+
+def observed(info=None, quota=None, options_from="volume_get_all.xml"):
+    """What observe() would have read: the volume, its effective options, its quota."""
+    vol = volume(info) if info else None
+    effective = {}
+    if vol:
+        effective = g.parse_volume_get(fixture(options_from))
+        effective.update(vol["options"])
+    return {"volumes": [vol] if vol else [], "volume": vol, "options": effective, "quota": quota}
+
+
+def cmd(*words):
+    return [*G, *[str(w) for w in words], "--xml"]
+
+
+CREATE = cmd("volume", "create", "gv-exp1", "transport", "tcp", *BRICKS)
+START = cmd("volume", "start", "gv-exp1")
+STOP = cmd("volume", "stop", "gv-exp1")
+DELETE = cmd("volume", "delete", "gv-exp1")
+QUOTA_ON = cmd("volume", "quota", "gv-exp1", "enable")
+
+
+def limit(nbytes):
+    return cmd("volume", "quota", "gv-exp1", "limit-usage", "/", nbytes)
+
+
+def set_option(key, value):
+    return cmd("volume", "set", "gv-exp1", key, value)
+
+
+ENABLED_8G = {"enabled": True, "readable": True, "limit": 8 * GIB}
+ENABLED_STOPPED = {"enabled": True, "readable": False, "limit": None}
+DISABLED = {"enabled": False, "readable": True, "limit": None}
+
+# (what is there, what is asked) -> the exact commands, in order
+PLANS = [
+    ("absent -> started, options and quota, in one task",
+     observed(), params(state="started", bricks=BRICKS, quota="1GiB",
+                        options={"performance.readdir-ahead": True, "cluster.min-free-disk": "5%"}),
+     [CREATE, set_option("performance.readdir-ahead", "on"),
+      set_option("cluster.min-free-disk", "5%"), START, QUOTA_ON, limit(GIB)]),
+    ("absent -> present creates and leaves it stopped",
+     observed(), params(bricks=BRICKS), [CREATE]),
+    ("absent -> stopped creates only",
+     observed(), params(state="stopped", bricks=BRICKS), [CREATE]),
+    ("absent -> absent", observed(), params(state="absent"), []),
+    ("created -> started", observed("volume_info_distributed_created.xml"),
+     params(state="started"), [START]),
+    ("created -> present", observed("volume_info_distributed_created.xml"), params(), []),
+    ("created -> stopped: never started counts as stopped",
+     observed("volume_info_distributed_created.xml"), params(state="stopped"), []),
+    ("created -> absent", observed("volume_info_distributed_created.xml"),
+     params(state="absent"), [DELETE]),
+    ("started -> absent straight away",
+     observed("volume_info_started_options_quota.xml", ENABLED_8G), params(state="absent"),
+     [STOP, DELETE]),
+    ("started -> started with the same options and quota",
+     observed("volume_info_started_options_quota.xml", ENABLED_8G),
+     params(state="started", bricks=BRICKS, quota="8GiB",
+            options={"readdir-ahead": "enable", "cluster.min-free-disk": "5%",
+                     "performance.write-behind": True}),
+     []),
+    ("started -> started with one option changed",
+     observed("volume_info_started_options_quota.xml", ENABLED_8G),
+     params(state="started", options={"readdir-ahead": "off", "cluster.min-free-disk": "5%"}),
+     [set_option("performance.readdir-ahead", "off")]),
+    ("started -> started with a smaller quota",
+     observed("volume_info_started_options_quota.xml", ENABLED_8G),
+     params(state="started", quota="4G"), [limit(4 * GIB)]),
+    ("started, quota disabled -> quota",
+     observed("volume_info_started_options_quota.xml", DISABLED),
+     params(state="present", quota="100GB"), [QUOTA_ON, limit(100 * 1000**3)]),
+    ("started -> stopped applies the quota first, while gluster can still read it",
+     observed("volume_info_started_options_quota.xml", ENABLED_8G),
+     params(state="stopped", quota="2GiB"), [limit(2 * GIB), STOP]),
+    ("stopped -> started with quota: the limit cannot be read, so it is set",
+     observed("volume_info_stopped.xml", ENABLED_STOPPED),
+     params(state="started", quota="8GiB"), [START, limit(8 * GIB)]),
+    ("stopped -> stopped with quota: not checkable, nothing run",
+     observed("volume_info_stopped.xml", ENABLED_STOPPED),
+     params(state="stopped", quota="8GiB"), []),
+    ("stopped -> absent", observed("volume_info_stopped.xml"), params(state="absent"),
+     [DELETE]),
+]
+
+
+@pytest.mark.parametrize(("why", "seen", "asked", "commands"), PLANS,
+                         ids=[case[0] for case in PLANS])
+def test_plan(why, seen, asked, commands):
+    assert gv.plan(seen, asked)[0] == commands
+
+
+def test_create_with_a_replica_layout_and_force():
+    bricks = [f"127.1.1.{n}:/srv/b/gv-r" for n in (1, 2, 3)]
+    commands, _ = gv.plan(observed(), params(name="gv-r", bricks=bricks, replica=3, arbiter=1,
+                                             force=True, glusterd_socket=None))
+    assert commands == [["gluster", "--mode=script", "volume", "create", "gv-r", "replica", "3",
+                         "arbiter", "1", "transport", "tcp", *bricks, "force", "--xml"]]
+
+
+def test_quota_on_a_volume_that_will_not_be_started_is_a_warning():
+    commands, warnings = gv.plan(observed(), params(bricks=BRICKS, quota="1GiB"))
+    assert commands == [CREATE]
+    assert warnings == ["quota of volume gv-exp1 not checked or applied: gluster reads and sets "
+                        "quota only on a started volume; a task with state: started applies it"]
+    assert gv.plan(observed(), params(state="started", bricks=BRICKS, quota="1GiB"))[1] == []
+
+
+# --- validation ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("seen", "asked", "problems"), [
+    (None, params(name="gv.a", state="absent"),
+     ["volume name 'gv.a': use only letters, digits, '-' and '_', and do not start with '-'"]),
+    (None, params(name="ALL", bricks=BRICKS),
+     ["'ALL' is reserved by gluster and cannot name a volume"]),
+    (None, params(), ["volume gv-exp1 does not exist: give bricks to create it"]),
+    (None, params(bricks=[BRICKS[0], BRICKS[0]]),
+     [f"brick {BRICKS[0]} is given twice; each brick must be a different directory"]),
+    (None, params(bricks=BRICKS, replica=2),
+     ["3 bricks cannot be grouped in replica sets of 2; give a multiple of 2 bricks"]),
+    (None, params(bricks=BRICKS, quota="lots"),
+     ["quota: cannot read size 'lots': use a number with an optional unit K, M, G, T, P "
+      "(or KiB..PiB: powers of 1024) or KB..PB (powers of 1000)"]),
+    (None, params(bricks=BRICKS, quota="0"), ["quota must be larger than 0"]),
+    (None, params(bricks=BRICKS, options={"features.quota": "on"}),
+     ["options features.quota: set the quota with the quota option"]),
+    ("volume_info_distributed_created.xml", params(bricks=BRICKS[:2]),
+     [f"volume gv-exp1 exists with bricks {BRICKS}; this module does not add, remove or replace "
+      "bricks: give its bricks as they are (or leave bricks out), or delete the volume first"]),
+    ("volume_info_distributed_created.xml", params(replica=3),
+     ["volume gv-exp1 has replica 1, not 3; a volume's layout cannot be changed here"]),
+    ("volume_info_distributed_created.xml", params(transport="rdma"),
+     ["volume gv-exp1 uses transport tcp, not rdma"]),
+    ("volume_info_distributed_created.xml", params(bricks=BRICKS, state="started"), []),
+    ("volume_info_distributed_created.xml", params(state="absent", bricks=["nonsense"]), []),
+])
+def test_request_problems(seen, asked, problems):
+    assert gv.request_problems(asked, volume(seen) if seen else None) == problems
+
+
+def test_bricks_of_another_volume_are_refused_before_gluster_is_asked():
+    seen = dict(observed("volume_info_distributed_created.xml"), volume=None)
+    asked = params(name="gv-new", bricks=[BRICKS[0]])
+    assert gv.local_problems(asked, seen, is_local=lambda _host: False) == [
+        f"brick {BRICKS[0]} is already part of volume gv-exp1"]
+
+
+def test_only_bricks_on_this_host_are_checked_on_disk(tmp_path):
+    asked = params(name="gv-new", bricks=[f"remote:{tmp_path}/nope/gv-new",
+                                          f"here:{tmp_path}/nope/gv-new"], force=True)
+    problems = gv.local_problems(asked, observed(), is_local=lambda host: host == "here")
+    assert problems == [f"brick here:{tmp_path}/nope/gv-new: its parent directory "
+                        f"{tmp_path}/nope does not exist on here; gluster creates only the last "
+                        "directory of a brick path (mount the brick root first)"]
+
+
+def test_an_existing_volume_is_not_checked_against_itself():
+    seen = observed("volume_info_distributed_created.xml")
+    assert gv.local_problems(params(bricks=BRICKS), seen, is_local=lambda _host: True) == []
+
+
+def test_new_brick_dirs_are_the_local_ones_that_do_not_exist_yet(tmp_path):
+    (tmp_path / "old").mkdir()
+    asked = params(bricks=[f"here:{tmp_path}/old", f"here:{tmp_path}/new", f"far:{tmp_path}/x"])
+    assert gv.new_local_brick_dirs(asked, is_local=lambda host: host == "here") == [
+        f"{tmp_path}/new"]
+
+
+# --- diff ------------------------------------------------------------------------------------
+
+def test_summary_of_a_started_volume():
+    vol = volume("volume_info_started_options_quota.xml")
+    assert gv.summary(vol, {"performance.readdir-ahead": "on"}, ENABLED_8G) == {
+        "state": "started", "bricks": BRICKS, "options": {"performance.readdir-ahead": "on"},
+        "quota": "8GiB"}
+    assert gv.summary(None) == {"state": "absent"}
+
+
+def test_check_mode_predicts_the_state_after_creating():
+    asked = params(state="started", bricks=BRICKS, quota="1GiB",
+                   options={"readdir-ahead": True})
+    seen = observed()
+    before = gv.summary(None)
+    assert gv.predicted_summary(before, seen, asked) == {
+        "state": "started", "bricks": BRICKS, "options": {"readdir-ahead": "on"},
+        "quota": "1GiB"}
+
+
+def test_check_mode_predicts_stopping_and_deleting():
+    seen = observed("volume_info_started_options_quota.xml", ENABLED_8G)
+    before = gv.summary(seen["volume"], {}, ENABLED_8G)
+    assert gv.predicted_summary(before, seen, params(state="stopped"))["state"] == "stopped"
+    assert gv.predicted_summary(before, seen, params(state="absent")) == {"state": "absent"}
+
+
+# --- running the module with recorded answers --------------------------------------------------
+
+class Failed(Exception):
+    pass
+
+
+@pytest.fixture
+def gluster_module(fake_module):
+    class GlusterFakeModule(fake_module):
+        _diff = True
+
+        def __init__(self, answers=(), check_mode=False):
+            super().__init__(answers, check_mode)
+            self.failure = None
+
+        def get_bin_path(self, name, required=False):
+            return "gluster"
+
+        def fail_json(self, **result):
+            self.failure = result
+            raise Failed(result["msg"])
+
+    return GlusterFakeModule
+
+
+def answer(name):
+    return (0, fixture(name), "")
+
+
+def test_check_mode_reads_and_runs_nothing(gluster_module):
+    module = gluster_module([answer("volume_info_missing.xml")], check_mode=True)
+    asked = params(state="started", bricks=BRICKS)
+    result = gv.run(module, g.GlusterCli(module, SOCK), asked)
+    assert result["commands"] == [CREATE, START]
+    assert result["changed"] is True
+    assert result["volume"] is None
+    assert result["diff"]["before"] == {"state": "absent"}
+    assert [argv[3:5] for argv, _env in module.calls] == [["volume", "info"]]
+
+
+def test_a_failed_start_deletes_the_volume_this_task_created(gluster_module, tmp_path):
+    bricks = [f"127.1.1.9:{tmp_path}/gv-exp1"]  # local (loopback), but gluster never made it
+    module = gluster_module([
+        answer("volume_create_ok.xml"),
+        answer("error_delete_started.xml"),  # "volume start" fails (any failure will do)
+        answer("volume_stop_already.xml"),   # roll back: stop is refused, never started
+        answer("volume_delete_ok.xml"),      # roll back: delete
+        answer("volume_info_missing.xml"),   # which volume ids still exist
+    ])
+    cli = g.GlusterCli(module, SOCK)
+    with pytest.raises(Failed):
+        gv.apply(module, cli, params(state="started", bricks=bricks), observed(),
+                 [cmd("volume", "create", "gv-exp1", "transport", "tcp", *bricks), START])
+    assert module.failure["msg"] == (
+        "gluster volume start gv-exp1: Volume gv-rec has been started.Volume needs to be "
+        "stopped before deletion. (volume gv-exp1 was created by this task and has been "
+        "deleted again)")
+    assert module.failure["rolled_back"] == [DELETE]
+    assert module.failure["commands"] == [
+        cmd("volume", "create", "gv-exp1", "transport", "tcp", *bricks)]
+
+
+def test_a_failed_create_removes_the_brick_dirs_gluster_made_here(gluster_module, tmp_path):
+    brick_dir = tmp_path / "gv-exp1"
+    bricks = [f"127.0.0.1:{brick_dir}"]
+
+    class MakesTheBrickDir(gluster_module):
+        def run_command(self, argv, environ_update=None, **kwargs):
+            if "create" in argv:
+                brick_dir.mkdir()  # as glusterd's staging does before another node refuses
+            return super().run_command(argv, environ_update, **kwargs)
+
+    module = MakesTheBrickDir([answer("error_create_remote_parent_missing.xml"),
+                               answer("volume_info_missing.xml")])
+    with pytest.raises(Failed):
+        gv.apply(module, g.GlusterCli(module, SOCK), params(state="started", bricks=bricks),
+                 observed(), [cmd("volume", "create", "gv-exp1", "transport", "tcp", *bricks)])
+    assert "Staging failed on 127.1.1.2" in module.failure["msg"]
+    assert "created by this task" not in module.failure["msg"]
+    assert module.failure["rolled_back"] == []
+    assert not brick_dir.exists()
