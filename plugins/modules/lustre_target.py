@@ -274,9 +274,15 @@ def run_probe(module: AnsibleModule, argv: list, ok_codes: tuple = (0,)) -> tupl
     return rc, out
 
 
-def read_lustre_data(module: AnsibleModule, source: str) -> dict:
-    """What tunefs.lustre --dryrun says about the target on ``source`` ({} if none)."""
+def read_lustre_data(module: AnsibleModule, source: str, required: bool = False) -> dict:
+    """What tunefs.lustre --dryrun says about the target on ``source`` ({} if none).
+
+    ``required``: the label already says this is a Lustre target, so a failure
+    is an error, not "foreign device" (which force would then reformat).
+    """
     argv = [find_bin(module, "tunefs.lustre"), "--dryrun", source]
+    if required:
+        return parse_tunefs_dryrun(run_probe(module, argv)[1])
     rc, out, _err = module.run_command(argv, environ_update=C_LOCALE)
     return parse_tunefs_dryrun(out) if rc == 0 else {}
 
@@ -337,7 +343,7 @@ def roles_match(module: AnsibleModule, params: dict, request: dict) -> bool:
     """An MDT and a combined MGS/MDT share a label; tunefs.lustre tells them apart."""
     if params["kind"] not in ("mdt", "mgs_mdt"):
         return True
-    lustre_data = read_lustre_data(module, request["source"])
+    lustre_data = read_lustre_data(module, request["source"], required=True)
     return lustre_data.get("roles") == expected_roles(params["kind"])
 
 
@@ -374,10 +380,9 @@ def refuse_to_format(params: dict, request: dict, device: dict) -> None:
     if device["blank"] or params["force"]:
         return
     found = f"label {device['label']!r}" if device["label"] else "no label"
-    raise Refusal(f"{params['device']} carries {describe_signature(device['signature'])} "
-                  f"with {found}, not "
-                  f"{request['label']!r}: refusing to format it. Set force: true to reformat "
-                  "it (its data is lost), or choose another device.")
+    raise Refusal(f"{params['device']} carries {describe_signature(device['signature'])} with "
+                  f"{found}, not {request['label']!r}: refusing to format it. Set force: true "
+                  "to reformat it (its data is lost), or choose another device.")
 
 
 def plan_absent(params: dict, device: dict) -> list:
@@ -412,7 +417,7 @@ def run_plan(module: AnsibleModule, plan: list, params: dict, request: dict) -> 
     """Run the plan in order; stop at the first failure and say what already ran."""
     for done, (action, argv) in enumerate(plan):
         if action == "mount":
-            os.makedirs(params["mountpoint"], exist_ok=True)
+            make_mountpoint(module, params["mountpoint"])
         rc, out, err = module.run_command(argv, environ_update=C_LOCALE)
         if rc != 0:
             module.fail_json(msg=f"{' '.join(argv)} failed with rc {rc}: {err.strip()}", rc=rc,
@@ -420,6 +425,13 @@ def run_plan(module: AnsibleModule, plan: list, params: dict, request: dict) -> 
                              commands=[step[1] for step in plan[:done]])
         if action == "mkfs":
             verify_label(module, params, request)
+
+
+def make_mountpoint(module: AnsibleModule, path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        module.fail_json(msg=f"cannot create mount point {path}: {error}")
 
 
 def verify_label(module: AnsibleModule, params: dict, request: dict) -> None:

@@ -288,6 +288,22 @@ def test_an_mdt_is_not_taken_for_a_combined_mgs_mdt(system, result_of):
     assert system.commands("tunefs.lustre") == [[sbin("tunefs.lustre"), "--dryrun", DEV]]
 
 
+def test_an_mdt_whose_roles_cannot_be_read_is_an_error_not_a_foreign_device(system, result_of):
+    system.signature = {"LABEL": "fs-MDT0000", "TYPE": "ext4"}
+    system.fail["tunefs.lustre"] = (1, "", "tunefs.lustre: cannot read CONFIGS/mountdata")
+    result = result_of({"fsname": "fs", "kind": "mgs_mdt", "device": DEV, "force": True})
+    assert result["failed"] and "cannot read CONFIGS/mountdata" in result["msg"]
+    assert system.commands("mkfs.lustre") == []
+
+
+def test_a_mount_point_that_cannot_be_made_fails_cleanly(system, result_of, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = result_of(ost(state="mounted", mountpoint=str(blocker / "mnt")))
+    assert result["failed"] and "cannot create mount point" in result["msg"]
+    assert system.commands("mount") == []
+
+
 def test_a_combined_mgs_mdt_is_recognised(system, result_of):
     system.signature = {"LABEL": "fs-MDT0000", "TYPE": "ext4"}
     system.roles = {"MDT", "MGS"}
