@@ -21,7 +21,7 @@ description:
   - Idempotent; the truth is C(/proc/self/mountinfo). A path where another filesystem is
     mounted is refused, never stacked over or unmounted.
 author:
-  - hpc.burstbuffer developers
+  - hpc.burstbuffer developers (@hpc-burstbuffer)
 options:
   path:
     description:

@@ -26,7 +26,7 @@ description:
   - Runs C(mkfs.xfs) only on a path that is a block device at that moment (loop devices are).
   - Leaves C(/etc/fstab) alone unless O(persist=true).
 author:
-  - hpc.burstbuffer developers
+  - hpc.burstbuffer developers (@hpc-burstbuffer)
 options:
   device:
     description:
