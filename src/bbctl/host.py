@@ -96,6 +96,8 @@ def stop_pid_file(pid_file: Path, *, grace: float = 10.0) -> bool:
 def address_in_use(host: str, port: int) -> bool:
     """True if nothing of ours could listen on host:port (someone holds it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: connections of a dead listener in TIME_WAIT must not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -120,8 +122,12 @@ def _unescape(field: str) -> str:
 
 def mounts() -> list[Mount]:
     """Current mounts from /proc/self/mountinfo (the kernel's own truth)."""
+    return parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
     result = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+    for line in text.splitlines():
         before, after = line.split(" - ", 1)
         target = _unescape(before.split()[4])
         fstype, source = after.split()[:2]

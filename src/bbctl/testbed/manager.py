@@ -18,7 +18,7 @@ from bbctl import host
 from bbctl.collection import sizes
 from bbctl.errors import TestbedError
 from bbctl.testbed import slurm, storage
-from bbctl.testbed.config import TestbedConfig
+from bbctl.testbed.config import GLUSTERD_PORT, TestbedConfig
 
 # Command -> the Debian package that provides it (scripts/setup.sh installs them).
 REQUIRED_COMMANDS = {
@@ -47,6 +47,17 @@ def preflight(config: TestbedConfig) -> None:
         raise TestbedError(f"missing {', '.join(missing)}: install the Debian packages "
                            f"{' '.join(packages)} (scripts/setup.sh does)")
     _check_disk(config)
+    _check_addresses(config)
+
+
+def _check_addresses(config: TestbedConfig) -> None:
+    for node in config.nodes:
+        if not storage.glusterd_running(node) and host.address_in_use(node.address, GLUSTERD_PORT):
+            raise TestbedError(
+                f"{node.address}:{GLUSTERD_PORT} is already taken by another process "
+                "(a system glusterd?); stop it or choose another --address-prefix")
+    if config.slurm != "none":
+        slurm.check_ports(config)
 
 
 def _check_disk(config: TestbedConfig) -> None:

@@ -100,14 +100,21 @@ def _daemon(config: TestbedConfig, name: str) -> Path:
     return config.slurm_dir / f"{name}.pid"
 
 
-def start_slurm(config: TestbedConfig) -> None:
-    env = slurm_env(config)
-    for daemon, port in (("slurmctld", SLURMCTLD_PORT), ("slurmd", SLURMD_PORT)):
-        if host.running_pid(_daemon(config, daemon)):
-            continue
-        if host.address_in_use("0.0.0.0", port):
+DAEMON_PORTS = (("slurmctld", SLURMCTLD_PORT), ("slurmd", SLURMD_PORT))
+
+
+def check_ports(config: TestbedConfig) -> None:
+    for daemon, port in DAEMON_PORTS:
+        if not host.running_pid(_daemon(config, daemon)) and host.address_in_use("0.0.0.0", port):
             raise TestbedError(f"port {port} for {daemon} is already taken "
                                "(a Slurm of the site?); stop it first")
+
+
+def start_slurm(config: TestbedConfig) -> None:
+    env = slurm_env(config)
+    for daemon, _port in DAEMON_PORTS:
+        if host.running_pid(_daemon(config, daemon)):
+            continue
         argv = [daemon] + (["-N", config.hostname] if daemon == "slurmd" else [])
         host.run(argv, env=env)
         _wait(lambda d=daemon: host.running_pid(_daemon(config, d)) is not None,

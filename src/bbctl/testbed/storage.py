@@ -13,8 +13,7 @@ import xml.etree.ElementTree as ET
 
 from bbctl import host
 from bbctl.errors import BBError, TestbedError
-from bbctl.testbed.config import GLUSTERD_PORT, Node, TestbedConfig
-
+from bbctl.testbed.config import Node, TestbedConfig
 
 # --- bricks ------------------------------------------------------------------
 
@@ -26,11 +25,13 @@ def ensure_brick(node: Node, k: int, size: int) -> str:
         with image.open("wb") as fh:
             fh.truncate(size)
     device = host.loop_for(image) or host.run(["losetup", "--find", "--show", str(image)]).stdout.strip()
-    if host.run(["blkid", "-o", "value", "-s", "TYPE", device], check=False).stdout.strip() != "xfs":
-        host.run(["mkfs.xfs", "-q", "-i", "size=512", device])
+    # -p probes the device itself: blkid's cache may remember a previous user of this loop number.
+    probe = host.run(["blkid", "-p", "-o", "value", "-s", "TYPE", device], check=False)
+    if probe.stdout.strip() != "xfs":
+        host.run(["mkfs.xfs", "-q", "-f", "-i", "size=512", device])
     mountpoint.mkdir(parents=True, exist_ok=True)
     if host.mount_at(mountpoint) is None:
-        host.run(["mount", "-o", "noatime,inode64", device, str(mountpoint)])
+        host.run(["mount", "-t", "xfs", "-o", "noatime,inode64", device, str(mountpoint)])
     return device
 
 
@@ -49,10 +50,6 @@ def glusterd_running(node: Node) -> bool:
 def start_glusterd(node: Node) -> None:
     if glusterd_running(node):
         return
-    if host.address_in_use(node.address, GLUSTERD_PORT):
-        raise TestbedError(
-            f"{node.address}:{GLUSTERD_PORT} is already taken by another process "
-            "(a system glusterd?); stop it or choose another --address-prefix")
     for directory in (node.glusterd_dir, node.run_dir, node.log_file.parent):
         directory.mkdir(parents=True, exist_ok=True)
     node.pid_file.unlink(missing_ok=True)
