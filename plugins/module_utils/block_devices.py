@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: hpc.burstbuffer developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010  (ansible-test sanity requires this boilerplate)
+
 """Block devices: is it one, what does it carry, and is anything using it.
 
 Read before acting, as community.general's ``filesystem`` and the storage role's

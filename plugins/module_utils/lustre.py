@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: hpc.burstbuffer developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010  (ansible-test sanity requires this boilerplate)
+
 """Lustre targets as data: names, labels, argv lists and the order of things.
 
 Pure functions only (no I/O), so every rule here is unit-tested as a table and

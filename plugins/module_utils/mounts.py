@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: hpc.burstbuffer developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010  (ansible-test sanity requires this boilerplate)
+
 """Mounts: what the kernel says is mounted, and mount/umount that survive "busy".
 
 The truth is /proc/self/mountinfo (not /etc/mtab, not /etc/fstab): it names the

@@ -36,7 +36,7 @@ def parse_size(text):
             "cannot read size %r: use a number with an optional unit "
             "K, M, G, T, P (or KiB..PiB: powers of 1024) or KB..PB (powers of 1000)" % (text,))
     number, unit = match.groups()
-    return int(math.ceil(float(number) * _multiplier(unit or "")))
+    return math.ceil(float(number) * _multiplier(unit or ""))
 
 
 def _multiplier(unit):
