@@ -1,14 +1,13 @@
 # -*- coding: utf-8 -*-
 # Copyright: hpc.burstbuffer developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP004, UP009, UP010  (ansible-test sanity requires this boilerplate)
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
 
-class ModuleDocFragment(object):
+class ModuleDocFragment:
     """The glusterd that a gluster module talks to."""
 
     DOCUMENTATION = r"""

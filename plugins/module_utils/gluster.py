@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: hpc.burstbuffer developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: UP001, UP009, UP010  (ansible-test sanity requires this boilerplate)
 """GlusterFS: the gluster CLI as argv lists, and its ``--xml`` answers as plain dicts.
 
 Three layers, so each can be tested alone:

@@ -2,7 +2,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: hpc.burstbuffer developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: E402, UP001, UP009, UP010  (Ansible module layout: boilerplate, then docs, then imports)
 
 from __future__ import absolute_import, division, print_function
 
@@ -27,7 +26,7 @@ description:
     C(.glusterfs) directory), a symbolic link, a mount point (a brick root itself) and C(/).
   - A path that does not exist is already absent; nothing changes.
 author:
-  - hpc.burstbuffer developers
+  - hpc.burstbuffer developers (@hpc-burstbuffer)
 options:
   path:
     description:

@@ -2,7 +2,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: hpc.burstbuffer developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: E402, UP001, UP009, UP010  (Ansible module layout: boilerplate, then docs, then imports)
 
 from __future__ import absolute_import, division, print_function
 
@@ -23,7 +22,7 @@ description:
     UUID of this glusterd (the pool lists itself as C(localhost)) or of a known peer, the node
     is already in the pool under another name and nothing is done for it."
 author:
-  - hpc.burstbuffer developers
+  - hpc.burstbuffer developers (@hpc-burstbuffer)
 options:
   nodes:
     description:

@@ -2,7 +2,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: hpc.burstbuffer developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-# ruff: noqa: E402, UP001, UP009, UP010  (Ansible module layout: boilerplate, then docs, then imports)
 
 from __future__ import absolute_import, division, print_function
 
@@ -30,7 +29,7 @@ description:
   - Does not add, remove or replace bricks of an existing volume; it fails and says so when
     O(bricks) differ from the volume's.
 author:
-  - hpc.burstbuffer developers
+  - hpc.burstbuffer developers (@hpc-burstbuffer)
 options:
   name:
     description:
