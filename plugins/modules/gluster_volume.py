@@ -89,7 +89,7 @@ options:
     description:
       - Transport of the volume.
     type: str
-    choices: [tcp, rdma, tcp,rdma]
+    choices: [tcp, rdma, "tcp,rdma"]
     default: tcp
   options:
     description:
@@ -322,10 +322,12 @@ def mismatch_problems(params, volume):
 
 
 def option_problems(options):
+    problems = [f"option {key} has no value; give one (gluster volume reset is not done here)"
+                for key, value in options.items() if value is None]
     quota_keys = sorted(key for key in options if key in QUOTA_OPTION_KEYS)
     if quota_keys:
-        return [f"options {', '.join(quota_keys)}: set the quota with the quota option"]
-    return []
+        problems.append(f"options {', '.join(quota_keys)}: set the quota with the quota option")
+    return problems
 
 
 def quota_problems(quota):

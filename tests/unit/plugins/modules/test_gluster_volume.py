@@ -161,6 +161,9 @@ def test_quota_on_a_volume_that_will_not_be_started_is_a_warning():
     (None, params(bricks=BRICKS, quota="0"), ["quota must be larger than 0"]),
     (None, params(bricks=BRICKS, options={"features.quota": "on"}),
      ["options features.quota: set the quota with the quota option"]),
+    (None, params(bricks=BRICKS, options={"cluster.min-free-disk": None}),
+     ["option cluster.min-free-disk has no value; give one (gluster volume reset is not done "
+      "here)"]),
     ("volume_info_distributed_created.xml", params(bricks=BRICKS[:2]),
      [f"volume gv-exp1 exists with bricks {BRICKS}; this module does not add, remove or replace "
       "bricks: give its bricks as they are (or leave bricks out), or delete the volume first"]),
