@@ -162,7 +162,8 @@ def write_inventory(config: TestbedConfig) -> None:
         "vars": {"ansible_connection": "local", "ansible_python_interpreter": config.python,
                  "bb_testbed_root": str(config.root)},
         "children": {
-            "bb_storage": {"hosts": storage_hosts},
+            # scripts/setup.sh installed the packages; the test bed runs its own glusterds.
+            "bb_storage": {"hosts": storage_hosts, "vars": {"gluster_server_install": False}},
             "bb_clients": {"hosts": {"bbclient1": {"ansible_host": "127.0.0.1"}}},
         },
     }}
