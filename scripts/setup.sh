@@ -36,4 +36,17 @@ if [ ! -e "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# ansible-test sanity runs from its own virtualenv, holding exactly the
+# requirement pins that this ansible-test version ships (they differ from ours).
+reqs=$(.venv/bin/python -c 'import ansible_test, os; print(os.path.join(os.path.dirname(ansible_test.__file__), "_data", "requirements"))')
+sanity_stamp=.venv-sanity/.installed-$(cat pyproject.toml "$reqs"/sanity.*.txt | sha256sum | cut -c1-16)
+if [ ! -e "$sanity_stamp" ]; then
+  [ -x .venv-sanity/bin/python ] || "$PYTHON" -m venv .venv-sanity
+  .venv-sanity/bin/pip install -q --upgrade pip
+  ansible_core=$(.venv/bin/pip show ansible-core | sed -n 's/^Version: //p')
+  .venv-sanity/bin/pip install -q "ansible-core==$ansible_core" \
+    $(for t in pylint validate-modules yamllint pep8 import runtime-metadata ansible-doc; do echo -r "$reqs/sanity.$t.txt"; done)
+  rm -f .venv-sanity/.installed-*
+  touch "$sanity_stamp"
+fi
 echo "setup.sh: ready ($(.venv/bin/ansible --version | head -1))"
