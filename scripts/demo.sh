@@ -39,7 +39,7 @@ say "setup: buffer_create.yml builds a 3-brick GlusterFS volume (quota 3GiB)"
 play buffer_create
 say "pre_run: buffer_mount.yml mounts it for bbuser (0700)"
 play buffer_mount
-ls -ld "$root/mnt/demo-job" | sed 's/^/  /'
+stat -c '  %A %U:%G %n' "$root/mnt/demo-job"
 
 say "run: a Slurm job of bbuser writes 12 files into the buffer"
 job=$(mktemp -d /tmp/bb-demo-job.XXXXXX); chown bbuser: "$job"
@@ -55,10 +55,14 @@ for _ in $(seq 1 60); do squeue -h -j "$id" | grep -q . || break; sleep 1; done
 sacct_state=$(scontrol show job "$id" 2>/dev/null | grep -o 'JobState=[A-Z]*' || echo 'JobState=?')
 echo "  job $id finished: $sacct_state"
 say "the files landed on the three servers' bricks"
-for n in 1 2 3; do echo "  bbnode$n: $(ls "$root/node$n/bricks/nvme1/demo-job" | grep -c out) files"; done
+for n in 1 2 3; do
+  files=("$root/node$n/bricks/nvme1/demo-job"/out*.txt)
+  echo "  bbnode$n: ${#files[@]} files"
+done
 
 say "post_run + teardown: buffer_unmount.yml, buffer_destroy.yml"
 play buffer_unmount
 play buffer_destroy
 rm -rf "$vars" "$job"
-echo "  bricks after teardown: $(ls -A "$root"/node*/bricks/nvme1 | grep -vc '^$\|:$' || true) entries"
+left=$(find "$root"/node*/bricks/nvme1 -mindepth 1 -maxdepth 1 | wc -l)
+echo "  brick roots after teardown: $left entries"

@@ -9,7 +9,7 @@ APT_PACKAGES=(
   glusterfs-server glusterfs-client xfsprogs util-linux mount attr
   slurm-wlm slurm-client munge lua5.1
   rsync etcd-server fuse-overlayfs bubblewrap
-  python3-venv
+  python3-venv shellcheck
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -44,8 +44,11 @@ if [ ! -e "$sanity_stamp" ]; then
   [ -x .venv-sanity/bin/python ] || "$PYTHON" -m venv .venv-sanity
   .venv-sanity/bin/pip install -q --upgrade pip
   ansible_core=$(.venv/bin/pip show ansible-core | sed -n 's/^Version: //p')
-  .venv-sanity/bin/pip install -q "ansible-core==$ansible_core" \
-    $(for t in pylint validate-modules yamllint pep8 import runtime-metadata ansible-doc; do echo -r "$reqs/sanity.$t.txt"; done)
+  req_args=()
+  for t in pylint validate-modules yamllint pep8 import runtime-metadata ansible-doc; do
+    req_args+=(-r "$reqs/sanity.$t.txt")
+  done
+  .venv-sanity/bin/pip install -q "ansible-core==$ansible_core" "${req_args[@]}"
   rm -f .venv-sanity/.installed-*
   touch "$sanity_stamp"
 fi

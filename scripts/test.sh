@@ -12,10 +12,11 @@ want() { [[ " $stages " == *" $1 "* ]]; }
 step() { printf '\n=== %s\n' "$*"; }
 
 if want lint; then
-  step "lint: ruff, yamllint, ansible-lint"
+  step "lint: ruff, yamllint, ansible-lint, shellcheck"
   ruff check src tests plugins
   yamllint --strict .
   ansible-lint --offline
+  shellcheck scripts/*.sh .ci/run
 fi
 
 if want sanity; then
