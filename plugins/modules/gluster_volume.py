@@ -520,7 +520,10 @@ def roll_back(cli, params, created, new_dirs):
                 undone.append(argv)
             except GlusterError:
                 continue  # a never-started volume refuses "stop": expected, go on
-    ids = {volume["id"] for volume in cli.volumes()}
+    try:
+        ids = {volume["id"] for volume in cli.volumes()}
+    except GlusterError:
+        return undone  # without glusterd no directory can be shown to be free: keep them all
     for path in new_dirs:
         if os.path.isdir(path) and volume_id_of(path) not in ids:
             shutil.rmtree(path)
@@ -581,7 +584,8 @@ def run(module, cli, params):
                      observed["quota"])
     if module.check_mode or not commands:
         after = predicted_summary(before, observed, params) if commands else before
-        return result_of(module, commands, observed["volume"], before, after)
+        return result_of(module, commands, with_brick_status(cli, observed["volume"]), before,
+                         after)
     apply(module, cli, params, observed, commands)
     now = observe(cli, params)
     after = summary(now["volume"], asked_options(now["options"], params), now["quota"])
