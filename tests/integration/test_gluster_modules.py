@@ -310,6 +310,33 @@ def test_quota_is_enabled_limited_and_then_left_alone(testbed, volume_name, ansi
                for warning in unchecked.get("warnings", []))
 
 
+@pytest.fixture
+def mount_point():
+    """An empty directory to mount a volume on; unmounted and removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="bb-gluster-mnt-"))
+    yield path
+    if sh("mountpoint", "-q", path).returncode == 0 and sh("umount", path).returncode != 0:
+        sh("umount", "-l", path)
+    path.rmdir()
+
+
+def test_the_quota_stops_writes_through_a_fuse_mount(testbed, volume_name, ansible, mount_point):
+    name = volume_name("full")
+    ok(ansible.run("gluster_volume", {
+        "name": name, "state": "started", "bricks": testbed.bricks(name),
+        "glusterd_socket": testbed.first.socket, "quota": "10MiB",
+        # enforce at once instead of after gluster's default 5 s (hard) / 60 s (soft) lag
+        "options": {"features.hard-timeout": 0, "features.soft-timeout": 0}}))
+    sh("mount", "-t", "glusterfs", f"{testbed.first.host}:/{name}", mount_point, check=True)
+
+    written = sh("dd", "if=/dev/zero", f"of={mount_point}/big", "bs=1M", "count=30")
+
+    assert written.returncode != 0
+    assert "Disk quota exceeded" in written.stderr
+    assert os.path.getsize(mount_point / "big") <= 10 * 1024**2
+    assert os.statvfs(mount_point).f_blocks * os.statvfs(mount_point).f_frsize == 10 * 1024**2
+
+
 def test_stopped_then_absent_straight_from_started(testbed, volume_name, ansible):
     name = volume_name("life")
     sock = testbed.first.socket
