@@ -315,8 +315,9 @@ def verify_mounted(path, params):
     """
     mount = mount_at(read_mountinfo(), path)
     if mount is None or not is_wanted_mount(mount, params):
+        where = "the kernel log (dmesg)" if params["fstype"] == "lustre" else "the client log (/var/log/glusterfs/)"
         raise BufferError(f"mount of {params['src']} at {path} reported success but the kernel "
-                          "shows no such mount; see the client log (/var/log/glusterfs/).")
+                          f"shows no such mount; see {where}.")
 
 
 def describe(src, fstype, root):

@@ -20,7 +20,11 @@ from pathlib import Path
 
 from bbctl.errors import BBError
 
-C_LOCALE = {**os.environ, "LANG": "C", "LC_ALL": "C"}
+# System tools are run from the system's directories only: a test's fake
+# (tests/fakes/lustre puts a blkid first in PATH) must never decide whether
+# bbctl formats a device.
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+C_LOCALE = {**os.environ, "LANG": "C", "LC_ALL": "C", "PATH": SYSTEM_PATH}
 
 
 def run(argv: Sequence[str], *, check: bool = True, timeout: float = 120,

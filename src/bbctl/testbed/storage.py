@@ -25,13 +25,18 @@ def ensure_brick(node: Node, k: int, size: int) -> str:
         with image.open("wb") as fh:
             fh.truncate(size)
     device = host.loop_for(image) or host.run(["losetup", "--find", "--show", str(image)]).stdout.strip()
+    mounted = host.mount_at(mountpoint)
+    if mounted is not None:
+        if mounted.source != device:
+            raise TestbedError(f"{mounted.source} is mounted at {mountpoint}, where brick {image.name} belongs: "
+                               "unmount it or run `bbctl testbed down`")
+        return device
     # -p probes the device itself: blkid's cache may remember a previous user of this loop number.
     probe = host.run(["blkid", "-p", "-o", "value", "-s", "TYPE", device], check=False)
     if probe.stdout.strip() != "xfs":
         host.run(["mkfs.xfs", "-q", "-f", "-i", "size=512", device])
     mountpoint.mkdir(parents=True, exist_ok=True)
-    if host.mount_at(mountpoint) is None:
-        host.run(["mount", "-t", "xfs", "-o", "noatime,inode64", device, str(mountpoint)])
+    host.run(["mount", "-t", "xfs", "-o", "noatime,inode64", device, str(mountpoint)])
     return device
 
 

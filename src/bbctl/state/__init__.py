@@ -1,0 +1,54 @@
+"""bbctl's state: buffer records and brick allocations, in SQLite (default) or etcd.
+
+``open_store("/var/lib/bbctl/state.db")`` or ``open_store("http://127.0.0.1:2379")``;
+both give a StateStore (see base.py for the record and the rules).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bbctl.state.base import (
+    IN_FLIGHT,
+    RELEASABLE,
+    BrickAllocation,
+    Buffer,
+    BufferExists,
+    BufferNotFound,
+    BufferSpec,
+    BufferState,
+    Orphans,
+    StateConflict,
+    StateError,
+    StateStore,
+)
+from bbctl.state.etcd import EtcdStore
+from bbctl.state.sqlite import DEFAULT_PATH, SQLiteStore
+
+
+def open_store(location: str | Path = DEFAULT_PATH) -> StateStore:
+    """An etcd store for an http(s):// endpoint, else a SQLite store at that path."""
+    text = str(location)
+    if text.startswith(("http://", "https://")):
+        return EtcdStore(text)
+    return SQLiteStore(Path(text))
+
+
+__all__ = [
+    "DEFAULT_PATH",
+    "IN_FLIGHT",
+    "RELEASABLE",
+    "BrickAllocation",
+    "Buffer",
+    "BufferExists",
+    "BufferNotFound",
+    "BufferSpec",
+    "BufferState",
+    "EtcdStore",
+    "Orphans",
+    "SQLiteStore",
+    "StateConflict",
+    "StateError",
+    "StateStore",
+    "open_store",
+]
