@@ -94,7 +94,7 @@ class SQLiteStore:
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        return self._transaction("BEGIN")
+        return self._transaction("BEGIN IMMEDIATE")
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         return self._transaction("BEGIN")

@@ -1,0 +1,425 @@
+"""One suite, two stores: every test runs against SQLite and against a real etcd.
+
+The etcd server is started here on free loopback ports with its own data
+directory, and stopped by its pid. If it cannot start, the etcd tests fail
+with etcd's own words: a missing etcd is a broken machine, not a skip.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bbctl.pools import Brick, NotEnoughBricks, Pool
+from bbctl.state import (
+    BufferExists,
+    BufferNotFound,
+    BufferSpec,
+    BufferState,
+    EtcdStore,
+    SQLiteStore,
+    StateConflict,
+    StateStore,
+    open_store,
+)
+
+GiB = 1024**3
+START = 1_700_000_000.0
+
+
+class Clock:
+    """A clock the test moves by hand: ages without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_pool(servers: int = 20, per_server: int = 3, name: str = "nvme") -> Pool:
+    bricks = tuple(Brick(pool=name, server=f"s{s:02d}", address=f"127.1.1.{s}", path=f"/bricks/nvme{b}",
+                         device=f"/dev/nvme{b}n1")
+                   for s in range(1, servers + 1) for b in range(1, per_server + 1))
+    return Pool(name, GiB, bricks)
+
+
+def spec(key: str, bricks: int = 1, uid: int = 1000) -> BufferSpec:
+    return BufferSpec(key=key, owner_uid=uid, owner_gid=uid, capacity=bricks * GiB, fs="gluster")
+
+
+# --- the etcd server ---------------------------------------------------------------
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel says are free: bind all to port 0 at once so they differ."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def wait_for_etcd(proc: subprocess.Popen, endpoint: str, log: Path, deadline: float) -> None:
+    """Poll until etcd answers a KV read (it has a leader), or fail with its log."""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"etcd exited with status {proc.returncode}:\n{log.read_text()[-2000:]}")
+        request = urllib.request.Request(f"{endpoint}/v3/kv/range", data=b'{"key": "AA=="}', method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=1):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.05)  # waiting for a server to start, not for a race to settle
+    pytest.fail(f"etcd did not answer on {endpoint} within 15 s:\n{log.read_text()[-2000:]}")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM by pid, then SIGKILL; reap it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def etcd_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    executable = shutil.which("etcd") or "/usr/bin/etcd"
+    root = tmp_path_factory.mktemp("etcd")
+    client, peer = free_ports(2)
+    endpoint, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    argv = [executable, "--name", "bbctl-test", "--data-dir", str(root / "data"),
+            "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"bbctl-test={peer_url}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}  # flags only, no ambient config
+    log = root / "etcd.log"
+    try:
+        with log.open("w") as log_file:
+            proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env)
+    except OSError as exc:
+        pytest.fail(f"cannot start etcd ({executable}): {exc}")
+    try:
+        wait_for_etcd(proc, endpoint, log, time.monotonic() + 15)
+        yield endpoint
+    finally:
+        stop_process(proc)
+
+
+# --- both stores behind one fixture ------------------------------------------------
+
+@dataclass
+class Backend:
+    """Opens stores on one shared state (as separate bbctl processes would), and plants damage."""
+
+    name: str
+    open: Callable[..., StateStore]
+    plant_allocation: Callable[[str, str, str], None]
+
+
+def sqlite_backend(path: Path) -> Backend:
+    def plant(pool: str, brick_id: str, buffer_key: str) -> None:
+        store = SQLiteStore(path)
+        with store._write() as db:
+            db.execute("INSERT INTO allocations (brick_id, pool, buffer_key) VALUES (?, ?, ?)",
+                       (brick_id, pool, buffer_key))
+        store.close()
+
+    return Backend("sqlite", lambda clock=time.time: SQLiteStore(path, clock=clock), plant)
+
+
+def etcd_backend(endpoint: str) -> Backend:
+    prefix = f"/test-{uuid.uuid4().hex}"  # each test its own namespace on the shared server
+
+    def plant(pool: str, brick_id: str, buffer_key: str) -> None:
+        store = EtcdStore(endpoint, prefix=prefix)
+        store._call("/v3/kv/put", {"key": _b64(store._brick_key(pool, brick_id)), "value": _b64(buffer_key)})
+
+    return Backend("etcd", lambda clock=time.time: EtcdStore(endpoint, prefix=prefix, clock=clock), plant)
+
+
+def _b64(text: str) -> str:
+    import base64
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return sqlite_backend(tmp_path / "state.db")
+    return etcd_backend(request.getfixturevalue("etcd_endpoint"))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(backend: Backend, clock: Clock) -> Iterator[StateStore]:
+    opened = backend.open(clock)
+    yield opened
+    opened.close()
+
+
+# --- intent before acting ------------------------------------------------------------
+
+def test_allocate_records_intent_visible_to_another_process_before_acting(backend, store, clock):
+    pool = make_pool()
+    record = store.allocate(spec("1234", bricks=3), pool)
+    # What gc, or a second bbctl, sees at this moment, before any playbook ran:
+    seen = backend.open().get("1234")
+    assert seen == record
+    assert seen.state is BufferState.ALLOCATING
+    assert (seen.created_at, seen.updated_at) == (START, START)
+    assert (seen.owner_uid, seen.pool, seen.capacity, seen.fs) == (1000, "nvme", 3 * GiB, "gluster")
+    assert len({brick.server for brick in seen.bricks}) == 3, "spread: one brick per server"
+    assert backend.open().allocated_brick_ids("nvme") == {brick.id for brick in seen.bricks}
+
+
+def test_allocations_never_share_a_brick(store):
+    pool = make_pool(servers=4, per_server=2)
+    first = store.allocate(spec("a", bricks=5), pool)
+    second = store.allocate(spec("b", bricks=3), pool)
+    assert not {b.id for b in first.bricks} & {b.id for b in second.bricks}
+    assert len(store.allocated_brick_ids("nvme")) == 8
+
+
+def test_allocating_the_same_key_twice_is_refused_and_takes_nothing(store):
+    pool = make_pool()
+    store.allocate(spec("1234", bricks=2), pool)
+    with pytest.raises(BufferExists, match="1234 already exists"):
+        store.allocate(spec("1234", bricks=2), pool)
+    assert len(store.allocated_brick_ids("nvme")) == 2
+
+
+def test_not_enough_bricks_names_pool_needed_and_free_and_records_nothing(store):
+    pool = make_pool(servers=2, per_server=2)
+    store.allocate(spec("first", bricks=3), pool)
+    with pytest.raises(NotEnoughBricks, match=r"not enough free bricks in pool 'nvme': 2 needed, 1 free"):
+        store.allocate(spec("second", bricks=2), pool)
+    assert store.get("second") is None
+    assert len(store.allocated_brick_ids("nvme")) == 3
+
+
+def test_buffers_lists_every_record_by_key(store):
+    pool = make_pool()
+    for key in ("b", "a", "c"):
+        store.allocate(spec(key), pool)
+    assert [b.key for b in store.buffers()] == ["a", "b", "c"]
+    assert store.get("missing") is None
+
+
+# --- compare-and-swap transitions ------------------------------------------------------
+
+def test_transition_moves_from_the_expected_state_only(store, clock):
+    store.allocate(spec("7"), make_pool())
+    clock.now += 5
+    moved = store.transition("7", BufferState.ALLOCATING, BufferState.CREATING)
+    assert (moved.state, moved.updated_at, moved.created_at) == (BufferState.CREATING, START + 5, START)
+    with pytest.raises(StateConflict, match="7 is 'creating', not 'allocating'"):
+        store.transition("7", BufferState.ALLOCATING, BufferState.CREATING)
+    assert store.get("7").state is BufferState.CREATING
+
+
+def test_transition_accepts_any_of_several_expected_states_and_updates_fields(store):
+    store.allocate(spec("7"), make_pool())
+    store.transition("7", BufferState.ALLOCATING, BufferState.STAGING_OUT)
+    done = store.transition("7", {BufferState.MOUNTED, BufferState.STAGING_OUT}, BufferState.STAGED_OUT,
+                            stage_out_verified=True)
+    assert done.stage_out_verified
+    failed = store.transition("7", BufferState.STAGED_OUT, BufferState.FAILED, last_error="glusterd down")
+    assert store.get("7") == failed
+    assert (failed.last_error, failed.stage_out_verified) == ("glusterd down", True)
+
+
+def test_transition_of_unknown_buffer_is_an_error(store):
+    with pytest.raises(BufferNotFound, match="no buffer 99"):
+        store.transition("99", BufferState.ALLOCATING, BufferState.CREATING)
+
+
+def test_destroyed_is_final(store):
+    store.allocate(spec("7"), make_pool())
+    store.transition("7", BufferState.ALLOCATING, BufferState.DESTROYED)
+    with pytest.raises(StateConflict, match="destroyed is final"):
+        store.transition("7", BufferState.DESTROYED, BufferState.CREATING)
+
+
+def test_racing_transitions_have_exactly_one_winner(backend, store):
+    store.allocate(spec("7"), make_pool())
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def race() -> None:
+        racer = backend.open()  # its own handle: a SQLite connection belongs to its thread
+        barrier.wait(timeout=10)
+        try:
+            racer.transition("7", BufferState.ALLOCATING, BufferState.CREATING)
+            outcomes.append("won")
+        except StateConflict:
+            outcomes.append("lost")
+        finally:
+            racer.close()
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert sorted(outcomes) == ["lost"] * 7 + ["won"]
+
+
+# --- release -------------------------------------------------------------------------------
+
+def test_release_is_idempotent_and_frees_the_bricks(store):
+    pool = make_pool(servers=1, per_server=2)
+    assert store.release("never-existed") is False
+    store.allocate(spec("7", bricks=2), pool)
+    store.transition("7", BufferState.ALLOCATING, BufferState.DESTROYED)
+    assert store.release("7") is True
+    assert store.release("7") is False
+    assert store.get("7") is None
+    assert store.allocated_brick_ids("nvme") == set()
+    assert len(store.allocate(spec("8", bricks=2), pool).bricks) == 2, "the freed bricks are given again"
+
+
+def test_release_refuses_a_buffer_that_may_still_be_built(store):
+    store.allocate(spec("7", bricks=2), make_pool())
+    store.transition("7", BufferState.ALLOCATING, BufferState.MOUNTED)
+    with pytest.raises(StateConflict, match="destroy it before releasing"):
+        store.release("7")
+    assert len(store.allocated_brick_ids("nvme")) == 2
+
+
+def test_release_straight_from_allocating_undoes_an_intent(store):
+    store.allocate(spec("7", bricks=2), make_pool())
+    assert store.release("7") is True
+    assert store.allocated_brick_ids("nvme") == set()
+
+
+# --- orphans, for bbctl gc --------------------------------------------------------------------
+
+def test_orphans_are_old_in_flight_records_and_stray_bricks(backend, store, clock):
+    pool = make_pool()
+    store.allocate(spec("stuck-creating"), pool)
+    store.transition("stuck-creating", BufferState.ALLOCATING, BufferState.CREATING)
+    store.allocate(spec("long-running-job"), pool)
+    store.transition("long-running-job", BufferState.ALLOCATING, BufferState.MOUNTED)
+    clock.now += 3600
+    store.allocate(spec("fresh"), pool)
+    backend.plant_allocation("nvme", "s99:/bricks/lost", "ghost")
+
+    found = store.orphans(older_than=600)
+    assert [b.key for b in found.stale_buffers] == ["stuck-creating"]
+    assert [(a.pool, a.brick_id, a.buffer_key) for a in found.stray_bricks] == [("nvme", "s99:/bricks/lost", "ghost")]
+    assert store.orphans(older_than=7200).stale_buffers == []
+
+
+# --- many allocators at once ------------------------------------------------------------------
+
+REQUESTS = [3, 3, 2, 1, 3] * 6  # 30 allocators wanting 72 bricks of 60: some must be refused
+
+
+def allocate_one(open_store_: Callable[[], StateStore], key: str, bricks: int, pool: Pool,
+                 barrier, results) -> None:
+    """One allocator, as one bbctl setup stage: its own store handle, then one allocate."""
+    store = open_store_()
+    barrier.wait(timeout=30)
+    try:
+        record = store.allocate(spec(key, bricks=bricks), pool)
+        results.put((key, bricks, "granted", [b.id for b in record.bricks]))
+    except NotEnoughBricks as exc:
+        results.put((key, bricks, "refused", str(exc)))
+    except Exception as exc:  # reported, so the test names it instead of hanging
+        results.put((key, bricks, "error", repr(exc)))
+    finally:
+        store.close()
+
+
+def run_allocators_in_processes(path: Path, pool: Pool) -> list[tuple]:
+    # fork: each child opens its own connection after the fork, as separate bbctl runs do.
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(len(REQUESTS)), context.Queue()
+    opener = _Opener(path)
+    workers = [context.Process(target=allocate_one, args=(opener, f"job{i}", n, pool, barrier, results))
+               for i, n in enumerate(REQUESTS)]
+    for worker in workers:
+        worker.start()
+    collected = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    return collected
+
+
+@dataclass(frozen=True)
+class _Opener:
+    path: Path
+
+    def __call__(self) -> StateStore:
+        return SQLiteStore(self.path)
+
+
+def run_allocators_in_threads(backend: Backend, pool: Pool) -> list[tuple]:
+    barrier, results = threading.Barrier(len(REQUESTS)), queue.Queue()
+    workers = [threading.Thread(target=allocate_one, args=(backend.open, f"job{i}", n, pool, barrier, results))
+               for i, n in enumerate(REQUESTS)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    return [results.get_nowait() for _ in workers]
+
+
+def test_concurrent_allocators_never_share_a_brick(backend, tmp_path):
+    pool = make_pool(servers=20, per_server=3)
+    if backend.name == "sqlite":
+        outcomes = run_allocators_in_processes(tmp_path / "state.db", pool)
+    else:
+        outcomes = run_allocators_in_threads(backend, pool)
+
+    assert len(outcomes) == len(REQUESTS)
+    assert [o for o in outcomes if o[2] == "error"] == []
+    granted = [brick for _, _, verdict, bricks in outcomes if verdict == "granted" for brick in bricks]
+    refused = [(n, message) for _, n, verdict, message in outcomes if verdict == "refused"]
+    assert len(granted) == len(set(granted)), "a brick was given twice"
+    assert len(granted) <= pool.quantity
+    assert refused, "72 bricks asked of 60: someone must be refused"
+    for _, message in refused:
+        assert "not enough free bricks in pool 'nvme'" in message
+    # Free bricks only shrink during the race, so each refusal must still hold at the end.
+    free_at_end = pool.quantity - len(granted)
+    assert free_at_end < min(n for n, _ in refused)
+
+    store = backend.open()
+    assert store.allocated_brick_ids("nvme") == set(granted)
+    for key, n, verdict, bricks in outcomes:
+        record = store.get(key)
+        if verdict == "granted":
+            assert [b.id for b in record.bricks] == bricks and len(bricks) == n
+        else:
+            assert record is None
+
+
+def test_open_store_picks_the_backend_from_the_location(tmp_path):
+    assert isinstance(open_store(tmp_path / "x.db"), SQLiteStore)
+    assert isinstance(open_store("http://127.0.0.1:2379"), EtcdStore)
