@@ -144,7 +144,7 @@ EXAMPLES = r"""
       - stor2:/srv/bricks/nvme0/job-4711
       - stor3:/srv/bricks/nvme0/job-4711
     options:
-      performance.readdir-ahead: on
+      performance.readdir-ahead: "on"
       cluster.min-free-disk: 5%
     quota: 1TiB
 
