@@ -130,7 +130,7 @@ def test_plan(why, seen, asked, commands):
 def test_create_with_a_replica_layout_and_force():
     bricks = [f"127.1.1.{n}:/srv/b/gv-r" for n in (1, 2, 3)]
     commands, _diff = gv.plan(observed(), params(name="gv-r", bricks=bricks, replica=3, arbiter=1,
-                                             force=True, glusterd_socket=None))
+                                                 force=True, glusterd_socket=None))
     assert commands == [["gluster", "--mode=script", "volume", "create", "gv-r", "replica", "3",
                          "arbiter", "1", "transport", "tcp", *bricks, "force", "--xml"]]
 
