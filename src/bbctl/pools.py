@@ -30,8 +30,11 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +98,45 @@ class Pool:
     def free_bricks(self, allocated_ids: Collection[str]) -> list[Brick]:
         return [brick for brick in self.bricks if brick.id not in allocated_ids]
 
+    def choose(self, allocated_ids: Collection[str], n: int) -> list[Brick]:
+        """Exactly ``allocate_bricks(self.free_bricks(allocated_ids), n)``; allocated_ids is a set."""
+        in_use = Counter(self._server_of[i] for i in allocated_ids if i in self._server_of)
+        return self.choose_by_usage(in_use, lambda _servers: allocated_ids, n)
+
+    def choose_by_usage(self, in_use: Mapping[str, int], taken_on: Callable[[list[str]], Collection[str]],
+                        n: int) -> list[Brick]:
+        """The same choice from counts of bricks in use per server.
+
+        taken_on(servers) gives the ids in use on the few servers chosen. This
+        costs O(servers) plus their bricks instead of O(bricks): at 1,000
+        servers x 8 bricks that is what keeps an allocation within milliseconds.
+        """
+        by_free: dict[int, list[str]] = {}  # free count -> servers, in name order
+        total = 0
+        for server, bricks in self._by_server.items():
+            free = len(bricks) - in_use.get(server, 0)
+            if free > 0:
+                by_free.setdefault(free, []).append(server)
+                total += free
+        _check_request(self.name, n, total)
+        # Least-loaded first, ties by name; round one takes one brick from each of
+        # the first n servers, so no server beyond those can be needed.
+        servers = list(islice(chain.from_iterable(by_free[f] for f in sorted(by_free, reverse=True)), n))
+        taken = taken_on(servers)
+        queues = [[b for b in self._by_server[s] if b.id not in taken] for s in servers]
+        return _round_robin(queues, n)
+
+    @cached_property
+    def _by_server(self) -> dict[str, tuple[Brick, ...]]:
+        by_server: dict[str, list[Brick]] = {}
+        for brick in self.bricks:
+            by_server.setdefault(brick.server, []).append(brick)
+        return {server: tuple(sorted(by_server[server], key=_by_path)) for server in sorted(by_server)}
+
+    @cached_property
+    def _server_of(self) -> dict[str, str]:
+        return {brick.id: brick.server for brick in self.bricks}
+
 
 # --- allocation --------------------------------------------------------------
 
@@ -115,27 +157,37 @@ def allocate_bricks(free_bricks: Sequence[Brick], n: int, *, pool: str) -> list[
     same answer. Spreading puts a buffer's bandwidth on many servers and limits
     what one server's loss takes down.
     """
-    if n <= 0:
-        raise BBError(f"a buffer needs at least one brick, not {n}")
-    if n > len(free_bricks):
-        raise NotEnoughBricks(pool, n, len(free_bricks))
+    _check_request(pool, n, len(free_bricks))
     by_server: dict[str, list[Brick]] = {}
     for brick in free_bricks:
         by_server.setdefault(brick.server, []).append(brick)
     servers = sorted(by_server, key=lambda server: (-len(by_server[server]), server))
+    return _round_robin([sorted(by_server[server], key=_by_path) for server in servers], n)
+
+
+def _check_request(pool: str, n: int, free: int) -> None:
+    if n <= 0:
+        raise BBError(f"a buffer needs at least one brick, not {n}")
+    if n > free:
+        raise NotEnoughBricks(pool, n, free)
+
+
+def _round_robin(queues: list[list[Brick]], n: int) -> list[Brick]:
+    """The first brick of each queue in turn, then the second of each, ... until n."""
     chosen: list[Brick] = []
     depth = 0
     while len(chosen) < n:
-        for server in servers:
-            queue = by_server[server]
-            if depth == 0:
-                queue.sort(key=lambda brick: brick.path)
+        for queue in queues:
             if depth < len(queue):
                 chosen.append(queue[depth])
                 if len(chosen) == n:
                     break
         depth += 1
     return chosen
+
+
+def _by_path(brick: Brick) -> str:
+    return brick.path
 
 
 # --- from configuration and inventory -----------------------------------------

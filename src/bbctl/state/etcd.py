@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from bbctl.pools import Pool, allocate_bricks, bricks_needed
+from bbctl.pools import Pool, bricks_needed
 from bbctl.state.base import (
     MAX_CAS_ATTEMPTS,
     BrickAllocation,
@@ -141,7 +141,7 @@ class EtcdStore:
             if existing:
                 raise BufferExists(spec.key)
             taken = {kv.key.removeprefix(pool_prefix) for kv in taken_kvs}
-            chosen = allocate_bricks(pool.free_bricks(taken), needed, pool=pool.name)
+            chosen = pool.choose(taken, needed)
             record = new_record(spec, pool, chosen, self.clock())
             new_keys = [(record_key, json.dumps(record.to_dict()))]
             new_keys += [(self._brick_key(pool.name, brick.id), spec.key) for brick in chosen]

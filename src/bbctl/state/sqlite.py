@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from bbctl.pools import Brick, Pool, allocate_bricks, bricks_needed
+from bbctl.pools import Brick, Pool, bricks_needed
 from bbctl.state.base import (
     BrickAllocation,
     Buffer,
@@ -58,9 +58,10 @@ CREATE TABLE IF NOT EXISTS buffers (
 CREATE TABLE IF NOT EXISTS allocations (
     brick_id TEXT PRIMARY KEY,
     pool TEXT NOT NULL,
+    server TEXT NOT NULL,
     buffer_key TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS allocations_by_pool ON allocations (pool);
+CREATE INDEX IF NOT EXISTS allocations_by_server ON allocations (pool, server);
 CREATE INDEX IF NOT EXISTS allocations_by_buffer ON allocations (buffer_key);
 """
 
@@ -121,12 +122,14 @@ class SQLiteStore:
         with self._write() as db:
             if db.execute("SELECT 1 FROM buffers WHERE key = ?", (spec.key,)).fetchone():
                 raise BufferExists(spec.key)
-            taken = {row[0] for row in db.execute("SELECT brick_id FROM allocations WHERE pool = ?", (pool.name,))}
-            chosen = allocate_bricks(pool.free_bricks(taken), needed, pool=pool.name)
+            # Counted by SQLite, not walked in Python: the pool may hold thousands of bricks.
+            in_use = dict(db.execute("SELECT server, count(*) FROM allocations WHERE pool = ? GROUP BY server",
+                                     (pool.name,)))
+            chosen = pool.choose_by_usage(in_use, lambda servers: _taken_on(db, pool.name, servers), needed)
             record = new_record(spec, pool, chosen, self.clock())
             db.execute(f"INSERT INTO buffers ({_COLUMNS}) VALUES ({', '.join('?' * 12)})", _row(record))
-            db.executemany("INSERT INTO allocations (brick_id, pool, buffer_key) VALUES (?, ?, ?)",
-                           [(brick.id, pool.name, spec.key) for brick in chosen])
+            db.executemany("INSERT INTO allocations (brick_id, pool, server, buffer_key) VALUES (?, ?, ?, ?)",
+                           [(brick.id, pool.name, brick.server, spec.key) for brick in chosen])
         return record
 
     def get(self, key: str) -> Buffer | None:
@@ -177,6 +180,12 @@ class SQLiteStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _taken_on(db: sqlite3.Connection, pool: str, servers: list[str]) -> set[str]:
+    marks = ", ".join("?" * len(servers))
+    query = f"SELECT brick_id FROM allocations WHERE pool = ? AND server IN ({marks})"
+    return {row[0] for row in db.execute(query, (pool, *servers))}
 
 
 def _row(record: Buffer) -> tuple:

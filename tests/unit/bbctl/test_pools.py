@@ -1,4 +1,5 @@
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ from bbctl.errors import BBError
 from bbctl.pools import (
     Brick,
     NotEnoughBricks,
+    Pool,
     PoolError,
     allocate_bricks,
     bricks_needed,
@@ -91,6 +93,20 @@ def test_not_enough_bricks_names_pool_needed_and_free(layout, n, free):
         allocate_bricks(bricks(layout), n, pool="nvme")
     assert str(caught.value).startswith(f"not enough free bricks in pool 'nvme': {n} needed, {free} free; ")
     assert (caught.value.pool, caught.value.needed, caught.value.free) == ("nvme", n, free)
+
+
+def test_pool_choose_gives_exactly_what_allocate_bricks_gives():
+    rng = random.Random(7)
+    layout = {f"s{i:02d}": rng.randint(1, 5) for i in range(12)}
+    pool = Pool("nvme", GiB, tuple(reversed(bricks(layout))))
+    for _ in range(300):
+        allocated = {b.id for b in pool.bricks if rng.random() < rng.random()}
+        allocated.add("elsewhere:/not/in/this/pool")
+        free = pool.free_bricks(allocated)
+        for n in range(1, len(free) + 1):
+            assert pool.choose(allocated, n) == allocate_bricks(free, n, pool="nvme")
+        with pytest.raises(NotEnoughBricks, match=f"{len(free) + 1} needed, {len(free)} free"):
+            pool.choose(allocated, len(free) + 1)
 
 
 def test_allocating_no_brick_is_refused():

@@ -141,8 +141,8 @@ def sqlite_backend(path: Path) -> Backend:
     def plant(pool: str, brick_id: str, buffer_key: str) -> None:
         store = SQLiteStore(path)
         with store._write() as db:
-            db.execute("INSERT INTO allocations (brick_id, pool, buffer_key) VALUES (?, ?, ?)",
-                       (brick_id, pool, buffer_key))
+            db.execute("INSERT INTO allocations (brick_id, pool, server, buffer_key) VALUES (?, ?, ?, ?)",
+                       (brick_id, pool, brick_id.split(":")[0], buffer_key))
         store.close()
 
     return Backend("sqlite", lambda clock=time.time: SQLiteStore(path, clock=clock), plant)
