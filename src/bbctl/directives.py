@@ -125,7 +125,8 @@ GRAMMAR: dict[str, dict[str, Any]] = {
 
 # Two directives naming the same persistent buffer in one job.
 CONFLICTS = [
-    {"a": "create_persistent", "b": "persistentdw", "why": "a job cannot use a buffer it creates: use it from a later job"},
+    {"a": "create_persistent", "b": "persistentdw",
+     "why": "a job cannot use a buffer it creates: use it from a later job"},
     {"a": "create_persistent", "b": "destroy_persistent", "why": "create and destroy a buffer in separate jobs"},
     {"a": "destroy_persistent", "b": "persistentdw", "why": "a job cannot use a buffer it destroys"},
 ]
@@ -158,7 +159,7 @@ MESSAGES = {
     "missing_key": "line {line}: {directive}: missing {key}=: required: {required}",
     "requires": "line {line}: {directive}: {key}={value} needs {needs}=: {hint}",
     "only_with": "line {line}: {directive}: '{token}' is only allowed with {other}={other_value}",
-    "path_too_long": "line {line}: {directive}: {key}= is longer than {limit} bytes",
+    "path_too_long": "line {line}: {directive}: '{token}': {key} is longer than {limit} bytes",
     "not_absolute": "line {line}: {directive}: '{token}': {key} must be an absolute path on the parallel "
                     "filesystem (starting with /)",
     "not_buffer_path": "line {line}: {directive}: '{token}': {key} must start with $DW_JOB_STRIPED, "
@@ -275,11 +276,15 @@ class JobRequest:
 
 
 class DirectiveError(BBError, ValueError):
-    """A directive the job cannot have; ``line`` is 1-based in the script, ``token`` the offending text."""
+    """A directive the job cannot have.
 
-    def __init__(self, message: str, line: int, token: str) -> None:
+    ``line`` is 1-based in the script, ``token`` the offending text (shortened
+    as in the message) and ``reason`` the key of the message in MESSAGES.
+    """
+
+    def __init__(self, message: str, line: int, token: str, reason: str = "") -> None:
         super().__init__(message)
-        self.line, self.token = line, token
+        self.line, self.token, self.reason = line, token, reason
 
 
 # --------------------------------------------------------------------------- the parser
@@ -292,7 +297,7 @@ _FORBIDDEN_RE = re.compile("[" + re.escape(PATH_FORBIDDEN) + "]")
 
 
 def _name_regex(kind: dict[str, Any]) -> re.Pattern[str]:
-    return re.compile("[%s][%s]{0,%d}" % (kind["first"], kind["rest"], kind["max"] - 1))
+    return re.compile(f"[{kind['first']}][{kind['rest']}]{{0,{kind['max'] - 1}}}")
 
 
 _NAME_RES = {name: _name_regex(kind) for name, kind in KINDS.items() if kind["check"] == "name"}
@@ -353,7 +358,7 @@ def shorten(text: str) -> str:
 
 
 def _fail(message: str, line: int, token: str, **fields: object) -> NoReturn:
-    raise DirectiveError(MESSAGES[message].format(line=line, token=token, **fields), line, token)
+    raise DirectiveError(MESSAGES[message].format(line=line, token=token, **fields), line, token, message)
 
 
 def _fail_at(where: _Where, message: str, token: str, **fields: object) -> NoReturn:
@@ -397,7 +402,7 @@ def _directive_records(text: str) -> Iterator[_Record]:
 def _directive_body(number: int, line: str, prefix: str) -> str:
     control = _CONTROL_RE.search(line)
     if control:
-        _fail("control_char", number, "\\x%02x" % ord(control.group()))
+        _fail("control_char", number, f"\\x{ord(control.group()):02x}")
     body = line[len(prefix):]
     if body and body[0] not in WHITESPACE:
         _fail("no_space", number, shorten(_first_token(line)), prefix=prefix)
@@ -689,7 +694,7 @@ def _lua_string(text: str) -> str:
         elif " " <= char <= "~":
             out.append(char)
         else:
-            out.extend("\\%d" % byte for byte in char.encode("utf-8"))
+            out.extend(f"\\{byte}" for byte in char.encode("utf-8"))
     return '"' + "".join(out) + '"'
 
 
@@ -709,8 +714,12 @@ def _lua_value(value: object, indent: str = "") -> str:
     return "{\n" + "\n".join(items) + "\n" + indent + "}" if items else "{}"
 
 
+_LUA_KEYWORDS = frozenset({"and", "break", "do", "else", "elseif", "end", "false", "for", "function", "if", "in",
+                           "local", "nil", "not", "or", "repeat", "return", "then", "true", "until", "while"})
+
+
 def _lua_key(key: str) -> str:
-    return key if _LUA_IDENTIFIER.fullmatch(key) and key not in ("and", "or", "not", "end") else f"[{_lua_string(key)}]"
+    return key if _LUA_IDENTIFIER.fullmatch(key) and key not in _LUA_KEYWORDS else f"[{_lua_string(key)}]"
 
 
 def _lua_kinds() -> dict[str, dict[str, Any]]:
@@ -720,7 +729,7 @@ def _lua_kinds() -> dict[str, dict[str, Any]]:
         if kind["check"] == "enum":
             kind["choices"] = " | ".join(kind["values"])
         if kind["check"] == "name":
-            kind["pattern"] = "^[%s][%s]*$" % (kind["first"], kind["rest"])
+            kind["pattern"] = f"^[{kind['first']}][{kind['rest']}]*$"
         kinds[name] = kind
     return kinds
 

@@ -1,0 +1,337 @@
+"""The reference directive parser against the shared table of cases, plus typed results and the Lua rendering."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bbctl import directives
+from bbctl.collection import sizes
+from bbctl.directives import (
+    MESSAGES,
+    BufferPath,
+    DirectiveError,
+    JobRequest,
+    lua_block,
+    lua_grammar,
+    parse_job_script,
+    size_units,
+    write_lua,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+CASES_FILE = REPO / "tests" / "fixtures" / "directives" / "cases.yaml"
+LUA_SCRIPT = REPO / "slurm" / "burst_buffer.lua"
+GiB = 1024**3
+
+
+def load_cases() -> list[dict]:
+    """The cases with their scripts expanded (``repeat`` markers replaced)."""
+    cases = yaml.safe_load(CASES_FILE.read_text(encoding="utf-8"))
+    for case in cases:
+        repeat = case.get("repeat")
+        if repeat:
+            case["script"] = case["script"].replace(repeat["marker"], repeat["text"] * repeat["times"])
+    return cases
+
+
+CASES = load_cases()
+ACCEPTED = {case["name"]: case["script"] for case in CASES if case["accept"]}
+
+
+def outcome(script: str) -> tuple[JobRequest | None, DirectiveError | None]:
+    try:
+        return parse_job_script(script), None
+    except DirectiveError as error:
+        return None, error
+
+
+def test_the_table_is_big_and_well_formed():
+    names = [case["name"] for case in CASES]
+    assert len(CASES) >= 60
+    assert len(set(names)) == len(names), "case names must be unique"
+    for case in CASES:
+        assert isinstance(case["accept"], bool), case["name"]
+        assert case["accept"] or case.get("error"), f"{case['name']}: a rejection needs an error substring"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
+def test_python_parser_follows_the_table(case):
+    request, error = outcome(case["script"])
+    if case["accept"]:
+        assert error is None, f"rejected: {error}"
+        assert isinstance(request, JobRequest)
+    else:
+        assert error is not None, "accepted a script the table rejects"
+        assert case["error"] in str(error)
+        assert error.token in str(error), "the message must quote the offending token"
+        assert str(error).startswith(f"line {error.line}: ")
+
+
+def test_every_message_is_exercised_by_the_table():
+    reasons = {outcome(case["script"])[1].reason for case in CASES if not case["accept"]}
+    assert reasons == set(MESSAGES)
+
+
+def test_error_carries_line_and_token():
+    _, error = outcome("#!/bin/bash\n#SBATCH -N 1\n#DW jobdw capacity=1e9 pool=nvme\n")
+    assert isinstance(error, ValueError)
+    assert (error.line, error.token, error.reason) == (3, "capacity=1e9", "bad_size")
+
+
+def test_tokens_are_shortened_on_a_character_boundary():
+    token = "é" * 100  # 2 bytes each
+    shown = directives.shorten(token)
+    assert shown.endswith("...") and len(shown.encode()) <= directives.LIMITS["echo_bytes"]
+    assert shown == "é" * 30 + "..."
+
+
+# ------------------------------------------------------------------ typed results of the accepted cases
+
+
+def parsed(name: str) -> JobRequest:
+    return parse_job_script(ACCEPTED[name])
+
+
+def check_minimal_jobdw(r: JobRequest) -> None:
+    assert r.jobdw is not None
+    assert (r.jobdw.capacity, r.jobdw.pool, r.jobdw.access_modes) == (GiB, None, ("striped",))
+    assert (r.jobdw.type, r.jobdw.fs, r.jobdw.pfs, r.jobdw.line) == ("scratch", "gluster", None, 2)
+    assert (r.stage_in, r.stage_out, r.persistent, r.swap) == ((), (), (), None)
+
+
+def check_bb_lua_pool(r: JobRequest) -> None:
+    assert (r.jobdw.pool, r.jobdw.capacity) == ("nvme", 10 * GiB)
+
+
+def check_datawarp_full(r: JobRequest) -> None:
+    assert r.jobdw.capacity == 200 * GiB and r.jobdw.pool == "nvme"
+    assert r.jobdw.access_modes == ("striped", "private")
+    assert [(s.type, s.source, str(s.destination)) for s in r.stage_in] == [
+        ("directory", "/lustre/proj/input", "$DW_JOB_STRIPED/input"),
+        ("file", "/lustre/proj/config.yaml", "$DW_JOB_STRIPED/config.yaml"),
+        ("list", "/lustre/proj/files.txt", "$DW_JOB_PRIVATE/lists"),
+    ]
+    assert [s.line for s in r.stage_in] == [5, 6, 7]
+    out = r.stage_out[1]
+    assert (out.direction, out.type, out.destination, out.line) == ("out", "file", "/lustre/proj/logs/log.txt", 9)
+    assert out.source == BufferPath("DW_JOB_PRIVATE", "private", None, "/log.txt")
+
+
+def check_continuation(r: JobRequest) -> None:
+    assert r.jobdw.access_mode == "striped,private" and r.jobdw.capacity == GiB and r.jobdw.line == 2
+
+
+def check_three_lines(r: JobRequest) -> None:
+    (stage,) = r.stage_in
+    assert (stage.source, stage.buffer_path.subpath, stage.line) == ("/lustre/a.dat", "/a.dat", 2)
+    assert r.jobdw.line == 5
+
+
+def check_only_jobdw(r: JobRequest) -> None:
+    assert r.jobdw.capacity == GiB and r.stage_in == () and r.create_persistent == ()
+
+
+def check_empty(r: JobRequest) -> None:
+    assert r == JobRequest()
+
+
+def check_bb_twins(r: JobRequest) -> None:
+    assert r.jobdw.capacity == 1024**4 and r.jobdw.pool == "nvme"
+    assert r.stage_in[0].buffer_path == BufferPath("BB_JOB_STRIPED", "striped", None, "/a")
+    assert r.stage_out[0].buffer_path.area == "private"
+
+
+def check_persistent(r: JobRequest) -> None:
+    assert r.persistent == ("alpha",) and r.jobdw is None
+    assert r.stage_in[0].buffer_path == BufferPath("DW_PERSISTENT_STRIPED_alpha", "persistent", "alpha", "/d")
+    assert str(r.stage_out[0].source) == "$BB_PERSISTENT_STRIPED_alpha/d"
+
+
+def check_create_two(r: JobRequest) -> None:
+    alpha, beta = r.create_persistent
+    assert (alpha.name, alpha.capacity, alpha.access, alpha.type, alpha.pool) == (
+        "alpha", 32 * 10**9, "striped", "scratch", None)
+    assert (beta.name, beta.capacity, beta.pool, beta.line) == ("beta", 16 * 10**9, "nvme", 3)
+
+
+def check_destroy_two(r: JobRequest) -> None:
+    assert [(d.name, d.hurry) for d in r.destroy_persistent] == [("alpha", False), ("beta", True)]
+
+
+def check_swap(r: JobRequest) -> None:
+    assert r.swap == 4 * GiB and r.jobdw.capacity == 10 * GiB
+
+
+def check_cache(r: JobRequest) -> None:
+    assert (r.jobdw.type, r.jobdw.pfs, r.jobdw.capacity) == ("cache", "/lustre/project", 1024**4)
+
+
+def check_lustre(r: JobRequest) -> None:
+    assert (r.jobdw.fs, r.jobdw.capacity) == ("lustre", 10**12)
+
+
+def check_symbols(r: JobRequest) -> None:
+    assert r.stage_out[0].destination == "/pfs/%u/run_%j_%x_%A_%a%%"
+
+
+def check_decimal(r: JobRequest) -> None:
+    assert r.jobdw.capacity == math.ceil(1.5 * GiB) and r.swap == 100 * 1024**2
+
+
+def check_bytes(r: JobRequest) -> None:
+    assert [c.capacity for c in r.create_persistent] == [4096, 1048576]
+
+
+def check_trailing_slash(r: JobRequest) -> None:
+    stage = r.stage_in[0]
+    assert (stage.source, stage.buffer_path.subpath, str(stage.destination)) == ("/pfs/dir", "", "$DW_JOB_STRIPED")
+
+
+def check_metacharacters(r: JobRequest) -> None:
+    stage = r.stage_out[0]
+    assert (stage.buffer_path.subpath, stage.destination) == ("/a;b", "/pfs/x|y&z>w")
+
+
+def check_unicode(r: JobRequest) -> None:
+    assert r.stage_out[0].destination == "/pfs/données/résultat.h5"
+
+
+def check_tabs(r: JobRequest) -> None:
+    assert (r.jobdw.capacity, r.jobdw.pool) == (GiB, "nvme")
+
+
+def check_stage_before_jobdw(r: JobRequest) -> None:
+    assert r.stage_in[0].line == 2 and r.jobdw.line == 3
+
+
+def check_private_only(r: JobRequest) -> None:
+    assert r.jobdw.access_modes == ("private",) and r.stage_in[0].buffer_path.area == "private"
+
+
+def check_mixed(r: JobRequest) -> None:
+    assert r.create_persistent[0].capacity == 1024**4 and r.persistent == ("delta",) and r.jobdw.capacity == GiB
+
+
+def check_size_limit(r: JobRequest) -> None:
+    assert r.jobdw.capacity == 2**53 == directives.LIMITS["size_bytes"]
+
+
+def check_long_name(r: JobRequest) -> None:
+    assert len(r.persistent[0]) == 64
+
+
+def check_pool(r: JobRequest) -> None:
+    assert r.jobdw.pool == "nvme-fast.1"
+
+
+def check_shadow(r: JobRequest) -> None:
+    assert r.stage_in[0].source == "/etc/shadow"
+
+
+TYPED: dict[str, Callable[[JobRequest], None]] = {
+    "minimal_jobdw": check_minimal_jobdw,
+    "bb_lua_prefix_with_pool": check_bb_lua_pool,
+    "bare_bb_lua_line": check_empty,
+    "no_directives": check_empty,
+    "datawarp_full": check_datawarp_full,
+    "continuation_with_space": check_continuation,
+    "continuation_three_lines": check_three_lines,
+    "stops_at_first_non_comment": check_only_jobdw,
+    "blank_lines_do_not_stop_the_scan": check_only_jobdw,
+    "bb_twins": check_bb_twins,
+    "persistent_use_and_stage": check_persistent,
+    "create_two_persistent": check_create_two,
+    "destroy_two_persistent": check_destroy_two,
+    "swap_with_jobdw": check_swap,
+    "cache_mode": check_cache,
+    "lustre_fs": check_lustre,
+    "slurm_symbols_in_paths": check_symbols,
+    "decimal_and_lowercase_sizes": check_decimal,
+    "bytes_sizes": check_bytes,
+    "trailing_slash_dropped": check_trailing_slash,
+    "shell_metacharacters_are_literal": check_metacharacters,
+    "unicode_paths": check_unicode,
+    "tabs_separate_tokens": check_tabs,
+    "crlf_line_ends": check_only_jobdw,
+    "jobdw_after_stage": check_stage_before_jobdw,
+    "private_only": check_private_only,
+    "mixed_prefixes": check_mixed,
+    "size_at_limit": check_size_limit,
+    "name_of_64_characters": check_long_name,
+    "pool_with_dot_and_dash": check_pool,
+    "root_owned_source_is_syntax_ok": check_shadow,
+    "whitespace_only_directive": check_only_jobdw,
+    "control_character_in_plain_comment_is_ignored": check_only_jobdw,
+}
+
+
+def test_every_accepted_case_has_typed_checks():
+    assert set(ACCEPTED) == set(TYPED)
+
+
+@pytest.mark.parametrize("name", sorted(TYPED))
+def test_typed_result(name):
+    TYPED[name](parsed(name))
+
+
+def test_results_are_frozen():
+    request = parsed("minimal_jobdw")
+    with pytest.raises(AttributeError):
+        request.jobdw.capacity = 1  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ one source of truth: sizes and Lua
+
+
+def test_size_units_come_from_sizes_py_in_every_case():
+    units = size_units()
+    assert units["GIB"] == units["G"] == GiB and units["GB"] == 10**9 and units[""] == units["B"] == 1
+    assert "N" not in units and "E" not in units
+    for unit, multiplier in units.items():
+        for spelling in {unit, unit.lower(), unit.capitalize(), unit[:1] + unit[1:].lower()}:
+            assert sizes.parse_size("3" + spelling) == 3 * multiplier, spelling
+
+
+def test_lua_block_in_burst_buffer_lua_is_current():
+    current = lua_block(LUA_SCRIPT.read_text(encoding="utf-8"))
+    assert current == lua_grammar(), "run: python -m bbctl.directives --write-lua slurm/burst_buffer.lua"
+
+
+def test_write_lua_refreshes_a_stale_block(tmp_path):
+    copy = tmp_path / "burst_buffer.lua"
+    shutil.copy(LUA_SCRIPT, copy)
+    copy.write_text(copy.read_text().replace('"#BB_LUA",', '"#BB_OLD",', 1))
+    assert directives.main(["--check-lua", str(copy)]) == 1
+    assert write_lua(copy) is True
+    assert directives.main(["--check-lua", str(copy)]) == 0
+    assert copy.read_text() == LUA_SCRIPT.read_text()
+    assert write_lua(copy) is False
+
+
+def test_write_lua_refuses_a_file_without_markers(tmp_path):
+    lua = tmp_path / "other.lua"
+    lua.write_text("return 1\n")
+    with pytest.raises(ValueError, match="markers"):
+        write_lua(lua)
+
+
+def test_cli_validates_scripts(tmp_path, capsys):
+    good, bad = tmp_path / "good.sh", tmp_path / "bad.sh"
+    good.write_text(ACCEPTED["datawarp_full"])
+    bad.write_text("#!/bin/bash\n#DW jobdw capacity=10N\n")
+    assert directives.main([str(good)]) == 0
+    assert directives.main([str(good), str(bad)]) == 1
+    assert "line 2: jobdw: 'capacity=10N': node counts" in capsys.readouterr().err
+
+
+def test_lua_script_never_forks():
+    source = LUA_SCRIPT.read_text(encoding="utf-8")
+    for call in (r"io\.popen", r"os\.execute", r"os\.exit", r"\brequire\s*[(\"']", r"\bdofile\b"):
+        assert not re.search(call, source), f"burst_buffer.lua must not use {call} inside slurmctld"
