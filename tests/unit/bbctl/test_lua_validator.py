@@ -199,3 +199,29 @@ def test_fuzzed_scripts_never_crash_and_both_agree(tmp_path):
     accepted = sum(rc == 0 for rc, _ in python)
     assert 0.05 * FUZZ_SCRIPTS < accepted < 0.95 * FUZZ_SCRIPTS, f"fuzzer too one-sided: {accepted} accepted"
     assert not any("internal error" in message for _, message in lua)
+
+
+_MUTATIONS = [*"\\\n=$/. \t#_-,%abcDW0123456789GiBN", "é", "\x00", "\u00a0", "\r", "..", "//", "$DW_JOB_STRIPED",
+              "#DW ", "\\\n#DW "]
+
+
+def mutate(script: str, rng: random.Random) -> str:
+    """A table script with 1-4 characters inserted, deleted or replaced."""
+    chars = list(script[:3000])
+    for _ in range(rng.randint(1, 4)):
+        at, roll = rng.randrange(len(chars) + 1), rng.random()
+        if roll < 0.4:
+            chars.insert(at, rng.choice(_MUTATIONS))
+        elif at < len(chars):
+            chars[at:at + 1] = [] if roll < 0.7 else [rng.choice(_MUTATIONS)]
+    return "".join(chars)
+
+
+def test_mutated_table_scripts_both_agree(tmp_path):
+    rng = random.Random(7)
+    scripts = [mutate(rng.choice(CASES)["script"], rng) for _ in range(FUZZ_SCRIPTS)]
+    python = [run_python(script) for script in scripts]
+    lua = run_lua(scripts, tmp_path / "mutated")
+    disagreements = [(s, p, q) for s, p, q in zip(scripts, python, lua, strict=True) if p != q]
+    assert not disagreements, f"first disagreement (script, python, lua): {disagreements[0]!r}"
+    assert 0 < sum(rc == 0 for rc, _ in python) < FUZZ_SCRIPTS
