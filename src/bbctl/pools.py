@@ -123,8 +123,10 @@ class Pool:
         # the first n servers, so no server beyond those can be needed.
         servers = list(islice(chain.from_iterable(by_free[f] for f in sorted(by_free, reverse=True)), n))
         taken = taken_on(servers)
-        queues = [[b for b in self._by_server[s] if b.id not in taken] for s in servers]
-        return _round_robin(queues, n)
+        chosen = _round_robin([[b for b in self._by_server[s] if b.id not in taken] for s in servers], n)
+        if len(chosen) < n:  # the counts said more were free than the ids show: trust the ids
+            raise NotEnoughBricks(self.name, n, len(chosen))
+        return chosen
 
     @cached_property
     def _by_server(self) -> dict[str, tuple[Brick, ...]]:
@@ -173,16 +175,14 @@ def _check_request(pool: str, n: int, free: int) -> None:
 
 
 def _round_robin(queues: list[list[Brick]], n: int) -> list[Brick]:
-    """The first brick of each queue in turn, then the second of each, ... until n."""
+    """The first brick of each queue in turn, then the second of each, ... until n or none left."""
     chosen: list[Brick] = []
-    depth = 0
-    while len(chosen) < n:
+    for depth in range(max(map(len, queues), default=0)):
         for queue in queues:
             if depth < len(queue):
                 chosen.append(queue[depth])
                 if len(chosen) == n:
-                    break
-        depth += 1
+                    return chosen
     return chosen
 
 

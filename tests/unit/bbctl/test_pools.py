@@ -109,6 +109,13 @@ def test_pool_choose_gives_exactly_what_allocate_bricks_gives():
             pool.choose(allocated, len(free) + 1)
 
 
+def test_choose_by_usage_trusts_brick_ids_over_counts_that_disagree():
+    pool = Pool("nvme", GiB, tuple(bricks({"a": 2, "b": 1})))
+    all_taken = {b.id for b in pool.bricks}
+    with pytest.raises(NotEnoughBricks, match="3 needed, 0 free"):
+        pool.choose_by_usage({}, lambda servers: all_taken, 3)  # counts say all free, ids say none
+
+
 def test_allocating_no_brick_is_refused():
     with pytest.raises(BBError, match="at least one brick"):
         allocate_bricks(bricks({"a": 1}), 0, pool="nvme")
