@@ -45,7 +45,7 @@ say "run: a Slurm job of bbuser writes 12 files into the buffer"
 job=$(mktemp -d /tmp/bb-demo-job.XXXXXX); chown bbuser: "$job"
 cat > "$job/job.sh" <<JOB
 #!/bin/bash
-#BB_LUA pool=nvme capacity=3GiB
+#BB_LUA jobdw capacity=3GiB pool=nvme
 for i in \$(seq 1 12); do echo "result \$i of job \$SLURM_JOB_ID" > $root/mnt/demo-job/out\$i.txt; done
 JOB
 chmod 0644 "$job/job.sh"

@@ -333,7 +333,8 @@ def test_the_quota_stops_writes_through_a_fuse_mount(testbed, volume_name, ansib
 
     assert written.returncode != 0
     assert "Disk quota exceeded" in written.stderr
-    assert os.path.getsize(mount_point / "big") <= 10 * 1024**2
+    # Gluster enforces quota per write-behind flush, so up to ~1 MiB past the limit lands first.
+    assert os.path.getsize(mount_point / "big") <= 11 * 1024**2 + 512 * 1024
     assert os.statvfs(mount_point).f_blocks * os.statvfs(mount_point).f_frsize == 10 * 1024**2
 
 

@@ -97,7 +97,7 @@ def test_a_distributed_volume_spreads_files_over_all_servers(testbed, tmp_path):
 def test_slurm_runs_a_burst_buffer_job_for_the_unprivileged_user(testbed, user_dir):
     script = user_dir / "job.sh"
     out = user_dir
-    script.write_text("#!/bin/bash\n#BB_LUA pool=nvme capacity=1GiB\nid -un\n")
+    script.write_text("#!/bin/bash\n#BB_LUA jobdw capacity=1GiB pool=nvme\nid -un\n")
     script.chmod(0o644)
     job = slurm(testbed, "sbatch", "--parsable", "-o", f"{out}/%j.out", str(script),
                 user="bbuser").strip()
