@@ -262,11 +262,18 @@ def answer(name):
     return (0, fixture(name), "")
 
 
-def test_check_mode_reads_and_runs_nothing(gluster_module):
+def test_check_mode_reads_and_runs_nothing(gluster_module, tmp_path):
+    # Loopback bricks count as local, so their parent directories must exist: use tmp_path,
+    # never the test bed's paths (the unit stage runs without a test bed); tmp_path is on the
+    # root filesystem, hence force.
+    bricks = [f"127.1.1.{n}:{tmp_path}/node{n}/gv-exp1" for n in (1, 2, 3)]
+    for n in (1, 2, 3):
+        (tmp_path / f"node{n}").mkdir()
     module = gluster_module([answer("volume_info_missing.xml")], check_mode=True)
-    asked = params(state="started", bricks=BRICKS)
+    asked = params(state="started", bricks=bricks, force=True)
     result = gv.run(module, g.GlusterCli(module, SOCK), asked)
-    assert result["commands"] == [CREATE, START]
+    create = cmd("volume", "create", "gv-exp1", "transport", "tcp", *bricks, "force")
+    assert result["commands"] == [create, START]
     assert result["changed"] is True
     assert result["volume"] is None
     assert result["diff"]["before"] == {"state": "absent"}
