@@ -9,12 +9,15 @@ rename (bbctl-pools.json, beside this script).
 slurm_bb_job_process validates the directives with the rules of
 bbctl.directives; its grammar tables are generated from there.
 
-Status: the lifecycle stages (setup .. teardown) are wired to bbctl by issue 4;
-until then they log and succeed, so Slurm's side of the test bed can be proven.
+slurm_bb_paths computes the job's environment from the job id, the directives
+and bbctl-site.lua (written by `bbctl slurm-install`). The forked stages
+(setup .. teardown) run bbctl and return slurm.ERROR with its last line of
+output when it fails.
 ]]
 
 local script_dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local POOLS_FILE = script_dir .. "bbctl-pools.json"
+local SITE_FILE = script_dir .. "bbctl-site.lua"
 
 local function read_file(path)
     local fh = io.open(path, "r")
@@ -842,6 +845,7 @@ local function validate_directives(text)
         parse_record(state, line, prefix, body)
     end)
     check_buffers(state)
+    return state
 end
 
 -- The script up to the end of its leading comment block (often all of it).
@@ -874,27 +878,162 @@ function slurm_bb_job_process(job_script)
     return slurm.ERROR, "internal error in burst_buffer.lua while validating directives: " .. tostring(rejection)
 end
 
+-- ---------------------------------------------------------------- paths (in slurmctld: no fork)
+-- A pure function of the job id, the directives and bbctl-site.lua, which
+-- `bbctl slurm-install` writes from bbctl's configuration (bbctl.site holds
+-- the one definition; tests compare the two).
+
+local function load_site()
+    local chunk = loadfile(SITE_FILE)
+    if chunk == nil then
+        return nil, "burst buffer site file " .. SITE_FILE .. " is missing: run bbctl slurm-install"
+    end
+    return chunk()
+end
+
+local function job_environment(site, job_id, state)
+    local env = {}
+    if state.jobdw ~= nil then
+        local striped = site.mount_root .. "/" .. site.job_volume_prefix .. job_id
+        env[#env + 1] = {"JOB_STRIPED", striped}
+        if state.jobdw.modes.private then
+            env[#env + 1] = {"JOB_PRIVATE", striped .. site.private_suffix}
+        end
+    end
+    local names = {}
+    for name in pairs(state.names.persistentdw or {}) do
+        names[#names + 1] = name
+    end
+    table.sort(names)
+    for _, name in ipairs(names) do
+        env[#env + 1] = {"PERSISTENT_STRIPED_" .. name, site.mount_root .. "/" .. site.persistent_volume_prefix .. name}
+    end
+    local lines = {}
+    for _, prefix in ipairs({"DW_", "BB_"}) do
+        for _, pair in ipairs(env) do
+            lines[#lines + 1] = prefix .. pair[1] .. "=" .. pair[2] .. "\n"
+        end
+    end
+    return table.concat(lines)
+end
+
 function slurm_bb_paths(job_id, job_script, path_file)
+    local site, problem = load_site()
+    if site == nil then
+        return slurm.ERROR, problem
+    end
+    local text, read_problem = read_leading_block(job_script)
+    if text == nil then
+        return slurm.ERROR, "cannot read the job script: " .. tostring(read_problem)
+    end
+    local ok, state = pcall(validate_directives, text)
+    if not ok then
+        return slurm.ERROR, getmetatable(state) == Rejection and state.message or tostring(state)
+    end
+    local fh, open_problem = io.open(path_file, "a")
+    if fh == nil then
+        return slurm.ERROR, "cannot write the paths file: " .. tostring(open_problem)
+    end
+    fh:write(job_environment(site, job_id, state))
+    fh:close()
     return slurm.SUCCESS
 end
 
-local function logged(name)
-    return function(job_id, ...)
-        slurm.log_info("%s: job %s", name, tostring(job_id))
-        return slurm.SUCCESS
-    end
+-- ---------------------------------------------------------------- forked stages: bbctl
+-- Slurm forks these (slurmscriptd) and kills the process group when they
+-- return, so each runs bbctl to completion. Lua 5.1: io.popen():close() gives
+-- no status, so the shell appends it as the last line. Every argument is
+-- single-quoted: nothing Slurm passes reaches the shell as syntax.
+
+local function shell_quote(text)
+    return "'" .. tostring(text):gsub("'", "'\\''") .. "'"
 end
 
-slurm_bb_setup = logged("slurm_bb_setup")
-slurm_bb_data_in = logged("slurm_bb_data_in")
-slurm_bb_test_data_in = logged("slurm_bb_test_data_in")
-slurm_bb_real_size = logged("slurm_bb_real_size")
-slurm_bb_pre_run = logged("slurm_bb_pre_run")
-slurm_bb_post_run = logged("slurm_bb_post_run")
-slurm_bb_data_out = logged("slurm_bb_data_out")
-slurm_bb_test_data_out = logged("slurm_bb_test_data_out")
-slurm_bb_job_teardown = logged("slurm_bb_job_teardown")
+local function bbctl(args)
+    local site, problem = load_site()
+    if site == nil then
+        return slurm.ERROR, problem
+    end
+    local words = {shell_quote(site.bbctl), "--config", shell_quote(site.config)}
+    for _, arg in ipairs(args) do
+        words[#words + 1] = shell_quote(arg)
+    end
+    local pipe = io.popen(table.concat(words, " ") .. " </dev/null 2>&1; echo \"bbctl-exit:$?\"")
+    local output = pipe:read("*a")
+    pipe:close()
+    local body, status = output:match("^(.-)bbctl%-exit:(%d+)%s*$")
+    if status == nil then
+        return slurm.ERROR, "bbctl gave no exit status: " .. output
+    end
+    if tonumber(status) == 0 then
+        return slurm.SUCCESS, body
+    end
+    local last = body:match("([^\n]+)\n*$") or ("bbctl exited " .. status)
+    slurm.log_error("burst_buffer.lua: bbctl %s: %s", tostring(args[1]), body)
+    return slurm.ERROR, last
+end
 
+local function script_args(stage, job_id, job_script)
+    return {stage, "--job-id", job_id, "--script", job_script}
+end
+
+function slurm_bb_setup(job_id, uid, gid, pool, bb_size, job_script)
+    local args = script_args("setup", job_id, job_script)
+    for _, pair in ipairs({{"--uid", uid}, {"--gid", gid}}) do
+        args[#args + 1], args[#args + 2] = pair[1], pair[2]
+    end
+    if pool ~= nil and pool ~= "" and pool ~= "(null)" then
+        args[#args + 1], args[#args + 2] = "--pool", pool
+    end
+    if bb_size ~= nil and tostring(bb_size):match("^[1-9][0-9]*$") then
+        args[#args + 1], args[#args + 2] = "--size", bb_size
+    end
+    return bbctl(args)
+end
+
+function slurm_bb_data_in(job_id, job_script)
+    return bbctl(script_args("stage-in", job_id, job_script))
+end
+
+function slurm_bb_real_size(job_id)
+    local rc, output = bbctl({"real-size", "--job-id", job_id})
+    if rc ~= slurm.SUCCESS then
+        return rc, output
+    end
+    return slurm.SUCCESS, (output:match("(%d+)%s*$") or "0")
+end
+
+function slurm_bb_pre_run(job_id, job_script)
+    return bbctl(script_args("pre-run", job_id, job_script))
+end
+
+function slurm_bb_post_run(job_id, job_script)
+    return bbctl(script_args("post-run", job_id, job_script))
+end
+
+function slurm_bb_data_out(job_id, job_script)
+    return bbctl(script_args("stage-out", job_id, job_script))
+end
+
+function slurm_bb_job_teardown(job_id, job_script, hurry)
+    local args = script_args("teardown", job_id, job_script)
+    if hurry == "true" or hurry == true then
+        args[#args + 1] = "--hurry"
+    end
+    return bbctl(args)
+end
+
+-- Slurm 24.05+ polls these after data_in/data_out; our stages finish inside the call.
+function slurm_bb_test_data_in(job_id, job_script)
+    return slurm.SUCCESS, "SUCCESS"
+end
+
+function slurm_bb_test_data_out(job_id, job_script)
+    return slurm.SUCCESS, "SUCCESS"
+end
+
+-- `scontrol show bbstat [ARGS]`: 22.05 passes the arguments only; 23.02+ puts uid, gid first.
 function slurm_bb_get_status(...)
-    return slurm.SUCCESS, "hpc.burstbuffer: status arrives with issue 4\n"
+    local rc, output = bbctl({"status"})
+    return rc, output
 end

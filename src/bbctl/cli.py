@@ -1,7 +1,12 @@
-"""The bbctl command line.
+"""The bbctl command line: one subcommand per burst buffer stage, operator views, the test bed.
 
-Exit codes: 0 success; 1 the operation failed (the reason is printed on one
-line); 2 the command line itself was wrong.
+Slurm's burst_buffer.lua and dw_wlm_cli call the stage commands; operators use
+status, show, pools and gc. Progress goes to stderr and to <work_dir>/bbctl.log;
+on failure the last line of stderr is the reason, fit to show to the job's owner.
+
+Exit codes: 0 success; 1 the operation failed; 2 bad input (command line,
+directives, configuration); 3 nothing to show (test bed not up, no such buffer);
+4 refused for now (buffer busy or in use, stage-out not yet verified).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from bbctl import commands, site
 from bbctl.collection import sizes
 from bbctl.errors import BBError
 from bbctl.testbed import manager
@@ -52,7 +58,11 @@ def _add_testbed(subparsers: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bbctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help=f"site configuration (default ${site.CONFIG_ENV} "
+                        f"or {site.DEFAULT_CONFIG})")
     subparsers = parser.add_subparsers(dest="command", required=True)
+    commands.add_stage_commands(subparsers, _size)
+    commands.add_operator_commands(subparsers)
     _add_testbed(subparsers)
     return parser
 
@@ -94,7 +104,9 @@ def _print_status(report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _run_testbed(args)
+        if args.command == "testbed":
+            return _run_testbed(args)
+        return commands.run(args)
     except BBError as exc:
         print(f"bbctl {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -98,6 +98,9 @@ class Buffer:
     updated_at: float
     last_error: str = ""
     stage_out_verified: bool = False
+    # What the stages learn and later stages need: the job's compute nodes, the
+    # jobs using a persistent buffer ("user:<job id>"), ... JSON values only.
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -143,8 +146,12 @@ class StateStore(Protocol):
         """All records, by key."""
 
     def transition(self, key: str, expected: BufferState | Collection[BufferState], new: BufferState, *,
-                   last_error: str | None = None, stage_out_verified: bool | None = None) -> Buffer:
-        """Move key from one of the expected states to new; StateConflict if it is elsewhere."""
+                   last_error: str | None = None, stage_out_verified: bool | None = None,
+                   meta: Mapping[str, Any] | None = None) -> Buffer:
+        """Move key from one of the expected states to new; StateConflict if it is elsewhere.
+
+        meta is merged into the record's meta in the same atomic step; a None value removes its key.
+        """
 
     def release(self, key: str) -> bool:
         """Free the bricks and drop the record; False if there was none (not an error).
@@ -183,7 +190,8 @@ def new_record(spec: BufferSpec, pool: Pool, bricks: list[Brick], now: float) ->
 
 
 def moved(current: Buffer, expected: frozenset[BufferState], new: BufferState, now: float, *,
-          last_error: str | None, stage_out_verified: bool | None) -> Buffer:
+          last_error: str | None, stage_out_verified: bool | None,
+          meta: Mapping[str, Any] | None = None) -> Buffer:
     """current after the transition, or StateConflict if the move is not allowed."""
     if current.state not in expected:
         raise StateConflict(current.key, current.state, describe(expected))
@@ -192,7 +200,18 @@ def moved(current: Buffer, expected: frozenset[BufferState], new: BufferState, n
     return replace(current, state=new, updated_at=now,
                    last_error=current.last_error if last_error is None else last_error,
                    stage_out_verified=(current.stage_out_verified if stage_out_verified is None
-                                       else stage_out_verified))
+                                       else stage_out_verified),
+                   meta=merged_meta(current.meta, meta))
+
+
+def merged_meta(current: Mapping[str, Any], changes: Mapping[str, Any] | None) -> dict[str, Any]:
+    merged = dict(current)
+    for key, value in (changes or {}).items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
 
 
 def check_releasable(buffer: Buffer) -> None:

@@ -28,7 +28,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,14 +161,15 @@ class EtcdStore:
         return sorted((Buffer.from_dict(json.loads(kv.value)) for kv in kvs), key=lambda b: b.key)
 
     def transition(self, key: str, expected: BufferState | Collection[BufferState], new: BufferState, *,
-                   last_error: str | None = None, stage_out_verified: bool | None = None) -> Buffer:
+                   last_error: str | None = None, stage_out_verified: bool | None = None,
+                   meta: Mapping[str, Any] | None = None) -> Buffer:
         wanted = expected_states(expected)
         for _ in range(MAX_CAS_ATTEMPTS):
             kv = self._get_kv(key)
             if kv is None:
                 raise BufferNotFound(key)
             record = moved(Buffer.from_dict(json.loads(kv.value)), wanted, new, self.clock(),
-                           last_error=last_error, stage_out_verified=stage_out_verified)
+                           last_error=last_error, stage_out_verified=stage_out_verified, meta=meta)
             if self._put_if_unchanged(kv, json.dumps(record.to_dict())):
                 return record
         raise StateError(f"buffer {key}: lost {MAX_CAS_ATTEMPTS} races to change its state; retry")

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 from bbctl.pools import Brick, Pool, bricks_needed
 from bbctl.state.base import (
@@ -36,9 +37,9 @@ from bbctl.state.base import (
 )
 
 DEFAULT_PATH = Path("/var/lib/bbctl/state.db")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _COLUMNS = ("key, owner_uid, owner_gid, pool, capacity, fs, state, bricks, created_at, updated_at, "
-            "last_error, stage_out_verified")
+            "last_error, stage_out_verified, meta")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buffers (
     key TEXT PRIMARY KEY,
@@ -52,7 +53,8 @@ CREATE TABLE IF NOT EXISTS buffers (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     last_error TEXT NOT NULL DEFAULT '',
-    stage_out_verified INTEGER NOT NULL DEFAULT 0
+    stage_out_verified INTEGER NOT NULL DEFAULT 0,
+    meta TEXT NOT NULL DEFAULT '{}'  -- JSON object (schema 2)
 );
 -- One row per brick in use: the primary key makes giving a brick twice impossible.
 CREATE TABLE IF NOT EXISTS allocations (
@@ -92,6 +94,8 @@ class SQLiteStore:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._db.execute(statement)
+            if version == 1:
+                self._db.execute("ALTER TABLE buffers ADD COLUMN meta TEXT NOT NULL DEFAULT '{}'")
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
@@ -127,7 +131,7 @@ class SQLiteStore:
                                      (pool.name,)))
             chosen = pool.choose_by_usage(in_use, lambda servers: _taken_on(db, pool.name, servers), needed)
             record = new_record(spec, pool, chosen, self.clock())
-            db.execute(f"INSERT INTO buffers ({_COLUMNS}) VALUES ({', '.join('?' * 12)})", _row(record))
+            db.execute(f"INSERT INTO buffers ({_COLUMNS}) VALUES ({', '.join('?' * 13)})", _row(record))
             db.executemany("INSERT INTO allocations (brick_id, pool, server, buffer_key) VALUES (?, ?, ?, ?)",
                            [(brick.id, pool.name, brick.server, spec.key) for brick in chosen])
         return record
@@ -142,17 +146,18 @@ class SQLiteStore:
             return [_buffer(row) for row in db.execute(f"SELECT {_COLUMNS} FROM buffers ORDER BY key")]
 
     def transition(self, key: str, expected: BufferState | Collection[BufferState], new: BufferState, *,
-                   last_error: str | None = None, stage_out_verified: bool | None = None) -> Buffer:
+                   last_error: str | None = None, stage_out_verified: bool | None = None,
+                   meta: Mapping[str, Any] | None = None) -> Buffer:
         with self._write() as db:
             row = db.execute(f"SELECT {_COLUMNS} FROM buffers WHERE key = ?", (key,)).fetchone()
             if row is None:
                 raise BufferNotFound(key)
             record = moved(_buffer(row), expected_states(expected), new, self.clock(),
-                           last_error=last_error, stage_out_verified=stage_out_verified)
-            db.execute("UPDATE buffers SET state = ?, updated_at = ?, last_error = ?, stage_out_verified = ? "
-                       "WHERE key = ?",
+                           last_error=last_error, stage_out_verified=stage_out_verified, meta=meta)
+            db.execute("UPDATE buffers SET state = ?, updated_at = ?, last_error = ?, stage_out_verified = ?, "
+                       "meta = ? WHERE key = ?",
                        (record.state.value, record.updated_at, record.last_error,
-                        int(record.stage_out_verified), key))
+                        int(record.stage_out_verified), json.dumps(dict(record.meta)), key))
         return record
 
     def release(self, key: str) -> bool:
@@ -191,12 +196,12 @@ def _taken_on(db: sqlite3.Connection, pool: str, servers: list[str]) -> set[str]
 def _row(record: Buffer) -> tuple:
     return (record.key, record.owner_uid, record.owner_gid, record.pool, record.capacity, record.fs,
             record.state.value, json.dumps([b.to_dict() for b in record.bricks]), record.created_at,
-            record.updated_at, record.last_error, int(record.stage_out_verified))
+            record.updated_at, record.last_error, int(record.stage_out_verified), json.dumps(dict(record.meta)))
 
 
 def _buffer(row: tuple) -> Buffer:
-    (key, uid, gid, pool, capacity, fs, state, bricks, created_at, updated_at, last_error, verified) = row
+    (key, uid, gid, pool, capacity, fs, state, bricks, created_at, updated_at, last_error, verified, meta) = row
     return Buffer(key=key, owner_uid=uid, owner_gid=gid, pool=pool, capacity=capacity, fs=fs,
                   state=BufferState(state), bricks=tuple(Brick.from_dict(b) for b in json.loads(bricks)),
                   created_at=created_at, updated_at=updated_at, last_error=last_error,
-                  stage_out_verified=bool(verified))
+                  stage_out_verified=bool(verified), meta=json.loads(meta))

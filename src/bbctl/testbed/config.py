@@ -111,6 +111,11 @@ class TestbedConfig:
         return self.root / "testbed.json"
 
     @property
+    def bbctl_config(self) -> Path:
+        """bbctl's site configuration for the test bed (BBCTL_CONFIG of its Slurm)."""
+        return self.root / "bbctl.yml"
+
+    @property
     def slurm_dir(self) -> Path:
         return self.root / "slurm"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from bbctl import host
+from bbctl import host, site
 from bbctl.collection import sizes
 from bbctl.errors import TestbedError
 from bbctl.testbed import slurm, storage
@@ -89,7 +89,8 @@ def up(config: TestbedConfig, progress: Progress = _quiet) -> dict[str, object]:
     storage.ensure_peers(config.nodes)
     progress(f"peers connected: {', '.join(n.address for n in config.nodes)}")
     write_inventory(config)
-    progress(f"inventory {config.inventory_file}")
+    write_bbctl_config(config)
+    progress(f"inventory {config.inventory_file}; bbctl configuration {config.bbctl_config}")
     if config.slurm != "none":
         user = slurm.ensure_user(config.user)
         slurm.start_munged(config)
@@ -164,9 +165,19 @@ def write_inventory(config: TestbedConfig) -> None:
         "children": {
             # scripts/setup.sh installed the packages; the test bed runs its own glusterds.
             "bb_storage": {"hosts": storage_hosts, "vars": {"gluster_server_install": False}},
-            "bb_clients": {"hosts": {"bbclient1": {"ansible_host": "127.0.0.1"}}},
+            # The one compute node, named as Slurm names it: bbctl mounts buffers on the job's nodes.
+            "bb_clients": {"hosts": {config.hostname: {"ansible_host": "127.0.0.1"}}},
         },
     }}
     config.inventory_file.write_text(
         "# Written by `bbctl testbed up`; regenerated on every up.\n"
         + yaml.safe_dump(inventory, sort_keys=False))
+
+
+def write_bbctl_config(config: TestbedConfig) -> None:
+    """bbctl's configuration for the test bed: its inventory, one pool of every brick."""
+    work = config.root / "bbctl"
+    site.dump({"inventory": str(config.inventory_file), "state": str(work / "state.db"),
+               "pools": {"nvme": {"granularity": config.brick_size, "hosts": "all"}},
+               "work_dir": str(work), "mount_root": str(config.root / "mnt"),
+               "slurm_dir": str(config.slurm_dir / "etc")}, config.bbctl_config)

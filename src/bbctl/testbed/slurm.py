@@ -8,28 +8,24 @@ munged or Slurm that the site already runs is left alone.
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
-import shutil
 import string
 import time
 from importlib import resources
 from pathlib import Path
 
-from bbctl import host
-from bbctl.collection import COLLECTION_ROOT
+from bbctl import host, site, slurm_install
 from bbctl.errors import TestbedError
 from bbctl.testbed.config import TestbedConfig
 
 SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818
-LUA_SCRIPT = COLLECTION_ROOT / "slurm" / "burst_buffer.lua"
 
 
 def slurm_env(config: TestbedConfig) -> dict[str, str]:
     """The environment every Slurm command of the test bed needs."""
-    return {**host.C_LOCALE, "SLURM_CONF": str(config.slurm_conf)}
+    return {**host.C_LOCALE, "SLURM_CONF": str(config.slurm_conf), site.CONFIG_ENV: str(config.bbctl_config)}
 
 
 # --- munge -----------------------------------------------------------------------
@@ -83,17 +79,7 @@ def write_config(config: TestbedConfig) -> None:
     (d / "etc" / "burst_buffer.conf").write_text(
         _render(f"burst_buffer-{flavour}.conf", **values))
     if flavour == "lua":
-        shutil.copyfile(LUA_SCRIPT, d / "etc" / "burst_buffer.lua")
-        _write_pools(config, d / "etc" / "bbctl-pools.json")
-
-
-def _write_pools(config: TestbedConfig, path: Path) -> None:
-    """The test bed's one pool, "nvme": every brick, one brick per granule."""
-    bricks = config.servers * config.bricks_per_server
-    pool = {"id": "nvme", "granularity": config.brick_size, "quantity": bricks, "free": bricks}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pools": [pool]}) + "\n")
-    tmp.rename(path)
+        slurm_install.install(site.load(config.bbctl_config), d / "etc")
 
 
 def _daemon(config: TestbedConfig, name: str) -> Path:

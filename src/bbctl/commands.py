@@ -1,0 +1,198 @@
+"""bbctl's stage and operator subcommands: argument parsing and output around bbctl.lifecycle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bbctl import host, runner, site, slurm_install
+from bbctl.collection import sizes
+from bbctl.errors import BBError
+from bbctl.lifecycle import Lifecycle, describe
+
+JOB_STAGES = ("setup", "stage-in", "real-size", "paths", "pre-run", "post-run", "stage-out", "teardown")
+
+
+def add_stage_commands(subparsers: argparse._SubParsersAction, size_type: Callable[[str], int]) -> None:
+    helps = {
+        "setup": "allocate bricks, build the job's buffer (and persistent ones it creates), mount it for staging",
+        "stage-in": "copy the job's stage_in data into the buffer, as the job's user",
+        "real-size": "print the bytes the job's buffer really has",
+        "paths": "write the job's environment (DW_JOB_STRIPED, ...) as KEY=VALUE lines",
+        "pre-run": "mount the buffers on the job's compute nodes",
+        "post-run": "unmount the buffers from the job's compute nodes",
+        "stage-out": "copy the job's stage_out data out of the buffer, verified, as the job's user",
+        "teardown": "destroy the job's buffer and release its bricks (unknown job: nothing to do)",
+    }
+    for name in JOB_STAGES:
+        parser = subparsers.add_parser(name, help=helps[name], description=helps[name])
+        parser.add_argument("--job-id", required=True, help="Slurm job id")
+        if name != "real-size":
+            parser.add_argument("--script", help="the job script (directives are read from it)")
+        if name == "setup":
+            parser.add_argument("--uid", type=int, required=True, help="job owner's uid")
+            parser.add_argument("--gid", type=int, required=True, help="job owner's gid")
+            parser.add_argument("--pool", help="pool Slurm chose (default: the directive's, else the first)")
+            parser.add_argument("--size", type=size_type, help="size Slurm granted, if larger than asked")
+        if name == "paths":
+            parser.add_argument("--path-file", type=Path, help="file to write (default: print)")
+        if name == "pre-run":
+            parser.add_argument("--nodes", help="compute nodes, comma separated (default: ask Slurm)")
+            parser.add_argument("--node-file", type=Path, help="file of compute node names, one per line")
+        if name == "teardown":
+            parser.add_argument("--hurry", action="store_true", help="skip the stage-out check: discard data")
+        parser.add_argument("--json", action="store_true", help="print JSON")
+    create = subparsers.add_parser("create-persistent", help="create a named buffer that outlives jobs")
+    create.add_argument("--name", required=True)
+    create.add_argument("--uid", type=int, required=True)
+    create.add_argument("--gid", type=int, required=True)
+    create.add_argument("--capacity", type=size_type, required=True)
+    create.add_argument("--pool")
+    destroy = subparsers.add_parser("destroy-persistent", help="destroy a named buffer (refused while in use)")
+    destroy.add_argument("--name", required=True)
+    destroy.add_argument("--hurry", action="store_true", help="destroy even while jobs use it")
+    for parser in (create, destroy):
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
+    status = subparsers.add_parser("status", help="pools and buffers")
+    show = subparsers.add_parser("show", help="one buffer's record (exit 3 if there is none)")
+    show.add_argument("key", help="job id or persistent buffer name")
+    pools = subparsers.add_parser("pools", help="the pools JSON Slurm reads (rewritten from the state store)")
+    pools.add_argument("--datawarp", action="store_true", help="with units, as dw_wlm_cli prints it")
+    gc = subparsers.add_parser("gc", help="tear down buffers whose stage died mid-way")
+    gc.add_argument("--older-than", type=float, default=3600, help="seconds without progress (default 3600)")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be torn down")
+    install = subparsers.add_parser("slurm-install", help="install burst_buffer.lua and its files beside slurm.conf")
+    install.add_argument("--dir", type=Path, help="directory of slurm.conf (default: the config's slurm_dir)")
+    for parser in (status, show, pools, gc, install):
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = site.load(args.config)
+    _log_to(config)
+    cancel = runner.Cancel()
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: cancel.set())
+    life = Lifecycle(config, say=_to_stderr, cancel=cancel)
+    handler = _HANDLERS[args.command]
+    result = handler(life, args)
+    if cancel():
+        raise BBError(f"{args.command}: cancelled (SIGTERM)")
+    if isinstance(result, int):
+        return result
+    _print(result, args.json)
+    return 0
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _log_to(config: site.Site) -> None:
+    try:
+        config.work_dir.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(config.log_file)
+    except OSError:
+        handler = logging.NullHandler()  # a read-only view (status as a user) still works
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger = logging.getLogger("bbctl")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _print(result: Any, as_json: bool) -> None:
+    if as_json or not isinstance(result, str):
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(result)
+
+
+# --- handlers: (life, args) -> printable result, or an exit code -------------------------------
+
+def _setup(life: Lifecycle, args: argparse.Namespace) -> Any:
+    made = life.setup(args.job_id, args.uid, args.gid, args.script, pool=args.pool, size=args.size)
+    return {"job": args.job_id, "buffers": [describe(b, life.site) for b in made]}
+
+
+def _pre_run(life: Lifecycle, args: argparse.Namespace) -> Any:
+    if args.nodes:
+        nodes = [n for n in args.nodes.split(",") if n]
+    elif args.node_file:
+        nodes = [line.strip() for line in args.node_file.read_text().splitlines() if line.strip()]
+    else:
+        nodes = slurm_nodes(args.job_id)
+    life.pre_run(args.job_id, args.script, nodes)
+    return {"job": args.job_id, "nodes": nodes}
+
+
+def _paths(life: Lifecycle, args: argparse.Namespace) -> Any:
+    env = life.paths(args.job_id, args.script)
+    lines = "".join(f"{k}={v}\n" for k, v in env.items())
+    if args.path_file:
+        with args.path_file.open("a") as out:
+            out.write(lines)
+    return env if args.json or not args.path_file else 0
+
+
+def _show(life: Lifecycle, args: argparse.Namespace) -> Any:
+    buffer = life.store.get(args.key)
+    if buffer is None:
+        print(f"bbctl show: no buffer {args.key}", file=sys.stderr)
+        return 3
+    return describe(buffer, life.site)
+
+
+def _status(life: Lifecycle, args: argparse.Namespace) -> Any:
+    report = life.status()
+    if args.json:
+        return report
+    lines = [f"pool {p['id']}: {p['free']} of {p['quantity']} bricks free, "
+             f"{sizes.format_size(p['granularity'])} each" for p in report["pools"]]
+    for b in report["buffers"]:
+        lines.append(f"buffer {b['key']} ({b['volume']}): {b['state']}, {sizes.format_size(b['capacity'])}, "
+                     f"owner {b['owner']}, {len(b['bricks'])} brick(s)"
+                     + (f", error: {b['last_error']}" if b["last_error"] else ""))
+    return "\n".join(lines) if lines else "no pools"
+
+
+_HANDLERS: dict[str, Callable[[Lifecycle, argparse.Namespace], Any]] = {
+    "setup": _setup,
+    "stage-in": lambda life, a: {"job": a.job_id, "stages": life.stage_in(a.job_id, a.script)},
+    "real-size": lambda life, a: life.real_size(a.job_id) if a.json else str(life.real_size(a.job_id)),
+    "paths": _paths,
+    "pre-run": _pre_run,
+    "post-run": lambda life, a: {"job": a.job_id, "done": life.post_run(a.job_id, a.script) is None},
+    "stage-out": lambda life, a: {"job": a.job_id, "stages": life.stage_out(a.job_id, a.script)},
+    "teardown": lambda life, a: {"job": a.job_id,
+                                 "destroyed": life.teardown(a.job_id, a.script, hurry=a.hurry)},
+    "create-persistent": lambda life, a: describe(
+        life.create_persistent(a.name, a.uid, a.gid, a.capacity, a.pool), life.site),
+    "destroy-persistent": lambda life, a: {"name": a.name,
+                                           "destroyed": life.destroy_persistent(a.name, hurry=a.hurry)},
+    "status": _status,
+    "show": _show,
+    "pools": lambda life, a: (life.refresh_pools() if not a.datawarp else life.pools_document(datawarp=True)),
+    "gc": lambda life, a: life.gc(a.older_than, dry_run=a.dry_run),
+    "slurm-install": lambda life, a: slurm_install.install(life.site, a.dir),
+}
+
+
+def slurm_nodes(job_id: str) -> list[str]:
+    """The job's compute nodes, from Slurm (scontrol reads SLURM_CONF from the environment)."""
+    proc = host.run(["scontrol", "show", "job", site.job_key(job_id)], check=False)
+    if proc.returncode != 0:
+        raise BBError(f"scontrol show job {job_id}: {proc.stderr.strip() or proc.stdout.strip()}")
+    fields = dict(token.split("=", 1) for token in proc.stdout.split() if "=" in token)
+    node_list = fields.get("NodeList", "")
+    if node_list in ("", "(null)"):
+        raise BBError(f"job {job_id} has no nodes yet (NodeList={node_list or 'empty'})")
+    names = host.run(["scontrol", "show", "hostnames", node_list])
+    return names.stdout.split()

@@ -1,0 +1,408 @@
+"""The life of a buffer, one method per Slurm stage; shared by bbctl, burst_buffer.lua and dw_wlm_cli.
+
+Every stage reads the job's directives again from the script Slurm passes (the
+reference parser; Slurm may have substituted ``%j``-style symbols), records its
+intent in the state store *before* acting, runs one playbook through
+ansible-runner, and records the outcome. Every step is idempotent: Slurm
+retries teardown, and an operator may rerun any stage.
+
+Data safety: teardown refuses (without hurry) to destroy a buffer whose
+requested stage-out has not been verified; a failed stage-out leaves the
+buffer in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import pwd
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from bbctl import runner, slurmconf
+from bbctl import site as sitecfg
+from bbctl.directives import BufferPath, DirectiveError, JobRequest, Stage, parse_job_script
+from bbctl.errors import BBError
+from bbctl.pools import Pool, load_pools, pools_document, write_pools_json
+from bbctl.site import Site
+from bbctl.state import Buffer, BufferSpec, BufferState, StateStore, open_store
+
+log = logging.getLogger("bbctl")
+
+# Exit codes (bbctl --help lists them): 0 done, 1 failed, 2 bad input, 4 refused for now.
+EXIT_REFUSED = 4
+USER_META = "user:"  # meta key prefix on a persistent buffer: a job that uses it
+BUILT = (BufferState.CREATED, BufferState.STAGED_IN, BufferState.MOUNTED, BufferState.STAGED_OUT,
+         BufferState.STAGING_OUT)
+
+
+class Refused(BBError):
+    """Not now: the buffer is busy, in use, or its data is not safe yet (exit 4)."""
+
+    exit_code = EXIT_REFUSED
+
+
+def read_request(script: Path | str | None) -> JobRequest:
+    """The directives of a job script (a path; Slurm may pass a memfd under /proc)."""
+    if script is None:
+        return JobRequest()
+    try:
+        text = Path(script).read_text(errors="replace")
+    except OSError as exc:
+        raise BBError(f"cannot read the job script {script}: {exc.strerror}") from exc
+    try:
+        return parse_job_script(text)
+    except DirectiveError as exc:
+        raise BBError(str(exc), exit_code=2) from exc
+
+
+class Lifecycle:
+    def __init__(self, site: Site, *, say: Callable[[str], None] | None = None,
+                 cancel: runner.Cancel | None = None, store: StateStore | None = None) -> None:
+        self.site = site
+        self.say = say or (lambda _message: None)
+        self.cancel = cancel
+        self.store = store or open_store(site.state)
+        self._pools: dict[str, Pool] | None = None
+        self._bb_settings = slurmconf.read_settings(site.bb_conf)
+
+    # --- configuration ------------------------------------------------------------------
+    @property
+    def pools(self) -> dict[str, Pool]:
+        if self._pools is None:
+            self._pools = load_pools(self.site.raw, self.site.inventory)
+        return self._pools
+
+    def pool(self, name: str | None) -> Pool:
+        if name in (None, "", "(null)"):
+            name = next(iter(self.pools))  # the first configured pool is the default
+        if name not in self.pools:
+            raise BBError(f"no pool {name!r}; configured: {', '.join(self.pools)}", exit_code=2)
+        return self.pools[name]
+
+    def refresh_pools(self) -> dict[str, Any]:
+        """Rewrite the pools file burst_buffer.lua returns to Slurm (atomic rename)."""
+        document = self.pools_document()
+        if self.site.pools_json is not None:
+            write_pools_json(self.site.pools_json, document)
+        return document
+
+    def pools_document(self, *, datawarp: bool = False) -> dict[str, Any]:
+        return pools_document(self.pools.values(), {name: self.store.allocated_brick_ids(name) for name in self.pools},
+                              datawarp=datawarp)
+
+    def _note(self, key: str, stage: str, message: str) -> None:
+        log.info("%s %s: %s", key, stage, message)
+        self.say(f"[{key} {stage}] {message}")
+
+    # --- Slurm's stages ------------------------------------------------------------------
+    def setup(self, job_id: str, uid: int, gid: int, script: Path | str | None, *,
+              pool: str | None = None, size: int | None = None) -> list[Buffer]:
+        """Create the job's buffer and any persistent buffers it asks for; destroy those it asks to."""
+        key, request = sitecfg.job_key(job_id), read_request(script)
+        _refuse_root(uid)
+        self._check_persistent_use(request, uid)
+        made = []
+        for destroy in request.destroy_persistent:
+            self.destroy_persistent(destroy.name, uid=uid, hurry=destroy.hurry)
+        for create in request.create_persistent:
+            made.append(self.create(create.name, uid, gid, create.capacity, create.pool or pool, "gluster"))
+        if request.jobdw is not None:
+            capacity = max(request.jobdw.capacity, size or 0)
+            made.append(self.create(key, uid, gid, capacity, request.jobdw.pool or pool, request.jobdw.fs))
+        return made
+
+    def create(self, key: str, uid: int, gid: int, capacity: int, pool_name: str | None,
+               fs: str) -> Buffer:
+        """Allocate bricks, build the file system and mount it on the stage host. Idempotent."""
+        existing = self.store.get(key)
+        if existing is not None and existing.state in BUILT:
+            if existing.owner_uid != uid:
+                raise Refused(f"buffer {key} exists and belongs to uid {existing.owner_uid}")
+            return existing
+        if existing is None:
+            pool = self.pool(pool_name)
+            existing = self.store.allocate(
+                BufferSpec(key=key, owner_uid=uid, owner_gid=gid, capacity=capacity, fs=fs), pool)
+            self.refresh_pools()
+            self._note(key, "setup", f"allocated {len(existing.bricks)} brick(s) of pool {pool.name}: "
+                       + ", ".join(b.id for b in existing.bricks))
+        buffer = self.store.transition(key, (BufferState.ALLOCATING, BufferState.CREATING, BufferState.FAILED),
+                                       BufferState.CREATING, last_error="")
+        run = self._run(buffer, "setup", "buffer_create.yml", extra={"mount_path": str(self.stage_path(key))})
+        if run.status != "successful":
+            return self._failed(buffer, run)
+        return self.store.transition(key, BufferState.CREATING, BufferState.CREATED)
+
+    def stage_in(self, job_id: str, script: Path | str | None) -> int:
+        key, request = sitecfg.job_key(job_id), read_request(script)
+        if not request.stage_in:
+            return 0
+        buffer = self._require(key, BUILT)
+        run = self._run(buffer, "stage-in", "stage_in.yml", extra={}, stages=self._stage_specs(key, request.stage_in))
+        if run.status != "successful":
+            self._failed(buffer, run, keep_state=True)
+        self.store.transition(key, BUILT, BufferState.STAGED_IN)
+        return len(request.stage_in)
+
+    def real_size(self, job_id: str) -> int:
+        """Bytes the job's buffer really has (whole bricks), 0 without one."""
+        buffer = self.store.get(sitecfg.job_key(job_id))
+        if buffer is None:
+            return 0
+        return len(buffer.bricks) * self.pool(buffer.pool).granularity
+
+    def paths(self, job_id: str, script: Path | str | None) -> dict[str, str]:
+        request = read_request(script)
+        jobdw = request.jobdw
+        return sitecfg.job_environment(
+            self.site, job_id, jobdw=jobdw is not None,
+            private=jobdw is not None and "private" in jobdw.access_modes,
+            persistent=tuple(request.persistent))
+
+    def pre_run(self, job_id: str, script: Path | str | None, nodes: Iterable[str]) -> None:
+        """Mount the job's buffer and the persistent buffers it uses on its compute nodes."""
+        key, request, nodes = sitecfg.job_key(job_id), read_request(script), sorted(set(nodes))
+        if not nodes:
+            raise BBError(f"job {key}: no compute nodes given to mount the buffer on", exit_code=2)
+        for name in request.persistent:
+            persistent = self._require(name, BUILT)
+            self.store.transition(name, BUILT, persistent.state, meta={USER_META + key: nodes})
+            self._mount(persistent, nodes, stage="pre-run", job=key)
+        if request.jobdw is not None:
+            buffer = self._require(key, BUILT)
+            self.store.transition(key, BUILT, buffer.state, meta={"nodes": nodes})
+            self._mount(buffer, nodes, stage="pre-run", job=key)
+            self.store.transition(key, BUILT, BufferState.MOUNTED)
+
+    def post_run(self, job_id: str, script: Path | str | None) -> None:
+        key, request = sitecfg.job_key(job_id), read_request(script)
+        buffer = self.store.get(key)
+        if buffer is not None and buffer.meta.get("nodes"):
+            self._unmount(buffer, buffer.meta["nodes"], stage="post-run", job=key)
+        for name in request.persistent:
+            self._release_persistent_use(name, key)
+
+    def stage_out(self, job_id: str, script: Path | str | None) -> int:
+        key, request = sitecfg.job_key(job_id), read_request(script)
+        if not request.stage_out:
+            return 0
+        buffer = self._require(key, BUILT)
+        buffer = self.store.transition(key, BUILT, BufferState.STAGING_OUT, stage_out_verified=False)
+        run = self._run(buffer, "stage-out", "stage_out.yml", extra={},
+                        stages=self._stage_specs(key, request.stage_out))
+        if run.status != "successful":
+            # The buffer stays, in state failed: nothing is deleted until stage-out succeeds or hurry.
+            self._failed(buffer, run)
+        self.store.transition(key, BufferState.STAGING_OUT, BufferState.STAGED_OUT, stage_out_verified=True)
+        return len(request.stage_out)
+
+    def teardown(self, job_id: str, script: Path | str | None, *, hurry: bool) -> bool:
+        """Destroy the job's buffer; True if there was one. Unknown job: success, nothing to do."""
+        key = sitecfg.job_key(job_id)
+        request = _request_or_empty(script)
+        for name in request.persistent:
+            self._release_persistent_use(name, key)
+        buffer = self.store.get(key)
+        if buffer is None:
+            self._note(key, "teardown", "no buffer recorded: nothing to tear down")
+            return False
+        if not hurry and request.stage_out and not buffer.stage_out_verified and buffer.state is not \
+                BufferState.ALLOCATING:
+            raise Refused(f"buffer {key}: its stage-out has not succeeded, so it is kept "
+                          f"(state {buffer.state.value}{': ' + buffer.last_error if buffer.last_error else ''}); "
+                          "rerun stage-out, or tear down with hurry to discard the data")
+        self.destroy(key, stage="teardown")
+        return True
+
+    # --- persistent buffers ------------------------------------------------------------------
+    def create_persistent(self, name: str, uid: int, gid: int, capacity: int, pool: str | None) -> Buffer:
+        _refuse_root(uid)
+        return self.create(_persistent_key(name), uid, gid, capacity, pool, "gluster")
+
+    def destroy_persistent(self, name: str, *, uid: int | None = None, hurry: bool = False) -> bool:
+        key = _persistent_key(name)
+        buffer = self.store.get(key)
+        if buffer is None:
+            return False
+        if uid is not None and uid not in (0, buffer.owner_uid):
+            raise Refused(f"persistent buffer {name} belongs to uid {buffer.owner_uid}, not {uid}")
+        users = sorted(k[len(USER_META):] for k in buffer.meta if k.startswith(USER_META))
+        if users and not hurry:
+            raise Refused(f"persistent buffer {name} is in use by job(s) {', '.join(users)}; "
+                          "destroy it when they have ended")
+        self.destroy(key, stage="destroy-persistent")
+        return True
+
+    # --- shared steps --------------------------------------------------------------------------
+    def destroy(self, key: str, *, stage: str) -> None:
+        """Unmount everywhere, delete the file system, release the bricks. Idempotent."""
+        buffer = self.store.get(key)
+        if buffer is None:
+            return
+        if buffer.state is not BufferState.ALLOCATING:
+            buffer = self.store.transition(key, set(BufferState) - {BufferState.DESTROYED},
+                                           BufferState.DESTROYING)
+            nodes = sorted({n for k, v in buffer.meta.items() if k == "nodes" or k.startswith(USER_META)
+                            for n in v})
+            run = self._run(buffer, stage, "buffer_destroy.yml", nodes=nodes,
+                            extra={"mount_path": str(self.stage_path(key))},
+                            more={"bb_client_mount_path": str(sitecfg.mount_path(self.site, key))})
+            if run.status != "successful":
+                self._failed(buffer, run)
+            self.store.transition(key, BufferState.DESTROYING, BufferState.DESTROYED)
+        self.store.release(key)
+        self.refresh_pools()
+        runner.prune_runs(self.site, {b.key for b in self.store.buffers()})
+        self._note(key, stage, "destroyed; bricks released")
+
+    def stage_path(self, key: str) -> Path:
+        return sitecfg.stage_path(self.site, key)
+
+    def _mount(self, buffer: Buffer, nodes: list[str], *, stage: str, job: str) -> None:
+        run = self._run(buffer, stage, "buffer_mount.yml", nodes=nodes, run_key=job,
+                        extra={"mount_path": str(sitecfg.mount_path(self.site, buffer.key))})
+        run.raise_for_failure()
+
+    def _unmount(self, buffer: Buffer, nodes: list[str], *, stage: str, job: str) -> None:
+        run = self._run(buffer, stage, "buffer_unmount.yml", nodes=nodes, run_key=job,
+                        extra={"mount_path": str(sitecfg.mount_path(self.site, buffer.key))})
+        run.raise_for_failure()
+
+    def _release_persistent_use(self, name: str, job_key: str) -> None:
+        persistent = self.store.get(name)
+        if persistent is None or USER_META + job_key not in persistent.meta:
+            return
+        self._unmount(persistent, persistent.meta[USER_META + job_key], stage="post-run", job=job_key)
+        self.store.transition(name, BUILT, persistent.state, meta={USER_META + job_key: None})
+
+    def _check_persistent_use(self, request: JobRequest, uid: int) -> None:
+        for name in request.persistent:
+            buffer = self._require(name, BUILT)
+            if buffer.owner_uid != uid:
+                raise Refused(f"persistent buffer {name} belongs to uid {buffer.owner_uid}; "
+                              "only its owner's jobs may use it")
+
+    def _require(self, key: str, states: Iterable[BufferState]) -> Buffer:
+        buffer = self.store.get(key)
+        if buffer is None:
+            raise BBError(f"no buffer {key}: it was never set up, or is already torn down")
+        if buffer.state not in set(states):
+            raise Refused(f"buffer {key} is {buffer.state.value}"
+                          + (f" ({buffer.last_error})" if buffer.last_error else "")
+                          + ", not ready for this stage")
+        return buffer
+
+    def _stage_specs(self, job: str, stages: Iterable[Stage]) -> list[dict[str, str]]:
+        """Directive stages as concrete paths on the stage host (the buffer mounted under stage_root)."""
+        specs = []
+        for stage in stages:
+            inside = self._buffer_path_on_stage_host(job, stage.buffer_path)
+            root = str(self.stage_path(_area_key(stage.buffer_path, job)))
+            source, destination = (stage.pfs_path, inside) if stage.direction == "in" else (inside, stage.pfs_path)
+            specs.append({"type": stage.type, "source": source, "destination": destination, "buffer_root": root})
+        return specs
+
+    def _buffer_path_on_stage_host(self, job: str, path: BufferPath) -> str:
+        if path.area == "private":
+            raise BBError(f"{path}: $DW_JOB_PRIVATE differs on every compute node and cannot be staged; "
+                          "stage into $DW_JOB_STRIPED", exit_code=2)
+        return str(self.stage_path(_area_key(path, job))) + path.subpath
+
+    def _run(self, buffer: Buffer, stage: str, playbook: str, *, extra: dict[str, Any],
+             nodes: Iterable[str] = (), stages: list[dict[str, str]] | None = None,
+             run_key: str | None = None, more: dict[str, Any] | None = None) -> runner.StageRun:
+        key = run_key or buffer.key
+        self._note(key, stage, f"{playbook} for buffer {buffer.key} ...")
+        extravars: dict[str, Any] = {"bb_buffer": self._buffer_vars(buffer, extra), **(more or {})}
+        if stages is not None:
+            extravars.update(bb_stages=stages, bb_stage_uid=buffer.owner_uid, bb_stage_gid=buffer.owner_gid,
+                             bb_stage_workers=self.site.stage_workers,
+                             bb_stage_progress=str(self.site.runs_dir / key / f"{stage}.progress"))
+        run = runner.run_stage(
+            self.site, key, stage, playbook, extravars=extravars,
+            hosts=sorted({b.server for b in buffer.bricks}), nodes=nodes,
+            timeout=slurmconf.stage_timeout(_timeout_stage(stage), self._bb_settings),
+            on_event=lambda message: self._note(key, stage, message), cancel=self.cancel)
+        self._note(key, stage, f"{run.status} in {run.seconds:.1f} s")
+        return run
+
+    def _buffer_vars(self, buffer: Buffer, extra: dict[str, Any]) -> dict[str, Any]:
+        return {"name": sitecfg.volume_name(buffer.key), "fs": buffer.fs, "capacity": str(buffer.capacity),
+                "owner": buffer.owner_uid, "group": buffer.owner_gid,
+                "bricks": [{"host": b.server, "path": b.path, "device": b.device} for b in buffer.bricks],
+                **extra}
+
+    def _failed(self, buffer: Buffer, run: runner.StageRun, *, keep_state: bool = False) -> Buffer:
+        try:
+            run.raise_for_failure()
+        except runner.StageFailed as exc:
+            if not keep_state:
+                self.store.transition(buffer.key, set(BufferState) - {BufferState.DESTROYED}, BufferState.FAILED,
+                                      last_error=str(exc))
+            raise
+        return buffer
+
+    # --- operator views -------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        pools = self.refresh_pools()["pools"]
+        return {"pools": pools, "buffers": [describe(b, self.site) for b in self.store.buffers()]}
+
+    def gc(self, older_than: float, *, dry_run: bool) -> dict[str, Any]:
+        """Tear down buffers whose stage died mid-way, and free bricks no record lists."""
+        orphans = self.store.orphans(older_than)
+        done = {"stale_buffers": [b.key for b in orphans.stale_buffers],
+                "stray_bricks": [a.brick_id for a in orphans.stray_bricks], "dry_run": dry_run}
+        if not dry_run:
+            for buffer in orphans.stale_buffers:
+                self.destroy(buffer.key, stage="gc")
+        return done
+
+
+def describe(buffer: Buffer, site: Site) -> dict[str, Any]:
+    data = buffer.to_dict()
+    data.update(volume=sitecfg.volume_name(buffer.key), stage_path=str(sitecfg.stage_path(site, buffer.key)),
+                mount_path=str(sitecfg.mount_path(site, buffer.key)),
+                owner=_user_name(buffer.owner_uid), age_seconds=round(time.time() - buffer.created_at, 1))
+    return data
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _refuse_root(uid: int) -> None:
+    if uid == 0:
+        raise BBError("root cannot own a burst buffer: data is staged with the owner's identity", exit_code=2)
+
+
+def _persistent_key(name: str) -> str:
+    if sitecfg.is_job_key(name):
+        raise BBError(f"persistent buffer name {name!r} must start with a letter", exit_code=2)
+    return name
+
+
+def _area_key(path: BufferPath, job: str) -> str:
+    """The buffer a directive path lies in: a persistent one by name, else the job's own."""
+    return path.name if path.area == "persistent" and path.name else job
+
+
+def _timeout_stage(stage: str) -> str:
+    return stage if stage in slurmconf.STAGE_TIMEOUT_KEYS else "teardown"
+
+
+def _request_or_empty(script: Path | str | None) -> JobRequest:
+    """Teardown must finish even when the script is gone or its directives no longer parse."""
+    try:
+        return read_request(script)
+    except BBError:
+        return JobRequest()
+
+
+def nodes_from_file(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+

@@ -1,0 +1,178 @@
+"""ansible-runner, one run per (buffer, stage): the only way bbctl reaches the collection.
+
+Each run gets a fresh private_data_dir under ``<work_dir>/runs/<key>/`` (so the
+artifacts of every stage of a job stay side by side for an operator), an
+inventory of exactly the hosts the stage touches (the site inventory, limited to
+the allocated servers, plus the stage host and the job's compute nodes), the
+collection on its paths, a timeout the caller derives from burst_buffer.conf,
+and a cancel callback that a SIGTERM from Slurm trips. Task events go to the
+caller's ``on_event`` as one-line messages; failures come back as the host,
+task and message of each failed task.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+import yaml
+
+from bbctl.collection import COLLECTION_ROOT, COLLECTIONS_PATH, PLAYBOOKS
+from bbctl.errors import BBError
+from bbctl.site import Site
+
+STAGE_GROUP = "bb_stage"
+CLIENT_GROUP = "bb_clients"
+STAGE_HOST = "localhost"
+# Settings that make a stage cheap: no facts, no retry files, no cowsay; the
+# collection found without installing it.
+ANSIBLE_ENV = {
+    "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS_PATH),
+    "ANSIBLE_ROLES_PATH": str(COLLECTION_ROOT / "roles"),
+    "ANSIBLE_GATHERING": "explicit",
+    "ANSIBLE_RETRY_FILES_ENABLED": "False",
+    "ANSIBLE_NOCOWS": "1",
+    "ANSIBLE_HOST_KEY_CHECKING": "False",
+    "ANSIBLE_DEPRECATION_WARNINGS": "False",
+    "ANSIBLE_LOCALHOST_WARNING": "False",
+    "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
+    # slurmctld's environment may have no locale; Ansible refuses anything but UTF-8.
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+}
+
+
+class StageFailed(BBError):
+    """A stage's playbook failed, timed out or was cancelled; the message says where."""
+
+
+@dataclass
+class StageRun:
+    stage: str
+    status: str  # successful, failed, timeout, canceled
+    rc: int
+    seconds: float
+    run_dir: Path
+    failures: list[str] = field(default_factory=list)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # task name -> last result
+
+    def output_tail(self) -> str:
+        """The last line ansible-playbook printed (why it stopped before any task failed)."""
+        for stdout in sorted(self.run_dir.glob("artifacts/*/stdout")):
+            lines = [line.strip() for line in stdout.read_text(errors="replace").splitlines() if line.strip()]
+            if lines:
+                return lines[-1]
+        return "no output"
+
+    def raise_for_failure(self) -> None:
+        if self.status == "successful":
+            return
+        if self.status == "timeout":
+            reason = f"timed out after {self.seconds:.0f} s"
+        elif self.status == "canceled":
+            reason = "cancelled"
+        else:
+            reason = "; ".join(self.failures) or f"ansible-playbook exited {self.rc}: {self.output_tail()}"
+        raise StageFailed(f"{self.stage}: {reason} (artifacts: {self.run_dir})")
+
+
+class Cancel:
+    """Set by a signal handler; ansible-runner polls it and stops the playbook."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def __call__(self) -> bool:
+        return self._event.is_set()
+
+
+def inventory_sources(site: Site, run_dir: Path, *, nodes: Iterable[str] = ()) -> list[str]:
+    """The site inventory plus a generated one naming the stage host and the job's nodes."""
+    generated = {
+        STAGE_GROUP: {"hosts": {STAGE_HOST: {"ansible_connection": "local",
+                                             "ansible_python_interpreter": sys.executable}}},
+        CLIENT_GROUP: {"hosts": {node: None for node in nodes}},
+    }
+    path = run_dir / "inventory" / "bbctl.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"all": {"children": generated}}, sort_keys=False))
+    return [str(site.inventory), str(path)]
+
+
+def run_stage(site: Site, key: str, stage: str, playbook: str, *, extravars: Mapping[str, Any],
+              hosts: Iterable[str], nodes: Iterable[str] = (), timeout: int,
+              on_event: Callable[[str], None] = lambda _m: None, cancel: Cancel | None = None) -> StageRun:
+    """Run playbooks/<playbook> for one stage of one buffer and wait for it."""
+    started = time.monotonic()
+    run_dir = site.runs_dir / key / f"{time.strftime('%Y%m%dT%H%M%S')}-{stage}"
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = run_dir.with_name(f"{run_dir.name.split('.')[0]}.{suffix}")
+    run_dir.mkdir(parents=True)
+    nodes = list(nodes)
+    limit = ",".join([*hosts, STAGE_HOST, *nodes])
+    collector = _Events(on_event)
+    result = ansible_runner.run(
+        private_data_dir=str(run_dir), project_dir=str(PLAYBOOKS), playbook=playbook,
+        inventory=inventory_sources(site, run_dir, nodes=nodes), limit=limit,
+        extravars=dict(extravars), envvars={**ANSIBLE_ENV, "PATH": _path_with_ansible()}, timeout=timeout,
+        quiet=True, event_handler=collector, cancel_callback=cancel or (lambda: False),
+        settings={"suppress_ansible_output": True})
+    return StageRun(stage=stage, status=result.status, rc=result.rc or 0,
+                    seconds=time.monotonic() - started, run_dir=run_dir,
+                    failures=collector.failures, results=collector.results)
+
+
+def _path_with_ansible() -> str:
+    """PATH with this Python's bin first: Slurm's environment may not have bbctl's venv on it."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
+
+
+class _Events:
+    """ansible-runner's event_handler: progress lines out, failures and results kept."""
+
+    def __init__(self, on_event: Callable[[str], None]) -> None:
+        self.on_event = on_event
+        self.failures: list[str] = []
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, event: Mapping[str, Any]) -> bool:
+        kind, data = event.get("event", ""), event.get("event_data") or {}
+        host, task = data.get("host", ""), data.get("task", "")
+        if kind == "playbook_on_task_start":
+            self.on_event(f"task: {task}")
+        elif kind == "runner_on_ok":
+            result = data.get("res") or {}
+            self.results[task] = result
+            if result.get("changed"):
+                self.on_event(f"  {host}: changed")
+        elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+            result = data.get("res") or {}
+            message = str(result.get("msg") or result.get("stderr") or "failed").strip()
+            self.failures.append(f"{host}: {task}: {message}")
+            self.on_event(f"  {host}: FAILED: {message}")
+        return False  # nothing downstream needs the event on disk twice
+
+
+def prune_runs(site: Site, live_keys: set[str]) -> list[Path]:
+    """Remove run directories of finished buffers beyond the newest ``keep_runs``."""
+    if not site.runs_dir.is_dir():
+        return []
+    finished = [d for d in site.runs_dir.iterdir() if d.is_dir() and d.name not in live_keys]
+    finished.sort(key=lambda d: d.stat().st_mtime, reverse=True)
+    removed = finished[site.keep_runs:]
+    for directory in removed:
+        shutil.rmtree(directory, ignore_errors=True)
+    return removed

@@ -1,0 +1,183 @@
+"""The site configuration bbctl runs with, and every path and name derived from it.
+
+One YAML file (``--config``, else ``$BBCTL_CONFIG``, else /etc/bbctl/bbctl.yml)::
+
+    inventory: /etc/bbctl/inventory.yml   # storage servers (bb_storage) and clients (bb_clients)
+    state: /var/lib/bbctl/state.db        # or http://etcd:2379
+    pools: {nvme: {granularity: 4GiB, hosts: all}}
+    work_dir: /var/lib/bbctl              # runs/, stage/ mounts, bbctl.log
+    mount_root: /mnt/bb                   # where compute nodes mount buffers
+    slurm_dir: /etc/slurm                 # burst_buffer.lua, bbctl-site.lua, bbctl-pools.json
+    keep_runs: 200                        # ansible-runner dirs kept for finished buffers
+
+This module is the one source of truth for names and paths: the volume of a
+job or persistent buffer, where it is mounted on the stage host and on compute
+nodes, and the job's environment (burst_buffer.lua gets the same values
+through bbctl-site.lua, which ``bbctl slurm install`` writes from here).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bbctl.errors import BBError
+
+DEFAULT_CONFIG = Path("/etc/bbctl/bbctl.yml")
+CONFIG_ENV = "BBCTL_CONFIG"
+_KEYS = {"inventory", "state", "pools", "work_dir", "mount_root", "slurm_dir", "keep_runs",
+         "burst_buffer_conf", "stage_workers"}
+
+# Volume names: a job's is derived from its id, a persistent buffer's from its name
+# (names start with a letter, job ids are digits, so the two never collide).
+JOB_VOLUME_PREFIX = "bbjob-"
+PERSISTENT_VOLUME_PREFIX = "bbp-"
+JOB_ID_RE = re.compile(r"^[0-9]{1,10}$")
+PRIVATE_DIR = ".private"  # inside the volume: one directory per compute node
+
+
+class ConfigError(BBError):
+    """The site configuration is missing or wrong."""
+
+
+@dataclass(frozen=True)
+class Site:
+    path: Path
+    inventory: Path
+    state: str
+    pools: Mapping[str, Any]
+    work_dir: Path
+    mount_root: Path
+    slurm_dir: Path | None = None
+    burst_buffer_conf: Path | None = None
+    keep_runs: int = 200
+    stage_workers: int = 16
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    # --- where bbctl keeps its own files -------------------------------------------
+    @property
+    def runs_dir(self) -> Path:
+        return self.work_dir / "runs"
+
+    @property
+    def stage_root(self) -> Path:
+        return self.work_dir / "stage"
+
+    @property
+    def log_file(self) -> Path:
+        return self.work_dir / "bbctl.log"
+
+    @property
+    def pools_json(self) -> Path | None:
+        return self.slurm_dir / "bbctl-pools.json" if self.slurm_dir else None
+
+    @property
+    def bb_conf(self) -> Path | None:
+        if self.burst_buffer_conf:
+            return self.burst_buffer_conf
+        return self.slurm_dir / "burst_buffer.conf" if self.slurm_dir else None
+
+
+def load(path: Path | str | None = None) -> Site:
+    """The site configuration from path, $BBCTL_CONFIG or the default location."""
+    where = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    try:
+        data = yaml.safe_load(where.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"no bbctl configuration at {where}: write one (see docs/OPERATIONS.md) "
+                          f"or point --config / ${CONFIG_ENV} at it") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the bbctl configuration {where}: {exc}") from exc
+    return from_mapping(data, where)
+
+
+def from_mapping(data: Any, where: Path) -> Site:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of settings")
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}")
+    for key in ("inventory", "pools"):
+        if key not in data:
+            raise ConfigError(f"{where}: `{key}` is required")
+    work_dir = Path(data.get("work_dir", "/var/lib/bbctl"))
+    optional = {key: Path(data[key]) for key in ("slurm_dir", "burst_buffer_conf") if data.get(key)}
+    return Site(path=where, inventory=Path(data["inventory"]),
+                state=str(data.get("state", work_dir / "state.db")), pools=data["pools"],
+                work_dir=work_dir, mount_root=Path(data.get("mount_root", "/mnt/bb")),
+                keep_runs=_positive(where, data, "keep_runs", 200),
+                stage_workers=_positive(where, data, "stage_workers", 16), raw=data, **optional)
+
+
+def _positive(where: Path, data: Mapping[str, Any], key: str, default: int) -> int:
+    value = data.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{where}: `{key}` must be a whole number above 0, not {value!r}")
+    return value
+
+
+def dump(settings: Mapping[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# bbctl site configuration (see src/bbctl/site.py)\n"
+                    + yaml.safe_dump(dict(settings), sort_keys=False))
+
+
+# --- names ------------------------------------------------------------------------------
+
+def job_key(job_id: str | int) -> str:
+    text = str(job_id)
+    if not JOB_ID_RE.match(text):
+        raise BBError(f"job id {text!r}: expected digits only", exit_code=2)
+    return text
+
+
+def is_job_key(key: str) -> bool:
+    return bool(JOB_ID_RE.match(key))
+
+
+def volume_name(key: str) -> str:
+    """The GlusterFS volume (or Lustre fsname source) of a buffer key."""
+    return (JOB_VOLUME_PREFIX if is_job_key(key) else PERSISTENT_VOLUME_PREFIX) + key
+
+
+# --- paths --------------------------------------------------------------------------------
+
+def stage_path(site: Site, key: str) -> Path:
+    """Where the stage host (the controller running bbctl) mounts the buffer for staging."""
+    return site.stage_root / volume_name(key)
+
+
+def mount_path(site: Site, key: str) -> Path:
+    """Where compute nodes mount the buffer: $DW_JOB_STRIPED or $DW_PERSISTENT_STRIPED_<name>."""
+    return site.mount_root / volume_name(key)
+
+
+def private_mount_path(site: Site, key: str) -> Path:
+    """Where each compute node mounts its own directory of the buffer: $DW_JOB_PRIVATE."""
+    return site.mount_root / (volume_name(key) + "-private")
+
+
+def private_subdir(node: str) -> str:
+    """The volume directory behind one node's $DW_JOB_PRIVATE."""
+    return f"{PRIVATE_DIR}/{node}"
+
+
+def job_environment(site: Site, job_id: str, *, jobdw: bool, private: bool,
+                    persistent: tuple[str, ...]) -> dict[str, str]:
+    """The variables a job sees (DataWarp names and their BB_ twins), a pure function of its inputs."""
+    env: dict[str, str] = {}
+    key = job_key(job_id)
+    if jobdw:
+        env["DW_JOB_STRIPED"] = str(mount_path(site, key))
+        if private:
+            env["DW_JOB_PRIVATE"] = str(private_mount_path(site, key))
+    for name in persistent:
+        env[f"DW_PERSISTENT_STRIPED_{name}"] = str(mount_path(site, name))
+    env.update({"BB_" + k[3:]: v for k, v in list(env.items())})
+    return env

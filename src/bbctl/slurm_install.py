@@ -1,0 +1,56 @@
+"""Install burst_buffer.lua beside slurm.conf, with the two files it reads.
+
+- bbctl-site.lua: how to call bbctl and the values paths are computed from,
+  written from bbctl's configuration (bbctl.site is the one definition);
+- bbctl-pools.json: the pools answer, rewritten by every bbctl allocation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from bbctl import site as sitecfg
+from bbctl.collection import COLLECTION_ROOT
+from bbctl.errors import BBError
+from bbctl.pools import load_pools, pools_document, write_pools_json
+
+LUA_SCRIPT = COLLECTION_ROOT / "slurm" / "burst_buffer.lua"
+
+
+def site_values(site: sitecfg.Site) -> dict[str, str]:
+    """What burst_buffer.lua needs to know, from bbctl.site's own definitions."""
+    mount = sitecfg.mount_path(site, "1")
+    private = sitecfg.private_mount_path(site, "1")
+    return {
+        "bbctl": str(Path(sys.executable).parent / "bbctl"),
+        "config": str(site.path.resolve()),
+        "mount_root": str(site.mount_root),
+        "job_volume_prefix": sitecfg.JOB_VOLUME_PREFIX,
+        "persistent_volume_prefix": sitecfg.PERSISTENT_VOLUME_PREFIX,
+        "private_suffix": str(private)[len(str(mount)):],
+    }
+
+
+def render_site_lua(values: dict[str, str]) -> str:
+    body = "".join(f"    {key} = {_lua_string(value)},\n" for key, value in values.items())
+    return f"-- Written by `bbctl slurm-install`; regenerate rather than edit.\nreturn {{\n{body}}}\n"
+
+
+def _lua_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def install(site: sitecfg.Site, directory: Path | None = None) -> dict[str, Any]:
+    target = directory or site.slurm_dir
+    if target is None:
+        raise BBError("where is slurm.conf? give --dir or set slurm_dir in the bbctl configuration", exit_code=2)
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(LUA_SCRIPT, target / "burst_buffer.lua")
+    (target / "bbctl-site.lua").write_text(render_site_lua(site_values(site)))
+    pools = load_pools(site.raw, site.inventory)
+    if not (target / "bbctl-pools.json").exists():
+        write_pools_json(target / "bbctl-pools.json", pools_document(pools.values(), {}))
+    return {"installed": [str(target / name) for name in ("burst_buffer.lua", "bbctl-site.lua", "bbctl-pools.json")]}
