@@ -331,7 +331,9 @@ def test_cli_validates_scripts(tmp_path, capsys):
     assert "line 2: jobdw: 'capacity=10N': node counts" in capsys.readouterr().err
 
 
-def test_lua_script_never_forks():
+def test_lua_script_loads_no_other_lua_code():
+    # Forking is allowed only in the stages slurmscriptd forks (tests/unit/bbctl/test_lua_in_slurmctld.py
+    # proves the in-slurmctld functions never do); loading other code is never needed.
     source = LUA_SCRIPT.read_text(encoding="utf-8")
-    for call in (r"io\.popen", r"os\.execute", r"os\.exit", r"\brequire\s*[(\"']", r"\bdofile\b"):
-        assert not re.search(call, source), f"burst_buffer.lua must not use {call} inside slurmctld"
+    for call in (r"os\.exit", r"\brequire\s*[(\"']", r"\bdofile\b"):
+        assert not re.search(call, source), f"burst_buffer.lua must not use {call}"

@@ -1,0 +1,83 @@
+"""burst_buffer.lua's in-slurmctld functions: no fork, and paths equal to bbctl.site's."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bbctl import site, slurm_install
+from bbctl.directives import parse_job_script
+
+REPO = Path(__file__).resolve().parents[3]
+HARNESS = REPO / "tests" / "lua" / "run_in_slurmctld.lua"
+LUA = shutil.which("lua5.1")
+pytestmark = pytest.mark.skipif(LUA is None, reason="lua5.1 is not installed (scripts/setup.sh installs it)")
+
+SCRIPTS = {
+    "jobdw": "#!/bin/bash\n#BB_LUA jobdw capacity=1GiB pool=nvme\n",
+    "private": "#!/bin/bash\n#DW jobdw capacity=1GiB access_mode=striped,private\n",
+    "persistent": "#!/bin/bash\n#DW persistentdw name=zeta\n#DW persistentdw name=alpha\n",
+    "both": "#!/bin/bash\n#DW jobdw capacity=1GiB\n#DW persistentdw name=shared1\nsrun a.out\n",
+    "none": "#!/bin/bash\nhostname\n",
+}
+
+
+@pytest.fixture
+def slurm_dir(tmp_path):
+    config = site.from_mapping({"inventory": str(tmp_path / "inventory.yml"), "pools": {"nvme": {}},
+                                "mount_root": "/mnt/bb", "slurm_dir": str(tmp_path)}, tmp_path / "bbctl.yml")
+    shutil.copyfile(slurm_install.LUA_SCRIPT, tmp_path / "burst_buffer.lua")
+    (tmp_path / "bbctl-site.lua").write_text(slurm_install.render_site_lua(slurm_install.site_values(config)))
+    (tmp_path / "bbctl-pools.json").write_text('{"pools":[{"id":"nvme"}]}\n')
+    return tmp_path, config
+
+
+def run(directory: Path, job_id: str, text: str) -> tuple[dict[str, tuple[str, str]], str]:
+    (directory / "job.sh").write_text(text)
+    paths = directory / "paths"
+    paths.write_text("")
+    done = subprocess.run([LUA, str(HARNESS), str(directory / "burst_buffer.lua"), job_id,
+                           str(directory / "job.sh"), str(paths)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split("\t", 1) for line in done.stdout.splitlines())
+    return {k: tuple(v.split("\t", 1)) for k, v in lines.items()}, paths.read_text()
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_paths_are_bbctl_sites_job_environment(slurm_dir, name):
+    directory, config = slurm_dir
+    results, written = run(directory, "4711", SCRIPTS[name])
+    assert results["paths"][0] == "0"
+    request = parse_job_script(SCRIPTS[name])
+    expected = site.job_environment(
+        config, "4711", jobdw=request.jobdw is not None,
+        private=request.jobdw is not None and "private" in request.jobdw.access_modes,
+        persistent=request.persistent)
+    lua_env = dict(line.split("=", 1) for line in written.splitlines())
+    assert lua_env == expected
+
+
+def test_pools_and_job_process_answer_without_forking(slurm_dir):
+    directory, _config = slurm_dir
+    results, _written = run(directory, "1", SCRIPTS["jobdw"])
+    assert results["pools"] == ("0", '{"pools":[{"id":"nvme"}]}\\n')
+    assert results["job_process"] == ("0", "")
+
+
+def test_paths_refuses_a_script_whose_directives_are_wrong(slurm_dir):
+    directory, _config = slurm_dir
+    results, written = run(directory, "1", "#!/bin/bash\n#DW jobdw capacity=lots\n")
+    assert results["paths"][0] == "-1"
+    assert "capacity=lots" in results["paths"][1]
+    assert written == ""
+
+
+def test_paths_without_the_site_file_says_how_to_make_it(slurm_dir):
+    directory, _config = slurm_dir
+    (directory / "bbctl-site.lua").unlink()
+    results, _written = run(directory, "1", SCRIPTS["jobdw"])
+    assert results["paths"][0] == "-1"
+    assert "run bbctl slurm-install" in results["paths"][1]
