@@ -423,3 +423,12 @@ def test_concurrent_allocators_never_share_a_brick(backend, tmp_path):
 def test_open_store_picks_the_backend_from_the_location(tmp_path):
     assert isinstance(open_store(tmp_path / "x.db"), SQLiteStore)
     assert isinstance(open_store("http://127.0.0.1:2379"), EtcdStore)
+
+
+def test_transition_merges_meta_in_the_same_step_and_none_removes_a_key(store):
+    pool = make_pool(servers=3, per_server=1)
+    store.allocate(BufferSpec(key="p1", owner_uid=1001, owner_gid=1001, capacity=GiB), pool)
+    store.transition("p1", BufferState.ALLOCATING, BufferState.CREATED, meta={"user:7": ["n1"], "nodes": ["n1"]})
+    store.transition("p1", BufferState.CREATED, BufferState.CREATED, meta={"user:8": ["n2"], "nodes": None})
+    assert store.get("p1").meta == {"user:7": ["n1"], "user:8": ["n2"]}
+    assert store.get("p1").state is BufferState.CREATED

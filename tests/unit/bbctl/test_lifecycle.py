@@ -1,0 +1,233 @@
+"""The stage logic of bbctl.lifecycle: a real SQLite store, the playbook runs recorded.
+
+What runs Ansible is replaced by a recorder (the integration tests run the real
+thing through Slurm); everything else is real: parsing, allocation, state
+transitions, refusals, the pools file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bbctl import lifecycle as lc
+from bbctl import runner, site
+from bbctl.errors import BBError
+from bbctl.state import BufferState
+
+GiB = 1024**3
+UID, GID = 1001, 1001
+
+
+class Recorder:
+    """Stands in for runner.run_stage: records each run, fails the playbooks it is told to."""
+
+    def __init__(self) -> None:
+        self.runs: list[dict] = []
+        self.failing: set[str] = set()
+
+    def __call__(self, config, key, stage, playbook, *, extravars, hosts, nodes=(), timeout, on_event, cancel):
+        self.runs.append({"key": key, "stage": stage, "playbook": playbook, "extravars": extravars,
+                          "hosts": list(hosts), "nodes": list(nodes), "timeout": timeout})
+        status = "failed" if playbook in self.failing else "successful"
+        failures = [f"bbnode1: a task: {playbook} broke"] if status == "failed" else []
+        return runner.StageRun(stage=stage, status=status, rc=2 if failures else 0, seconds=0.1,
+                               run_dir=config.runs_dir / key, failures=failures)
+
+    def playbooks(self) -> list[str]:
+        return [run["playbook"] for run in self.runs]
+
+
+@pytest.fixture
+def recorder(monkeypatch) -> Recorder:
+    recording = Recorder()
+    monkeypatch.setattr(runner, "run_stage", recording)
+    return recording
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> site.Site:
+    hosts = {f"bbnode{n}": {"bb_gluster_host": f"127.1.1.{n}",
+                            "bb_bricks": [{"device": f"/dev/loop{2 * n + k}", "path": f"/bricks/n{n}/nvme{k}"}
+                                          for k in (1, 2)]} for n in (1, 2, 3)}
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"bb_storage": {"hosts": hosts}}}}))
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "burst_buffer.conf").write_text("OtherTimeout=100\nStageInTimeout=1000 # comment\n")
+    return site.from_mapping({"inventory": str(inventory), "pools": {"nvme": {"granularity": "4GiB"}},
+                              "work_dir": str(tmp_path / "work"), "mount_root": "/mnt/bb",
+                              "slurm_dir": str(tmp_path / "slurm")}, tmp_path / "bbctl.yml")
+
+
+@pytest.fixture
+def life(config, recorder) -> lc.Lifecycle:
+    return lc.Lifecycle(config)
+
+
+def script(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / f"job{len(list(tmp_path.glob('job*.sh')))}.sh"
+    path.write_text("#!/bin/bash\n" + "".join(line + "\n" for line in lines) + "srun a.out\n")
+    return path
+
+
+def test_setup_allocates_builds_and_mounts_for_staging(life, recorder, config, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=6GiB")
+    [buffer] = life.setup("42", UID, GID, job)
+    assert buffer.state is BufferState.CREATED
+    assert len(buffer.bricks) == 2 and len({b.server for b in buffer.bricks}) == 2  # spread first
+    [run] = recorder.runs
+    assert run["playbook"] == "buffer_create.yml"
+    assert run["timeout"] == 90  # OtherTimeout 100 less the 10 % margin
+    bb = run["extravars"]["bb_buffer"]
+    assert bb["name"] == "bbjob-42" and bb["owner"] == UID and bb["capacity"] == str(6 * GiB)
+    assert bb["mount_path"] == str(config.work_dir / "stage" / "bbjob-42")
+    assert sorted(run["hosts"]) == sorted(b.server for b in buffer.bricks)
+    pools = json.loads(config.pools_json.read_text())["pools"]
+    assert pools == [{"id": "nvme", "granularity": 4 * GiB, "quantity": 6, "free": 4}]
+
+
+def test_setup_again_builds_nothing_twice(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB")
+    first = life.setup("42", UID, GID, job)
+    second = life.setup("42", UID, GID, job)
+    assert first[0].bricks == second[0].bricks
+    assert recorder.playbooks() == ["buffer_create.yml"]
+
+
+def test_setup_takes_slurms_larger_size(life, recorder, tmp_path):
+    [buffer] = life.setup("42", UID, GID, script(tmp_path, "#BB_LUA jobdw capacity=1GiB pool=nvme"), size=9 * GiB)
+    assert buffer.capacity == 9 * GiB and len(buffer.bricks) == 3
+
+
+def test_a_failed_build_is_recorded_and_teardown_still_cleans_up(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB")
+    recorder.failing.add("buffer_create.yml")
+    with pytest.raises(runner.StageFailed, match=r"buffer_create\.yml broke"):
+        life.setup("42", UID, GID, job)
+    failed = life.store.get("42")
+    assert failed.state is BufferState.FAILED and "broke" in failed.last_error
+    assert life.teardown("42", job, hurry=True) is True
+    assert life.store.get("42") is None
+    assert recorder.playbooks() == ["buffer_create.yml", "buffer_destroy.yml"]
+
+
+def test_root_may_not_own_a_buffer(life, recorder, tmp_path):
+    with pytest.raises(BBError, match="root cannot own a burst buffer"):
+        life.setup("42", 0, 0, script(tmp_path, "#DW jobdw capacity=1GiB"))
+    assert recorder.runs == []
+
+
+def test_bad_directives_fail_setup_with_the_parsers_message(life, recorder, tmp_path):
+    with pytest.raises(BBError, match="capacity=lots") as failure:
+        life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=lots"))
+    assert failure.value.exit_code == 2
+    assert recorder.runs == []
+
+
+def test_stage_in_resolves_buffer_paths_to_the_stage_mount(life, recorder, config, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB",
+                 "#DW stage_in type=directory source=/pfs/in destination=$DW_JOB_STRIPED/input",
+                 "#DW stage_out type=file source=$DW_JOB_STRIPED/out.dat destination=/pfs/out.dat")
+    life.setup("42", UID, GID, job)
+    assert life.stage_in("42", job) == 1
+    run = recorder.runs[-1]
+    stage_mount = str(config.work_dir / "stage" / "bbjob-42")
+    assert run["playbook"] == "stage_in.yml" and run["timeout"] == 970
+    assert run["extravars"]["bb_stages"] == [{"type": "directory", "source": "/pfs/in",
+                                              "destination": stage_mount + "/input", "buffer_root": stage_mount}]
+    assert run["extravars"]["bb_stage_uid"] == UID
+    assert life.store.get("42").state is BufferState.STAGED_IN
+
+
+def test_teardown_keeps_a_buffer_whose_stage_out_did_not_succeed(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB",
+                 "#DW stage_out type=file source=$DW_JOB_STRIPED/out.dat destination=/pfs/out.dat")
+    life.setup("42", UID, GID, job)
+    recorder.failing.add("stage_out.yml")
+    with pytest.raises(runner.StageFailed):
+        life.stage_out("42", job)
+    with pytest.raises(lc.Refused, match="stage-out has not succeeded") as refused:
+        life.teardown("42", job, hurry=False)
+    assert refused.value.exit_code == lc.EXIT_REFUSED
+    assert life.store.get("42").state is BufferState.FAILED
+    assert "buffer_destroy.yml" not in recorder.playbooks()
+    assert life.teardown("42", job, hurry=True) is True  # hurry: the user's choice to discard
+    assert life.store.get("42") is None
+
+
+def test_a_verified_stage_out_lets_teardown_proceed(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB",
+                 "#DW stage_out type=file source=$DW_JOB_STRIPED/out.dat destination=/pfs/out.dat")
+    life.setup("42", UID, GID, job)
+    assert life.stage_out("42", job) == 1
+    assert life.store.get("42").stage_out_verified
+    assert life.teardown("42", job, hurry=False) is True
+
+
+def test_teardown_of_an_unknown_job_is_success_with_nothing_done(life, recorder, tmp_path):
+    assert life.teardown("999", tmp_path / "gone.sh", hurry=False) is False
+    assert recorder.runs == []
+
+
+def test_pre_run_mounts_on_the_nodes_and_teardown_unmounts_them(life, recorder, config, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB")
+    life.setup("42", UID, GID, job)
+    life.pre_run("42", job, ["cn2", "cn1", "cn1"])
+    mount = recorder.runs[-1]
+    assert mount["playbook"] == "buffer_mount.yml" and mount["nodes"] == ["cn1", "cn2"]
+    assert mount["extravars"]["bb_buffer"]["mount_path"] == "/mnt/bb/bbjob-42"
+    assert life.store.get("42").state is BufferState.MOUNTED
+    life.teardown("42", job, hurry=True)
+    destroy = recorder.runs[-1]
+    assert destroy["playbook"] == "buffer_destroy.yml" and destroy["nodes"] == ["cn1", "cn2"]
+    assert destroy["extravars"]["bb_client_mount_path"] == "/mnt/bb/bbjob-42"
+
+
+def test_pre_run_without_nodes_is_refused(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB")
+    life.setup("42", UID, GID, job)
+    with pytest.raises(BBError, match="no compute nodes"):
+        life.pre_run("42", job, [])
+
+
+def test_persistent_buffer_in_use_cannot_be_destroyed(life, recorder, tmp_path):
+    life.create_persistent("shared", UID, GID, 4 * GiB, None)
+    user_job = script(tmp_path, "#DW persistentdw name=shared")
+    life.setup("43", UID, GID, user_job)  # checks the buffer exists and is theirs; builds nothing
+    life.pre_run("43", user_job, ["cn1"])
+    with pytest.raises(lc.Refused, match="in use by job"):
+        life.destroy_persistent("shared")
+    life.post_run("43", user_job)
+    assert recorder.playbooks()[-1] == "buffer_unmount.yml"
+    assert life.destroy_persistent("shared") is True
+    assert life.store.get("shared") is None
+
+
+def test_another_users_persistent_buffer_is_refused(life, recorder, tmp_path):
+    life.create_persistent("mine", UID, GID, GiB, None)
+    with pytest.raises(lc.Refused, match="only its owner"):
+        life.setup("44", 2002, 2002, script(tmp_path, "#DW persistentdw name=mine"))
+
+
+def test_a_job_can_create_and_another_destroy_a_persistent_buffer(life, recorder, tmp_path):
+    life.setup("45", UID, GID, script(tmp_path, "#BB create_persistent name=scratch1 capacity=1GiB"))
+    assert life.store.get("scratch1").state is BufferState.CREATED
+    life.setup("46", UID, GID, script(tmp_path, "#BB destroy_persistent name=scratch1"))
+    assert life.store.get("scratch1") is None
+
+
+def test_real_size_is_whole_bricks(life, recorder, tmp_path):
+    life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=5GiB"))
+    assert life.real_size("42") == 8 * GiB
+    assert life.real_size("43") == 0
+
+
+def test_staging_into_the_private_area_is_refused(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB access_mode=striped,private",
+                 "#DW stage_in type=file source=/pfs/a destination=$DW_JOB_PRIVATE/a")
+    life.setup("42", UID, GID, job)
+    with pytest.raises(BBError, match="cannot be staged"):
+        life.stage_in("42", job)
