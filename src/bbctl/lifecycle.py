@@ -33,6 +33,7 @@ log = logging.getLogger("bbctl")
 # Exit codes (bbctl --help lists them): 0 done, 1 failed, 2 bad input, 4 refused for now.
 EXIT_REFUSED = 4
 USER_META = "user:"  # meta key prefix on a persistent buffer: a job that uses it
+STAGE_MOUNTED = "stage_mounted"  # meta: mounted on the stage host (teardown must unmount it there)
 BUILT = (BufferState.CREATED, BufferState.STAGED_IN, BufferState.MOUNTED, BufferState.STAGED_OUT,
          BufferState.STAGING_OUT)
 
@@ -130,7 +131,7 @@ class Lifecycle:
                        + ", ".join(b.id for b in existing.bricks))
         buffer = self.store.transition(key, (BufferState.ALLOCATING, BufferState.CREATING, BufferState.FAILED),
                                        BufferState.CREATING, last_error="")
-        run = self._run(buffer, "setup", "buffer_create.yml", extra={"mount_path": str(self.stage_path(key))})
+        run = self._run(buffer, "setup", "buffer_create.yml", extra={})
         if run.status != "successful":
             return self._failed(buffer, run)
         return self.store.transition(key, BufferState.CREATING, BufferState.CREATED)
@@ -139,11 +140,11 @@ class Lifecycle:
         key, request = sitecfg.job_key(job_id), read_request(script)
         if not request.stage_in:
             return 0
-        buffer = self._require(key, BUILT)
-        run = self._run(buffer, "stage-in", "stage_in.yml", extra={}, stages=self._stage_specs(key, request.stage_in))
-        if run.status != "successful":
-            self._failed(buffer, run, keep_state=True)
-        self.store.transition(key, BUILT, BufferState.STAGED_IN)
+        for buffer_key, specs in self._stage_specs(key, request.stage_in).items():
+            run = self._copy(buffer_key, specs, stage="stage-in", playbook="stage_in.yml", job=key)
+            run.raise_for_failure()  # Slurm holds the job; its teardown decides what happens to the data
+        if request.jobdw is not None:
+            self.store.transition(key, BUILT, BufferState.STAGED_IN)
         return len(request.stage_in)
 
     def real_size(self, job_id: str) -> int:
@@ -188,14 +189,18 @@ class Lifecycle:
         key, request = sitecfg.job_key(job_id), read_request(script)
         if not request.stage_out:
             return 0
-        buffer = self._require(key, BUILT)
-        buffer = self.store.transition(key, BUILT, BufferState.STAGING_OUT, stage_out_verified=False)
-        run = self._run(buffer, "stage-out", "stage_out.yml", extra={},
-                        stages=self._stage_specs(key, request.stage_out))
-        if run.status != "successful":
-            # The buffer stays, in state failed: nothing is deleted until stage-out succeeds or hurry.
-            self._failed(buffer, run)
-        self.store.transition(key, BufferState.STAGING_OUT, BufferState.STAGED_OUT, stage_out_verified=True)
+        own = request.jobdw is not None
+        if own:
+            self._require(key, BUILT)
+            self.store.transition(key, BUILT, BufferState.STAGING_OUT, stage_out_verified=False)
+        for buffer_key, specs in self._stage_specs(key, request.stage_out).items():
+            run = self._copy(buffer_key, specs, stage="stage-out", playbook="stage_out.yml", job=key)
+            if run.status != "successful" and own:
+                # The buffer stays, in state failed: nothing is deleted until stage-out succeeds or hurry.
+                self._failed(self.store.get(key), run)
+            run.raise_for_failure()
+        if own:
+            self.store.transition(key, BufferState.STAGING_OUT, BufferState.STAGED_OUT, stage_out_verified=True)
         return len(request.stage_out)
 
     def teardown(self, job_id: str, script: Path | str | None, *, hurry: bool) -> bool:
@@ -246,9 +251,11 @@ class Lifecycle:
                                            BufferState.DESTROYING)
             nodes = sorted({n for k, v in buffer.meta.items() if k == "nodes" or k.startswith(USER_META)
                             for n in v})
+            more: dict[str, Any] = {"bb_stage_mounted": bool(buffer.meta.get(STAGE_MOUNTED))}
+            if nodes:
+                more["bb_client_mount_path"] = str(sitecfg.mount_path(self.site, key))
             run = self._run(buffer, stage, "buffer_destroy.yml", nodes=nodes,
-                            extra={"mount_path": str(self.stage_path(key))},
-                            more={"bb_client_mount_path": str(sitecfg.mount_path(self.site, key))})
+                            extra={"mount_path": str(self.stage_path(key))}, more=more)
             if run.status != "successful":
                 self._failed(buffer, run)
             self.store.transition(key, BufferState.DESTROYING, BufferState.DESTROYED)
@@ -294,15 +301,25 @@ class Lifecycle:
                           + ", not ready for this stage")
         return buffer
 
-    def _stage_specs(self, job: str, stages: Iterable[Stage]) -> list[dict[str, str]]:
-        """Directive stages as concrete paths on the stage host (the buffer mounted under stage_root)."""
-        specs = []
+    def _stage_specs(self, job: str, stages: Iterable[Stage]) -> dict[str, list[dict[str, str]]]:
+        """Directive stages as concrete paths on the stage host, by the buffer they touch."""
+        by_buffer: dict[str, list[dict[str, str]]] = {}
         for stage in stages:
             inside = self._buffer_path_on_stage_host(job, stage.buffer_path)
-            root = str(self.stage_path(_area_key(stage.buffer_path, job)))
+            key = _area_key(stage.buffer_path, job)
             source, destination = (stage.pfs_path, inside) if stage.direction == "in" else (inside, stage.pfs_path)
-            specs.append({"type": stage.type, "source": source, "destination": destination, "buffer_root": root})
-        return specs
+            by_buffer.setdefault(key, []).append({"type": stage.type, "source": source, "destination": destination,
+                                                  "buffer_root": str(self.stage_path(key))})
+        return by_buffer
+
+    def _copy(self, key: str, specs: list[dict[str, str]], *, stage: str, playbook: str,
+              job: str) -> runner.StageRun:
+        """Mount the buffer on the stage host (recorded first, so teardown unmounts it) and copy."""
+        buffer = self._require(key, BUILT)
+        if not buffer.meta.get(STAGE_MOUNTED):
+            buffer = self.store.transition(key, BUILT, buffer.state, meta={STAGE_MOUNTED: True})
+        return self._run(buffer, stage, playbook, extra={"mount_path": str(self.stage_path(key))}, stages=specs,
+                         run_key=job)
 
     def _buffer_path_on_stage_host(self, job: str, path: BufferPath) -> str:
         if path.area == "private":

@@ -73,7 +73,7 @@ def script(tmp_path: Path, *lines: str) -> Path:
     return path
 
 
-def test_setup_allocates_builds_and_mounts_for_staging(life, recorder, config, tmp_path):
+def test_setup_allocates_and_builds(life, recorder, config, tmp_path):
     job = script(tmp_path, "#DW jobdw capacity=6GiB")
     [buffer] = life.setup("42", UID, GID, job)
     assert buffer.state is BufferState.CREATED
@@ -83,7 +83,7 @@ def test_setup_allocates_builds_and_mounts_for_staging(life, recorder, config, t
     assert run["timeout"] == 90  # OtherTimeout 100 less the 10 % margin
     bb = run["extravars"]["bb_buffer"]
     assert bb["name"] == "bbjob-42" and bb["owner"] == UID and bb["capacity"] == str(6 * GiB)
-    assert bb["mount_path"] == str(config.work_dir / "stage" / "bbjob-42")
+    assert "mount_path" not in bb  # mounted on the stage host only when something is staged
     assert sorted(run["hosts"]) == sorted(b.server for b in buffer.bricks)
     pools = json.loads(config.pools_json.read_text())["pools"]
     assert pools == [{"id": "nvme", "granularity": 4 * GiB, "quantity": 6, "free": 4}]
@@ -139,7 +139,18 @@ def test_stage_in_resolves_buffer_paths_to_the_stage_mount(life, recorder, confi
     assert run["extravars"]["bb_stages"] == [{"type": "directory", "source": "/pfs/in",
                                               "destination": stage_mount + "/input", "buffer_root": stage_mount}]
     assert run["extravars"]["bb_stage_uid"] == UID
+    assert run["extravars"]["bb_buffer"]["mount_path"] == stage_mount
     assert life.store.get("42").state is BufferState.STAGED_IN
+    life.teardown("42", job, hurry=True)
+    assert recorder.runs[-1]["extravars"]["bb_stage_mounted"] is True
+
+
+def test_teardown_skips_mounts_that_were_never_made(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB")
+    life.setup("42", UID, GID, job)
+    life.teardown("42", job, hurry=False)
+    destroy = recorder.runs[-1]["extravars"]
+    assert destroy["bb_stage_mounted"] is False and "bb_client_mount_path" not in destroy
 
 
 def test_teardown_keeps_a_buffer_whose_stage_out_did_not_succeed(life, recorder, tmp_path):

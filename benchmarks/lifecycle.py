@@ -1,0 +1,149 @@
+"""Setup + teardown of a 3-brick buffer: the whole stack against the raw gluster CLI.
+
+Run (as root): ``.venv/bin/python benchmarks/lifecycle.py [--rounds N] [--write-doc]``
+
+The stack: ``bbctl setup`` then ``bbctl teardown`` as burst_buffer.lua calls
+them (bbctl -> state store -> ansible-runner -> the collection's playbooks ->
+gluster) for a job with a 3-brick ``jobdw`` and no staging. The reference: a
+shell doing the same work with the gluster CLI on the same three bricks:
+create, owner options, start, quota enable + limit, then stop, delete and
+remove the brick directories. (A job that stages also mounts the buffer on
+the stage host; that costs both sides the same mount and is left out.) The
+two alternate in one run so load and cache effects hit both.
+Brings the test bed up if it is not (and down again afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import pwd
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ROOT = Path("/var/lib/bbctl-testbed")
+CONFIG = ROOT / "bbctl.yml"
+CAPACITY_GIB = 12  # three 4 GiB bricks: one on each server
+JOB_BASE = 990000
+BRICKS = [(f"127.1.1.{n}", ROOT / f"node{n}" / "bricks" / "nvme1") for n in (1, 2, 3)]
+SOCKET = ROOT / "node1" / "run" / "glusterd.socket"
+
+RAW = r"""
+set -euo pipefail
+g() { gluster --mode=script --glusterd-sock="$SOCK" "$@" >/dev/null; }
+g volume create "$VOL" transport tcp $BRICKS
+g volume set "$VOL" storage.owner-uid "$OWNER"
+g volume set "$VOL" storage.owner-gid "$OWNER"
+g volume start "$VOL"
+g volume quota "$VOL" enable
+g volume quota "$VOL" limit-usage / "$LIMIT"
+g volume stop "$VOL"
+g volume delete "$VOL"
+for dir in $DIRS; do rm -rf "$dir"; done
+"""
+
+
+def raw_cycle(round_no: int, uid: int) -> float:
+    volume = f"bbraw-{round_no}"
+    env = {**os.environ, "SOCK": str(SOCKET), "VOL": volume, "OWNER": str(uid), "LIMIT": f"{CAPACITY_GIB}GB",
+           "BRICKS": " ".join(f"{address}:{path}/{volume}" for address, path in BRICKS),
+           "DIRS": " ".join(f"{path}/{volume}" for _address, path in BRICKS)}
+    start = time.perf_counter()
+    subprocess.run(["bash", "-c", RAW], env=env, check=True)
+    return time.perf_counter() - start
+
+
+def bbctl(*args: str) -> float:
+    start = time.perf_counter()
+    done = subprocess.run([str(BIN / "bbctl"), "--config", str(CONFIG), *args], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bbctl {args[0]} failed: {done.stderr.strip().splitlines()[-1]}")
+    return time.perf_counter() - start
+
+
+def stack_cycle(round_no: int, uid: int, script: Path) -> tuple[float, float]:
+    job = str(JOB_BASE + round_no)
+    setup = bbctl("setup", "--job-id", job, "--uid", str(uid), "--gid", str(uid), "--script", str(script))
+    teardown = bbctl("teardown", "--job-id", job, "--script", str(script))
+    return setup, teardown
+
+
+def testbed_up() -> bool:
+    return subprocess.run([str(BIN / "bbctl"), "testbed", "status"], capture_output=True, check=False).returncode == 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--write-doc", action="store_true", help="replace the section in docs/BENCHMARKS.md")
+    args = parser.parse_args()
+    started_here = not testbed_up()
+    if started_here:
+        subprocess.run([str(BIN / "bbctl"), "testbed", "up"], check=True, capture_output=True)
+    try:
+        uid = pwd.getpwnam("bbuser").pw_uid
+        script = ROOT / "bbctl" / "bench-job.sh"
+        script.write_text(f"#!/bin/bash\n#BB_LUA jobdw capacity={CAPACITY_GIB}GiB pool=nvme\n")
+        raw, setups, teardowns = [], [], []
+        for n in range(args.rounds):
+            raw.append(raw_cycle(n, uid))
+            setup, teardown = stack_cycle(n, uid, script)
+            setups.append(setup)
+            teardowns.append(teardown)
+            print(f"round {n + 1}: raw {raw[-1]:.2f} s, bbctl setup {setup:.2f} s + teardown {teardown:.2f} s",
+                  file=sys.stderr)
+    finally:
+        if started_here:
+            subprocess.run([str(BIN / "bbctl"), "testbed", "down"], check=True, capture_output=True)
+    report = render(raw, setups, teardowns, args.rounds)
+    print(report)
+    if args.write_doc:
+        write_section(REPO / "docs" / "BENCHMARKS.md", report)
+    return 0
+
+
+def render(raw: list[float], setups: list[float], teardowns: list[float], rounds: int) -> str:
+    stack = [s + t for s, t in zip(setups, teardowns, strict=True)]
+    med_raw, med_stack = statistics.median(raw), statistics.median(stack)
+    machine = (f"{platform.node()}, {os.cpu_count()} cores, Linux {platform.release()}, "
+               f"Python {platform.python_version()}")
+    return "\n".join([
+        "## Setup and teardown through the whole stack",
+        "",
+        f"`.venv/bin/python benchmarks/lifecycle.py --rounds {rounds}` ({time.strftime('%Y-%m-%d')}; {machine}).",
+        f"A {CAPACITY_GIB} GiB buffer = 3 bricks on 3 servers, with quota; {rounds} rounds, raw and bbctl "
+        "alternating. Raw = the gluster CLI and mount in a shell doing the same work (see the script).",
+        "",
+        "| | median | min | max |",
+        "| --- | --- | --- | --- |",
+        f"| raw gluster CLI, create .. delete | {med_raw:.2f} s | {min(raw):.2f} s | {max(raw):.2f} s |",
+        f"| bbctl setup | {statistics.median(setups):.2f} s | {min(setups):.2f} s | {max(setups):.2f} s |",
+        f"| bbctl teardown | {statistics.median(teardowns):.2f} s | {min(teardowns):.2f} s | {max(teardowns):.2f} s |",
+        f"| bbctl setup + teardown | {med_stack:.2f} s | {min(stack):.2f} s | {max(stack):.2f} s |",
+        "",
+        f"**Ratio (medians) bbctl / raw: {med_stack / med_raw:.2f}** (target at most 1.5).",
+        "",
+    ])
+
+
+def write_section(doc: Path, section: str) -> None:
+    text = doc.read_text()
+    title = section.splitlines()[0]
+    if title in text:
+        start = text.index(title)
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + ("" if end == -1 else text[end + 1:])
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    doc.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
