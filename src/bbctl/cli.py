@@ -46,8 +46,10 @@ def _add_testbed(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--slurm", choices=SLURM_FLAVOURS, default="lua",
                     help="burst buffer plugin of the test Slurm, or none (default lua)")
     up.add_argument("--user", default="bbuser", help="unprivileged job owner (default bbuser)")
-    for name in ("up", "down", "status"):
-        parser = up if name == "up" else actions.add_parser(
+    switch = actions.add_parser("slurm", help="restart the test bed's Slurm with another burst buffer plugin")
+    switch.add_argument("flavour", choices=SLURM_FLAVOURS)
+    for name in ("up", "down", "status", "slurm"):
+        parser = {"up": up, "slurm": switch}.get(name) or actions.add_parser(
             name, help={"down": "remove everything the test bed made",
                         "status": "show what runs"}[name])
         parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
@@ -72,6 +74,8 @@ def _run_testbed(args: argparse.Namespace) -> int:
     if args.action == "down":
         manager.down(args.root, progress=say)
         report: dict = {"root": str(args.root), "up": False}
+    elif args.action == "slurm":
+        report = manager.switch_slurm(args.root, args.flavour, progress=say)
     elif args.action == "up":
         config = TestbedConfig(
             root=args.root, servers=args.servers, bricks_per_server=args.bricks_per_server,

@@ -78,10 +78,10 @@ def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = site.load(args.config)
-    _log_to(config)
+    log_to_file(config)
     cancel = runner.Cancel()
     signal.signal(signal.SIGTERM, lambda _sig, _frame: cancel.set())
-    life = Lifecycle(config, say=_to_stderr, cancel=cancel)
+    life = Lifecycle(config, say=to_stderr, cancel=cancel)
     handler = _HANDLERS[args.command]
     result = handler(life, args)
     if cancel():
@@ -92,11 +92,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _to_stderr(message: str) -> None:
+def to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _log_to(config: site.Site) -> None:
+def log_to_file(config: site.Site) -> None:
     try:
         config.work_dir.mkdir(parents=True, exist_ok=True)
         handler: logging.Handler = logging.FileHandler(config.log_file)

@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 from bbctl import runner, site
 from bbctl.collection import sizes
-from bbctl.commands import _log_to, _to_stderr, slurm_nodes
+from bbctl.commands import log_to_file, to_stderr, slurm_nodes
 from bbctl.errors import BBError
 from bbctl.lifecycle import USER_META, Lifecycle, nodes_from_file, read_request
 from bbctl.state import Buffer, BufferState
@@ -300,10 +300,10 @@ FUNCTIONS: dict[str, Callable[[Lifecycle, argparse.Namespace], int]] = {
 def open_lifecycle(config: Path | None) -> Lifecycle:
     """The Lifecycle bbctl's stage commands use: progress on stderr, bbctl.log, SIGTERM cancels the run."""
     settings = site.load(config)
-    _log_to(settings)
+    log_to_file(settings)
     cancel = runner.Cancel()
     signal.signal(signal.SIGTERM, lambda _sig, _frame: cancel.set())
-    return Lifecycle(settings, say=_to_stderr, cancel=cancel)
+    return Lifecycle(settings, say=to_stderr, cancel=cancel)
 
 
 def dw_wlm_cli_main(argv: Sequence[str] | None = None, *, lifecycle: LifecycleFactory = open_lifecycle) -> int:

@@ -13,6 +13,7 @@ task and message of each failed task.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import threading
@@ -29,6 +30,7 @@ from bbctl.collection import COLLECTION_ROOT, COLLECTIONS_PATH, PLAYBOOKS
 from bbctl.errors import BBError
 from bbctl.site import Site
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 STAGE_GROUP = "bb_stage"
 CLIENT_GROUP = "bb_clients"
 STAGE_HOST = "localhost"
@@ -40,6 +42,8 @@ ANSIBLE_ENV = {
     "ANSIBLE_GATHERING": "explicit",
     "ANSIBLE_RETRY_FILES_ENABLED": "False",
     "ANSIBLE_NOCOWS": "1",
+    "ANSIBLE_NOCOLOR": "1",
+    "ANSIBLE_FORCE_COLOR": "0",
     "ANSIBLE_HOST_KEY_CHECKING": "False",
     "ANSIBLE_DEPRECATION_WARNINGS": "False",
     "ANSIBLE_LOCALHOST_WARNING": "False",
@@ -73,7 +77,8 @@ class StageRun:
     def output_tail(self) -> str:
         """The last line ansible-playbook printed (why it stopped before any task failed)."""
         for stdout in sorted(self.run_dir.glob("artifacts/*/stdout")):
-            lines = [line.strip() for line in stdout.read_text(errors="replace").splitlines() if line.strip()]
+            text = ANSI_ESCAPE.sub("", stdout.read_text(errors="replace"))
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
             if lines:
                 return lines[-1]
         return "no output"

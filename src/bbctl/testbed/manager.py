@@ -8,6 +8,7 @@ works after a crash too. Both are idempotent.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,24 @@ def up(config: TestbedConfig, progress: Progress = _quiet) -> dict[str, object]:
         slurm.start_slurm(config)
         progress(f"slurm ({config.slurm}) up; SLURM_CONF={config.slurm_conf}; "
                  f"job owner {user.pw_name} (uid {user.pw_uid})")
+    return status(config)
+
+
+def switch_slurm(root: Path, flavour: str, progress: Progress = _quiet) -> dict[str, object]:
+    """Restart the test bed's Slurm with another burst buffer plugin; storage stays as it is."""
+    current = TestbedConfig.load(root)
+    if not current.config_file.exists():
+        raise TestbedError(f"no test bed under {root}: run `bbctl testbed up` first")
+    for what in slurm.stop_slurm(current):
+        progress(f"stopped {what}")
+    config = dataclasses.replace(current, slurm=flavour)
+    config.save()
+    if flavour != "none":
+        slurm.ensure_user(config.user)
+        slurm.start_munged(config)
+        slurm.write_config(config)
+        slurm.start_slurm(config)
+        progress(f"slurm ({flavour}) up; SLURM_CONF={config.slurm_conf}")
     return status(config)
 
 

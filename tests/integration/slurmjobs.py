@@ -1,0 +1,101 @@
+"""Submitting jobs to the test bed's Slurm as the unprivileged user, and checking what is left."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import BBCTL, TESTBED_ROOT
+
+SLURM_CONF = TESTBED_ROOT / "slurm" / "etc" / "slurm.conf"
+BBCTL_CONFIG = TESTBED_ROOT / "bbctl.yml"
+GLUSTERD_SOCKET = TESTBED_ROOT / "node1" / "run" / "glusterd.socket"
+USER = "bbuser"
+ENV = {**os.environ, "SLURM_CONF": str(SLURM_CONF), "BBCTL_CONFIG": str(BBCTL_CONFIG), "LC_ALL": "C.UTF-8"}
+FINISHED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "DEADLINE"}
+
+
+def as_user(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", USER, "--", "env", f"SLURM_CONF={SLURM_CONF}", *argv],
+                          cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def write_job(directory: Path, name: str, body: str) -> Path:
+    """A batch script owned by the user; body starts with its #BB_LUA lines."""
+    path = directory / name
+    path.write_text("#!/bin/bash\n" + body.lstrip("\n"))
+    os.chown(path, directory.stat().st_uid, directory.stat().st_gid)
+    return path
+
+
+def submit(script: Path, *options: str) -> int:
+    done = as_user("sbatch", "--parsable", "-o", f"{script.parent}/slurm-%j.out", *options, str(script),
+                   cwd=script.parent)
+    assert done.returncode == 0, f"sbatch refused {script.name}: {done.stderr.strip()}"
+    return int(done.stdout.strip().split(";")[0])
+
+
+def sbatch_error(script: Path) -> str:
+    done = as_user("sbatch", "--parsable", str(script), cwd=script.parent)
+    assert done.returncode != 0, f"sbatch accepted {script.name} as job {done.stdout.strip()}"
+    return done.stderr
+
+
+def job_fields(job: int) -> dict[str, str]:
+    done = subprocess.run(["scontrol", "-o", "show", "job", str(job)], env=ENV, capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        return {}
+    # Reason may contain spaces: split on the " Key=" boundaries.
+    return dict(re.findall(r"(\w+)=(.*?)(?= \w+=|$)", done.stdout.strip()))
+
+
+def wait_for(job: int, states: set[str], timeout: float = 120) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    fields: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        fields = job_fields(job)
+        if fields.get("JobState") in states:
+            return fields
+        time.sleep(0.5)
+    raise AssertionError(f"job {job} not in {states} within {timeout:.0f} s: {fields.get('JobState')} "
+                         f"({fields.get('Reason')}); see {TESTBED_ROOT}/bbctl/bbctl.log")
+
+
+def wait_torn_down(job: int, timeout: float = 120) -> None:
+    """Until Slurm has finished the job and bbctl holds no record of its buffer."""
+    wait_for(job, FINISHED, timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if bbctl("show", str(job)).returncode == 3 and job_fields(job).get("BurstBufferState") in (None, "",
+                                                                                                    "complete"):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"job {job}: its buffer was not torn down within {timeout:.0f} s")
+
+
+def bbctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BBCTL, "--config", str(BBCTL_CONFIG), *args], env=ENV, capture_output=True, text=True,
+                          check=False)
+
+
+def scontrol(*args: str) -> str:
+    return subprocess.run(["scontrol", *args], env=ENV, capture_output=True, text=True, check=True).stdout
+
+
+def volumes() -> list[str]:
+    done = subprocess.run(["gluster", "--mode=script", f"--glusterd-sock={GLUSTERD_SOCKET}", "volume", "list"],
+                          capture_output=True, text=True, check=False)
+    return [line for line in done.stdout.split() if line != "No"] if "No volumes" not in done.stdout else []
+
+
+def leftovers(volume: str) -> list[str]:
+    """Whatever of volume is still anywhere: the volume, a mount, a brick directory."""
+    found = [f"volume {volume}"] if volume in volumes() else []
+    mounts = Path("/proc/self/mountinfo").read_text()
+    found += [f"mount {line.split()[4]}" for line in mounts.splitlines() if volume in line]
+    found += [f"brick dir {path}" for path in TESTBED_ROOT.glob(f"node*/bricks/*/{volume}")]
+    return found
