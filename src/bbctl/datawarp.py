@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 from bbctl import runner, site
 from bbctl.collection import sizes
-from bbctl.commands import log_to_file, to_stderr, slurm_nodes
+from bbctl.commands import log_to_file, slurm_nodes, to_stderr
 from bbctl.errors import BBError
 from bbctl.lifecycle import USER_META, Lifecycle, nodes_from_file, read_request
 from bbctl.state import Buffer, BufferState
