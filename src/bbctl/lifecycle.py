@@ -34,6 +34,7 @@ log = logging.getLogger("bbctl")
 EXIT_REFUSED = 4
 USER_META = "user:"  # meta key prefix on a persistent buffer: a job that uses it
 STAGE_MOUNTED = "stage_mounted"  # meta: mounted on the stage host (teardown must unmount it there)
+PRIVATE = "private"  # meta: compute nodes also mount their private directories
 BUILT = (BufferState.CREATED, BufferState.STAGED_IN, BufferState.MOUNTED, BufferState.STAGED_OUT,
          BufferState.STAGING_OUT)
 
@@ -173,7 +174,8 @@ class Lifecycle:
             self._mount(persistent, nodes, stage="pre-run", job=key)
         if request.jobdw is not None:
             buffer = self._require(key, BUILT)
-            self.store.transition(key, BUILT, buffer.state, meta={"nodes": nodes})
+            private = "private" in request.jobdw.access_modes
+            buffer = self.store.transition(key, BUILT, buffer.state, meta={"nodes": nodes, PRIVATE: private})
             self._mount(buffer, nodes, stage="pre-run", job=key)
             self.store.transition(key, BUILT, BufferState.MOUNTED)
 
@@ -254,8 +256,10 @@ class Lifecycle:
             more: dict[str, Any] = {"bb_stage_mounted": bool(buffer.meta.get(STAGE_MOUNTED))}
             if nodes:
                 more["bb_client_mount_path"] = str(sitecfg.mount_path(self.site, key))
-            run = self._run(buffer, stage, "buffer_destroy.yml", nodes=nodes,
-                            extra={"mount_path": str(self.stage_path(key))}, more=more)
+            extra = {"mount_path": str(self.stage_path(key))}
+            if buffer.meta.get(PRIVATE):
+                extra["private_mount_path"] = str(sitecfg.private_mount_path(self.site, key))
+            run = self._run(buffer, stage, "buffer_destroy.yml", nodes=nodes, extra=extra, more=more)
             if run.status != "successful":
                 self._failed(buffer, run)
             self.store.transition(key, BufferState.DESTROYING, BufferState.DESTROYED)
@@ -269,13 +273,19 @@ class Lifecycle:
 
     def _mount(self, buffer: Buffer, nodes: list[str], *, stage: str, job: str) -> None:
         run = self._run(buffer, stage, "buffer_mount.yml", nodes=nodes, run_key=job,
-                        extra={"mount_path": str(sitecfg.mount_path(self.site, buffer.key))})
+                        extra=self._client_paths(buffer))
         run.raise_for_failure()
 
     def _unmount(self, buffer: Buffer, nodes: list[str], *, stage: str, job: str) -> None:
         run = self._run(buffer, stage, "buffer_unmount.yml", nodes=nodes, run_key=job,
-                        extra={"mount_path": str(sitecfg.mount_path(self.site, buffer.key))})
+                        extra=self._client_paths(buffer))
         run.raise_for_failure()
+
+    def _client_paths(self, buffer: Buffer) -> dict[str, str]:
+        paths = {"mount_path": str(sitecfg.mount_path(self.site, buffer.key))}
+        if buffer.meta.get(PRIVATE):
+            paths["private_mount_path"] = str(sitecfg.private_mount_path(self.site, buffer.key))
+        return paths
 
     def _release_persistent_use(self, name: str, job_key: str) -> None:
         persistent = self.store.get(name)

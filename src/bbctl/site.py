@@ -39,7 +39,6 @@ _KEYS = {"inventory", "state", "pools", "work_dir", "mount_root", "slurm_dir", "
 JOB_VOLUME_PREFIX = "bbjob-"
 PERSISTENT_VOLUME_PREFIX = "bbp-"
 JOB_ID_RE = re.compile(r"^[0-9]{1,10}$")
-PRIVATE_DIR = ".private"  # inside the volume: one directory per compute node
 
 
 class ConfigError(BBError):
@@ -161,11 +160,6 @@ def mount_path(site: Site, key: str) -> Path:
 def private_mount_path(site: Site, key: str) -> Path:
     """Where each compute node mounts its own directory of the buffer: $DW_JOB_PRIVATE."""
     return site.mount_root / (volume_name(key) + "-private")
-
-
-def private_subdir(node: str) -> str:
-    """The volume directory behind one node's $DW_JOB_PRIVATE."""
-    return f"{PRIVATE_DIR}/{node}"
 
 
 def job_environment(site: Site, job_id: str, *, jobdw: bool, private: bool,

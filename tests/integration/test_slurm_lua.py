@@ -185,3 +185,21 @@ def bbctl_log_for(job: int) -> str:
     log = Path(ENV["BBCTL_CONFIG"]).parent / "bbctl" / "bbctl.log"
     return "".join(line for line in log.read_text().splitlines(keepends=True) if f" {job} " in line)
 
+
+
+def test_private_access_gives_each_node_its_own_directory(user_dir):
+    script = write_job(user_dir, "job.sh", """
+#BB_LUA jobdw capacity=4GiB pool=nvme access_mode=striped,private
+set -e
+echo mine > "$DW_JOB_PRIVATE/mine.txt"
+echo shared > "$DW_JOB_STRIPED/shared.txt"
+stat -c '%U %a' "$DW_JOB_PRIVATE"
+ls "$DW_JOB_STRIPED/.private/$(hostname -s)"
+test "$BB_JOB_PRIVATE" = "$DW_JOB_PRIVATE"
+""")
+    job = submit(script)
+    wait_torn_down(job, timeout=180)
+    output = (user_dir / f"slurm-{job}.out").read_text().split()
+    assert wait_for(job, {"COMPLETED"}, timeout=5)["ExitCode"] == "0:0", output
+    assert output == ["bbuser", "700", "mine.txt"]
+    assert leftovers(f"bbjob-{job}") == []

@@ -242,3 +242,14 @@ def test_staging_into_the_private_area_is_refused(life, recorder, tmp_path):
     life.setup("42", UID, GID, job)
     with pytest.raises(BBError, match="cannot be staged"):
         life.stage_in("42", job)
+
+
+def test_private_access_mounts_and_unmounts_each_nodes_directory(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB access_mode=striped,private")
+    life.setup("42", UID, GID, job)
+    life.pre_run("42", job, ["cn1"])
+    assert recorder.runs[-1]["extravars"]["bb_buffer"]["private_mount_path"] == "/mnt/bb/bbjob-42-private"
+    life.post_run("42", job)
+    assert recorder.runs[-1]["extravars"]["bb_buffer"]["private_mount_path"] == "/mnt/bb/bbjob-42-private"
+    life.teardown("42", job, hurry=False)
+    assert recorder.runs[-1]["extravars"]["bb_buffer"]["private_mount_path"] == "/mnt/bb/bbjob-42-private"
