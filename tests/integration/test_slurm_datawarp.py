@@ -1,0 +1,83 @@
+"""The same lifecycle through Slurm's burst_buffer/datawarp plugin and our dw_wlm_cli/dwstat.
+
+The module switches the test bed's Slurm to the datawarp plugin and back to
+lua at the end (storage stays up), then submits DataWarp-style job scripts
+(#DW / #BB) as the unprivileged user.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import BBCTL
+from tests.integration.slurmjobs import (
+    ENV,
+    bbctl,
+    leftovers,
+    scontrol,
+    submit,
+    wait_for,
+    wait_torn_down,
+    write_job,
+)
+
+pytestmark = pytest.mark.testbed
+
+
+@pytest.fixture(scope="module", autouse=True)
+def datawarp_slurm(testbed):
+    subprocess.run([BBCTL, "testbed", "slurm", "datawarp"], check=True, capture_output=True)
+    yield testbed
+    subprocess.run([BBCTL, "testbed", "slurm", "lua"], check=True, capture_output=True)
+
+
+def test_jobdw_with_staging_through_dw_wlm_cli(user_dir):
+    (user_dir / "in").mkdir()
+    (user_dir / "in" / "data.txt").write_text("forty-two\n")
+    for path in (user_dir / "in", user_dir / "in" / "data.txt"):
+        os.chown(path, user_dir.stat().st_uid, user_dir.stat().st_gid)
+    script = write_job(user_dir, "job.sh", f"""
+#DW jobdw type=scratch capacity=4GiB access_mode=striped
+#DW stage_in type=directory source={user_dir}/in destination=$DW_JOB_STRIPED/in
+#DW stage_out type=file source=$DW_JOB_STRIPED/answer.txt destination={user_dir}/answer.txt
+tr a-z A-Z < "$DW_JOB_STRIPED/in/data.txt" > "$DW_JOB_STRIPED/answer.txt"
+sleep 5
+""")
+    job = submit(script)
+    wait_for(job, {"RUNNING"}, timeout=180)
+    burst = scontrol("show", "burst")
+    assert "Name=datawarp" in burst and f"JobID={job}" in burst, burst
+    sessions = json.loads(subprocess.run([BBCTL.replace("bbctl", "dw_wlm_cli"), "--function", "show_sessions"],
+                                         env=ENV, capture_output=True, text=True, check=True).stdout)
+    assert {"id": job, "token": str(job)}.items() <= next(
+        s for s in sessions["sessions"] if s["token"] == str(job)).items()
+    wait_torn_down(job, timeout=180)
+    assert wait_for(job, {"COMPLETED"}, timeout=5)["ExitCode"] == "0:0"
+    assert (user_dir / "answer.txt").read_text() == "FORTY-TWO\n"
+    assert (user_dir / "answer.txt").stat().st_uid == user_dir.stat().st_uid
+    assert leftovers(f"bbjob-{job}") == []
+
+
+def test_persistent_buffer_created_used_and_destroyed_by_jobs(user_dir):
+    name = f"dwp{os.getpid()}"
+    create = submit(write_job(user_dir, "create.sh",
+                              f"#BB create_persistent name={name} capacity=4GiB access=striped type=scratch\n"
+                              "hostname\n"))
+    wait_torn_down(create, timeout=180)
+    assert bbctl("show", name).returncode == 0
+    use = submit(write_job(user_dir, "use.sh", f"""
+#DW persistentdw name={name}
+echo kept > "$DW_PERSISTENT_STRIPED_{name}/kept.txt" && cat "$DW_PERSISTENT_STRIPED_{name}/kept.txt"
+"""))
+    wait_torn_down(use, timeout=180)
+    assert (user_dir / f"slurm-{use}.out").read_text().strip() == "kept"
+    status = subprocess.run(["scontrol", "show", "bbstat"], env=ENV, capture_output=True, text=True, check=False)
+    assert name in status.stdout, status.stdout + status.stderr
+    destroy = submit(write_job(user_dir, "destroy.sh", f"#BB destroy_persistent name={name}\nhostname\n"))
+    wait_torn_down(destroy, timeout=180)
+    assert bbctl("show", name).returncode == 3
+    assert leftovers(f"bbp-{name}") == []
