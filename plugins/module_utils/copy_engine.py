@@ -1,0 +1,1117 @@
+# -*- coding: utf-8 -*-
+# Copyright: hpc.burstbuffer developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The copy engine behind stage-in and stage-out: plan, then copy in parallel, as the job's user.
+
+Why it is shaped this way (figures in docs/BENCHMARKS.md, "Staging"):
+
+- Privileges are dropped in a forked worker process before any user file is
+  opened (``stage_as_user``): ``setuid`` applies to a whole process, so threads
+  cannot each be a different user. The parent (root) only reads results from a
+  pipe. Nothing is ever passed to a shell.
+- On a GlusterFS FUSE mount each small file costs about six round trips to the
+  bricks (lookup, create, write, setattr, flush, release) and the kernel
+  serialises creates inside one directory (the parent's inode lock). So files
+  are handed to the threads round-robin across directories, and many threads
+  (32-64) keep the bricks busy; large files are split into chunks copied with
+  ``pread``/``pwrite`` at their offsets into a destination pre-sized with
+  ``ftruncate``.
+- The skip rule makes a stage resumable: a destination file with the source's
+  size and mtime is complete. A file's mtime is set last, after its data, so a
+  copy that was interrupted never looks complete (pre-sizing gives it the right
+  size, never the right mtime).
+- Stage-out writes each file under a temporary name next to its destination and
+  renames it into place only once it is complete (and verified, if asked). A
+  file that fails is removed, never left under its final name, and reported
+  with its reason.
+- Symlinks are copied as symlinks, never followed. On stage-out every file read
+  is opened with ``O_NOFOLLOW`` and must live on the buffer's own filesystem
+  (same ``st_dev``), so a link planted in the buffer cannot lead out of it.
+
+Pure functions (path rules, list parsing, the skip rule, chunking, temporary
+names, ordering) are at the top; filesystem work below them.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import contextlib
+import errno
+import grp
+import hashlib
+import itertools
+import json
+import os
+import posixpath
+import pwd
+import shlex
+import signal
+import stat
+import threading
+import time
+from collections import deque, namedtuple
+
+DIRECTIONS = ("in", "out")
+KINDS = ("file", "directory", "list")
+DEFAULT_WORKERS = 32
+DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
+BLOCK = 1024 * 1024  # one pread/pwrite; also what FUSE turns into a few WRITE requests
+PROGRESS_INTERVAL = 0.5  # seconds between progress reports: at most two a second
+TEMP_SUFFIX = ".bb-stage.tmp"
+NAME_MAX = 255
+SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID  # writing a file clears these: set them again afterwards
+
+O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO never hangs us
+O_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+StageRequest = namedtuple("StageRequest", ["direction", "kind", "source", "destination", "buffer_root"])
+FilePlan = namedtuple("FilePlan", ["source", "destination", "size", "replace", "temp", "replace_temp"])
+DirPlan = namedtuple("DirPlan", ["source", "destination", "mode", "atime_ns", "mtime_ns", "exists",
+                                 "keep_attributes"])
+LinkPlan = namedtuple("LinkPlan", ["source", "destination", "target", "atime_ns", "mtime_ns", "replace"])
+DestEntry = namedtuple("DestEntry", ["kind", "size", "mtime_ns", "target"])
+
+
+class StageError(Exception):
+    """A request that cannot be staged at all; the message says what was wrong and what to do."""
+
+
+# --- path rules (pure) ---------------------------------------------------------------
+
+def check_path(path, what):
+    """The normalised form of an absolute path without '..'; refuses anything else."""
+    if not isinstance(path, str) or not path:
+        raise StageError("%s is empty: give an absolute path." % what)
+    if "\0" in path:
+        raise StageError("%s %r contains a NUL byte." % (what, path))
+    if not path.startswith("/"):
+        raise StageError("%s %r is relative: give an absolute path." % (what, path))
+    if ".." in path.split("/"):
+        raise StageError("%s %r contains '..': give the path without it." % (what, path))
+    normal = posixpath.normpath(path)
+    return "/" + normal.lstrip("/")
+
+
+def is_inside(root, path):
+    """Whether normalised ``path`` is ``root`` or below it (lexically)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_inside_buffer(path, buffer_root, what):
+    if not is_inside(buffer_root, path):
+        raise StageError("%s %s is not inside the buffer %s: it must be a path under the buffer "
+                         "($DW_JOB_STRIPED or $BB_JOB_STRIPED)." % (what, path, buffer_root))
+
+
+def check_request(request):
+    """The request with normalised paths, or StageError naming the first thing wrong with it."""
+    if request.direction not in DIRECTIONS:
+        raise StageError("direction %r: use one of %s." % (request.direction, ", ".join(DIRECTIONS)))
+    if request.kind not in KINDS:
+        raise StageError("type %r: use one of %s." % (request.kind, ", ".join(KINDS)))
+    root = check_path(request.buffer_root, "buffer_root")
+    if root == "/":
+        raise StageError("buffer_root is /: give the buffer's mount point.")
+    source = check_path(request.source, "source")
+    destination = None
+    if request.kind != "list":
+        if not request.destination:
+            raise StageError("destination is required with type=%s." % request.kind)
+        destination = check_path(request.destination, "destination")
+        if request.destination.endswith("/") and destination != "/":
+            destination += "/"  # a trailing slash asks for "into this directory"
+        check_pair(request.direction, source, destination.rstrip("/") or "/", root)
+    return StageRequest(request.direction, request.kind, source, destination, root)
+
+
+def check_pair(direction, source, destination, buffer_root):
+    if direction == "in":
+        check_inside_buffer(destination, buffer_root, "stage-in destination")
+    else:
+        check_inside_buffer(source, buffer_root, "stage-out source")
+
+
+def parse_stage_list(text, buffer_root, direction, list_path="the list"):
+    """(source, destination) pairs of a DataWarp-style list: one ``source destination`` a line.
+
+    Blank lines and ``#`` comments are ignored; a path with spaces is quoted. Both paths must
+    be absolute and are checked like a single pair.
+    """
+    pairs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            fields = shlex.split(line, comments=True)
+        except ValueError as exc:
+            raise StageError("%s line %d: %s" % (list_path, number, exc)) from None
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise StageError("%s line %d has %d fields: write 'source destination' (quote a path "
+                             "with spaces)." % (list_path, number, len(fields)))
+        try:
+            source = check_path(fields[0], "source")
+            destination = check_path(fields[1], "destination")
+            if fields[1].endswith("/") and destination != "/":
+                destination += "/"
+            check_pair(direction, source, destination.rstrip("/") or "/", buffer_root)
+        except StageError as exc:
+            raise StageError("%s line %d: %s" % (list_path, number, exc)) from None
+        pairs.append((source, destination))
+    if not pairs:
+        raise StageError("%s names no files: write one 'source destination' pair a line." % list_path)
+    return pairs
+
+
+# --- decisions (pure) ----------------------------------------------------------------------
+
+def same_mtime(a_ns, b_ns):
+    """Equal, or equal at the coarser precision of a filesystem that keeps only us or seconds."""
+    return a_ns == b_ns or any(a_ns // unit == b_ns // unit and (a_ns % unit == 0 or b_ns % unit == 0)
+                               for unit in (1000, 1000000000))
+
+
+def is_complete(size, mtime_ns, existing):
+    """The skip rule: a destination regular file with the source's size and mtime is complete."""
+    return (existing is not None and existing.kind == "file" and existing.size == size
+            and same_mtime(existing.mtime_ns, mtime_ns))
+
+
+def chunk_ranges(size, chunk_size):
+    """(offset, length) pieces of a file; one piece (even an empty one) for a small file."""
+    if chunk_size <= 0:
+        raise ValueError("chunk_size must be positive")
+    if size <= chunk_size:
+        return [(0, size)]
+    return [(offset, min(chunk_size, size - offset)) for offset in range(0, size, chunk_size)]
+
+
+def temp_name(path):
+    """Where stage-out writes ``path`` before renaming it: a hidden name in the same directory.
+
+    The same name every run, so a rerun after a crash replaces a leftover instead of adding one.
+    """
+    directory, name = posixpath.split(path)
+    temp = "." + name + TEMP_SUFFIX
+    if len(temp.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        temp = "." + digest + TEMP_SUFFIX
+    return posixpath.join(directory, temp)
+
+
+def interleave_by_directory(files):
+    """Files round-robin over their destination directories.
+
+    Creating files in one directory takes the directory's lock in the kernel, so threads
+    working in the same directory wait for each other; spread over directories they do not.
+    """
+    groups = {}
+    for item in files:
+        groups.setdefault(posixpath.dirname(item.destination), []).append(item)
+    rounds = itertools.zip_longest(*groups.values())
+    return [item for batch in rounds for item in batch if item is not None]
+
+
+def order_files(files, chunk_size):
+    """Large files first (their chunks spread over all threads), then the rest interleaved."""
+    large = sorted((f for f in files if f.size > chunk_size), key=lambda f: -f.size)
+    small = [f for f in files if f.size <= chunk_size]
+    return large + interleave_by_directory(small)
+
+
+def describe_error(exc):
+    """'Permission denied' style text of an OSError, or the exception's own text."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.strerror or os.strerror(exc.errno)
+    return str(exc) or exc.__class__.__name__
+
+
+def as_user(exc):
+    """': Permission denied (as uid 1001)': who was refused matters when a job's copy fails."""
+    text = ": " + describe_error(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        text += " (as uid %d, the job's user)" % os.getuid()
+    return text
+
+
+def failure_message(direction, failed, total, limit=10):
+    shown = "; ".join("%s: %s" % (item["path"], item["reason"]) for item in failed[:limit])
+    more = " (and %d more, see failed_files)" % (len(failed) - limit) if len(failed) > limit else ""
+    return "stage-%s failed for %d of %d entries: %s%s" % (direction, len(failed), total, shown, more)
+
+
+# --- planning: walk the source, compare with the destination --------------------------------
+
+class Plan:
+    """What a stage will do. Built by ``Planner``; ``Copier`` carries it out."""
+
+    def __init__(self):
+        self.dirs = []
+        self.files = []
+        self.links = []
+        self.skipped = 0
+        self.skipped_bytes = 0
+        self.failed = []
+        self.not_copied = []
+
+    @property
+    def bytes(self):
+        return sum(f.size for f in self.files)
+
+    def fail(self, path, reason):
+        self.failed.append({"path": path, "reason": reason})
+
+    def summary(self, limit=100):
+        """The first ``limit`` copies the plan would make, for check mode."""
+        return [{"source": f.source, "destination": f.destination, "size": f.size}
+                for f in self.files[:limit]]
+
+
+class Planner:
+    """Expands a request into a Plan. Runs as the job's user; scans directories in parallel."""
+
+    def __init__(self, request, pool, buffer_dev=None):
+        self.request = request
+        self.pool = pool
+        self.buffer_dev = buffer_dev
+        self.plan = Plan()
+        self.lock = threading.Lock()
+
+    @property
+    def outward(self):
+        return self.request.direction == "out"
+
+    def run(self):
+        for source, destination in self.pairs():
+            self.add_pair(source, destination)
+        return self.plan
+
+    def pairs(self):
+        request = self.request
+        if request.kind != "list":
+            return [(request.source, request.destination)]
+        try:
+            with open(request.source, "rb") as handle:
+                text = handle.read().decode("utf-8", "surrogateescape")
+        except OSError as exc:
+            raise StageError("cannot read the list %s%s" % (request.source, as_user(exc))) from None
+        return parse_stage_list(text, request.buffer_root, request.direction, request.source)
+
+    # one top-level pair ------------------------------------------------------------------
+
+    def add_pair(self, source, destination):
+        source = self.resolve_source(source)
+        try:
+            info = os.stat(source)
+        except OSError as exc:
+            raise StageError("cannot read source %s%s" % (source, as_user(exc))) from None
+        into = destination.endswith("/")
+        destination = destination.rstrip("/") or "/"
+        existing = self.lstat_destination(destination)
+        if stat.S_ISDIR(info.st_mode):
+            self.check_readable_dir(source)
+            self.add_tree(source, destination, info, existing)
+        elif stat.S_ISREG(info.st_mode):
+            self.check_readable_file(source)
+            if into or (existing is not None and existing.kind == "dir"):
+                destination = posixpath.join(destination, posixpath.basename(source))
+                existing = self.lstat_destination(destination)
+            self.ensure_parent(destination)
+            temp_exists = self.outward and os.path.lexists(temp_name(destination))
+            self.add_file(source, destination, info, existing, temp_exists)
+        else:
+            raise StageError("source %s is neither a regular file nor a directory." % source)
+
+    def resolve_source(self, source):
+        """Stage-out: the source as resolved, refused if the resolution leaves the buffer."""
+        if not self.outward:
+            return source
+        resolved = os.path.realpath(source)
+        root = os.path.realpath(self.request.buffer_root)
+        if not is_inside(root, resolved):
+            raise StageError("stage-out source %s resolves to %s, outside the buffer %s: "
+                             "symlinks are not followed out of the buffer." % (source, resolved, root))
+        return resolved
+
+    def check_readable_dir(self, path):
+        try:
+            os.close(os.open(path, O_DIR))
+        except OSError as exc:
+            raise StageError("cannot read source %s%s" % (path, as_user(exc))) from None
+
+    def check_readable_file(self, path):
+        try:
+            os.close(os.open(path, O_READ))
+        except OSError as exc:
+            raise StageError("cannot read source %s%s" % (path, as_user(exc))) from None
+
+    def lstat_destination(self, path):
+        """The destination entry at ``path``, or None; checks stage-in stays inside the buffer."""
+        if not self.outward:
+            self.check_resolves_inside(path)
+        try:
+            return dest_entry(os.lstat(path), path)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            raise StageError("destination %s: a parent is not a directory." % path) from None
+        except OSError as exc:
+            raise StageError("cannot reach destination %s%s" % (path, as_user(exc))) from None
+
+    def check_resolves_inside(self, path):
+        """Stage-in: the deepest existing ancestor of ``path`` must resolve inside the buffer."""
+        root = os.path.realpath(self.request.buffer_root)
+        probe = path
+        while not os.path.lexists(probe) and probe != "/":
+            probe = posixpath.dirname(probe)
+        resolved = os.path.realpath(probe)
+        if not is_inside(root, resolved):
+            raise StageError("stage-in destination %s resolves to %s, outside the buffer %s: "
+                             "a symlink in the buffer is not followed." % (path, resolved, root))
+
+    def ensure_parent(self, path):
+        """The destination's parent directories, created as the user (0755) when missing."""
+        parent = posixpath.dirname(path)
+        if os.path.isdir(parent):
+            if not self.outward:
+                self.check_resolves_inside(parent)
+            return
+        missing = []
+        while not os.path.lexists(parent) and parent != "/":
+            missing.append(parent)
+            parent = posixpath.dirname(parent)
+        for directory in reversed(missing):
+            self.plan.dirs.append(DirPlan(None, directory, 0o755, None, None, False, True))
+
+    def add_file(self, source, destination, info, existing, temp_exists=False):
+        if existing is not None and existing.kind == "dir":
+            with self.lock:
+                self.plan.fail(source, "destination %s is a directory" % destination)
+            return
+        complete = is_complete(info.st_size, info.st_mtime_ns, existing)
+        temp = temp_name(destination) if self.outward else None
+        with self.lock:
+            if complete:
+                self.plan.skipped += 1
+                self.plan.skipped_bytes += info.st_size
+                return
+            self.plan.files.append(FilePlan(source, destination, info.st_size, existing is not None,
+                                            temp, temp_exists))
+
+    def add_tree(self, source, destination, info, existing):
+        if existing is not None and existing.kind != "dir":
+            raise StageError("destination %s exists and is not a directory." % destination)
+        if existing is None:
+            self.ensure_parent(destination)
+        keep = existing is not None or destination == self.request.buffer_root
+        self.plan.dirs.append(DirPlan(source, destination, stat.S_IMODE(info.st_mode), info.st_atime_ns,
+                                      info.st_mtime_ns, existing is not None, keep))
+        self.walk(source, destination, existing is not None)
+
+    def walk(self, source, destination, exists):
+        """Scan the tree breadth first, each directory (and its destination twin) in a thread."""
+        pending = deque([(source, destination, exists)])
+        running = []
+        while pending or running:
+            while pending:
+                running.append(self.pool.submit(self.scan, *pending.popleft()))
+            done = self.pool.wait_any(running)
+            for result in done:
+                running.remove(result)
+                pending.extend(result.value())
+
+    def scan(self, source, destination, exists):
+        """Plan one directory's entries; returns its subdirectories to scan."""
+        try:
+            entries = scan_source(source)
+        except OSError as exc:
+            with self.lock:
+                self.plan.fail(source, "cannot read directory: %s" % describe_error(exc))
+            return []
+        try:
+            existing = scan_destination(destination) if exists else {}
+        except OSError as exc:
+            with self.lock:
+                self.plan.fail(destination, "cannot read destination directory: %s"
+                               % describe_error(exc))
+            return []
+        subdirs = []
+        for name, info in entries:
+            target = posixpath.join(destination, name)
+            temp_exists = self.outward and posixpath.basename(temp_name(target)) in existing
+            subdir = self.add_entry(posixpath.join(source, name), target, info, existing.get(name),
+                                    temp_exists)
+            if subdir is not None:
+                subdirs.append(subdir)
+        return subdirs
+
+    def add_entry(self, source, destination, info, existing, temp_exists=False):
+        if self.outward and self.buffer_dev is not None and info.st_dev != self.buffer_dev:
+            with self.lock:
+                self.plan.fail(source, "not on the buffer's filesystem; not copied")
+            return None
+        mode = info.st_mode
+        if stat.S_ISREG(mode):
+            self.add_file(source, destination, info, existing, temp_exists)
+        elif stat.S_ISDIR(mode):
+            if existing is not None and existing.kind != "dir":
+                with self.lock:
+                    self.plan.fail(source, "destination %s exists and is not a directory" % destination)
+                return None
+            with self.lock:
+                self.plan.dirs.append(DirPlan(source, destination, stat.S_IMODE(mode), info.st_atime_ns,
+                                              info.st_mtime_ns, existing is not None, False))
+            return (source, destination, existing is not None)
+        elif stat.S_ISLNK(mode):
+            self.add_link(source, destination, info, existing)
+        else:
+            with self.lock:
+                self.plan.not_copied.append({"path": source, "reason": "not a regular file, directory "
+                                             "or symlink"})
+        return None
+
+    def add_link(self, source, destination, info, existing):
+        try:
+            target = os.readlink(source)
+        except OSError as exc:
+            with self.lock:
+                self.plan.fail(source, "cannot read symlink: %s" % describe_error(exc))
+            return
+        if existing is not None and existing.kind == "link" and existing.target == target:
+            with self.lock:
+                self.plan.skipped += 1
+            return
+        if existing is not None and existing.kind == "dir":
+            with self.lock:
+                self.plan.fail(source, "destination %s is a directory" % destination)
+            return
+        with self.lock:
+            self.plan.links.append(LinkPlan(source, destination, target, info.st_atime_ns,
+                                            info.st_mtime_ns, existing is not None))
+
+
+def dest_entry(info, path=None):
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        return DestEntry("dir", 0, info.st_mtime_ns, None)
+    if stat.S_ISREG(mode):
+        return DestEntry("file", info.st_size, info.st_mtime_ns, None)
+    if stat.S_ISLNK(mode):
+        target = None
+        if path is not None:
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = None
+        return DestEntry("link", 0, info.st_mtime_ns, target)
+    return DestEntry("other", 0, info.st_mtime_ns, None)
+
+
+def scan_source(path):
+    """[(name, lstat result)] of one directory; never follows a symlink."""
+    with os.scandir(path) as entries:
+        return [(entry.name, entry.stat(follow_symlinks=False)) for entry in entries]
+
+
+def scan_destination(path):
+    """{name: DestEntry} of an existing destination directory (one readdir, cached attributes)."""
+    found = {}
+    with os.scandir(path) as entries:
+        for entry in entries:
+            try:
+                found[entry.name] = dest_entry(entry.stat(follow_symlinks=False), entry.path)
+            except FileNotFoundError:
+                continue
+    return found
+
+
+# --- a small thread pool (futures without the bookkeeping of concurrent.futures) ------------
+
+class Result:
+    def __init__(self):
+        self.done = threading.Event()
+        self.result = None
+        self.error = None
+
+    def value(self):
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class Pool:
+    """``workers`` threads taking callables from a queue, most recently urgent first."""
+
+    def __init__(self, workers):
+        self.queue = deque()
+        self.cond = threading.Condition()
+        self.closed = False
+        self.finished = threading.Condition()
+        self.threads = [threading.Thread(target=self._work, name="bb-stage-%d" % i, daemon=True)
+                        for i in range(workers)]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, function, *args):
+        result = Result()
+        with self.cond:
+            self.queue.append((function, args, result))
+            self.cond.notify()
+        return result
+
+    def map_unordered(self, function, items):
+        """Run ``function(item)`` for all items and wait for them (errors are the callee's job)."""
+        results = [self.submit(function, item) for item in items]
+        for result in results:
+            result.value()
+
+    def wait_any(self, results):
+        with self.finished:
+            while True:
+                done = [r for r in results if r.done.is_set()]
+                if done:
+                    return done
+                self.finished.wait(0.5)
+
+    def _work(self):
+        while True:
+            with self.cond:
+                while not self.queue and not self.closed:
+                    self.cond.wait()
+                if not self.queue:
+                    return
+                function, args, result = self.queue.popleft()
+            try:
+                result.result = function(*args)
+            except BaseException as exc:  # pylint: disable=broad-exception-caught
+                result.error = exc
+            result.done.set()
+            with self.finished:
+                self.finished.notify_all()
+
+    def close(self):
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        for thread in self.threads:
+            thread.join()
+
+
+# --- copying --------------------------------------------------------------------------------
+
+class Progress:
+    """Counters the threads update; a report at most every PROGRESS_INTERVAL seconds."""
+
+    def __init__(self, files_total, bytes_total, report=None, clock=time.monotonic):
+        self.files_total = files_total
+        self.bytes_total = bytes_total
+        self.files_done = 0
+        self.bytes_done = 0
+        self.report = report
+        self.clock = clock
+        self.start = clock()
+        self.last = self.start
+        self.lock = threading.Lock()
+
+    def add(self, files=0, nbytes=0):
+        with self.lock:
+            self.files_done += files
+            self.bytes_done += nbytes
+            now = self.clock()
+            due = self.report is not None and now - self.last >= PROGRESS_INTERVAL
+            if due:
+                self.last = now
+                snapshot = self.snapshot(now)
+        if due:
+            self.report(snapshot)
+
+    def snapshot(self, now=None):
+        elapsed = (self.clock() if now is None else now) - self.start
+        return {"files_done": self.files_done, "files_total": self.files_total,
+                "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
+                "rate": round(self.bytes_done / elapsed) if elapsed > 0 else 0,
+                "elapsed": round(elapsed, 3)}
+
+
+class FileCopy:
+    """One file in flight: shared by its chunks; the last chunk to finish completes the file."""
+
+    def __init__(self, plan, chunks):
+        self.plan = plan
+        self.target = plan.temp or plan.destination
+        self.remaining = chunks
+        self.lock = threading.Lock()
+        self.src = None
+        self.dst = None
+        self.info = None
+        self.error = None
+        self.copied = 0
+
+    def fail(self, exc, what):
+        with self.lock:
+            if self.error is None:
+                self.error = "%s: %s" % (what, describe_error(exc))
+
+
+class Copier:
+    """Carries out a Plan with a Pool: directories, then files and links, then directory times."""
+
+    def __init__(self, plan, pool, outward, chunk_size=DEFAULT_CHUNK_SIZE, verify=False,
+                 buffer_dev=None, progress=None):
+        self.plan = plan
+        self.pool = pool
+        self.outward = outward
+        self.chunk_size = chunk_size
+        self.verify = verify
+        self.buffer_dev = buffer_dev
+        self.progress = progress or Progress(len(plan.files), plan.bytes)
+        self.lock = threading.Lock()
+        self.copied = 0
+        self.copied_bytes = 0
+        self.links = 0
+        self.created_dirs = 0
+        self.local = threading.local()
+
+    def run(self):
+        failed_dirs = self.make_directories()
+        runnable = [f for f in self.plan.files if not under_any(f.destination, failed_dirs)]
+        self.pool.map_unordered(self.run_chunk, chunk_tasks(order_files(runnable, self.chunk_size),
+                                                            self.chunk_size))
+        links = [link for link in self.plan.links if not under_any(link.destination, failed_dirs)]
+        self.pool.map_unordered(self.make_link, links)
+        self.finish_directories(failed_dirs)
+
+    def record_failure(self, path, reason):
+        with self.lock:
+            self.plan.fail(path, reason)
+
+    # directories ------------------------------------------------------------------------------
+
+    def make_directories(self):
+        """Create missing directories level by level (parents first), in parallel within a level."""
+        failed = set()
+        levels = {}
+        for directory in self.plan.dirs:
+            if not directory.exists:
+                levels.setdefault(directory.destination.count("/"), []).append(directory)
+        for depth in sorted(levels):
+            todo = [d for d in levels[depth] if not under_any(d.destination, failed)]
+            results = [(d, self.pool.submit(self.make_directory, d)) for d in todo]
+            for directory, result in results:
+                if not result.value():
+                    failed.add(directory.destination)
+        return failed
+
+    def make_directory(self, directory):
+        # Owner rwx while we fill it; its own mode comes at the end (finish_directories).
+        try:
+            os.mkdir(directory.destination, directory.mode | stat.S_IRWXU)
+        except FileExistsError:
+            if os.path.isdir(directory.destination) and not os.path.islink(directory.destination):
+                return True
+            self.record_failure(directory.destination, "exists and is not a directory")
+            return False
+        except OSError as exc:
+            self.record_failure(directory.destination, "cannot create directory%s" % as_user(exc))
+            return False
+        with self.lock:
+            self.created_dirs += 1
+        return True
+
+    def finish_directories(self, failed):
+        """Modes and times of the copied directories, deepest first (children touch parents)."""
+        for directory in sorted(self.plan.dirs, key=lambda d: -d.destination.count("/")):
+            if directory.source is None or directory.keep_attributes:
+                continue
+            if under_any(directory.destination, failed):
+                continue
+            try:
+                if directory.exists or directory.mode != directory.mode | stat.S_IRWXU or \
+                        directory.mode & 0o7000:
+                    os.chmod(directory.destination, directory.mode, follow_symlinks=False)
+                os.utime(directory.destination, ns=(directory.atime_ns, directory.mtime_ns),
+                         follow_symlinks=False)
+            except OSError as exc:
+                self.record_failure(directory.destination, "cannot set mode and times%s" % as_user(exc))
+
+    # files --------------------------------------------------------------------------------------
+
+    def run_chunk(self, task):
+        copy, offset, length = task
+        with copy.lock:
+            if copy.src is None and copy.error is None:
+                self.open_file(copy)
+            ready = copy.error is None
+        if ready:
+            try:
+                self.copy_range(copy, offset, length)
+            except OSError as exc:
+                copy.fail(exc, "copy failed")
+        with copy.lock:
+            copy.remaining -= 1
+            last = copy.remaining == 0
+        if last:
+            self.complete_file(copy)
+
+    def open_file(self, copy):
+        """Open the source and create the destination (the temporary name on stage-out)."""
+        plan = copy.plan
+        try:
+            copy.src = os.open(plan.source, O_READ)
+            info = os.fstat(copy.src)
+        except OSError as exc:
+            copy.error = "cannot read%s" % as_user(exc)
+            return
+        if not stat.S_ISREG(info.st_mode):
+            copy.error = "no longer a regular file"
+            return
+        if self.outward and self.buffer_dev is not None and info.st_dev != self.buffer_dev:
+            copy.error = "not on the buffer's filesystem (a symlink on the way?); not copied"
+            return
+        if info.st_size != plan.size:
+            copy.error = ("changed while staging (%d bytes, %d when planned); stage again"
+                          % (info.st_size, plan.size))
+            return
+        copy.info = info
+        access = os.O_RDWR if self.verify else os.O_WRONLY
+        replace = plan.replace_temp if plan.temp else plan.replace
+        try:
+            copy.dst = create_file(copy.target, access, stat.S_IMODE(info.st_mode), replace)
+            if info.st_size > self.chunk_size:
+                os.ftruncate(copy.dst, info.st_size)
+        except OSError as exc:
+            copy.error = "cannot write %s%s" % (copy.target, as_user(exc))
+
+    def buffer(self):
+        buf = getattr(self.local, "buffer", None)
+        if buf is None:
+            buf = self.local.buffer = bytearray(BLOCK)
+        return buf
+
+    def copy_range(self, copy, offset, length):
+        """Copy [offset, offset+length) with pread/pwrite at those offsets."""
+        view = memoryview(self.buffer())
+        position, end = offset, offset + length
+        while position < end:
+            got = os.preadv(copy.src, [view[:min(BLOCK, end - position)]], position)
+            if got == 0:
+                raise OSError(errno.EIO, "the source shrank while being copied; stage again")
+            written = 0
+            while written < got:
+                written += os.pwrite(copy.dst, view[written:got], position + written)
+            position += got
+            self.progress.add(nbytes=got)
+        if self.verify:
+            verify_range(copy.src, copy.dst, offset, length, view)
+
+    def complete_file(self, copy):
+        plan = copy.plan
+        error = copy.error
+        if error is None:
+            error = self.finalise(copy)
+        else:
+            close_quietly(copy.dst)
+        close_quietly(copy.src)
+        if error is not None:
+            if copy.dst is not None:
+                unlink_quietly(copy.target)
+            self.record_failure(plan.source, error)
+            self.progress.add(files=1)
+            return
+        with self.lock:
+            self.copied += 1
+            self.copied_bytes += copy.info.st_size
+        self.progress.add(files=1)
+
+    def finalise(self, copy):
+        """Mode, times, close (a FUSE client reports delayed write errors here), then rename."""
+        info = copy.info
+        try:
+            if info.st_mode & SPECIAL_BITS:
+                os.fchmod(copy.dst, stat.S_IMODE(info.st_mode))
+            os.utime(copy.dst, ns=(info.st_atime_ns, info.st_mtime_ns))
+        except OSError as exc:
+            close_quietly(copy.dst)
+            return "cannot set mode and times of %s%s" % (copy.target, as_user(exc))
+        try:
+            os.close(copy.dst)
+        except OSError as exc:
+            return "writing %s failed: %s" % (copy.target, describe_error(exc))
+        if copy.plan.temp:
+            try:
+                os.rename(copy.plan.temp, copy.plan.destination)
+            except OSError as exc:
+                return "cannot rename %s to %s%s" % (copy.plan.temp, copy.plan.destination, as_user(exc))
+        return None
+
+    # symlinks ------------------------------------------------------------------------------------
+
+    def make_link(self, link):
+        try:
+            if link.replace:
+                os.unlink(link.destination)
+            os.symlink(link.target, link.destination)
+            os.utime(link.destination, ns=(link.atime_ns, link.mtime_ns), follow_symlinks=False)
+        except OSError as exc:
+            reason = "cannot create symlink %s%s" % (link.destination, as_user(exc))
+            self.record_failure(link.source, reason)
+            return
+        with self.lock:
+            self.links += 1
+
+
+def chunk_tasks(files, chunk_size):
+    """(FileCopy, offset, length) for every piece; the pieces of large files round-robin.
+
+    One file's pieces are written under that file's inode lock in the kernel, so pieces of
+    different files in flight at once go faster than many pieces of one file.
+    """
+    per_file = []
+    for plan in files:
+        pieces = chunk_ranges(plan.size, chunk_size)
+        copy = FileCopy(plan, len(pieces))
+        per_file.append([(copy, offset, length) for offset, length in pieces])
+    large = [tasks for tasks in per_file if len(tasks) > 1]
+    small = [tasks[0] for tasks in per_file if len(tasks) == 1]
+    rounds = itertools.zip_longest(*large)
+    return [task for batch in rounds for task in batch if task is not None] + small
+
+
+def create_file(path, access, mode, replace):
+    """A new file at ``path`` with ``mode`` (umask is 0 in the worker); never through a symlink."""
+    try:
+        return os.open(path, access | O_CREATE, mode)
+    except FileExistsError:
+        if not replace and not os.path.lexists(path):
+            raise
+    os.unlink(path)  # an older, incomplete copy (possibly read-only): replace it
+    return os.open(path, access | O_CREATE, mode)
+
+
+def verify_range(src, dst, offset, length, view):
+    """Compare checksums of the same range in source and destination (destination re-read)."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(dst, offset, length, os.POSIX_FADV_DONTNEED)
+    if range_digest(src, offset, length, view) != range_digest(dst, offset, length, view):
+        raise OSError(errno.EIO, "verification failed: destination differs from source")
+
+
+def range_digest(fd, offset, length, view):
+    digest = hashlib.blake2b()
+    end = offset + length
+    while offset < end:
+        got = os.preadv(fd, [view[:min(BLOCK, end - offset)]], offset)
+        if got == 0:
+            break
+        digest.update(view[:got])
+        offset += got
+    return digest.digest()
+
+
+def under_any(path, roots):
+    return any(is_inside(root, path) for root in roots)
+
+
+def close_quietly(fd):
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def unlink_quietly(path):
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+# --- one stage in this process ---------------------------------------------------------------
+
+def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verify=False,
+          dry_run=False, report=None):
+    """Stage ``request`` in the current process (as whoever runs it); returns the result dict.
+
+    ``report`` receives progress snapshots (dicts) at most every PROGRESS_INTERVAL seconds.
+    Raises StageError when the request cannot be staged at all; per-file failures are in
+    ``failed_files``.
+    """
+    if workers < 1:
+        raise StageError("workers is %d: use at least 1." % workers)
+    if chunk_size < BLOCK:
+        raise StageError("chunk_size is %d bytes: use at least 1MiB." % chunk_size)
+    request = check_request(request)
+    start = time.monotonic()
+    buffer_dev = buffer_device(request.buffer_root)
+    umask = os.umask(0)  # modes are copied exactly
+    pool = Pool(workers)
+    try:
+        plan = Planner(request, pool, buffer_dev).run()
+        result = {"files": len(plan.files), "bytes": plan.bytes, "skipped": plan.skipped,
+                  "links": len(plan.links), "directories": sum(not d.exists for d in plan.dirs)}
+        if dry_run:
+            result["planned"] = plan.summary()
+        else:
+            progress = Progress(len(plan.files), plan.bytes, report)
+            copier = Copier(plan, pool, request.direction == "out", chunk_size, verify, buffer_dev,
+                            progress)
+            copier.run()
+            result.update(files=copier.copied, bytes=copier.copied_bytes, links=copier.links,
+                          directories=copier.created_dirs)
+            if report is not None:
+                report(progress.snapshot())
+    finally:
+        pool.close()
+        os.umask(umask)
+    result.update(seconds=round(time.monotonic() - start, 3), failed_files=plan.failed,
+                  not_copied=plan.not_copied)
+    return result
+
+
+def buffer_device(buffer_root):
+    try:
+        info = os.stat(buffer_root)
+    except OSError as exc:
+        raise StageError("cannot reach the buffer %s%s" % (buffer_root, as_user(exc))) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise StageError("buffer_root %s is not a directory." % buffer_root)
+    return info.st_dev
+
+
+# --- as the job's user: a forked worker -------------------------------------------------------
+
+def user_groups(uid, gid):
+    """The user's supplementary groups (from the group database), or just ``gid``."""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return [gid]
+    try:
+        return sorted(set(os.getgrouplist(name, gid)))
+    except OSError:
+        return [gid]
+
+
+def drop_privileges(uid, gid):
+    """Become uid/gid for good (real, effective and saved ids), with the user's groups."""
+    if uid == 0 or gid == 0:
+        raise StageError("refusing to stage as uid %d gid %d: copies run as the job's user, "
+                         "never as root." % (uid, gid))
+    os.setgroups(user_groups(uid, gid))
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise StageError("could not become uid %d gid %d" % (uid, gid))
+    try:
+        os.setuid(0)
+    except OSError:
+        return
+    raise StageError("privileges were not dropped: setuid(0) succeeded")
+
+
+def group_name(gid):
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def stage_as_user(request, uid, gid, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE,
+                  verify=False, dry_run=False, report=None):
+    """Run ``stage`` in a forked child that is uid/gid; the caller (root) only reads its results.
+
+    The child sends JSON lines through a pipe: progress snapshots, then one result or error.
+    """
+    if uid == 0 or gid == 0:
+        raise StageError("refusing to stage as uid %d gid %d: copies run as the job's user, "
+                         "never as root." % (uid, gid))
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, checked by the integration tests
+        os.close(read_end)
+        _child(write_end, request, uid, gid, workers, chunk_size, verify, dry_run)
+    os.close(write_end)
+    final = None
+    with os.fdopen(read_end, "rb") as pipe:
+        for line in pipe:
+            message = json.loads(line.decode("utf-8", "surrogateescape"))
+            if "progress" in message:
+                if report is not None:
+                    report(message["progress"])
+            else:
+                final = message
+    _pid, status = os.waitpid(pid, 0)
+    if final is None:
+        raise StageError("the copy worker (uid %d) died %s without a result"
+                         % (uid, describe_status(status)))
+    if "error" in final:
+        raise StageError(final["error"])
+    return final["result"]
+
+
+def describe_status(status):
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            return "of signal %s" % signal.Signals(number).name
+        except ValueError:
+            return "of signal %d" % number
+    return "with exit status %d" % os.WEXITSTATUS(status)
+
+
+def _child(write_end, request, uid, gid, workers, chunk_size, verify, dry_run):  # pragma: no cover
+    """The worker: drop privileges first, then stage; exits without returning."""
+    code = 0
+    lock = threading.Lock()
+
+    def send(message):
+        data = (json.dumps(message) + "\n").encode("utf-8", "surrogateescape")
+        with lock:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(write_end, view):]
+
+    try:
+        drop_privileges(uid, gid)
+        os.umask(0)
+        os.chdir("/")
+        result = stage(request, workers, chunk_size, verify, dry_run,
+                       report=lambda snapshot: send({"progress": snapshot}))
+        send({"result": result})
+    except StageError as exc:
+        send({"error": str(exc)})
+    except BaseException as exc:  # pylint: disable=broad-exception-caught
+        code = 1
+        with contextlib.suppress(OSError):
+            send({"error": "copy worker failed: %s: %s" % (exc.__class__.__name__, exc)})
+    finally:
+        os._exit(code)
+
+
+class ProgressFile:
+    """Appends progress snapshots to ``path`` as JSON lines: at most one every
+    PROGRESS_INTERVAL seconds, then a final one; the caller (bbctl) reads it while the stage runs."""
+
+    def __init__(self, path, clock=time.monotonic):
+        self.path = path
+        self.clock = clock
+        self.last_time = None
+        self.written = None
+
+    def __call__(self, snapshot):
+        now = self.clock()
+        if self.last_time is not None and now - self.last_time < PROGRESS_INTERVAL:
+            return
+        self.last_time = now
+        self.write(snapshot)
+
+    def final(self, snapshot):
+        if snapshot != self.written:
+            self.write(snapshot)
+
+    def write(self, snapshot):
+        self.written = dict(snapshot)
+        if self.path is None:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(snapshot, sort_keys=True) + "\n")

@@ -1,0 +1,301 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hpc.burstbuffer developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: bb_stage
+short_description: Stage a job's data into or out of its burst buffer, as the job's user
+version_added: "0.1.0"
+description:
+  - Copies a file, a directory tree or a DataWarp-style list of files from the parallel
+    filesystem into a mounted burst buffer (O(direction=in)), or from the buffer back out
+    (O(direction=out)). Runs on the stage host, where the buffer is mounted at O(buffer_root).
+  - Every file is read and written by a worker process that has become O(uid)/O(gid) (with the
+    user's supplementary groups) before it opens anything, so the copy can do exactly what the
+    job's user could do, never more. The module itself (root) only collects results. Nothing
+    from a path is ever passed to a shell.
+  - Parallel over files (round-robin across directories, which matters on FUSE mounts) and over
+    chunks of large files. Mode, mtime and atime are preserved; symlinks are copied as
+    symlinks and never followed.
+  - Resumable and idempotent - a destination file with the source's size and mtime is
+    complete and skipped, so running the stage again copies only what is missing.
+  - Stage-out writes each file under a temporary name (C(.NAME.bb-stage.tmp)) in its
+    destination directory and renames it into place only when it is complete (and verified
+    with O(verify=true)). A file that fails is removed and named in RV(failed_files); it is
+    never left, partial, under its final name.
+author:
+  - hpc.burstbuffer developers (@hpc-burstbuffer)
+options:
+  direction:
+    description:
+      - V(in) copies from the parallel filesystem into the buffer; every destination must be
+        inside O(buffer_root) and resolve there (a symlink in the buffer is not followed out).
+      - V(out) copies from the buffer to the parallel filesystem; every source must be inside
+        O(buffer_root), and a source whose resolution leaves the buffer is refused. The
+        destination must be somewhere the user may write.
+    type: str
+    required: true
+    choices: [in, out]
+  type:
+    description:
+      - V(file) copies one file to O(destination) (into it, with the source's name, when
+        O(destination) is a directory or ends with C(/)).
+      - V(directory) copies the contents of the directory O(source) into the directory
+        O(destination), which is created if missing.
+      - V(list) reads O(source) as a list of C(source destination) pairs, one pair a line, as
+        in Cray DataWarp. Blank lines and C(#) comments are ignored; quote a path that holds
+        spaces. Each pair is staged like V(file) (or V(directory) when its source is one).
+        The list is read as the job's user.
+    type: str
+    required: true
+    choices: [file, directory, list]
+  source:
+    description:
+      - The absolute path of the file, directory or list to stage. Relative paths and C(..)
+        are refused; C(~) and C($VAR) are not expanded.
+    type: str
+    required: true
+  destination:
+    description:
+      - The absolute destination path; required with O(type=file) and O(type=directory).
+      - Not used with O(type=list), whose lines carry their destinations; a warning says so
+        when it is given.
+    type: str
+  buffer_root:
+    description:
+      - The buffer's root directory as mounted on this host (for example the job's
+        C($DW_JOB_STRIPED)).
+    type: str
+    required: true
+  uid:
+    description:
+      - The job owner's numeric user id; every copy runs as this user. V(0) (root) is refused.
+    type: int
+    required: true
+  gid:
+    description:
+      - The job owner's numeric primary group id. V(0) is refused. The user's supplementary
+        groups come from the group database when the uid has a name there.
+    type: int
+    required: true
+  workers:
+    description:
+      - Threads copying at the same time. Small files over a GlusterFS FUSE mount need many
+        (each file costs several round trips to the bricks); the default was measured best on
+        a 3-brick volume (docs/BENCHMARKS.md, "Staging").
+    type: int
+    default: 32
+  chunk_size:
+    description:
+      - Files larger than this are split into pieces of this size, copied in parallel at their
+        offsets. A size with an optional unit, V(64MiB), V(1G); at least 1MiB.
+    type: str
+    default: 64MiB
+  verify:
+    description:
+      - After copying each piece, read it back from the destination (past the page cache where
+        the kernel allows) and compare checksums with the source. On stage-out a file is
+        renamed into place only when all its pieces match.
+    type: bool
+    default: false
+  progress_file:
+    description:
+      - A file to which the module appends progress as JSON lines (C(files_done),
+        C(files_total), C(bytes_done), C(bytes_total), C(rate) in bytes per second,
+        C(elapsed) in seconds), at most about two a second and a final line, so the caller can
+        show progress while the stage runs. Written by the module (root), not by the user.
+    type: path
+notes:
+  - Check mode walks the sources and destinations as the job's user and reports what would be
+    copied (RV(files), RV(bytes), RV(skipped), RV(planned)) without writing anything.
+  - Hard links are copied as separate files; sockets, FIFOs and device files are not copied
+    and are listed in RV(not_copied). Files get the job's uid and primary gid (or the
+    directory's group where it is set-group-id); source ownership is not copied.
+  - The destination directory of O(type=directory) keeps its own mode and times when it
+    already exists (the buffer's root keeps its C(0700)); directories created by the stage get
+    those of their source.
+requirements:
+  - Linux (the worker uses O_NOFOLLOW, pread/pwrite at offsets and setresuid)
+seealso:
+  - module: hpc.burstbuffer.buffer_mount
+"""
+
+EXAMPLES = r"""
+- name: Stage a job's input directory into its buffer
+  hpc.burstbuffer.bb_stage:
+    direction: in
+    type: directory
+    source: /lustre/home/alice/run42/input
+    destination: /var/spool/bb/job42/input
+    buffer_root: /var/spool/bb/job42
+    uid: 1001
+    gid: 1001
+    progress_file: /var/spool/bbctl/job42/stage_in.progress
+
+- name: Stage the results out, each file checked before it is renamed into place
+  hpc.burstbuffer.bb_stage:
+    direction: out
+    type: directory
+    source: /var/spool/bb/job42/output
+    destination: /lustre/home/alice/run42/output
+    buffer_root: /var/spool/bb/job42
+    uid: 1001
+    gid: 1001
+    verify: true
+
+- name: Stage in the files a DataWarp list names (one "source destination" pair a line)
+  hpc.burstbuffer.bb_stage:
+    direction: in
+    type: list
+    source: /lustre/home/alice/run42/stage_in.list
+    buffer_root: /var/spool/bb/job42
+    uid: 1001
+    gid: 1001
+"""
+
+RETURN = r"""
+files:
+  description: Regular files copied (in check mode, that would be copied).
+  returned: always
+  type: int
+  sample: 10000
+skipped:
+  description: Files (and symlinks) already complete at the destination (same size and mtime).
+  returned: always
+  type: int
+  sample: 0
+bytes:
+  description: Bytes copied (in check mode, that would be copied).
+  returned: always
+  type: int
+  sample: 40960000
+seconds:
+  description: Wall-clock seconds the stage took, planning included.
+  returned: always
+  type: float
+  sample: 4.8
+directories:
+  description: Directories created (in check mode, that would be created).
+  returned: always
+  type: int
+  sample: 41
+links:
+  description: Symlinks created (copied as symlinks, never followed).
+  returned: always
+  type: int
+  sample: 0
+failed_files:
+  description: The entries that could not be staged, each with its path and the reason. Empty on
+    success; on failure the message names the first ten.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"path": "/lustre/home/alice/run42/input/secret", "reason": "cannot read: Permission
+    denied (as uid 1001, the job's user)"}]
+not_copied:
+  description: Sockets, FIFOs and device files found in the source tree, which are not copied.
+  returned: always
+  type: list
+  elements: dict
+  sample: []
+planned:
+  description: In check mode, the first 100 copies the stage would make.
+  returned: when check mode is on
+  type: list
+  elements: dict
+  sample: [{"source": "/lustre/home/alice/run42/input/a.dat",
+            "destination": "/var/spool/bb/job42/input/a.dat", "size": 4096}]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_native
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.copy_engine import (
+    DEFAULT_WORKERS,
+    ProgressFile,
+    StageError,
+    StageRequest,
+    failure_message,
+    stage_as_user,
+)
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.sizes import SizeError, parse_size
+
+ARGUMENT_SPEC = dict(
+    direction=dict(type="str", required=True, choices=["in", "out"]),
+    type=dict(type="str", required=True, choices=["file", "directory", "list"]),
+    source=dict(type="str", required=True),
+    destination=dict(type="str"),
+    buffer_root=dict(type="str", required=True),
+    uid=dict(type="int", required=True),
+    gid=dict(type="int", required=True),
+    workers=dict(type="int", default=DEFAULT_WORKERS),
+    chunk_size=dict(type="str", default="64MiB"),
+    verify=dict(type="bool", default=False),
+    progress_file=dict(type="path"),
+)
+
+EMPTY_RESULT = dict(files=0, skipped=0, bytes=0, seconds=0.0, directories=0, links=0,
+                    failed_files=[], not_copied=[])
+
+
+def request_from(params):
+    """The StageRequest of the module's parameters (paths are checked by the engine)."""
+    destination = params["destination"] if params["type"] != "list" else None
+    return StageRequest(params["direction"], params["type"], params["source"], destination,
+                        params["buffer_root"])
+
+
+def run_stage(module, params):
+    """Stage as the job's user; returns (result, error message or None)."""
+    if params["uid"] == 0 or params["gid"] == 0:
+        return dict(EMPTY_RESULT), ("refusing to stage as uid %d gid %d: copies run as the job's "
+                                    "user, never as root." % (params["uid"], params["gid"]))
+    try:
+        chunk_size = parse_size(params["chunk_size"])
+    except SizeError as exc:
+        return dict(EMPTY_RESULT), "chunk_size: %s" % exc
+    progress = ProgressFile(params["progress_file"])
+    last = {}
+
+    def report(snapshot):
+        last.update(snapshot)
+        progress(snapshot)
+
+    try:
+        result = stage_as_user(request_from(params), params["uid"], params["gid"],
+                               workers=params["workers"], chunk_size=chunk_size,
+                               verify=params["verify"], dry_run=module.check_mode, report=report)
+    except (StageError, OSError) as exc:
+        return dict(EMPTY_RESULT), to_native(exc)
+    if last and params["progress_file"]:
+        progress.final(last)
+    error = None
+    if result["failed_files"]:
+        total = result["files"] + result["links"] + len(result["failed_files"])
+        error = failure_message(params["direction"], result["failed_files"], total)
+    return result, error
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
+                           required_if=[("type", "file", ["destination"]),
+                                        ("type", "directory", ["destination"])])
+    params = module.params
+    if params["type"] == "list" and params["destination"]:
+        module.warn("destination is not used with type=list: each line of the list names its own "
+                    "destination.")
+    result, error = run_stage(module, params)
+    changed = bool(result["files"] or result["directories"] or result["links"])
+    if error is not None:
+        module.fail_json(msg=error, changed=changed, **result)
+    module.exit_json(changed=changed, **result)
+
+
+if __name__ == "__main__":
+    main()

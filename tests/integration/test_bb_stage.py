@@ -1,0 +1,299 @@
+"""bb_stage through real ansible-playbook, into and out of a real 3-brick GlusterFS volume.
+
+One volume (stg-<random>) over the nvme2 brick of test-bed nodes 1, 2 and 3, FUSE-mounted
+under a temporary directory in /var/tmp and given to the job owner bbuser (uid 1001) with
+mode 0700, as a buffer is. Finalizers unmount it, stop and delete the volume and remove its
+brick directories; nothing else of the test bed (which other people use at the same time) is
+touched. Skipped when the test bed is not up.
+"""
+
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+TESTBED = Path("/var/lib/bbctl-testbed")
+GLUSTERD_SOCKET = TESTBED / "node1" / "run" / "glusterd.socket"
+BRICKS = [(f"127.1.1.{n}", TESTBED / f"node{n}" / "bricks" / "nvme2") for n in (1, 2, 3)]
+OLD = 1_600_000_000_123_456_789  # mtimes with nanoseconds, long ago
+MiB = 1024 * 1024
+
+pytestmark = pytest.mark.testbed
+
+
+def sh(*argv, check=True, timeout=120):
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=check,
+                          timeout=timeout, env=dict(os.environ, LANG="C", LC_ALL="C"))
+
+
+def gluster(*args, check=True):
+    return sh("gluster", "--mode=script", f"--glusterd-sock={GLUSTERD_SOCKET}", *args, check=check)
+
+
+@pytest.fixture(scope="module")
+def owner():
+    return pwd.getpwnam("bbuser")
+
+
+@pytest.fixture(scope="module")
+def volume(testbed):
+    """A started 3-brick distributed volume; stopped, deleted and its bricks removed afterwards."""
+    name = f"stg-{uuid.uuid4().hex[:8]}"
+    created = False
+    try:
+        gluster("volume", "create", name, *[f"{host}:{root / name}" for host, root in BRICKS], "force")
+        created = True
+        gluster("volume", "start", name)
+        yield name
+    finally:
+        if created:
+            gluster("volume", "stop", name, check=False)
+            gluster("volume", "delete", name, check=False)
+        for _host, root in BRICKS:
+            shutil.rmtree(root / name, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def buffer(volume, owner):
+    """The volume FUSE-mounted and given to the job owner (0700), as bbctl's setup leaves it."""
+    top = Path(tempfile.mkdtemp(prefix="bb-stage-", dir="/var/tmp"))
+    top.chmod(0o755)
+    mount = top / "buffer"
+    mount.mkdir()
+    try:
+        sh("mount", "-t", "glusterfs", f"127.1.1.1:/{volume}", mount)
+        os.chown(mount, owner.pw_uid, owner.pw_gid)
+        mount.chmod(0o700)
+        yield mount
+    finally:
+        if sh("umount", mount, check=False).returncode != 0:
+            sh("umount", "-l", mount, check=False)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def job_dir(buffer, owner):
+    """A fresh directory of the job inside the buffer, emptied afterwards."""
+    path = buffer / f"job-{uuid.uuid4().hex[:6]}"
+    path.mkdir()
+    os.chown(path, owner.pw_uid, owner.pw_gid)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def as_owner(path, owner):
+    for item in [path, *path.rglob("*")]:
+        os.lchown(item, owner.pw_uid, owner.pw_gid)
+
+
+def write(path, data, mode=0o644, mtime_ns=OLD):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+@pytest.fixture
+def pfs_tree(user_dir, owner):
+    """The job's input on the 'parallel filesystem', owned by bbuser."""
+    root = user_dir / "input"
+    write(root / "small.txt", b"small\n")
+    write(root / "run.sh", b"#!/bin/sh\n", mode=0o750)
+    write(root / "ro.dat", b"read only", mode=0o444)
+    write(root / "big.bin", os.urandom(3 * MiB + 4321))
+    write(root / "empty", b"")
+    for index in range(30):
+        write(root / f"dir{index % 3}" / f"f{index:02d}", os.urandom(4096), mtime_ns=OLD + index)
+    os.symlink("small.txt", root / "link")
+    as_owner(user_dir, owner)
+    for directory in (root / "dir0", root):
+        os.utime(directory, ns=(OLD, OLD + 77))
+    return root
+
+
+def snapshot(root):
+    """{relative path: (kind, mode, mtime_ns, uid, gid, content or link target)}."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        info = os.lstat(path)
+        rel = str(path.relative_to(root))
+        if stat.S_ISLNK(info.st_mode):
+            found[rel] = ("link", os.readlink(path), info.st_uid)
+        elif stat.S_ISDIR(info.st_mode):
+            found[rel] = ("dir", stat.S_IMODE(info.st_mode), info.st_mtime_ns, info.st_uid, info.st_gid)
+        else:
+            found[rel] = ("file", stat.S_IMODE(info.st_mode), info.st_mtime_ns, info.st_uid, info.st_gid,
+                          path.read_bytes())
+    return found
+
+
+class Runner:
+    """Runs one bb_stage task per ansible-playbook and returns its registered result."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.runs = 0
+
+    def __call__(self, check=False, **args):
+        self.runs += 1
+        result = self.workdir / f"result{self.runs}.json"
+        playbook = self.workdir / f"play{self.runs}.yml"
+        playbook.write_text(yaml.safe_dump([{
+            "hosts": "localhost", "connection": "local", "gather_facts": False,
+            "vars": {"ansible_python_interpreter": str(VENV_BIN / "python")},
+            "tasks": [
+                {"hpc.burstbuffer.bb_stage": args, "register": "staged", "ignore_errors": True},
+                {"ansible.builtin.copy": {"content": "{{ staged | to_json }}", "dest": str(result)},
+                 "check_mode": False, "diff": False},
+            ],
+        }]))
+        argv = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(playbook)]
+        done = subprocess.run(argv + (["--check"] if check else []), cwd=REPO, capture_output=True,
+                              text=True, timeout=600, check=False,
+                              env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")))
+        assert result.exists(), done.stdout + done.stderr
+        return json.loads(result.read_text())
+
+
+@pytest.fixture
+def bb_stage(tmp_path):
+    return Runner(tmp_path)
+
+
+def job(owner, **args):
+    return dict(uid=owner.pw_uid, gid=owner.pw_gid, **args)
+
+
+def test_stage_in_and_out_of_gluster_as_the_job_user(buffer, job_dir, pfs_tree, user_dir, owner, bb_stage,
+                                                     tmp_path):
+    staged_in = job_dir / "input"
+    stage_in = job(owner, direction="in", type="directory", source=str(pfs_tree), destination=str(staged_in),
+                   buffer_root=str(buffer), chunk_size="1MiB", progress_file=str(tmp_path / "progress"))
+
+    planned = bb_stage(check=True, **stage_in)
+    assert not planned.get("failed"), planned.get("msg")
+    assert (planned["changed"], planned["files"], planned["links"]) == (True, 35, 1)
+    assert not staged_in.exists()
+
+    copied = bb_stage(**stage_in)
+    assert not copied.get("failed"), copied.get("msg")
+    assert (copied["changed"], copied["files"], copied["links"], copied["skipped"]) == (True, 35, 1, 0)
+    assert copied["bytes"] == sum(p.stat().st_size for p in pfs_tree.rglob("*") if p.is_file() and not p.is_symlink())
+    assert snapshot(staged_in) == snapshot(pfs_tree)  # content, mode, mtime, owner 1001
+    assert {v[3] for v in snapshot(staged_in).values() if v[0] == "file"} == {owner.pw_uid}
+    assert sh("findmnt", "-n", "-o", "FSTYPE", "--target", staged_in).stdout.strip() == "fuse.glusterfs"
+    progress = [json.loads(line) for line in (tmp_path / "progress").read_text().splitlines()]
+    assert progress[-1]["files_done"] == progress[-1]["files_total"] == 35
+    assert progress[-1]["bytes_done"] == copied["bytes"]
+
+    again = bb_stage(**stage_in)
+    assert (again["changed"], again["files"], again["skipped"]) == (False, 0, 36)
+
+    results = user_dir / "results"
+    stage_out = job(owner, direction="out", type="directory", source=str(staged_in), destination=str(results),
+                    buffer_root=str(buffer), verify=True, chunk_size="1MiB")
+    out = bb_stage(**stage_out)
+    assert not out.get("failed"), out.get("msg")
+    assert (out["files"], out["links"]) == (35, 1)
+    assert snapshot(results) == snapshot(pfs_tree)
+    assert not [p for p in results.rglob("*") if p.name.endswith(".bb-stage.tmp")]
+
+
+def test_stage_in_of_a_list(buffer, job_dir, pfs_tree, user_dir, owner, bb_stage):
+    listing = user_dir / "stage_in.list"
+    listing.write_text(f"# DataWarp style\n{pfs_tree / 'small.txt'} {job_dir}/one\n\n"
+                       f"{pfs_tree / 'dir1'} {job_dir}/tree  # a directory\n")
+    os.chown(listing, owner.pw_uid, owner.pw_gid)
+    staged = bb_stage(**job(owner, direction="in", type="list", source=str(listing), buffer_root=str(buffer)))
+    assert not staged.get("failed"), staged.get("msg")
+    assert (job_dir / "one").read_bytes() == b"small\n"
+    assert snapshot(job_dir / "tree") == snapshot(pfs_tree / "dir1")
+
+
+def test_a_root_only_source_is_refused(buffer, job_dir, pfs_tree, user_dir, owner, bb_stage):
+    secret = user_dir / "root-only"
+    write(secret, b"root's secret", mode=0o600)  # root's file in the user's directory
+    refused = bb_stage(**job(owner, direction="in", type="file", source=str(secret),
+                             destination=str(job_dir / "stolen"), buffer_root=str(buffer)))
+    assert refused["failed"] is True
+    assert refused["msg"] == (f"cannot read source {secret}: Permission denied "
+                              f"(as uid {owner.pw_uid}, the job's user)")
+    assert not (job_dir / "stolen").exists()
+
+    inside = pfs_tree / "dir2" / "root-only"
+    write(inside, b"root's secret", mode=0o600)
+    tree = bb_stage(**job(owner, direction="in", type="directory", source=str(pfs_tree),
+                          destination=str(job_dir / "tree"), buffer_root=str(buffer)))
+    assert tree["failed"] is True
+    denied = f"cannot read: Permission denied (as uid {owner.pw_uid}, the job's user)"
+    assert tree["failed_files"] == [{"path": str(inside), "reason": denied}]
+    assert f"stage-in failed for 1 of 37 entries: {inside}: cannot read" in tree["msg"]
+    assert not (job_dir / "tree" / "dir2" / "root-only").exists()
+    assert (job_dir / "tree" / "small.txt").read_bytes() == b"small\n"
+
+
+def test_a_symlink_planted_in_the_buffer_is_not_followed_out(buffer, job_dir, user_dir, owner, bb_stage):
+    results = job_dir / "results"
+    write(results / "answer.txt", b"42\n")
+    os.symlink("/etc", results / "etc")
+    os.symlink("/etc/passwd", results / "passwd")
+    as_owner(job_dir, owner)
+
+    out = bb_stage(**job(owner, direction="out", type="directory", source=str(results),
+                         destination=str(user_dir / "out"), buffer_root=str(buffer)))
+    assert not out.get("failed"), out.get("msg")
+    assert (os.readlink(user_dir / "out" / "etc"), os.readlink(user_dir / "out" / "passwd")) == (
+        "/etc", "/etc/passwd")
+    assert sorted(os.listdir(user_dir / "out")) == ["answer.txt", "etc", "passwd"]
+    assert (user_dir / "out" / "etc").is_symlink() and (user_dir / "out" / "passwd").is_symlink()
+
+    for name, kind in (("etc", "directory"), ("passwd", "file")):
+        refused = bb_stage(**job(owner, direction="out", type=kind, source=str(results / name),
+                                 destination=str(user_dir / f"via-{name}"), buffer_root=str(buffer)))
+        assert refused["failed"] is True
+        assert refused["msg"].startswith(f"stage-out source {results / name} resolves to /etc")
+        assert "outside the buffer" in refused["msg"]
+        assert not (user_dir / f"via-{name}").exists()
+
+    os.symlink(user_dir, job_dir / "escape")
+    os.lchown(job_dir / "escape", owner.pw_uid, owner.pw_gid)
+    write(user_dir / "input.txt", b"in")
+    os.chown(user_dir / "input.txt", owner.pw_uid, owner.pw_gid)
+    into = bb_stage(**job(owner, direction="in", type="file", source=str(user_dir / "input.txt"),
+                          destination=str(job_dir / "escape" / "written"), buffer_root=str(buffer)))
+    assert into["failed"] is True and "outside the buffer" in into["msg"]
+    assert not (user_dir / "written").exists()
+
+
+def test_stage_out_where_the_user_may_not_write(buffer, job_dir, owner, bb_stage, tmp_path):
+    write(job_dir / "results" / "a.out", b"a")
+    as_owner(job_dir, owner)
+    forbidden = Path(tempfile.mkdtemp(prefix="bb-stage-root-", dir="/var/tmp"))
+    try:
+        forbidden.chmod(0o755)  # root's: the user may look, not write
+        out = bb_stage(**job(owner, direction="out", type="directory", source=str(job_dir / "results"),
+                             destination=str(forbidden / "results"), buffer_root=str(buffer)))
+        assert out["failed"] is True
+        assert out["failed_files"] == [{"path": str(forbidden / "results"), "reason": "cannot create "
+                                        f"directory: Permission denied (as uid {owner.pw_uid}, the job's user)"}]
+        assert out["msg"].startswith(f"stage-out failed for 1 of 1 entries: {forbidden / 'results'}: cannot")
+        assert os.listdir(forbidden) == []
+    finally:
+        shutil.rmtree(forbidden, ignore_errors=True)
+
+
+def test_root_as_the_job_owner_is_refused(buffer, job_dir, pfs_tree, bb_stage):
+    refused = bb_stage(direction="in", type="directory", source=str(pfs_tree), destination=str(job_dir / "x"),
+                       buffer_root=str(buffer), uid=0, gid=0)
+    assert refused["failed"] is True and "never as root" in refused["msg"]
+    assert not (job_dir / "x").exists()

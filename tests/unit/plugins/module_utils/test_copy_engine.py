@@ -1,0 +1,689 @@
+"""module_utils/copy_engine.py: path rules, list parsing, planning, chunking, the skip rule,
+temporary names and rename, failure reporting; the filesystem parts on tmp dirs, in-process.
+
+Dropping privileges needs root: those tests are skipped for other users (the integration
+tests run them for real against GlusterFS).
+"""
+
+import errno
+import os
+import pwd
+import stat
+from pathlib import Path
+
+import pytest
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine as ce
+
+MiB = 1024 * 1024
+OLD = 1_600_000_000_123_456_789  # an mtime in the past, with nanoseconds
+
+
+def request(direction, kind, source, destination, buffer_root):
+    return ce.StageRequest(direction, kind, str(source), None if destination is None else str(destination),
+                           str(buffer_root))
+
+
+def write(path, data=b"x", mode=0o644, mtime_ns=OLD):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+    return path
+
+
+def attributes(path):
+    info = os.lstat(path)
+    return stat.S_IMODE(info.st_mode), info.st_mtime_ns, info.st_size
+
+
+def tree_of(root):
+    """{relative path: (kind, mode, mtime_ns, content or link target)} of a tree."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            info = os.lstat(path)
+            rel = str(path.relative_to(root))
+            if stat.S_ISLNK(info.st_mode):
+                found[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(info.st_mode):
+                found[rel] = ("dir", stat.S_IMODE(info.st_mode), info.st_mtime_ns)
+            else:
+                found[rel] = ("file", stat.S_IMODE(info.st_mode), info.st_mtime_ns, path.read_bytes())
+    return found
+
+
+@pytest.fixture
+def source(tmp_path):
+    """A mixed tree: small and chunked files, odd modes, an empty file, a symlink, a read-only dir."""
+    root = tmp_path / "pfs" / "input"
+    write(root / "a.txt", b"alpha\n")
+    write(root / "empty", b"")
+    write(root / "run.sh", b"#!/bin/sh\necho hi\n", mode=0o755)
+    write(root / "ro.dat", b"read only", mode=0o444)
+    write(root / "private", b"mine", mode=0o600)
+    write(root / "big.bin", os.urandom(3 * MiB + 12345))
+    write(root / "sub" / "deeper" / "c.txt", b"gamma")
+    write(root / "locked" / "inside", b"in a read-only directory")
+    os.symlink("a.txt", root / "link-to-a")
+    os.symlink("/etc/passwd", root / "link-out")
+    for directory, mode in ((root / "sub" / "deeper", 0o750), (root / "sub", 0o755),
+                            (root / "locked", 0o555), (root, 0o755)):
+        directory.chmod(mode)
+        os.utime(directory, ns=(OLD, OLD + 1000))
+    yield root
+    (root / "locked").chmod(0o755)
+
+
+@pytest.fixture
+def buffer(tmp_path):
+    root = tmp_path / "buffer"
+    root.mkdir(mode=0o700)
+    yield root
+    for dirpath, _dirnames, _filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+
+
+def stage_in(source, buffer, name="input", **options):
+    options.setdefault("chunk_size", MiB)
+    return ce.stage(request("in", "directory", source, buffer / name, buffer), **options)
+
+
+# --- path rules --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("path", "normal"), [
+    ("/a/b", "/a/b"), ("/a//b/./c/", "/a/b/c"), ("//x", "/x"), ("/", "/")])
+def test_check_path_normalises(path, normal):
+    assert ce.check_path(path, "source") == normal
+
+
+@pytest.mark.parametrize(("path", "message"), [
+    ("relative/path", "is relative"), ("./x", "is relative"), ("", "is empty"),
+    ("/a/../etc", "contains '..'"), ("/a/..", "contains '..'"), ("/a\0b", "NUL")])
+def test_check_path_refuses(path, message):
+    with pytest.raises(ce.StageError, match=message):
+        ce.check_path(path, "source")
+
+
+@pytest.mark.parametrize(("root", "path", "inside"), [
+    ("/bb/job1", "/bb/job1", True), ("/bb/job1", "/bb/job1/x", True),
+    ("/bb/job1", "/bb/job10", False), ("/bb/job1", "/bb", False), ("/bb/job1/", "/bb/job1/y", True)])
+def test_is_inside(root, path, inside):
+    assert ce.is_inside(root, path) is inside
+
+
+REFUSED_REQUESTS = {
+    "stage-in destination outside the buffer": (
+        ("in", "directory", "/pfs/in", "/pfs/elsewhere", "/bb/job1"), "not inside the buffer /bb/job1"),
+    "stage-in destination in a sibling buffer": (
+        ("in", "file", "/pfs/a", "/bb/job10/a", "/bb/job1"), "not inside the buffer"),
+    "stage-out source outside the buffer": (
+        ("out", "directory", "/etc", "/pfs/out", "/bb/job1"), "stage-out source /etc is not inside"),
+    "dot-dot escape": (("in", "file", "/pfs/a", "/bb/job1/../job2/a", "/bb/job1"), "contains '..'"),
+    "relative source": (("in", "file", "pfs/a", "/bb/job1/a", "/bb/job1"), "is relative"),
+    "relative buffer root": (("in", "file", "/pfs/a", "/bb/job1/a", "bb/job1"), "buffer_root .* relative"),
+    "buffer root /": (("in", "file", "/pfs/a", "/a", "/"), "buffer_root is /"),
+    "no destination": (("in", "directory", "/pfs/a", None, "/bb/job1"), "destination is required"),
+    "unknown direction": (("sideways", "file", "/a", "/b", "/bb"), "direction 'sideways'"),
+    "unknown type": (("in", "tree", "/a", "/bb/a", "/bb"), "type 'tree'"),
+}
+
+
+@pytest.mark.parametrize(("fields", "message"), REFUSED_REQUESTS.values(), ids=REFUSED_REQUESTS)
+def test_check_request_refuses(fields, message):
+    with pytest.raises(ce.StageError, match=message):
+        ce.check_request(ce.StageRequest(*fields))
+
+
+def test_check_request_keeps_a_trailing_slash_and_ignores_list_destination():
+    checked = ce.check_request(ce.StageRequest("in", "file", "/pfs//a", "/bb/job1/dir/", "/bb/job1/"))
+    assert checked == ce.StageRequest("in", "file", "/pfs/a", "/bb/job1/dir/", "/bb/job1")
+    listed = ce.check_request(ce.StageRequest("out", "list", "/pfs/list", "/ignored", "/bb/job1"))
+    assert listed.destination is None
+
+
+# --- the list format -------------------------------------------------------------------------
+
+def test_parse_stage_list():
+    text = ("# inputs for run 42\n\n/pfs/a /bb/job1/a\n  /pfs/b\t/bb/job1/sub/  # into sub\n"
+            "'/pfs/with space' \"/bb/job1/with space\"\n")
+    assert ce.parse_stage_list(text, "/bb/job1", "in") == [
+        ("/pfs/a", "/bb/job1/a"), ("/pfs/b", "/bb/job1/sub/"),
+        ("/pfs/with space", "/bb/job1/with space")]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("/pfs/a /bb/job1/a\n/pfs/b\n", "list line 2 has 1 fields"),
+    ("/pfs/a /bb/job1/a extra\n", "line 1 has 3 fields"),
+    ("/pfs/a /elsewhere/a\n", "line 1: stage-in destination /elsewhere/a is not inside the buffer"),
+    ("pfs/a /bb/job1/a\n", "line 1: source 'pfs/a' is relative"),
+    ("/pfs/a /bb/job1/../x\n", "line 1: destination .* contains '..'"),
+    ("'/pfs/a /bb/job1/a\n", "line 1: No closing quotation"),
+    ("# nothing\n\n", "names no files"),
+])
+def test_parse_stage_list_refuses(text, message):
+    with pytest.raises(ce.StageError, match=message):
+        ce.parse_stage_list(text, "/bb/job1", "in", "the list")
+
+
+def test_parse_stage_list_stage_out_checks_sources():
+    with pytest.raises(ce.StageError, match="stage-out source /pfs/a is not inside"):
+        ce.parse_stage_list("/pfs/a /pfs/b\n", "/bb/job1", "out")
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("a", "b", "same"), [
+    (OLD, OLD, True), (OLD, OLD + 1, False),
+    (1_600_000_000_123_456_000, 1_600_000_000_123_456_789, True),  # a filesystem keeping us
+    (1_600_000_000_000_000_000, 1_600_000_000_123_456_789, True),  # ... or whole seconds
+    (1_600_000_000_123_000_000, 1_600_000_000_124_000_000, False),
+    (1_600_000_001_000_000_000, 1_600_000_000_999_999_999, False)])
+def test_same_mtime(a, b, same):
+    assert ce.same_mtime(a, b) is same
+    assert ce.same_mtime(b, a) is same
+
+
+@pytest.mark.parametrize(("existing", "complete"), [
+    (None, False),
+    (ce.DestEntry("file", 100, OLD, None), True),
+    (ce.DestEntry("file", 100, OLD + 1, None), False),   # interrupted: pre-sized, mtime not yet set
+    (ce.DestEntry("file", 99, OLD, None), False),
+    (ce.DestEntry("link", 100, OLD, "x"), False),
+    (ce.DestEntry("dir", 0, OLD, None), False)])
+def test_skip_rule(existing, complete):
+    assert ce.is_complete(100, OLD, existing) is complete
+
+
+@pytest.mark.parametrize(("size", "chunk", "pieces"), [
+    (0, 4, [(0, 0)]), (3, 4, [(0, 3)]), (4, 4, [(0, 4)]), (8, 4, [(0, 4), (4, 4)]),
+    (10, 4, [(0, 4), (4, 4), (8, 2)])])
+def test_chunk_ranges(size, chunk, pieces):
+    assert ce.chunk_ranges(size, chunk) == pieces
+
+
+def test_chunk_ranges_refuses_a_zero_chunk():
+    with pytest.raises(ValueError, match="positive"):
+        ce.chunk_ranges(10, 0)
+
+
+def test_temp_name_is_hidden_next_to_the_file_and_fits_name_max():
+    assert ce.temp_name("/pfs/out/result.h5") == "/pfs/out/.result.h5.bb-stage.tmp"
+    long = "/pfs/out/" + "n" * 250
+    temp = ce.temp_name(long)
+    assert temp.startswith("/pfs/out/.") and temp.endswith(".bb-stage.tmp")
+    assert len(os.path.basename(temp)) <= 255
+    assert temp == ce.temp_name(long)  # the same every run: a rerun replaces a leftover
+
+
+def plan(destination, size=1):
+    return ce.FilePlan("/src" + destination, destination, size, False, None, False)
+
+
+def test_interleave_by_directory_round_robins():
+    files = [plan("/b/a/1"), plan("/b/a/2"), plan("/b/a/3"), plan("/b/c/1"), plan("/b/d/1"), plan("/b/d/2")]
+    order = [f.destination for f in ce.interleave_by_directory(files)]
+    assert order == ["/b/a/1", "/b/c/1", "/b/d/1", "/b/a/2", "/b/d/2", "/b/a/3"]
+
+
+def test_chunk_tasks_put_pieces_of_large_files_first_and_round_robin():
+    files = ce.order_files([plan("/b/s1", 5), plan("/b/big", 30), plan("/b/mid", 20), plan("/b/s2", 0)], 10)
+    tasks = ce.chunk_tasks(files, 10)
+    assert [(t[0].plan.destination, t[1], t[2]) for t in tasks] == [
+        ("/b/big", 0, 10), ("/b/mid", 0, 10), ("/b/big", 10, 10), ("/b/mid", 10, 10),
+        ("/b/big", 20, 10), ("/b/s1", 0, 5), ("/b/s2", 0, 0)]
+    pieces = [t for t in tasks if t[0].plan.destination == "/b/big"]
+    assert len({id(t[0]) for t in pieces}) == 1 and pieces[0][0].remaining == 3
+
+
+def test_failure_message_names_files_and_counts_the_rest():
+    failed = [{"path": f"/p/{i}", "reason": "Permission denied"} for i in range(12)]
+    message = ce.failure_message("out", failed, 100)
+    assert message.startswith("stage-out failed for 12 of 100 entries: /p/0: Permission denied; /p/1:")
+    assert "/p/9: Permission denied (and 2 more, see failed_files)" in message
+    assert "/p/10" not in message
+
+
+def test_progress_reports_at_most_twice_a_second():
+    now = [100.0]
+    reports = []
+    progress = ce.Progress(10, 1000, reports.append, clock=lambda: now[0])
+    for step in range(10):
+        now[0] = 100.0 + step * 0.2
+        progress.add(files=1, nbytes=100)
+    assert [r["files_done"] for r in reports] == [4, 7, 10]
+    assert reports[0] == {"files_done": 4, "files_total": 10, "bytes_done": 400, "bytes_total": 1000,
+                          "rate": 667, "elapsed": 0.6}
+
+
+def test_progress_file_throttles_and_writes_the_final_line_once(tmp_path):
+    now = [0.0]
+    target = tmp_path / "progress.jsonl"
+    progress = ce.ProgressFile(str(target), clock=lambda: now[0])
+    for step in range(5):
+        now[0] = step * 0.2
+        progress({"files_done": step})
+    progress.final({"files_done": 4})
+    progress.final({"files_done": 4})
+    lines = target.read_text().splitlines()
+    assert lines == ['{"files_done": 0}', '{"files_done": 3}', '{"files_done": 4}']
+
+
+# --- staging a tree (in this process, as whoever runs the tests) ---------------------------------
+
+def test_stage_in_copies_content_modes_times_and_symlinks(source, buffer):
+    result = stage_in(source, buffer, workers=4)
+    assert result["failed_files"] == [] and result["not_copied"] == []
+    assert (result["files"], result["links"], result["directories"]) == (8, 2, 4)
+    assert result["bytes"] == sum(p.stat().st_size for p in source.rglob("*")
+                                  if p.is_file() and not p.is_symlink())
+    assert tree_of(buffer / "input") == tree_of(source)
+    assert attributes(buffer / "input")[:2] == attributes(source)[:2]
+    assert os.readlink(buffer / "input" / "link-out") == "/etc/passwd"  # copied as a link, not followed
+
+
+def test_second_run_skips_everything_and_resumes_what_changed(source, buffer):
+    stage_in(source, buffer)
+    again = stage_in(source, buffer)
+    assert (again["files"], again["skipped"], again["bytes"], again["directories"]) == (0, 10, 0, 0)
+    write(source / "a.txt", b"alpha, longer\n")               # size differs
+    copy = buffer / "input" / "sub" / "deeper" / "c.txt"
+    os.utime(copy, ns=(OLD, OLD + 5))                          # as left by an interrupted copy
+    resumed = stage_in(source, buffer)
+    assert (resumed["files"], resumed["skipped"]) == (2, 8)
+    assert tree_of(buffer / "input") == tree_of(source)
+
+
+def test_a_read_only_old_copy_is_replaced(source, buffer):
+    stage_in(source, buffer)
+    write(source / "ro.dat", b"read only, new", mode=0o444)
+    assert stage_in(source, buffer)["files"] == 1
+    assert (buffer / "input" / "ro.dat").read_bytes() == b"read only, new"
+
+
+def test_check_mode_plans_and_writes_nothing(source, buffer):
+    result = stage_in(source, buffer, dry_run=True)
+    assert (result["files"], result["links"], result["directories"]) == (8, 2, 4)
+    assert {p["destination"] for p in result["planned"]} >= {str(buffer / "input" / "a.txt")}
+    assert list(buffer.iterdir()) == []
+
+
+def test_large_files_are_split_into_chunks(source, buffer, monkeypatch):
+    offsets = []
+    real = ce.Copier.copy_range
+
+    def spy(self, copy, offset, length):
+        offsets.append((os.path.basename(copy.plan.source), offset, length))
+        return real(self, copy, offset, length)
+
+    monkeypatch.setattr(ce.Copier, "copy_range", spy)
+    stage_in(source, buffer)
+    assert sorted(o for o in offsets if o[0] == "big.bin") == [
+        ("big.bin", 0, MiB), ("big.bin", MiB, MiB), ("big.bin", 2 * MiB, MiB), ("big.bin", 3 * MiB, 12345)]
+    assert (buffer / "input" / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
+
+
+def test_verify_compares_every_piece(source, buffer, monkeypatch):
+    checked = []
+    real = ce.verify_range
+
+    def spy(src, dst, offset, length, view):
+        checked.append(length)
+        return real(src, dst, offset, length, view)
+
+    monkeypatch.setattr(ce, "verify_range", spy)
+    result = stage_in(source, buffer, verify=True)
+    assert result["failed_files"] == []
+    assert sum(checked) == result["bytes"]
+
+
+def test_verify_catches_a_destination_that_differs(tmp_path):
+    src, dst = tmp_path / "s", tmp_path / "d"
+    src.write_bytes(b"a" * 5000)
+    dst.write_bytes(b"a" * 4999 + b"b")
+    fds = [os.open(src, os.O_RDONLY), os.open(dst, os.O_RDONLY)]
+    try:
+        with pytest.raises(OSError, match="verification failed"):
+            ce.verify_range(fds[0], fds[1], 0, 5000, memoryview(bytearray(ce.BLOCK)))
+        ce.verify_range(fds[0], fds[1], 0, 4999, memoryview(bytearray(ce.BLOCK)))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_file_into_an_existing_directory_and_with_a_trailing_slash(source, buffer):
+    (buffer / "dir").mkdir()
+    ce.stage(request("in", "file", source / "a.txt", buffer / "dir", buffer))
+    ce.stage(request("in", "file", source / "run.sh", str(buffer / "new") + "/", buffer))
+    ce.stage(request("in", "file", source / "private", buffer / "deep" / "er" / "renamed", buffer))
+    assert (buffer / "dir" / "a.txt").read_bytes() == b"alpha\n"
+    assert attributes(buffer / "new" / "run.sh")[:2] == (0o755, OLD)
+    assert (buffer / "deep" / "er" / "renamed").read_bytes() == b"mine"
+    assert stat.S_IMODE(os.stat(buffer / "deep").st_mode) == 0o755
+
+
+def test_directory_into_the_buffer_root_keeps_the_roots_mode(source, buffer):
+    ce.stage(request("in", "directory", source, buffer, buffer), chunk_size=MiB)
+    assert stat.S_IMODE(os.stat(buffer).st_mode) == 0o700
+    assert (buffer / "sub" / "deeper" / "c.txt").read_bytes() == b"gamma"
+
+
+def test_list_stages_each_pair(source, buffer, tmp_path):
+    listing = tmp_path / "stage.list"
+    listing.write_text(f"# DataWarp style\n{source / 'a.txt'} {buffer}/one\n\n{source / 'sub'} {buffer}/tree\n")
+    result = ce.stage(request("in", "list", listing, None, buffer))
+    assert result["files"] == 2 and result["failed_files"] == []
+    assert (buffer / "one").read_bytes() == b"alpha\n"
+    assert (buffer / "tree" / "deeper" / "c.txt").read_bytes() == b"gamma"
+
+
+def test_special_files_are_listed_not_copied(source, buffer):
+    os.mkfifo(source / "fifo")
+    result = stage_in(source, buffer)
+    assert result["not_copied"] == [{"path": str(source / "fifo"),
+                                     "reason": "not a regular file, directory or symlink"}]
+    assert not os.path.lexists(buffer / "input" / "fifo")
+
+
+def test_a_directory_where_a_file_belongs_is_a_named_failure(source, buffer):
+    (buffer / "input" / "a.txt").mkdir(parents=True)
+    result = stage_in(source, buffer)
+    assert result["failed_files"] == [{"path": str(source / "a.txt"),
+                                       "reason": "destination %s is a directory" % (buffer / "input" / "a.txt")}]
+    assert result["files"] == 7
+
+
+# --- symlinks and the buffer's boundary -------------------------------------------------------------
+
+def test_stage_in_through_a_symlink_out_of_the_buffer_is_refused(source, buffer, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, buffer / "escape")
+    with pytest.raises(ce.StageError, match=f"resolves to {outside}, outside the buffer"):
+        ce.stage(request("in", "directory", source, buffer / "escape" / "data", buffer))
+    with pytest.raises(ce.StageError, match="outside the buffer"):
+        ce.stage(request("in", "file", source / "a.txt", buffer / "escape", buffer))
+    assert list(outside.iterdir()) == []
+
+
+def test_stage_in_does_not_write_through_a_symlink_in_the_tree(source, buffer, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (buffer / "input").mkdir()
+    os.symlink(outside, buffer / "input" / "sub")
+    result = stage_in(source, buffer)
+    assert result["failed_files"] == [{"path": str(source / "sub"), "reason": "destination %s exists and is "
+                                       "not a directory" % (buffer / "input" / "sub")}]
+    assert list(outside.iterdir()) == []
+
+
+def test_stage_out_source_resolving_out_of_the_buffer_is_refused(buffer, tmp_path):
+    os.symlink("/etc", buffer / "etc")
+    os.symlink("/etc/passwd", buffer / "passwd")
+    out = tmp_path / "out"
+    for name, kind in (("etc", "directory"), ("passwd", "file")):
+        with pytest.raises(ce.StageError, match=r"resolves to /etc.*outside the buffer"):
+            ce.stage(request("out", kind, buffer / name, out / name, buffer))
+    assert not out.exists()
+
+
+def test_stage_out_copies_a_planted_symlink_as_a_link(buffer, tmp_path):
+    write(buffer / "results" / "data.out", b"result")
+    os.symlink("/etc", buffer / "results" / "etc")
+    os.symlink("/etc/passwd", buffer / "results" / "passwd")
+    out = tmp_path / "pfs" / "results"
+    result = ce.stage(request("out", "directory", buffer / "results", out, buffer))
+    assert result["failed_files"] == []
+    assert (os.readlink(out / "etc"), os.readlink(out / "passwd")) == ("/etc", "/etc/passwd")
+    assert sorted(os.listdir(out)) == ["data.out", "etc", "passwd"]
+
+
+def test_stage_out_refuses_files_on_another_filesystem(buffer, tmp_path, monkeypatch):
+    write(buffer / "results" / "data.out", b"result")
+    monkeypatch.setattr(ce, "buffer_device", lambda root: -1)  # as if the tree were elsewhere
+    result = ce.stage(request("out", "directory", buffer / "results", tmp_path / "out", buffer))
+    assert result["failed_files"] == [{"path": str(buffer / "results" / "data.out"),
+                                       "reason": "not on the buffer's filesystem; not copied"}]
+    assert not (tmp_path / "out" / "data.out").exists()
+
+
+def test_stage_out_of_a_file_on_another_filesystem_is_not_copied(buffer, tmp_path, monkeypatch):
+    write(buffer / "data.out", b"result")
+    monkeypatch.setattr(ce, "buffer_device", lambda root: -1)
+    result = ce.stage(request("out", "file", buffer / "data.out", tmp_path / "out", buffer))
+    assert result["failed_files"][0]["reason"].startswith("not on the buffer's filesystem")
+    assert not (tmp_path / "out").exists()
+
+
+# --- stage-out: temporary names, rename, failures ---------------------------------------------------
+
+def stage_out(buffer, out, **options):
+    options.setdefault("chunk_size", MiB)
+    return ce.stage(request("out", "directory", buffer / "results", out, buffer), **options)
+
+
+@pytest.fixture
+def results(buffer):
+    write(buffer / "results" / "small.out", b"small result")
+    write(buffer / "results" / "large.out", os.urandom(2 * MiB + 7))
+    write(buffer / "results" / "logs" / "run.log", b"log")
+    return buffer / "results"
+
+
+def test_stage_out_renames_complete_files_into_place(results, buffer, tmp_path, monkeypatch):
+    renames = []
+    real = os.rename
+
+    def spy(src, dst):
+        assert os.path.basename(src) == "." + os.path.basename(dst) + ce.TEMP_SUFFIX
+        assert os.path.getsize(src) == os.path.getsize(str(dst).replace(str(tmp_path / "out"), str(results)))
+        renames.append(dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(ce.os, "rename", spy)
+    out = tmp_path / "out"
+    result = stage_out(buffer, out, verify=True)
+    assert result["failed_files"] == [] and result["files"] == 3
+    assert sorted(renames) == sorted(str(out / p) for p in ("small.out", "large.out", "logs/run.log"))
+    assert tree_of(out) == tree_of(results)
+    assert not [p for p in out.rglob("*") if p.name.endswith(ce.TEMP_SUFFIX)]
+
+
+def test_failed_write_leaves_nothing_under_the_final_name(results, buffer, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "large.out").write_bytes(b"the previous run's complete result")
+    real = os.pwrite
+
+    def full_disk(fd, data, offset):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("large.out" + ce.TEMP_SUFFIX) and offset >= MiB:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(ce.os, "pwrite", full_disk)
+    result = stage_out(buffer, out)
+    assert result["failed_files"] == [{"path": str(results / "large.out"),
+                                       "reason": "copy failed: No space left on device"}]
+    assert (out / "large.out").read_bytes() == b"the previous run's complete result"
+    assert (out / "small.out").read_bytes() == b"small result"
+    assert sorted(p.name for p in out.iterdir()) == ["large.out", "logs", "small.out"]
+    assert result["files"] == 2
+
+
+def test_verification_failure_keeps_the_file_out_of_place(results, buffer, tmp_path, monkeypatch):
+    def corrupt(src, dst, offset, length, view):
+        raise OSError(errno.EIO, "verification failed: destination differs from source")
+
+    monkeypatch.setattr(ce, "verify_range", corrupt)
+    out = tmp_path / "out"
+    result = stage_out(buffer, out, verify=True)
+    assert len(result["failed_files"]) == 3
+    assert {f["reason"] for f in result["failed_files"]} == {
+        "copy failed: verification failed: destination differs from source"}
+    assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_failed_stage_in_removes_the_partial_file(source, buffer, monkeypatch):
+    real = os.pwrite
+
+    def failing(fd, data, offset):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("big.bin") and offset >= 2 * MiB:
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(ce.os, "pwrite", failing)
+    result = stage_in(source, buffer)
+    assert result["failed_files"] == [{"path": str(source / "big.bin"), "reason": "copy failed: Disk quota exceeded"}]
+    assert not os.path.lexists(buffer / "input" / "big.bin")
+    assert (buffer / "input" / "a.txt").exists()
+
+
+def test_a_stale_temporary_file_is_replaced(results, buffer, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = Path(ce.temp_name(str(out / "small.out")))
+    stale.write_bytes(b"left by a killed run")
+    stale.chmod(0o400)
+    assert stage_out(buffer, out)["failed_files"] == []
+    assert not stale.exists() and (out / "small.out").read_bytes() == b"small result"
+
+
+def test_a_file_that_changes_after_planning_is_a_named_failure(results, buffer, tmp_path):
+    req = ce.check_request(request("out", "directory", results, tmp_path / "out", buffer))
+    pool = ce.Pool(2)
+    try:
+        plan = ce.Planner(req, pool).run()
+        write(results / "small.out", b"small result, grown")
+        ce.Copier(plan, pool, outward=True, chunk_size=MiB).run()
+    finally:
+        pool.close()
+    assert plan.failed == [{"path": str(results / "small.out"),
+                            "reason": "changed while staging (19 bytes, 12 when planned); stage again"}]
+    assert not (tmp_path / "out" / "small.out").exists()
+
+
+def test_a_file_swapped_for_a_symlink_after_planning_is_not_followed(results, buffer, tmp_path):
+    secret = write(tmp_path / "elsewhere" / "secret", b"not the job's")
+    req = ce.check_request(request("out", "directory", results, tmp_path / "out", buffer))
+    pool = ce.Pool(2)
+    try:
+        plan = ce.Planner(req, pool).run()
+        os.unlink(results / "small.out")
+        os.symlink(secret, results / "small.out")  # the race a hostile job would try
+        ce.Copier(plan, pool, outward=True, chunk_size=MiB).run()
+    finally:
+        pool.close()
+    assert plan.failed == [{"path": str(results / "small.out"),
+                            "reason": "cannot read: Too many levels of symbolic links"}]
+    assert not (tmp_path / "out" / "small.out").exists()
+
+
+def test_unreadable_directory_is_named(source, buffer, monkeypatch):
+    real = ce.scan_source
+
+    def scan(path):
+        if path.endswith("/sub"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(ce, "scan_source", scan)
+    result = stage_in(source, buffer)
+    assert result["failed_files"] == [{"path": str(source / "sub"),
+                                       "reason": "cannot read directory: Permission denied"}]
+
+
+def test_missing_source_is_refused(buffer, tmp_path):
+    with pytest.raises(ce.StageError, match="cannot read source %s: No such file" % (tmp_path / "nope")):
+        ce.stage(request("in", "file", tmp_path / "nope", buffer / "x", buffer))
+
+
+def test_stage_refuses_bad_numbers(source, buffer):
+    with pytest.raises(ce.StageError, match="workers is 0"):
+        stage_in(source, buffer, workers=0)
+    with pytest.raises(ce.StageError, match="at least 1MiB"):
+        stage_in(source, buffer, chunk_size=4096)
+
+
+# --- as the job's user (needs root) -------------------------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+
+
+def test_root_is_refused_before_forking():
+    with pytest.raises(ce.StageError, match="never as root"):
+        ce.stage_as_user(ce.StageRequest("in", "file", "/a", "/b/a", "/b"), 0, 1001)
+    with pytest.raises(ce.StageError, match="never as root"):
+        ce.stage_as_user(ce.StageRequest("in", "file", "/a", "/b/a", "/b"), 1001, 0)
+
+
+def test_user_groups_without_a_name_is_the_gid():
+    unused = max(p.pw_uid for p in pwd.getpwall()) + 1000
+    assert ce.user_groups(unused, 4242) == [4242]
+
+
+@pytest.fixture
+def user_tree(user_dir):
+    """A PFS directory and a 0700 buffer, both the job owner's (bbuser), in a directory it can reach."""
+    owner = pwd.getpwnam("bbuser")
+    write(user_dir / "pfs" / "in" / "data", b"user data")
+    (user_dir / "buffer").mkdir(mode=0o700)
+    for path in user_dir.rglob("*"):
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    return user_dir, owner
+
+
+@needs_root
+def test_stage_as_user_writes_as_the_user_and_reports_progress(user_tree):
+    top, owner = user_tree
+    reports = []
+    result = ce.stage_as_user(request("in", "directory", top / "pfs" / "in", top / "buffer" / "in", top / "buffer"),
+                              owner.pw_uid, owner.pw_gid, workers=2, report=reports.append)
+    assert result["files"] == 1 and result["failed_files"] == []
+    info = os.stat(top / "buffer" / "in" / "data")
+    assert (info.st_uid, info.st_gid) == (owner.pw_uid, owner.pw_gid)
+    assert reports[-1]["files_done"] == 1
+
+
+@needs_root
+def test_stage_as_user_cannot_read_what_the_user_cannot(user_tree):
+    top, owner = user_tree
+    secret = write(top / "root-only" / "secret", b"root only", mode=0o600)  # root's, in a 0755 dir
+    with pytest.raises(ce.StageError, match=rf"cannot read source {secret}: Permission denied \(as uid {owner.pw_uid}"):
+        ce.stage_as_user(request("in", "file", secret, top / "buffer" / "secret", top / "buffer"),
+                         owner.pw_uid, owner.pw_gid)
+    assert list((top / "buffer").iterdir()) == []
+
+
+@needs_root
+def test_the_worker_cannot_become_root_again(user_tree, monkeypatch):
+    top, owner = user_tree
+    outcome = {}
+
+    def probe(*_args, **_kwargs):
+        try:
+            os.setuid(0)
+            outcome["setuid"] = "worked"
+        except PermissionError:
+            outcome["setuid"] = "refused"
+        return {"ids": [os.getuid(), os.geteuid(), os.getgid(), os.getegid()], "setuid": outcome["setuid"],
+                "groups": os.getgroups()}
+
+    monkeypatch.setattr(ce, "stage", probe)
+    result = ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
+                              owner.pw_uid, owner.pw_gid)
+    assert result["ids"] == [owner.pw_uid, owner.pw_uid, owner.pw_gid, owner.pw_gid]
+    assert result["setuid"] == "refused"
+    assert result["groups"] == ce.user_groups(owner.pw_uid, owner.pw_gid)
+
+
+@needs_root
+def test_a_worker_killed_by_a_signal_is_reported(user_tree, monkeypatch):
+    top, owner = user_tree
+
+    def die(*_args, **_kwargs):
+        os.kill(os.getpid(), 9)
+
+    monkeypatch.setattr(ce, "stage", die)
+    with pytest.raises(ce.StageError, match="died of signal SIGKILL without a result"):
+        ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
+                         owner.pw_uid, owner.pw_gid)
