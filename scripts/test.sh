@@ -11,6 +11,14 @@ stages=${BB_TEST_STAGES:-lint sanity unit integration molecule}
 want() { [[ " $stages " == *" $1 "* ]]; }
 step() { printf '\n=== %s\n' "$*"; }
 
+# A copy of this collection installed into ~/.ansible/collections by an earlier
+# tool run would shadow the checkout for ansible-lint and molecule: remove it.
+stale=${HOME}/.ansible/collections/ansible_collections/hpc/burstbuffer
+if [ -d "$stale" ] && [ ! -L "$stale" ]; then
+  echo "removing a stale installed copy of hpc.burstbuffer: $stale"
+  rm -rf "$stale"
+fi
+
 if want lint; then
   step "lint: ruff, yamllint, ansible-lint, shellcheck"
   ruff check src tests plugins
