@@ -31,6 +31,8 @@ from bbctl.errors import BBError
 from bbctl.site import Site
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+# A loop reports each failed item, then a summary ("One or more items failed") we skip.
+FAILED_EVENTS = ("runner_on_failed", "runner_item_on_failed", "runner_on_unreachable")
 STAGE_GROUP = "bb_stage"
 CLIENT_GROUP = "bb_clients"
 STAGE_HOST = "localhost"
@@ -169,8 +171,10 @@ class _Events:
             self.results[task] = result
             if result.get("changed"):
                 self.on_event(f"  {host}: changed ({data.get('duration') or 0:.1f} s)")
-        elif kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+        elif kind in FAILED_EVENTS and not data.get("ignore_errors"):
             result = data.get("res") or {}
+            if kind == "runner_on_failed" and result.get("results"):
+                return False  # a loop's summary: its items were reported one by one
             message = str(result.get("msg") or result.get("stderr") or "failed").strip()
             self.failures.append(f"{host}: {task}: {message}")
             self.on_event(f"  {host}: FAILED: {message}")

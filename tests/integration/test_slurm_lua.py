@@ -119,9 +119,11 @@ def test_scancel_during_stage_in_tears_everything_down(user_dir):
 hostname
 """)
     job = submit(script)
+    progress = Path(ENV["BBCTL_CONFIG"]).parent / "bbctl" / "runs" / str(job) / "stage-in.progress"
     deadline = time.monotonic() + 120
-    while "stage-in:" not in bbctl_log_for(job) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while not (progress.exists() and progress.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert progress.exists(), "stage-in never started copying"
     subprocess.run(["scancel", str(job)], env=ENV, check=True)
     wait_torn_down(job, timeout=180)
     assert wait_for(job, {"CANCELLED"}, timeout=5)
@@ -143,7 +145,7 @@ mkdir -p "$DW_JOB_STRIPED/out" && echo precious > "$DW_JOB_STRIPED/out/x"
     while "slurm_bb_data_out" not in held.get("Reason", "") and time.monotonic() < deadline:
         time.sleep(0.5)
         held = job_fields(job)
-    assert "stage-out" in held["Reason"], held
+    assert "stage-out" in held["Reason"] and str(forbidden) in held["Reason"], held
     kept = bbctl("show", str(job))
     assert kept.returncode == 0 and json.loads(kept.stdout)["state"] == "failed", kept.stdout
     teardown = bbctl("teardown", "--job-id", str(job), "--script", str(script))
