@@ -13,6 +13,7 @@ buffer in place.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pwd
 import time
@@ -347,11 +348,17 @@ class Lifecycle:
             extravars.update(bb_stages=stages, bb_stage_uid=buffer.owner_uid, bb_stage_gid=buffer.owner_gid,
                              bb_stage_workers=self.site.stage_workers,
                              bb_stage_progress=str(self.site.runs_dir / key / f"{stage}.progress"))
-        run = runner.run_stage(
-            self.site, key, stage, playbook, extravars=extravars,
-            hosts=sorted({b.server for b in buffer.bricks}), nodes=nodes,
-            timeout=slurmconf.stage_timeout(_timeout_stage(stage), self._bb_settings),
-            on_event=lambda message: self._note(key, stage, message), cancel=self.cancel)
+        def note(message: str) -> None:
+            self._note(key, stage, message)
+
+        progress = runner.ProgressWatcher(Path(extravars["bb_stage_progress"]), note) if stages is not None \
+            else contextlib.nullcontext()
+        with progress:
+            run = runner.run_stage(
+                self.site, key, stage, playbook, extravars=extravars,
+                hosts=sorted({b.server for b in buffer.bricks}), nodes=nodes,
+                timeout=slurmconf.stage_timeout(_timeout_stage(stage), self._bb_settings),
+                on_event=note, cancel=self.cancel)
         self._note(key, stage, f"{run.status} in {run.seconds:.1f} s")
         return run
 

@@ -12,6 +12,7 @@ task and message of each failed task.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -179,6 +180,59 @@ class _Events:
             self.failures.append(f"{host}: {task}: {message}")
             self.on_event(f"  {host}: FAILED: {message}")
         return False  # nothing downstream needs the event on disk twice
+
+
+class ProgressWatcher:
+    """Follows the JSON lines bb_stage appends to a progress file while the stage runs.
+
+    ansible-runner only reports a task when it ends; this thread turns the copy's
+    own snapshots (files, bytes, rate) into progress lines as they arrive.
+    """
+
+    def __init__(self, path: Path, on_event: Callable[[str], None], interval: float = 1.0) -> None:
+        self.path, self.on_event, self.interval = path, on_event, interval
+        self._stop = threading.Event()
+        self._offset = 0
+        self._thread = threading.Thread(target=self._follow, name="bbctl-progress", daemon=True)
+
+    def __enter__(self) -> ProgressWatcher:
+        self.path.unlink(missing_ok=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read()  # the final snapshot
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            with self.path.open() as stream:
+                stream.seek(self._offset)
+                lines = stream.readlines()
+                self._offset = stream.tell()
+        except FileNotFoundError:
+            return
+        complete = [line for line in lines if line.endswith("\n")]
+        if len(complete) < len(lines):  # a line still being written: read it next time
+            self._offset -= len(lines[-1].encode())
+        if complete:
+            self.on_event(describe_progress(json.loads(complete[-1])))
+
+
+def describe_progress(snapshot: Mapping[str, Any]) -> str:
+    done, total = snapshot.get("bytes_done", 0), snapshot.get("bytes_total", 0)
+    percent = f"{100 * done / total:.0f}%" if total else "100%"
+    return (f"  copied {snapshot.get('files_done', 0)}/{snapshot.get('files_total', 0)} files, "
+            f"{_mib(done)}/{_mib(total)} MiB ({percent}) at {_mib(snapshot.get('rate', 0)):.0f} MiB/s")
+
+
+def _mib(n: float) -> float:
+    return round(n / 2**20, 1)
 
 
 def prune_runs(site: Site, live_keys: set[str]) -> list[Path]:

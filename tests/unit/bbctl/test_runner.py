@@ -1,0 +1,99 @@
+"""bbctl.runner's pure parts: inventories, event handling, failure messages, progress, pruning."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from bbctl import runner, site
+
+
+def a_site(tmp_path: Path, keep_runs: int = 2) -> site.Site:
+    return site.from_mapping({"inventory": str(tmp_path / "site-inventory.yml"), "pools": {"nvme": {}},
+                              "work_dir": str(tmp_path / "work"), "keep_runs": keep_runs}, tmp_path / "bbctl.yml")
+
+
+def test_inventory_adds_the_stage_host_and_the_jobs_nodes_to_the_sites(tmp_path):
+    config = a_site(tmp_path)
+    sources = runner.inventory_sources(config, tmp_path / "run", nodes=["cn1", "cn2"])
+    assert sources[0] == str(config.inventory)
+    generated = yaml.safe_load(Path(sources[1]).read_text())["all"]["children"]
+    assert list(generated["bb_stage"]["hosts"]) == ["localhost"]
+    assert generated["bb_stage"]["hosts"]["localhost"]["ansible_connection"] == "local"
+    assert list(generated["bb_clients"]["hosts"]) == ["cn1", "cn2"]
+
+
+def events(*items: tuple[str, dict]) -> runner._Events:
+    seen: list[str] = []
+    handler = runner._Events(seen.append)
+    for kind, data in items:
+        assert handler({"event": kind, "event_data": data}) is False
+    handler.seen = seen  # type: ignore[attr-defined]
+    return handler
+
+
+def test_failures_name_host_task_and_message_and_loop_items_replace_the_summary():
+    handler = events(
+        ("playbook_on_task_start", {"task": "Copy"}),
+        ("runner_item_on_failed", {"host": "localhost", "task": "Copy", "res": {"msg": "/pfs/x: Permission denied"}}),
+        ("runner_on_failed", {"host": "localhost", "task": "Copy",
+                              "res": {"msg": "One or more items failed", "results": [{}]}}),
+        ("runner_on_failed", {"host": "s1", "task": "Other", "ignore_errors": True, "res": {"msg": "ignored"}}),
+    )
+    assert handler.failures == ["localhost: Copy: /pfs/x: Permission denied"]
+    assert handler.seen[0] == "task: Copy"  # type: ignore[attr-defined]
+
+
+def test_a_changed_result_is_reported_with_its_duration():
+    handler = events(("runner_on_ok", {"host": "s1", "task": "Create", "duration": 2.25, "res": {"changed": True}}))
+    assert handler.seen == ["  s1: changed (2.2 s)"]  # type: ignore[attr-defined]
+    assert handler.results["Create"] == {"changed": True}
+
+
+def test_a_failure_before_any_task_quotes_ansibles_last_line_without_colour(tmp_path):
+    stdout = tmp_path / "artifacts" / "x" / "stdout"
+    stdout.parent.mkdir(parents=True)
+    stdout.write_text("\x1b[0;31mERROR! the playbook could not be found\x1b[0m\n\x1b[0;31m\x1b[0m\n")
+    run = runner.StageRun(stage="setup", status="failed", rc=1, seconds=0.3, run_dir=tmp_path)
+    try:
+        run.raise_for_failure()
+    except runner.StageFailed as failure:
+        assert str(failure) == (f"setup: ansible-playbook exited 1: ERROR! the playbook could not be found "
+                                f"(artifacts: {tmp_path})")
+    else:
+        raise AssertionError("a failed run must raise")
+
+
+def test_timeout_and_cancel_say_so(tmp_path):
+    for status, words in (("timeout", "timed out after 12 s"), ("canceled", "cancelled")):
+        run = runner.StageRun(stage="stage-in", status=status, rc=254, seconds=12.0, run_dir=tmp_path)
+        try:
+            run.raise_for_failure()
+        except runner.StageFailed as failure:
+            assert words in str(failure)
+
+
+def test_progress_watcher_reports_complete_lines_only_and_the_final_one(tmp_path):
+    path = tmp_path / "stage-in.progress"
+    seen: list[str] = []
+    with runner.ProgressWatcher(path, seen.append, interval=0.05), path.open("a") as out:
+        out.write('{"files_done": 1, "files_total": 4, "bytes_done": 1048576, "bytes_total": 4194304, '
+                  '"rate": 2097152}\n{"files_done": 2')
+        out.flush()
+        time.sleep(0.3)
+        out.write(', "files_total": 4, "bytes_done": 4194304, "bytes_total": 4194304, "rate": 4194304}\n')
+    assert seen[0] == "  copied 1/4 files, 1.0/4.0 MiB (25%) at 2 MiB/s"
+    assert seen[-1] == "  copied 2/4 files, 4.0/4.0 MiB (100%) at 4 MiB/s"
+
+
+def test_prune_keeps_live_buffers_and_the_newest_finished_runs(tmp_path):
+    config = a_site(tmp_path, keep_runs=2)
+    for n, key in enumerate(["1", "2", "3", "4", "live"]):
+        (config.runs_dir / key).mkdir(parents=True)
+        os.utime(config.runs_dir / key, (1000 + n, 1000 + n))
+    removed = runner.prune_runs(config, live_keys={"live"})
+    assert sorted(p.name for p in removed) == ["1", "2"]
+    assert sorted(p.name for p in config.runs_dir.iterdir()) == ["3", "4", "live"]
