@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BBCTL
-from tests.integration.slurmjobs import (
+from tests.integration.bbctl.slurmjobs import (
     ENV,
     bbctl,
     job_fields,
@@ -186,7 +186,6 @@ cat "$DW_PERSISTENT_STRIPED_{name}/note.txt"
 def bbctl_log_for(job: int) -> str:
     log = Path(ENV["BBCTL_CONFIG"]).parent / "bbctl" / "bbctl.log"
     return "".join(line for line in log.read_text().splitlines(keepends=True) if f" {job} " in line)
-
 
 
 def test_private_access_gives_each_node_its_own_directory(user_dir):

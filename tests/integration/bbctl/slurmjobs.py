@@ -70,8 +70,8 @@ def wait_torn_down(job: int, timeout: float = 120) -> None:
     wait_for(job, FINISHED, timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if bbctl("show", str(job)).returncode == 3 and job_fields(job).get("BurstBufferState") in (None, "",
-                                                                                                    "complete"):
+        gone = bbctl("show", str(job)).returncode == 3
+        if gone and job_fields(job).get("BurstBufferState") in (None, "", "complete"):
             return
         time.sleep(0.5)
     raise AssertionError(f"job {job}: its buffer was not torn down within {timeout:.0f} s")

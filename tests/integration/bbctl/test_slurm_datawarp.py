@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from tests.conftest import BBCTL
-from tests.integration.slurmjobs import (
+from tests.integration.bbctl.slurmjobs import (
     ENV,
     bbctl,
     leftovers,
