@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,12 +79,10 @@ def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = site.load(args.config)
-    log_to_file(config)
     cancel = runner.Cancel()
-    signal.signal(signal.SIGTERM, lambda _sig, _frame: cancel.set())
-    life = Lifecycle(config, say=to_stderr, cancel=cancel)
-    handler = _HANDLERS[args.command]
-    result = handler(life, args)
+    with log_to_file(config), on_sigterm(cancel.set):
+        life = Lifecycle(config, say=to_stderr, cancel=cancel)
+        result = _HANDLERS[args.command](life, args)
     if cancel():
         raise BBError(f"{args.command}: cancelled (SIGTERM)")
     if isinstance(result, int):
@@ -92,11 +91,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def on_sigterm(action: Callable[[], None]) -> Iterator[None]:
+    """Slurm ends a stage that runs out of time with SIGTERM: stop the playbook, then report."""
+    previous = signal.signal(signal.SIGTERM, lambda _sig, _frame: action())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def log_to_file(config: site.Site) -> None:
+@contextlib.contextmanager
+def log_to_file(config: site.Site) -> Iterator[None]:
+    """Stage progress to <work_dir>/bbctl.log for as long as the command runs."""
     try:
         config.work_dir.mkdir(parents=True, exist_ok=True)
         handler: logging.Handler = logging.FileHandler(config.log_file)
@@ -106,6 +117,11 @@ def log_to_file(config: site.Site) -> None:
     logger = logging.getLogger("bbctl")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def _print(result: Any, as_json: bool) -> None:

@@ -18,9 +18,10 @@ limit) prints tables from the state store alone: no Ansible, no Slurm.
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import json
 import pwd
-import signal
 import sys
 import time
 import zlib
@@ -30,7 +31,7 @@ from typing import Any, NoReturn
 
 from bbctl import runner, site
 from bbctl.collection import sizes
-from bbctl.commands import log_to_file, slurm_nodes, to_stderr
+from bbctl.commands import log_to_file, on_sigterm, slurm_nodes
 from bbctl.errors import BBError
 from bbctl.lifecycle import USER_META, Lifecycle, nodes_from_file, read_request
 from bbctl.state import Buffer, BufferState
@@ -298,12 +299,20 @@ FUNCTIONS: dict[str, Callable[[Lifecycle, argparse.Namespace], int]] = {
 
 
 def open_lifecycle(config: Path | None) -> Lifecycle:
-    """The Lifecycle bbctl's stage commands use: progress on stderr, bbctl.log, SIGTERM cancels the run."""
+    """The Lifecycle bbctl's stage commands use, for the rest of this short process.
+
+    Progress goes to bbctl.log only: Slurm turns dw_wlm_cli's whole output into
+    the job's reason, which must stay the one line that says what failed.
+    """
     settings = site.load(config)
-    log_to_file(settings)
     cancel = runner.Cancel()
-    signal.signal(signal.SIGTERM, lambda _sig, _frame: cancel.set())
-    return Lifecycle(settings, say=to_stderr, cancel=cancel)
+    _PROCESS_SCOPE.enter_context(log_to_file(settings))
+    _PROCESS_SCOPE.enter_context(on_sigterm(cancel.set))
+    return Lifecycle(settings, cancel=cancel)
+
+
+_PROCESS_SCOPE = contextlib.ExitStack()  # closed at exit (atexit below)
+atexit.register(_PROCESS_SCOPE.close)
 
 
 def dw_wlm_cli_main(argv: Sequence[str] | None = None, *, lifecycle: LifecycleFactory = open_lifecycle) -> int:

@@ -483,8 +483,10 @@ def test_a_missing_configuration_is_one_line(monkeypatch, tmp_path, capsys):
 def test_the_default_factory_reads_bbctl_config(monkeypatch, config, capsys):
     config.path.write_text(yaml.safe_dump(dict(config.raw)))
     monkeypatch.setenv(site.CONFIG_ENV, str(config.path))
-    monkeypatch.setattr(datawarp.signal, "signal", lambda *_args: None)  # leave pytest's handlers alone
-    assert datawarp.dw_wlm_cli_main(["--function", "pools"]) == 0
+    try:
+        assert datawarp.dw_wlm_cli_main(["--function", "pools"]) == 0
+    finally:
+        datawarp._PROCESS_SCOPE.close()  # restores pytest's SIGTERM handler and closes the log
     assert json.loads(capsys.readouterr().out)["pools"][0]["quantity"] == 4
 
 

@@ -1,0 +1,96 @@
+"""bbctl's command line: arguments to stages, output, exit codes (playbook runs recorded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bbctl import cli, runner
+from tests.unit.bbctl.test_lifecycle import Recorder
+
+GiB = 1024**3
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, monkeypatch) -> Path:
+    hosts = {f"s{n}": {"bb_bricks": [{"device": f"/dev/nvme{n}", "path": f"/bricks/s{n}"}]} for n in (1, 2)}
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"bb_storage": {"hosts": hosts}}}}))
+    path = tmp_path / "bbctl.yml"
+    path.write_text(yaml.safe_dump({"inventory": str(inventory), "pools": {"nvme": {"granularity": "1GiB"}},
+                                    "work_dir": str(tmp_path / "work"), "mount_root": "/mnt/bb"}))
+    monkeypatch.setattr(runner, "run_stage", Recorder())
+    return path
+
+
+def bbctl(config_file: Path, *args: str) -> int:
+    return cli.main(["--config", str(config_file), *args])
+
+
+def job_script(tmp_path: Path, *lines: str) -> str:
+    path = tmp_path / "job.sh"
+    path.write_text("#!/bin/bash\n" + "".join(f"{line}\n" for line in lines))
+    return str(path)
+
+
+def test_setup_show_teardown_and_their_exit_codes(config_file, tmp_path, capsys):
+    script = job_script(tmp_path, "#DW jobdw capacity=2GiB")
+    assert bbctl(config_file, "setup", "--job-id", "7", "--uid", "1001", "--gid", "1001", "--script", script) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["buffers"][0]["volume"] == "bbjob-7" and made["buffers"][0]["state"] == "created"
+    assert bbctl(config_file, "show", "7") == 0
+    assert json.loads(capsys.readouterr().out)["mount_path"] == "/mnt/bb/bbjob-7"
+    assert bbctl(config_file, "teardown", "--job-id", "7", "--script", script) == 0
+    assert bbctl(config_file, "show", "7") == 3
+    assert "no buffer 7" in capsys.readouterr().err
+
+
+def test_a_directive_error_exits_2_with_the_reason_on_the_last_line(config_file, tmp_path, capsys):
+    script = job_script(tmp_path, "#DW jobdw capacity=2GiB colour=blue")
+    assert bbctl(config_file, "setup", "--job-id", "7", "--uid", "1001", "--gid", "1001", "--script", script) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("bbctl setup: error:") and "colour=blue" in last
+
+
+def test_refusals_exit_4(config_file, tmp_path, capsys):
+    assert bbctl(config_file, "create-persistent", "--name", "keep", "--uid", "1001", "--gid", "1001",
+                 "--capacity", "1GiB") == 0
+    user = job_script(tmp_path, "#DW persistentdw name=keep")
+    assert bbctl(config_file, "pre-run", "--job-id", "8", "--script", user, "--nodes", "cn1") == 0
+    assert bbctl(config_file, "destroy-persistent", "--name", "keep") == 4
+    assert "in use by job(s) 8" in capsys.readouterr().err
+
+
+def test_paths_appends_key_value_lines_to_the_path_file(config_file, tmp_path):
+    script = job_script(tmp_path, "#DW jobdw capacity=1GiB access_mode=striped,private")
+    path_file = tmp_path / "paths"
+    path_file.write_text("")
+    assert bbctl(config_file, "paths", "--job-id", "9", "--script", script, "--path-file", str(path_file)) == 0
+    assert path_file.read_text().splitlines() == [
+        "DW_JOB_STRIPED=/mnt/bb/bbjob-9", "DW_JOB_PRIVATE=/mnt/bb/bbjob-9-private",
+        "BB_JOB_STRIPED=/mnt/bb/bbjob-9", "BB_JOB_PRIVATE=/mnt/bb/bbjob-9-private"]
+
+
+def test_status_and_pools_count_bricks(config_file, tmp_path, capsys):
+    bbctl(config_file, "setup", "--job-id", "7", "--uid", "1001", "--gid", "1001",
+          "--script", job_script(tmp_path, "#DW jobdw capacity=1GiB"))
+    capsys.readouterr()
+    assert bbctl(config_file, "pools", "--datawarp") == 0
+    assert json.loads(capsys.readouterr().out)["pools"] == [
+        {"id": "nvme", "units": "bytes", "granularity": GiB, "quantity": 2, "free": 1}]
+    assert bbctl(config_file, "status") == 0
+    text = capsys.readouterr().out
+    assert "pool nvme: 1 of 2 bricks free, 1GiB each" in text and "buffer 7 (bbjob-7): created" in text
+
+
+def test_a_missing_configuration_says_where_it_looked(tmp_path, capsys):
+    assert cli.main(["--config", str(tmp_path / "nope.yml"), "status"]) == 1
+    assert f"no bbctl configuration at {tmp_path / 'nope.yml'}" in capsys.readouterr().err
+
+
+def test_a_bad_job_id_is_refused(config_file, capsys):
+    assert bbctl(config_file, "real-size", "--job-id", "12;rm") == 2
+    assert "expected digits only" in capsys.readouterr().err
