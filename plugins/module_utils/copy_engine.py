@@ -39,6 +39,7 @@ __metaclass__ = type
 
 import contextlib
 import errno
+import fcntl
 import grp
 import hashlib
 import itertools
@@ -62,6 +63,7 @@ PROGRESS_INTERVAL = 0.5  # seconds between progress reports: at most two a secon
 TEMP_SUFFIX = ".bb-stage.tmp"
 NAME_MAX = 255
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID  # writing a file clears these: set them again afterwards
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO never hangs us
 O_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -530,20 +532,54 @@ def scan_destination(path):
 # --- a small thread pool (futures without the bookkeeping of concurrent.futures) ------------
 
 class Result:
-    def __init__(self):
-        self.done = threading.Event()
+    """The outcome of one submitted call; ``value()`` waits for it."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.done = False
         self.result = None
         self.error = None
 
+    def finish(self, result, error):
+        with self.pool.finished:
+            self.result, self.error, self.done = result, error, True
+            self.pool.finished.notify_all()
+
     def value(self):
-        self.done.wait()
+        with self.pool.finished:
+            while not self.done:
+                self.pool.finished.wait()
         if self.error is not None:
             raise self.error
         return self.result
 
 
+class Batch:
+    """Many calls whose results nobody reads: one counter instead of a Result each."""
+
+    def __init__(self, count):
+        self.remaining = count
+        self.error = None
+        self.cond = threading.Condition()
+
+    def finish(self, _result, error):
+        with self.cond:
+            if error is not None and self.error is None:
+                self.error = error
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.cond.notify_all()
+
+    def wait(self):
+        with self.cond:
+            while self.remaining:
+                self.cond.wait()
+        if self.error is not None:
+            raise self.error
+
+
 class Pool:
-    """``workers`` threads taking callables from a queue, most recently urgent first."""
+    """``workers`` threads taking calls from one queue, first in first out."""
 
     def __init__(self, workers):
         self.queue = deque()
@@ -556,25 +592,29 @@ class Pool:
             thread.start()
 
     def submit(self, function, *args):
-        result = Result()
+        result = Result(self)
         with self.cond:
             self.queue.append((function, args, result))
             self.cond.notify()
         return result
 
     def map_unordered(self, function, items):
-        """Run ``function(item)`` for all items and wait for them (errors are the callee's job)."""
-        results = [self.submit(function, item) for item in items]
-        for result in results:
-            result.value()
+        """Run ``function(item)`` for all items and wait for them all (errors are the callee's job;
+        an exception that escapes one is raised here once all are done)."""
+        items = list(items)
+        batch = Batch(len(items))
+        with self.cond:
+            self.queue.extend((function, (item,), batch) for item in items)
+            self.cond.notify_all()
+        batch.wait()
 
     def wait_any(self, results):
         with self.finished:
             while True:
-                done = [r for r in results if r.done.is_set()]
+                done = [r for r in results if r.done]
                 if done:
                     return done
-                self.finished.wait(0.5)
+                self.finished.wait()
 
     def _work(self):
         while True:
@@ -583,14 +623,12 @@ class Pool:
                     self.cond.wait()
                 if not self.queue:
                     return
-                function, args, result = self.queue.popleft()
+                function, args, sink = self.queue.popleft()
             try:
-                result.result = function(*args)
+                value, error = function(*args), None
             except BaseException as exc:  # pylint: disable=broad-exception-caught
-                result.error = exc
-            result.done.set()
-            with self.finished:
-                self.finished.notify_all()
+                value, error = None, exc
+            sink.finish(value, error)
 
     def close(self):
         with self.cond:
@@ -674,6 +712,8 @@ class Copier:
         self.links = 0
         self.created_dirs = 0
         self.local = threading.local()
+        self.pipes = []
+        self.splice = hasattr(os, "splice")
 
     def run(self):
         failed_dirs = self.make_directories()
@@ -683,6 +723,9 @@ class Copier:
         links = [link for link in self.plan.links if not under_any(link.destination, failed_dirs)]
         self.pool.map_unordered(self.make_link, links)
         self.finish_directories(failed_dirs)
+        for pipe in self.pipes:
+            for fd in pipe:
+                close_quietly(fd)
 
     def record_failure(self, path, reason):
         with self.lock:
@@ -791,10 +834,55 @@ class Copier:
             buf = self.local.buffer = bytearray(BLOCK)
         return buf
 
+    def pipe(self):
+        """This thread's pipe for splice, 1 MiB deep; None where splice is missing."""
+        pipe = getattr(self.local, "pipe", None)
+        if pipe is None and self.splice:
+            pipe = self.local.pipe = os.pipe()
+            with self.lock:
+                self.pipes.append(pipe)
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(pipe[1], F_SETPIPE_SZ, BLOCK)
+        return pipe
+
     def copy_range(self, copy, offset, length):
-        """Copy [offset, offset+length) with pread/pwrite at those offsets."""
+        """Copy [offset, offset+length) at those offsets: splice for large pieces, else pread/pwrite."""
         view = memoryview(self.buffer())
-        position, end = offset, offset + length
+        position = offset
+        if length >= BLOCK and self.splice:
+            try:
+                position = self.splice_range(copy, offset, length)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise
+                self.splice = False  # this filesystem cannot: read and write from here on
+        self.write_range(copy, position, offset + length, view)
+        if self.verify:
+            verify_range(copy.src, copy.dst, offset, length, view)
+
+    def splice_range(self, copy, position, length):
+        """Page cache to page cache through this thread's pipe, without copying through Python.
+
+        Returns how far it got; a pipe left with data in it after an error is thrown away.
+        """
+        read_end, write_end = self.pipe()
+        end = position + length
+        try:
+            while position < end:
+                got = os.splice(copy.src, write_end, min(BLOCK, end - position), offset_src=position)
+                if got == 0:
+                    raise OSError(errno.EIO, "the source shrank while being copied; stage again")
+                put = 0
+                while put < got:
+                    put += os.splice(read_end, copy.dst, got - put, offset_dst=position + put)
+                position += got
+                self.progress.add(nbytes=got)
+        except OSError:
+            self.local.pipe = None  # may hold data: the next piece gets a fresh pipe
+            raise
+        return position
+
+    def write_range(self, copy, position, end, view):
         while position < end:
             got = os.preadv(copy.src, [view[:min(BLOCK, end - position)]], position)
             if got == 0:
@@ -804,8 +892,6 @@ class Copier:
                 written += os.pwrite(copy.dst, view[written:got], position + written)
             position += got
             self.progress.add(nbytes=got)
-        if self.verify:
-            verify_range(copy.src, copy.dst, offset, length, view)
 
     def complete_file(self, copy):
         plan = copy.plan

@@ -323,6 +323,32 @@ def test_large_files_are_split_into_chunks(source, buffer, monkeypatch):
     assert (buffer / "input" / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
 
 
+def test_large_pieces_go_through_splice(source, buffer, monkeypatch):
+    spliced = []
+    real = os.splice
+
+    def spy(src, dst, count, offset_src=None, offset_dst=None, flags=0):
+        moved = real(src, dst, count, offset_src=offset_src, offset_dst=offset_dst, flags=flags)
+        if offset_dst is not None:
+            spliced.append(moved)
+        return moved
+
+    monkeypatch.setattr(ce.os, "splice", spy)
+    stage_in(source, buffer)
+    assert sum(spliced) == 3 * MiB  # the three whole MiB pieces of big.bin; its tail and small files pwrite
+    assert (buffer / "input" / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
+
+
+def test_a_filesystem_without_splice_falls_back_to_pread_pwrite(source, buffer, monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(ce.os, "splice", refuse)
+    result = stage_in(source, buffer)
+    assert result["failed_files"] == []
+    assert tree_of(buffer / "input") == tree_of(source)
+
+
 def test_verify_compares_every_piece(source, buffer, monkeypatch):
     checked = []
     real = ce.verify_range

@@ -1,0 +1,492 @@
+"""Staging throughput: bb_stage's copy engine against cp -r, rsync -a and dd on a real GlusterFS volume.
+
+Run as root with the test bed up: ``.venv/bin/python benchmarks/staging.py [--quick]``
+
+It builds its own 3-brick distributed volume (``stg-bench-<random>``, the nvme2 brick of
+test-bed nodes 1-3), FUSE-mounts it under /var/tmp and gives it to the job owner bbuser
+(uid 1001, 0700) as a buffer is. Every tool copies as bbuser: ``cp -r`` and ``rsync -a``
+through ``setpriv``, bb_stage through ``copy_engine.stage_as_user`` (its forked worker drops
+to uid 1001 before it opens a file). Runs alternate between tools (the order rotates every
+round) so that load from other users of the machine falls on all of them alike; sources are
+read once beforehand (warm page cache for all) and ``sync`` runs before every timed copy.
+
+Cases: (a) 4 x 256 MiB files, (b) 10,000 x 4 KiB files in 40 directories, (c) a mixed tree,
+(d) case (b) staged back out of the buffer (full run only); plus ``dd`` of one 256 MiB file
+through the same mount as the throughput reference for (a). The full run also measures
+volume options and worker counts for the small-file case. The results go into
+docs/BENCHMARKS.md, section "Staging", between its markers (``--no-write`` prints only).
+
+Everything it creates is removed at the end: volume stopped and deleted, mount unmounted,
+brick directories and source files removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import pwd
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "collections"))
+
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine  # noqa: E402
+
+TESTBED = Path("/var/lib/bbctl-testbed")
+GLUSTERD_SOCKET = TESTBED / "node1" / "run" / "glusterd.socket"
+BRICKS = [(f"127.1.1.{n}", TESTBED / f"node{n}" / "bricks" / "nvme2") for n in (1, 2, 3)]
+BENCHMARKS_MD = REPO / "docs" / "BENCHMARKS.md"
+BEGIN, END = "<!-- staging-results:begin -->", "<!-- staging-results:end -->"
+USER = "bbuser"
+MiB = 1024 * 1024
+
+# What a buffer's volume gets (recommended for gluster_buffer_options; see docs/BENCHMARKS.md):
+# the negative-lookup cache with positive entries answers the lookup that precedes every create
+# from the client, and cache invalidation keeps it coherent with the other clients (the job's
+# nodes); the two timeouts stay at their equal defaults (60 s).
+NL_CACHE = {
+    "features.cache-invalidation": "on",
+    "performance.cache-invalidation": "on",
+    "performance.nl-cache": "on",
+    "performance.nl-cache-positive-entry": "on",
+}
+RECOMMENDED = NL_CACHE
+# Volume options measured one set at a time against the defaults, on the small-file case.
+STUDY = {
+    "defaults": {},
+    "nl-cache on, negative entries only (+ cache-invalidation)": {
+        **NL_CACHE, "performance.nl-cache-positive-entry": "false"},
+    "nl-cache with positive entries (+ cache-invalidation): recommended": NL_CACHE,
+    "iot-pass-through on": {"performance.iot-pass-through": "on"},
+    "event-threads 1 (client and server)": {"client.event-threads": "1", "server.event-threads": "1"},
+    "client-io-threads off": {"performance.client-io-threads": "off"},
+    "client caches off (quick-read, open-behind, read-ahead, io-cache, readdir-ahead)": {
+        "performance.quick-read": "off", "performance.open-behind": "off", "performance.read-ahead": "off",
+        "performance.io-cache": "off", "performance.readdir-ahead": "off"},
+    "ctime off": {"features.ctime": "off"},
+    "gfid2path off": {"storage.gfid2path": "off"},
+    "write-behind off": {"performance.write-behind": "off"},
+    "inode-lru-limit 200000, md-cache-timeout 600 (+ cache-invalidation)": {
+        "network.inode-lru-limit": "200000", "performance.md-cache-timeout": "600",
+        "features.cache-invalidation": "on", "performance.cache-invalidation": "on"},
+}
+WITH_CP = ("defaults", "nl-cache with positive entries (+ cache-invalidation): recommended")
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+def sh(*argv: object, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=check, timeout=timeout,
+                          env=dict(os.environ, LANG="C", LC_ALL="C"))
+
+
+def gluster(*args: object, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh("gluster", "--mode=script", f"--glusterd-sock={GLUSTERD_SOCKET}", *args, check=check)
+
+
+def as_user(*argv: object) -> list[str]:
+    return ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", *[str(a) for a in argv]]
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# --- the volume -------------------------------------------------------------------------------
+
+@dataclass
+class Volume:
+    name: str
+    mount: Path
+    options: dict[str, str] = field(default_factory=dict)
+
+    def set_options(self, wanted: dict[str, str]) -> None:
+        """Bring the studied options to ``wanted`` (others at their value on the fresh volume)."""
+        for key, value in wanted.items():
+            if self.options.get(key) != value:
+                gluster("volume", "set", self.name, key, value)
+                self.options[key] = value
+        time.sleep(1)  # the client switches to the new graph
+
+    def pids(self) -> list[int]:
+        """The brick processes and the FUSE client of this volume."""
+        out = sh("pgrep", "-f", f"volfile-id[ =]/?{self.name}[. ]|volfile-id=/{self.name}$", check=False).stdout
+        return [int(pid) for pid in out.split()]
+
+
+def option_values(name: str, keys: set[str]) -> dict[str, str]:
+    values = {}
+    for line in gluster("volume", "get", name, "all").stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in keys:
+            values[parts[0]] = parts[1]
+    return values
+
+
+@contextmanager
+def volume(top: Path) -> Iterator[Volume]:
+    name = f"stg-bench-{uuid.uuid4().hex[:6]}"
+    mount = top / "buffer"
+    mount.mkdir()
+    created = mounted = False
+    try:
+        gluster("volume", "create", name, *[f"{host}:{root / name}" for host, root in BRICKS], "force")
+        created = True
+        gluster("volume", "start", name)
+        studied = {key for options in STUDY.values() for key in options}
+        defaults = option_values(name, studied)
+        sh("mount", "-t", "glusterfs", f"127.1.1.1:/{name}", mount)
+        mounted = True
+        owner = pwd.getpwnam(USER)
+        os.chown(mount, owner.pw_uid, owner.pw_gid)
+        mount.chmod(0o700)
+        yield Volume(name, mount, defaults)
+    finally:
+        if mounted and sh("umount", mount, check=False).returncode != 0:
+            sh("umount", "-l", mount, check=False)
+        if created:
+            gluster("volume", "stop", name, check=False)
+            gluster("volume", "delete", name, check=False)
+        for _host, root in BRICKS:
+            shutil.rmtree(root / name, ignore_errors=True)
+
+
+# --- source data --------------------------------------------------------------------------------
+
+def write_file(path: Path, size: int, seed: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    block = seed * (min(size, MiB) // len(seed) + 1)
+    with path.open("wb") as handle:
+        left = size
+        while left > 0:
+            handle.write(block[:min(left, len(block))])
+            left -= min(left, len(block))
+
+
+def make_sources(root: Path) -> dict[str, Path]:
+    """(a) large, (b) small, (c) mixed; random content, owned by the job owner."""
+    sources = {"large": root / "large", "small": root / "small", "mixed": root / "mixed"}
+    for index in range(4):
+        write_file(sources["large"] / f"file{index}", 256 * MiB, os.urandom(MiB))
+    for index in range(10_000):
+        write_file(sources["small"] / f"dir{index % 40:02d}" / f"file{index:05d}", 4096, os.urandom(4096))
+    mixed = sources["mixed"]
+    for index in range(2):
+        write_file(mixed / f"big{index}", 128 * MiB, os.urandom(MiB))
+    shapes = [(100, MiB), (2000, 16 * 1024), (3000, 1024)]
+    for count, size in shapes:
+        for index in range(count):
+            leaf = mixed / f"top{index % 5}" / f"sub{index % 10}"
+            write_file(leaf / f"f{size}-{index:05d}", size, os.urandom(min(size, 4096)))
+    owner = pwd.getpwnam(USER)
+    for dirpath, _dirnames, filenames in os.walk(root):
+        os.chown(dirpath, owner.pw_uid, owner.pw_gid)
+        for name in filenames:
+            os.chown(os.path.join(dirpath, name), owner.pw_uid, owner.pw_gid)
+    for source in sources.values():  # warm the page cache: every tool reads from memory
+        sh("tar", "-cf", "/dev/null", "-C", source, ".")
+    return sources
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# --- the contenders ------------------------------------------------------------------------------
+
+def cp(source: Path, destination: Path) -> None:
+    sh(*as_user("cp", "-r", source, destination))
+
+
+def rsync(source: Path, destination: Path) -> None:
+    sh(*as_user("rsync", "-a", f"{source}/", f"{destination}/"))
+
+
+def bb_stage(buffer_root: Path, direction: str = "in", workers: int = copy_engine.DEFAULT_WORKERS,
+             chunk_size: int = copy_engine.DEFAULT_CHUNK_SIZE) -> Callable[[Path, Path], None]:
+    owner = pwd.getpwnam(USER)
+
+    def run(source: Path, destination: Path) -> None:
+        request = copy_engine.StageRequest(direction, "directory", str(source), str(destination), str(buffer_root))
+        result = copy_engine.stage_as_user(request, owner.pw_uid, owner.pw_gid, workers=workers,
+                                           chunk_size=chunk_size)
+        if result["failed_files"]:
+            raise RuntimeError(f"bb_stage failed: {result['failed_files'][:3]}")
+
+    return run
+
+
+def dd(source: Path, destination: Path) -> None:
+    destination.mkdir()
+    os.chown(destination, *pwd_ids())
+    sh(*as_user("dd", f"if={source / 'file0'}", f"of={destination / 'file0'}", "bs=1M"))
+
+
+def pwd_ids() -> tuple[int, int]:
+    owner = pwd.getpwnam(USER)
+    return owner.pw_uid, owner.pw_gid
+
+
+@dataclass
+class Timing:
+    seconds: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # gluster CPU seconds (bricks + client)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def timed(vol: Volume, copy: Callable[[Path, Path], None], source: Path, destination: Path,
+          timing: Timing) -> float:
+    sh("sync")
+    pids = vol.pids()
+    cpu_before, start = cpu_seconds(pids), time.perf_counter()
+    copy(source, destination)
+    elapsed = time.perf_counter() - start
+    timing.seconds.append(elapsed)
+    timing.cpu.append(cpu_seconds(pids) - cpu_before)
+    return elapsed
+
+
+class Bench:
+    def __init__(self, vol: Volume, scratch: Path) -> None:
+        self.vol = vol
+        self.scratch = scratch
+        self.runs = 0
+
+    def target(self, inward: bool) -> Path:
+        self.runs += 1
+        return (self.vol.mount if inward else self.scratch) / f"run{self.runs:04d}"
+
+    def compare(self, label: str, source: Path, tools: dict[str, Callable[[Path, Path], None]], rounds: int,
+                inward: bool = True, keep: bool = False, only_first: dict[str, int] | None = None
+                ) -> dict[str, Timing]:
+        """Alternate the tools ``rounds`` times (order rotating); ``only_first`` caps slow tools' rounds."""
+        timings = {name: Timing() for name in tools}
+        names = list(tools)
+        for round_number in range(rounds):
+            order = names[round_number % len(names):] + names[:round_number % len(names)]
+            for name in order:
+                if only_first and round_number >= only_first.get(name, rounds):
+                    continue
+                destination = self.target(inward)
+                if not inward:
+                    destination.parent.mkdir(exist_ok=True)
+                    os.chown(destination.parent, *pwd_ids())
+                elapsed = timed(self.vol, tools[name], source, destination, timings[name])
+                log(f"  {label}: {name} {elapsed:.2f} s")
+                if not keep:
+                    shutil.rmtree(destination)
+        return timings
+
+
+# --- reporting -----------------------------------------------------------------------------------
+
+def ratio(slow: float, fast: float) -> str:
+    return f"{slow / fast:.2f}x"
+
+
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main_table(results: dict[str, dict[str, Timing]], sizes: dict[str, int], dd_rate: float) -> list[str]:
+    rows = ["| case | tool | runs | seconds, median (min-max) | MB/s | bb_stage is |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for case, timings in results.items():
+        bb = median(timings["bb_stage"].seconds)
+        for tool, timing in timings.items():
+            seconds = median(timing.seconds)
+            rate = sizes[case] / seconds / 1e6
+            if tool == "bb_stage":
+                versus = f"{rate / dd_rate * 100:.0f}% of dd" if case.startswith("(a)") else ""
+            else:
+                versus = f"{ratio(seconds, bb)} faster" if seconds >= bb else f"{ratio(bb, seconds)} slower"
+            rows.append(f"| {case} | {tool} | {len(timing.seconds)} | {spread(timing.seconds)} | {rate:.0f} | "
+                        f"{versus} |")
+    return rows
+
+
+def study_table(results: dict[str, dict[str, Timing]]) -> list[str]:
+    base = median(results["defaults"]["bb_stage"].seconds)
+    rows = ["| volume options (small-file case) | bb_stage s | vs defaults | gluster CPU s | cp -r s | "
+            "bb_stage vs cp |", "| --- | --- | --- | --- | --- | --- |"]
+    for label, timings in results.items():
+        bb = timings["bb_stage"]
+        cp_cells = "| |"
+        if "cp -r" in timings:
+            cp_cells = (f"| {spread(timings['cp -r'].seconds)} | "
+                        f"{ratio(median(timings['cp -r'].seconds), median(bb.seconds))} faster |")
+        rows.append(f"| {label} | {spread(bb.seconds)} | {median(bb.seconds) / base * 100:.0f}% | "
+                    f"{median(bb.cpu):.1f} {cp_cells}")
+    return rows
+
+
+def workers_table(results: dict[str, dict[int, Timing]]) -> list[str]:
+    rows = ["| case | workers | seconds, median (min-max) | gluster CPU s |", "| --- | --- | --- | --- |"]
+    for case, by_workers in results.items():
+        for workers, timing in by_workers.items():
+            rows.append(f"| {case} | {workers} | {spread(timing.seconds)} | {median(timing.cpu):.1f} |")
+    return rows
+
+
+def machine() -> str:
+    memory = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) // 1024**2
+    model = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    gluster_version = sh("glusterfs", "--version").stdout.splitlines()[0]
+    return (f"{os.cpu_count()} cores ({model.group(1) if model else 'unknown CPU'}), {memory} GiB RAM, "
+            f"Linux {platform.release()}, {platform.freedesktop_os_release().get('PRETTY_NAME', 'Linux')}, "
+            f"{gluster_version}, Python {platform.python_version()}")
+
+
+def write_section(lines: list[str]) -> None:
+    text = BENCHMARKS_MD.read_text()
+    block = "\n".join([BEGIN, *lines, END])
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n## Staging\n\n" + block + "\n"
+    BENCHMARKS_MD.write_text(text)
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def run(args: argparse.Namespace) -> list[str]:
+    rounds = 2 if args.quick else 5
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="stg-bench-", dir="/var/tmp") as tmp:
+        top = Path(tmp)
+        top.chmod(0o755)
+        log("making the source data ...")
+        sources = make_sources(top / "src")
+        sizes = {"(a) 4 x 256 MiB": tree_bytes(sources["large"]),
+                 "(b) 10,000 x 4 KiB in 40 dirs": tree_bytes(sources["small"]),
+                 "(c) mixed: 5,102 files, 390 MiB": tree_bytes(sources["mixed"]),
+                 "(d) (b) staged out to local disk": tree_bytes(sources["small"])}
+        with volume(top) as vol:
+            vol.set_options(RECOMMENDED)
+            bench = Bench(vol, top / "out")
+            (top / "out").mkdir()
+            os.chown(top / "out", *pwd_ids())
+            tools = {"bb_stage": bb_stage(vol.mount), "cp -r": cp, "rsync -a": rsync}
+            results: dict[str, dict[str, Timing]] = {}
+            log("(a) large files")
+            results["(a) 4 x 256 MiB"] = bench.compare("(a)", sources["large"], {**tools, "dd (1 file)": dd},
+                                                       rounds)
+            dd_rate = 256 * MiB / median(results["(a) 4 x 256 MiB"].pop("dd (1 file)").seconds) / 1e6
+            log("(b) small files")
+            results["(b) 10,000 x 4 KiB in 40 dirs"] = bench.compare(
+                "(b)", sources["small"], tools, rounds, keep=True, only_first={"rsync -a": 1 if args.quick else 3})
+            log("(c) mixed tree")
+            results["(c) mixed: 5,102 files, 390 MiB"] = bench.compare("(c)", sources["mixed"], tools, rounds,
+                                                                        only_first={"rsync -a": 1 if args.quick else 3})
+            if not args.quick:
+                log("(d) stage-out of (b)")
+                staged = vol.mount / "staged-small"
+                bb_stage(vol.mount)(sources["small"], staged)
+                out_tools = {"bb_stage": bb_stage(vol.mount, "out"), "cp -r": cp, "rsync -a": rsync}
+                results["(d) (b) staged out to local disk"] = bench.compare(
+                    "(d)", staged, out_tools, 3, inward=False)
+            study: dict[str, dict[str, Timing]] = {}
+            by_workers: dict[str, dict[int, Timing]] = {}
+            if not args.quick:
+                study = run_study(bench, vol, sources["small"], 3)
+                vol.set_options(RECOMMENDED)
+                by_workers = run_workers(bench, vol, sources, 3)
+    lines = [f"{started}; {machine()}.",
+             f"Load average (1/5/15 min) {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f} at the "
+             f"start, {os.getloadavg()[0]:.1f} at the end (the machine is shared). "
+             f"{'Quick run' if args.quick else 'Full run'}: `.venv/bin/python benchmarks/staging.py"
+             f"{' --quick' if args.quick else ''}`; bb_stage with {copy_engine.DEFAULT_WORKERS} workers, "
+             f"64 MiB chunks; volume options {', '.join(f'`{k} {v}`' for k, v in RECOMMENDED.items())}; "
+             f"dd of one 256 MiB file (bs=1M) through the same mount: **{dd_rate:.0f} MB/s**.",
+             "", *main_table(results, sizes, dd_rate)]
+    if study:
+        lines += ["", *study_table(study)]
+    if by_workers:
+        lines += ["", *workers_table(by_workers)]
+    return lines
+
+
+def run_study(bench: Bench, vol: Volume, source: Path, rounds: int) -> dict[str, dict[str, Timing]]:
+    """Each option set in turn, every round, so load drifts fall on all of them."""
+    log("volume options study (small files)")
+    defaults = dict(vol.options)
+    results = {label: {"bb_stage": Timing()} for label in STUDY}
+    for label in WITH_CP:
+        results[label]["cp -r"] = Timing()
+    for _round in range(rounds):
+        for label, options in STUDY.items():
+            vol.set_options({**defaults, **options})
+            for tool, timing in results[label].items():
+                copy = bb_stage(vol.mount) if tool == "bb_stage" else cp
+                elapsed = timed(vol, copy, source, bench.target(True), timing)
+                log(f"  {label}: {tool} {elapsed:.2f} s, gluster CPU {timing.cpu[-1]:.1f} s")
+    vol.set_options(defaults)
+    return results
+
+
+def run_workers(bench: Bench, vol: Volume, sources: dict[str, Path], rounds: int) -> dict[str, dict[int, Timing]]:
+    log("workers study")
+    plan = {"(b) small files": (sources["small"], (8, 16, 32, 64), True),
+            "(a) large files": (sources["large"], (4, 8, 16, 32), False)}
+    results: dict[str, dict[int, Timing]] = {case: {w: Timing() for w in counts} for case, (_s, counts, _k)
+                                             in plan.items()}
+    for _round in range(rounds):
+        for case, (source, counts, keep) in plan.items():
+            for workers in counts:
+                destination = bench.target(True)
+                elapsed = timed(vol, bb_stage(vol.mount, workers=workers), source, destination,
+                                results[case][workers])
+                log(f"  {case}: {workers} workers {elapsed:.2f} s")
+                if not keep:
+                    shutil.rmtree(destination)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="2 rounds, cases (a)-(c) only, no option or worker study (about 3 minutes)")
+    parser.add_argument("--no-write", action="store_true", help="print the results, leave docs/BENCHMARKS.md")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root: it creates a GlusterFS volume and copies as the job owner")
+    if not GLUSTERD_SOCKET.exists():
+        sys.exit(f"the test bed is not up ({GLUSTERD_SOCKET} is missing): `bbctl testbed up` builds it")
+    lines = run(args)
+    print("\n".join(lines))
+    if not args.no_write:
+        write_section(lines)
+        log(f"written to {BENCHMARKS_MD.relative_to(REPO)}, section Staging")
+
+
+if __name__ == "__main__":
+    main()
