@@ -27,6 +27,7 @@ from typing import Any
 import ansible_runner
 import yaml
 
+from bbctl import playbook_guard
 from bbctl.collection import COLLECTION_ROOT, COLLECTIONS_PATH, PLAYBOOKS
 from bbctl.errors import BBError
 from bbctl.site import Site
@@ -141,17 +142,20 @@ def run_stage(site: Site, key: str, stage: str, playbook: str, *, extravars: Map
     result = ansible_runner.run(
         private_data_dir=str(run_dir), project_dir=str(PLAYBOOKS), playbook=playbook,
         inventory=inventory_sources(site, run_dir, nodes=nodes), limit=limit,
-        extravars=dict(extravars), envvars={**ANSIBLE_ENV, "PATH": _path_with_ansible()}, timeout=timeout,
+        extravars=dict(extravars), envvars={**ANSIBLE_ENV, "PATH": _path_with_ansible(site)}, timeout=timeout,
         quiet=True, event_handler=collector, cancel_callback=cancel or (lambda: False),
-        settings={"suppress_ansible_output": True})
+        # pexpect_timeout: how often the cancel callback is polled (default 5 s; Slurm's
+        # SIGKILL may follow its SIGTERM sooner).
+        settings={"suppress_ansible_output": True, "pexpect_timeout": 0.2})
     return StageRun(stage=stage, status=result.status, rc=result.rc or 0,
                     seconds=time.monotonic() - started, run_dir=run_dir,
                     failures=collector.failures, results=collector.results)
 
 
-def _path_with_ansible() -> str:
-    """PATH with this Python's bin first: Slurm's environment may not have bbctl's venv on it."""
-    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
+def _path_with_ansible(site: Site) -> str:
+    """PATH with the playbook guard, then this Python's bin (Slurm's PATH may lack bbctl's venv)."""
+    guard = playbook_guard.install(site.work_dir / "bin")
+    return os.pathsep.join([str(guard), str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
 
 
 class _Events:
