@@ -192,15 +192,16 @@ links:
   type: int
   sample: 0
 failed_files:
-  description: The entries that could not be staged, each with its path and the reason. Empty on
-    success; on failure the message names the first ten.
+  description: The entries that could not be staged, each with its path and the reason (at most
+    1000; the message gives the count and names the first ten). Empty on success.
   returned: always
   type: list
   elements: dict
   sample: [{"path": "/lustre/home/alice/run42/input/secret", "reason": "cannot read: Permission
     denied (as uid 1001, the job's user)"}]
 not_copied:
-  description: Sockets, FIFOs and device files found in the source tree, which are not copied.
+  description: Sockets, FIFOs and device files found in the source tree, which are not copied
+    (at most 1000).
   returned: always
   type: list
   elements: dict
@@ -240,6 +241,7 @@ ARGUMENT_SPEC = dict(
     progress_file=dict(type="path"),
 )
 
+LISTED = 1000  # at most this many entries of failed_files and not_copied are returned
 EMPTY_RESULT = dict(files=0, skipped=0, bytes=0, seconds=0.0, directories=0, links=0,
                     failed_files=[], not_copied=[])
 
@@ -279,6 +281,8 @@ def run_stage(module, params):
     if result["failed_files"]:
         total = result["files"] + result["links"] + len(result["failed_files"])
         error = failure_message(params["direction"], result["failed_files"], total)
+    for name in ("failed_files", "not_copied"):  # the counts are in msg; keep the result small
+        result[name] = result[name][:LISTED]
     return result, error
 
 

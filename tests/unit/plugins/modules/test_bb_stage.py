@@ -114,3 +114,11 @@ def test_progress_lines_and_one_final_line(engine, tmp_path):
     bb_stage.run_stage(Module(), params(progress_file=str(target)))
     lines = [json.loads(line) for line in target.read_text().splitlines()]
     assert lines == [{"files_done": 1, "elapsed": 0.0}, {"files_done": 3, "elapsed": 0.2}]
+
+
+def test_a_long_list_of_failures_is_counted_in_msg_and_cut_in_the_result(engine):
+    failed = [{"path": f"/bb/job1/in/{i}", "reason": "cannot read: Permission denied"} for i in range(1500)]
+    engine.answer = result(files=0, failed_files=failed)
+    outcome, error = bb_stage.run_stage(Module(), params())
+    assert error.startswith("stage-in failed for 1500 of 1500 entries: /bb/job1/in/0: cannot read")
+    assert outcome["failed_files"] == failed[:1000]
