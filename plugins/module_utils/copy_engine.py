@@ -190,16 +190,20 @@ def chunk_ranges(size, chunk_size):
     return [(offset, min(chunk_size, size - offset)) for offset in range(0, size, chunk_size)]
 
 
-def temp_name(path):
+def temp_name(path, taken=()):
     """Where stage-out writes ``path`` before renaming it: a hidden name in the same directory.
 
-    The same name every run, so a rerun after a crash replaces a leftover instead of adding one.
+    The same name every run, so a rerun after a crash replaces a leftover instead of adding one
+    (names ending in TEMP_SUFFIX are the stage's own). When that name is ``taken`` by a file
+    being staged into the same directory, a name with a digest of the file's name is used.
     """
     directory, name = posixpath.split(path)
     temp = "." + name + TEMP_SUFFIX
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()
+    if temp in taken:
+        temp = ".%s.%s%s" % (name, digest[:12], TEMP_SUFFIX)
     if len(temp.encode("utf-8", "surrogateescape")) > NAME_MAX:
-        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        temp = "." + digest + TEMP_SUFFIX
+        temp = "." + digest[:32] + TEMP_SUFFIX
     return posixpath.join(directory, temp)
 
 
@@ -321,8 +325,8 @@ class Planner:
                 destination = posixpath.join(destination, posixpath.basename(source))
                 existing = self.lstat_destination(destination)
             self.ensure_parent(destination)
-            temp_exists = self.outward and os.path.lexists(temp_name(destination))
-            self.add_file(source, destination, info, existing, temp_exists)
+            temp = temp_name(destination) if self.outward else None
+            self.add_file(source, destination, info, existing, temp, temp is not None and os.path.lexists(temp))
         else:
             raise StageError("source %s is neither a regular file nor a directory." % source)
 
@@ -387,13 +391,12 @@ class Planner:
         for directory in reversed(missing):
             self.plan.dirs.append(DirPlan(None, directory, 0o755, None, None, False, True))
 
-    def add_file(self, source, destination, info, existing, temp_exists=False):
+    def add_file(self, source, destination, info, existing, temp=None, temp_exists=False):
         if existing is not None and existing.kind == "dir":
             with self.lock:
                 self.plan.fail(source, "destination %s is a directory" % destination)
             return
         complete = is_complete(info.st_size, info.st_mtime_ns, existing)
-        temp = temp_name(destination) if self.outward else None
         with self.lock:
             if complete:
                 self.plan.skipped += 1
@@ -440,23 +443,25 @@ class Planner:
                                % describe_error(exc))
             return []
         subdirs = []
+        names = {name for name, _info in entries}
         for name, info in entries:
             target = posixpath.join(destination, name)
-            temp_exists = self.outward and posixpath.basename(temp_name(target)) in existing
+            temp = temp_name(target, names) if self.outward else None
+            temp_exists = temp is not None and posixpath.basename(temp) in existing
             subdir = self.add_entry(posixpath.join(source, name), target, info, existing.get(name),
-                                    temp_exists)
+                                    temp, temp_exists)
             if subdir is not None:
                 subdirs.append(subdir)
         return subdirs
 
-    def add_entry(self, source, destination, info, existing, temp_exists=False):
+    def add_entry(self, source, destination, info, existing, temp=None, temp_exists=False):
         if self.outward and self.buffer_dev is not None and info.st_dev != self.buffer_dev:
             with self.lock:
                 self.plan.fail(source, "not on the buffer's filesystem; not copied")
             return None
         mode = info.st_mode
         if stat.S_ISREG(mode):
-            self.add_file(source, destination, info, existing, temp_exists)
+            self.add_file(source, destination, info, existing, temp, temp_exists)
         elif stat.S_ISDIR(mode):
             if existing is not None and existing.kind != "dir":
                 with self.lock:

@@ -117,7 +117,10 @@ notes:
     copied (RV(files), RV(bytes), RV(skipped), RV(planned)) without writing anything.
   - Hard links are copied as separate files; sockets, FIFOs and device files are not copied
     and are listed in RV(not_copied). Files get the job's uid and primary gid (or the
-    directory's group where it is set-group-id); source ownership is not copied.
+    directory's group where it is set-group-id); source ownership, extended attributes and
+    ACLs are not copied.
+  - In stage-out destinations, names ending in C(.bb-stage.tmp) belong to the stage - a file
+    of that name left by an interrupted stage-out is replaced by the next run.
   - The destination directory of O(type=directory) keeps its own mode and times when it
     already exists (the buffer's root keeps its C(0700)); directories created by the stage get
     those of their source.

@@ -216,6 +216,22 @@ def test_temp_name_is_hidden_next_to_the_file_and_fits_name_max():
     assert temp == ce.temp_name(long)  # the same every run: a rerun replaces a leftover
 
 
+def test_temp_name_avoids_a_file_of_that_name_being_staged_too():
+    temp = ce.temp_name("/pfs/out/x", taken={"x", ".x.bb-stage.tmp"})
+    assert temp.startswith("/pfs/out/.x.") and temp.endswith(".bb-stage.tmp")
+    assert temp != "/pfs/out/.x.bb-stage.tmp"
+
+
+def test_stage_out_of_a_file_named_like_anothers_temporary_name(buffer, tmp_path):
+    write(buffer / "results" / "x", b"x's content")
+    write(buffer / "results" / ".x.bb-stage.tmp", b"a file that happens to have this name")
+    out = tmp_path / "out"
+    result = ce.stage(request("out", "directory", buffer / "results", out, buffer))
+    assert result["failed_files"] == [] and result["files"] == 2
+    assert (out / "x").read_bytes() == b"x's content"
+    assert (out / ".x.bb-stage.tmp").read_bytes() == b"a file that happens to have this name"
+
+
 def plan(destination, size=1):
     return ce.FilePlan("/src" + destination, destination, size, False, None, False)
 
