@@ -38,6 +38,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import grp
@@ -1117,10 +1118,11 @@ def stage_as_user(request, uid, gid, workers=DEFAULT_WORKERS, chunk_size=DEFAULT
         raise StageError("refusing to stage as uid %d gid %d: copies run as the job's user, "
                          "never as root." % (uid, gid))
     read_end, write_end = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, checked by the integration tests
         os.close(read_end)
-        _child(write_end, request, uid, gid, workers, chunk_size, verify, dry_run)
+        _child(write_end, request, uid, gid, workers, chunk_size, verify, dry_run, parent)
     os.close(write_end)
     final = None
     with os.fdopen(read_end, "rb") as pipe:
@@ -1150,7 +1152,22 @@ def describe_status(status):
     return "with exit status %d" % os.WEXITSTATUS(status)
 
 
-def _child(write_end, request, uid, gid, workers, chunk_size, verify, dry_run):  # pragma: no cover
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent):
+    """SIGKILL this process when its parent dies (a module killed by a timeout takes its copier
+    with it). Set after dropping privileges: changing credentials clears it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the wish was registered
+        os._exit(1)
+
+
+def _child(write_end, request, uid, gid, workers, chunk_size, verify, dry_run, parent):  # pragma: no cover
     """The worker: drop privileges first, then stage; exits without returning."""
     code = 0
     lock = threading.Lock()
@@ -1164,6 +1181,7 @@ def _child(write_end, request, uid, gid, workers, chunk_size, verify, dry_run): 
 
     try:
         drop_privileges(uid, gid)
+        die_with_parent(parent)
         os.umask(0)
         os.chdir("/")
         result = stage(request, workers, chunk_size, verify, dry_run,

@@ -8,7 +8,9 @@ tests run them for real against GlusterFS).
 import errno
 import os
 import pwd
+import signal
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -729,3 +731,40 @@ def test_a_worker_killed_by_a_signal_is_reported(user_tree, monkeypatch):
     with pytest.raises(ce.StageError, match="died of signal SIGKILL without a result"):
         ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
                          owner.pw_uid, owner.pw_gid)
+
+
+@needs_root
+def test_the_worker_dies_with_its_parent(user_tree, monkeypatch, tmp_path):
+    """A module killed by a timeout (SIGKILL) must not leave its copier running as the user."""
+    top, owner = user_tree
+    pid_file = top / "worker.pid"
+
+    def linger(*_args, **_kwargs):
+        pid_file.write_text(str(os.getpid()))
+        time.sleep(60)
+
+    monkeypatch.setattr(ce, "stage", linger)
+    module = os.fork()
+    if module == 0:  # the "module": forks the worker, then is killed
+        try:
+            ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
+                             owner.pw_uid, owner.pw_gid)
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = int(pid_file.read_text())
+    os.kill(module, signal.SIGKILL)
+    os.waitpid(module, 0)
+    while time.monotonic() < deadline and alive(worker):
+        time.sleep(0.05)
+    assert not alive(worker)
+
+
+def alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state
