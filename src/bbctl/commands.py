@@ -15,7 +15,7 @@ from typing import Any
 from bbctl import host, runner, site, slurm_install
 from bbctl.collection import sizes
 from bbctl.errors import BBError
-from bbctl.lifecycle import Lifecycle, describe
+from bbctl.lifecycle import Lifecycle, describe, nodes_from_file
 
 JOB_STAGES = ("setup", "stage-in", "real-size", "paths", "pre-run", "post-run", "stage-out", "teardown")
 
@@ -142,7 +142,7 @@ def _pre_run(life: Lifecycle, args: argparse.Namespace) -> Any:
     if args.nodes:
         nodes = [n for n in args.nodes.split(",") if n]
     elif args.node_file:
-        nodes = [line.strip() for line in args.node_file.read_text().splitlines() if line.strip()]
+        nodes = nodes_from_file(args.node_file)
     else:
         nodes = slurm_nodes(args.job_id)
     life.pre_run(args.job_id, args.script, nodes)

@@ -368,13 +368,13 @@ class Lifecycle:
                 "bricks": [{"host": b.server, "path": b.path, "device": b.device} for b in buffer.bricks],
                 **extra}
 
-    def _failed(self, buffer: Buffer, run: runner.StageRun, *, keep_state: bool = False) -> Buffer:
+    def _failed(self, buffer: Buffer, run: runner.StageRun) -> Buffer:
+        """Record the failed run on the buffer (state failed, its message) and raise it."""
         try:
             run.raise_for_failure()
         except runner.StageFailed as exc:
-            if not keep_state:
-                self.store.transition(buffer.key, set(BufferState) - {BufferState.DESTROYED}, BufferState.FAILED,
-                                      last_error=str(exc))
+            self.store.transition(buffer.key, set(BufferState) - {BufferState.DESTROYED}, BufferState.FAILED,
+                                  last_error=str(exc))
             raise
         return buffer
 
