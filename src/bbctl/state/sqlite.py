@@ -11,6 +11,7 @@ for a writer. Open one store per process; a connection must not cross fork().
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -77,13 +78,30 @@ class SQLiteStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, the module adds none.
             self._db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._enable_wal(busy_timeout)
             # FULL: a committed allocation survives a power cut, so no brick can be
             # built on by a buffer the store then forgets (costs ~0.3 ms per commit here).
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
         except sqlite3.Error as exc:
             raise StateError(f"cannot open the state database {self.path}: {exc}") from exc
+
+    def _enable_wal(self, timeout: float) -> None:
+        """Switch a new database to WAL, waiting out other processes doing the same.
+
+        Changing the journal mode needs an exclusive lock, and SQLite answers "database
+        is locked" at once instead of calling the busy handler: many bbctl setups opening
+        a fresh database together must retry (seen with 30 concurrent allocators).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005 + random.random() * 0.02)
 
     def _migrate(self) -> None:
         with self._write():
