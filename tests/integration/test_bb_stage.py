@@ -18,7 +18,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.integration.module_task import ModuleTask
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -137,37 +138,9 @@ def snapshot(root):
     return found
 
 
-class Runner:
-    """Runs one bb_stage task per ansible-playbook and returns its registered result."""
-
-    def __init__(self, workdir):
-        self.workdir = workdir
-        self.runs = 0
-
-    def __call__(self, check=False, **args):
-        self.runs += 1
-        result = self.workdir / f"result{self.runs}.json"
-        playbook = self.workdir / f"play{self.runs}.yml"
-        playbook.write_text(yaml.safe_dump([{
-            "hosts": "localhost", "connection": "local", "gather_facts": False,
-            "vars": {"ansible_python_interpreter": str(VENV_BIN / "python")},
-            "tasks": [
-                {"hpc.burstbuffer.bb_stage": args, "register": "staged", "ignore_errors": True},
-                {"ansible.builtin.copy": {"content": "{{ staged | to_json }}", "dest": str(result)},
-                 "check_mode": False, "diff": False},
-            ],
-        }]))
-        argv = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(playbook)]
-        done = subprocess.run(argv + (["--check"] if check else []), cwd=REPO, capture_output=True,
-                              text=True, timeout=600, check=False,
-                              env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")))
-        assert result.exists(), done.stdout + done.stderr
-        return json.loads(result.read_text())
-
-
 @pytest.fixture
 def bb_stage(tmp_path):
-    return Runner(tmp_path)
+    return ModuleTask("hpc.burstbuffer.bb_stage", tmp_path, diff_in_check=False, timeout=600)
 
 
 def job(owner, **args):

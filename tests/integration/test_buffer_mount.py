@@ -7,7 +7,6 @@ directories; nothing else of the test bed (which other people use at the same ti
 touched. Skipped when ``bbctl testbed status`` says the test bed is not up.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -16,7 +15,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.integration.module_task import ModuleTask
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -95,37 +95,9 @@ def workdir():
         shutil.rmtree(path, ignore_errors=True)
 
 
-class Runner:
-    """Runs one buffer_mount task per ansible-playbook and returns its registered result."""
-
-    def __init__(self, workdir):
-        self.workdir = workdir
-        self.runs = 0
-
-    def __call__(self, check=False, **args):
-        self.runs += 1
-        result = self.workdir / f"result{self.runs}.json"
-        playbook = self.workdir / f"play{self.runs}.yml"
-        playbook.write_text(yaml.safe_dump([{
-            "hosts": "localhost", "connection": "local", "gather_facts": False,
-            "vars": {"ansible_python_interpreter": str(VENV_BIN / "python")},
-            "tasks": [
-                {"hpc.burstbuffer.buffer_mount": args, "register": "buffer", "ignore_errors": True},
-                {"ansible.builtin.copy": {"content": "{{ buffer | to_json }}", "dest": str(result)},
-                 "check_mode": False, "diff": False},
-            ],
-        }]))
-        argv = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(playbook)]
-        done = subprocess.run(argv + (["--check", "--diff"] if check else []), cwd=REPO,
-                              capture_output=True, text=True, timeout=300, check=False,
-                              env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")))
-        assert result.exists(), done.stdout + done.stderr
-        return json.loads(result.read_text())
-
-
 @pytest.fixture
 def buffer_mount(workdir):
-    return Runner(workdir)
+    return ModuleTask("hpc.burstbuffer.buffer_mount", workdir)
 
 
 def as_uid(uid, *argv):

@@ -6,7 +6,6 @@ those devices or under that directory, turns off swap on them, detaches them and
 the directory, whatever the test did. The test bed's own bricks are never touched.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,7 +13,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.integration.module_task import ModuleTask
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -62,7 +62,7 @@ class Bricks:
     def __init__(self):
         self.dir = Path(tempfile.mkdtemp(prefix="bb-nvme-brick-", dir="/var/tmp"))
         self.devices = []
-        self.runs = 0
+        self.task = ModuleTask("hpc.burstbuffer.nvme_brick", self.dir)
 
     def device(self):
         image = self.dir / f"nvme{len(self.devices)}.img"
@@ -74,24 +74,7 @@ class Bricks:
 
     def run(self, check=False, **args):
         """The registered result of one nvme_brick task run by ansible-playbook."""
-        self.runs += 1
-        result = self.dir / f"result{self.runs}.json"
-        playbook = self.dir / f"play{self.runs}.yml"
-        playbook.write_text(yaml.safe_dump([{
-            "hosts": "localhost", "connection": "local", "gather_facts": False,
-            "vars": {"ansible_python_interpreter": str(VENV_BIN / "python")},
-            "tasks": [
-                {"hpc.burstbuffer.nvme_brick": args, "register": "brick", "ignore_errors": True},
-                {"ansible.builtin.copy": {"content": "{{ brick | to_json }}", "dest": str(result)},
-                 "check_mode": False, "diff": False},
-            ],
-        }]))
-        argv = [str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(playbook)]
-        done = subprocess.run(argv + (["--check", "--diff"] if check else []), cwd=REPO,
-                              capture_output=True, text=True, timeout=300, check=False,
-                              env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")))
-        assert result.exists(), done.stdout + done.stderr
-        return json.loads(result.read_text())
+        return self.task(check, **args)
 
     def cleanup(self):
         ours = {numbers(device) for device in self.devices if os.path.exists(device)}
