@@ -185,6 +185,8 @@ class Lifecycle:
         buffer = self.store.get(key)
         if buffer is not None and buffer.meta.get("nodes"):
             self._unmount(buffer, buffer.meta["nodes"], stage="post-run", job=key)
+            # Unmounted everywhere: teardown need not visit the nodes again.
+            self.store.transition(key, BUILT, buffer.state, meta={"nodes": None})
         for name in request.persistent:
             self._release_persistent_use(name, key)
 

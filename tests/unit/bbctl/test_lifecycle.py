@@ -253,3 +253,14 @@ def test_private_access_mounts_and_unmounts_each_nodes_directory(life, recorder,
     assert recorder.runs[-1]["extravars"]["bb_buffer"]["private_mount_path"] == "/mnt/bb/bbjob-42-private"
     life.teardown("42", job, hurry=False)
     assert recorder.runs[-1]["extravars"]["bb_buffer"]["private_mount_path"] == "/mnt/bb/bbjob-42-private"
+
+
+def test_teardown_after_post_run_does_not_visit_the_nodes_again(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB")
+    life.setup("42", UID, GID, job)
+    life.pre_run("42", job, ["cn1"])
+    life.post_run("42", job)
+    assert recorder.runs[-1]["playbook"] == "buffer_unmount.yml" and recorder.runs[-1]["nodes"] == ["cn1"]
+    life.teardown("42", job, hurry=False)
+    destroy = recorder.runs[-1]
+    assert destroy["nodes"] == [] and "bb_client_mount_path" not in destroy["extravars"]
