@@ -11,6 +11,12 @@ remove the brick directories. (A job that stages also mounts the buffer on
 the stage host; that costs both sides the same mount and is left out.) The
 two alternate in one run so load and cache effects hit both.
 Brings the test bed up if it is not (and down again afterwards).
+
+A third contender measures the floor of the design: per stage, a fresh Python
+that runs one ansible-runner run (bbctl's runner: same environment, inventory
+and guard) of one no-op module task (benchmarks/noop_stage.yml) on one server.
+Raw + two such stages is the best any design of "one ansible-runner run of one
+module task per stage" could reach here; the rest of bbctl's time is its own.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ CAPACITY_GIB = 12  # three 4 GiB bricks: one on each server
 JOB_BASE = 990000
 BRICKS = [(f"127.1.1.{n}", ROOT / f"node{n}" / "bricks" / "nvme1") for n in (1, 2, 3)]
 SOCKET = ROOT / "node1" / "run" / "glusterd.socket"
+FIRST_SERVER = "bbnode1"  # inventory name of 127.1.1.1
 
 RAW = r"""
 set -euo pipefail
@@ -75,6 +82,22 @@ def stack_cycle(round_no: int, uid: int, script: Path) -> tuple[float, float]:
     return setup, teardown
 
 
+def floor_cycle() -> float:
+    """Two fresh Pythons, each running one ansible-runner run of one no-op module task."""
+    start = time.perf_counter()
+    for _stage in ("setup", "teardown"):
+        subprocess.run([sys.executable, __file__, "--floor-stage"], check=True)
+    return time.perf_counter() - start
+
+
+def floor_stage() -> int:
+    from bbctl import runner, site
+
+    run = runner.run_stage(site.load(CONFIG), "floor", "floor", str(REPO / "benchmarks" / "noop_stage.yml"),
+                           extravars={}, hosts=[FIRST_SERVER], timeout=60)
+    return 0 if run.status == "successful" else 1
+
+
 def testbed_up() -> bool:
     return subprocess.run([str(BIN / "bbctl"), "testbed", "status"], capture_output=True, check=False).returncode == 0
 
@@ -83,35 +106,40 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--write-doc", action="store_true", help="replace the section in docs/BENCHMARKS.md")
+    parser.add_argument("--floor-stage", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.floor_stage:
+        return floor_stage()
     started_here = not testbed_up()
     if started_here:
         subprocess.run([str(BIN / "bbctl"), "testbed", "up"], check=True, capture_output=True)
     try:
         uid = pwd.getpwnam("bbuser").pw_uid
         script = ROOT / "bbctl" / "bench-job.sh"
+        script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(f"#!/bin/bash\n#BB_LUA jobdw capacity={CAPACITY_GIB}GiB pool=nvme\n")
-        raw, setups, teardowns = [], [], []
+        raw, setups, teardowns, floors = [], [], [], []
         for n in range(args.rounds):
             raw.append(raw_cycle(n, uid))
             setup, teardown = stack_cycle(n, uid, script)
             setups.append(setup)
             teardowns.append(teardown)
-            print(f"round {n + 1}: raw {raw[-1]:.2f} s, bbctl setup {setup:.2f} s + teardown {teardown:.2f} s",
-                  file=sys.stderr)
+            floors.append(floor_cycle())
+            print(f"round {n + 1}: raw {raw[-1]:.2f} s, bbctl setup {setup:.2f} s + teardown {teardown:.2f} s, "
+                  f"two no-op stages {floors[-1]:.2f} s", file=sys.stderr)
     finally:
         if started_here:
             subprocess.run([str(BIN / "bbctl"), "testbed", "down"], check=True, capture_output=True)
-    report = render(raw, setups, teardowns, args.rounds)
+    report = render(raw, setups, teardowns, floors, args.rounds)
     print(report)
     if args.write_doc:
         write_section(REPO / "docs" / "BENCHMARKS.md", report)
     return 0
 
 
-def render(raw: list[float], setups: list[float], teardowns: list[float], rounds: int) -> str:
+def render(raw: list[float], setups: list[float], teardowns: list[float], floors: list[float], rounds: int) -> str:
     stack = [s + t for s, t in zip(setups, teardowns, strict=True)]
-    med_raw, med_stack = statistics.median(raw), statistics.median(stack)
+    med_raw, med_stack, med_floor = statistics.median(raw), statistics.median(stack), statistics.median(floors)
     machine = (f"{platform.node()}, {os.cpu_count()} cores, Linux {platform.release()}, "
                f"Python {platform.python_version()}")
     return "\n".join([
@@ -127,8 +155,12 @@ def render(raw: list[float], setups: list[float], teardowns: list[float], rounds
         f"| bbctl setup | {statistics.median(setups):.2f} s | {min(setups):.2f} s | {max(setups):.2f} s |",
         f"| bbctl teardown | {statistics.median(teardowns):.2f} s | {min(teardowns):.2f} s | {max(teardowns):.2f} s |",
         f"| bbctl setup + teardown | {med_stack:.2f} s | {min(stack):.2f} s | {max(stack):.2f} s |",
+        f"| two no-op stages (one ansible-runner run of one `ping` each) | {med_floor:.2f} s | {min(floors):.2f} s "
+        f"| {max(floors):.2f} s |",
         "",
-        f"**Ratio (medians) bbctl / raw: {med_stack / med_raw:.2f}** (target at most 1.5).",
+        f"**Ratio (medians) bbctl / raw: {med_stack / med_raw:.2f}** (target at most 1.5). "
+        f"Floor of the design, (raw + two no-op stages) / raw: {(med_raw + med_floor) / med_raw:.2f}; "
+        f"bbctl above that floor: {med_stack - med_raw - med_floor:.2f} s for both stages.",
         "",
     ])
 

@@ -10,48 +10,66 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 ---
 module: gluster_brick_dir
-short_description: Remove the brick directory a deleted GlusterFS volume left on a brick root
+short_description: Remove the brick directories a deleted GlusterFS volume left on a server
 version_added: "0.1.0"
 description:
   - C(gluster volume delete) leaves each brick directory on its brick with the
     C(trusted.glusterfs.volume-id) and C(trusted.gfid) extended attributes and a C(.glusterfs)
     directory, and gluster refuses to reuse such a path for a new volume ("is already part
     of a volume"). A failed C(gluster volume create) can leave the same behind on the bricks
-    that passed its checks. This module removes such a directory, with everything in it, from
-    the host the task runs on. Run it on each brick host after deleting the volume.
+    that passed its checks. This module removes such directories, with everything in them, from
+    the host the task runs on. Run it on each brick host after deleting the volume (the host
+    that deletes it can do so in the same task, see O(hpc.burstbuffer.gluster_volume#module:remove_brick_dirs)).
   - Refuses a directory that still belongs to an existing volume. It reads the directory's
     C(trusted.glusterfs.volume-id) and asks glusterd (C(gluster volume info)) whether a volume
-    with that id exists, or has a brick on this host at this path.
+    with that id exists, or has a brick on this host at this path. With O(wait_timeout) it asks
+    again until the volume is gone, so every server can start its part of a teardown while
+    another server is still stopping and deleting the volume.
   - Refuses anything that does not look like a brick directory (no volume-id attribute and no
     C(.glusterfs) directory), a symbolic link, a mount point (a brick root itself) and C(/).
+    All paths are checked before any is removed; one refusal removes nothing.
   - A path that does not exist is already absent; nothing changes.
 author:
   - hpc.burstbuffer developers (@hpc-burstbuffer)
 options:
   path:
     description:
-      - The brick directory, for example C(/srv/bricks/nvme0/job-4711) (the path after
-        C(host:) in the volume's brick list), not the brick root it lies in.
-    type: path
+      - The brick directories on this host, for example C(/srv/bricks/nvme0/job-4711) (the path
+        after C(host:) in the volume's brick list), not the brick roots they lie in.
+      - One path may be given as a string (unless it contains a comma, which Ansible would
+        split on); several as a list. One task removes them all, one module run.
+    type: list
+    elements: path
     required: true
+    aliases: [paths]
   state:
     description:
-      - V(absent) is the only state; the directory is made by C(gluster volume create).
+      - V(absent) is the only state; the directories are made by C(gluster volume create).
     type: str
     choices: [absent]
     default: absent
   check_volumes:
     description:
-      - Ask glusterd whether the directory still belongs to a volume, and fail when glusterd
+      - Ask glusterd whether each directory still belongs to a volume, and fail when glusterd
         cannot be asked.
       - Set V(false) only where no glusterd runs any more (a storage server being retired);
-        then the directory is removed on the strength of its own attributes alone.
+        then the directories are removed on the strength of their own attributes alone.
     type: bool
     default: true
+  wait_timeout:
+    description:
+      - Seconds to keep asking glusterd (every 0.1 s) while a volume still owns a directory,
+        before refusing. V(0) asks once.
+      - For a teardown that runs on all servers at once (strategy C(free)) while the first
+        server deletes the volume.
+    type: int
+    default: 0
 extends_documentation_fragment:
   - hpc.burstbuffer.glusterd
 notes:
-  - Check mode reads everything and removes nothing; C(--diff) shows the directory going away.
+  - Check mode reads everything and removes nothing; C(--diff) lists the directories going
+    away. With O(wait_timeout) above 0, check mode does not wait, and counts directories a
+    volume still owns as removable (the volume is expected to be deleted by another task).
   - The module acts on the host it runs on only; it never reaches other brick hosts.
 seealso:
   - module: hpc.burstbuffer.gluster_volume
@@ -64,106 +82,93 @@ EXAMPLES = r"""
     state: absent
   run_once: true
 
-- name: Then clear its brick directories, on every storage server
+- name: Then clear its brick directories, on every storage server, one task each
   hpc.burstbuffer.gluster_brick_dir:
-    path: "{{ item.path }}/job-4711"
-  loop: "{{ bb_bricks }}"
+    path: "{{ bb_bricks | map(attribute='path') | map('regex_replace', '$', '/job-4711') }}"
+
+- name: Or, in a play with strategy free, wait for the first server to delete the volume
+  hpc.burstbuffer.gluster_brick_dir:
+    path: /srv/bricks/nvme0/job-4711
+    wait_timeout: 120
 """
 
 RETURN = r"""
-path:
-  description: The brick directory, absolute.
+paths:
+  description: The brick directories asked for, absolute.
   returned: always
-  type: str
-  sample: /srv/bricks/nvme0/job-4711
-volume_id:
-  description: The C(trusted.glusterfs.volume-id) the directory carried; null if none or absent.
+  type: list
+  elements: str
+  sample: [/srv/bricks/nvme0/job-4711]
+removed:
+  description:
+    - The directories removed (in check mode, that would be removed), each with the
+      C(trusted.glusterfs.volume-id) it carried (null if none).
   returned: always
-  type: str
-  sample: a16102d7-05e9-4f25-8be5-bd6825bd3d20
+  type: list
+  elements: dict
+  sample:
+    - path: /srv/bricks/nvme0/job-4711
+      volume_id: a16102d7-05e9-4f25-8be5-bd6825bd3d20
+waited:
+  description: Seconds spent asking glusterd until no volume owned the directories.
+  returned: always
+  type: float
+  sample: 1.9
 """
 
 import os
-import shutil
+import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
-    GlusterCli,
-    GlusterError,
-    is_local_host,
-    volume_id_of,
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.brick_dirs import (
+    BrickDirError,
+    existing_dirs,
+    owned_message,
+    remove,
+    wait_until_unowned,
 )
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import GlusterCli
 
 ARGUMENT_SPEC = dict(
-    path=dict(type="path", required=True),
+    path=dict(type="list", elements="path", required=True, aliases=["paths"]),
     state=dict(type="str", default="absent", choices=["absent"]),
     check_volumes=dict(type="bool", default=True),
+    wait_timeout=dict(type="int", default=0),
     glusterd_socket=dict(type="path"),
 )
 
 
-class BrickDirError(Exception):
-    """The directory must not be removed; the message says why and what to do."""
-
-
-def refuse_non_brick_dir(path):
-    """Raise unless path looks like a brick directory that may be removed as a whole."""
-    if path == "/" or os.path.islink(path) or not os.path.isdir(path):
-        raise BrickDirError(f"{path} is not a directory (or is a symbolic link or /); "
-                            "give the brick directory of the deleted volume")
-    if os.path.ismount(path):
-        raise BrickDirError(f"{path} is a mount point (a brick root?); give the brick directory "
-                            f"inside it, e.g. {path}/VOLUME")
-    if volume_id_of(path) is None and not os.path.isdir(os.path.join(path, ".glusterfs")):
-        raise BrickDirError(f"{path} carries no trusted.glusterfs.volume-id attribute and no "
-                            ".glusterfs directory: it is not a gluster brick directory, so it "
-                            "is left alone")
-
-
-def owning_volume(volumes, path, volume_id, is_local=is_local_host):
-    """The existing volume this directory belongs to, by volume-id or by brick path; or None."""
-    for volume in volumes:
-        if volume_id and volume["id"] == volume_id:
-            return volume
-        if any(b["path"] == path and is_local(b["host"]) for b in volume["bricks"]):
-            return volume
-    return None
-
-
-def refuse_if_owned(cli, path, volume_id):
-    try:
-        volumes = cli.volumes()
-    except GlusterError as error:
-        raise BrickDirError(f"cannot ask glusterd whether {path} still belongs to a volume "
-                            f"({error}); start glusterd, give glusterd_socket, or set "
-                            "check_volumes: false if no glusterd runs here any more") from None
-    volume = owning_volume(volumes, path, volume_id)
-    if volume:
-        raise BrickDirError(f"{path} belongs to volume {volume['name']} ({volume['status']}); "
-                            "delete the volume first (hpc.burstbuffer.gluster_volume with "
-                            "state: absent)")
+def refuse_owned(module, dirs):
+    """Seconds waited until no volume owned dirs; BrickDirError if one still does after
+    wait_timeout. In check mode, the directories of a volume being deleted elsewhere count as
+    removable when a wait is asked."""
+    params = module.params
+    if not (dirs and params["check_volumes"]):
+        return 0
+    cli = GlusterCli(module, params["glusterd_socket"])
+    wait = 0 if module.check_mode else max(params["wait_timeout"], 0)
+    started = time.monotonic()
+    owned = wait_until_unowned(cli.volumes, dirs, wait)
+    if owned and not (module.check_mode and params["wait_timeout"] > 0):
+        raise BrickDirError(owned_message(owned, wait))
+    return round(time.monotonic() - started, 1)
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    path = os.path.abspath(module.params["path"])
-    result = {"changed": False, "path": path, "volume_id": None}
-    if not os.path.lexists(path):
-        module.exit_json(**result)
+    paths = [os.path.abspath(path) for path in module.params["path"]]
+    result = {"changed": False, "paths": paths, "removed": [], "waited": 0}
     try:
-        refuse_non_brick_dir(path)
-        result["volume_id"] = volume_id_of(path)
-        if module.params["check_volumes"]:
-            refuse_if_owned(GlusterCli(module, module.params["glusterd_socket"]), path,
-                            result["volume_id"])
+        dirs = existing_dirs(paths)
+        result["waited"] = refuse_owned(module, dirs)
     except BrickDirError as error:
         module.fail_json(msg=str(error), **result)
     if not module.check_mode:
-        shutil.rmtree(path)
-    result["changed"] = True
-    if module._diff:
-        result["diff"] = {"before": {"path": path, "state": "directory"},
-                          "after": {"path": path, "state": "absent"}}
+        remove(dirs)
+    result.update(changed=bool(dirs), removed=dirs)
+    if module._diff and dirs:
+        result["diff"] = {"before": {"directories": [d["path"] for d in dirs]},
+                          "after": {"directories": []}}
     module.exit_json(**result)
 
 

@@ -47,8 +47,8 @@ options:
       - V(started) the volume exists and is started.
       - V(stopped) the volume exists and is not started.
       - V(absent) the volume does not exist (stopped first if started). Its brick directories
-        stay on the bricks; remove them with M(hpc.burstbuffer.gluster_brick_dir) on each brick
-        host.
+        stay on the bricks, but for those listed in O(remove_brick_dirs); remove the others with
+        M(hpc.burstbuffer.gluster_brick_dir) on each brick host.
     type: str
     choices: [present, started, stopped, absent]
     default: present
@@ -119,6 +119,16 @@ options:
         this host then allow those too.
     type: bool
     default: false
+  remove_brick_dirs:
+    description:
+      - With O(state=absent), brick directories on this host to remove once the volume is
+        deleted (or now, if it is already gone), with the checks of
+        M(hpc.burstbuffer.gluster_brick_dir) - each must look like a brick directory and belong
+        to no other volume; one refusal removes nothing and deletes nothing.
+      - Saves a teardown a second task on the server that deletes the volume.
+    type: list
+    elements: path
+    default: []
 extends_documentation_fragment:
   - hpc.burstbuffer.glusterd
 notes:
@@ -157,10 +167,12 @@ EXAMPLES = r"""
                 | map('regex_replace', '$', ':/srv/bricks/nvme0/gv-replica') | list }}"
     glusterd_socket: "{{ bb_glusterd_socket }}"
 
-- name: Tear a buffer down (stops it first if it is started)
+- name: Tear a buffer down (stops it first if it is started), and clear its bricks on this server
   hpc.burstbuffer.gluster_volume:
     name: job-4711
     state: absent
+    remove_brick_dirs:
+      - /srv/bricks/nvme0/job-4711
 """
 
 RETURN = r"""
@@ -204,6 +216,16 @@ commands:
     - [gluster, --mode=script, volume, create, job-4711, transport, tcp,
        "stor1:/srv/bricks/nvme0/job-4711", --xml]
     - [gluster, --mode=script, volume, start, job-4711, --xml]
+brick_dirs_removed:
+  description:
+    - The directories of O(remove_brick_dirs) removed (in check mode, that would be removed),
+      each with the C(trusted.glusterfs.volume-id) it carried; those already gone are not listed.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - path: /srv/bricks/nvme0/job-4711
+      volume_id: a16102d7-05e9-4f25-8be5-bd6825bd3d20
 rolled_back:
   description:
     - Commands run to undo a volume this task created after a later step failed. Only in the
@@ -219,6 +241,13 @@ import os
 import shutil
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.brick_dirs import (
+    BrickDirError,
+    existing_dirs,
+    owned_message,
+    owners,
+    remove,
+)
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
     QUOTA_OPTION_KEYS,
     GlusterCli,
@@ -265,6 +294,7 @@ ARGUMENT_SPEC = dict(
     options=dict(type="dict", default={}),
     quota=dict(type="str"),
     force=dict(type="bool", default=False),
+    remove_brick_dirs=dict(type="list", elements="path", default=[]),
     glusterd_socket=dict(type="path"),
 )
 
@@ -283,6 +313,8 @@ def request_problems(params, volume):
         return [name_problem]
     if params["state"] == "absent":
         return []
+    if params["remove_brick_dirs"]:
+        return ["remove_brick_dirs is for state: absent only"]
     bricks = params["bricks"] or []
     problems += brick_problems(bricks)
     problems += option_problems(params["options"])
@@ -577,6 +609,8 @@ def run(module, cli, params):
     problems = request_problems(params, observed["volume"]) or local_problems(params, observed)
     if problems:
         raise VolumeError("; ".join(problems))
+    if params["state"] == "absent":
+        return run_absent(module, cli, params, observed)
     commands, warnings = plan(observed, params)
     for warning in warnings:
         module.warn(warning)
@@ -593,6 +627,37 @@ def run(module, cli, params):
     now = next((v for v in cli.volumes() if v["name"] == params["name"]), None)
     after = predicted_summary(before, observed, params)
     return result_of(module, commands, with_brick_status(cli, now), before, after)
+
+
+def run_absent(module, cli, params, observed):
+    """Stop and delete the volume, then remove the brick directories asked for on this host."""
+    volume = observed["volume"]
+    dirs = removable_brick_dirs(params, observed)
+    commands = plan_absent(volume, params)
+    if not module.check_mode:
+        apply(module, cli, params, observed, commands)
+        remove(dirs)
+    result = result_of(module, commands, with_brick_status(cli, volume) if module.check_mode
+                       else None, summary(volume), {"state": "absent"})
+    result.update(changed=bool(commands or dirs), brick_dirs_removed=dirs)
+    if module._diff and dirs:
+        result["diff"]["before"]["brick_dirs_here"] = [entry["path"] for entry in dirs]
+        result["diff"]["after"]["brick_dirs_here"] = []
+    return result
+
+
+def removable_brick_dirs(params, observed):
+    """remove_brick_dirs that exist, each a brick directory of no volume but the one deleted."""
+    paths = [os.path.abspath(path) for path in params["remove_brick_dirs"]]
+    others = [v for v in observed["volumes"] if v["name"] != params["name"]]
+    try:
+        dirs = existing_dirs(paths)
+        owned = owners(others, dirs)
+        if owned:
+            raise BrickDirError(owned_message(owned, 0))
+    except BrickDirError as error:
+        raise VolumeError(f"remove_brick_dirs: {error}") from None
+    return dirs
 
 
 def apply(module, cli, params, observed, commands):

@@ -19,7 +19,6 @@ from pathlib import Path
 from bbctl import commands, site
 from bbctl.collection import sizes
 from bbctl.errors import BBError
-from bbctl.testbed import manager
 from bbctl.testbed.config import DEFAULT_ROOT, SLURM_FLAVOURS, TestbedConfig
 
 
@@ -70,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_testbed(args: argparse.Namespace) -> int:
+    from bbctl.testbed import manager  # only here: Slurm's stages need not load the test bed
+
     say = (lambda _: None) if args.json else print
     if args.action == "down":
         manager.down(args.root, progress=say)

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -410,6 +411,63 @@ def test_after_absent_and_brick_dir_cleanup_the_same_paths_make_a_new_volume(
                                             "glusterd_socket": sock}))
     assert new["volume"]["status"] == "started"
     assert [b["name"] for b in new["volume"]["bricks"]] == bricks
+
+
+def test_teardown_in_parallel_the_others_wait_while_the_first_server_deletes(
+        testbed, volume_name, ansible):
+    """As gluster_buffer tears down: bbnode1 deletes the volume and its own brick directory in
+    one task while bbnode2 and bbnode3 wait for the volume to go, then remove theirs."""
+    name = volume_name("par")
+    sock = testbed.first.socket
+    ok(ansible.run("gluster_volume", {"name": name, "state": "started", "quota": "1GiB",
+                                      "bricks": testbed.bricks(name, root=1),
+                                      "glusterd_socket": sock}))
+    (Path(testbed.nodes[1].brick_roots[1]) / name / "job-output").write_text("results")
+    others = {}
+
+    def wait_on_the_others():
+        others.update(ansible.run("gluster_brick_dir", {
+            "path": ["{{ bb_bricks[1].path }}/" + name], "wait_timeout": 120,
+            "glusterd_socket": "{{ bb_glusterd_socket }}"}, hosts="bbnode2:bbnode3"))
+
+    waiting = threading.Thread(target=wait_on_the_others)
+    waiting.start()
+    time.sleep(3)  # the others' module runs (ansible-playbook start-up is under a second)
+    assert testbed.brick_dirs(name)[1:] == [f"{n.brick_roots[1]}/{name}" for n in testbed.nodes[1:]]
+    first = ok(ansible.run("gluster_volume", {
+        "name": name, "state": "absent", "glusterd_socket": sock,
+        "remove_brick_dirs": [f"{testbed.first.brick_roots[1]}/{name}"]}))
+    waiting.join(timeout=180)
+
+    assert first["changed"] and first["volume"] is None
+    assert [d["path"] for d in first["brick_dirs_removed"]] == [f"{testbed.first.brick_roots[1]}/{name}"]
+    assert sorted(others) == ["bbnode2", "bbnode3"]
+    for node in testbed.nodes[1:]:
+        result = ok(others[node.name])
+        assert result["changed"] is True
+        assert [d["path"] for d in result["removed"]] == [f"{node.brick_roots[1]}/{name}"]
+        assert result["waited"] >= 1  # it was there before the deletion began
+    assert testbed.volume_info(name) is None
+    assert testbed.brick_dirs(name) == []
+
+
+def test_a_wait_that_runs_out_removes_nothing_and_says_which_volume(testbed, volume_name, ansible):
+    name = volume_name("stay")
+    ok(ansible.run("gluster_volume", {"name": name, "state": "started",
+                                      "bricks": testbed.bricks(name, root=1),
+                                      "glusterd_socket": testbed.first.socket}))
+    refused = ansible.run("gluster_brick_dir", {
+        "path": "{{ bb_bricks[1].path }}/" + name, "wait_timeout": 1,
+        "glusterd_socket": "{{ bb_glusterd_socket }}"}, hosts="bbnode2")
+    assert refused["failed"] is True
+    assert f"belongs to volume {name} (started) after waiting 1 s" in refused["msg"]
+    assert len(testbed.brick_dirs(name)) == 3
+    refused = ansible.run("gluster_volume", {
+        "name": volume_name("other"), "state": "absent", "glusterd_socket": testbed.first.socket,
+        "remove_brick_dirs": [f"{testbed.first.brick_roots[1]}/{name}"]})
+    assert refused["failed"] is True
+    assert f"remove_brick_dirs: {testbed.first.brick_roots[1]}/{name} belongs to volume {name}" in refused["msg"]
+    assert len(testbed.brick_dirs(name)) == 3
 
 
 def test_a_failure_after_create_leaves_no_volume_and_no_brick_dirs(testbed, volume_name, ansible):

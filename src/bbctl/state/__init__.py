@@ -22,7 +22,6 @@ from bbctl.state.base import (
     StateError,
     StateStore,
 )
-from bbctl.state.etcd import EtcdStore
 from bbctl.state.sqlite import DEFAULT_PATH, SQLiteStore
 
 
@@ -30,6 +29,10 @@ def open_store(location: str | Path = DEFAULT_PATH) -> StateStore:
     """An etcd store for an http(s):// endpoint, else a SQLite store at that path."""
     text = str(location)
     if text.startswith(("http://", "https://")):
+        # Imported here: the HTTP client stack is a tenth of bbctl's start-up, and every
+        # Slurm stage of a SQLite site would pay it.
+        from bbctl.state.etcd import EtcdStore
+
         return EtcdStore(text)
     return SQLiteStore(Path(text))
 
@@ -44,7 +47,6 @@ __all__ = [
     "BufferNotFound",
     "BufferSpec",
     "BufferState",
-    "EtcdStore",
     "Orphans",
     "SQLiteStore",
     "StateConflict",

@@ -97,3 +97,18 @@ def test_prune_keeps_live_buffers_and_the_newest_finished_runs(tmp_path):
     removed = runner.prune_runs(config, live_keys={"live"})
     assert sorted(p.name for p in removed) == ["1", "2"]
     assert sorted(p.name for p in config.runs_dir.iterdir()) == ["3", "4", "live"]
+
+
+def test_closing_the_pty_of_a_reaped_playbook_skips_ptyprocess_settle_sleep():
+    import pexpect
+
+    done = pexpect.spawn("true")
+    while done.isalive():  # as ansible-runner's loop: it closes only after this turned False
+        time.sleep(0.01)
+    done.close()
+    assert done.ptyproc.delayafterclose == 0
+
+    running = pexpect.spawn("sleep", ["30"])
+    running.close(force=True)  # alive: the original close, settle sleep and all, ends it
+    assert running.ptyproc.delayafterclose > 0
+    assert not running.isalive()

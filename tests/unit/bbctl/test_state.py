@@ -30,12 +30,12 @@ from bbctl.state import (
     BufferNotFound,
     BufferSpec,
     BufferState,
-    EtcdStore,
     SQLiteStore,
     StateConflict,
     StateStore,
     open_store,
 )
+from bbctl.state.etcd import EtcdStore
 
 GiB = 1024**3
 START = 1_700_000_000.0

@@ -31,7 +31,8 @@ def params(**overrides):
     """Module parameters with the argument spec's defaults."""
     base = {"name": "gv-exp1", "state": "present", "bricks": None, "replica": None,
             "arbiter": None, "disperse": None, "redundancy": None, "transport": "tcp",
-            "options": {}, "quota": None, "force": False, "glusterd_socket": SOCK}
+            "options": {}, "quota": None, "force": False, "remove_brick_dirs": [],
+            "glusterd_socket": SOCK}
     base.update(overrides)
     return base
 
@@ -321,3 +322,81 @@ def test_a_failed_create_removes_the_brick_dirs_gluster_made_here(gluster_module
     assert "created by this task" not in module.failure["msg"]
     assert module.failure["rolled_back"] == []
     assert not brick_dir.exists()
+
+
+def leftover_brick_dir(tmp_path, name="gv-exp1"):
+    path = tmp_path / name
+    (path / ".glusterfs").mkdir(parents=True)
+    (path / "results.dat").write_text("job output")
+    return str(path)
+
+
+def test_absent_deletes_then_removes_the_brick_dirs_here_in_one_task(gluster_module, tmp_path):
+    brick_dir = leftover_brick_dir(tmp_path)
+    module = gluster_module([answer("volume_info_started_options_quota.xml"),
+                             answer("volume_stop_ok.xml"), answer("volume_delete_ok.xml")])
+    asked = params(state="absent", remove_brick_dirs=[brick_dir])
+    result = gv.run(module, g.GlusterCli(module, SOCK), asked)
+    assert result["commands"] == [STOP, DELETE]
+    assert result["changed"] is True
+    assert result["brick_dirs_removed"] == [{"path": brick_dir, "volume_id": None}]
+    assert not Path(brick_dir).exists()
+    assert result["volume"] is None  # deleted: not read again
+    assert [argv[3:5] for argv, _env in module.calls] == [
+        ["volume", "info"], ["volume", "stop"], ["volume", "delete"]]
+    assert result["diff"]["before"]["brick_dirs_here"] == [brick_dir]
+    assert result["diff"]["after"] == {"state": "absent", "brick_dirs_here": []}
+
+
+def test_absent_in_check_mode_removes_nothing_and_says_what_would_go(gluster_module, tmp_path):
+    brick_dir = leftover_brick_dir(tmp_path)
+    module = gluster_module([answer("volume_info_distributed_created.xml")], check_mode=True)
+    result = gv.run(module, g.GlusterCli(module, SOCK),
+                    params(state="absent", remove_brick_dirs=[brick_dir]))
+    assert result["commands"] == [DELETE]
+    assert result["brick_dirs_removed"] == [{"path": brick_dir, "volume_id": None}]
+    assert Path(brick_dir, "results.dat").read_text() == "job output"
+    assert len(module.calls) == 1
+
+
+def test_a_volume_already_gone_still_has_its_leftover_dirs_removed(gluster_module, tmp_path):
+    brick_dir, missing = leftover_brick_dir(tmp_path), str(tmp_path / "never-made")
+    module = gluster_module([answer("volume_info_missing.xml")])
+    result = gv.run(module, g.GlusterCli(module, SOCK),
+                    params(state="absent", remove_brick_dirs=[brick_dir, missing]))
+    assert (result["commands"], result["changed"]) == ([], True)
+    assert [d["path"] for d in result["brick_dirs_removed"]] == [brick_dir]
+    second = gluster_module([answer("volume_info_missing.xml")])
+    again = gv.run(second, g.GlusterCli(second, SOCK),
+                   params(state="absent", remove_brick_dirs=[brick_dir, missing]))
+    assert (again["changed"], again["brick_dirs_removed"]) == (False, [])
+
+
+def test_a_dir_of_another_volume_stops_the_task_before_anything_is_deleted(gluster_module,
+                                                                          monkeypatch):
+    # gv-exp1's own brick (by path on this host) asked for while deleting "gv-other"; the
+    # path is the test bed's, so the on-disk check is replaced by what it would find there
+    brick = "/var/lib/bbctl-testbed/node1/bricks/nvme1/gv-exp1"
+    monkeypatch.setattr(gv, "existing_dirs", lambda paths: [{"path": paths[0], "volume_id": None}])
+    module = gluster_module([answer("volume_info_distributed_created.xml")])
+    asked = params(name="gv-other", state="absent", remove_brick_dirs=[brick])
+    with pytest.raises(gv.VolumeError, match=f"remove_brick_dirs: {brick} belongs to volume "
+                                             "gv-exp1 \\(created\\)"):
+        gv.run(module, g.GlusterCli(module, SOCK), asked)
+    assert len(module.calls) == 1  # read only: nothing stopped or deleted
+
+
+def test_a_non_brick_dir_stops_the_task_before_anything_is_deleted(gluster_module, tmp_path):
+    (tmp_path / "home").mkdir()
+    module = gluster_module([answer("volume_info_started_options_quota.xml")])
+    with pytest.raises(gv.VolumeError, match=r"home carries no trusted\.glusterfs\.volume-id"):
+        gv.run(module, g.GlusterCli(module, SOCK),
+               params(state="absent", remove_brick_dirs=[str(tmp_path / "home")]))
+    assert len(module.calls) == 1
+    assert (tmp_path / "home").is_dir()
+
+
+def test_remove_brick_dirs_is_refused_for_other_states():
+    assert gv.request_problems(params(state="started", bricks=BRICKS,
+                                      remove_brick_dirs=["/srv/b/x"]), None) == [
+        "remove_brick_dirs is for state: absent only"]
