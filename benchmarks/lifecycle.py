@@ -6,8 +6,8 @@ The stack: ``bbctl setup`` then ``bbctl teardown`` as burst_buffer.lua calls
 them (bbctl -> state store -> ansible-runner -> the collection's playbooks ->
 gluster) for a job with a 3-brick ``jobdw`` and no staging. The reference: a
 shell doing the same work with the gluster CLI on the same three bricks:
-create, owner options, start, quota enable + limit, then stop, delete and
-remove the brick directories. (A job that stages also mounts the buffer on
+create, owner and privileged-port options, start, quota enable + limit, then
+stop, delete and remove the brick directories. (A job that stages also mounts the buffer on
 the stage host; that costs both sides the same mount and is left out.) The
 two alternate in one run so load and cache effects hit both.
 Brings the test bed up if it is not (and down again afterwards).
@@ -47,6 +47,8 @@ g() { gluster --mode=script --glusterd-sock="$SOCK" "$@" >/dev/null; }
 g volume create "$VOL" transport tcp $BRICKS
 g volume set "$VOL" storage.owner-uid "$OWNER"
 g volume set "$VOL" storage.owner-gid "$OWNER"
+g volume set "$VOL" server.allow-insecure off
+g volume set "$VOL" client.bind-insecure off
 g volume start "$VOL"
 g volume quota "$VOL" enable
 g volume quota "$VOL" limit-usage / "$LIMIT"
@@ -137,44 +139,42 @@ def main() -> int:
     return 0
 
 
+BEGIN, END = "<!-- lifecycle-results:begin -->", "<!-- lifecycle-results:end -->"
+
+
 def render(raw: list[float], setups: list[float], teardowns: list[float], floors: list[float], rounds: int) -> str:
     stack = [s + t for s, t in zip(setups, teardowns, strict=True)]
     med_raw, med_stack, med_floor = statistics.median(raw), statistics.median(stack), statistics.median(floors)
     machine = (f"{platform.node()}, {os.cpu_count()} cores, Linux {platform.release()}, "
                f"Python {platform.python_version()}")
+
+    def row(label: str, values: list[float]) -> str:
+        return f"| {label} | {statistics.median(values):.2f} s | {min(values):.2f} s | {max(values):.2f} s |"
+
     return "\n".join([
-        "## Setup and teardown through the whole stack",
-        "",
-        f"`.venv/bin/python benchmarks/lifecycle.py --rounds {rounds}` ({time.strftime('%Y-%m-%d')}; {machine}).",
-        f"A {CAPACITY_GIB} GiB buffer = 3 bricks on 3 servers, with quota; {rounds} rounds, raw and bbctl "
-        "alternating. Raw = the gluster CLI and mount in a shell doing the same work (see the script).",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine}; load average "
+        f"{os.getloadavg()[0]:.1f} at the end. `.venv/bin/python benchmarks/lifecycle.py --rounds {rounds}`: "
+        f"{rounds} rounds, raw, bbctl and the no-op stages alternating.",
         "",
         "| | median | min | max |",
         "| --- | --- | --- | --- |",
-        f"| raw gluster CLI, create .. delete | {med_raw:.2f} s | {min(raw):.2f} s | {max(raw):.2f} s |",
-        f"| bbctl setup | {statistics.median(setups):.2f} s | {min(setups):.2f} s | {max(setups):.2f} s |",
-        f"| bbctl teardown | {statistics.median(teardowns):.2f} s | {min(teardowns):.2f} s | {max(teardowns):.2f} s |",
-        f"| bbctl setup + teardown | {med_stack:.2f} s | {min(stack):.2f} s | {max(stack):.2f} s |",
-        f"| two no-op stages (one ansible-runner run of one `ping` each) | {med_floor:.2f} s | {min(floors):.2f} s "
-        f"| {max(floors):.2f} s |",
+        row("raw gluster CLI, create .. delete", raw),
+        row("bbctl setup", setups),
+        row("bbctl teardown", teardowns),
+        row("bbctl setup + teardown", stack),
+        row("two no-op stages (one ansible-runner run of one `ping` each)", floors),
         "",
         f"**Ratio (medians) bbctl / raw: {med_stack / med_raw:.2f}** (target at most 1.5). "
         f"Floor of the design, (raw + two no-op stages) / raw: {(med_raw + med_floor) / med_raw:.2f}; "
         f"bbctl above that floor: {med_stack - med_raw - med_floor:.2f} s for both stages.",
-        "",
     ])
 
 
-def write_section(doc: Path, section: str) -> None:
+def write_section(doc: Path, block: str) -> None:
+    """Replace what lies between the markers in docs/BENCHMARKS.md."""
     text = doc.read_text()
-    title = section.splitlines()[0]
-    if title in text:
-        start = text.index(title)
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("" if end == -1 else text[end + 1:])
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    doc.write_text(text)
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    doc.write_text(text[:start] + "\n" + block + "\n" + text[end:])
 
 
 if __name__ == "__main__":

@@ -222,15 +222,17 @@ def rsync(source: Path, destination: Path) -> None:
 
 
 def bb_stage(buffer_root: Path, direction: str = "in", workers: int = copy_engine.DEFAULT_WORKERS,
-             chunk_size: int = copy_engine.DEFAULT_CHUNK_SIZE) -> Callable[[Path, Path], None]:
+             chunk_size: int = copy_engine.DEFAULT_CHUNK_SIZE, use_gfapi: bool = True) -> Callable[[Path, Path], None]:
     owner = pwd.getpwnam(USER)
 
     def run(source: Path, destination: Path) -> None:
         request = copy_engine.StageRequest(direction, "directory", str(source), str(destination), str(buffer_root))
         result = copy_engine.stage_as_user(request, owner.pw_uid, owner.pw_gid, workers=workers,
-                                           chunk_size=chunk_size)
+                                           chunk_size=chunk_size, use_gfapi=use_gfapi)
         if result["failed_files"]:
             raise RuntimeError(f"bb_stage failed: {result['failed_files'][:3]}")
+        if use_gfapi and direction == "in" and result["gfapi_unused"] not in (None, copy_engine.NO_SMALL_FILES):
+            raise RuntimeError(f"bb_stage did not use libgfapi: {result['gfapi_unused']}")
 
     return run
 
@@ -398,7 +400,8 @@ def run(args: argparse.Namespace) -> list[str]:
             bench = Bench(vol, top / "out")
             (top / "out").mkdir()
             os.chown(top / "out", *pwd_ids())
-            tools = {"bb_stage": bb_stage(vol.mount), "cp -r": cp, "rsync -a": rsync}
+            tools = {"bb_stage": bb_stage(vol.mount), "bb_stage, FUSE mount only": bb_stage(vol.mount, use_gfapi=False),
+                     "cp -r": cp, "rsync -a": rsync}
             results: dict[str, dict[str, Timing]] = {}
             log("(a) large files")
             results["(a) 4 x 256 MiB"] = bench.compare("(a)", sources["large"], {**tools, "dd (1 file)": dd},

@@ -17,6 +17,13 @@ Why it is shaped this way (figures in docs/BENCHMARKS.md, "Staging"):
   (32-64) keep the bricks busy; large files are split into chunks copied with
   ``pread``/``pwrite`` at their offsets into a destination pre-sized with
   ``ftruncate``.
+- A stage-in to a GlusterFS buffer writes each new file of up to 1 MiB straight
+  into the volume with libgfapi (module_utils/gfapi.py): create by handle in its
+  parent, write, set times - three brick calls and no FUSE round trips. The
+  worker is still the user; it keeps one capability, CAP_NET_BIND_SERVICE, so
+  that bricks that only trust privileged source ports accept it. Directories,
+  larger files (chunks, splice) and replacements go through the mount; when
+  libgfapi or the volume cannot be reached, everything does.
 - The skip rule makes a stage resumable: a destination file with the source's
   size and mtime is complete. A file's mtime is set last, after its data, so a
   copy that was interrupted never looks complete (pre-sizing gives it the right
@@ -55,6 +62,9 @@ import threading
 import time
 from collections import deque, namedtuple
 
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import read_mountinfo
+
 DIRECTIONS = ("in", "out")
 KINDS = ("file", "directory", "list")
 DEFAULT_WORKERS = 32
@@ -62,6 +72,7 @@ DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
 BLOCK = 1024 * 1024  # one pread/pwrite; also what FUSE turns into a few WRITE requests
 PROGRESS_INTERVAL = 0.5  # seconds between progress reports: at most two a second
 TEMP_SUFFIX = ".bb-stage.tmp"
+NO_SMALL_FILES = "no new file of at most 1 MiB"  # why gfapi was not needed
 NAME_MAX = 255
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID  # writing a file clears these: set them again afterwards
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
@@ -704,8 +715,9 @@ class Copier:
     """Carries out a Plan with a Pool: directories, then files and links, then directory times."""
 
     def __init__(self, plan, pool, outward, chunk_size=DEFAULT_CHUNK_SIZE, verify=False,
-                 buffer_dev=None, progress=None):
+                 buffer_dev=None, progress=None, fast=None):
         self.plan = plan
+        self.fast = fast  # a GfapiWriter: small files of a stage-in go to the volume directly
         self.pool = pool
         self.outward = outward
         self.chunk_size = chunk_size
@@ -790,6 +802,9 @@ class Copier:
 
     def run_chunk(self, task):
         copy, offset, length = task
+        if self.fast is not None and self.fast.takes(copy.plan):
+            self.copy_through_gfapi(copy)
+            return
         with copy.lock:
             if copy.src is None and copy.error is None:
                 self.open_file(copy)
@@ -833,6 +848,28 @@ class Copier:
                 os.ftruncate(copy.dst, info.st_size)
         except OSError as exc:
             copy.error = "cannot write %s%s" % (copy.target, as_user(exc))
+
+    def copy_through_gfapi(self, copy):
+        """A small file of a stage-in: read whole, then created, written and timed in one go."""
+        plan = copy.plan
+        try:
+            info, data = read_small(plan)
+        except OSError as exc:
+            self.record_failure(plan.source, "cannot read%s" % as_user(exc))
+        except StageError as exc:
+            self.record_failure(plan.source, str(exc))
+        else:
+            try:
+                self.fast.write(plan.destination, data, info, self.local)
+            except OSError as exc:
+                self.record_failure(plan.source, "cannot write %s%s" % (plan.destination, as_user(exc)))
+            else:
+                with self.lock:
+                    self.copied += 1
+                    self.copied_bytes += len(data)
+                    self.fast.files += 1
+                self.progress.add(nbytes=len(data))
+        self.progress.add(files=1)
 
     def buffer(self):
         buf = getattr(self.local, "buffer", None)
@@ -955,6 +992,88 @@ class Copier:
             self.links += 1
 
 
+def read_small(plan):
+    """(fstat, bytes) of a small source file, checked as open_file checks a large one."""
+    fd = os.open(plan.source, O_READ)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StageError("no longer a regular file")
+        if info.st_size != plan.size:
+            raise StageError("changed while staging (%d bytes, %d when planned); stage again"
+                             % (info.st_size, plan.size))
+        chunks, left = [], info.st_size
+        while left:
+            got = os.read(fd, left)
+            if not got:
+                raise StageError("the source shrank while being copied; stage again")
+            chunks.append(got)
+            left -= len(got)
+        return info, b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class GfapiWriter:
+    """Small files of a stage-in straight into the GlusterFS volume (module_utils/gfapi.py).
+
+    Directories are still made through the mount (before any file); a file goes this way
+    only when it is at most BLOCK bytes and nothing is in its place yet (a partial copy to
+    replace goes through the mount). Each copy thread tells gfapi once who it is: the
+    worker's own uid, gid and groups (gfapi keeps identity per thread)."""
+
+    def __init__(self, volume, buffer_root, root_in_volume):
+        self.volume = volume
+        self.buffer_root = buffer_root  # as the request names it (a symlink, perhaps)
+        self.root_in_volume = root_in_volume  # the same directory as the volume sees it
+        self.identity = (os.geteuid(), os.getegid(), os.getgroups())
+        self.handles = {}  # destination directory -> its gfapi handle (the volume keeps them)
+        self.files = 0
+
+    @staticmethod
+    def takes(plan):
+        return plan.size <= BLOCK and plan.temp is None and not plan.replace
+
+    def write(self, destination, data, info, local):
+        if not getattr(local, "gfapi_identity", False):
+            self.volume.use_identity(*self.identity)
+            local.gfapi_identity = True
+        parent, name = posixpath.split(destination)
+        handle = self.handles.get(parent)
+        if handle is None:  # once per directory: 10,000 files spend no time here
+            below = os.path.relpath(parent, self.buffer_root)
+            handle = self.volume.directory(posixpath.normpath(posixpath.join(self.root_in_volume, below)))
+            self.handles[parent] = handle
+        self.volume.create_file(handle, name, data, stat.S_IMODE(info.st_mode), info.st_atime_ns,
+                                info.st_mtime_ns)
+
+
+def gfapi_target(request, use_gfapi=True, mountinfo=None):
+    """(server, volume, mount point) when a stage-in may write through libgfapi, else None:
+    asked for, inward, and the buffer root on a GlusterFS FUSE mount."""
+    if not use_gfapi or request.direction != "in":
+        return None
+    try:
+        entries = read_mountinfo() if mountinfo is None else mountinfo
+    except OSError:
+        return None
+    return gfapi.glusterfs_mount(entries, os.path.realpath(request.buffer_root))
+
+
+def open_gfapi(target, verify, buffer_root="/"):
+    """(GfapiWriter or None, why not): the mount stays in use whenever gfapi cannot be."""
+    if target is None:
+        return None, "the buffer is not a GlusterFS mount, or gfapi is off"
+    if verify:
+        return None, "verify reads back through the mount"
+    server, volume, mount_point = target
+    root_in_volume = gfapi.volume_path(mount_point, os.path.realpath(buffer_root))
+    try:
+        return GfapiWriter(gfapi.Volume(server, volume), buffer_root, root_in_volume), None
+    except gfapi.GfapiError as exc:
+        return None, str(exc)
+
+
 def chunk_tasks(files, chunk_size):
     """(FileCopy, offset, length) for every piece; the pieces of large files round-robin.
 
@@ -1021,10 +1140,11 @@ def unlink_quietly(path):
 # --- one stage in this process ---------------------------------------------------------------
 
 def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verify=False,
-          dry_run=False, report=None):
+          dry_run=False, report=None, gfapi_via=None):
     """Stage ``request`` in the current process (as whoever runs it); returns the result dict.
 
     ``report`` receives progress snapshots (dicts) at most every PROGRESS_INTERVAL seconds.
+    ``gfapi_via``: gfapi_target()'s answer; small files then bypass the FUSE mount.
     Raises StageError when the request cannot be staged at all; per-file failures are in
     ``failed_files``.
     """
@@ -1045,11 +1165,14 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
             result["planned"] = plan.summary()
         else:
             progress = Progress(len(plan.files), plan.bytes, report)
+            small = any(GfapiWriter.takes(f) for f in plan.files)
+            fast, why_not = open_gfapi(gfapi_via, verify, request.buffer_root) if small else (None, NO_SMALL_FILES)
             copier = Copier(plan, pool, request.direction == "out", chunk_size, verify, buffer_dev,
-                            progress)
+                            progress, fast)
             copier.run()
             result.update(files=copier.copied, bytes=copier.copied_bytes, links=copier.links,
-                          directories=copier.created_dirs)
+                          directories=copier.created_dirs,
+                          gfapi_files=fast.files if fast else 0, gfapi_unused=why_not)
             if report is not None:
                 report(progress.snapshot())
     finally:
@@ -1084,21 +1207,56 @@ def user_groups(uid, gid):
         return [gid]
 
 
-def drop_privileges(uid, gid):
-    """Become uid/gid for good (real, effective and saved ids), with the user's groups."""
+PR_SET_KEEPCAPS = 8
+CAP_NET_BIND_SERVICE = 10
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def drop_privileges(uid, gid, keep_net_bind=False):
+    """Become uid/gid for good (real, effective and saved ids), with the user's groups.
+
+    keep_net_bind: keep one capability, CAP_NET_BIND_SERVICE, and nothing else. A
+    GlusterFS brick that does not trust unprivileged source ports
+    (server.allow-insecure off) talks to a gfapi client only from a port below 1024;
+    every file operation is still the user's, checked by the kernel and the bricks."""
     if uid == 0 or gid == 0:
         raise StageError("refusing to stage as uid %d gid %d: copies run as the job's user, "
                          "never as root." % (uid, gid))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if keep_net_bind:
+        libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
     os.setgroups(user_groups(uid, gid))
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
         raise StageError("could not become uid %d gid %d" % (uid, gid))
+    if keep_net_bind:
+        keep_only_capability(libc, CAP_NET_BIND_SERVICE)
     try:
         os.setuid(0)
     except OSError:
         return
     raise StageError("privileges were not dropped: setuid(0) succeeded")
+
+
+def keep_only_capability(libc, number):
+    """Permitted and effective capability sets = {number}; nothing inheritable."""
+    libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0)
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    data[number // 32].effective = data[number // 32].permitted = 1 << (number % 32)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        number = ctypes.get_errno()
+        raise StageError("could not keep CAP_NET_BIND_SERVICE: %s" % os.strerror(number))
 
 
 def group_name(gid):
@@ -1109,20 +1267,22 @@ def group_name(gid):
 
 
 def stage_as_user(request, uid, gid, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE,
-                  verify=False, dry_run=False, report=None):
+                  verify=False, dry_run=False, report=None, use_gfapi=True):
     """Run ``stage`` in a forked child that is uid/gid; the caller (root) only reads its results.
 
     The child sends JSON lines through a pipe: progress snapshots, then one result or error.
+    ``use_gfapi``: a stage-in to a GlusterFS mount writes small files through libgfapi.
     """
     if uid == 0 or gid == 0:
         raise StageError("refusing to stage as uid %d gid %d: copies run as the job's user, "
                          "never as root." % (uid, gid))
+    via = None if dry_run else gfapi_target(request, use_gfapi)
     read_end, write_end = os.pipe()
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child, checked by the integration tests
         os.close(read_end)
-        _child(write_end, request, uid, gid, workers, chunk_size, verify, dry_run, parent)
+        _child(write_end, request, uid, gid, (workers, chunk_size, verify, dry_run, via), parent)
     os.close(write_end)
     final = None
     with os.fdopen(read_end, "rb") as pipe:
@@ -1167,8 +1327,10 @@ def die_with_parent(parent):
         os._exit(1)
 
 
-def _child(write_end, request, uid, gid, workers, chunk_size, verify, dry_run, parent):  # pragma: no cover
-    """The worker: drop privileges first, then stage; exits without returning."""
+def _child(write_end, request, uid, gid, options, parent):  # pragma: no cover
+    """The worker: drop privileges first, then stage; exits without returning (gfapi's
+    threads and connections end with the process: glfs_fini can take seconds)."""
+    workers, chunk_size, verify, dry_run, via = options
     code = 0
     lock = threading.Lock()
 
@@ -1180,12 +1342,12 @@ def _child(write_end, request, uid, gid, workers, chunk_size, verify, dry_run, p
                 view = view[os.write(write_end, view):]
 
     try:
-        drop_privileges(uid, gid)
+        drop_privileges(uid, gid, keep_net_bind=via is not None)
         die_with_parent(parent)
         os.umask(0)
         os.chdir("/")
         result = stage(request, workers, chunk_size, verify, dry_run,
-                       report=lambda snapshot: send({"progress": snapshot}))
+                       report=lambda snapshot: send({"progress": snapshot}), gfapi_via=via)
         send({"result": result})
     except StageError as exc:
         send({"error": str(exc)})

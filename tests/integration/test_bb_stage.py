@@ -161,6 +161,7 @@ def test_stage_in_and_out_of_gluster_as_the_job_user(buffer, job_dir, pfs_tree, 
     copied = bb_stage(**stage_in)
     assert not copied.get("failed"), copied.get("msg")
     assert (copied["changed"], copied["files"], copied["links"], copied["skipped"]) == (True, 35, 1, 0)
+    assert (copied["gfapi_files"], copied["gfapi_unused"]) == (34, None)  # all but big.bin (> 1 MiB)
     assert copied["bytes"] == sum(p.stat().st_size for p in pfs_tree.rglob("*") if p.is_file() and not p.is_symlink())
     assert snapshot(staged_in) == snapshot(pfs_tree)  # content, mode, mtime, owner 1001
     assert {v[3] for v in snapshot(staged_in).values() if v[0] == "file"} == {owner.pw_uid}
@@ -270,3 +271,64 @@ def test_root_as_the_job_owner_is_refused(buffer, job_dir, pfs_tree, bb_stage):
                        buffer_root=str(buffer), uid=0, gid=0)
     assert refused["failed"] is True and "never as root" in refused["msg"]
     assert not (job_dir / "x").exists()
+
+
+def test_gfapi_writes_as_the_user_so_the_bricks_refuse_what_the_user_may_not(buffer, job_dir, pfs_tree,
+                                                                          owner, bb_stage):
+    locked = job_dir / "locked"
+    locked.mkdir(mode=0o755)  # root's, through the mount: the user may enter it, not write
+    (locked / "dir0").mkdir(mode=0o777)
+    os.chmod(locked / "dir0", 0o777)  # writable by all: its files go through gfapi
+    staged = bb_stage(**job(owner, direction="in", type="directory", source=str(pfs_tree / "dir0"),
+                            destination=str(locked / "dir0"), buffer_root=str(buffer)))
+    assert not staged.get("failed"), staged.get("msg")
+    assert staged["gfapi_files"] == staged["files"] == 10
+    assert {path.stat().st_uid for path in (locked / "dir0").iterdir()} == {owner.pw_uid}
+
+    refused = bb_stage(**job(owner, direction="in", type="file", source=str(pfs_tree / "small.txt"),
+                             destination=str(locked / "small.txt"), buffer_root=str(buffer)))
+    assert refused["failed"] is True
+    assert refused["failed_files"] == [{"path": str(pfs_tree / "small.txt"), "reason": (
+        f"cannot write {locked / 'small.txt'}: Permission denied (as uid {owner.pw_uid}, the job's user)")}]
+    assert not (locked / "small.txt").exists()
+
+
+def test_a_full_quota_fails_the_files_it_stops_and_leaves_none_half_written(owner, user_dir, bb_stage):
+    """Write errors reach gfapi at close (write-behind holds writes back): each file that did not
+    fit is named, removed, and the stage fails; every file left under its name is whole."""
+    name = f"stg-quota-{uuid.uuid4().hex[:6]}"
+    top = Path(tempfile.mkdtemp(prefix="bb-stage-quota-", dir="/var/tmp"))
+    top.chmod(0o755)
+    mount = top / "buffer"
+    mount.mkdir()
+    source = user_dir / "many"
+    for index in range(24):
+        write(source / f"f{index:02d}", os.urandom(MiB))
+    as_owner(user_dir, owner)
+    try:
+        gluster("volume", "create", name, *[f"{host}:{root / name}" for host, root in BRICKS], "force")
+        gluster("volume", "start", name)
+        gluster("volume", "quota", name, "enable")
+        gluster("volume", "quota", name, "limit-usage", "/", "4MB")
+        gluster("volume", "set", name, "features.hard-timeout", "0")
+        gluster("volume", "set", name, "features.soft-timeout", "0")
+        sh("mount", "-t", "glusterfs", f"127.1.1.1:/{name}", mount)
+        os.chown(mount, owner.pw_uid, owner.pw_gid)
+        staged = bb_stage(**job(owner, direction="in", type="directory", source=str(source),
+                                destination=str(mount / "many"), buffer_root=str(mount), workers=4))
+        assert staged["failed"] is True
+        assert staged["gfapi_unused"] is None
+        reasons = {entry["reason"] for entry in staged["failed_files"]}
+        assert reasons and all("Disk quota exceeded" in reason for reason in reasons), reasons
+        left = sorted(path.name for path in (mount / "many").iterdir())
+        assert len(left) + len(staged["failed_files"]) == 24
+        for kept in left:
+            assert (mount / "many" / kept).read_bytes() == (source / kept).read_bytes()
+    finally:
+        if sh("umount", mount, check=False).returncode != 0:
+            sh("umount", "-l", mount, check=False)
+        gluster("volume", "stop", name, check=False)
+        gluster("volume", "delete", name, check=False)
+        for _host, root in BRICKS:
+            shutil.rmtree(root / name, ignore_errors=True)
+        shutil.rmtree(top, ignore_errors=True)

@@ -10,11 +10,14 @@ import os
 import pwd
 import signal
 import stat
+import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine as ce
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi, mounts
 
 MiB = 1024 * 1024
 OLD = 1_600_000_000_123_456_789  # an mtime in the past, with nanoseconds
@@ -768,3 +771,117 @@ def alive(pid):
     except FileNotFoundError:
         return False
     return "\nState:\tZ" not in state
+
+
+def capabilities():
+    """(effective, permitted, inheritable) capability masks of this process."""
+    status = dict(line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines()
+                  if line.startswith("Cap"))
+    return tuple(int(status[key], 16) for key in ("CapEff", "CapPrm", "CapInh"))
+
+
+@needs_root
+def test_a_gfapi_worker_keeps_only_the_privileged_port_capability(user_tree, monkeypatch):
+    top, owner = user_tree
+    target = ("127.1.1.1", "bbjob-1", str(top / "buffer"))
+    monkeypatch.setattr(ce, "gfapi_target", lambda _request, _use: target)
+
+    def probe(*_args, gfapi_via=None, **_kwargs):
+        try:
+            os.setuid(0)
+            regained = True
+        except PermissionError:
+            regained = False
+        return {"ids": [os.getuid(), os.geteuid(), os.getgid()], "caps": capabilities(),
+                "regained": regained, "via": list(gfapi_via)}
+
+    monkeypatch.setattr(ce, "stage", probe)
+    result = ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
+                              owner.pw_uid, owner.pw_gid)
+    assert result["ids"] == [owner.pw_uid, owner.pw_uid, owner.pw_gid]
+    assert result["caps"] == [1 << ce.CAP_NET_BIND_SERVICE, 1 << ce.CAP_NET_BIND_SERVICE, 0]
+    assert result["regained"] is False
+    assert result["via"] == list(target)
+
+
+@needs_root
+def test_a_worker_without_gfapi_keeps_no_capability(user_tree, monkeypatch):
+    top, owner = user_tree
+    monkeypatch.setattr(ce, "stage", lambda *_a, **_k: {"caps": capabilities()})
+    result = ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
+                              owner.pw_uid, owner.pw_gid)
+    assert result["caps"] == [0, 0, 0]
+
+
+def mount_entry(target, fstype, source):
+    return mounts.MountEntry(mount_id=1, parent_id=0, major=0, minor=0, root="/", target=target, options="rw",
+                             fstype=fstype, source=source, super_options="")
+
+
+GLUSTER_MOUNTS = [mount_entry("/", "ext4", "/dev/vda1"),
+                  mount_entry("/mnt/bb", "fuse.glusterfs", "127.1.1.1:/bbjob-42"),
+                  mount_entry("/mnt/bb/sub", "xfs", "/dev/loop9")]
+
+
+@pytest.mark.parametrize(("direction", "use", "root", "target"), [
+    ("in", True, "/mnt/bb", ("127.1.1.1", "bbjob-42", "/mnt/bb")),
+    ("in", True, "/mnt/bb/job/dir", ("127.1.1.1", "bbjob-42", "/mnt/bb")),
+    ("in", True, "/mnt/bb/sub/x", None),   # another filesystem mounted inside the buffer
+    ("in", True, "/mnt/bbother", None),    # a sibling whose name merely starts alike
+    ("in", False, "/mnt/bb", None),        # asked not to
+    ("out", True, "/mnt/bb", None),        # stage-out reads the buffer through the mount
+])
+def test_gfapi_is_used_for_a_stage_in_to_a_glusterfs_mount_only(direction, use, root, target):
+    asked = ce.StageRequest(direction, "directory", "/pfs/in", root + "/in", root)
+    assert ce.gfapi_target(asked, use, mountinfo=GLUSTER_MOUNTS) == target
+
+
+@pytest.mark.parametrize(("path", "inside"), [
+    ("/mnt/bb", "/"), ("/mnt/bb/", "/"), ("/mnt/bb/a", "/a"), ("/mnt/bb/a/b c", "/a/b c")])
+def test_volume_path_is_the_part_below_the_mount(path, inside):
+    assert gfapi.volume_path("/mnt/bb", path) == inside
+
+
+def test_without_the_library_the_mount_is_used_and_says_why():
+    with pytest.raises(gfapi.GfapiError, match=r"cannot load libgfapi-missing\.so\.0"):
+        gfapi.Api("libgfapi-missing.so.0")
+    assert ce.open_gfapi(None, False) == (None, "the buffer is not a GlusterFS mount, or gfapi is off")
+    assert ce.open_gfapi(("127.1.1.1", "v", "/mnt/bb"), True) == (None, "verify reads back through the mount")
+
+
+def test_only_new_small_files_of_a_stage_in_take_the_gfapi_path():
+    plan = ce.FilePlan("/pfs/a", "/mnt/bb/a", ce.BLOCK, False, None, False)
+    assert ce.GfapiWriter.takes(plan)
+    assert not ce.GfapiWriter.takes(plan._replace(size=ce.BLOCK + 1))      # large: chunks via the mount
+    assert not ce.GfapiWriter.takes(plan._replace(replace=True))           # a partial copy to replace
+    assert not ce.GfapiWriter.takes(plan._replace(temp="/mnt/bb/.a.tmp"))  # stage-out's temporary names
+
+
+class RecordingVolume:
+    """Stands in for gfapi.Volume: records what the writer asks of it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def use_identity(self, uid, gid, groups):
+        self.calls.append(("identity", uid, gid))
+
+    def directory(self, path):
+        return "handle of " + path
+
+    def create_file(self, parent, name, data, mode, atime_ns, mtime_ns):
+        self.calls.append(("create", parent, name, data, mode, mtime_ns))
+
+
+def test_the_gfapi_writer_names_directories_as_the_volume_sees_them():
+    volume = RecordingVolume()
+    # the request names the buffer through a symlink; the volume knows it as /job-7
+    writer = ce.GfapiWriter(volume, "/scratch/link", "/job-7")
+    info = types.SimpleNamespace(st_mode=0o100640, st_atime_ns=OLD, st_mtime_ns=OLD)
+    local = threading.local()
+    writer.write("/scratch/link/in/deep/f.txt", b"abc", info, local)
+    writer.write("/scratch/link/top.txt", b"", info, local)
+    assert volume.calls == [
+        ("identity", os.geteuid(), os.getegid()),  # once per thread
+        ("create", "handle of /job-7/in/deep", "f.txt", b"abc", 0o640, OLD),
+        ("create", "handle of /job-7", "top.txt", b"", 0o640, OLD)]

@@ -11,7 +11,7 @@ from ansible_collections.hpc.burstbuffer.plugins.modules import bb_stage
 def params(**overrides):
     base = {"direction": "in", "type": "directory", "source": "/pfs/in", "destination": "/bb/job1/in",
             "buffer_root": "/bb/job1", "uid": 1001, "gid": 1001, "workers": 32, "chunk_size": "64MiB",
-            "verify": False, "progress_file": None}
+            "verify": False, "gfapi": True, "progress_file": None}
     return {**base, **overrides}
 
 
@@ -62,13 +62,13 @@ def test_documented_options_match_the_argument_spec():
 
 
 def test_stage_runs_as_the_job_user_with_parsed_options(engine):
-    outcome, error = bb_stage.run_stage(Module(), params(chunk_size="1GiB", workers=8, verify=True))
+    outcome, error = bb_stage.run_stage(Module(), params(chunk_size="1GiB", workers=8, verify=True, gfapi=False))
     assert error is None and outcome == result()
     request, uid, gid, options = engine.calls[0]
     assert request == ce.StageRequest("in", "directory", "/pfs/in", "/bb/job1/in", "/bb/job1")
     assert (uid, gid) == (1001, 1001)
-    assert (options["workers"], options["chunk_size"], options["verify"], options["dry_run"]) == (
-        8, 1024**3, True, False)
+    assert (options["workers"], options["chunk_size"], options["verify"], options["dry_run"],
+            options["use_gfapi"]) == (8, 1024**3, True, False, False)
 
 
 def test_check_mode_is_a_dry_run(engine):

@@ -1,0 +1,220 @@
+# -*- coding: utf-8 -*-
+# Copyright: hpc.burstbuffer developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""libgfapi through ctypes: create small files in a GlusterFS volume without its FUSE mount.
+
+Why (docs/BENCHMARKS.md, "Staging"): through FUSE each small file costs the
+kernel round trips of lookup, create, write, setattr, flush and release, and the
+machine runs out of CPU before the bricks do. libgfapi runs the client in this
+process: a file is created by handle in its parent directory (no lookup of the
+path), written and given its times: three calls instead of six, and no kernel
+round trips.
+
+Only what stage-in needs: the calls below, in the versions GlusterFS 10.3
+exports as default (ctypes binds those). Identity: gfapi sends the bricks the
+uid, gid and groups set with ``glfs_setfsuid``/``glfs_setfsgid``/
+``glfs_setfsgroups`` for the calling thread; the copy worker runs as the job's
+user and sets the same per thread, so files are created and checked as the user.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ctypes
+import os
+import platform
+import threading
+
+LIBRARY = "libgfapi.so.0"
+VOLFILE_PORT = 24007
+LOG_ERROR = 4  # gf_loglevel_t: NONE, EMERG, ALERT, CRITICAL, ERROR, ...
+INIT_TIMEOUT = 15.0  # glfs_init blocks for good when the bricks refuse this client
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+SPECIAL_BITS = 0o6000  # set-user-id, set-group-id
+SET_ATTR_MODE, SET_ATTR_ATIME, SET_ATTR_MTIME = 0x1, 0x10, 0x20  # GFAPI_SET_ATTR_*
+
+
+class GfapiError(Exception):
+    """libgfapi cannot be used here; the message says why (the mount is used instead)."""
+
+
+class Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class Stat(ctypes.Structure):
+    """struct stat of x86_64 Linux (144 bytes), as glfs_h_setattrs reads it; other machines lay
+    it out differently, so Api refuses them (and the mount is used)."""
+    _fields_ = [("st_dev", ctypes.c_ulong), ("st_ino", ctypes.c_ulong), ("st_nlink", ctypes.c_ulong),
+                ("st_mode", ctypes.c_uint), ("st_uid", ctypes.c_uint), ("st_gid", ctypes.c_uint),
+                ("_pad0", ctypes.c_int), ("st_rdev", ctypes.c_ulong), ("st_size", ctypes.c_long),
+                ("st_blksize", ctypes.c_long), ("st_blocks", ctypes.c_long),
+                ("st_atim", Timespec), ("st_mtim", Timespec), ("st_ctim", Timespec),
+                ("_reserved", ctypes.c_long * 3)]
+
+
+def glusterfs_mount(entries, path):
+    """(server, volume, mount point) of the fuse.glusterfs mount holding path, or None.
+
+    entries: mounts.parse_mountinfo() output; the deepest mount containing path wins."""
+    path = path.rstrip("/") or "/"
+    best = None
+    for entry in entries:
+        target = entry.target.rstrip("/") or "/"
+        inside = path == target or path.startswith(target + "/") or target == "/"
+        if inside and (best is None or len(target) >= len(best.target.rstrip("/") or "/")):
+            best = entry
+    if best is None or best.fstype != "fuse.glusterfs" or ":" not in best.source:
+        return None
+    server, volume = best.source.rsplit(":", 1)
+    return server, volume.lstrip("/"), best.target
+
+
+def volume_path(mount_point, path):
+    """path (under the mount point) as the volume sees it: '/' + the part below the mount."""
+    relative = os.path.relpath(path, mount_point)
+    return "/" if relative == "." else "/" + relative
+
+
+def _bind(library, name, restype, *argtypes):
+    function = getattr(library, name)
+    function.restype = restype
+    function.argtypes = list(argtypes)
+    return function
+
+
+def _raise(what=None, name=None):
+    """OSError of errno; a file operation's reads as the mount's would (no call name)."""
+    number = ctypes.get_errno()
+    text = os.strerror(number)
+    raise OSError(number, text if what is None else "%s: %s" % (what, text), name)
+
+
+class Api:
+    """The bound calls. Raises GfapiError when the library or a call is missing."""
+
+    def __init__(self, library=LIBRARY):
+        if platform.machine() != "x86_64" or ctypes.sizeof(Stat) != 144:
+            raise GfapiError("struct stat is laid out here for x86_64 only, not %s" % platform.machine())
+        try:
+            lib = ctypes.CDLL(library, use_errno=True)
+        except OSError as exc:
+            raise GfapiError("cannot load %s (%s)" % (library, exc)) from None
+        vp, cp, ci, u32 = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32
+        try:
+            self.new = _bind(lib, "glfs_new", vp, cp)
+            self.set_volfile_server = _bind(lib, "glfs_set_volfile_server", ci, vp, cp, cp, ci)
+            self.set_logging = _bind(lib, "glfs_set_logging", ci, vp, cp, ci)
+            self.init = _bind(lib, "glfs_init", ci, vp)
+            self.h_lookupat = _bind(lib, "glfs_h_lookupat", vp, vp, vp, cp, vp, ci)
+            self.h_creat = _bind(lib, "glfs_h_creat", vp, vp, vp, cp, ci, u32, vp)
+            self.h_anonymous_write = _bind(lib, "glfs_h_anonymous_write", ctypes.c_ssize_t, vp, vp, vp,
+                                           ctypes.c_size_t, ctypes.c_long)
+            self.h_setattrs = _bind(lib, "glfs_h_setattrs", ci, vp, vp, ctypes.POINTER(Stat), ci)
+            self.h_unlink = _bind(lib, "glfs_h_unlink", ci, vp, vp, cp)
+            self.h_close = _bind(lib, "glfs_h_close", ci, vp)
+            self.setfsuid = _bind(lib, "glfs_setfsuid", ci, u32)
+            self.setfsgid = _bind(lib, "glfs_setfsgid", ci, u32)
+            self.setfsgroups = _bind(lib, "glfs_setfsgroups", ci, ctypes.c_size_t,
+                                     ctypes.POINTER(u32))
+        except AttributeError as exc:
+            raise GfapiError("%s lacks a call stage-in needs (%s)" % (library, exc)) from None
+
+
+class Volume:
+    """One gfapi client of a volume, shared by the copy threads."""
+
+    def __init__(self, server, volume, api=None, log_path="/dev/null", timeout=INIT_TIMEOUT):
+        self.api = api or Api()
+        self.name = volume
+        self.fs = self.api.new(volume.encode())
+        if not self.fs:
+            raise GfapiError("glfs_new(%s) failed" % volume)
+        if self.api.set_volfile_server(self.fs, b"tcp", server.encode(), VOLFILE_PORT) != 0:
+            raise GfapiError("cannot use %s as the volfile server of %s" % (server, volume))
+        self.api.set_logging(self.fs, log_path.encode(), LOG_ERROR)
+        self._connect(server, timeout)
+        self.lock = threading.Lock()
+        self.directories = {}
+
+    def _connect(self, server, timeout):
+        outcome = {}
+
+        def init():
+            outcome["rc"] = self.api.init(self.fs)
+            outcome["errno"] = ctypes.get_errno()
+
+        # glfs_init never returns when the bricks refuse the client (an unprivileged port
+        # with server.allow-insecure off); a thread lets us give up and use the mount.
+        thread = threading.Thread(target=init, name="glfs_init", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if thread.is_alive():
+            raise GfapiError("glfs_init of %s at %s did not answer in %g s" % (self.name, server, timeout))
+        if outcome["rc"] != 0:
+            raise GfapiError("glfs_init of %s at %s failed: %s"
+                             % (self.name, server, os.strerror(outcome["errno"])))
+
+    def use_identity(self, uid, gid, groups):
+        """This thread's calls run as uid/gid/groups on the bricks (gfapi keeps it per thread)."""
+        array = (ctypes.c_uint32 * max(len(groups), 1))(*groups)
+        if self.api.setfsgroups(len(groups), array) != 0:
+            _raise("glfs_setfsgroups")
+        if self.api.setfsgid(gid) != 0:
+            _raise("glfs_setfsgid")
+        if self.api.setfsuid(uid) != 0:
+            _raise("glfs_setfsuid")
+
+    def directory(self, path):
+        """The handle of a directory of the volume ('/a/b'), looked up once."""
+        with self.lock:
+            handle = self.directories.get(path)
+        if handle:
+            return handle
+        handle = self.api.h_lookupat(self.fs, None, path.encode("utf-8", "surrogateescape"), None, 0)
+        if not handle:
+            _raise(name=path)
+        with self.lock:
+            if path in self.directories:
+                self.api.h_close(handle)
+                return self.directories[path]
+            self.directories[path] = handle
+        return handle
+
+    def create_file(self, parent, name, data, mode, atime_ns, mtime_ns):
+        """A new file name in directory handle parent, holding data, with mode and times.
+
+        Create, write, set the times: three calls to the bricks (through FUSE: six). A write
+        that write-behind held back and the brick then refused (a full quota) fails the
+        setattr that follows it on the same file, so it is this file's error. A file that
+        fails after it was created is removed: no partial file is left under its name."""
+        api, raw = self.api, name.encode("utf-8", "surrogateescape")
+        handle = api.h_creat(self.fs, parent, raw, CREATE_FLAGS, mode, None)
+        if not handle:
+            _raise(name=name)
+        try:
+            self._write_all(handle, data, name)
+            attributes = Stat()
+            valid = SET_ATTR_ATIME | SET_ATTR_MTIME
+            if mode & SPECIAL_BITS:  # a write clears them
+                attributes.st_mode, valid = mode, valid | SET_ATTR_MODE
+            attributes.st_atim = Timespec(*divmod(atime_ns, 10**9))
+            attributes.st_mtim = Timespec(*divmod(mtime_ns, 10**9))
+            if api.h_setattrs(self.fs, handle, ctypes.byref(attributes), valid) != 0:
+                _raise(name=name)
+        except OSError:
+            api.h_unlink(self.fs, parent, raw)
+            raise
+        finally:
+            api.h_close(handle)
+
+    def _write_all(self, handle, data, name):
+        """data (bytes) at offset 0, read by libgfapi in place (no copy)."""
+        start = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+        done = 0
+        while done < len(data):
+            wrote = self.api.h_anonymous_write(self.fs, handle, start + done, len(data) - done, done)
+            if wrote < 0:
+                _raise(name=name)
+            done += wrote
