@@ -273,8 +273,8 @@ def test_root_as_the_job_owner_is_refused(buffer, job_dir, pfs_tree, bb_stage):
     assert not (job_dir / "x").exists()
 
 
-def test_gfapi_writes_as_the_user_so_the_bricks_refuse_what_the_user_may_not(buffer, job_dir, pfs_tree,
-                                                                          owner, bb_stage):
+def test_gfapi_writes_as_the_user_so_the_bricks_refuse_what_the_user_may_not(
+        buffer, job_dir, pfs_tree, owner, bb_stage):
     locked = job_dir / "locked"
     locked.mkdir(mode=0o755)  # root's, through the mount: the user may enter it, not write
     (locked / "dir0").mkdir(mode=0o777)

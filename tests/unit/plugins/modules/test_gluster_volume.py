@@ -372,8 +372,8 @@ def test_a_volume_already_gone_still_has_its_leftover_dirs_removed(gluster_modul
     assert (again["changed"], again["brick_dirs_removed"]) == (False, [])
 
 
-def test_a_dir_of_another_volume_stops_the_task_before_anything_is_deleted(gluster_module,
-                                                                          monkeypatch):
+def test_a_dir_of_another_volume_stops_the_task_before_anything_is_deleted(
+        gluster_module, monkeypatch):
     # gv-exp1's own brick (by path on this host) asked for while deleting "gv-other"; the
     # path is the test bed's, so the on-disk check is replaced by what it would find there
     brick = "/var/lib/bbctl-testbed/node1/bricks/nvme1/gv-exp1"
