@@ -6,7 +6,7 @@ The stack: ``bbctl setup`` then ``bbctl teardown`` as burst_buffer.lua calls
 them (bbctl -> state store -> ansible-runner -> the collection's playbooks ->
 gluster) for a job with a 3-brick ``jobdw`` and no staging. The reference: a
 shell doing the same work with the gluster CLI on the same three bricks:
-create, owner and privileged-port options, start, quota enable + limit, then
+create, owner options, start, quota enable + limit, then
 stop, delete and remove the brick directories. (A job that stages also mounts the buffer on
 the stage host; that costs both sides the same mount and is left out.) The
 two alternate in one run so load and cache effects hit both.
@@ -47,8 +47,6 @@ g() { gluster --mode=script --glusterd-sock="$SOCK" "$@" >/dev/null; }
 g volume create "$VOL" transport tcp $BRICKS
 g volume set "$VOL" storage.owner-uid "$OWNER"
 g volume set "$VOL" storage.owner-gid "$OWNER"
-g volume set "$VOL" server.allow-insecure off
-g volume set "$VOL" client.bind-insecure off
 g volume start "$VOL"
 g volume quota "$VOL" enable
 g volume quota "$VOL" limit-usage / "$LIMIT"

@@ -57,9 +57,3 @@ def test_owner_can_write_and_files_spread_over_every_brick():
 def test_another_user_cannot_enter_the_buffer():
     assert local.run("runuser -u nobody -- ls %s", MOUNT).rc != 0
 
-
-def test_bricks_accept_only_clients_on_privileged_ports():
-    """GlusterFS believes the uid a client sends: only root on a client host may be a client."""
-    options = {option.findtext("name"): option.findtext("value") for option in volume_info().iter("option")}
-    assert options["server.allow-insecure"] == "off"
-    assert options["client.bind-insecure"] == "off"
