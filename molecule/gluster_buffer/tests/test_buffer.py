@@ -56,4 +56,3 @@ def test_owner_can_write_and_files_spread_over_every_brick():
 
 def test_another_user_cannot_enter_the_buffer():
     assert local.run("runuser -u nobody -- ls %s", MOUNT).rc != 0
-
