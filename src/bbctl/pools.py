@@ -329,6 +329,9 @@ def pools_document(pools: Iterable[Pool], allocated: Mapping[str, Collection[str
 
 def write_pools_json(path: Path, document: Mapping[str, Any]) -> None:
     """Replace path atomically: slurmctld may read it at any moment, never half-written."""
+    if not path.parent.is_dir():
+        raise PoolError(f"cannot write the pools file {path}: {path.parent} is not a directory "
+                        "(slurm_dir in bbctl's configuration: Slurm's configuration directory)")
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as tmp:

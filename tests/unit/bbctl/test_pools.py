@@ -216,3 +216,10 @@ def test_write_pools_json_leaves_the_old_file_when_it_cannot_write(tmp_path):
         write_pools_json(target, {"pools": [object()]})
     assert target.read_text() == '{"pools": []}'
     assert [p.name for p in tmp_path.iterdir()] == ["pools.json"]
+
+
+def test_a_missing_slurm_dir_is_named_not_a_traceback(tmp_path):
+    target = tmp_path / "no-such-dir" / "bbctl-pools.json"
+    with pytest.raises(BBError, match=r"no-such-dir is not a directory \(slurm_dir in bbctl's configuration"):
+        write_pools_json(target, {"pools": []})
+    assert not target.parent.exists()
