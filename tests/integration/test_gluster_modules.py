@@ -334,8 +334,10 @@ def test_the_quota_stops_writes_through_a_fuse_mount(testbed, volume_name, ansib
 
     assert written.returncode != 0
     assert "Disk quota exceeded" in written.stderr
-    # Gluster enforces quota per write-behind flush, so up to ~1 MiB past the limit lands first.
-    assert os.path.getsize(mount_point / "big") <= 11 * 1024**2 + 512 * 1024
+    # Gluster's quota is approximate: writes already in flight (write-behind, the brick's io-threads)
+    # land before the accounting catches up. Measured here 0.6-1.1 MiB past the limit on a quiet
+    # machine, 2.1 MiB under CI load; the point is that it stops far short of the 30 MiB asked.
+    assert os.path.getsize(mount_point / "big") <= (10 + 4) * 1024**2
     assert os.statvfs(mount_point).f_blocks * os.statvfs(mount_point).f_frsize == 10 * 1024**2
 
 
