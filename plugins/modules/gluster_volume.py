@@ -100,6 +100,10 @@ options:
       - Values compare case-insensitively, and V(on), V(true), V(yes), V(enable) (and YAML
         booleans) all mean on, V(off), V(false), V(no), V(disable) all mean off.
       - Options not listed are left as they are. Quota options are refused here; use O(quota).
+      - C(server.allow-insecure=off) (bricks accept only clients on privileged ports) is set
+        after O(quota) has been enabled, and quota is not enabled on a volume that already has
+        it off (the task fails and says so) - GlusterFS's quota crawler connects from an
+        unprivileged port, and shut out it leaves the quota unaccounted and unenforced.
     type: dict
     default: {}
   quota:
@@ -249,12 +253,15 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.brick_dirs import 
     remove,
 )
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
+    PORT_GATE_OPTION,
     QUOTA_OPTION_KEYS,
     GlusterCli,
     GlusterError,
     brick_problems,
     bricks_in_use,
+    closes_port_gate,
     is_local_host,
+    is_port_gate,
     layout_problems,
     local_brick_problem,
     normalise_option_value,
@@ -436,29 +443,40 @@ def plan_create(params):
     layout = {key: params[key] for key in LAYOUT_KEYS}
     commands = [volume_create_argv(socket, name, params["bricks"], layout, params["transport"],
                                    params["force"])]
-    commands += [volume_set_argv(socket, name, key, value)
-                 for key, value in params["options"].items()]
+    first, last = split_port_gate_closing(params, params["options"].items())
     if params["state"] != "started":
-        return commands, quota_warnings(params)
-    commands.append(volume_start_argv(socket, name))
+        return commands + first + last, quota_warnings(params)
+    commands += [*first, volume_start_argv(socket, name)]
     fresh_quota = {"enabled": False, "readable": True, "limit": None}
-    return commands + quota_commands(fresh_quota, params), []
+    return commands + quota_commands(fresh_quota, params) + last, []
 
 
 def plan_existing(observed, params):
     volume, state = observed["volume"], params["state"]
     socket, name = params["glusterd_socket"], params["name"]
-    commands = [volume_set_argv(socket, name, key, value)
-                for key, value in option_changes(observed["options"], params["options"])]
+    commands, last = split_port_gate_closing(
+        params, option_changes(observed["options"], params["options"]))
     quota = observed["quota"]
     if state == "started" and not volume["started"]:
-        return [*commands, volume_start_argv(socket, name), *quota_commands(quota, params)], []
+        return [*commands, volume_start_argv(socket, name), *quota_commands(quota, params),
+                *last], []
     if not volume["started"]:
-        return commands, quota_warnings(params)
-    commands += quota_commands(quota, params)
+        return commands + last, quota_warnings(params)
+    commands += quota_commands(quota, params) + last
     if state == "stopped":
         commands.append(volume_stop_argv(socket, name))
     return commands, []
+
+
+def split_port_gate_closing(params, changes):
+    """(volume set argv lists to run first, those to run after quota): closing the port gate
+    waits until quota has been enabled (why: module_utils.gluster.PORT_GATE_OPTION)."""
+    socket, name = params["glusterd_socket"], params["name"]
+    first, last = [], []
+    for key, value in changes:
+        (last if closes_port_gate(key, value) else first).append(
+            volume_set_argv(socket, name, key, value))
+    return first, last
 
 
 def quota_commands(quota, params):
@@ -470,6 +488,23 @@ def quota_commands(quota, params):
     if quota["limit"] != wanted:
         commands.append(quota_limit_argv(socket, name, QUOTA_PATH, wanted))
     return commands
+
+
+def port_gate_problems(params, observed):
+    """Quota cannot be enabled behind a closed port gate (module_utils.gluster.PORT_GATE_OPTION)."""
+    volume, quota = observed["volume"], observed["quota"]
+    if volume is None or params["quota"] is None or quota is None or quota["enabled"]:
+        return []
+    if normalise_option_value(volume["options"].get(PORT_GATE_OPTION)) != "off":
+        return []
+    if any(is_port_gate(key) and not closes_port_gate(key, value)
+           for key, value in params["options"].items()):
+        return []  # this task opens the gate first
+    return [f"volume {params['name']} has {PORT_GATE_OPTION} off, so quota cannot be enabled on "
+            "it: GlusterFS's quota crawler connects from an unprivileged port, and refused it "
+            "leaves the bricks' usage unaccounted (quota unenforced). Enable quota in the task "
+            f"that creates the volume (this module closes the gate after quota), or set "
+            f"{PORT_GATE_OPTION}: on in this task"]
 
 
 def quota_warnings(params):
@@ -541,6 +576,24 @@ def execute(cli, commands):
     return done
 
 
+def closes_port_gate_after_quota(params, commands):
+    socket, name = params["glusterd_socket"], params["name"]
+    return quota_enable_argv(socket, name) in commands and any(
+        volume_set_argv(socket, name, key, value) in commands
+        for key, value in params["options"].items() if closes_port_gate(key, value))
+
+
+def check_quota_accounted(cli, params, commands):
+    """Gluster reads the new quota back once the port gate is closed; N/A would mean the quota
+    crawler was shut out and the quota is not enforced (module_utils.gluster.PORT_GATE_OPTION)."""
+    if cli.quota_limit(params["name"], QUOTA_PATH) is None:
+        error = GlusterError(f"quota of volume {params['name']} reads N/A after {PORT_GATE_OPTION} "
+                             "was closed: its bricks' usage is not accounted, so the quota would "
+                             "not be enforced")
+        error.done = commands
+        raise error
+
+
 def roll_back(cli, params, created, new_dirs):
     """Undo a volume this task created; remove the brick directories it made on this host."""
     undone = []
@@ -606,7 +659,8 @@ def main():
 
 def run(module, cli, params):
     observed = observe(cli, params)
-    problems = request_problems(params, observed["volume"]) or local_problems(params, observed)
+    problems = (request_problems(params, observed["volume"]) or local_problems(params, observed)
+                or port_gate_problems(params, observed))
     if problems:
         raise VolumeError("; ".join(problems))
     if params["state"] == "absent":
@@ -665,6 +719,8 @@ def apply(module, cli, params, observed, commands):
     new_dirs = new_local_brick_dirs(params) if creating else []
     try:
         execute(cli, commands)
+        if closes_port_gate_after_quota(params, commands):
+            check_quota_accounted(cli, params, commands)
     except GlusterError as error:
         created = creating and bool(error.done)  # "volume create" is the first command
         undone = roll_back(cli, params, created, new_dirs) if creating else []

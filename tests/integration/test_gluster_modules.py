@@ -321,13 +321,28 @@ def mount_point():
     path.rmdir()
 
 
-def test_the_quota_stops_writes_through_a_fuse_mount(testbed, volume_name, ansible, mount_point):
+PRIVILEGED_PORTS = {"server.allow-insecure": "off", "client.bind-insecure": "off"}
+
+
+@pytest.mark.parametrize("ports", ["any", "privileged"])
+def test_the_quota_stops_writes_through_a_fuse_mount(testbed, volume_name, ansible, mount_point,
+                                                     ports):
     name = volume_name("full")
-    ok(ansible.run("gluster_volume", {
-        "name": name, "state": "started", "bricks": testbed.bricks(name),
-        "glusterd_socket": testbed.first.socket, "quota": "10MiB",
-        # enforce at once instead of after gluster's default 5 s (hard) / 60 s (soft) lag
-        "options": {"features.hard-timeout": 0, "features.soft-timeout": 0}}))
+    # enforce at once instead of after gluster's default 5 s (hard) / 60 s (soft) lag
+    options = {"features.hard-timeout": 0, "features.soft-timeout": 0}
+    options.update(PRIVILEGED_PORTS if ports == "privileged" else {})
+    asked = {"name": name, "state": "started", "bricks": testbed.bricks(name),
+             "glusterd_socket": testbed.first.socket, "quota": "10MiB", "options": options}
+    created = ok(ansible.run("gluster_volume", asked))
+    if ports == "privileged":
+        # The port gate closes last, once quota's crawler has accounted every brick (closed
+        # first, the crawler is refused: quota reads N/A and 30 MiB go into 10 MiB).
+        assert created["commands"][-1] == g(testbed.first.socket, "volume", "set", name,
+                                            "server.allow-insecure", "off")
+        assert all("trusted.glusterfs.quota.size.1" in xattrs(path)
+                   for path in testbed.brick_dirs(name))
+        assert ok(ansible.run("gluster_volume", asked))["changed"] is False
+    assert quota_hard_limit(testbed, name) == str(10 * 1024**2)
     sh("mount", "-t", "glusterfs", f"{testbed.first.host}:/{name}", mount_point, check=True)
 
     written = sh("dd", "if=/dev/zero", f"of={mount_point}/big", "bs=1M", "count=30")
@@ -339,6 +354,45 @@ def test_the_quota_stops_writes_through_a_fuse_mount(testbed, volume_name, ansib
     # machine, 2.1 MiB under CI load; the point is that it stops far short of the 30 MiB asked.
     assert os.path.getsize(mount_point / "big") <= (10 + 4) * 1024**2
     assert os.statvfs(mount_point).f_blocks * os.statvfs(mount_point).f_frsize == 10 * 1024**2
+
+
+# Run as an ordinary user with no capabilities: a gfapi client that tells the bricks it is root.
+CLAIM_ROOT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.gfapi import GfapiError, Volume
+try:
+    volume = Volume(sys.argv[2], sys.argv[3], timeout=5)
+    volume.use_identity(0, 0, [])
+    now = time.time_ns()
+    volume.create_file(volume.directory("/root-only"), "planted", b"x", 0o644, now, now)
+except (GfapiError, OSError) as error:
+    sys.exit(f"refused: {error}")
+"""
+
+
+@pytest.mark.parametrize("ports", ["any", "privileged"])
+def test_only_the_port_gate_stops_a_user_who_claims_to_be_root(testbed, volume_name, ansible,
+                                                               mount_point, ports):
+    name = volume_name("gate")
+    ok(ansible.run("gluster_volume", {
+        "name": name, "state": "started", "bricks": testbed.bricks(name),
+        "glusterd_socket": testbed.first.socket,
+        "options": PRIVILEGED_PORTS if ports == "privileged" else {}}))
+    sh("mount", "-t", "glusterfs", f"{testbed.first.host}:/{name}", mount_point, check=True)
+    (mount_point / "root-only").mkdir(mode=0o700)
+
+    claimed = sh("setpriv", "--reuid=bbuser", "--regid=bbuser", "--clear-groups",
+                 VENV_BIN / "python3", "-c", CLAIM_ROOT, REPO / "collections",
+                 testbed.first.host, name)
+
+    planted = mount_point / "root-only" / "planted"
+    if ports == "any":  # GlusterFS's default: the brick believes the uid the client sends
+        assert claimed.returncode == 0, claimed.stderr
+        assert planted.stat().st_uid == 0
+    else:
+        assert "refused: glfs_init" in claimed.stderr
+        assert not planted.exists()
 
 
 def test_stopped_then_absent_straight_from_started(testbed, volume_name, ansible):

@@ -36,6 +36,12 @@ def test_quota_limits_the_volume_to_its_capacity():
     assert int(limit) == 2 * 1024**3
 
 
+def test_bricks_accept_only_privileged_ports():
+    options = {o.findtext("name"): o.findtext("value") for o in volume_info().iter("option")}
+    assert options["server.allow-insecure"] == "off"
+    assert options["client.bind-insecure"] == "off"
+
+
 def test_buffer_is_mounted_private_to_the_job_owner():
     mount = local.mount_point(MOUNT)
     assert mount.exists and mount.filesystem == "fuse.glusterfs"

@@ -119,6 +119,22 @@ PLANS = [
      params(state="stopped", quota="8GiB"), []),
     ("stopped -> absent", observed("volume_info_stopped.xml"), params(state="absent"),
      [DELETE]),
+    ("absent -> started on privileged ports: the port gate closes after quota",
+     observed(), params(state="started", bricks=BRICKS, quota="1GiB",
+                        options={"server.allow-insecure": "off", "client.bind-insecure": False}),
+     [CREATE, set_option("client.bind-insecure", "off"), START, QUOTA_ON, limit(GIB),
+      set_option("server.allow-insecure", "off")]),
+    ("absent -> stopped on privileged ports: no quota to wait for",
+     observed(), params(state="stopped", bricks=BRICKS, options={"allow-insecure": "off"}),
+     [CREATE, set_option("allow-insecure", "off")]),
+    ("started, quota disabled -> quota and a closed gate: quota first",
+     observed("volume_info_started_options_quota.xml", DISABLED),
+     params(quota="1GiB", options={"server.allow-insecure": "off"}),
+     [QUOTA_ON, limit(GIB), set_option("server.allow-insecure", "off")]),
+    ("stopped -> started with quota and a closed gate: start, quota, then the gate",
+     observed("volume_info_stopped.xml", ENABLED_STOPPED),
+     params(state="started", quota="8GiB", options={"server.allow-insecure": "no"}),
+     [START, limit(8 * GIB), set_option("server.allow-insecure", "no")]),
 ]
 
 
@@ -400,3 +416,81 @@ def test_remove_brick_dirs_is_refused_for_other_states():
     assert gv.request_problems(params(state="started", bricks=BRICKS,
                                       remove_brick_dirs=["/srv/b/x"]), None) == [
         "remove_brick_dirs is for state: absent only"]
+
+
+# --- the port gate (server.allow-insecure off) and quota -----------------------------------
+
+def gate_closed(info="volume_info_started_options_quota.xml", quota=DISABLED):
+    seen = observed(info, quota)
+    seen["volume"]["options"]["server.allow-insecure"] = "off"
+    seen["options"]["server.allow-insecure"] = "off"
+    return seen
+
+
+def test_quota_is_not_enabled_behind_a_closed_port_gate():
+    assert gv.port_gate_problems(params(quota="1GiB"), gate_closed()) == [
+        "volume gv-exp1 has server.allow-insecure off, so quota cannot be enabled on it: "
+        "GlusterFS's quota crawler connects from an unprivileged port, and refused it leaves the "
+        "bricks' usage unaccounted (quota unenforced). Enable quota in the task that creates the "
+        "volume (this module closes the gate after quota), or set server.allow-insecure: on in "
+        "this task"]
+
+
+@pytest.mark.parametrize(("why", "seen", "asked"), [
+    ("the task opens the gate first", gate_closed(),
+     params(quota="1GiB", options={"allow-insecure": True})),
+    ("quota already enabled: only the limit changes", gate_closed(quota=ENABLED_8G),
+     params(quota="1GiB")),
+    ("no quota asked", gate_closed(), params()),
+    ("gate open", observed("volume_info_started_options_quota.xml", DISABLED),
+     params(quota="1GiB")),
+    ("volume to be created", observed(), params(bricks=BRICKS, quota="1GiB")),
+], ids=lambda case: case if isinstance(case, str) else "")
+def test_quota_behind_the_gate_is_fine_when(why, seen, asked):
+    assert gv.port_gate_problems(asked, seen) == []
+
+
+def test_opening_the_gate_comes_before_enabling_quota():
+    commands, _ = gv.plan(gate_closed(), params(quota="1GiB",
+                                                 options={"server.allow-insecure": "on"}))
+    assert commands == [set_option("server.allow-insecure", "on"), QUOTA_ON, limit(GIB)]
+
+
+@pytest.mark.parametrize(("key", "value", "closes"), [
+    ("server.allow-insecure", "off", True), ("allow-insecure", False, True),
+    ("server.allow-insecure", "disable", True), ("server.allow-insecure", "on", False),
+    ("client.bind-insecure", "off", False), ("rpc-auth-allow-insecure", "off", False),
+])
+def test_what_closes_the_port_gate(key, value, closes):
+    assert g.closes_port_gate(key, value) is closes
+
+
+def test_a_quota_that_reads_na_behind_the_new_gate_fails_and_deletes_the_volume(
+        gluster_module, tmp_path):
+    bricks = [f"127.1.1.9:{tmp_path}/gv-exp1"]
+    asked = params(state="started", bricks=bricks, quota="1GiB",
+                   options={"server.allow-insecure": "off"})
+    create = cmd("volume", "create", "gv-exp1", "transport", "tcp", *bricks)
+    commands = [create, START, QUOTA_ON, limit(GIB), set_option("server.allow-insecure", "off")]
+    module = gluster_module([
+        answer("volume_create_ok.xml"), answer("volume_start_ok.xml"),
+        answer("quota_enable_ok.xml"), answer("quota_limit_ok.xml"), answer("volume_set_ok.xml"),
+        answer("quota_list_root_nolimit.xml"),  # N/A: the crawler was shut out
+        answer("volume_stop_ok.xml"), answer("volume_delete_ok.xml"),
+        answer("volume_info_missing.xml"),
+    ])
+    with pytest.raises(Failed):
+        gv.apply(module, g.GlusterCli(module, SOCK), asked, observed(), commands)
+    assert module.failure["msg"] == (
+        "quota of volume gv-exp1 reads N/A after server.allow-insecure was closed: its bricks' "
+        "usage is not accounted, so the quota would not be enforced (volume gv-exp1 was created "
+        "by this task and has been deleted again)")
+    assert module.failure["rolled_back"] == [STOP, DELETE]
+
+
+def test_no_quota_read_back_without_the_gate_closing(gluster_module):
+    module = gluster_module([answer("quota_enable_ok.xml"), answer("quota_limit_ok.xml")])
+    seen = observed("volume_info_started_options_quota.xml", DISABLED)
+    gv.apply(module, g.GlusterCli(module, SOCK), params(quota="1GiB"), seen,
+             [QUOTA_ON, limit(GIB)])
+    assert len(module.calls) == 2
