@@ -21,6 +21,6 @@ PLAYBOOKS = COLLECTION_ROOT / "playbooks"
 if str(COLLECTIONS_PATH) not in sys.path:
     sys.path.append(str(COLLECTIONS_PATH))
 
-from ansible_collections.hpc.burstbuffer.plugins.module_utils import sizes  # noqa: E402
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import mounts, sizes  # noqa: E402
 
-__all__ = ["COLLECTIONS_PATH", "COLLECTION_ROOT", "PLAYBOOKS", "sizes"]
+__all__ = ["COLLECTIONS_PATH", "COLLECTION_ROOT", "PLAYBOOKS", "mounts", "sizes"]

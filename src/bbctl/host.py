@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bbctl import collection
 from bbctl.errors import BBError
 
 # System tools are run from the system's directories only: a test's fake
@@ -118,25 +119,12 @@ class Mount:
     fstype: str
 
 
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal.
-    return (field.replace("\\040", " ").replace("\\011", "\t")
-            .replace("\\012", "\n").replace("\\134", "\\"))
-
-
-def mounts() -> list[Mount]:
-    """Current mounts from /proc/self/mountinfo (the kernel's own truth)."""
-    return parse_mountinfo(Path("/proc/self/mountinfo").read_text())
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    result = []
-    for line in text.splitlines():
-        before, after = line.split(" - ", 1)
-        target = _unescape(before.split()[4])
-        fstype, source = after.split()[:2]
-        result.append(Mount(_unescape(source), Path(target), fstype))
-    return result
+def mounts(mountinfo: str | None = None) -> list[Mount]:
+    """Current mounts from /proc/self/mountinfo (the kernel's own truth), or those in the
+    mountinfo text given; parsed by the collection's module_utils (one parser)."""
+    entries = (collection.mounts.read_mountinfo() if mountinfo is None
+               else collection.mounts.parse_mountinfo(mountinfo))
+    return [Mount(entry.source, Path(entry.target), entry.fstype) for entry in entries]
 
 
 def mount_at(target: Path) -> Mount | None:

@@ -10,7 +10,7 @@ def test_mountinfo_parsing_finds_root_and_unescapes():
         "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
         "40 22 0:50 / /mnt/with\\040space rw - fuse.glusterfs 127.1.1.1:/vol rw,user_id=0\n"
     )
-    found = host.parse_mountinfo(sample)
+    found = host.mounts(sample)
     assert found[0] == host.Mount("/dev/vda", Path("/"), "ext4")
     assert found[1].target == Path("/mnt/with space")
     assert found[1].source == "127.1.1.1:/vol"
