@@ -6,8 +6,9 @@ The stack: ``bbctl setup`` then ``bbctl teardown`` as burst_buffer.lua calls
 them (bbctl -> state store -> ansible-runner -> the collection's playbooks ->
 gluster) for a job with a 3-brick ``jobdw`` and no staging. The reference: a
 shell doing the same work with the gluster CLI on the same three bricks:
-create, owner options, start, quota enable + limit, then
-stop, delete and remove the brick directories. (A job that stages also mounts the buffer on
+create, owner and privileged-port options (the role's defaults), start, quota
+enable + limit, close the port gate, then stop, delete and remove the brick
+directories. (A job that stages also mounts the buffer on
 the stage host; that costs both sides the same mount and is left out.) The
 two alternate in one run so load and cache effects hit both.
 Brings the test bed up if it is not (and down again afterwards).
@@ -47,9 +48,11 @@ g() { gluster --mode=script --glusterd-sock="$SOCK" "$@" >/dev/null; }
 g volume create "$VOL" transport tcp $BRICKS
 g volume set "$VOL" storage.owner-uid "$OWNER"
 g volume set "$VOL" storage.owner-gid "$OWNER"
+g volume set "$VOL" client.bind-insecure off
 g volume start "$VOL"
 g volume quota "$VOL" enable
 g volume quota "$VOL" limit-usage / "$LIMIT"
+g volume set "$VOL" server.allow-insecure off
 g volume stop "$VOL"
 g volume delete "$VOL"
 for dir in $DIRS; do rm -rf "$dir"; done
