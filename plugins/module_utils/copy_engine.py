@@ -269,8 +269,7 @@ class Plan:
         self.dirs = []
         self.files = []
         self.links = []
-        self.skipped = 0
-        self.skipped_bytes = 0
+        self.complete = 0
         self.failed = []
         self.not_copied = []
 
@@ -411,8 +410,7 @@ class Planner:
         complete = is_complete(info.st_size, info.st_mtime_ns, existing)
         with self.lock:
             if complete:
-                self.plan.skipped += 1
-                self.plan.skipped_bytes += info.st_size
+                self.plan.complete += 1
                 return
             self.plan.files.append(FilePlan(source, destination, info.st_size, existing is not None,
                                             temp, temp_exists))
@@ -500,7 +498,7 @@ class Planner:
             return
         if existing is not None and existing.kind == "link" and existing.target == target:
             with self.lock:
-                self.plan.skipped += 1
+                self.plan.complete += 1
             return
         if existing is not None and existing.kind == "dir":
             with self.lock:
@@ -1159,7 +1157,7 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
     pool = Pool(workers)
     try:
         plan = Planner(request, pool, buffer_dev).run()
-        result = {"files": len(plan.files), "bytes": plan.bytes, "skipped": plan.skipped,
+        result = {"files": len(plan.files), "bytes": plan.bytes, "complete": plan.complete,
                   "links": len(plan.links), "directories": sum(not d.exists for d in plan.dirs)}
         if dry_run:
             result["planned"] = plan.summary()

@@ -55,3 +55,13 @@ def format_size(nbytes):
         if nbytes and nbytes % unit == 0:
             return "%d%siB" % (nbytes // unit, _PREFIXES[power - 1])
     return str(nbytes)
+
+
+def describe_size(nbytes):
+    """For people reading a log: 1536 -> '1.5 KiB', 1023 -> '1023 B' (never parsed back)."""
+    value, unit = float(nbytes), "B"
+    for larger in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, larger
+    return "%d B" % nbytes if unit == "B" else "%.1f %s" % (value, unit)

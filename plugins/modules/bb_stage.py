@@ -126,7 +126,7 @@ options:
     type: path
 notes:
   - Check mode walks the sources and destinations as the job's user and reports what would be
-    copied (RV(files), RV(bytes), RV(skipped), RV(planned)) without writing anything.
+    copied (RV(files), RV(bytes), RV(complete), RV(planned)) without writing anything.
   - Hard links are copied as separate files; sockets, FIFOs and device files are not copied
     and are listed in RV(not_copied). Files get the job's uid and primary gid (or the
     directory's group where it is set-group-id); source ownership, extended attributes and
@@ -181,8 +181,11 @@ files:
   returned: always
   type: int
   sample: 10000
-skipped:
-  description: Files (and symlinks) already complete at the destination (same size and mtime).
+complete:
+  description:
+    - Files (and symlinks) already complete at the destination (same size and mtime), not copied
+      again.
+    - Not called C(skipped) - Ansible reads a true C(skipped) in a result as a skipped task.
   returned: always
   type: int
   sample: 0
@@ -268,7 +271,7 @@ ARGUMENT_SPEC = dict(
 )
 
 LISTED = 1000  # at most this many entries of failed_files and not_copied are returned
-EMPTY_RESULT = dict(files=0, skipped=0, bytes=0, seconds=0.0, directories=0, links=0,
+EMPTY_RESULT = dict(files=0, complete=0, bytes=0, seconds=0.0, directories=0, links=0,
                     failed_files=[], not_copied=[])
 
 

@@ -29,7 +29,7 @@ import ptyprocess
 import yaml
 
 from bbctl import playbook_guard
-from bbctl.collection import COLLECTION_ROOT, COLLECTIONS_PATH, PLAYBOOKS
+from bbctl.collection import COLLECTION_ROOT, COLLECTIONS_PATH, PLAYBOOKS, sizes
 from bbctl.errors import BBError
 from bbctl.site import Site
 
@@ -98,7 +98,6 @@ class StageRun:
     seconds: float
     run_dir: Path
     failures: list[str] = field(default_factory=list)
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # task name -> last result
 
     def output_tail(self) -> str:
         """The last line ansible-playbook printed (why it stopped before any task failed)."""
@@ -171,7 +170,7 @@ def run_stage(site: Site, key: str, stage: str, playbook: str, *, extravars: Map
         settings={"suppress_ansible_output": True, "pexpect_timeout": 0.2})
     return StageRun(stage=stage, status=result.status, rc=result.rc or 0,
                     seconds=time.monotonic() - started, run_dir=run_dir,
-                    failures=collector.failures, results=collector.results)
+                    failures=collector.failures)
 
 
 def _path_with_ansible(site: Site) -> str:
@@ -181,12 +180,11 @@ def _path_with_ansible(site: Site) -> str:
 
 
 class _Events:
-    """ansible-runner's event_handler: progress lines out, failures and results kept."""
+    """ansible-runner's event_handler: progress lines out, failures kept."""
 
     def __init__(self, on_event: Callable[[str], None]) -> None:
         self.on_event = on_event
         self.failures: list[str] = []
-        self.results: dict[str, dict[str, Any]] = {}
 
     def __call__(self, event: Mapping[str, Any]) -> bool:
         kind, data = event.get("event", ""), event.get("event_data") or {}
@@ -195,9 +193,12 @@ class _Events:
             self.on_event(f"task: {task}")
         elif kind == "runner_on_ok":
             result = data.get("res") or {}
-            self.results[task] = result
             if result.get("changed"):
                 self.on_event(f"  {host}: changed ({data.get('duration') or 0:.1f} s)")
+        elif kind == "runner_item_on_ok":
+            summary = describe_copy(data.get("res") or {})
+            if summary:
+                self.on_event(summary)
         elif kind in FAILED_EVENTS and not data.get("ignore_errors"):
             result = data.get("res") or {}
             if kind == "runner_on_failed" and result.get("results"):
@@ -255,6 +256,21 @@ def describe_progress(snapshot: Mapping[str, Any]) -> str:
     percent = f"{100 * done / total:.0f}%" if total else "100%"
     return (f"  copied {snapshot.get('files_done', 0)}/{snapshot.get('files_total', 0)} files, "
             f"{_mib(done)}/{_mib(total)} MiB ({percent}) at {_mib(snapshot.get('rate', 0)):.0f} MiB/s")
+
+
+def describe_copy(result: Mapping[str, Any]) -> str | None:
+    """One line for what a bb_stage loop item did (None for other modules' results): operators
+    see each directive's figures and, when it happens, why libgfapi was not used."""
+    if not {"files", "bytes", "complete", "seconds"} <= result.keys():
+        return None
+    label = result.get("_ansible_item_label") or ""
+    line = (f"  {label}: {result['files']} files, {sizes.describe_size(result['bytes'])} copied, "
+            f"{result['complete']} already complete, in {result['seconds']:.1f} s")
+    if result.get("gfapi_files"):
+        line += f"; {result['gfapi_files']} of the files through libgfapi"
+    if result.get("gfapi_unused"):
+        line += f"; libgfapi not used: {result['gfapi_unused']}"
+    return line
 
 
 def _mib(n: float) -> float:

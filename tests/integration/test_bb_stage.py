@@ -160,7 +160,7 @@ def test_stage_in_and_out_of_gluster_as_the_job_user(buffer, job_dir, pfs_tree, 
 
     copied = bb_stage(**stage_in)
     assert not copied.get("failed"), copied.get("msg")
-    assert (copied["changed"], copied["files"], copied["links"], copied["skipped"]) == (True, 35, 1, 0)
+    assert (copied["changed"], copied["files"], copied["links"], copied["complete"]) == (True, 35, 1, 0)
     assert (copied["gfapi_files"], copied["gfapi_unused"]) == (34, None)  # all but big.bin (> 1 MiB)
     assert copied["bytes"] == sum(p.stat().st_size for p in pfs_tree.rglob("*") if p.is_file() and not p.is_symlink())
     assert snapshot(staged_in) == snapshot(pfs_tree)  # content, mode, mtime, owner 1001
@@ -171,7 +171,7 @@ def test_stage_in_and_out_of_gluster_as_the_job_user(buffer, job_dir, pfs_tree, 
     assert progress[-1]["bytes_done"] == copied["bytes"]
 
     again = bb_stage(**stage_in)
-    assert (again["changed"], again["files"], again["skipped"]) == (False, 0, 36)
+    assert (again["changed"], again["files"], again["complete"]) == (False, 0, 36)
 
     results = user_dir / "results"
     stage_out = job(owner, direction="out", type="directory", source=str(staged_in), destination=str(results),

@@ -90,6 +90,9 @@ sleep 6
     assert f"/mnt/bbjob-{job} bb=" in env and env.count(f"bbjob-{job}") == 2
     assert leftovers(f"bbjob-{job}") == []
     assert running["BurstBuffer"].startswith("#BB_LUA jobdw")
+    stage_in = [line for line in bbctl_log_for(job).splitlines() if " stage-in: " in line]
+    assert any(f"{user_dir}/in -> " in line and ": 3 files, " in line and "3 of the files through libgfapi"
+               in line for line in stage_in), stage_in
 
 
 def test_a_rejected_directive_is_refused_at_sbatch_with_our_message(user_dir):

@@ -50,7 +50,25 @@ def test_failures_name_host_task_and_message_and_loop_items_replace_the_summary(
 def test_a_changed_result_is_reported_with_its_duration():
     handler = events(("runner_on_ok", {"host": "s1", "task": "Create", "duration": 2.25, "res": {"changed": True}}))
     assert handler.seen == ["  s1: changed (2.2 s)"]  # type: ignore[attr-defined]
-    assert handler.results["Create"] == {"changed": True}
+
+
+def copied(**result: object) -> dict:
+    base = {"files": 35, "bytes": 3 * 2**20 + 2**19, "complete": 2, "seconds": 1.26, "changed": True,
+            "_ansible_item_label": "/pfs/in -> /bb/in"}
+    return {"host": "localhost", "task": "Copy", "res": {**base, **result}}
+
+
+def test_each_copied_directive_gets_a_summary_line():
+    handler = events(("runner_item_on_ok", copied(gfapi_files=34, gfapi_unused=None)),
+                     ("runner_item_on_ok", copied(gfapi_files=0, gfapi_unused="glfs_init of v at h did not "
+                                                  "answer in 15 s")),
+                     ("runner_item_on_ok", {"host": "s1", "task": "Mount", "res": {"changed": True}}))
+    assert handler.seen == [  # type: ignore[attr-defined]
+        "  /pfs/in -> /bb/in: 35 files, 3.5 MiB copied, 2 already complete, in 1.3 s; 34 of the files "
+        "through libgfapi",
+        "  /pfs/in -> /bb/in: 35 files, 3.5 MiB copied, 2 already complete, in 1.3 s; libgfapi not used: "
+        "glfs_init of v at h did not answer in 15 s",
+    ]
 
 
 def test_a_failure_before_any_task_quotes_ansibles_last_line_without_colour(tmp_path):
@@ -112,3 +130,4 @@ def test_closing_the_pty_of_a_reaped_playbook_skips_ptyprocess_settle_sleep():
     running.close(force=True)  # alive: the original close, settle sleep and all, ends it
     assert running.ptyproc.delayafterclose > 0
     assert not running.isalive()
+

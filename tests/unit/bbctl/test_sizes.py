@@ -38,3 +38,8 @@ def test_parse_size_rejects_negative_int():
 def test_format_size_round_trips(nbytes, text):
     assert sizes.format_size(nbytes) == text
     assert sizes.parse_size(text) == nbytes
+
+
+def test_describe_size_reads_as_people_write_sizes():
+    assert [sizes.describe_size(n) for n in (0, 1023, 1536, 3 * 2**20 + 2**19, 5 * 2**40, 3 * 2**50)] == [
+        "0 B", "1023 B", "1.5 KiB", "3.5 MiB", "5.0 TiB", "3.0 PiB"]

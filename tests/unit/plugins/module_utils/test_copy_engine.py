@@ -306,12 +306,12 @@ def test_stage_in_copies_content_modes_times_and_symlinks(source, buffer):
 def test_second_run_skips_everything_and_resumes_what_changed(source, buffer):
     stage_in(source, buffer)
     again = stage_in(source, buffer)
-    assert (again["files"], again["skipped"], again["bytes"], again["directories"]) == (0, 10, 0, 0)
+    assert (again["files"], again["complete"], again["bytes"], again["directories"]) == (0, 10, 0, 0)
     write(source / "a.txt", b"alpha, longer\n")               # size differs
     copy = buffer / "input" / "sub" / "deeper" / "c.txt"
     os.utime(copy, ns=(OLD, OLD + 5))                          # as left by an interrupted copy
     resumed = stage_in(source, buffer)
-    assert (resumed["files"], resumed["skipped"]) == (2, 8)
+    assert (resumed["files"], resumed["complete"]) == (2, 8)
     assert tree_of(buffer / "input") == tree_of(source)
 
 

@@ -21,7 +21,7 @@ class Module:
 
 
 def result(**overrides):
-    base = {"files": 3, "skipped": 0, "bytes": 30, "seconds": 0.1, "directories": 1, "links": 0,
+    base = {"files": 3, "complete": 0, "bytes": 30, "seconds": 0.1, "directories": 1, "links": 0,
             "failed_files": [], "not_copied": []}
     return {**base, **overrides}
 
