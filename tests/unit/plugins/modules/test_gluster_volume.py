@@ -420,8 +420,8 @@ def test_remove_brick_dirs_is_refused_for_other_states():
 
 # --- the port gate (server.allow-insecure off) and quota -----------------------------------
 
-def gate_closed(info="volume_info_started_options_quota.xml", quota=DISABLED):
-    seen = observed(info, quota)
+def gate_closed(info="volume_info_started_options_quota.xml", quota=None):
+    seen = observed(info, quota or DISABLED)
     seen["volume"]["options"]["server.allow-insecure"] = "off"
     seen["options"]["server.allow-insecure"] = "off"
     return seen
@@ -451,9 +451,8 @@ def test_quota_behind_the_gate_is_fine_when(why, seen, asked):
 
 
 def test_opening_the_gate_comes_before_enabling_quota():
-    commands, _ = gv.plan(gate_closed(), params(quota="1GiB",
-                                                 options={"server.allow-insecure": "on"}))
-    assert commands == [set_option("server.allow-insecure", "on"), QUOTA_ON, limit(GIB)]
+    asked = params(quota="1GiB", options={"server.allow-insecure": "on"})
+    assert gv.plan(gate_closed(), asked)[0] == [set_option("server.allow-insecure", "on"), QUOTA_ON, limit(GIB)]
 
 
 @pytest.mark.parametrize(("key", "value", "closes"), [
