@@ -9,14 +9,7 @@ Prints "pools\t<rc>\t<answer>", "job_process\t<rc>\t<message>" and
 attempt to fork makes the process exit 3 naming the call.
 ]]
 
-slurm = {
-    SUCCESS = 0,
-    ERROR = -1,
-    log_info = function(...) end,
-    log_verbose = function(...) end,
-    log_debug = function(...) end,
-    log_error = function(...) end,
-}
+dofile((arg[0]:match("^(.*/)") or "./") .. "slurm_stub.lua")
 
 local script, job_id, job_script, path_file = arg[1], arg[2], arg[3], arg[4]
 dofile(script)

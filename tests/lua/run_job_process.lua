@@ -6,19 +6,10 @@ Runs slurm_bb_job_process of slurm/burst_buffer.lua outside slurmctld.
 With a file, prints "<rc>\t<message>". With a directory holding case files
 named 1, 2, 3 ... (no gaps), prints "<n>\t<rc>\t<message>" for each, so one
 process runs every case. Messages are escaped (\\, \n, \t) to stay on one line.
-The stub slurm table is the part of Slurm's that the script may use.
+The stub slurm table is in slurm_stub.lua, beside this file.
 ]]
 
-slurm = {
-    SUCCESS = 0,
-    ERROR = -1,
-    log_info = function(...) end,
-    log_verbose = function(...) end,
-    log_debug = function(...) end,
-    log_error = function(fmt, ...)
-        io.stderr:write(string.format(fmt, ...), "\n")
-    end,
-}
+dofile((arg[0]:match("^(.*/)") or "./") .. "slurm_stub.lua")
 
 local script, target = arg[1], arg[2]
 if script == nil or target == nil then
