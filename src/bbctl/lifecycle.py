@@ -36,6 +36,7 @@ EXIT_REFUSED = 4
 USER_META = "user:"  # meta key prefix on a persistent buffer: a job that uses it
 STAGE_MOUNTED = "stage_mounted"  # meta: mounted on the stage host (teardown must unmount it there)
 PRIVATE = "private"  # meta: compute nodes also mount their private directories
+FAILED_STAGE = "failed_stage"  # meta: the stage whose failure put the buffer in state failed
 BUILT = (BufferState.CREATED, BufferState.STAGED_IN, BufferState.MOUNTED, BufferState.STAGED_OUT,
          BufferState.STAGING_OUT)
 
@@ -196,8 +197,13 @@ class Lifecycle:
             return 0
         own = request.jobdw is not None
         if own:
-            self._require(key, BUILT)
-            self.store.transition(key, BUILT, BufferState.STAGING_OUT, stage_out_verified=False)
+            retry = self._failed_stage_out(key)
+            if not retry:
+                self._require(key, BUILT)
+            # A failed stage-out left the data where it was: it may simply run again.
+            self.store.transition(key, (BufferState.FAILED,) if retry else BUILT, BufferState.STAGING_OUT,
+                                  stage_out_verified=False, last_error="" if retry else None,
+                                  meta={FAILED_STAGE: None})
         for buffer_key, specs in self._stage_specs(key, request.stage_out).items():
             run = self._copy(buffer_key, specs, stage="stage-out", playbook="stage_out.yml", job=key)
             if run.status != "successful" and own:
@@ -349,7 +355,7 @@ class Lifecycle:
         if stages is not None:
             extravars.update(bb_stages=stages, bb_stage_uid=buffer.owner_uid, bb_stage_gid=buffer.owner_gid,
                              bb_stage_workers=self.site.stage_workers,
-                             bb_stage_progress=str(self.site.runs_dir / key / f"{stage}.progress"))
+                             bb_stage_progress=str(sitecfg.progress_path(self.site, key, stage)))
         def note(message: str) -> None:
             self._note(key, stage, message)
 
@@ -371,14 +377,19 @@ class Lifecycle:
                 **extra}
 
     def _failed(self, buffer: Buffer, run: runner.StageRun) -> Buffer:
-        """Record the failed run on the buffer (state failed, its message) and raise it."""
+        """Record the failed run on the buffer (state failed, its message, its stage) and raise it."""
         try:
             run.raise_for_failure()
         except runner.StageFailed as exc:
             self.store.transition(buffer.key, set(BufferState) - {BufferState.DESTROYED}, BufferState.FAILED,
-                                  last_error=str(exc))
+                                  last_error=str(exc), meta={FAILED_STAGE: run.stage})
             raise
         return buffer
+
+    def _failed_stage_out(self, key: str) -> bool:
+        buffer = self.store.get(key)
+        return (buffer is not None and buffer.state is BufferState.FAILED
+                and buffer.meta.get(FAILED_STAGE) == "stage-out")
 
     # --- operator views -------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -386,14 +397,34 @@ class Lifecycle:
         return {"pools": pools, "buffers": [describe(b, self.site) for b in self.store.buffers()]}
 
     def gc(self, older_than: float, *, dry_run: bool) -> dict[str, Any]:
-        """Tear down buffers whose stage died mid-way, and free bricks no record lists."""
+        """Tear down buffers whose stage died mid-way, and list bricks no record holds.
+
+        A buffer whose stage-out died is never torn down here (its data has not left): it is
+        held as failed, for a stage-out run again or a teardown with hurry. A stage-out whose
+        copy still reports progress is alive, however old its record."""
         orphans = self.store.orphans(older_than)
-        done = {"stale_buffers": [b.key for b in orphans.stale_buffers],
-                "stray_bricks": [a.brick_id for a in orphans.stray_bricks], "dry_run": dry_run}
+        stale = [b for b in orphans.stale_buffers if not self._copy_progressed(b.key, "stage-out", older_than)]
+        held = [b.key for b in stale if b.state is BufferState.STAGING_OUT]
+        torn = [b.key for b in stale if b.state is not BufferState.STAGING_OUT]
         if not dry_run:
-            for buffer in orphans.stale_buffers:
-                self.destroy(buffer.key, stage="gc")
-        return done
+            for key in held:
+                self.store.transition(
+                    key, BufferState.STAGING_OUT, BufferState.FAILED, meta={FAILED_STAGE: "stage-out"},
+                    last_error=f"stage-out: no progress for {older_than:.0f} s (did bbctl die?); the data is "
+                               "kept: run stage-out again, or tear down with hurry")
+                self._note(key, "gc", "stage-out without progress: held as failed, data kept")
+            for key in torn:
+                self.destroy(key, stage="gc")
+        return {"stale_buffers": torn, "held_buffers": held,
+                "stray_bricks": [a.brick_id for a in orphans.stray_bricks], "dry_run": dry_run}
+
+    def _copy_progressed(self, key: str, stage: str, within: float) -> bool:
+        """bb_stage wrote a progress snapshot for key's stage in the last ``within`` seconds."""
+        progress = sitecfg.progress_path(self.site, key, stage)
+        try:
+            return time.time() - progress.stat().st_mtime < within
+        except FileNotFoundError:
+            return False
 
 
 def describe(buffer: Buffer, site: Site) -> dict[str, Any]:

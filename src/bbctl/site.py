@@ -157,6 +157,11 @@ def mount_path(site: Site, key: str) -> Path:
     return site.mount_root / volume_name(key)
 
 
+def progress_path(site: Site, run_key: str, stage: str) -> Path:
+    """Where bb_stage appends its progress snapshots (JSON lines) during a stage of run_key."""
+    return site.runs_dir / run_key / f"{stage}.progress"
+
+
 def private_mount_path(site: Site, key: str) -> Path:
     """Where each compute node mounts its own directory of the buffer: $DW_JOB_PRIVATE."""
     return site.mount_root / (volume_name(key) + "-private")

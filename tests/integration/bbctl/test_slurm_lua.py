@@ -159,6 +159,34 @@ mkdir -p "$DW_JOB_STRIPED/out" && echo precious > "$DW_JOB_STRIPED/out/x"
     assert leftovers(f"bbjob-{job}") == []
 
 
+def test_an_operator_reruns_a_failed_stage_out_once_the_destination_is_fixed(user_dir):
+    full = user_dir / "not-yet"
+    full.mkdir()
+    os.chown(full, 0, 0)  # root's, 0755: the stage-out fails until the operator hands it over
+    script = write_job(user_dir, "job.sh", f"""
+#BB_LUA jobdw capacity=4GiB pool=nvme
+#BB_LUA stage_out type=directory source=$DW_JOB_STRIPED/out destination={full}/out
+mkdir -p "$DW_JOB_STRIPED/out" && echo precious > "$DW_JOB_STRIPED/out/x"
+""")
+    job = submit(script)
+    wait_for(job, {"STAGE_OUT"}, timeout=180)
+    deadline = time.monotonic() + 120
+    while json.loads(bbctl("show", str(job)).stdout or "{}").get("state") != "failed":
+        assert time.monotonic() < deadline, "the stage-out never failed"
+        time.sleep(0.5)
+    os.chown(full, user_dir.stat().st_uid, user_dir.stat().st_gid)
+
+    rerun = bbctl("stage-out", "--job-id", str(job), "--script", str(script))
+
+    assert rerun.returncode == 0, rerun.stderr
+    assert (full / "out" / "x").read_text() == "precious\n"
+    assert owner_of(full / "out" / "x") == "bbuser"
+    assert bbctl("teardown", "--job-id", str(job), "--script", str(script)).returncode == 0  # no hurry needed
+    subprocess.run(["scancel", "--hurry", str(job)], env=ENV, check=True)  # release Slurm's held job
+    wait_torn_down(job, timeout=180)
+    assert leftovers(f"bbjob-{job}") == []
+
+
 def test_a_persistent_buffer_serves_two_jobs_and_is_destroyed_only_when_free(user_dir):
     name = f"shared{os.getpid()}"
     create = submit(write_job(user_dir, "create.sh",

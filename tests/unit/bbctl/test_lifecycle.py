@@ -8,6 +8,8 @@ transitions, refusals, the pools file.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -167,6 +169,76 @@ def test_teardown_keeps_a_buffer_whose_stage_out_did_not_succeed(life, recorder,
     assert "buffer_destroy.yml" not in recorder.playbooks()
     assert life.teardown("42", job, hurry=True) is True  # hurry: the user's choice to discard
     assert life.store.get("42") is None
+
+
+STAGE_OUT = "#DW stage_out type=file source=$DW_JOB_STRIPED/out.dat destination=/pfs/out.dat"
+
+
+def test_a_failed_stage_out_can_run_again_and_then_teardown_proceeds(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB", STAGE_OUT)
+    life.setup("42", UID, GID, job)
+    recorder.failing.add("stage_out.yml")
+    with pytest.raises(runner.StageFailed):
+        life.stage_out("42", job)
+    assert life.store.get("42").meta[lc.FAILED_STAGE] == "stage-out"
+    recorder.failing.clear()  # the operator made the destination writable
+
+    assert life.stage_out("42", job) == 1
+    again = life.store.get("42")
+    assert (again.state, again.stage_out_verified, again.last_error) == (BufferState.STAGED_OUT, True, "")
+    assert lc.FAILED_STAGE not in again.meta
+    assert life.teardown("42", job, hurry=False) is True
+
+
+def test_a_buffer_whose_build_failed_is_not_staged_out(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB", STAGE_OUT)
+    recorder.failing.add("buffer_create.yml")
+    with pytest.raises(runner.StageFailed):
+        life.setup("42", UID, GID, job)
+    recorder.failing.clear()
+    with pytest.raises(lc.Refused, match="buffer 42 is failed"):
+        life.stage_out("42", job)
+    assert recorder.playbooks() == ["buffer_create.yml"]
+
+
+def stale(life, key, state, config, *, progress_age=None):
+    """Put key's record in state, last updated an hour ago; optionally a progress file that old."""
+    life.store.transition(key, set(BufferState) - {BufferState.DESTROYED}, state)
+    real_clock = life.store.clock
+    life.store.clock = lambda: real_clock() + 3600
+    if progress_age is not None:
+        path = config.runs_dir / key / "stage-out.progress"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}\n")
+        moment = time.time() - progress_age
+        os.utime(path, (moment, moment))
+
+
+def test_gc_tears_down_a_dead_build_but_holds_a_dead_stage_out_with_its_data(life, recorder, config, tmp_path):
+    for key in ("41", "42"):
+        life.setup(key, UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB", STAGE_OUT))
+    life.store.transition("41", BufferState.CREATED, BufferState.CREATING)
+    stale(life, "42", BufferState.STAGING_OUT, config, progress_age=7200)
+
+    assert life.gc(600, dry_run=True)["held_buffers"] == ["42"]
+    assert life.store.get("42").state is BufferState.STAGING_OUT  # a dry run changes nothing
+    done = life.gc(600, dry_run=False)
+
+    assert (done["stale_buffers"], done["held_buffers"]) == (["41"], ["42"])
+    assert life.store.get("41") is None
+    held = life.store.get("42")
+    assert held.state is BufferState.FAILED and "the data is kept" in held.last_error
+    assert [run["key"] for run in recorder.runs if run["playbook"] == "buffer_destroy.yml"] == ["41"]
+    life.store.clock = time.time
+    assert life.stage_out("42", script(tmp_path, "#DW jobdw capacity=1GiB", STAGE_OUT)) == 1
+
+
+def test_gc_leaves_a_stage_out_that_still_reports_progress(life, recorder, config, tmp_path):
+    life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB", STAGE_OUT))
+    stale(life, "42", BufferState.STAGING_OUT, config, progress_age=5)
+    done = life.gc(600, dry_run=False)
+    assert (done["stale_buffers"], done["held_buffers"]) == ([], [])
+    assert life.store.get("42").state is BufferState.STAGING_OUT
 
 
 def test_a_verified_stage_out_lets_teardown_proceed(life, recorder, tmp_path):
