@@ -197,12 +197,10 @@ class Lifecycle:
             return 0
         own = request.jobdw is not None
         if own:
-            retry = self._failed_stage_out(key)
-            if not retry:
-                self._require(key, BUILT)
             # A failed stage-out left the data where it was: it may simply run again.
-            self.store.transition(key, (BufferState.FAILED,) if retry else BUILT, BufferState.STAGING_OUT,
-                                  stage_out_verified=False, last_error="" if retry else None,
+            states = (BufferState.FAILED,) if _stage_out_failed(self.store.get(key)) else BUILT
+            self._require(key, states)
+            self.store.transition(key, states, BufferState.STAGING_OUT, stage_out_verified=False, last_error="",
                                   meta={FAILED_STAGE: None})
         for buffer_key, specs in self._stage_specs(key, request.stage_out).items():
             run = self._copy(buffer_key, specs, stage="stage-out", playbook="stage_out.yml", job=key)
@@ -386,10 +384,6 @@ class Lifecycle:
             raise
         return buffer
 
-    def _failed_stage_out(self, key: str) -> bool:
-        buffer = self.store.get(key)
-        return (buffer is not None and buffer.state is BufferState.FAILED
-                and buffer.meta.get(FAILED_STAGE) == "stage-out")
 
     # --- operator views -------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -403,9 +397,9 @@ class Lifecycle:
         held as failed, for a stage-out run again or a teardown with hurry. A stage-out whose
         copy still reports progress is alive, however old its record."""
         orphans = self.store.orphans(older_than)
-        stale = [b for b in orphans.stale_buffers if not self._copy_progressed(b.key, "stage-out", older_than)]
-        held = [b.key for b in stale if b.state is BufferState.STAGING_OUT]
-        torn = [b.key for b in stale if b.state is not BufferState.STAGING_OUT]
+        held = [b.key for b in orphans.stale_buffers if b.state is BufferState.STAGING_OUT
+                and not self._copy_progressed(b.key, "stage-out", older_than)]
+        torn = [b.key for b in orphans.stale_buffers if b.state is not BufferState.STAGING_OUT]
         if not dry_run:
             for key in held:
                 self.store.transition(
@@ -433,6 +427,11 @@ def describe(buffer: Buffer, site: Site) -> dict[str, Any]:
                 mount_path=str(sitecfg.mount_path(site, buffer.key)),
                 owner=_user_name(buffer.owner_uid), age_seconds=round(time.time() - buffer.created_at, 1))
     return data
+
+
+def _stage_out_failed(buffer: Buffer | None) -> bool:
+    return (buffer is not None and buffer.state is BufferState.FAILED
+            and buffer.meta.get(FAILED_STAGE) == "stage-out")
 
 
 def _user_name(uid: int) -> str:
