@@ -1058,6 +1058,16 @@ def gfapi_target(request, use_gfapi=True, mountinfo=None):
     return gfapi.glusterfs_mount(entries, os.path.realpath(request.buffer_root))
 
 
+def gfapi_writer(request, plan, target, verify):
+    """(GfapiWriter or None, why not) for this stage: stage-out never writes into the buffer,
+    so there is nothing to say why not; a stage-in says why whenever it goes without."""
+    if request.direction != "in":
+        return None, None
+    if not any(GfapiWriter.takes(f) for f in plan.files):
+        return None, NO_SMALL_FILES
+    return open_gfapi(target, verify, request.buffer_root)
+
+
 def open_gfapi(target, verify, buffer_root="/"):
     """(GfapiWriter or None, why not): the mount stays in use whenever gfapi cannot be."""
     if target is None:
@@ -1163,8 +1173,7 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
             result["planned"] = plan.summary()
         else:
             progress = Progress(len(plan.files), plan.bytes, report)
-            small = any(GfapiWriter.takes(f) for f in plan.files)
-            fast, why_not = open_gfapi(gfapi_via, verify, request.buffer_root) if small else (None, NO_SMALL_FILES)
+            fast, why_not = gfapi_writer(request, plan, gfapi_via, verify)
             copier = Copier(plan, pool, request.direction == "out", chunk_size, verify, buffer_dev,
                             progress, fast)
             copier.run()

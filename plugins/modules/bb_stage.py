@@ -215,7 +215,8 @@ gfapi_files:
   type: int
   sample: 10000
 gfapi_unused:
-  description: Why libgfapi was not used for this stage; null when it was.
+  description: Why libgfapi was not used for this stage-in; null when it was, and for stage-out
+    (it writes outside the buffer, through the file system there).
   returned: when something was copied
   type: str
   sample: the buffer is not a GlusterFS mount, or gfapi is off

@@ -196,6 +196,7 @@ def write_inventory(config: TestbedConfig) -> None:
 def write_bbctl_config(config: TestbedConfig) -> None:
     """bbctl's configuration for the test bed: its inventory, one pool of every brick."""
     work = config.root / "bbctl"
+    work.mkdir(parents=True, exist_ok=True)  # before any bbctl runs: the demo follows its log from the start
     site.dump({"inventory": str(config.inventory_file), "state": str(work / "state.db"),
                "pools": {"nvme": {"granularity": config.brick_size, "hosts": "all"}},
                "work_dir": str(work), "mount_root": str(config.root / "mnt"),
