@@ -74,7 +74,11 @@ say "job $job: $state; its output"
 sed 's/^/  /' "$pfs/slurm-$job.out"
 say "results staged out to $pfs/results (owner, content)"
 find "$pfs/results" -type f -printf '  %u %M %6s %p\n'
-echo "  count.txt: $(cat "$pfs/results/count.txt") lines read; matrix.sha256 matches the input: $(
-  [ "$(cat "$pfs/results/matrix.sha256")" = "$(sha256sum "$pfs/input/matrix.bin" | cut -d' ' -f1)" ] && echo yes || echo NO)"
+matches=NO
+[ "$(cat "$pfs/results/matrix.sha256")" = "$(sha256sum "$pfs/input/matrix.bin" | cut -d' ' -f1)" ] && matches=yes
+echo "  count.txt: $(cat "$pfs/results/count.txt") lines read; matrix.sha256 matches the input: $matches"
 say "after teardown"
 bbctl status | sed 's/^/  /'
+# test.sh runs the demo too: it fails unless the job completed and its results came back intact.
+[ "$state" = COMPLETED ] && [ "$matches" = yes ] && [ "$(cat "$pfs/results/count.txt")" = 200 ] \
+  && [ "$(stat -c %U "$pfs/results/count.txt")" = bbuser ]

@@ -2,12 +2,12 @@
 # The whole test suite, as CI runs it (as root, after scripts/setup.sh):
 # lint, ansible-test sanity, unit tests, then the real loopback test bed for
 # integration and molecule tests, torn down afterwards whatever happened.
-# Set BB_TEST_STAGES to a subset of "lint sanity unit integration molecule".
+# Set BB_TEST_STAGES to a subset of "lint sanity unit integration molecule demo".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_CONFIG="$PWD/ansible.cfg"
-stages=${BB_TEST_STAGES:-lint sanity unit integration molecule}
+stages=${BB_TEST_STAGES:-lint sanity unit integration molecule demo}
 want() { [[ " $stages " == *" $1 "* ]]; }
 step() { printf '\n=== %s\n' "$*"; }
 
@@ -55,6 +55,13 @@ if want integration || want molecule; then
   step "test bed down"
   trap - EXIT
   bbctl testbed down
+  scripts/check-clean.sh
+fi
+
+if want demo; then
+  # README's other command: it builds and removes a test bed of its own, and must keep working.
+  step "demo"
+  scripts/demo.sh
   scripts/check-clean.sh
 fi
 echo "ALL TESTS PASSED"
