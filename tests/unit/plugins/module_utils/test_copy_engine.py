@@ -858,13 +858,11 @@ def test_only_new_small_files_of_a_stage_in_take_the_gfapi_path():
 
 
 def test_stage_out_has_no_gfapi_reason_and_a_stage_in_without_small_files_says_so():
-    class Plan:
-        files = [ce.FilePlan("/pfs/a", "/mnt/bb/a", ce.BLOCK + 1, False, None, False)]
-
+    plan = types.SimpleNamespace(files=[ce.FilePlan("/pfs/a", "/mnt/bb/a", ce.BLOCK + 1, False, None, False)])
     outward = ce.StageRequest("out", "directory", "/mnt/bb/out", "/pfs/out", "/mnt/bb")
     inward = ce.StageRequest("in", "directory", "/pfs/in", "/mnt/bb/in", "/mnt/bb")
-    assert ce.gfapi_writer(outward, Plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, None)
-    assert ce.gfapi_writer(inward, Plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, ce.NO_SMALL_FILES)
+    assert ce.gfapi_writer(outward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, None)
+    assert ce.gfapi_writer(inward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, ce.NO_SMALL_FILES)
 
 
 class RecordingVolume:
