@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from bbctl import host
+from bbctl.pools import load_pools
 from tests.conftest import BBCTL, VENV_BIN
 
 pytestmark = pytest.mark.testbed
@@ -68,6 +69,12 @@ def test_inventory_describes_servers_and_bricks_for_ansible(testbed):
     assert Path(node2["bb_glusterd_socket"]).is_socket()
     assert [Path(b["device"]).name.startswith("loop") for b in node2["bb_bricks"]] == [True, True]
     assert host.mount_at(Path(node2["bb_bricks"][1]["path"])).source == node2["bb_bricks"][1]["device"]
+
+
+def test_the_inventory_makes_one_pool_of_every_brick(testbed):
+    pool = load_pools({"pools": {"nvme": {"granularity": "1GiB"}}}, testbed / "inventory.yml")["nvme"]
+    assert pool.quantity == 6  # one granule per brick: two on each of three servers
+    assert all(b.path.startswith(f"{testbed}/node") for b in pool.bricks)
 
 
 def test_a_distributed_volume_spreads_files_over_all_servers(testbed, tmp_path):
