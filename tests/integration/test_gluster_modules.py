@@ -11,7 +11,6 @@ The peer tests run two private glusterd of their own on 127.1.9.1-2, so the test
 is never changed.
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.integration.module_task import run_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -137,31 +138,15 @@ class Playbooks:
         self.inventory = str(inventory)
         self.dir = Path(tempfile.mkdtemp(prefix="bb-gluster-test-"))
         self.runs = 0
-        self.seconds = []
 
     def run(self, module, args, hosts="bbnode1", check=False, extra_vars=None):
         """The result of the task on each host, {host: result}; one host -> that result."""
         self.runs += 1
-        results = self.dir / f"run{self.runs}"
-        results.mkdir()
-        play = {"hosts": hosts, "gather_facts": False, "vars": extra_vars or {}, "tasks": [
-            {"name": "module under test", f"hpc.burstbuffer.{module}": args,
-             "register": "result", "ignore_errors": True},
-            {"name": "keep the result", "ansible.builtin.copy": {
-                "content": "{{ result | to_json }}",
-                "dest": f"{results}/{{{{ inventory_hostname }}}}.json"},
-             "check_mode": False, "diff": False},
-        ]}
-        playbook = self.dir / f"play{self.runs}.yml"
-        playbook.write_text(yaml.safe_dump([play], sort_keys=False))
-        argv = [str(VENV_BIN / "ansible-playbook"), "-i", self.inventory, str(playbook)]
-        started = time.monotonic()
-        done = subprocess.run(argv + (["--check", "--diff"] if check else ["--diff"]), cwd=REPO,
-                              capture_output=True, text=True, timeout=600, check=False,
-                              env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")))
-        self.seconds.append(time.monotonic() - started)
-        found = {path.stem: json.loads(path.read_text()) for path in results.glob("*.json")}
-        assert found, done.stdout + done.stderr
+        found = run_tasks(self.dir, f"run{self.runs}",
+                          [{"name": "module under test", f"hpc.burstbuffer.{module}": args}],
+                          hosts=hosts, inventory=self.inventory, play={"vars": extra_vars or {}},
+                          flags=["--check", "--diff"] if check else ["--diff"], timeout=600)
+        found = {host: results[0] for host, results in found.items()}
         return found if len(found) > 1 or hosts not in found else found[hosts]
 
     def cleanup(self):

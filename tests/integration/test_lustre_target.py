@@ -12,18 +12,15 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.integration.module_task import LOCALHOST, run_tasks
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_DIR = REPO / "tests" / "fakes" / "lustre"
-VENV_BIN = REPO / ".venv" / "bin"
-PYTHON = VENV_BIN / "python" if (VENV_BIN / "python").exists() else Path(sys.executable)
-ANSIBLE_PLAYBOOK = VENV_BIN / "ansible-playbook"
 FSNAME = "bbfs"
 MGSNODE = ["127.1.1.1@tcp"]  # loopback range only; real mkfs.lustre refuses 127.0.0.1 itself
 
@@ -72,34 +69,10 @@ class Play:
     def run(self, tasks):
         """Each task's registered result, in order (tasks never stop the play)."""
         self.runs += 1
-        results = self.workdir / f"results{self.runs}.json"
-        playbook = self.workdir / f"play{self.runs}.yml"
-        playbook.write_text(yaml.safe_dump([self.play(tasks, results)], sort_keys=False))
-        env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
-        done = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", "localhost,", str(playbook)],
-                              env=env, capture_output=True, text=True, cwd=REPO, check=False)
-        assert results.exists(), done.stdout + done.stderr
-        return json.loads(results.read_text())
-
-    def play(self, tasks, results):
-        steps = [dict(task, register=f"result_{number}", ignore_errors=True)
-                 for number, task in enumerate(tasks)]
-        collected = ", ".join(f"result_{number}" for number in range(len(tasks)))
-        steps.append({"ansible.builtin.copy": {
-            "dest": str(results), "content": "{{ [" + collected + "] | to_json }}"},
-            "check_mode": False})
-        return {
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": False,
-            "vars": {"ansible_python_interpreter": str(PYTHON)},
-            "environment": {
-                "PATH": f"{FAKE_DIR}:{os.environ['PATH']}",
-                "LUSTRE_FAKE_LOG": str(self.log),
-                "LUSTRE_FAKE_STATE": str(self.state),
-            },
-            "tasks": steps,
-        }
+        environment = {"PATH": f"{FAKE_DIR}:{os.environ['PATH']}", "LUSTRE_FAKE_LOG": str(self.log),
+                       "LUSTRE_FAKE_STATE": str(self.state)}
+        return run_tasks(self.workdir, f"play{self.runs}", tasks,
+                         play={**LOCALHOST, "environment": environment})["localhost"]
 
     def recorded(self):
         """Every command the fake recorded as changing something, argv as run."""
