@@ -80,6 +80,23 @@ local GRAMMAR = {
         TB = 1000000000000,
         TIB = 1099511627776,
     },
+    suggest_units = {
+        binary = {
+            "PiB",
+            "TiB",
+            "GiB",
+            "MiB",
+            "KiB",
+        },
+        decimal = {
+            "PB",
+            "TB",
+            "GB",
+            "MB",
+            "KB",
+        },
+    },
+    implicit_jobdw_prefix = "#BB_LUA",
     path_forbidden_pattern = "[%\"%'%`%\\%$%*%?%[%]%{%}]",
     buffer_variables = {
         DW_JOB_STRIPED = "striped",
@@ -108,11 +125,15 @@ local GRAMMAR = {
         buffer_name = {
             check = "name",
             expects = "a buffer name",
-            first = "A-Za-z",
-            rest = "A-Za-z0-9_",
+            first = "A-Za-z_",
+            rest = "A-Za-z0-9_.-",
             max = 64,
-            describe = "1 to 64 characters of A-Z a-z 0-9 _, starting with a letter",
-            pattern = "^[A-Za-z][A-Za-z0-9_]*$",
+            describe = "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or _",
+            pattern = "^[A-Za-z_][A-Za-z0-9_.-]*$",
+        },
+        swap_size = {
+            check = "swap_size",
+            expects = "a whole number of GiB such as 4GiB",
         },
         access_mode = {
             check = "enum",
@@ -190,10 +211,17 @@ local GRAMMAR = {
                 fs = "fs",
                 pfs = "pfs_path",
             },
+            aliases = {
+                access = "access_mode",
+            },
             required = {
                 "capacity",
             },
             once = true,
+            slurm_reads = {
+                "capacity",
+                "pool",
+            },
             defaults = {
                 access_mode = "striped",
                 type = "scratch",
@@ -201,17 +229,10 @@ local GRAMMAR = {
             },
             rules = {
                 {
-                    rule = "requires",
+                    rule = "not_yet",
                     key = "type",
                     value = "cache",
-                    needs = "pfs",
-                    hint = "name the parallel filesystem directory to cache, e.g. pfs=/lustre/project",
-                },
-                {
-                    rule = "only_with",
-                    key = "pfs",
-                    other = "type",
-                    other_value = "cache",
+                    hint = "a write-back cache of pfs=DIR is not available yet (what the job wrote would be lost): use type=scratch with stage_in and stage_out lines",
                 },
             },
             key_order = {
@@ -222,7 +243,7 @@ local GRAMMAR = {
                 "fs",
                 "pfs",
             },
-            allowed = "capacity=, pool=, access_mode=, type=, fs=, pfs=",
+            allowed = "capacity=, pool=, access_mode=, type=, fs=, pfs=, access=",
             required_text = "capacity=",
             flags = {},
         },
@@ -283,6 +304,9 @@ local GRAMMAR = {
             required = {
                 "name",
             },
+            slurm_reads = {
+                "name",
+            },
             key_order = {
                 "name",
             },
@@ -299,9 +323,20 @@ local GRAMMAR = {
                 pool = "pool",
                 pfs = "pfs_path",
             },
+            aliases = {
+                access_mode = "access",
+            },
             required = {
                 "name",
                 "capacity",
+            },
+            slurm_reads = {
+                "name",
+                "capacity",
+                "pool",
+                "type",
+                "access_mode",
+                "access",
             },
             defaults = {
                 access = "striped",
@@ -309,17 +344,10 @@ local GRAMMAR = {
             },
             rules = {
                 {
-                    rule = "requires",
+                    rule = "not_yet",
                     key = "type",
                     value = "cache",
-                    needs = "pfs",
-                    hint = "name the parallel filesystem directory to cache, e.g. pfs=/lustre/project",
-                },
-                {
-                    rule = "only_with",
-                    key = "pfs",
-                    other = "type",
-                    other_value = "cache",
+                    hint = "a write-back cache of pfs=DIR is not available yet (what the job wrote would be lost): use type=scratch with stage_in and stage_out lines",
                 },
             },
             key_order = {
@@ -330,7 +358,7 @@ local GRAMMAR = {
                 "pool",
                 "pfs",
             },
-            allowed = "name=, capacity=, access=, type=, pool=, pfs=",
+            allowed = "name=, capacity=, access=, type=, pool=, pfs=, access_mode=",
             required_text = "name=, capacity=",
             flags = {},
         },
@@ -344,6 +372,9 @@ local GRAMMAR = {
             flags = {
                 hurry = true,
             },
+            slurm_reads = {
+                "name",
+            },
             key_order = {
                 "name",
             },
@@ -351,8 +382,21 @@ local GRAMMAR = {
             required_text = "name=",
         },
         swap = {
-            positional = "size",
+            positional = "swap_size",
+            keys = {
+                pool = "pool",
+            },
+            required = {},
             once = true,
+            slurm_reads = {
+                "pool",
+            },
+            key_order = {
+                "pool",
+            },
+            allowed = "pool=",
+            required_text = "",
+            flags = {},
         },
     },
     conflicts = {
@@ -383,26 +427,27 @@ local GRAMMAR = {
         flag_value = "line {line}: {directive}: '{token}': {key} is a flag and takes no value: write just '{key}'",
         unknown_key = "line {line}: {directive}: unknown key '{key}' in '{token}': allowed: {allowed}",
         not_key_value = "line {line}: {directive}: '{token}' is not key=value: allowed: {allowed}",
-        duplicate_key = "line {line}: {directive}: '{token}': {key} is given twice: give it once",
+        conflicting_key = "line {line}: {directive}: '{token}': {key} is given twice with different values ('{first}' and '{second}'): give it once",
+        slurm_reads_first = "line {line}: {directive}: '{token}' holds '{key}=' inside another value; Slurm reads the first '{key}=' on the line as the {key}, so it would read this line differently: give {key}= before it, or rename the path",
         empty_value = "line {line}: {directive}: '{token}' has an empty value: give {expects}",
         bad_enum = "line {line}: {directive}: '{token}': {key} must be one of {choices}",
         bad_name = "line {line}: {directive}: '{token}': {key} must be {describe}",
-        bad_size = "line {line}: {directive}: '{token}' is not a size: give a whole or decimal number of bytes with an optional unit: K M G T P or KiB..PiB (powers of 1024), KB..PB (powers of 1000)",
+        bad_size = "line {line}: {directive}: '{token}' is not a size: give a whole number of bytes with an optional unit: K M G T P or KiB..PiB (powers of 1024), KB..PB (powers of 1000)",
+        capacity_separator = "line {line}: {directive}: '{token}' is followed by a tab or carriage return: Slurm reads the size up to a space and would book a different size: separate it with a space",
+        decimal_size = "line {line}: {directive}: '{token}': Slurm reads sizes up to the decimal point and would book a different size than the buffer gets: write a whole number, e.g. {suggest}",
+        bad_swap = "line {line}: {directive}: '{token}' is not a swap size: Slurm counts swap in whole GiB per node (a bare number, or with G or GiB), e.g. 'swap 4GiB'",
         node_size = "line {line}: {directive}: '{token}': node counts (N) are not supported: give bytes, e.g. 100GiB",
         zero_size = "line {line}: {directive}: '{token}': the size must be more than 0 bytes",
         huge_size = "line {line}: {directive}: '{token}' is larger than the limit of {limit}",
         missing_positional = "line {line}: {directive}: missing {expects}: write '{directive} 4GiB'",
-        extra_positional = "line {line}: {directive}: unexpected '{token}': write '{directive} SIZE'",
         missing_key = "line {line}: {directive}: missing {key}=: required: {required}",
-        requires = "line {line}: {directive}: {key}={value} needs {needs}=: {hint}",
-        only_with = "line {line}: {directive}: '{token}' is only allowed with {other}={other_value}",
+        not_yet = "line {line}: {directive}: '{token}': {hint}",
         path_too_long = "line {line}: {directive}: '{token}': {key} is longer than {limit} bytes",
         not_absolute = "line {line}: {directive}: '{token}': {key} must be an absolute path on the parallel filesystem (starting with /)",
         not_buffer_path = "line {line}: {directive}: '{token}': {key} must start with $DW_JOB_STRIPED, $DW_JOB_PRIVATE or $DW_PERSISTENT_STRIPED_<name> (or their $BB_ twins), then /path or nothing",
         bad_persistent_var = "line {line}: {directive}: '{token}': '{name}' is not a persistent buffer name: names are {describe}",
         bad_char = "line {line}: {directive}: '{token}': '{char}' is not allowed in paths: nothing expands quotes, backslashes, $, backticks, braces or glob characters here",
         dotdot = "line {line}: {directive}: '{token}': '..' is not allowed in paths: write the path without it",
-        not_normal = "line {line}: {directive}: '{token}': write the path without '.' components or '//'",
         long_component = "line {line}: {directive}: '{token}': a path component is longer than {limit} bytes",
         file_needs_name = "line {line}: {directive}: '{token}': type=file needs a file name, not a directory root",
         duplicate_name = "line {line}: {directive} name={name} appears twice (first on line {first}): give it once",
@@ -411,6 +456,7 @@ local GRAMMAR = {
         needs_jobdw = "line {line}: {directive}: '{token}' uses ${var} but there is no jobdw line: add '{prefix} jobdw capacity=SIZE' or use a persistent buffer",
         needs_persistentdw = "line {line}: {directive}: '{token}' uses ${var} but there is no 'persistentdw name={name}' line",
         needs_access = "line {line}: {directive}: '{token}' uses ${var}, but jobdw (line {first}) has access_mode={mode}: use access_mode=striped,private",
+        stage_private = "line {line}: {directive}: '{token}': ${var} is a different directory on every compute node and cannot be staged: stage into $DW_JOB_STRIPED",
     },
 }
 -- END GENERATED GRAMMAR
@@ -480,30 +526,26 @@ local function any_part(parts, test)
     return false
 end
 
--- path starts with "/"; one trailing "/" is dropped.
+-- path starts with "/"; normalised as POSIX reads it: "//", "." and a trailing "/" go.
 local function check_path_chars(where, path, shown)
     local bad = path:find(GRAMMAR.path_forbidden_pattern)
     if bad then
         fail_at(where, "bad_char", shown, {char = path:sub(bad, bad)})
     end
-    if path == "/" then
-        return path
+    local parts = {}
+    for _, part in ipairs(split_path(path:sub(2))) do
+        if part ~= "" and part ~= "." then
+            parts[#parts + 1] = part
+        end
     end
-    if path:sub(-1) == "/" then
-        path = path:sub(1, -2)
-    end
-    local parts = split_path(path:sub(2))
     if any_part(parts, function(part) return part == ".." end) then
         fail_at(where, "dotdot", shown)
-    end
-    if any_part(parts, function(part) return part == "" or part == "." end) then
-        fail_at(where, "not_normal", shown)
     end
     local limit = GRAMMAR.limits.component_bytes
     if any_part(parts, function(part) return #part > limit end) then
         fail_at(where, "long_component", shown, {limit = limit})
     end
-    return path
+    return "/" .. table.concat(parts, "/")
 end
 
 local function is_name(kind, value)
@@ -511,7 +553,7 @@ local function is_name(kind, value)
 end
 
 local function check_buffer_path(where, key, value, shown)
-    local variable, rest = value:match("^%$([A-Za-z0-9_]+)(.*)$")
+    local variable, rest = value:match("^%$([A-Za-z0-9_%.%-]+)(.*)$")
     if variable == nil or not (rest == "" or rest:sub(1, 1) == "/") then
         fail_at(where, "not_buffer_path", shown, {key = key})
     end
@@ -535,9 +577,22 @@ local function check_buffer_path(where, key, value, shown)
     return {variable = variable, area = area, name = name, subpath = subpath == "/" and "" or subpath}
 end
 
+-- A decimal size as a whole number of the largest exact unit of its family (7.5GiB -> 7680MiB).
+local function whole_size(number, unit)
+    local nbytes = math.ceil(tonumber(number) * GRAMMAR.units[unit])
+    local decimal = unit:sub(-1) == "B" and unit:sub(-2) ~= "IB"
+    for _, name in ipairs(GRAMMAR.suggest_units[decimal and "decimal" or "binary"]) do
+        local multiplier = GRAMMAR.units[name:upper()]
+        if nbytes % multiplier == 0 then
+            return string.format("%.0f%s", nbytes / multiplier, name)
+        end
+    end
+    return string.format("%.0f", nbytes)
+end
+
 local function check_size(where, value, shown)
-    local number, unit = value:match("^([0-9]+%.?[0-9]*)([A-Za-z]*)$")
-    if number == nil or number:sub(-1) == "." then
+    local number, fraction, unit = value:match("^([0-9]+)(%.?[0-9]*)([A-Za-z]*)$")
+    if number == nil or fraction == "." then
         fail_at(where, "bad_size", shown)
     end
     unit = unit:upper()
@@ -545,14 +600,31 @@ local function check_size(where, value, shown)
         fail_at(where, "node_size", shown)
     end
     local multiplier = GRAMMAR.units[unit]
-    local quantity = tonumber(number)  -- nil only under a non-C LC_NUMERIC: then refuse
-    if multiplier == nil or quantity == nil then
+    if multiplier == nil then
         fail_at(where, "bad_size", shown)
     end
-    local nbytes = math.ceil(quantity * multiplier)
+    local nbytes = tonumber(number) * multiplier
+    local limit = GRAMMAR.limits.size_bytes
+    if nbytes > limit or (nbytes >= limit and fraction ~= "") then
+        fail_at(where, "huge_size", shown, {limit = GRAMMAR.size_limit_text})
+    end
+    if fraction ~= "" then
+        fail_at(where, "decimal_size", shown, {suggest = whole_size(number .. fraction, unit)})
+    end
     if nbytes == 0 then
         fail_at(where, "zero_size", shown)
     end
+    return nbytes
+end
+
+-- Slurm counts swap in whole GiB per node: a bare number, or with G or GiB.
+local function check_swap_size(where, value, shown)
+    local number, unit = value:match("^([0-9]+)([A-Za-z]*)$")
+    unit = unit and unit:upper()
+    if number == nil or not (unit == "" or unit == "G" or unit == "GIB") or tonumber(number) == 0 then
+        fail_at(where, "bad_swap", shown)
+    end
+    local nbytes = tonumber(number) * GRAMMAR.units.G
     if nbytes > GRAMMAR.limits.size_bytes then
         fail_at(where, "huge_size", shown, {limit = GRAMMAR.size_limit_text})
     end
@@ -578,6 +650,8 @@ local function check_value(where, kind_name, key, value, token)
         return value
     elseif kind.check == "size" then
         return check_size(where, value, shown)
+    elseif kind.check == "swap_size" then
+        return check_swap_size(where, value, shown)
     end
     if #value > GRAMMAR.limits.path_bytes then
         fail_at(where, "path_too_long", shown, {key = key, limit = GRAMMAR.limits.path_bytes})
@@ -591,13 +665,59 @@ local function check_value(where, kind_name, key, value, token)
     return check_buffer_path(where, key, value, shown)
 end
 
--- key -> {token, checked value}; a flag maps to {token, true}.
-local function key_values(where, spec, tokens)
-    local values = {}
-    for i = 2, #tokens do
+-- Checked values compare by content: a buffer path is a table.
+local function same_value(a, b)
+    if type(a) == "table" and type(b) == "table" then
+        return a.variable == b.variable and a.subpath == b.subpath
+    end
+    return a == b
+end
+
+local function value_of(token)
+    local eq = token:find("=", 1, true)
+    return eq and token:sub(eq + 1) or token
+end
+
+-- Refuse a line where Slurm's strstr would find "key=" inside another value first.
+local function check_slurm_reads(where, spec, tokens, first)
+    for _, key in ipairs(spec.slurm_reads or {}) do
+        local needle = key .. "="
+        for i = first, #tokens do
+            if tokens[i]:find(needle, 1, true) then
+                if tokens[i]:sub(1, #needle) ~= needle then
+                    fail_at(where, "slurm_reads_first", shorten(tokens[i]), {key = key})
+                end
+                break
+            end
+        end
+    end
+end
+
+-- Slurm reads a size up to a space: a tab (or CR) after capacity= would change what it books.
+local function check_capacity_separator(where, spec, body)
+    local reads_capacity = false
+    for _, key in ipairs(spec.slurm_reads or {}) do
+        reads_capacity = reads_capacity or key == "capacity"
+    end
+    local start = reads_capacity and body:find("capacity=", 1, true)
+    if not start then
+        return
+    end
+    local stop = body:find("[ \t\r\v\f]", start)
+    if stop and body:sub(stop, stop) ~= " " then
+        fail_at(where, "capacity_separator", shorten(body:sub(start, stop - 1)))
+    end
+end
+
+-- key -> {token, checked value}; a flag maps to {token, true}; an alias is stored
+-- under the key it means; a key repeated with an equal value is accepted.
+local function key_values(where, spec, tokens, first, values)
+    local aliases = spec.aliases or {}
+    for i = first, #tokens do
         local token = tokens[i]
         local eq = token:find("=", 1, true)
-        local key = eq and token:sub(1, eq - 1) or token
+        local given = eq and token:sub(1, eq - 1) or token
+        local key = aliases[given] or given
         local shown = shorten(token)
         if not eq and not spec.flags[key] then
             fail_at(where, "not_key_value", shown, {allowed = spec.allowed})
@@ -606,16 +726,20 @@ local function key_values(where, spec, tokens)
             fail_at(where, "flag_value", shown, {key = key})
         end
         if eq and not spec.keys[key] then
-            fail_at(where, "unknown_key", shown, {key = shorten(key), allowed = spec.allowed})
-        end
-        if values[key] then
-            fail_at(where, "duplicate_key", shown, {key = key})
+            fail_at(where, "unknown_key", shown, {key = shorten(given), allowed = spec.allowed})
         end
         local value = true
         if eq then
             value = check_value(where, spec.keys[key], key, token:sub(eq + 1), token)
         end
-        values[key] = {token, value}
+        if values[key] then
+            if not same_value(values[key][2], value) then
+                fail_at(where, "conflicting_key", shown, {key = key, first = shorten(value_of(values[key][1])),
+                                                          second = shorten(value_of(token))})
+            end
+        else
+            values[key] = {token, value}
+        end
     end
     return values
 end
@@ -628,16 +752,9 @@ local function effective(spec, values, key)
 end
 
 local RULES = {
-    requires = function(where, spec, rule, values)
-        if effective(spec, values, rule.key) == rule.value and values[rule.needs] == nil then
-            fail_at(where, "requires", shorten(values[rule.key][1]),
-                    {key = rule.key, value = rule.value, needs = rule.needs, hint = rule.hint})
-        end
-    end,
-    only_with = function(where, spec, rule, values)
-        if values[rule.key] and effective(spec, values, rule.other) ~= rule.other_value then
-            fail_at(where, "only_with", shorten(values[rule.key][1]),
-                    {other = rule.other, other_value = rule.other_value})
+    not_yet = function(where, spec, rule, values)
+        if values[rule.key] and values[rule.key][2] == rule.value then
+            fail_at(where, "not_yet", shorten(values[rule.key][1]), {hint = rule.hint})
         end
     end,
     file_needs_name = function(where, spec, rule, values)
@@ -704,11 +821,8 @@ local BUILDERS = {
 }
 
 local function positional(where, spec, tokens)
-    if #tokens < 2 then
+    if #tokens < 2 or tokens[2]:find("=", 1, true) then
         fail_at(where, "missing_positional", "", {expects = GRAMMAR.kinds[spec.positional].expects})
-    end
-    if #tokens > 2 then
-        fail_at(where, "extra_positional", shorten(tokens[3]))
     end
     return {tokens[2], check_value(where, spec.positional, "", tokens[2], tokens[2])}
 end
@@ -722,6 +836,10 @@ local function parse_record(state, line, prefix, body)
         return  -- a bare "#BB_LUA" line: Slurm's minimal form
     end
     local name = tokens[1]
+    if prefix == GRAMMAR.implicit_jobdw_prefix and name:find("=", 1, true) then
+        name = "jobdw"  -- Slurm's lua form "#BB_LUA pool=P capacity=SIZE"
+        table.insert(tokens, 1, name)
+    end
     local spec = GRAMMAR.directives[name]
     if spec == nil then
         local message = name:find("=", 1, true) and "bare_options" or "unknown_directive"
@@ -734,11 +852,13 @@ local function parse_record(state, line, prefix, body)
         end
         state.first[name] = line
     end
+    local values, first = {}, 2
     if spec.positional then
-        BUILDERS[name](where, {[""] = positional(where, spec, tokens)}, state)
-        return
+        values[""], first = positional(where, spec, tokens), 3
     end
-    local values = key_values(where, spec, tokens)
+    check_slurm_reads(where, spec, tokens, first)
+    check_capacity_separator(where, spec, body)
+    key_values(where, spec, tokens, first, values)
     for _, key in ipairs(spec.required) do
         if values[key] == nil then
             fail_at(where, "missing_key", key, {key = key, required = spec.required_text})
@@ -826,6 +946,9 @@ local function check_buffers(state)
     local persistent = state.names.persistentdw or {}
     for _, stage in ipairs(state.stages) do
         local path, shown = stage.path, shorten(stage.token)
+        if path.area == "private" then
+            fail_at(stage.where, "stage_private", shown, {var = path.variable})
+        end
         if path.area == "persistent" then
             if not persistent[path.name] then
                 fail_at(stage.where, "needs_persistentdw", shown, {var = path.variable, name = path.name})

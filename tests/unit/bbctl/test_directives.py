@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 from collections.abc import Callable
@@ -116,12 +115,12 @@ def check_datawarp_full(r: JobRequest) -> None:
     assert [(s.type, s.source, str(s.destination)) for s in r.stage_in] == [
         ("directory", "/lustre/proj/input", "$DW_JOB_STRIPED/input"),
         ("file", "/lustre/proj/config.yaml", "$DW_JOB_STRIPED/config.yaml"),
-        ("list", "/lustre/proj/files.txt", "$DW_JOB_PRIVATE/lists"),
+        ("list", "/lustre/proj/files.txt", "$DW_JOB_STRIPED/lists"),
     ]
     assert [s.line for s in r.stage_in] == [5, 6, 7]
     out = r.stage_out[1]
     assert (out.direction, out.type, out.destination, out.line) == ("out", "file", "/lustre/proj/logs/log.txt", 9)
-    assert out.source == BufferPath("DW_JOB_PRIVATE", "private", None, "/log.txt")
+    assert out.source == BufferPath("DW_JOB_STRIPED", "striped", None, "/log.txt")
 
 
 def check_continuation(r: JobRequest) -> None:
@@ -145,7 +144,7 @@ def check_empty(r: JobRequest) -> None:
 def check_bb_twins(r: JobRequest) -> None:
     assert r.jobdw.capacity == 1024**4 and r.jobdw.pool == "nvme"
     assert r.stage_in[0].buffer_path == BufferPath("BB_JOB_STRIPED", "striped", None, "/a")
-    assert r.stage_out[0].buffer_path.area == "private"
+    assert r.stage_out[0].buffer_path == BufferPath("BB_JOB_STRIPED", "striped", None, "/b")
 
 
 def check_persistent(r: JobRequest) -> None:
@@ -169,10 +168,6 @@ def check_swap(r: JobRequest) -> None:
     assert r.swap == 4 * GiB and r.jobdw.capacity == 10 * GiB
 
 
-def check_cache(r: JobRequest) -> None:
-    assert (r.jobdw.type, r.jobdw.pfs, r.jobdw.capacity) == ("cache", "/lustre/project", 1024**4)
-
-
 def check_lustre(r: JobRequest) -> None:
     assert (r.jobdw.fs, r.jobdw.capacity) == ("lustre", 10**12)
 
@@ -181,8 +176,8 @@ def check_symbols(r: JobRequest) -> None:
     assert r.stage_out[0].destination == "/pfs/%u/run_%j_%x_%A_%a%%"
 
 
-def check_decimal(r: JobRequest) -> None:
-    assert r.jobdw.capacity == math.ceil(1.5 * GiB) and r.swap == 100 * 1024**2
+def check_lowercase(r: JobRequest) -> None:
+    assert r.jobdw.capacity == 15 * GiB and r.swap == 2 * GiB
 
 
 def check_bytes(r: JobRequest) -> None:
@@ -212,7 +207,7 @@ def check_stage_before_jobdw(r: JobRequest) -> None:
 
 
 def check_private_only(r: JobRequest) -> None:
-    assert r.jobdw.access_modes == ("private",) and r.stage_in[0].buffer_path.area == "private"
+    assert r.jobdw.access_modes == ("private",) and r.stage_in == ()
 
 
 def check_mixed(r: JobRequest) -> None:
@@ -235,7 +230,89 @@ def check_shadow(r: JobRequest) -> None:
     assert r.stage_in[0].source == "/etc/shadow"
 
 
+def check_test35_repeated(r: JobRequest) -> None:
+    assert (r.jobdw.type, r.jobdw.access_modes, r.jobdw.capacity) == ("scratch", ("striped", "private"), GiB)
+    assert str(r.stage_in[0].destination) == "$DW_JOB_STRIPED/home/u/t/tmp_file"
+    assert str(r.stage_out[0].source) == "$DW_JOB_STRIPED/home/u/t/tmp_file"
+
+
+def check_test35_names(r: JobRequest) -> None:
+    create, = r.create_persistent
+    assert (create.name, create.capacity, create.access, create.type) == ("test35.1", 48, "striped", "scratch")
+    assert [d.name for d in r.destroy_persistent] == ["test35.4"]
+
+
+def check_dotted_paths(r: JobRequest) -> None:
+    assert r.persistent == ("test35.1",)
+    path = r.stage_in[0].buffer_path
+    assert (path.area, path.name, path.subpath) == ("persistent", "test35.1", "/in.dat")
+    assert r.stage_out[0].buffer_path.name == "test35.1"
+
+
+def check_nersc_access_mode(r: JobRequest) -> None:
+    assert (r.create_persistent[0].access, r.create_persistent[0].capacity) == ("striped", 2 * 10**12)
+
+
+def check_bb_translation(r: JobRequest) -> None:
+    assert r.swap == 2 * GiB and (r.jobdw.capacity, r.jobdw.pool, r.jobdw.line) == (100 * 10**9, "nvme", 3)
+
+
+def check_access_alias(r: JobRequest) -> None:
+    assert r.jobdw.access_mode == "striped"
+
+
+def check_normalised_repeat(r: JobRequest) -> None:
+    assert r.stage_in[0].source == "/pfs/a"
+
+
+def check_swap_bare(r: JobRequest) -> None:
+    assert r.swap == 2 * GiB
+
+
+def check_bytes_without_unit(r: JobRequest) -> None:
+    assert r.create_persistent[0].capacity == 48
+
+
+def check_bare_lua(r: JobRequest) -> None:
+    assert (r.jobdw.capacity, r.jobdw.pool, r.jobdw.access_mode) == (1024, "nvme", "striped")
+
+
+def check_pfs_scratch(r: JobRequest) -> None:
+    assert (r.jobdw.type, r.jobdw.pfs) == ("scratch", "/scratch")
+
+
+def check_dash_name(r: JobRequest) -> None:
+    assert r.create_persistent[0].name == "my-buffer"
+
+
+def check_double_slash(r: JobRequest) -> None:
+    assert r.stage_in[0].source == "/pfs/a"
+
+
+def check_dot(r: JobRequest) -> None:
+    assert (r.stage_in[0].source, r.stage_in[0].buffer_path.subpath) == ("/pfs/a", "/a")
+
+
+def check_dash_variable(r: JobRequest) -> None:
+    assert r.stage_in[0].buffer_path.name == "my-buf" and r.persistent == ("my-buf",)
+
+
 TYPED: dict[str, Callable[[JobRequest], None]] = {
+    "slurm_test35_repeated_key_and_double_slash": check_test35_repeated,
+    "slurm_test35_dotted_persistent_names": check_test35_names,
+    "dotted_persistent_name_in_stage_paths": check_dotted_paths,
+    "nersc_create_persistent_access_mode": check_nersc_access_mode,
+    "sbatch_bb_option_translated_by_slurm": check_bb_translation,
+    "access_and_access_mode_agree": check_access_alias,
+    "repeated_key_equal_after_normalising": check_normalised_repeat,
+    "swap_bare_number_is_gib": check_swap_bare,
+    "size_without_unit_is_bytes": check_bytes_without_unit,
+    "bare_slurm_lua_options": check_bare_lua,
+    "pfs_with_scratch": check_pfs_scratch,
+    "name_with_dash": check_dash_name,
+    "double_slash_in_source": check_double_slash,
+    "dot_component": check_dot,
+    "persistent_variable_with_dash": check_dash_variable,
     "minimal_jobdw": check_minimal_jobdw,
     "bb_lua_prefix_with_pool": check_bb_lua_pool,
     "bare_bb_lua_line": check_empty,
@@ -250,10 +327,9 @@ TYPED: dict[str, Callable[[JobRequest], None]] = {
     "create_two_persistent": check_create_two,
     "destroy_two_persistent": check_destroy_two,
     "swap_with_jobdw": check_swap,
-    "cache_mode": check_cache,
     "lustre_fs": check_lustre,
     "slurm_symbols_in_paths": check_symbols,
-    "decimal_and_lowercase_sizes": check_decimal,
+    "lowercase_sizes": check_lowercase,
     "bytes_sizes": check_bytes,
     "trailing_slash_dropped": check_trailing_slash,
     "shell_metacharacters_are_literal": check_metacharacters,

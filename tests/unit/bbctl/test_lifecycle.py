@@ -308,12 +308,15 @@ def test_real_size_is_whole_bricks(life, recorder, tmp_path):
     assert life.real_size("43") == 0
 
 
-def test_staging_into_the_private_area_is_refused(life, recorder, tmp_path):
+def test_staging_into_the_private_area_is_refused_before_anything_is_allocated(life, recorder, tmp_path):
+    """Known at submit, refused at submit (job_process) and again at setup, with the same message."""
     job = script(tmp_path, "#DW jobdw capacity=1GiB access_mode=striped,private",
                  "#DW stage_in type=file source=/pfs/a destination=$DW_JOB_PRIVATE/a")
-    life.setup("42", UID, GID, job)
-    with pytest.raises(BBError, match="cannot be staged"):
-        life.stage_in("42", job)
+    with pytest.raises(BBError, match=r"line 3: stage_in: .*\$DW_JOB_PRIVATE is a different directory on every "
+                                      "compute node and cannot be staged") as refused:
+        life.setup("42", UID, GID, job)
+    assert refused.value.exit_code == 2
+    assert life.store.buffers() == [] and recorder.runs == []
 
 
 def test_private_access_mounts_and_unmounts_each_nodes_directory(life, recorder, tmp_path):

@@ -120,14 +120,18 @@ _GARBAGE = [
 
 
 _VALUES = {  # check -> (valid, near misses)
-    "size": (["1G", "100GiB", "1.5T", "4096", "10KB", "3pib", "8P"], ["0", "1N", "2E", "1e3", "9P", "-1", "1.G"]),
-    "name": (["alpha", "beta", "nvme", "a_1", "Z9", "x" * 64], ["1abc", "x" * 65, "a-b", "a.b", "é"]),
-    "pfs_path": (["/pfs/in", "/lustre/p/%u/%j", "/", "/a/b/", "/a;b", "/données"],
-                 ["rel/path", "/a/../b", "/a//b", "/a/./b", "/a/$x", "/" + "y" * 256, "/a/" + "b/" * 2100]),
+    "size": (["1G", "100GiB", "48", "4096", "10KB", "3pib", "8P"],
+             ["0", "1N", "2E", "1e3", "9P", "-1", "1.G", "1.5T", "7.5GiB", "0.5g", "9" * 30 + ".5K"]),
+    "swap_size": (["1", "2GiB", "4G", "16gib"], ["0", "500MiB", "2GB", "1.5G", "x", "G"]),
+    "name": (["alpha", "beta", "nvme", "a_1", "Z9", "x" * 64, "test35.1", "a-b", "_x"],
+             ["1abc", "x" * 65, "-a", ".a", "é", "a/b", "a=b"]),
+    "pfs_path": (["/pfs/in", "/lustre/p/%u/%j", "/", "/a/b/", "/a;b", "/données", "/a//b", "/a/./b", "//x/"],
+                 ["rel/path", "/a/../b", "/a/$x", "/" + "y" * 256, "/a/" + "b/" * 2100, "/capacity=1/x"]),
     "buffer_path": (["$DW_JOB_STRIPED/in", "$DW_JOB_PRIVATE/p", "$DW_JOB_STRIPED", "$BB_JOB_STRIPED/x/",
-                     "$DW_PERSISTENT_STRIPED_alpha/d", "$BB_PERSISTENT_STRIPED_beta"],
+                     "$DW_PERSISTENT_STRIPED_alpha/d", "$BB_PERSISTENT_STRIPED_beta", "$DW_JOB_STRIPED//a/./b",
+                     "$DW_PERSISTENT_STRIPED_test35.1/x"],
                     ["$HOME/x", "/abs", "$DW_PERSISTENT_STRIPED_/x", "$DW_PERSISTENT_STRIPED_1a",
-                     "$DW_JOB_STRIPED/.."]),
+                     "$DW_JOB_STRIPED/..", "$DW_PERSISTENT_STRIPED_a.b/pool=x"]),
 }
 
 
@@ -144,14 +148,15 @@ def _value_for(kind: str, rng: random.Random) -> str:
 def _token(spec: dict, used: set[str], rng: random.Random) -> str | None:
     """One more token for a line: usually a fresh key with a plausible value, sometimes garbage."""
     roll = rng.random()
-    if "positional" in spec:
-        return _value_for(spec["positional"], rng) if roll < 0.85 else rng.choice(_GARBAGE)
     keys = spec["keys"]
     unused = [key for key in keys if key not in used]
-    if roll < 0.85:
+    if roll < 0.8:
         key = rng.choice(unused) if unused else None
         used.add(key)
         return key and f"{key}={_value_for(keys[key], rng)}"
+    if roll < 0.85 and (used or spec.get("aliases")):  # a key again, or its alias
+        given = rng.choice(sorted(k for k in [*used, *spec.get("aliases", {})] if k))
+        return f"{given}={_value_for(keys[spec.get('aliases', {}).get(given, given)], rng)}"
     if roll < 0.93:
         return rng.choice([*keys, "k"]) + "=" + rng.choice(_GARBAGE)
     return rng.choice([*spec.get("flags", ()), *_GARBAGE])
@@ -163,10 +168,12 @@ def _directive_line(rng: random.Random) -> str:
     name = rng.choice(list(GRAMMAR)) if rng.random() < 0.95 else rng.choice(["bogus", "capacity=1G", *_GARBAGE])
     spec = GRAMMAR.get(name, GRAMMAR["jobdw"])
     tokens, used = [name], set()
+    if "positional" in spec:
+        tokens.append(_value_for(spec["positional"], rng) if rng.random() < 0.9 else rng.choice(_GARBAGE))
     if rng.random() < 0.9:
         used.update(spec.get("required", ()))
         tokens += [f"{key}={_value_for(spec['keys'][key], rng)}" for key in spec.get("required", ())]
-    extra = rng.choice([0, 1, 1, 2, 3]) if "keys" in spec else rng.choice([0, 1, 1, 1, 1, 1, 2])
+    extra = rng.choice([0, 1, 1, 2, 3])
     tokens += [token for token in (_token(spec, used, rng) for _ in range(extra)) if token is not None]
     separators = [" "] * 20 + ["  ", "\t", " \r", "\u00a0"]
     line = prefix + rng.choice(separators) + "".join(t + rng.choice(separators) for t in tokens).rstrip(" ")
