@@ -1014,6 +1014,20 @@ local function load_site()
     return chunk()
 end
 
+-- bbctl.site.volume_name for a persistent buffer: plain names as they are, others
+-- sanitised and suffixed with a hash of the whole name (exact in doubles: no bit ops in 5.1).
+local function persistent_volume(site, name)
+    if name:find("^[A-Za-z0-9_]+$") then
+        return site.persistent_volume_prefix .. name
+    end
+    local modulus, hash = tonumber(site.name_hash_modulus), 0
+    for i = 1, #name do
+        hash = (hash * 131 + name:byte(i)) % modulus
+    end
+    local safe = name:gsub("[^A-Za-z0-9_]", "_"):sub(1, tonumber(site.name_hash_prefix))
+    return site.persistent_volume_prefix .. safe .. "-" .. string.format("%08x", hash)
+end
+
 local function job_environment(site, job_id, state)
     local env = {}
     if state.jobdw ~= nil then
@@ -1029,7 +1043,7 @@ local function job_environment(site, job_id, state)
     end
     table.sort(names)
     for _, name in ipairs(names) do
-        env[#env + 1] = {"PERSISTENT_STRIPED_" .. name, site.mount_root .. "/" .. site.persistent_volume_prefix .. name}
+        env[#env + 1] = {"PERSISTENT_STRIPED_" .. name, site.mount_root .. "/" .. persistent_volume(site, name)}
     end
     local lines = {}
     for _, prefix in ipairs({"DW_", "BB_"}) do

@@ -144,7 +144,7 @@ def _pre_run(life: Lifecycle, args: argparse.Namespace) -> Any:
     elif args.node_file:
         nodes = nodes_from_file(args.node_file)
     else:
-        nodes = slurm_nodes(args.job_id)
+        nodes = slurm_nodes(life.site, args.job_id)
     life.pre_run(args.job_id, args.script, nodes)
     return {"job": args.job_id, "nodes": nodes}
 
@@ -201,14 +201,27 @@ _HANDLERS: dict[str, Callable[[Lifecycle, argparse.Namespace], Any]] = {
 }
 
 
-def slurm_nodes(job_id: str) -> list[str]:
-    """The job's compute nodes, from Slurm (scontrol reads SLURM_CONF from the environment)."""
-    proc = host.run(["scontrol", "show", "job", site.job_key(job_id)], check=False)
+def slurm_nodes(settings: site.Site, job_id: str) -> list[str]:
+    """The job's compute nodes, from Slurm's scontrol (told the site's slurm.conf, see slurm_env)."""
+    env = slurm_env(settings)
+    proc = host.run(["scontrol", "show", "job", site.job_key(job_id)], check=False, env=env)
     if proc.returncode != 0:
         raise BBError(f"scontrol show job {job_id}: {proc.stderr.strip() or proc.stdout.strip()}")
     fields = dict(token.split("=", 1) for token in proc.stdout.split() if "=" in token)
     node_list = fields.get("NodeList", "")
     if node_list in ("", "(null)"):
         raise BBError(f"job {job_id} has no nodes yet (NodeList={node_list or 'empty'})")
-    names = host.run(["scontrol", "show", "hostnames", node_list])
+    names = host.run(["scontrol", "show", "hostnames", node_list], env=env)
     return names.stdout.split()
+
+
+def slurm_env(settings: site.Site) -> dict[str, str]:
+    """The environment for Slurm's commands: SLURM_CONF names the site's slurm.conf when slurm_dir has one.
+
+    burst_buffer.lua's children and dw_wlm_cli inherit slurmctld's environment, which need not
+    hold SLURM_CONF (Slurm 23.02+ does not promise it); the site configuration knows where it is.
+    """
+    env = dict(host.C_LOCALE)
+    if settings.slurm_dir is not None and (settings.slurm_dir / "slurm.conf").is_file():
+        env["SLURM_CONF"] = str(settings.slurm_dir / "slurm.conf")
+    return env

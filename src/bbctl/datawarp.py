@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import json
 import pwd
+import re
 import sys
 import time
 import zlib
@@ -29,9 +30,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bbctl import runner, site
+from bbctl import host, runner, site
 from bbctl.collection import sizes
-from bbctl.commands import log_to_file, on_sigterm, slurm_nodes
+from bbctl.commands import log_to_file, on_sigterm, slurm_env, slurm_nodes
 from bbctl.errors import BBError
 from bbctl.lifecycle import USER_META, Lifecycle, nodes_from_file, read_request
 from bbctl.state import Buffer, BufferState
@@ -163,6 +164,7 @@ TOLERANT = frozenset({"teardown"})
 def parse_dw_wlm_cli(argv: Sequence[str]) -> tuple[Path | None, argparse.Namespace]:
     """(config, arguments) from dw_wlm_cli's argv; ``arguments.function`` names the function."""
     config, argv = _leading_config(argv, "dw_wlm_cli")
+    argv = _join_values(argv)
     top = _Parser(prog="dw_wlm_cli", allow_abbrev=False, add_help=False)
     top.add_argument("--function", required=True)
     known, rest = top.parse_known_args(argv)
@@ -177,6 +179,19 @@ def parse_dw_wlm_cli(argv: Sequence[str]) -> tuple[Path | None, argparse.Namespa
         args = parser.parse_args(rest)
     args.function = known.function
     return config, args
+
+
+# Options whose value Slurm passes as the next word, whatever it looks like (-t is --token's short form).
+_VALUE_OPTIONS = {"--token": "--token", "-t": "--token"}
+
+
+def _join_values(argv: list[str]) -> list[str]:
+    """``--token VALUE`` as ``--token=VALUE``, so that argparse never reads a VALUE like ``-x`` as an option."""
+    joined, words = [], iter(argv)
+    for word in words:
+        value = next(words, None) if word in _VALUE_OPTIONS else None
+        joined.append(word if value is None else f"{_VALUE_OPTIONS[word]}={value}")
+    return joined
 
 
 def _leading_config(argv: Sequence[str], prog: str) -> tuple[Path | None, list[str]]:
@@ -213,19 +228,27 @@ def _setup(life: Lifecycle, args: argparse.Namespace) -> int:
 
 
 def _data_in(life: Lifecycle, args: argparse.Namespace) -> int:
-    if life.store.get(site.job_key(args.token)) is None:
-        print(NO_SESSION, flush=True)
-    else:
+    if _has_session(life, args):
         life.stage_in(args.token, args.job)
+    else:
+        print(NO_SESSION, flush=True)
     return 0
 
 
 def _data_out(life: Lifecycle, args: argparse.Namespace) -> int:
-    if life.store.get(site.job_key(args.token)) is None:
-        print(NO_SESSION, flush=True)
-    else:
+    if _has_session(life, args):
         life.stage_out(args.token, args.job)
+    else:
+        print(NO_SESSION, flush=True)
     return 0
+
+
+def _has_session(life: Lifecycle, args: argparse.Namespace) -> bool:
+    """Whether the job has a buffer to stage with: its own, or a persistent one it names.
+
+    "No matching session" is success to Slurm: it must never stand for staging skipped.
+    """
+    return life.store.get(site.job_key(args.token)) is not None or bool(read_request(args.job).persistent)
 
 
 def _real_size(life: Lifecycle, args: argparse.Namespace) -> int:
@@ -243,7 +266,7 @@ def _paths(life: Lifecycle, args: argparse.Namespace) -> int:
 
 def _pre_run(life: Lifecycle, args: argparse.Namespace) -> int:
     if args.node_file is None:
-        nodes = slurm_nodes(args.token)
+        nodes = slurm_nodes(life.site, args.token)
     else:
         try:
             nodes = nodes_from_file(args.node_file)
@@ -262,10 +285,38 @@ def _teardown(life: Lifecycle, args: argparse.Namespace) -> int:
     if site.is_job_key(args.token):
         found = life.teardown(args.token, args.job, hurry=args.hurry)
     else:
-        found = life.destroy_persistent(args.token, hurry=args.hurry)
+        found = _destroy_persistent(life, args)
     if not found:
         print(TOKEN_NOT_FOUND, flush=True)
     return 0
+
+
+def _destroy_persistent(life: Lifecycle, args: argparse.Namespace) -> bool:
+    """``#BB destroy_persistent``: Slurm retries a failed one forever, the job pending with our reason.
+
+    That suits a buffer still in use (the job waits for it); a request that can never succeed
+    (bad input, exit 2) holds the job instead, so its owner sees the reason and can cancel.
+    """
+    try:
+        return life.destroy_persistent(args.token, hurry=args.hurry)
+    except BBError as exc:
+        job_id = job_id_of_script(args.job)
+        if exc.exit_code == 2 and job_id is not None:
+            hold_job(life.site, job_id)
+        raise
+
+
+def job_id_of_script(script: Path | None) -> str | None:
+    """The job id in Slurm's script path ``.../hash.N/job.<id>/script``; None for another path."""
+    match = re.search(r"/job\.([0-9]+)/script$", str(script or ""))
+    return match.group(1) if match else None
+
+
+def hold_job(settings: site.Site, job_id: str) -> None:
+    """``scontrol hold``: Slurm then shows our reply as the held job's reason."""
+    proc = host.run(["scontrol", "hold", job_id], check=False, env=slurm_env(settings))
+    if proc.returncode != 0:
+        print(f"could not hold job {job_id}: {(proc.stderr or proc.stdout).strip()}", file=sys.stderr, flush=True)
 
 
 def _create_persistent(life: Lifecycle, args: argparse.Namespace) -> int:
@@ -275,7 +326,9 @@ def _create_persistent(life: Lifecycle, args: argparse.Namespace) -> int:
     except KeyError:
         raise BBError(f"no user with uid {args.user} on this host: the buffer belongs to the user and "
                       "their primary group", exit_code=2) from None
-    life.create_persistent(args.name, args.user, gid, capacity, pool)
+    if args.access not in (None, "striped"):
+        raise BBError(f"access {args.access!r}: persistent buffers are striped", exit_code=2)
+    life.create_persistent(args.name, args.user, gid, capacity, pool, buffer_type=args.type or "scratch")
     print(f"created persistent buffer {args.name}", flush=True)
     return 0
 

@@ -415,6 +415,29 @@ def _fail_at(where: _Where, message: str, token: str, **fields: object) -> NoRet
     _fail(message, where.line, token, directive=where.directive, prefix=where.prefix, **fields)
 
 
+def check_buffer_name(name: str) -> str:
+    """``name`` if the grammar accepts it as a persistent buffer name, else DirectiveError.
+
+    For entry points that get a name without a script line (dw_wlm_cli create_persistent,
+    bbctl create-persistent): the same rule as ``name=`` in a directive.
+    """
+    if not _NAME_RES["buffer_name"].fullmatch(name):
+        raise DirectiveError(f"persistent buffer name {shorten(name)!r}: names are "
+                             f"{KINDS['buffer_name']['describe']}", 0, shorten(name), "bad_name")
+    return name
+
+
+def check_buffer_type(value: str) -> str:
+    """A buffer type (dw_wlm_cli create_persistent -T) by the grammar's rules, else DirectiveError."""
+    if value not in KINDS["buffer_type"]["values"]:
+        raise DirectiveError(f"type {shorten(value)!r}: use one of {' | '.join(KINDS['buffer_type']['values'])}",
+                             0, shorten(value), "bad_enum")
+    rule = next(r for r in _CACHE_RULES if r["rule"] == "not_yet")
+    if value == rule["value"]:
+        raise DirectiveError(f"type={value}: {rule['hint']}", 0, value, "not_yet")
+    return value
+
+
 def parse_job_script(text: str) -> JobRequest:
     """The burst buffer request in a batch script's leading comment block.
 

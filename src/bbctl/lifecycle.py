@@ -23,11 +23,20 @@ from typing import Any
 
 from bbctl import runner, slurmconf
 from bbctl import site as sitecfg
-from bbctl.directives import BufferPath, DirectiveError, JobRequest, Stage, parse_job_script
+from bbctl.directives import (
+    BufferPath,
+    DirectiveError,
+    JobRequest,
+    Stage,
+    check_buffer_name,
+    check_buffer_type,
+    parse_job_script,
+)
 from bbctl.errors import BBError
 from bbctl.pools import Pool, load_pools, pools_document, write_pools_json
 from bbctl.site import Site
 from bbctl.state import Buffer, BufferSpec, BufferState, StateStore, open_store
+from bbctl.state.base import KEY_RE
 
 log = logging.getLogger("bbctl")
 
@@ -113,9 +122,20 @@ class Lifecycle:
         for create in request.create_persistent:
             made.append(self.create(create.name, uid, gid, create.capacity, create.pool or pool, "gluster"))
         if request.jobdw is not None:
-            capacity = max(request.jobdw.capacity, size or 0)
+            capacity = max(request.jobdw.capacity, (size or 0) - self._booked_for_persistent(request, pool))
             made.append(self.create(key, uid, gid, capacity, request.jobdw.pool or pool, request.jobdw.fs))
         return made
+
+    def _booked_for_persistent(self, request: JobRequest, pool: str | None) -> int:
+        """What Slurm's lua plugin adds to a job's size for its create_persistent lines (whole granules).
+
+        It sums capacity= over every directive line; the rest of the size is the job buffer's.
+        """
+        booked = 0
+        for create in request.create_persistent:
+            granularity = self.pool(create.pool or pool).granularity
+            booked += -(-create.capacity // granularity) * granularity
+        return booked
 
     def create(self, key: str, uid: int, gid: int, capacity: int, pool_name: str | None,
                fs: str) -> Buffer:
@@ -127,6 +147,7 @@ class Lifecycle:
             return existing
         if existing is None:
             pool = self.pool(pool_name)
+            self._refuse_volume_clash(key)
             existing = self.store.allocate(
                 BufferSpec(key=key, owner_uid=uid, owner_gid=gid, capacity=capacity, fs=fs), pool)
             self.refresh_pools()
@@ -136,8 +157,26 @@ class Lifecycle:
                                        BufferState.CREATING, last_error="")
         run = self._run(buffer, "setup", "buffer_create.yml", extra={})
         if run.status != "successful":
-            return self._failed(buffer, run)
+            self._roll_back(buffer, run)
         return self.store.transition(key, BufferState.CREATING, BufferState.CREATED)
+
+    def _roll_back(self, buffer: Buffer, run: runner.StageRun) -> None:
+        """A buffer that did not come up holds no brick: destroy what was built, release, raise run's failure."""
+        try:
+            self._failed(buffer, run)
+        except runner.StageFailed as failure:
+            try:
+                self.destroy(buffer.key, stage="setup")
+            except BBError as exc:  # left failed: gc destroys it later
+                self._note(buffer.key, "setup", f"could not roll back ({exc}); bbctl gc will")
+            raise failure from None
+
+    def _refuse_volume_clash(self, key: str) -> None:
+        volume = sitecfg.volume_name(key)
+        for other in self.store.buffers():
+            if other.key != key and sitecfg.volume_name(other.key) == volume:
+                raise BBError(f"buffer {key} would share volume {volume} with buffer {other.key}: "
+                              "choose another name", exit_code=2)
 
     def stage_in(self, job_id: str, script: Path | str | None) -> int:
         key, request = sitecfg.job_key(job_id), read_request(script)
@@ -231,15 +270,24 @@ class Lifecycle:
         return True
 
     # --- persistent buffers ------------------------------------------------------------------
-    def create_persistent(self, name: str, uid: int, gid: int, capacity: int, pool: str | None) -> Buffer:
+    def create_persistent(self, name: str, uid: int, gid: int, capacity: int, pool: str | None, *,
+                          buffer_type: str = "scratch") -> Buffer:
+        """A named buffer outside any job; the name and type pass the directive grammar first."""
+        key = _persistent_key(name)
+        try:
+            check_buffer_type(buffer_type)
+        except DirectiveError as exc:
+            raise BBError(str(exc), exit_code=2) from None
         _refuse_root(uid)
-        return self.create(_persistent_key(name), uid, gid, capacity, pool, "gluster")
+        return self.create(key, uid, gid, capacity, pool, "gluster")
 
     def destroy_persistent(self, name: str, *, uid: int | None = None, hurry: bool = False) -> bool:
-        key = _persistent_key(name)
-        buffer = self.store.get(key)
+        """Destroy a named buffer; False if there is none. A record that exists can always be destroyed."""
+        buffer = self.store.get(name) if not sitecfg.is_job_key(name) and KEY_RE.match(name) else None
         if buffer is None:
+            _persistent_key(name)  # a name no buffer can have is the caller's mistake, not "not found"
             return False
+        key = name
         if uid is not None and uid not in (0, buffer.owner_uid):
             raise Refused(f"persistent buffer {name} belongs to uid {buffer.owner_uid}, not {uid}")
         users = sorted(k[len(USER_META):] for k in buffer.meta if k.startswith(USER_META))
@@ -389,7 +437,7 @@ class Lifecycle:
         return {"pools": pools, "buffers": [describe(b, self.site) for b in self.store.buffers()]}
 
     def gc(self, older_than: float, *, dry_run: bool) -> dict[str, Any]:
-        """Tear down buffers whose stage died mid-way, and list bricks no record holds.
+        """Tear down buffers whose stage died mid-way or that failed to come up, and list bricks no record holds.
 
         A buffer whose stage-out died is never torn down here (its data has not left): it is
         held as failed, for a stage-out run again or a teardown with hurry. A stage-out whose
@@ -398,6 +446,8 @@ class Lifecycle:
         held = [b.key for b in orphans.stale_buffers if b.state is BufferState.STAGING_OUT
                 and not self._copy_progressed(b.key, "stage-out", older_than)]
         torn = [b.key for b in orphans.stale_buffers if b.state is not BufferState.STAGING_OUT]
+        # Failed to come up or to go away (never a failed stage-out: its data has not left).
+        torn += [b.key for b in orphans.failed_buffers if not _stage_out_failed(b)]
         if not dry_run:
             for key in held:
                 self.store.transition(
@@ -445,9 +495,11 @@ def _refuse_root(uid: int) -> None:
 
 
 def _persistent_key(name: str) -> str:
-    if sitecfg.is_job_key(name):
-        raise BBError(f"persistent buffer name {name!r} must start with a letter", exit_code=2)
-    return name
+    """The state key of a persistent buffer, by the grammar's rule for names (a job id never passes)."""
+    try:
+        return check_buffer_name(name)
+    except DirectiveError as exc:
+        raise BBError(str(exc), exit_code=2) from None
 
 
 def _area_key(path: BufferPath, job: str) -> str:

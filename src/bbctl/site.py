@@ -35,10 +35,14 @@ _KEYS = {"inventory", "state", "pools", "work_dir", "mount_root", "slurm_dir", "
          "burst_buffer_conf", "stage_workers"}
 
 # Volume names: a job's is derived from its id, a persistent buffer's from its name
-# (names start with a letter, job ids are digits, so the two never collide).
+# (names never start with a digit, job ids are digits, so the two never collide).
 JOB_VOLUME_PREFIX = "bbjob-"
 PERSISTENT_VOLUME_PREFIX = "bbp-"
 JOB_ID_RE = re.compile(r"^[0-9]{1,10}$")
+# A persistent name GlusterFS accepts as it is (the only names before dots and dashes were allowed).
+PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
+NAME_HASH_MODULUS = 4294967291  # the largest prime below 2**32: the hash stays exact in Lua's doubles
+NAME_HASH_PREFIX = 40  # characters of a sanitised name kept before its hash
 
 
 class ConfigError(BBError):
@@ -141,8 +145,28 @@ def is_job_key(key: str) -> bool:
 
 
 def volume_name(key: str) -> str:
-    """The GlusterFS volume (or Lustre fsname source) of a buffer key."""
-    return (JOB_VOLUME_PREFIX if is_job_key(key) else PERSISTENT_VOLUME_PREFIX) + key
+    """The GlusterFS volume (or Lustre fsname source) of a buffer key: a valid, unique volume name.
+
+    ``4711`` -> ``bbjob-4711``; ``results`` -> ``bbp-results``; a name GlusterFS would refuse
+    (``test35.1``: volume names hold only letters, digits, ``_`` and ``-``) keeps its safe
+    characters and gains a hash of the whole name: ``bbp-test35_1-0a1b2c3d``. A ``-`` before the
+    hash never appears in the plain form, so the two forms cannot collide. burst_buffer.lua
+    computes the same (tests compare them).
+    """
+    if is_job_key(key):
+        return JOB_VOLUME_PREFIX + key
+    if PLAIN_NAME_RE.match(key):
+        return PERSISTENT_VOLUME_PREFIX + key
+    safe = re.sub(r"[^A-Za-z0-9_]", "_", key)[:NAME_HASH_PREFIX]
+    return f"{PERSISTENT_VOLUME_PREFIX}{safe}-{name_hash(key):08x}"
+
+
+def name_hash(name: str) -> int:
+    """A polynomial hash of the name's UTF-8 bytes modulo a prime below 2**32 (Lua 5.1 has no bit operations)."""
+    value = 0
+    for byte in name.encode("utf-8", "surrogateescape"):
+        value = (value * 131 + byte) % NAME_HASH_MODULUS
+    return value
 
 
 # --- paths --------------------------------------------------------------------------------

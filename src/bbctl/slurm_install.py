@@ -30,6 +30,8 @@ def site_values(site: sitecfg.Site) -> dict[str, str]:
         "mount_root": str(site.mount_root),
         "job_volume_prefix": sitecfg.JOB_VOLUME_PREFIX,
         "persistent_volume_prefix": sitecfg.PERSISTENT_VOLUME_PREFIX,
+        "name_hash_modulus": str(sitecfg.NAME_HASH_MODULUS),
+        "name_hash_prefix": str(sitecfg.NAME_HASH_PREFIX),
         "private_suffix": str(private)[len(str(mount)):],
     }
 

@@ -42,7 +42,7 @@ IN_FLIGHT = frozenset({BufferState.ALLOCATING, BufferState.CREATING, BufferState
 # States whose bricks carry nothing built: the record may be dropped and the bricks reused.
 RELEASABLE = frozenset({BufferState.ALLOCATING, BufferState.DESTROYED})
 
-KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 
 # How often an etcd compare-and-swap is retried after losing to another writer.
 # Each loss means another writer committed, so the system as a whole progresses.
@@ -129,6 +129,7 @@ class BrickAllocation:
 class Orphans:
     stale_buffers: list[Buffer] = field(default_factory=list)
     stray_bricks: list[BrickAllocation] = field(default_factory=list)
+    failed_buffers: list[Buffer] = field(default_factory=list)  # failed, not updated for older_than
 
 
 class StateStore(Protocol):
@@ -171,7 +172,8 @@ class StateStore(Protocol):
 
 def check_key(key: str) -> str:
     if not KEY_RE.match(key):
-        raise StateError(f"buffer key {key!r}: use a job id or a name of letters, digits, '.', '_', ':' or '-'")
+        raise StateError(f"buffer key {key!r}: use a job id or a name of letters, digits, '.', '_', ':' or '-' "
+                         "(not starting with '.', ':' or '-')")
     return key
 
 
@@ -224,6 +226,7 @@ def find_orphans(records: list[Buffer], allocations: list[BrickAllocation], olde
                  now: float) -> Orphans:
     """The orphan rule, applied to a consistent snapshot of records and brick allocations."""
     stale = [b for b in records if b.state in IN_FLIGHT and now - b.updated_at > older_than]
+    failed = [b for b in records if b.state is BufferState.FAILED and now - b.updated_at > older_than]
     listed = {(b.key, brick.id) for b in records for brick in b.bricks}
     stray = [a for a in allocations if (a.buffer_key, a.brick_id) not in listed]
-    return Orphans(stale_buffers=stale, stray_bricks=stray)
+    return Orphans(stale_buffers=stale, stray_bricks=stray, failed_buffers=failed)

@@ -315,16 +315,36 @@ def test_staging_a_known_session_calls_the_lifecycle(function, method, capsys):
     assert life.calls == [(method, ("123", Path(JOB)), {})]
 
 
+def job_script(tmp_path: Path, *lines: str) -> str:
+    path = tmp_path / "hash.3" / "job.123" / "script"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(["#!/bin/bash", *lines, "srun a.out"]) + "\n")
+    return str(path)
+
+
 @pytest.mark.parametrize("function", ["data_in", "data_out"])
-def test_staging_without_a_session_says_no_matching_session_and_succeeds(function, capsys):
+def test_staging_without_a_session_says_no_matching_session_and_succeeds(function, tmp_path, capsys):
     life = FakeLife()
-    assert cli(["--function", function, "--token", "123", "--job", JOB], life, capsys) == (
+    job = job_script(tmp_path, "#DW jobdw capacity=1GiB")
+    assert cli(["--function", function, "--token", "123", "--job", job], life, capsys) == (
         0, "No matching session\n")
     assert life.calls == []
 
 
-def test_data_in_without_a_session_against_a_real_store(life, capsys):
-    assert cli(["--function", "data_in", "--token", "4242", "--job", JOB], life, capsys) == (
+@pytest.mark.parametrize("function, stage", [("data_in", "stage_in"), ("data_out", "stage_out")])
+def test_a_job_whose_only_buffer_is_persistent_is_staged(function, stage, tmp_path, capsys):
+    """Slurm takes "No matching session" as success: it must never stand for staging skipped."""
+    life = FakeLife()
+    job = job_script(tmp_path, "#DW persistentdw name=P",
+                     "#DW stage_in type=file source=/pfs/in destination=$DW_PERSISTENT_STRIPED_P/in",
+                     "#DW stage_out type=file source=$DW_PERSISTENT_STRIPED_P/out destination=/pfs/out")
+    assert cli(["--function", function, "--token", "123", "--job", job], life, capsys) == (0, "")
+    assert life.calls == [(stage, ("123", Path(job)), {})]
+
+
+def test_data_in_without_a_session_against_a_real_store(life, tmp_path, capsys):
+    job = job_script(tmp_path, "#DW jobdw capacity=1GiB")
+    assert cli(["--function", "data_in", "--token", "4242", "--job", job], life, capsys) == (
         0, "No matching session\n")
 
 
@@ -337,7 +357,7 @@ def test_pre_run_reads_nodes_from_the_node_file(tmp_path, capsys):
 
 
 def test_pre_run_without_a_node_file_asks_slurm(monkeypatch, capsys):
-    monkeypatch.setattr(datawarp, "slurm_nodes", lambda job: [f"node-of-{job}"])
+    monkeypatch.setattr(datawarp, "slurm_nodes", lambda _site, job: [f"node-of-{job}"])
     life = FakeLife()
     cli(["--function", "pre_run", "--token", "123", "--job", JOB], life, capsys)
     assert life.calls == [("pre_run", ("123", Path(JOB), ["node-of-123"]), {})]
@@ -436,7 +456,69 @@ def test_create_persistent_uses_the_users_primary_group_and_says_created(capsys)
     code, out = cli(["--function", "create_persistent", "-c", "CLI", "-t", "scratch1", "-u", str(me.pw_uid),
                      "-C", "nvme:4294967296", "-a", "striped", "-T", "scratch"], life, capsys)
     assert code == 0 and "created" in out and "scratch1" in out
-    assert life.calls == [("create_persistent", ("scratch1", me.pw_uid, me.pw_gid, 4 * GiB, "nvme"), {})]
+    assert life.calls == [("create_persistent", ("scratch1", me.pw_uid, me.pw_gid, 4 * GiB, "nvme"),
+                           {"buffer_type": "scratch"})]
+
+
+def test_create_persistent_with_a_dotted_name_allocates_one_valid_volume(life, capsys, monkeypatch):
+    """Slurm's test35.1: the name reaches us through -t only, never through job_process."""
+    built = []
+    monkeypatch.setattr(Lifecycle, "_run", lambda self, buffer, stage, playbook, **kw: built.append(
+        (playbook, site.volume_name(buffer.key))) or SimpleNamespace(status="successful"))
+    me = pwd.getpwnam("bbuser")
+    code, out = cli(["--function", "create_persistent", "-c", "CLI", "-t", "test35.1", "-u", str(me.pw_uid),
+                     "-C", "nvme:48", "-a", "striped", "-T", "scratch"], life, capsys)
+    assert code == 0 and "created" in out
+    assert built == [("buffer_create.yml", site.volume_name("test35.1"))]
+    assert built[0][1].startswith("bbp-test35_1-")
+
+
+@pytest.mark.parametrize("name, why", [("1abc", "names are"), ("-x", "names are"), ("a" * 65, "names are")])
+def test_create_persistent_refuses_a_bad_name_before_allocating(life, capsys, name, why):
+    me = pwd.getpwnam("bbuser")
+    code, out = cli(["--function", "create_persistent", "-c", "CLI", "-t", name, "-u", str(me.pw_uid),
+                     "-C", "nvme:48"], life, capsys)
+    assert code == 2 and why in out and "created" not in out
+    assert life.store.buffers() == []
+
+
+def test_create_persistent_refuses_cache_type_and_other_access(life, capsys):
+    me = pwd.getpwnam("bbuser")
+    for extra, why in ((["-T", "cache"], "not available yet"), (["-a", "ldbalance"], "persistent buffers are striped")):
+        code, out = cli(["--function", "create_persistent", "-t", "c1", "-u", str(me.pw_uid), "-C", "nvme:48",
+                         *extra], life, capsys)
+        assert code == 2 and why in out
+    assert life.store.buffers() == []
+
+
+def test_destroy_of_a_name_that_cannot_exist_holds_the_job(life, tmp_path, capsys, monkeypatch):
+    """Slurm retries a failed destroy_persistent forever; one that can never succeed holds the job."""
+    held = []
+    monkeypatch.setattr(datawarp, "hold_job", lambda settings, job_id: held.append(job_id))
+    job = job_script(tmp_path, "#BB destroy_persistent name=-x")
+    code, out = cli(["--function", "teardown", "--token", "-x", "--job", job], life, capsys)
+    assert code == 2 and "names are" in out and held == ["123"]
+
+
+def test_destroy_of_a_missing_dotted_name_is_token_not_found(life, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(datawarp, "hold_job", lambda settings, job_id: pytest.fail("held"))
+    job = job_script(tmp_path, "#BB destroy_persistent name=test35.4")
+    assert cli(["--function", "teardown", "--token", "test35.4", "--job", job], life, capsys) == (
+        0, "token not found\n")
+
+
+def test_destroy_refused_while_in_use_stays_pending_not_held(life, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(datawarp, "hold_job", lambda settings, job_id: pytest.fail("held"))
+    allocate(life, "shared.1", GiB, meta={"user:77": ["n1"]})
+    life.store.transition("shared.1", BufferState.ALLOCATING, BufferState.CREATED)
+    job = job_script(tmp_path, "#BB destroy_persistent name=shared.1")
+    code, out = cli(["--function", "teardown", "--token", "shared.1", "--job", job], life, capsys)
+    assert code == 4 and "in use by job(s) 77" in out
+
+
+def test_job_id_of_slurms_script_path():
+    assert datawarp.job_id_of_script(Path(JOB)) == "123"
+    assert datawarp.job_id_of_script(Path("/tmp/other")) is None
 
 
 def test_create_persistent_for_an_unknown_uid_fails_without_saying_created(capsys):

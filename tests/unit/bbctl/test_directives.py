@@ -413,3 +413,14 @@ def test_lua_script_loads_no_other_lua_code():
     source = LUA_SCRIPT.read_text(encoding="utf-8")
     for call in (r"os\.exit", r"\brequire\s*[(\"']", r"\bdofile\b"):
         assert not re.search(call, source), f"burst_buffer.lua must not use {call}"
+
+
+@pytest.mark.parametrize("size, suggestion", [
+    ("7.5GiB", "7680MiB"), ("7.5G", "7680MiB"), ("1.5TB", "1500GB"), ("0.5g", "512MiB"), ("2.25kb", "2250"),
+    ("1.3K", "1332"),
+])
+def test_a_decimal_size_is_refused_with_a_whole_number_that_means_the_same(size, suggestion):
+    """Slurm 22.05 books the digits before the '.' as bytes; the message says what to write instead."""
+    _, error = outcome(f"#!/bin/bash\n#DW jobdw capacity={size}\n")
+    assert error.reason == "decimal_size" and str(error).endswith(f"e.g. {suggestion}")
+    assert outcome(f"#!/bin/bash\n#DW jobdw capacity={suggestion}\n")[1] is None

@@ -104,16 +104,82 @@ def test_setup_takes_slurms_larger_size(life, recorder, tmp_path):
     assert buffer.capacity == 9 * GiB and len(buffer.bricks) == 3
 
 
-def test_a_failed_build_is_recorded_and_teardown_still_cleans_up(life, recorder, tmp_path):
+def test_a_failed_build_is_rolled_back_and_holds_no_brick(life, recorder, tmp_path):
     job = script(tmp_path, "#DW jobdw capacity=1GiB")
     recorder.failing.add("buffer_create.yml")
     with pytest.raises(runner.StageFailed, match=r"buffer_create\.yml broke"):
         life.setup("42", UID, GID, job)
-    failed = life.store.get("42")
-    assert failed.state is BufferState.FAILED and "broke" in failed.last_error
-    assert life.teardown("42", job, hurry=True) is True
-    assert life.store.get("42") is None
+    assert life.store.get("42") is None and life.store.allocated_brick_ids("nvme") == set()
     assert recorder.playbooks() == ["buffer_create.yml", "buffer_destroy.yml"]
+    assert life.teardown("42", job, hurry=False) is False  # Slurm's teardown later: nothing left to do
+
+
+def test_a_failed_roll_back_leaves_a_failed_record_that_gc_destroys(life, recorder, config, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB")
+    recorder.failing.update({"buffer_create.yml", "buffer_destroy.yml"})
+    with pytest.raises(runner.StageFailed, match=r"buffer_create\.yml broke"):
+        life.setup("42", UID, GID, job)
+    assert life.store.get("42").state is BufferState.FAILED
+    recorder.failing.clear()
+    assert life.gc(600, dry_run=False)["stale_buffers"] == []  # too recent
+    real_clock = life.store.clock
+    life.store.clock = lambda: real_clock() + 3600
+    assert life.gc(600, dry_run=False)["stale_buffers"] == ["42"]
+    assert life.store.get("42") is None and life.store.allocated_brick_ids("nvme") == set()
+
+
+def test_setup_gives_the_job_buffer_what_slurm_booked_beyond_the_persistent_ones(life, recorder, tmp_path):
+    """Slurm's lua plugin sums capacity= over every line: create_persistent's share is not the job's."""
+    job = script(tmp_path, "#BB_LUA create_persistent name=keep capacity=4GiB pool=nvme",
+                 "#BB_LUA jobdw capacity=1GiB pool=nvme")
+    made = life.setup("42", UID, GID, job, pool="nvme", size=8 * 2**30)
+    assert [(b.key, len(b.bricks)) for b in made] == [("keep", 1), ("42", 1)]
+
+
+def test_setup_takes_a_larger_size_from_slurm(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB")
+    made = life.setup("42", UID, GID, job, size=8 * 2**30)
+    assert len(made[0].bricks) == 2
+
+
+def test_two_names_with_one_volume_are_refused_before_allocating(life, recorder, monkeypatch):
+    monkeypatch.setattr(lc.sitecfg, "volume_name", lambda key: "bbp-same")
+    life.create_persistent("first", UID, GID, 2**30, None)
+    with pytest.raises(BBError, match="would share volume bbp-same with buffer first") as clash:
+        life.create_persistent("second", UID, GID, 2**30, None)
+    assert clash.value.exit_code == 2 and life.store.get("second") is None
+
+
+@pytest.mark.parametrize("name, message", [
+    ("1abc", "names are 1 to 64 characters"),
+    ("-x", "names are 1 to 64 characters"),
+    ("a" * 65, "names are 1 to 64 characters"),
+])
+def test_create_persistent_checks_the_name_before_allocating(life, recorder, name, message):
+    with pytest.raises(BBError, match=message) as refused:
+        life.create_persistent(name, UID, GID, 2**30, None)
+    assert refused.value.exit_code == 2 and life.store.buffers() == [] and recorder.runs == []
+
+
+def test_create_persistent_refuses_cache_type_before_allocating(life, recorder):
+    with pytest.raises(BBError, match="not available yet"):
+        life.create_persistent("cached", UID, GID, 2**30, None, buffer_type="cache")
+    assert life.store.buffers() == [] and recorder.runs == []
+
+
+def test_a_dotted_persistent_buffer_lives_and_dies(life, recorder):
+    buffer = life.create_persistent("test35.1", UID, GID, 48, None)
+    assert recorder.runs[-1]["extravars"]["bb_buffer"]["name"].startswith("bbp-test35_1-")
+    assert len(buffer.bricks) == 1
+    assert life.destroy_persistent("test35.1", uid=UID) is True
+    assert life.store.get("test35.1") is None
+
+
+def test_destroying_an_impossible_name_is_an_error_not_not_found(life, recorder):
+    assert life.destroy_persistent("never.made") is False
+    with pytest.raises(BBError, match="names are") as refused:
+        life.destroy_persistent("-x")
+    assert refused.value.exit_code == 2
 
 
 def test_root_may_not_own_a_buffer(life, recorder, tmp_path):
@@ -192,13 +258,13 @@ def test_a_failed_stage_out_can_run_again_and_then_teardown_proceeds(life, recor
 
 def test_a_buffer_whose_build_failed_is_not_staged_out(life, recorder, tmp_path):
     job = script(tmp_path, "#DW jobdw capacity=1GiB", STAGE_OUT)
-    recorder.failing.add("buffer_create.yml")
+    recorder.failing.update({"buffer_create.yml", "buffer_destroy.yml"})  # not even rolled back
     with pytest.raises(runner.StageFailed):
         life.setup("42", UID, GID, job)
     recorder.failing.clear()
     with pytest.raises(lc.Refused, match="buffer 42 is failed"):
         life.stage_out("42", job)
-    assert recorder.playbooks() == ["buffer_create.yml"]
+    assert recorder.playbooks() == ["buffer_create.yml", "buffer_destroy.yml"]
 
 
 def stale(life, key, state, config, *, progress_age=None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,6 +22,8 @@ SCRIPTS = {
     "private": "#!/bin/bash\n#DW jobdw capacity=1GiB access_mode=striped,private\n",
     "persistent": "#!/bin/bash\n#DW persistentdw name=zeta\n#DW persistentdw name=alpha\n",
     "both": "#!/bin/bash\n#DW jobdw capacity=1GiB\n#DW persistentdw name=shared1\nsrun a.out\n",
+    "dotted": "#!/bin/bash\n#DW persistentdw name=test35.1\n#DW persistentdw name=a-b.c_d\n",
+    "long_dotted": "#!/bin/bash\n#DW persistentdw name=" + "x." * 32 + "\n#DW persistentdw name=_" + "é" * 0 + "a\n",
     "none": "#!/bin/bash\nhostname\n",
 }
 
@@ -81,3 +84,28 @@ def test_paths_without_the_site_file_says_how_to_make_it(slurm_dir):
     results, _written = run(directory, "1", SCRIPTS["jobdw"])
     assert results["paths"][0] == "-1"
     assert "run bbctl slurm-install" in results["paths"][1]
+
+
+# Slurm 24.05+ refuses to start unless burst_buffer.lua defines every one of these
+# (req_fxns in src/plugins/burst_buffer/lua/burst_buffer_lua.c); 22.05 calls all but the two test_ ones.
+SLURM_REQUIRED_FUNCTIONS = (
+    "slurm_bb_job_process", "slurm_bb_pools", "slurm_bb_job_teardown", "slurm_bb_setup", "slurm_bb_data_in",
+    "slurm_bb_test_data_in", "slurm_bb_real_size", "slurm_bb_paths", "slurm_bb_pre_run", "slurm_bb_post_run",
+    "slurm_bb_data_out", "slurm_bb_test_data_out", "slurm_bb_get_status",
+)
+
+
+def test_the_script_loads_without_slurm_conf_and_defines_every_function_slurm_requires(tmp_path):
+    """Loaded the way slurmctld loads it: a fresh state, no SLURM_CONF in the environment."""
+    probe = tmp_path / "probe.lua"
+    probe.write_text("dofile(arg[1]); dofile(arg[2]); local missing = {}\n"
+                     "for name in arg[3]:gmatch('%S+') do\n"
+                     "    if type(_G[name]) ~= 'function' then missing[#missing + 1] = name end\n"
+                     "end\nprint(table.concat(missing, ' '))\n")
+    env = {key: value for key, value in os.environ.items() if key != "SLURM_CONF"}
+    done = subprocess.run([LUA, str(probe), str(REPO / "tests" / "lua" / "slurm_stub.lua"),
+                           str(slurm_install.LUA_SCRIPT), " ".join(SLURM_REQUIRED_FUNCTIONS)],
+                          capture_output=True, text=True, check=False, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"missing: {done.stdout.strip()}"
+    assert len(SLURM_REQUIRED_FUNCTIONS) == 13
