@@ -55,6 +55,7 @@ import json
 import os
 import posixpath
 import pwd
+import re
 import shlex
 import signal
 import stat
@@ -81,7 +82,10 @@ O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK:
 O_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
-StageRequest = namedtuple("StageRequest", ["direction", "kind", "source", "destination", "buffer_root"])
+# buffer_variables (lists only): variable name -> the buffer's root here, for list lines that name
+# the buffer as directives do ($DW_JOB_STRIPED/a); None when no list line may.
+StageRequest = namedtuple("StageRequest", ["direction", "kind", "source", "destination", "buffer_root",
+                                           "buffer_variables"], defaults=(None,))
 FilePlan = namedtuple("FilePlan", ["source", "destination", "size", "replace", "temp", "replace_temp"])
 DirPlan = namedtuple("DirPlan", ["source", "destination", "mode", "atime_ns", "mtime_ns", "exists",
                                  "keep_attributes"])
@@ -138,7 +142,13 @@ def check_request(request):
         if request.destination.endswith("/") and destination != "/":
             destination += "/"  # a trailing slash asks for "into this directory"
         check_pair(request.direction, source, destination.rstrip("/") or "/", root)
-    return StageRequest(request.direction, request.kind, source, destination, root)
+    elif request.destination:  # where a list's relative destinations are read
+        destination = check_path(request.destination, "destination")
+        if request.direction == "in":
+            check_inside_buffer(destination, root, "stage-in destination")
+    variables = dict((name, check_path(path, "buffer variable " + name))
+                     for name, path in (request.buffer_variables or {}).items()) or None
+    return StageRequest(request.direction, request.kind, source, destination, root, variables)
 
 
 def check_pair(direction, source, destination, buffer_root):
@@ -148,11 +158,39 @@ def check_pair(direction, source, destination, buffer_root):
         check_inside_buffer(source, buffer_root, "stage-out source")
 
 
-def parse_stage_list(text, buffer_root, direction, list_path="the list"):
+_LIST_VARIABLE_RE = re.compile(r"^\$([A-Za-z0-9_.-]+)(/.*)?$")
+
+
+def resolve_list_path(field, variables, base, what):
+    """A list line's path as a path here: ``$VAR/rest`` by ``variables``, relative under ``base``.
+
+    ``variables`` maps the buffer's variable names (DW_JOB_STRIPED ...) to its root on this host;
+    ``base`` is where relative paths are read (None: they are refused). Absolute paths stay.
+    """
+    match = _LIST_VARIABLE_RE.match(field)
+    if match and variables is None:
+        raise StageError("%s %r: a variable names the buffer, and this side of the line is on the parallel "
+                         "filesystem: give an absolute path." % (what, field))
+    if match:
+        name, rest = match.groups()
+        if name not in variables:
+            known = ", ".join("$" + key for key in sorted(variables)) or "none"
+            raise StageError("%s %r names $%s, which is not this directive's buffer (here: %s)."
+                             % (what, field, name, known))
+        return variables[name] + (rest or "")
+    if field.startswith("/") or base is None:
+        return field
+    return base.rstrip("/") + "/" + field
+
+
+def parse_stage_list(text, buffer_root, direction, list_path="the list", variables=None, base=None):
     """(source, destination) pairs of a DataWarp-style list: one ``source destination`` a line.
 
-    Blank lines and ``#`` comments are ignored; a path with spaces is quoted. Both paths must
-    be absolute and are checked like a single pair.
+    Blank lines and ``#`` comments are ignored; a path with spaces is quoted. The buffer side
+    (the destination of a stage-in, the source of a stage-out) may name the buffer as directives
+    do (``$DW_JOB_STRIPED/a``, by ``variables``); a relative destination is read under ``base``
+    (the directive's destination), a relative stage-out source under the buffer root. The paths
+    are then checked like a single pair.
     """
     pairs = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -166,8 +204,12 @@ def parse_stage_list(text, buffer_root, direction, list_path="the list"):
             raise StageError("%s line %d has %d fields: write 'source destination' (quote a path "
                              "with spaces)." % (list_path, number, len(fields)))
         try:
-            source = check_path(fields[0], "source")
-            destination = check_path(fields[1], "destination")
+            source_base = buffer_root if direction == "out" else None
+            buffer_side = variables or {}
+            source = check_path(resolve_list_path(fields[0], buffer_side if direction == "out" else None,
+                                                  source_base, "source"), "source")
+            destination = check_path(resolve_list_path(fields[1], buffer_side if direction == "in" else None,
+                                                       base, "destination"), "destination")
             if fields[1].endswith("/") and destination != "/":
                 destination += "/"
             check_pair(direction, source, destination.rstrip("/") or "/", buffer_root)
@@ -314,7 +356,8 @@ class Planner:
                 text = handle.read().decode("utf-8", "surrogateescape")
         except OSError as exc:
             raise StageError("cannot read the list %s%s" % (request.source, as_user(exc))) from None
-        return parse_stage_list(text, request.buffer_root, request.direction, request.source)
+        return parse_stage_list(text, request.buffer_root, request.direction, request.source,
+                                variables=request.buffer_variables, base=request.destination)
 
     # one top-level pair ------------------------------------------------------------------
 

@@ -52,7 +52,10 @@ options:
       - V(list) reads O(source) as a list of C(source destination) pairs, one pair a line, as
         in Cray DataWarp. Blank lines and C(#) comments are ignored; quote a path that holds
         spaces. Each pair is staged like V(file) (or V(directory) when its source is one).
-        The list is read as the job's user.
+        The list is read as the job's user. The buffer's side of a line (the destination of a
+        stage-in, the source of a stage-out) may name the buffer by a variable of
+        O(buffer_variables) (C($DW_JOB_STRIPED/a)); a relative destination is read under
+        O(destination), a relative stage-out source under O(buffer_root).
     type: str
     required: true
     choices: [file, directory, list]
@@ -65,9 +68,18 @@ options:
   destination:
     description:
       - The absolute destination path; required with O(type=file) and O(type=directory).
-      - Not used with O(type=list), whose lines carry their destinations; a warning says so
-        when it is given.
+      - With O(type=list), optional - the directory under which the list's relative
+        destinations are read (inside O(buffer_root) for a stage-in).
     type: str
+  buffer_variables:
+    description:
+      - With O(type=list), the variables a list line may use for the buffer's root on this host,
+        as job scripts name it - for example C(DW_JOB_STRIPED) mapped to
+        C(/var/lib/bbctl/stage/bbjob-42).
+        A line naming any other variable is refused. bbctl passes the names of the directive's
+        buffer.
+    type: dict
+    default: {}
   buffer_root:
     description:
       - The buffer's root directory as mounted on this host (for example the job's
@@ -165,12 +177,16 @@ EXAMPLES = r"""
     gid: 1001
     verify: true
 
-- name: Stage in the files a DataWarp list names (one "source destination" pair a line)
+- name: Stage in the files a DataWarp list names (lines like "/lustre/a $DW_JOB_STRIPED/in/a")
   hpc.burstbuffer.bb_stage:
     direction: in
     type: list
     source: /lustre/home/alice/run42/stage_in.list
+    destination: /var/spool/bb/job42/in
     buffer_root: /var/spool/bb/job42
+    buffer_variables:
+      DW_JOB_STRIPED: /var/spool/bb/job42
+      BB_JOB_STRIPED: /var/spool/bb/job42
     uid: 1001
     gid: 1001
 """
@@ -262,6 +278,7 @@ ARGUMENT_SPEC = dict(
     source=dict(type="str", required=True),
     destination=dict(type="str"),
     buffer_root=dict(type="str", required=True),
+    buffer_variables=dict(type="dict", default={}),
     uid=dict(type="int", required=True),
     gid=dict(type="int", required=True),
     workers=dict(type="int", default=DEFAULT_WORKERS),
@@ -278,9 +295,9 @@ EMPTY_RESULT = dict(files=0, complete=0, bytes=0, seconds=0.0, directories=0, li
 
 def request_from(params):
     """The StageRequest of the module's parameters (paths are checked by the engine)."""
-    destination = params["destination"] if params["type"] != "list" else None
-    return StageRequest(params["direction"], params["type"], params["source"], destination,
-                        params["buffer_root"])
+    variables = params["buffer_variables"] if params["type"] == "list" else None
+    return StageRequest(params["direction"], params["type"], params["source"], params["destination"],
+                        params["buffer_root"], dict(variables or {}) or None)
 
 
 def run_stage(module, params):
@@ -322,9 +339,6 @@ def main():
                            required_if=[("type", "file", ["destination"]),
                                         ("type", "directory", ["destination"])])
     params = module.params
-    if params["type"] == "list" and params["destination"]:
-        module.warn("destination is not used with type=list: each line of the list names its own "
-                    "destination.")
     result, error = run_stage(module, params)
     changed = bool(result["files"] or result["directories"] or result["links"])
     if error is not None:

@@ -373,8 +373,12 @@ class Lifecycle:
             inside = self._buffer_path_on_stage_host(job, stage.buffer_path)
             key = _area_key(stage.buffer_path, job)
             source, destination = (stage.pfs_path, inside) if stage.direction == "in" else (inside, stage.pfs_path)
-            by_buffer.setdefault(key, []).append({"type": stage.type, "source": source, "destination": destination,
-                                                  "buffer_root": str(self.stage_path(key))})
+            spec = {"type": stage.type, "source": source, "destination": destination,
+                    "buffer_root": str(self.stage_path(key))}
+            if stage.type == "list":  # its lines name the buffer as the directive does
+                spec["buffer_variables"] = {name: spec["buffer_root"]
+                                            for name in sitecfg.buffer_variables(stage.buffer_path)}
+            by_buffer.setdefault(key, []).append(spec)
         return by_buffer
 
     def _copy(self, key: str, specs: list[dict[str, str]], *, stage: str, playbook: str,

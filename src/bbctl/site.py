@@ -191,6 +191,13 @@ def private_mount_path(site: Site, key: str) -> Path:
     return site.mount_root / (volume_name(key) + "-private")
 
 
+def buffer_variables(path: Any) -> tuple[str, ...]:
+    """The variables that name the root of the buffer a directive path (bbctl.directives.BufferPath) lies in."""
+    if path.area == "persistent":
+        return (f"DW_PERSISTENT_STRIPED_{path.name}", f"BB_PERSISTENT_STRIPED_{path.name}")
+    return (f"DW_JOB_{path.area.upper()}", f"BB_JOB_{path.area.upper()}")
+
+
 def job_environment(site: Site, job_id: str, *, jobdw: bool, private: bool,
                     persistent: tuple[str, ...]) -> dict[str, str]:
     """The variables a job sees (DataWarp names and their BB_ twins), a pure function of its inputs."""

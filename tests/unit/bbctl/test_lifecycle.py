@@ -405,3 +405,17 @@ def test_teardown_after_post_run_does_not_visit_the_nodes_again(life, recorder, 
     life.teardown("42", job, hurry=False)
     destroy = recorder.runs[-1]
     assert destroy["nodes"] == [] and "bb_client_mount_path" not in destroy["extravars"]
+
+
+def test_a_list_stage_gets_the_variables_of_its_directives_buffer(life, recorder, config, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB",
+                 "#DW stage_in type=list source=/pfs/u/files.list destination=$DW_JOB_STRIPED/in",
+                 "#DW persistentdw name=keep.1")
+    life.create_persistent("keep.1", UID, GID, 2**30, None)
+    life.setup("42", UID, GID, job)
+    life.stage_in("42", job)
+    stage_mount = str(config.work_dir / "stage" / "bbjob-42")
+    assert recorder.runs[-1]["extravars"]["bb_stages"] == [{
+        "type": "list", "source": "/pfs/u/files.list", "destination": stage_mount + "/in",
+        "buffer_root": stage_mount,
+        "buffer_variables": {"DW_JOB_STRIPED": stage_mount, "BB_JOB_STRIPED": stage_mount}}]

@@ -140,11 +140,14 @@ def test_check_request_refuses(fields, message):
         ce.check_request(ce.StageRequest(*fields))
 
 
-def test_check_request_keeps_a_trailing_slash_and_ignores_list_destination():
+def test_check_request_keeps_a_trailing_slash_and_a_lists_base():
     checked = ce.check_request(ce.StageRequest("in", "file", "/pfs//a", "/bb/job1/dir/", "/bb/job1/"))
     assert checked == ce.StageRequest("in", "file", "/pfs/a", "/bb/job1/dir/", "/bb/job1")
-    listed = ce.check_request(ce.StageRequest("out", "list", "/pfs/list", "/ignored", "/bb/job1"))
-    assert listed.destination is None
+    listed = ce.check_request(ce.StageRequest("out", "list", "/bb/job1/list", "/pfs//results", "/bb/job1",
+                                              {"DW_JOB_STRIPED": "/bb/job1/"}))
+    assert (listed.destination, listed.buffer_variables) == ("/pfs/results", {"DW_JOB_STRIPED": "/bb/job1"})
+    with pytest.raises(ce.StageError, match="stage-in destination /elsewhere is not inside the buffer"):
+        ce.check_request(ce.StageRequest("in", "list", "/pfs/list", "/elsewhere", "/bb/job1"))
 
 
 # --- the list format -------------------------------------------------------------------------
@@ -169,6 +172,37 @@ def test_parse_stage_list():
 def test_parse_stage_list_refuses(text, message):
     with pytest.raises(ce.StageError, match=message):
         ce.parse_stage_list(text, "/bb/job1", "in", "the list")
+
+
+JOB_VARIABLES = {"DW_JOB_STRIPED": "/bb/job1", "BB_JOB_STRIPED": "/bb/job1"}
+
+
+def test_list_lines_name_the_buffer_as_directives_do_and_relative_destinations_go_under_the_base():
+    """Issue 9: a user cannot know the buffer's path on the stage host when writing the list."""
+    text = ("/pfs/u/a $DW_JOB_STRIPED/listed/a\n/pfs/u/b $BB_JOB_STRIPED\n/pfs/u/c sub/c\n"
+            "/pfs/u/d $DW_JOB_STRIPED//x/./d\n")
+    assert ce.parse_stage_list(text, "/bb/job1", "in", variables=JOB_VARIABLES, base="/bb/job1/in") == [
+        ("/pfs/u/a", "/bb/job1/listed/a"), ("/pfs/u/b", "/bb/job1"), ("/pfs/u/c", "/bb/job1/in/sub/c"),
+        ("/pfs/u/d", "/bb/job1/x/d")]
+
+
+def test_a_stage_out_list_reads_buffer_sources_by_variable_or_under_the_root_and_pfs_destinations_under_base():
+    text = "$DW_JOB_STRIPED/out/a /pfs/u/a\nout/b b\n"
+    assert ce.parse_stage_list(text, "/bb/job1", "out", variables=JOB_VARIABLES, base="/pfs/u/results") == [
+        ("/bb/job1/out/a", "/pfs/u/a"), ("/bb/job1/out/b", "/pfs/u/results/b")]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("/pfs/a $DW_PERSISTENT_STRIPED_other/a\n", r"names \$DW_PERSISTENT_STRIPED_other, which is not this "
+                                                 r"directive's buffer \(here: \$BB_JOB_STRIPED, \$DW_JOB_STRIPED\)"),
+    ("/pfs/a $DW_JOB_PRIVATE/a\n", r"names \$DW_JOB_PRIVATE"),
+    ("/pfs/a $DW_JOB_STRIPED/../../etc/x\n", "contains '..'"),
+    ("/pfs/a ../x\n", "contains '..'"),
+    ("$DW_JOB_STRIPED/a /bb/job1/a\n", "this side of the line is on the parallel filesystem"),
+])
+def test_list_lines_with_variables_still_stay_inside_the_buffer(text, message):
+    with pytest.raises(ce.StageError, match=message):
+        ce.parse_stage_list(text, "/bb/job1", "in", "the list", variables=JOB_VARIABLES, base="/bb/job1/in")
 
 
 def test_parse_stage_list_stage_out_checks_sources():

@@ -11,7 +11,7 @@ from ansible_collections.hpc.burstbuffer.plugins.modules import bb_stage
 def params(**overrides):
     base = {"direction": "in", "type": "directory", "source": "/pfs/in", "destination": "/bb/job1/in",
             "buffer_root": "/bb/job1", "uid": 1001, "gid": 1001, "workers": 32, "chunk_size": "64MiB",
-            "verify": False, "gfapi": True, "progress_file": None}
+            "verify": False, "gfapi": True, "progress_file": None, "buffer_variables": {}}
     return {**base, **overrides}
 
 
@@ -76,9 +76,16 @@ def test_check_mode_is_a_dry_run(engine):
     assert engine.calls[0][3]["dry_run"] is True
 
 
-def test_list_ignores_destination(engine):
-    bb_stage.run_stage(Module(), params(type="list", source="/pfs/list", destination="/ignored"))
-    assert engine.calls[0][0].destination is None
+def test_a_list_gets_its_base_and_the_buffers_variables(engine):
+    bb_stage.run_stage(Module(), params(type="list", source="/pfs/list", destination="/bb/job1/in",
+                                        buffer_variables={"DW_JOB_STRIPED": "/bb/job1"}))
+    request = engine.calls[0][0]
+    assert (request.destination, request.buffer_variables) == ("/bb/job1/in", {"DW_JOB_STRIPED": "/bb/job1"})
+
+
+def test_variables_are_for_lists_only(engine):
+    bb_stage.run_stage(Module(), params(buffer_variables={"DW_JOB_STRIPED": "/bb/job1"}))
+    assert engine.calls[0][0].buffer_variables is None
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
