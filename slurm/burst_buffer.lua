@@ -59,6 +59,7 @@ local GRAMMAR = {
         component_bytes = 255,
         size_bytes = 9007199254740992,
         echo_bytes = 64,
+        script_bytes = 4194304,
     },
     size_limit_text = "8PiB",
     units = {
@@ -135,6 +136,15 @@ local GRAMMAR = {
             check = "swap_size",
             expects = "a whole number of GiB such as 4GiB",
         },
+        hint = {
+            check = "name",
+            expects = "a word",
+            first = "A-Za-z0-9",
+            rest = "A-Za-z0-9_",
+            max = 32,
+            describe = "a word of A-Z a-z 0-9 _ (DataWarp's hint; it changes nothing here)",
+            pattern = "^[A-Za-z0-9][A-Za-z0-9_]*$",
+        },
         access_mode = {
             check = "enum",
             values = {
@@ -210,6 +220,8 @@ local GRAMMAR = {
                 type = "buffer_type",
                 fs = "fs",
                 pfs = "pfs_path",
+                optimization_strategy = "hint",
+                max_mds = "hint",
             },
             aliases = {
                 access = "access_mode",
@@ -242,8 +254,10 @@ local GRAMMAR = {
                 "type",
                 "fs",
                 "pfs",
+                "optimization_strategy",
+                "max_mds",
             },
-            allowed = "capacity=, pool=, access_mode=, type=, fs=, pfs=, access=",
+            allowed = "capacity=, pool=, access_mode=, type=, fs=, pfs=, optimization_strategy=, max_mds=, access=",
             required_text = "capacity=",
             flags = {},
         },
@@ -420,6 +434,7 @@ local GRAMMAR = {
         control_char = "line {line}: control character {token} in a directive line: directives are printable text",
         no_space = "line {line}: '{token}' starts like a directive: write '{prefix} ' and then the directive, e.g. '{prefix} jobdw capacity=100GiB'",
         dangling_continuation = "line {line}: the directive ends with '\\' but the next line is not a {prefix} line: continue it on a '{prefix} ...' line or remove the '\\'",
+        late_directive = "line {line}: '{token}' comes after the script's first command (line {first}): Slurm reads burst buffer directives only above it, so this line would be silently ignored: move it up",
         too_long = "line {line}: directive '{token}' is longer than {limit} bytes",
         unknown_directive = "line {line}: unknown directive '{token}': use one of {allowed}",
         bare_options = "line {line}: '{token}' is not a directive: lines read '{prefix} DIRECTIVE key=value ...', e.g. '{prefix} jobdw capacity=100GiB pool=nvme'",
@@ -444,6 +459,7 @@ local GRAMMAR = {
         not_yet = "line {line}: {directive}: '{token}': {hint}",
         path_too_long = "line {line}: {directive}: '{token}': {key} is longer than {limit} bytes",
         not_absolute = "line {line}: {directive}: '{token}': {key} must be an absolute path on the parallel filesystem (starting with /)",
+        not_expanded = "line {line}: {directive}: '{token}': nothing expands $VARIABLES or ~ in {key} (DataWarp did not either): give the absolute path on the parallel filesystem",
         not_buffer_path = "line {line}: {directive}: '{token}': {key} must start with $DW_JOB_STRIPED, $DW_JOB_PRIVATE or $DW_PERSISTENT_STRIPED_<name> (or their $BB_ twins), then /path or nothing",
         bad_persistent_var = "line {line}: {directive}: '{token}': '{name}' is not a persistent buffer name: names are {describe}",
         bad_char = "line {line}: {directive}: '{token}': '{char}' is not allowed in paths: nothing expands quotes, backslashes, $, backticks, braces or glob characters here",
@@ -464,7 +480,6 @@ local GRAMMAR = {
 local WHITESPACE = {[" "] = true, ["\t"] = true, ["\r"] = true, ["\v"] = true, ["\f"] = true}
 local TOKEN = "[^ \t\r\v\f]+"
 local CONTROL = "[%z\1-\8\14-\31\127]"
-local LEADING_CHUNK = 65536
 local Rejection = {}  -- metatable of the errors we raise on purpose
 
 local function render(name, fields)
@@ -657,6 +672,9 @@ local function check_value(where, kind_name, key, value, token)
         fail_at(where, "path_too_long", shown, {key = key, limit = GRAMMAR.limits.path_bytes})
     end
     if kind.check == "pfs_path" then
+        if value:sub(1, 1) == "$" or value:sub(1, 1) == "~" then
+            fail_at(where, "not_expanded", shown, {key = key})
+        end
         if value:sub(1, 1) ~= "/" then
             fail_at(where, "not_absolute", shown, {key = key})
         end
@@ -840,6 +858,13 @@ local function parse_record(state, line, prefix, body)
         name = "jobdw"  -- Slurm's lua form "#BB_LUA pool=P capacity=SIZE"
         table.insert(tokens, 1, name)
     end
+    local comment = #tokens + 1  -- a word starting with "#" begins a comment
+    for i = 2, #tokens do
+        if tokens[i]:sub(1, 1) == "#" then
+            comment = i
+            break
+        end
+    end
     local spec = GRAMMAR.directives[name]
     if spec == nil then
         local message = name:find("=", 1, true) and "bare_options" or "unknown_directive"
@@ -854,11 +879,19 @@ local function parse_record(state, line, prefix, body)
     end
     local values, first = {}, 2
     if spec.positional then
-        values[""], first = positional(where, spec, tokens), 3
+        local before = {}
+        for i = 1, comment - 1 do
+            before[i] = tokens[i]
+        end
+        values[""], first = positional(where, spec, before), 3
     end
-    check_slurm_reads(where, spec, tokens, first)
+    check_slurm_reads(where, spec, tokens, first)  -- Slurm reads a trailing comment's text too
     check_capacity_separator(where, spec, body)
-    key_values(where, spec, tokens, first, values)
+    local kept = {}
+    for i = 1, comment - 1 do
+        kept[i] = tokens[i]
+    end
+    key_values(where, spec, kept, first, values)
     for _, key in ipairs(spec.required) do
         if values[key] == nil then
             fail_at(where, "missing_key", key, {key = key, required = spec.required_text})
@@ -962,31 +995,57 @@ local function check_buffers(state)
     end
 end
 
+-- A directive below the first command: Slurm never reads it, so its staging would be lost.
+local function check_late_directives(text)
+    local first_command, number, pos = nil, 0, 1
+    text = text:sub(1, GRAMMAR.limits.script_bytes)
+    while pos <= #text + 1 do
+        local newline = text:find("\n", pos, true)
+        local line = text:sub(pos, newline and newline - 1 or -1)
+        number = number + 1
+        if first_command == nil then
+            if line ~= "" and line:sub(1, 1) ~= "#" then
+                first_command = number
+            end
+        else
+            local prefix = prefix_of(line)
+            local words = prefix and line:sub(#prefix + 1) or ""
+            local name = first_token(words)
+            if prefix and WHITESPACE[words:sub(1, 1)] and GRAMMAR.directives[name] then
+                fail("late_directive", {line = number, token = shorten(prefix .. " " .. name), first = first_command})
+            end
+        end
+        if newline == nil then
+            break
+        end
+        pos = newline + 1
+    end
+end
+
 local function validate_directives(text)
     local state = {first = {}, names = {}, stages = {}}
     scan(text, function(line, prefix, body)
         parse_record(state, line, prefix, body)
     end)
+    check_late_directives(text)
     check_buffers(state)
     return state
 end
 
--- The script up to the end of its leading comment block (often all of it).
-local function read_leading_block(path)
+-- The script, up to script_bytes (Slurm's default limit on a batch script): the
+-- leading comment block and what follows, where misplaced directives are looked for.
+local function read_script(path)
     local fh, problem = io.open(path, "rb")
     if fh == nil then
         return nil, problem
     end
-    local text = fh:read(LEADING_CHUNK) or ""
-    if #text == LEADING_CHUNK and not (text:find("^[^#\n]") or text:find("\n[^#\n]")) then
-        text = text .. (fh:read("*a") or "")
-    end
+    local text = fh:read(GRAMMAR.limits.script_bytes) or ""
     fh:close()
     return text
 end
 
 function slurm_bb_job_process(job_script)
-    local text, problem = read_leading_block(job_script)
+    local text, problem = read_script(job_script)
     if text == nil then
         return slurm.ERROR, "cannot read the job script: " .. tostring(problem)
     end
@@ -1059,7 +1118,7 @@ function slurm_bb_paths(job_id, job_script, path_file)
     if site == nil then
         return slurm.ERROR, problem
     end
-    local text, read_problem = read_leading_block(job_script)
+    local text, read_problem = read_script(job_script)
     if text == nil then
         return slurm.ERROR, "cannot read the job script: " .. tostring(read_problem)
     end

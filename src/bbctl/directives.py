@@ -51,6 +51,10 @@ Decisions (see the tables below for the exact values):
   reads the number and ignores the unit): a bare number or ``G``/``GiB``.
 - ``#BB_LUA pool=P capacity=SIZE`` (Slurm's documented lua form, no
   directive word) is read as ``jobdw``.
+- A word starting with ``#`` begins a comment to the end of the line
+  (``#DW persistentdw name=Run20p  # burst buffer``, as published).
+- A directive below the script's first command is refused: Slurm never
+  reads it, and its staging would silently not happen.
 - Slurm's lua plugin itself, before calling us, insists on ``pool=`` beside
   any ``capacity=`` on a ``#BB_LUA`` line and checks that the pool exists;
   ``#DW``/``#BB`` lines are ours alone.
@@ -81,6 +85,7 @@ LIMITS = {
     "component_bytes": 255,  # NAME_MAX
     "size_bytes": 2**53,  # 8 PiB: beyond any buffer, and exact in Lua's doubles
     "echo_bytes": 64,  # longest token quoted back in a message
+    "script_bytes": 4 * 1024 * 1024,  # scanned for misplaced directives: Slurm's default max_script_size
 }
 
 PATH_FORBIDDEN = "\"'`\\$*?[]{}"
@@ -102,6 +107,10 @@ KINDS: dict[str, dict[str, Any]] = {
                     "max": 64,
                     "describe": "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or _"},
     "swap_size": {"check": "swap_size", "expects": "a whole number of GiB such as 4GiB"},
+    # DataWarp's placement hints (optimization_strategy=, max_mds=): accepted so that published
+    # scripts run; GlusterFS places by its own rules, so they change nothing.
+    "hint": {"check": "name", "expects": "a word", "first": "A-Za-z0-9", "rest": "A-Za-z0-9_", "max": 32,
+             "describe": "a word of A-Z a-z 0-9 _ (DataWarp's hint; it changes nothing here)"},
     "access_mode": {"check": "enum", "values": ["striped", "private", "striped,private"]},
     "access": {"check": "enum", "values": ["striped", "private"]},
     "buffer_type": {"check": "enum", "values": ["scratch", "cache"]},
@@ -127,7 +136,7 @@ _CACHE_RULES = [
 GRAMMAR: dict[str, dict[str, Any]] = {
     "jobdw": {
         "keys": {"capacity": "size", "pool": "pool", "access_mode": "access_mode", "type": "buffer_type",
-                 "fs": "fs", "pfs": "pfs_path"},
+                 "fs": "fs", "pfs": "pfs_path", "optimization_strategy": "hint", "max_mds": "hint"},
         "aliases": {"access": "access_mode"},
         "required": ["capacity"], "once": True, "slurm_reads": ["capacity", "pool"],
         "defaults": {"access_mode": "striped", "type": "scratch", "fs": "gluster"},
@@ -171,6 +180,8 @@ MESSAGES = {
                 "e.g. '{prefix} jobdw capacity=100GiB'",
     "dangling_continuation": "line {line}: the directive ends with '\\' but the next line is not a {prefix} line: "
                              "continue it on a '{prefix} ...' line or remove the '\\'",
+    "late_directive": "line {line}: '{token}' comes after the script's first command (line {first}): Slurm reads "
+                      "burst buffer directives only above it, so this line would be silently ignored: move it up",
     "too_long": "line {line}: directive '{token}' is longer than {limit} bytes",
     "unknown_directive": "line {line}: unknown directive '{token}': use one of {allowed}",
     "bare_options": "line {line}: '{token}' is not a directive: lines read '{prefix} DIRECTIVE key=value ...', "
@@ -204,6 +215,8 @@ MESSAGES = {
     "path_too_long": "line {line}: {directive}: '{token}': {key} is longer than {limit} bytes",
     "not_absolute": "line {line}: {directive}: '{token}': {key} must be an absolute path on the parallel "
                     "filesystem (starting with /)",
+    "not_expanded": "line {line}: {directive}: '{token}': nothing expands $VARIABLES or ~ in {key} (DataWarp did "
+                    "not either): give the absolute path on the parallel filesystem",
     "not_buffer_path": "line {line}: {directive}: '{token}': {key} must start with $DW_JOB_STRIPED, "
                        "$DW_JOB_PRIVATE or $DW_PERSISTENT_STRIPED_<name> (or their $BB_ twins), "
                        "then /path or nothing",
@@ -447,8 +460,29 @@ def parse_job_script(text: str) -> JobRequest:
     state = _State()
     for record in _directive_records(text):
         _parse_record(record, state)
+    _check_late_directives(text)
     _check_buffers(state)
     return state.request()
+
+
+def _check_late_directives(text: str) -> None:
+    """Refuse a directive below the first command: Slurm never reads it (its staging would be lost).
+
+    Published DataWarp scripts put ``#DW stage_out`` after ``srun``; Cray's own tools read the
+    whole script, Slurm's plugins only the leading comment block. Only the first script_bytes
+    are scanned (Slurm's default limit on a batch script), as the Lua validator does.
+    """
+    first_command = None
+    head = text.encode("utf-8", "surrogateescape")[:LIMITS["script_bytes"]].decode("utf-8", "surrogateescape")
+    for number, line in enumerate(head.split("\n"), start=1):
+        if first_command is None:
+            if line != "" and not line.startswith("#"):
+                first_command = number
+            continue
+        prefix = next((p for p in PREFIXES if line.startswith(p)), None)
+        words = line[len(prefix):] if prefix else ""
+        if prefix and words[:1] in tuple(WHITESPACE) and _first_token(words) in GRAMMAR:
+            _fail("late_directive", number, shorten(prefix + " " + _first_token(words)), first=first_command)
 
 
 def _directive_records(text: str) -> Iterator[_Record]:
@@ -501,6 +535,7 @@ def _parse_record(record: _Record, state: _State) -> None:
     name, args = tokens[0], tokens[1:]
     if "=" in name and record.prefix == IMPLICIT_JOBDW_PREFIX:
         name, args = "jobdw", tokens
+    comment = next((i for i, token in enumerate(args) if token.startswith("#")), len(args))
     spec = GRAMMAR.get(name)
     if spec is None:
         message = "bare_options" if "=" in name else "unknown_directive"
@@ -512,11 +547,11 @@ def _parse_record(record: _Record, state: _State) -> None:
         state.first[name] = record.line
     values: dict[str, tuple[str, object]] = {}
     if "positional" in spec:
-        values[""] = _positional(where, spec, args)
-        args = args[1:]
-    _check_slurm_reads(where, spec, args)
+        values[""] = _positional(where, spec, args[:comment])
+        args, comment = args[1:], comment - 1
+    _check_slurm_reads(where, spec, args)  # Slurm reads a trailing comment's text too
     _check_capacity_separator(where, spec, record.body)
-    values.update(_key_values(where, spec, args))
+    values.update(_key_values(where, spec, args[:comment]))
     _check_required(where, spec, values)
     for rule in spec.get("rules", ()):
         _RULES[rule["rule"]](where, spec, rule, values)
@@ -631,6 +666,8 @@ def _check_value(where: _Where, kind_name: str, key: str, value: str, token: str
     if _nbytes(value) > LIMITS["path_bytes"]:
         _fail_at(where, "path_too_long", shown, key=key, limit=LIMITS["path_bytes"])
     if check == "pfs_path":
+        if value[:1] in ("$", "~"):
+            _fail_at(where, "not_expanded", shown, key=key)
         if not value.startswith("/"):
             _fail_at(where, "not_absolute", shown, key=key)
         return _check_path_chars(where, value, shown)

@@ -297,7 +297,19 @@ def check_dash_variable(r: JobRequest) -> None:
     assert r.stage_in[0].buffer_path.name == "my-buf" and r.persistent == ("my-buf",)
 
 
+def check_published(r: JobRequest) -> None:
+    assert (r.jobdw.capacity, r.persistent) == (5 * GiB, ("Run20p",))
+    assert [(s.type, str(s.destination)) for s in r.stage_in] == [("directory", "$DW_JOB_STRIPED/model0112")]
+    assert (str(r.stage_out[0].source), r.stage_out[0].destination) == ("$DW_JOB_STRIPED", "/project/k01/u/stageout")
+
+
+def check_late_comments(r: JobRequest) -> None:
+    assert r.jobdw.capacity == GiB and r.stage_out == () and r.create_persistent == ()
+
+
 TYPED: dict[str, Callable[[JobRequest], None]] = {
+    "published_forms_with_comments_hints_and_spacing": check_published,
+    "comments_and_commented_out_directives_after_the_first_command": check_late_comments,
     "slurm_test35_repeated_key_and_double_slash": check_test35_repeated,
     "slurm_test35_dotted_persistent_names": check_test35_names,
     "dotted_persistent_name_in_stage_paths": check_dotted_paths,
