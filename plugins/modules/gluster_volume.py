@@ -563,19 +563,6 @@ def new_local_brick_dirs(params, is_local=is_local_host):
     return dirs
 
 
-def execute(cli, commands):
-    """Run the commands in order; the GlusterError of the first failure, with what ran."""
-    done = []
-    for argv in commands:
-        try:
-            cli.execute(argv)
-        except GlusterError as error:
-            error.done = done
-            raise
-        done.append(argv)
-    return done
-
-
 def closes_port_gate_after_quota(params, commands):
     socket, name = params["glusterd_socket"], params["name"]
     return quota_enable_argv(socket, name) in commands and any(
@@ -583,36 +570,36 @@ def closes_port_gate_after_quota(params, commands):
         for key, value in params["options"].items() if closes_port_gate(key, value))
 
 
-def check_quota_accounted(cli, params, commands):
+def check_quota_accounted(cli, params):
     """Gluster reads the new quota back once the port gate is closed; N/A would mean the quota
     crawler was shut out and the quota is not enforced (module_utils.gluster.PORT_GATE_OPTION)."""
     if cli.quota_limit(params["name"], QUOTA_PATH) is None:
-        error = GlusterError(f"quota of volume {params['name']} reads N/A after {PORT_GATE_OPTION} "
-                             "was closed: its bricks' usage is not accounted, so the quota would "
-                             "not be enforced")
-        error.done = commands
-        raise error
+        raise GlusterError(f"quota of volume {params['name']} reads N/A after {PORT_GATE_OPTION} "
+                           "was closed: its bricks' usage is not accounted, so the quota would "
+                           "not be enforced")
 
 
 def roll_back(cli, params, created, new_dirs):
-    """Undo a volume this task created; remove the brick directories it made on this host."""
-    undone = []
+    """Undo a volume this task created; remove the brick directories it made on this host.
+
+    Runs on a CommandRunner of its own: what it undoes is returned as rolled_back, apart from
+    the commands of the task."""
+    undo = GlusterCli(cli.module, cli.socket, sleep=cli.sleep)
     if created:
         socket, name = params["glusterd_socket"], params["name"]
         for argv in (volume_stop_argv(socket, name), volume_delete_argv(socket, name)):
             try:
-                cli.execute(argv)
-                undone.append(argv)
+                undo.execute(argv)
             except GlusterError:
                 continue  # a never-started volume refuses "stop": expected, go on
     try:
-        ids = {volume["id"] for volume in cli.volumes()}
+        ids = {volume["id"] for volume in undo.volumes()}
     except GlusterError:
-        return undone  # without glusterd no directory can be shown to be free: keep them all
+        return undo.runner.commands  # without glusterd no directory can be shown to be free
     for path in new_dirs:
         if os.path.isdir(path) and volume_id_of(path) not in ids:
             shutil.rmtree(path)
-    return undone
+    return undo.runner.commands
 
 
 def describe_error(error):
@@ -623,9 +610,9 @@ def describe_error(error):
     return f"{' '.join(words)}: {error}"
 
 
-def failure_message(error, params, created):
+def failure_message(error, params):
     message = describe_error(error)
-    if created:
+    if getattr(error, "created", False):
         message += (f" (volume {params['name']} was created by this task and has been deleted "
                     "again)")
     return message
@@ -653,8 +640,15 @@ def main():
     try:
         result = run(module, cli, params)
     except (GlusterError, VolumeError) as error:
-        module.fail_json(msg=describe_error(error), commands=getattr(error, "done", []))
+        module.fail_json(**failure(cli, error, params))
     module.exit_json(**result)
+
+
+def failure(cli, error, params):
+    """fail_json's arguments: what failed, the commands that succeeded, what was rolled back."""
+    rolled_back = getattr(error, "rolled_back", None)
+    return cli.runner.failure(error, msg=failure_message(error, params),
+                              **({} if rolled_back is None else {"rolled_back": rolled_back}))
 
 
 def run(module, cli, params):
@@ -670,17 +664,15 @@ def run(module, cli, params):
         module.warn(warning)
     before = summary(observed["volume"], asked_options(observed["options"], params),
                      observed["quota"])
-    if module.check_mode or not commands:
-        after = predicted_summary(before, observed, params) if commands else before
-        return result_of(module, commands, with_brick_status(cli, observed["volume"]), before,
-                         after)
     apply(module, cli, params, observed, commands)
-    # Every command above was checked (gluster's --xml answer), so the options and quota are
-    # what the plan set; re-read only the volume itself and its bricks. Two gluster calls
-    # fewer per change is a tenth of a buffer's setup here (benchmarks/lifecycle.py).
-    now = next((v for v in cli.volumes() if v["name"] == params["name"]), None)
-    after = predicted_summary(before, observed, params)
-    return result_of(module, commands, with_brick_status(cli, now), before, after)
+    volume = observed["volume"]
+    if commands and not cli.runner.check_mode:
+        # Every command above was checked (gluster's --xml answer), so the options and quota
+        # are what the plan set; re-read only the volume itself and its bricks. Two gluster
+        # calls fewer per change is a tenth of a buffer's setup here (benchmarks/lifecycle.py).
+        volume = next((v for v in cli.volumes() if v["name"] == params["name"]), None)
+    return cli.runner.result(before, predicted_summary(before, observed, params),
+                             volume=with_brick_status(cli, volume))
 
 
 def run_absent(module, cli, params, observed):
@@ -688,16 +680,14 @@ def run_absent(module, cli, params, observed):
     volume = observed["volume"]
     dirs = removable_brick_dirs(params, observed)
     commands = plan_absent(volume, params)
-    if not module.check_mode:
-        apply(module, cli, params, observed, commands)
-        remove(dirs)
-    result = result_of(module, commands, with_brick_status(cli, volume) if module.check_mode
-                       else None, summary(volume), {"state": "absent"})
-    result.update(changed=bool(commands or dirs), brick_dirs_removed=dirs)
-    if module._diff and dirs:
-        result["diff"]["before"]["brick_dirs_here"] = [entry["path"] for entry in dirs]
-        result["diff"]["after"]["brick_dirs_here"] = []
-    return result
+    apply(module, cli, params, observed, commands)
+    cli.runner.act(remove, dirs)
+    before, after = summary(volume), {"state": "absent"}
+    if dirs:
+        before["brick_dirs_here"], after["brick_dirs_here"] = [entry["path"] for entry in dirs], []
+    return cli.runner.result(
+        before, after, changed=bool(commands or dirs), brick_dirs_removed=dirs,
+        volume=with_brick_status(cli, volume) if cli.runner.check_mode else None)
 
 
 def removable_brick_dirs(params, observed):
@@ -715,24 +705,19 @@ def removable_brick_dirs(params, observed):
 
 
 def apply(module, cli, params, observed, commands):
+    """Run the commands (in check mode: record them). If one fails after this task created the
+    volume, the volume is deleted again; the GlusterError says so (created, rolled_back)."""
     creating = observed["volume"] is None and params["state"] != "absent"
     new_dirs = new_local_brick_dirs(params) if creating else []
     try:
-        execute(cli, commands)
-        if closes_port_gate_after_quota(params, commands):
-            check_quota_accounted(cli, params, commands)
+        for argv in commands:
+            cli.execute(argv)
+        if not cli.runner.check_mode and closes_port_gate_after_quota(params, commands):
+            check_quota_accounted(cli, params)
     except GlusterError as error:
-        created = creating and bool(error.done)  # "volume create" is the first command
-        undone = roll_back(cli, params, created, new_dirs) if creating else []
-        module.fail_json(msg=failure_message(error, params, created), commands=error.done,
-                         rolled_back=undone)
-
-
-def result_of(module, commands, volume, before, after):
-    result = {"changed": bool(commands), "commands": commands, "volume": volume}
-    if module._diff:
-        result["diff"] = {"before": before, "after": after}
-    return result
+        error.created = creating and bool(cli.runner.commands)  # "volume create" is the first
+        error.rolled_back = roll_back(cli, params, error.created, new_dirs) if creating else []
+        raise
 
 
 if __name__ == "__main__":
