@@ -10,9 +10,8 @@ Three layers, so each can be tested alone:
   ``--glusterd-sock=PATH`` (a glusterd that is not the system one, as on the
   loopback test bed).
 * parsers: pure functions of the XML text gluster printed.
-* ``GlusterCli``: runs argv through the module's CommandRunner (C locale, check
-  mode, retries while glusterd's cluster lock is taken) and hands the output to
-  the parsers.
+* ``GlusterCli``: runs argv through a CommandRunner (module_utils.command_runner)
+  and hands the output to the parsers.
 
 Gluster 10.3 facts these rely on (recorded in tests/fixtures/gluster):
 
@@ -37,11 +36,7 @@ import socket
 import time
 import xml.etree.ElementTree as ET
 
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import (
-    CommandError,
-    CommandRunner,
-    Retry,
-)
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import CommandError, CommandRunner, Retry
 
 GLUSTER = "gluster"
 # Read-only questions to another node's glusterd must not hang a task for the CLI's 120 s.
@@ -565,8 +560,7 @@ LOCK_RETRY = Retry(when=lambda _rc, out, err: is_lock_contention(out) or is_lock
 
 
 class GlusterCli:
-    """The gluster CLI through a CommandRunner (C locale, check mode, lock retries);
-    ``runner.commands`` are the commands that changed something (or would, in check mode)."""
+    """The gluster CLI through a CommandRunner: C locale, check mode, cluster lock retries."""
 
     def __init__(self, module, glusterd_socket=None, sleep=time.sleep):
         self.module = module
@@ -581,8 +575,7 @@ class GlusterCli:
         return gluster_text(self.runner.read(argv, ok=None))
 
     def execute(self, argv):
-        """Run a command that changes something: its <cliOutput>, or GlusterError naming argv.
-        In check mode it is only recorded, and the answer is None."""
+        """Run a change: its <cliOutput> (None in check mode), or GlusterError naming argv."""
         return self.runner.change(
             argv, ok=None, parse=lambda done: parse_cli_xml(gluster_text(done), argv=argv))
 
