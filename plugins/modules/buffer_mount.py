@@ -150,7 +150,10 @@ mounted:
   type: bool
   sample: true
 commands:
-  description: The commands run, or in check mode the commands that would run, as argv lists.
+  description:
+    - The commands run, or in check mode the commands that would run, as argv lists.
+    - After a failure, those that succeeded before it; the failed one is C(cmd), with C(rc),
+      C(stdout) and C(stderr).
   returned: always
   type: list
   elements: list

@@ -71,7 +71,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 commands:
-  description: The gluster commands run, or in check mode those that would run, as argv lists.
+  description:
+    - The gluster commands run, or in check mode those that would run, as argv lists.
+    - After a failure, those that succeeded before it.
   returned: always
   type: list
   elements: list

@@ -212,7 +212,10 @@ volume:
       nfs.disable: "on"
       performance.readdir-ahead: "on"
 commands:
-  description: The gluster commands run, or in check mode those that would run, as argv lists.
+  description:
+    - The gluster commands run, or in check mode those that would run, as argv lists.
+    - After a failure, those that succeeded before it; the failed one is C(cmd), with what
+      gluster answered in C(stdout).
   returned: always
   type: list
   elements: list

@@ -167,6 +167,8 @@ label:
 commands:
   description:
     - The argv lists run (or, in check mode, that would run), in order. Empty when nothing changed.
+    - After a failure, those that succeeded before it; the failed one is C(cmd), with C(rc),
+      C(stdout) and C(stderr).
   returned: always
   type: list
   elements: list

@@ -153,7 +153,10 @@ uuid:
   type: str
   sample: 9170bc37-e4be-403a-aaec-936a1212c08a
 commands:
-  description: The commands run, or in check mode the commands that would run, as argv lists.
+  description:
+    - The commands run, or in check mode the commands that would run, as argv lists.
+    - After a failure, those that succeeded before it; the failed one is C(cmd), with C(rc),
+      C(stdout) and C(stderr).
   returned: always
   type: list
   elements: list
