@@ -317,7 +317,7 @@ def test_a_failed_start_deletes_the_volume_this_task_created(gluster_module, tmp
     cli = g.GlusterCli(module, SOCK)
     with pytest.raises(Failed):
         apply(module, cli, params(state="started", bricks=bricks), observed(),
-                 [cmd("volume", "create", "gv-exp1", "transport", "tcp", *bricks), START])
+              [cmd("volume", "create", "gv-exp1", "transport", "tcp", *bricks), START])
     assert module.failure["msg"] == (
         "gluster volume start gv-exp1: Volume gv-rec has been started.Volume needs to be "
         "stopped before deletion. (volume gv-exp1 was created by this task and has been "
@@ -341,7 +341,7 @@ def test_a_failed_create_removes_the_brick_dirs_gluster_made_here(gluster_module
                                answer("volume_info_missing.xml")])
     with pytest.raises(Failed):
         apply(module, g.GlusterCli(module, SOCK), params(state="started", bricks=bricks),
-                 observed(), [cmd("volume", "create", "gv-exp1", "transport", "tcp", *bricks)])
+              observed(), [cmd("volume", "create", "gv-exp1", "transport", "tcp", *bricks)])
     assert "Staging failed on 127.1.1.2" in module.failure["msg"]
     assert "created by this task" not in module.failure["msg"]
     assert module.failure["rolled_back"] == []
