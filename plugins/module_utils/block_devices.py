@@ -8,7 +8,7 @@ Read before acting, as community.general's ``filesystem`` and the storage role's
 safe mode do: ``blkid -p`` (low-level probe, no cache) names any filesystem,
 partition table, RAID/LVM member or swap signature; /proc/self/mountinfo,
 /sys/class/block/X/holders and /proc/swaps say whether the kernel uses it.
-Pure parsers take text; the readers take paths or the AnsibleModule.
+Pure parsers take text; the readers take paths or the module's CommandRunner.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -19,7 +19,6 @@ import os
 import stat
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import (
-    C_LOCALE,
     mounts_of_device,
     read_mountinfo,
     unescape,
@@ -110,11 +109,11 @@ def signature_from_probe(rc, out, err, device):
     return parse_blkid_export(out)
 
 
-def probe_signature(module, device):
-    """Low-level probe of device (bypasses blkid's cache, which may be stale)."""
-    rc, out, err = module.run_command(["blkid", "-p", "-o", "export", device],
-                                      environ_update=C_LOCALE)
-    return signature_from_probe(rc, out, err, device)
+def probe_signature(runner, device):
+    """Low-level probe of device (bypasses blkid's cache, which may be stale), through the
+    module's CommandRunner: read-only, so it runs in check mode too."""
+    done = runner.read(["blkid", "-p", "-o", "export", device], ok=None)
+    return signature_from_probe(done.rc, done.out, done.err, device)
 
 
 def has_partition_table(signature):

@@ -10,8 +10,8 @@ Three layers, so each can be tested alone:
   ``--glusterd-sock=PATH`` (a glusterd that is not the system one, as on the
   loopback test bed).
 * parsers: pure functions of the XML text gluster printed.
-* ``GlusterCli``: runs argv through ``module.run_command`` in the C locale and
-  hands the output to the parsers.
+* ``GlusterCli``: runs argv through a CommandRunner (module_utils.command_runner)
+  and hands the output to the parsers.
 
 Gluster 10.3 facts these rely on (recorded in tests/fixtures/gluster):
 
@@ -36,8 +36,9 @@ import socket
 import time
 import xml.etree.ElementTree as ET
 
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import CommandError, CommandRunner, Retry
+
 GLUSTER = "gluster"
-C_LOCALE = {"LANG": "C", "LC_ALL": "C", "LC_MESSAGES": "C"}
 # Read-only questions to another node's glusterd must not hang a task for the CLI's 120 s.
 REMOTE_TIMEOUT = 10
 VOLUME_STATUSES = {0: "created", 1: "started", 2: "stopped"}
@@ -77,14 +78,12 @@ QUOTA_OPTION_KEYS = frozenset(["features.quota", "features.inode-quota", "quota"
 PORT_GATE_OPTION = "server.allow-insecure"
 
 
-class GlusterError(Exception):
+class GlusterError(CommandError):
     """A gluster command failed or printed something unreadable; str() says what and why."""
 
     def __init__(self, message, argv=None, op_errno=None, output=None):
-        super().__init__(message)
-        self.argv = argv
+        super().__init__(message, argv=argv, out=output)
         self.op_errno = op_errno
-        self.output = output
 
 
 # --- argv builders: pure --------------------------------------------------------------
@@ -547,36 +546,38 @@ def _leftover_message(brick, host, volume_id, volumes_by_id):
 
 # --- running ------------------------------------------------------------------------------
 
+def gluster_text(done):
+    """What a gluster command answered: its XML, else whatever it printed."""
+    if done.out.lstrip().startswith("<"):
+        return done.out
+    text = "\n".join(part.strip() for part in (done.out, done.err) if part and part.strip())
+    return text or f"gluster exited with status {done.rc} and printed nothing"
+
+
+# Other tasks and people share glusterd: a command that meets the cluster lock is tried again.
+LOCK_RETRY = Retry(when=lambda _rc, out, err: is_lock_contention(out) or is_lock_contention(err),
+                   delays=LOCK_RETRY_DELAYS)
+
+
 class GlusterCli:
-    """The gluster CLI through module.run_command: C locale, --mode=script, --xml."""
+    """The gluster CLI through a CommandRunner: C locale, check mode, cluster lock retries."""
 
     def __init__(self, module, glusterd_socket=None, sleep=time.sleep):
         self.module = module
         self.socket = glusterd_socket
         self.sleep = sleep
         self.binary = module.get_bin_path(GLUSTER, required=True)
+        self.runner = CommandRunner(module, retry=LOCK_RETRY, sleep=sleep,
+                                    binaries={GLUSTER: self.binary})
 
     def output(self, argv):
-        """What argv (argv[0] = "gluster") printed; retried while another transaction holds
-        the cluster lock (other tasks and people share glusterd)."""
-        for delay in LOCK_RETRY_DELAYS:
-            text = self._output_once(argv)
-            if not is_lock_contention(text):
-                return text
-            self.sleep(delay)
-        return self._output_once(argv)
-
-    def _output_once(self, argv):
-        rc, out, err = self.module.run_command([self.binary, *argv[1:]],
-                                               environ_update=C_LOCALE)
-        if out.lstrip().startswith("<"):
-            return out
-        text = "\n".join(part.strip() for part in (out, err) if part and part.strip())
-        return text or f"gluster exited with status {rc} and printed nothing"
+        """What argv (argv[0] = "gluster") printed, in check mode too."""
+        return gluster_text(self.runner.read(argv, ok=None))
 
     def execute(self, argv):
-        """Run a command that changes something; its <cliOutput>, or GlusterError naming argv."""
-        return parse_cli_xml(self.output(argv), argv=argv)
+        """Run a change: its <cliOutput> (None in check mode), or GlusterError naming argv."""
+        return self.runner.change(
+            argv, ok=None, parse=lambda done: parse_cli_xml(gluster_text(done), argv=argv))
 
     def read(self, argv, parser):
         try:

@@ -6,9 +6,9 @@
 
 The truth is /proc/self/mountinfo (not /etc/mtab, not /etc/fstab): it names the
 device by major:minor, so a brick mounted through another device node or bound
-elsewhere is still recognised. Parsers are pure functions of text; the only
-functions that run anything take the AnsibleModule and go through
-``module.run_command`` in the C locale, because error text is matched.
+elsewhere is still recognised. Parsers are pure functions of text; commands run
+through a CommandRunner (module_utils.command_runner), and ``busy_retry`` is the
+policy that waits out EBUSY there.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -23,8 +23,13 @@ import stat
 import time
 from collections import namedtuple
 
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import (
+    CommandError,
+    CommandRunner,
+    Retry,
+)
+
 MOUNTINFO = "/proc/self/mountinfo"
-C_LOCALE = {"LANG": "C", "LC_ALL": "C", "LC_MESSAGES": "C"}
 
 # Transient EBUSY from umount/mount: a process still has a file open or its
 # cwd inside, or a FUSE daemon has not finished tearing down. Worth retrying.
@@ -109,41 +114,53 @@ def backoff_delays(retries, delay):
     return [min(delay * (2 ** attempt), 30.0) for attempt in range(retries)]
 
 
+def failed_busy(rc, _out, err):
+    return rc != 0 and is_busy(err)
+
+
+def busy_message(argv, attempts):
+    """What to do about a mount point that stayed busy: name the process that holds it."""
+    return (f"{' '.join(argv)}: still busy after {attempts} attempts: a process has a file or "
+            f"its working directory under {argv[-1]}; stop it (`fuser -vm {argv[-1]}` names it) "
+            "and try again.")
+
+
+def busy_retry(retries, delay, only=None):
+    """The Retry of mount/umount: while EBUSY, wait backoff_delays(retries, delay), then fail
+    with busy_message. only: the programs it applies to (None: every command)."""
+    return Retry(when=failed_busy, delays=backoff_delays(retries, delay), gave_up=busy_message,
+                 only=only)
+
+
 def run_with_busy_retry(module, argv, retries=0, delay=1.0, sleep=time.sleep):
     """Run argv in the C locale, retrying while it fails with EBUSY.
 
     Returns (rc, stdout, stderr, attempts). Never raises for a failed command:
     the caller decides what a failure means.
     """
-    waits = backoff_delays(retries, delay)
-    attempts = 0
-    while True:
-        attempts += 1
-        rc, out, err = module.run_command(argv, environ_update=C_LOCALE)
-        if rc == 0 or not is_busy(err) or not waits:
-            return rc, out, err, attempts
-        sleep(waits.pop(0))
+    retry = busy_retry(retries, delay)._replace(gave_up=None)
+    done = CommandRunner(module, retry=retry, sleep=sleep).read(argv, ok=None)
+    return done.rc, done.out, done.err, done.attempts
 
 
 def unmount(module, path, retries=3, delay=1.0, sleep=time.sleep):
     """Unmount path, retrying on busy; raise MountError naming the cause otherwise."""
-    rc, out, err, attempts = run_with_busy_retry(module, umount_argv(path), retries, delay, sleep)
-    if rc == 0:
-        return attempts
-    if is_busy(err):
-        raise MountError(
-            f"umount {path}: still busy after {attempts} attempts: a process has a file or its "
-            f"working directory under it; stop it (see `fuser -vm {path}`) and try again")
-    raise MountError(f"umount {path} failed (rc {rc}): {(err or out).strip()}")
+    return _run_mount_command(module, umount_argv(path), retries, delay, sleep)
 
 
 def mount(module, source, path, fstype=None, options=None, retries=0, delay=1.0, sleep=time.sleep):
     """Mount source at path; raise MountError with the command's own words on failure."""
-    argv = mount_argv(source, path, fstype, options)
-    rc, out, err, attempts = run_with_busy_retry(module, argv, retries, delay, sleep)
-    if rc != 0:
-        raise MountError(f"{' '.join(argv)} failed (rc {rc}): {(err or out).strip()}")
-    return attempts
+    return _run_mount_command(module, mount_argv(source, path, fstype, options), retries, delay,
+                              sleep)
+
+
+def _run_mount_command(module, argv, retries, delay, sleep):
+    """The number of attempts argv took; MountError if it failed for good."""
+    try:
+        return CommandRunner(module, retry=busy_retry(retries, delay), sleep=sleep).read(
+            argv).attempts
+    except CommandError as error:
+        raise MountError(str(error)) from None
 
 
 # --- owner and mode of a mount's root ----------------------------------------------

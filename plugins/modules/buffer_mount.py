@@ -150,7 +150,10 @@ mounted:
   type: bool
   sample: true
 commands:
-  description: The commands run, or in check mode the commands that would run, as argv lists.
+  description:
+    - The commands run, or in check mode the commands that would run, as argv lists.
+    - After a failure, those that succeeded before it; the failed one is C(cmd), with C(rc),
+      C(stdout) and C(stderr).
   returned: always
   type: list
   elements: list
@@ -165,12 +168,14 @@ import os
 from collections import namedtuple
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_native
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import (
+    CommandError,
+    CommandRunner,
+)
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import (
-    C_LOCALE,
     MountError,
     attribute_commands,
-    is_busy,
+    busy_retry,
     mount_argv,
     mount_at,
     normalise_path,
@@ -179,7 +184,6 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import (
     resolve_gid,
     resolve_uid,
     root_attributes,
-    run_with_busy_retry,
     umount_argv,
 )
 
@@ -279,33 +283,9 @@ def root_commands(path, root, params):
 
 # --- acting ----------------------------------------------------------------------------
 
-class Executor:
-    """The single point of mutation: records every command, runs it unless in check mode."""
-
-    def __init__(self, module, retries, delay):
-        self.module = module
-        self.retries = retries
-        self.delay = delay
-        self.commands = []
-
-    def run(self, argv):
-        self.commands.append(list(argv))
-        if self.module.check_mode:
-            return
-        retries = self.retries if argv[0] in ("mount", "umount") else 0
-        rc, out, err, attempts = run_with_busy_retry(self.module, argv, retries, self.delay)
-        if rc == 0:
-            return
-        if is_busy(err):
-            raise BufferError(
-                f"{' '.join(argv)}: still busy after {attempts} attempts: a process has a file or "
-                f"its working directory under {argv[-1]}; stop it (`fuser -vm {argv[-1]}` names "
-                "it) and try again.")
-        raise BufferError(f"{' '.join(argv)} failed (rc {rc}): {(err or out).strip()}")
-
-    def run_all(self, commands):
-        for argv in commands:
-            self.run(argv)
+def buffer_runner(module, retries, delay):
+    """The module's CommandRunner: mount and umount are retried while the target is busy."""
+    return CommandRunner(module, retry=busy_retry(retries, delay, only=("mount", "umount")))
 
 
 def verify_mounted(path, params):
@@ -328,16 +308,16 @@ def describe(src, fstype, root):
     return facts
 
 
-def ensure_mounted(module, params, state, executor):
-    executor.run_all(plan_mounted(state, params))
-    if module.check_mode:
+def ensure_mounted(runner, params, state):
+    runner.change_all(plan_mounted(state, params))
+    if runner.check_mode:
         root = state.root or NEW_VOLUME_ROOT
     else:
         verify_mounted(state.path, params)
         root = root_attributes(state.path)
     wanted = root_commands(state.path, root, params)
-    executor.run_all(wanted)
-    if not module.check_mode:
+    runner.change_all(wanted)
+    if not runner.check_mode:
         root = root_attributes(state.path)
     elif wanted:
         root = _predicted_root(root, params)
@@ -351,17 +331,17 @@ def _predicted_root(root, params):
             root[2] if mode is None else mode)
 
 
-def ensure_unmounted(module, params, state, executor):
-    executor.run_all(plan_unmounted(state, params))
-    if module.check_mode:
+def ensure_unmounted(runner, params, state):
+    runner.change_all(plan_unmounted(state, params))
+    if runner.check_mode:
         # Underneath a mounted buffer the mount point is normally empty: predict so.
         exists, empty = state.exists, state.empty or state.mount is not None
     else:
         exists, empty = os.path.lexists(state.path), dir_is_empty(state.path)
     if params["remove_dir"] and exists and not empty:
-        module.warn(f"{state.path} is not empty after unmounting; kept it (remove_dir removes "
-                    "only an empty mount point).")
-    executor.run_all(rmdir_commands(state.path, exists, empty, params["remove_dir"]))
+        runner.module.warn(f"{state.path} is not empty after unmounting; kept it (remove_dir "
+                           "removes only an empty mount point).")
+    runner.change_all(rmdir_commands(state.path, exists, empty, params["remove_dir"]))
     return False, describe(None, None, None)
 
 
@@ -384,26 +364,23 @@ ARGUMENT_SPEC = dict(
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
                            required_if=[("state", "mounted", ["src"])])
-    module.run_command_environ_update = C_LOCALE
     params = dict(module.params, path=normalise_path(module.params["path"]))
-    executor = Executor(module, params["retries"], params["delay"])
-    error = None
+    runner = buffer_runner(module, params["retries"], params["delay"])
+    echoed = {"path": params["path"], "src": params["src"], "fstype": params["fstype"]}
     try:
-        state = read_state(params["path"])
-        ensure = ensure_mounted if params["state"] == "mounted" else ensure_unmounted
-        mounted, after = ensure(module, params, state, executor)
-    except (BufferError, MountError, OSError) as exc:
-        error = to_native(exc)
-    if error is not None:
-        # Outside the except block: these are refusals with a message, not crashes to trace.
-        module.fail_json(msg=error, path=params["path"], src=params["src"],
-                         fstype=params["fstype"], commands=executor.commands)
+        result = run(runner, params)
+    except (BufferError, CommandError, MountError, OSError) as error:
+        module.fail_json(**runner.failure(error, **echoed))
+    module.exit_json(**result, **echoed)
+
+
+def run(runner, params):
+    state = read_state(params["path"])
+    ensure = ensure_mounted if params["state"] == "mounted" else ensure_unmounted
+    mounted, after = ensure(runner, params, state)
     mount = state.mount
     before = describe(mount.source if mount else None, mount.fstype if mount else None, state.root)
-    changed = bool(executor.commands)
-    module.exit_json(changed=changed, path=params["path"], src=params["src"],
-                     fstype=params["fstype"], mounted=mounted, commands=executor.commands,
-                     diff={"before": before, "after": after if changed else before})
+    return runner.result(before, after, mounted=mounted)
 
 
 if __name__ == "__main__":

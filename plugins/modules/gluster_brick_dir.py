@@ -127,7 +127,11 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.brick_dirs import 
     remove,
     wait_until_unowned,
 )
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import GlusterCli
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import (
+    CommandRunner,
+    diff_of,
+)
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import GlusterCli, GlusterError
 
 ARGUMENT_SPEC = dict(
     path=dict(type="list", elements="path", required=True, aliases=["paths"]),
@@ -157,18 +161,17 @@ def refuse_owned(module, dirs):
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     paths = [os.path.abspath(path) for path in module.params["path"]]
+    runner = CommandRunner(module)
     result = {"changed": False, "paths": paths, "removed": [], "waited": 0}
     try:
         dirs = existing_dirs(paths)
         result["waited"] = refuse_owned(module, dirs)
-    except BrickDirError as error:
-        module.fail_json(msg=str(error), **result)
-    if not module.check_mode:
-        remove(dirs)
-    result.update(changed=bool(dirs), removed=dirs)
-    if module._diff and dirs:
-        result["diff"] = {"before": {"directories": [d["path"] for d in dirs]},
-                          "after": {"directories": []}}
+    except (BrickDirError, GlusterError) as error:
+        module.fail_json(msg=str(error), **result)  # no commands: it only removes directories
+    runner.act(remove, dirs)
+    before = {"directories": [d["path"] for d in dirs]}
+    result.update(changed=bool(dirs), removed=dirs,
+                  diff=diff_of(before, {"directories": []}, bool(dirs)))
     module.exit_json(**result)
 
 

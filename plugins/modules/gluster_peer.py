@@ -71,7 +71,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 commands:
-  description: The gluster commands run, or in check mode those that would run, as argv lists.
+  description:
+    - The gluster commands run, or in check mode those that would run, as argv lists.
+    - After a failure, those that succeeded before it.
   returned: always
   type: list
   elements: list
@@ -205,14 +207,15 @@ def wait_until_ready(cli, nodes, timeout, clock=time.monotonic, sleep=None):
 
 
 def probe_or_detach(cli, commands):
-    """Run the commands; the nodes that turned out to be this glusterd (nothing done for them)."""
+    """Run the commands (in check mode: record them); the nodes that turned out to be this
+    glusterd (nothing done for them)."""
     selves = []
     for argv in commands:
         try:
-            answer = cli_message(cli.execute(argv))
+            answer = cli.execute(argv)
         except GlusterError as error:
             raise PeerError(f"gluster peer {argv[-3]} {argv[-2]}: {error}") from None
-        if LOCALHOST_ANSWER in answer.lower():
+        if answer is not None and LOCALHOST_ANSWER in cli_message(answer).lower():
             selves.append(argv[-2])
     return selves
 
@@ -221,21 +224,21 @@ def run(module, cli, params):
     pool = cli.pool()
     nodes = list(dict.fromkeys(params["nodes"]))
     identities = identities_of(cli, pool, nodes)
-    commands = plan_peers(identities, params["state"], params["glusterd_socket"])
+    selves = probe_or_detach(cli, plan_peers(identities, params["state"], params["glusterd_socket"]))
+    identities.update((node, SELF) for node in selves)
+    commands = [argv for argv in cli.runner.commands if argv[-2] not in selves]
     after = pool
-    if commands and not module.check_mode:
-        selves = probe_or_detach(cli, commands)
-        identities.update((node, SELF) for node in selves)
-        commands = [argv for argv in commands if argv[-2] not in selves]
-        after = cli.pool()
-    if params["state"] == "present" and not module.check_mode:
-        others = [node for node, found in identities.items() if found != SELF]
-        after = wait_until_ready(cli, others, params["timeout"])
-    result = {"changed": bool(commands), "commands": commands, "peers": remote_peers(after)}
-    if module._diff:
-        result["diff"] = {"before": {"peers": peer_names(pool)},
-                          "after": {"peers": predicted_names(pool, identities, params)
-                                    if module.check_mode else peer_names(after)}}
+    if cli.runner.check_mode:
+        names = predicted_names(pool, identities, params)
+    else:
+        after = cli.pool() if commands or selves else pool
+        if params["state"] == "present":
+            others = [node for node, found in identities.items() if found != SELF]
+            after = wait_until_ready(cli, others, params["timeout"])
+        names = peer_names(after)
+    result = cli.runner.result({"peers": peer_names(pool)}, {"peers": names},
+                               changed=bool(commands), peers=remote_peers(after))
+    result["commands"] = commands  # a probe of this very glusterd changed nothing
     return result
 
 
@@ -255,7 +258,7 @@ def main():
     try:
         result = run(module, cli, module.params)
     except (GlusterError, PeerError) as error:
-        module.fail_json(msg=str(error), commands=[])
+        module.fail_json(**cli.runner.failure(error))
     module.exit_json(**result)
 
 

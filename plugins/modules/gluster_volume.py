@@ -212,7 +212,10 @@ volume:
       nfs.disable: "on"
       performance.readdir-ahead: "on"
 commands:
-  description: The gluster commands run, or in check mode those that would run, as argv lists.
+  description:
+    - The gluster commands run, or in check mode those that would run, as argv lists.
+    - After a failure, those that succeeded before it; the failed one is C(cmd), with what
+      gluster answered in C(stdout).
   returned: always
   type: list
   elements: list
@@ -254,40 +257,30 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.brick_dirs import 
 )
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
     PORT_GATE_OPTION,
-    QUOTA_OPTION_KEYS,
     GlusterCli,
     GlusterError,
-    brick_problems,
     bricks_in_use,
     closes_port_gate,
     is_local_host,
-    is_port_gate,
-    layout_problems,
     local_brick_problem,
     normalise_option_value,
-    option_changes,
-    option_text,
     quota_enable_argv,
-    quota_limit_argv,
-    resolve_option_key,
     split_brick,
-    volfile_name_problem,
-    volume_create_argv,
     volume_delete_argv,
     volume_id_of,
-    volume_name_problem,
     volume_set_argv,
-    volume_start_argv,
     volume_stop_argv,
 )
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.sizes import (
-    SizeError,
-    format_size,
-    parse_size,
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster_volume_plan import (
+    QUOTA_PATH,
+    asked_options,
+    plan,
+    plan_absent,
+    port_gate_problems,
+    predicted_summary,
+    request_problems,
+    summary,
 )
-
-LAYOUT_KEYS = ("replica", "arbiter", "disperse", "redundancy")
-QUOTA_PATH = "/"
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
@@ -308,75 +301,6 @@ ARGUMENT_SPEC = dict(
 
 class VolumeError(Exception):
     """The request cannot be met as asked; the message says what to change."""
-
-
-# --- validation: pure ---------------------------------------------------------------------
-
-def request_problems(params, volume):
-    """Everything wrong with the request given the volume as it is (None = absent)."""
-    problems = []
-    name_problem = volume_name_problem(params["name"])
-    if name_problem:
-        return [name_problem]
-    if params["state"] == "absent":
-        return []
-    if params["remove_brick_dirs"]:
-        return ["remove_brick_dirs is for state: absent only"]
-    bricks = params["bricks"] or []
-    problems += brick_problems(bricks)
-    problems += option_problems(params["options"])
-    problems += quota_problems(params["quota"])
-    if volume is None:
-        problems += creation_problems(params, bricks)
-    else:
-        problems += mismatch_problems(params, volume)
-    return problems
-
-
-def creation_problems(params, bricks):
-    if not bricks:
-        return [f"volume {params['name']} does not exist: give bricks to create it"]
-    layout = {key: params[key] for key in LAYOUT_KEYS}
-    problems = layout_problems(bricks, **layout)
-    volfile_problem = volfile_name_problem(params["name"], bricks)
-    return problems + ([volfile_problem] if volfile_problem else [])
-
-
-def mismatch_problems(params, volume):
-    """The module creates volumes but never reshapes them: say so instead of ignoring it."""
-    name, problems = volume["name"], []
-    current = [brick["name"] for brick in volume["bricks"]]
-    if params["bricks"] and params["bricks"] != current:
-        problems.append(f"volume {name} exists with bricks {current}; this module does not add, "
-                        "remove or replace bricks: give its bricks as they are (or leave bricks "
-                        "out), or delete the volume first")
-    for key in LAYOUT_KEYS:
-        if params[key] is not None and params[key] != volume[key]:
-            problems.append(f"volume {name} has {key} {volume[key]}, not {params[key]}; "
-                            "a volume's layout cannot be changed here")
-    if params["transport"] != volume["transport"]:
-        problems.append(f"volume {name} uses transport {volume['transport']}, "
-                        f"not {params['transport']}")
-    return problems
-
-
-def option_problems(options):
-    problems = [f"option {key} has no value; give one (gluster volume reset is not done here)"
-                for key, value in options.items() if value is None]
-    quota_keys = sorted(key for key in options if key in QUOTA_OPTION_KEYS)
-    if quota_keys:
-        problems.append(f"options {', '.join(quota_keys)}: set the quota with the quota option")
-    return problems
-
-
-def quota_problems(quota):
-    if quota is None:
-        return []
-    try:
-        nbytes = parse_size(quota)
-    except SizeError as error:
-        return [f"quota: {error}"]
-    return [] if nbytes > 0 else ["quota must be larger than 0"]
 
 
 # --- reading ----------------------------------------------------------------------------
@@ -418,139 +342,6 @@ def local_problems(params, observed, is_local=is_local_host):
     return problems
 
 
-# --- planning: (observed, params) -> argv lists; pure -------------------------------------------
-
-def plan(observed, params):
-    """(commands, warnings): the gluster argv lists that reach the wanted state, in order."""
-    volume, state = observed["volume"], params["state"]
-    if state == "absent":
-        return plan_absent(volume, params), []
-    if volume is None:
-        return plan_create(params)
-    return plan_existing(observed, params)
-
-
-def plan_absent(volume, params):
-    if volume is None:
-        return []
-    socket, name = params["glusterd_socket"], params["name"]
-    stop = [volume_stop_argv(socket, name)] if volume["started"] else []
-    return [*stop, volume_delete_argv(socket, name)]
-
-
-def plan_create(params):
-    socket, name = params["glusterd_socket"], params["name"]
-    layout = {key: params[key] for key in LAYOUT_KEYS}
-    commands = [volume_create_argv(socket, name, params["bricks"], layout, params["transport"],
-                                   params["force"])]
-    first, last = split_port_gate_closing(params, params["options"].items())
-    if params["state"] != "started":
-        return commands + first + last, quota_warnings(params)
-    commands += [*first, volume_start_argv(socket, name)]
-    fresh_quota = {"enabled": False, "readable": True, "limit": None}
-    return commands + quota_commands(fresh_quota, params) + last, []
-
-
-def plan_existing(observed, params):
-    volume, state = observed["volume"], params["state"]
-    socket, name = params["glusterd_socket"], params["name"]
-    commands, last = split_port_gate_closing(
-        params, option_changes(observed["options"], params["options"]))
-    quota = observed["quota"]
-    if state == "started" and not volume["started"]:
-        return [*commands, volume_start_argv(socket, name), *quota_commands(quota, params),
-                *last], []
-    if not volume["started"]:
-        return commands + last, quota_warnings(params)
-    commands += quota_commands(quota, params) + last
-    if state == "stopped":
-        commands.append(volume_stop_argv(socket, name))
-    return commands, []
-
-
-def split_port_gate_closing(params, changes):
-    """(volume set argv lists to run first, those to run after quota): closing the port gate
-    waits until quota has been enabled (why: module_utils.gluster.PORT_GATE_OPTION)."""
-    socket, name = params["glusterd_socket"], params["name"]
-    first, last = [], []
-    for key, value in changes:
-        (last if closes_port_gate(key, value) else first).append(
-            volume_set_argv(socket, name, key, value))
-    return first, last
-
-
-def quota_commands(quota, params):
-    """Enable quota and set the limit on /, as far as they differ from what gluster reported."""
-    if params["quota"] is None:
-        return []
-    socket, name, wanted = params["glusterd_socket"], params["name"], parse_size(params["quota"])
-    commands = [] if quota["enabled"] else [quota_enable_argv(socket, name)]
-    if quota["limit"] != wanted:
-        commands.append(quota_limit_argv(socket, name, QUOTA_PATH, wanted))
-    return commands
-
-
-def port_gate_problems(params, observed):
-    """Quota cannot be enabled behind a closed port gate (module_utils.gluster.PORT_GATE_OPTION)."""
-    volume, quota = observed["volume"], observed["quota"]
-    if volume is None or params["quota"] is None or quota is None or quota["enabled"]:
-        return []
-    if normalise_option_value(volume["options"].get(PORT_GATE_OPTION)) != "off":
-        return []
-    if any(is_port_gate(key) and not closes_port_gate(key, value)
-           for key, value in params["options"].items()):
-        return []  # this task opens the gate first
-    return [f"volume {params['name']} has {PORT_GATE_OPTION} off, so quota cannot be enabled on "
-            "it: GlusterFS's quota crawler connects from an unprivileged port, and refused it "
-            "leaves the bricks' usage unaccounted (quota unenforced). Enable quota in the task "
-            f"that creates the volume (this module closes the gate after quota), or set "
-            f"{PORT_GATE_OPTION}: on in this task"]
-
-
-def quota_warnings(params):
-    if params["quota"] is None:
-        return []
-    return [f"quota of volume {params['name']} not checked or applied: gluster reads and sets "
-            "quota only on a started volume; a task with state: started applies it"]
-
-
-# --- describing: before / after for --diff -------------------------------------------------------
-
-def summary(volume, options=None, quota=None):
-    """The volume as --diff shows it; options are those asked for, as gluster holds them."""
-    if volume is None:
-        return {"state": "absent"}
-    return {"state": "started" if volume["started"] else "stopped",
-            "bricks": [brick["name"] for brick in volume["bricks"]],
-            "options": dict(sorted((options or {}).items())),
-            "quota": format_size(quota["limit"]) if quota and quota["limit"] else None}
-
-
-def asked_options(effective, params):
-    return {resolve_option_key(key, effective): effective.get(resolve_option_key(key, effective))
-            for key in params["options"]}
-
-
-def predicted_summary(before, observed, params):
-    """What summary() would show after a real run of the plan (for check mode)."""
-    if params["state"] == "absent":
-        return {"state": "absent"}
-    after = dict(before)
-    if before["state"] == "absent":
-        after = {"state": "stopped", "bricks": list(params["bricks"]), "options": {},
-                 "quota": None}
-    if params["state"] in ("started", "stopped"):
-        after["state"] = params["state"]
-    options = dict(after["options"])
-    for key, value in params["options"].items():
-        options[resolve_option_key(key, observed["options"])] = option_text(value)
-    after["options"] = dict(sorted(options.items()))
-    if params["quota"] is not None and (after["state"] == "started"
-                                        or before["state"] == "started"):
-        after["quota"] = format_size(parse_size(params["quota"]))
-    return after
-
-
 # --- running ----------------------------------------------------------------------------------
 
 def new_local_brick_dirs(params, is_local=is_local_host):
@@ -563,19 +354,6 @@ def new_local_brick_dirs(params, is_local=is_local_host):
     return dirs
 
 
-def execute(cli, commands):
-    """Run the commands in order; the GlusterError of the first failure, with what ran."""
-    done = []
-    for argv in commands:
-        try:
-            cli.execute(argv)
-        except GlusterError as error:
-            error.done = done
-            raise
-        done.append(argv)
-    return done
-
-
 def closes_port_gate_after_quota(params, commands):
     socket, name = params["glusterd_socket"], params["name"]
     return quota_enable_argv(socket, name) in commands and any(
@@ -583,36 +361,36 @@ def closes_port_gate_after_quota(params, commands):
         for key, value in params["options"].items() if closes_port_gate(key, value))
 
 
-def check_quota_accounted(cli, params, commands):
+def check_quota_accounted(cli, params):
     """Gluster reads the new quota back once the port gate is closed; N/A would mean the quota
     crawler was shut out and the quota is not enforced (module_utils.gluster.PORT_GATE_OPTION)."""
     if cli.quota_limit(params["name"], QUOTA_PATH) is None:
-        error = GlusterError(f"quota of volume {params['name']} reads N/A after {PORT_GATE_OPTION} "
-                             "was closed: its bricks' usage is not accounted, so the quota would "
-                             "not be enforced")
-        error.done = commands
-        raise error
+        raise GlusterError(f"quota of volume {params['name']} reads N/A after {PORT_GATE_OPTION} "
+                           "was closed: its bricks' usage is not accounted, so the quota would "
+                           "not be enforced")
 
 
 def roll_back(cli, params, created, new_dirs):
-    """Undo a volume this task created; remove the brick directories it made on this host."""
-    undone = []
+    """Undo a volume this task created; remove the brick directories it made on this host.
+
+    Runs on a CommandRunner of its own: what it undoes is returned as rolled_back, apart from
+    the commands of the task."""
+    undo = GlusterCli(cli.module, cli.socket, sleep=cli.sleep)
     if created:
         socket, name = params["glusterd_socket"], params["name"]
         for argv in (volume_stop_argv(socket, name), volume_delete_argv(socket, name)):
             try:
-                cli.execute(argv)
-                undone.append(argv)
+                undo.execute(argv)
             except GlusterError:
                 continue  # a never-started volume refuses "stop": expected, go on
     try:
-        ids = {volume["id"] for volume in cli.volumes()}
+        ids = {volume["id"] for volume in undo.volumes()}
     except GlusterError:
-        return undone  # without glusterd no directory can be shown to be free: keep them all
+        return undo.runner.commands  # without glusterd no directory can be shown to be free
     for path in new_dirs:
         if os.path.isdir(path) and volume_id_of(path) not in ids:
             shutil.rmtree(path)
-    return undone
+    return undo.runner.commands
 
 
 def describe_error(error):
@@ -623,9 +401,9 @@ def describe_error(error):
     return f"{' '.join(words)}: {error}"
 
 
-def failure_message(error, params, created):
+def failure_message(error, params):
     message = describe_error(error)
-    if created:
+    if getattr(error, "created", False):
         message += (f" (volume {params['name']} was created by this task and has been deleted "
                     "again)")
     return message
@@ -653,8 +431,15 @@ def main():
     try:
         result = run(module, cli, params)
     except (GlusterError, VolumeError) as error:
-        module.fail_json(msg=describe_error(error), commands=getattr(error, "done", []))
+        module.fail_json(**failure(cli, error, params))
     module.exit_json(**result)
+
+
+def failure(cli, error, params):
+    """fail_json's arguments: what failed, the commands that succeeded, what was rolled back."""
+    rolled_back = getattr(error, "rolled_back", None)
+    return cli.runner.failure(error, msg=failure_message(error, params),
+                              **({} if rolled_back is None else {"rolled_back": rolled_back}))
 
 
 def run(module, cli, params):
@@ -670,17 +455,15 @@ def run(module, cli, params):
         module.warn(warning)
     before = summary(observed["volume"], asked_options(observed["options"], params),
                      observed["quota"])
-    if module.check_mode or not commands:
-        after = predicted_summary(before, observed, params) if commands else before
-        return result_of(module, commands, with_brick_status(cli, observed["volume"]), before,
-                         after)
     apply(module, cli, params, observed, commands)
-    # Every command above was checked (gluster's --xml answer), so the options and quota are
-    # what the plan set; re-read only the volume itself and its bricks. Two gluster calls
-    # fewer per change is a tenth of a buffer's setup here (benchmarks/lifecycle.py).
-    now = next((v for v in cli.volumes() if v["name"] == params["name"]), None)
-    after = predicted_summary(before, observed, params)
-    return result_of(module, commands, with_brick_status(cli, now), before, after)
+    volume = observed["volume"]
+    if commands and not cli.runner.check_mode:
+        # Every command above was checked (gluster's --xml answer), so the options and quota
+        # are what the plan set; re-read only the volume itself and its bricks. Two gluster
+        # calls fewer per change is a tenth of a buffer's setup here (benchmarks/lifecycle.py).
+        volume = next((v for v in cli.volumes() if v["name"] == params["name"]), None)
+    return cli.runner.result(before, predicted_summary(before, observed, params),
+                             volume=with_brick_status(cli, volume))
 
 
 def run_absent(module, cli, params, observed):
@@ -688,16 +471,14 @@ def run_absent(module, cli, params, observed):
     volume = observed["volume"]
     dirs = removable_brick_dirs(params, observed)
     commands = plan_absent(volume, params)
-    if not module.check_mode:
-        apply(module, cli, params, observed, commands)
-        remove(dirs)
-    result = result_of(module, commands, with_brick_status(cli, volume) if module.check_mode
-                       else None, summary(volume), {"state": "absent"})
-    result.update(changed=bool(commands or dirs), brick_dirs_removed=dirs)
-    if module._diff and dirs:
-        result["diff"]["before"]["brick_dirs_here"] = [entry["path"] for entry in dirs]
-        result["diff"]["after"]["brick_dirs_here"] = []
-    return result
+    apply(module, cli, params, observed, commands)
+    cli.runner.act(remove, dirs)
+    before, after = summary(volume), {"state": "absent"}
+    if dirs:
+        before["brick_dirs_here"], after["brick_dirs_here"] = [entry["path"] for entry in dirs], []
+    return cli.runner.result(
+        before, after, changed=bool(commands or dirs), brick_dirs_removed=dirs,
+        volume=with_brick_status(cli, volume) if cli.runner.check_mode else None)
 
 
 def removable_brick_dirs(params, observed):
@@ -715,24 +496,19 @@ def removable_brick_dirs(params, observed):
 
 
 def apply(module, cli, params, observed, commands):
+    """Run the commands (in check mode: record them). If one fails after this task created the
+    volume, the volume is deleted again; the GlusterError says so (created, rolled_back)."""
     creating = observed["volume"] is None and params["state"] != "absent"
     new_dirs = new_local_brick_dirs(params) if creating else []
     try:
-        execute(cli, commands)
-        if closes_port_gate_after_quota(params, commands):
-            check_quota_accounted(cli, params, commands)
+        for argv in commands:
+            cli.execute(argv)
+        if not cli.runner.check_mode and closes_port_gate_after_quota(params, commands):
+            check_quota_accounted(cli, params)
     except GlusterError as error:
-        created = creating and bool(error.done)  # "volume create" is the first command
-        undone = roll_back(cli, params, created, new_dirs) if creating else []
-        module.fail_json(msg=failure_message(error, params, created), commands=error.done,
-                         rolled_back=undone)
-
-
-def result_of(module, commands, volume, before, after):
-    result = {"changed": bool(commands), "commands": commands, "volume": volume}
-    if module._diff:
-        result["diff"] = {"before": before, "after": after}
-    return result
+        error.created = creating and bool(cli.runner.commands)  # "volume create" is the first
+        error.rolled_back = roll_back(cli, params, error.created, new_dirs) if creating else []
+        raise
 
 
 if __name__ == "__main__":

@@ -167,6 +167,8 @@ label:
 commands:
   description:
     - The argv lists run (or, in check mode, that would run), in order. Empty when nothing changed.
+    - After a failure, those that succeeded before it; the failed one is C(cmd), with C(rc),
+      C(stdout) and C(stderr).
   returned: always
   type: list
   elements: list
@@ -196,6 +198,10 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.block_devices impo
     is_block_device,
     probe_signature,
 )
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import (
+    CommandError,
+    CommandRunner,
+)
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.lustre import (
     LustreError,
     expected_roles,
@@ -212,8 +218,6 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.lustre import (
     wipe_argv,
     zfs_pool,
 )
-
-C_LOCALE = {"LANG": "C", "LC_ALL": "C"}
 
 ARGUMENT_SPEC = dict(
     fsname=dict(type="str", required=True),
@@ -253,45 +257,33 @@ def describe_request(params: dict) -> dict:
     }
 
 
-def find_bin(module: AnsibleModule, name: str) -> str:
+def find_bin(runner: CommandRunner, name: str) -> str:
     """Absolute path of a tool; in check mode a missing tool still yields a plan."""
-    path = module.get_bin_path(name)
+    path = runner.module.get_bin_path(name)
     if path:
         return path
-    if module.check_mode:
+    if runner.check_mode:
         return name
-    module.fail_json(msg=f"{name} not found in PATH or the sbin directories: install the Lustre "
-                         "server utilities (or util-linux) on this host")
-    return name  # not reached: fail_json exits
+    raise Refusal(f"{name} not found in PATH or the sbin directories: install the Lustre server "
+                  "utilities (or util-linux) on this host")
 
 
-def run_probe(module: AnsibleModule, argv: list, ok_codes: tuple = (0,)) -> tuple:
-    """Run a read-only command (also in check mode) with C-locale output."""
-    rc, out, err = module.run_command(argv, environ_update=C_LOCALE)
-    if rc not in ok_codes:
-        module.fail_json(msg=f"{' '.join(argv)} failed with rc {rc}: {err.strip()}", rc=rc,
-                         stdout=out, stderr=err, cmd=argv)
-    return rc, out
-
-
-def read_lustre_data(module: AnsibleModule, source: str, required: bool = False) -> dict:
+def read_lustre_data(runner: CommandRunner, source: str, required: bool = False) -> dict:
     """What tunefs.lustre --dryrun says about the target on ``source`` ({} if none).
 
     ``required``: the label already says this is a Lustre target, so a failure
     is an error, not "foreign device" (which force would then reformat).
     """
-    argv = [find_bin(module, "tunefs.lustre"), "--dryrun", source]
-    if required:
-        return parse_tunefs_dryrun(run_probe(module, argv)[1])
-    rc, out, _err = module.run_command(argv, environ_update=C_LOCALE)
-    return parse_tunefs_dryrun(out) if rc == 0 else {}
+    done = runner.read([find_bin(runner, "tunefs.lustre"), "--dryrun", source],
+                       ok=(0,) if required else None)
+    return parse_tunefs_dryrun(done.out) if done.rc == 0 else {}
 
 
-def read_mounts(module: AnsibleModule, source: str) -> list:
+def read_mounts(runner: CommandRunner, source: str) -> list:
     """Every mount of ``source`` (any filesystem type), from findmnt."""
-    argv = [find_bin(module, "findmnt"), "--raw", "--noheadings",
+    argv = [find_bin(runner, "findmnt"), "--raw", "--noheadings",
             "--output", "SOURCE,TARGET,FSTYPE"]
-    _rc, out = run_probe(module, argv, ok_codes=(0, 1))
+    out = runner.read(argv, ok=(0, 1)).out
     return [entry for entry in parse_findmnt(out) if same_source(entry["source"], source)]
 
 
@@ -306,19 +298,19 @@ def same_path(one: str, other: str) -> bool:
     return os.path.realpath(one) == os.path.realpath(other)
 
 
-def read_device(module: AnsibleModule, params: dict, request: dict) -> dict:
+def read_device(runner: CommandRunner, params: dict, request: dict) -> dict:
     """The device as it is: signature, the target label found, mounts and other users.
 
     ``blkid -p`` reads the device itself, not blkid's cache, so a label written
     a moment ago is seen, and its TYPE tells an unlabelled filesystem from a
     blank disk. Mounts come from findmnt; holders and swap from the kernel.
     """
-    signature = probe_signature(module, params["device"])
+    signature = probe_signature(runner, params["device"])
     label = signature.get("LABEL")
     if params["backfstype"] == "zfs":
-        label = read_zfs_label(module, params, signature)
-    ours = labels_match(label, request["label"]) and roles_match(module, params, request)
-    mounts = read_mounts(module, request["source"])
+        label = read_zfs_label(runner, params, signature)
+    ours = labels_match(label, request["label"]) and roles_match(runner, params, request)
+    mounts = read_mounts(runner, request["source"])
     return {
         "signature": signature,
         "label": label,
@@ -331,19 +323,19 @@ def read_device(module: AnsibleModule, params: dict, request: dict) -> dict:
     }
 
 
-def read_zfs_label(module: AnsibleModule, params: dict, signature: dict) -> str | None:
+def read_zfs_label(runner: CommandRunner, params: dict, signature: dict) -> str | None:
     """The target label inside our pool, or the vdev's own label if it is another pool."""
     pool = zfs_pool(params["zfs_dataset"])
     if signature.get("TYPE") == "zfs_member" and signature.get("LABEL") == pool:
-        return read_lustre_data(module, params["zfs_dataset"]).get("target")
+        return read_lustre_data(runner, params["zfs_dataset"]).get("target")
     return signature.get("LABEL")
 
 
-def roles_match(module: AnsibleModule, params: dict, request: dict) -> bool:
+def roles_match(runner: CommandRunner, params: dict, request: dict) -> bool:
     """An MDT and a combined MGS/MDT share a label; tunefs.lustre tells them apart."""
     if params["kind"] not in ("mdt", "mgs_mdt"):
         return True
-    lustre_data = read_lustre_data(module, request["source"], required=True)
+    lustre_data = read_lustre_data(runner, request["source"], required=True)
     return lustre_data.get("roles") == expected_roles(params["kind"])
 
 
@@ -397,49 +389,46 @@ def plan_absent(params: dict, device: dict) -> list:
     return actions
 
 
-def action_argv(module: AnsibleModule, action: str, params: dict, request: dict,
+def action_argv(runner: CommandRunner, action: str, params: dict, request: dict,
                 device: dict) -> list:
     if action == "mkfs":
         return mkfs_argv(params["kind"], params["fsname"], request["index"], params["device"],
                          mgsnodes=request["mgsnodes"], backfstype=params["backfstype"],
                          reformat=params["force"] and not device["blank"],
                          mkfsoptions=params["mkfsoptions"], zfs_dataset=params["zfs_dataset"],
-                         mkfs_bin=find_bin(module, "mkfs.lustre"))
+                         mkfs_bin=find_bin(runner, "mkfs.lustre"))
     if action == "mount":
         return mount_argv(request["source"], params["mountpoint"], params["mount_options"],
-                          mount_bin=find_bin(module, "mount"))
+                          mount_bin=find_bin(runner, "mount"))
     if action == "umount":
-        return umount_argv(lustre_mount(device)["target"], umount_bin=find_bin(module, "umount"))
-    return wipe_argv(params["device"], wipefs_bin=find_bin(module, "wipefs"))
+        return umount_argv(lustre_mount(device)["target"], umount_bin=find_bin(runner, "umount"))
+    return wipe_argv(params["device"], wipefs_bin=find_bin(runner, "wipefs"))
 
 
-def run_plan(module: AnsibleModule, plan: list, params: dict, request: dict) -> None:
-    """Run the plan in order; stop at the first failure and say what already ran."""
-    for done, (action, argv) in enumerate(plan):
-        if action == "mount":
-            make_mountpoint(module, params["mountpoint"])
-        rc, out, err = module.run_command(argv, environ_update=C_LOCALE)
-        if rc != 0:
-            module.fail_json(msg=f"{' '.join(argv)} failed with rc {rc}: {err.strip()}", rc=rc,
-                             stdout=out, stderr=err, cmd=argv,
-                             commands=[step[1] for step in plan[:done]])
-        if action == "mkfs":
-            verify_label(module, params, request)
+def run_plan(runner: CommandRunner, plan: list, params: dict, request: dict) -> None:
+    """Run the plan in order (in check mode: record it); the first failure stops it.
+
+    A real run makes the mount point right before mounting, and reads the label back after
+    mkfs.lustre."""
+    for action, argv in plan:
+        before = (lambda: make_mountpoint(params["mountpoint"])) if action == "mount" else None
+        after = (lambda: verify_label(runner, params, request)) if action == "mkfs" else None
+        runner.change(argv, before=before, after=after)
 
 
-def make_mountpoint(module: AnsibleModule, path: str) -> None:
+def make_mountpoint(path: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
-        module.fail_json(msg=f"cannot create mount point {path}: {error}")
+        raise Refusal(f"cannot create mount point {path}: {error}") from None
 
 
-def verify_label(module: AnsibleModule, params: dict, request: dict) -> None:
+def verify_label(runner: CommandRunner, params: dict, request: dict) -> None:
     """After mkfs.lustre, the device must read as the target it was told to make."""
-    device = read_device(module, params, request)
+    device = read_device(runner, params, request)
     if not device["ours"]:
-        module.fail_json(msg=f"mkfs.lustre succeeded but {params['device']} now reads as "
-                             f"{device['label']!r}, not {request['label']!r}")
+        raise Refusal(f"mkfs.lustre succeeded but {params['device']} now reads as "
+                      f"{device['label']!r}, not {request['label']!r}")
 
 
 def outcome(params: dict, request: dict, device: dict, actions: list) -> dict:
@@ -459,35 +448,28 @@ def outcome(params: dict, request: dict, device: dict, actions: list) -> dict:
     return {"before": before, "after": after}
 
 
-def run_module(module: AnsibleModule) -> dict:
-    params = module.params
+def run_module(runner: CommandRunner, params: dict) -> dict:
     request = describe_request(params)
     if not is_block_device(params["device"]):
         raise Refusal(f"{params['device']} {describe_non_block(params['device'])}: lustre_target "
                       "formats block devices only (for a test, attach an image with losetup)")
-    device = read_device(module, params, request)
+    device = read_device(runner, params, request)
     actions = plan_actions(params, request, device)
-    plan = [(action, action_argv(module, action, params, request, device)) for action in actions]
-    if plan and not module.check_mode:
-        run_plan(module, plan, params, request)
+    plan = [(action, action_argv(runner, action, params, request, device)) for action in actions]
+    run_plan(runner, plan, params, request)
     diff = outcome(params, request, device, actions)
-    return {
-        "changed": bool(plan),
-        "label": request["label"],
-        "commands": [argv for _action, argv in plan],
-        "mounted": diff["after"]["mounted"],
-        "mountpoint": diff["after"]["mountpoint"],
-        "diff": diff,
-    }
+    return runner.result(diff["before"], diff["after"], label=request["label"],
+                         mounted=diff["after"]["mounted"], mountpoint=diff["after"]["mountpoint"])
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, required_if=REQUIRED_IF,
                            supports_check_mode=True)
+    runner = CommandRunner(module)
     try:
-        result = run_module(module)
-    except (DeviceError, LustreError, Refusal) as error:
-        module.fail_json(msg=str(error))
+        result = run_module(runner, module.params)
+    except (CommandError, DeviceError, LustreError, Refusal) as error:
+        module.fail_json(**runner.failure(error))
     module.exit_json(**result)
 
 

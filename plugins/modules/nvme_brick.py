@@ -153,7 +153,10 @@ uuid:
   type: str
   sample: 9170bc37-e4be-403a-aaec-936a1212c08a
 commands:
-  description: The commands run, or in check mode the commands that would run, as argv lists.
+  description:
+    - The commands run, or in check mode the commands that would run, as argv lists.
+    - After a failure, those that succeeded before it; the failed one is C(cmd), with C(rc),
+      C(stdout) and C(stderr).
   returned: always
   type: list
   elements: list
@@ -170,9 +173,9 @@ fstab_line:
 import os
 import tempfile
 from collections import namedtuple
+from functools import partial
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.common.text.converters import to_native
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.block_devices import (
     DeviceError,
     describe_non_block,
@@ -182,10 +185,14 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.block_devices impo
     is_block_device,
     probe_signature,
 )
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import (
+    CommandError,
+    CommandRunner,
+)
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import (
-    C_LOCALE,
     MountError,
     attribute_commands,
+    busy_retry,
     mount_argv,
     mount_at,
     normalise_path,
@@ -193,7 +200,6 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import (
     read_mountinfo,
     resolve_uid,
     root_attributes,
-    run_with_busy_retry,
     umount_argv,
 )
 
@@ -230,13 +236,13 @@ def gluster_brick_dirs(path):
                     if os.path.isdir(os.path.join(path, child, ".glusterfs"))]
 
 
-def read_state(module, device, path):
+def read_state(runner, device, path):
     entries = read_mountinfo()
     common = dict(device=device, path=path, path_mount=mount_at(entries, path),
                   path_exists=os.path.lexists(path), path_is_dir=os.path.isdir(path))
     if not is_block_device(device):
         return BrickState(is_block=False, not_block=describe_non_block(device), **common)
-    state = BrickState(is_block=True, signature=probe_signature(module, device),
+    state = BrickState(is_block=True, signature=probe_signature(runner, device),
                        usage=device_usage(device, mountinfo_entries=entries), **common)
     if mounted_here(state):
         state = state._replace(root=root_attributes(path), gluster_dirs=gluster_brick_dirs(path))
@@ -379,32 +385,25 @@ def fstab_with(lines, path, uuid, wanted):
 
 # --- acting ----------------------------------------------------------------------------
 
-class Executor:
-    """The single point of mutation: records every command, runs it unless in check mode."""
-
-    def __init__(self, module):
-        self.module = module
-        self.commands = []
-
-    def run(self, argv):
-        self.commands.append(list(argv))
-        if self.module.check_mode:
-            return
-        if argv[0] == "mkfs.xfs" and not is_block_device(argv[-1]):
-            # Checked again at the last moment: a device node can vanish or become a file.
-            raise BrickError(f"{argv[-1]} is no longer a block device; not running mkfs.xfs.")
-        retries = UMOUNT_RETRIES if argv[0] == "umount" else 0
-        rc, out, err, attempts = run_with_busy_retry(self.module, argv, retries, UMOUNT_DELAY)
-        if rc != 0:
-            tries = f", {attempts} attempts" if attempts > 1 else ""
-            raise BrickError(f"{' '.join(argv)} failed (rc {rc}{tries}): {(err or out).strip()}")
-
-    def run_all(self, commands):
-        for argv in commands:
-            self.run(argv)
+def brick_runner(module):
+    """The module's CommandRunner: umount is retried while the brick is busy."""
+    return CommandRunner(module, retry=busy_retry(UMOUNT_RETRIES, UMOUNT_DELAY, only=("umount",)))
 
 
-def edit_fstab(module, fstab, update):
+def run_commands(runner, commands):
+    """Each command through the runner; mkfs.xfs only on what is a block device at that moment."""
+    for argv in commands:
+        guard = partial(refuse_vanished_device, argv[-1]) if argv[0] == "mkfs.xfs" else None
+        runner.change(argv, before=guard)
+
+
+def refuse_vanished_device(device):
+    """Checked again at the last moment: a device node can vanish or become a file."""
+    if not is_block_device(device):
+        raise BrickError(f"{device} is no longer a block device; not running mkfs.xfs.")
+
+
+def edit_fstab(runner, fstab, update):
     """Apply update(lines) -> lines to the fstab file; True if that changes it.
 
     Written atomically (temporary file + rename) and never in check mode.
@@ -417,12 +416,15 @@ def edit_fstab(module, fstab, update):
     new_lines = update(lines)
     if new_lines == lines:
         return False
-    if not module.check_mode:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(fstab) or ".", prefix=".fstab.")
-        with os.fdopen(fd, "w") as handle:
-            handle.write("".join(line + "\n" for line in new_lines))
-        module.atomic_move(tmp, fstab)
+    runner.act(write_fstab, runner.module, fstab, new_lines)
     return True
+
+
+def write_fstab(module, fstab, lines):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(fstab) or ".", prefix=".fstab.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write("".join(line + "\n" for line in lines))
+    module.atomic_move(tmp, fstab)
 
 
 def brick_facts(state):
@@ -431,31 +433,31 @@ def brick_facts(state):
             "mount_point": mount.target if mount else None}
 
 
-def ensure_present(module, params, state, executor):
+def ensure_present(runner, params, state):
     planned = plan_present(state, params)
-    executor.run_all(planned)
+    run_commands(runner, planned)
     uuid = state.signature.get("UUID")
     if any(argv[0] == "mkfs.xfs" for argv in planned):
-        uuid = None if module.check_mode else probe_signature(module, state.device).get("UUID")
-    root = (state.root or NEW_XFS_ROOT) if module.check_mode else root_attributes(state.path)
-    executor.run_all(attribute_commands(state.path, root, uid=resolve_uid(params["owner"]),
-                                        mode=parse_mode(params["mode"])))
+        uuid = None if runner.check_mode else probe_signature(runner, state.device).get("UUID")
+    root = (state.root or NEW_XFS_ROOT) if runner.check_mode else root_attributes(state.path)
+    run_commands(runner, attribute_commands(state.path, root, uid=resolve_uid(params["owner"]),
+                                            mode=parse_mode(params["mode"])))
     result = {"fstype": XFS, "uuid": uuid}
     if params["persist"]:
         line = fstab_line(uuid or UUID_PLACEHOLDER, state.path, params["mount_options"])
         result["fstab_changed"] = edit_fstab(
-            module, params["fstab"], lambda lines: fstab_with(lines, state.path, uuid, line))
+            runner, params["fstab"], lambda lines: fstab_with(lines, state.path, uuid, line))
         result["fstab_line"] = line
     return result, {"fstype": XFS, "mounted": True, "mount_point": state.path}
 
 
-def ensure_absent(module, params, state, executor):
-    executor.run_all(plan_absent(state, params))
+def ensure_absent(runner, params, state):
+    run_commands(runner, plan_absent(state, params))
     result = {"fstype": None, "uuid": None}
     if params["persist"]:
         uuid = (state.signature or {}).get("UUID")
         result["fstab_changed"] = edit_fstab(
-            module, params["fstab"], lambda lines: fstab_without(lines, state.path, uuid))
+            runner, params["fstab"], lambda lines: fstab_without(lines, state.path, uuid))
     return result, {"fstype": None, "mounted": False, "mount_point": None}
 
 
@@ -475,26 +477,23 @@ ARGUMENT_SPEC = dict(
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    module.run_command_environ_update = C_LOCALE
     params = dict(module.params, path=normalise_path(module.params["path"]))
-    executor = Executor(module)
-    error = None
+    runner = brick_runner(module)
+    echoed = {"device": params["device"], "path": params["path"]}
     try:
-        state = read_state(module, params["device"], params["path"])
-        ensure = ensure_present if params["state"] == "present" else ensure_absent
-        result, after = ensure(module, params, state, executor)
-    except (BrickError, DeviceError, MountError, OSError) as exc:
-        error = to_native(exc)
-    if error is not None:
-        # Outside the except block: these are refusals with a message, not crashes to trace.
-        module.fail_json(msg=error, device=params["device"], path=params["path"],
-                         commands=executor.commands)
+        result = run(runner, params)
+    except (BrickError, CommandError, DeviceError, MountError, OSError) as error:
+        module.fail_json(**runner.failure(error, **echoed))
+    module.exit_json(**result, **echoed)
+
+
+def run(runner, params):
+    state = read_state(runner, params["device"], params["path"])
+    ensure = ensure_present if params["state"] == "present" else ensure_absent
+    result, after = ensure(runner, params, state)
     fstab_changed = result.pop("fstab_changed", False)
-    changed = bool(executor.commands) or fstab_changed
-    before = brick_facts(state)
-    module.exit_json(changed=changed, device=params["device"], path=params["path"],
-                     commands=executor.commands,
-                     diff={"before": before, "after": after if changed else before}, **result)
+    return runner.result(brick_facts(state), after,
+                         changed=bool(runner.commands) or fstab_changed, **result)
 
 
 if __name__ == "__main__":

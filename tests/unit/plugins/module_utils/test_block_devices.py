@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import block_devices as bd
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import CommandRunner
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import parse_mountinfo
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures"
@@ -59,7 +60,7 @@ def test_probe_failure_raises():
 
 def test_probe_signature_runs_blkid_low_level_in_c_locale(fake_module):
     module = fake_module([(0, recorded("ext4"), "")])
-    assert bd.probe_signature(module, "/dev/loop7")["TYPE"] == "ext4"
+    assert bd.probe_signature(CommandRunner(module), "/dev/loop7")["TYPE"] == "ext4"
     ((argv, env),) = module.calls
     assert argv == ["blkid", "-p", "-o", "export", "/dev/loop7"]
     assert env["LANG"] == "C"

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import CommandError
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import parse_mountinfo_line
 from ansible_collections.hpc.burstbuffer.plugins.modules import buffer_mount as bm
 
@@ -151,24 +152,26 @@ def test_predicted_root_for_check_mode():
     assert bm._predicted_root((5, 6, 0o750), params()) == (5, 6, 0o750)
 
 
+# The module's runner (module_utils.command_runner): a failed command raises its CommandError.
+
 def test_executor_check_mode_runs_nothing(fake_module):
     module = fake_module(check_mode=True)
-    executor = bm.Executor(module, retries=5, delay=1.0)
-    executor.run_all([UMOUNT, ["rmdir", PATH]])
-    assert executor.commands == [UMOUNT, ["rmdir", PATH]]
+    runner = bm.buffer_runner(module, retries=5, delay=1.0)
+    runner.change_all([UMOUNT, ["rmdir", PATH]])
+    assert runner.commands == [UMOUNT, ["rmdir", PATH]]
     assert module.calls == []
 
 
 def test_executor_retries_busy_then_gives_up_with_advice(fake_module):
     busy = (32, "", f"umount: {PATH}: target is busy.")
     module = fake_module([busy] * 3)
-    with pytest.raises(bm.BufferError, match=r"still busy after 3 attempts.*fuser -vm"):
-        bm.Executor(module, retries=2, delay=0.001).run(UMOUNT)
+    with pytest.raises(CommandError, match=r"still busy after 3 attempts.*fuser -vm"):
+        bm.buffer_runner(module, retries=2, delay=0.001).change(UMOUNT)
     assert len(module.calls) == 3
 
 
 def test_executor_does_not_retry_other_commands(fake_module):
     module = fake_module([(1, "", "chown: invalid user")])
-    with pytest.raises(bm.BufferError, match="chown 1001 /x failed"):
-        bm.Executor(module, retries=5, delay=0.001).run(["chown", "1001", "/x"])
+    with pytest.raises(CommandError, match="chown 1001 /x failed"):
+        bm.buffer_runner(module, retries=5, delay=0.001).change(["chown", "1001", "/x"])
     assert len(module.calls) == 1

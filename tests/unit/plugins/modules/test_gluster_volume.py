@@ -279,6 +279,14 @@ def answer(name):
     return (0, fixture(name), "")
 
 
+def apply(module, cli, asked, seen, commands):
+    """gv.apply, its failure reported as main() reports it (fail_json happens only there)."""
+    try:
+        gv.apply(module, cli, asked, seen, commands)
+    except g.GlusterError as error:
+        module.fail_json(**gv.failure(cli, error, asked))
+
+
 def test_check_mode_reads_and_runs_nothing(gluster_module, tmp_path):
     # Loopback bricks count as local, so their parent directories must exist: use tmp_path,
     # never the test bed's paths (the unit stage runs without a test bed); tmp_path is on the
@@ -308,8 +316,8 @@ def test_a_failed_start_deletes_the_volume_this_task_created(gluster_module, tmp
     ])
     cli = g.GlusterCli(module, SOCK)
     with pytest.raises(Failed):
-        gv.apply(module, cli, params(state="started", bricks=bricks), observed(),
-                 [cmd("volume", "create", "gv-exp1", "transport", "tcp", *bricks), START])
+        apply(module, cli, params(state="started", bricks=bricks), observed(),
+              [cmd("volume", "create", "gv-exp1", "transport", "tcp", *bricks), START])
     assert module.failure["msg"] == (
         "gluster volume start gv-exp1: Volume gv-rec has been started.Volume needs to be "
         "stopped before deletion. (volume gv-exp1 was created by this task and has been "
@@ -332,8 +340,8 @@ def test_a_failed_create_removes_the_brick_dirs_gluster_made_here(gluster_module
     module = MakesTheBrickDir([answer("error_create_remote_parent_missing.xml"),
                                answer("volume_info_missing.xml")])
     with pytest.raises(Failed):
-        gv.apply(module, g.GlusterCli(module, SOCK), params(state="started", bricks=bricks),
-                 observed(), [cmd("volume", "create", "gv-exp1", "transport", "tcp", *bricks)])
+        apply(module, g.GlusterCli(module, SOCK), params(state="started", bricks=bricks),
+              observed(), [cmd("volume", "create", "gv-exp1", "transport", "tcp", *bricks)])
     assert "Staging failed on 127.1.1.2" in module.failure["msg"]
     assert "created by this task" not in module.failure["msg"]
     assert module.failure["rolled_back"] == []
@@ -479,7 +487,7 @@ def test_a_quota_that_reads_na_behind_the_new_gate_fails_and_deletes_the_volume(
         answer("volume_info_missing.xml"),
     ])
     with pytest.raises(Failed):
-        gv.apply(module, g.GlusterCli(module, SOCK), asked, observed(), commands)
+        apply(module, g.GlusterCli(module, SOCK), asked, observed(), commands)
     assert module.failure["msg"] == (
         "quota of volume gv-exp1 reads N/A after server.allow-insecure was closed: its bricks' "
         "usage is not accounted, so the quota would not be enforced (volume gv-exp1 was created "

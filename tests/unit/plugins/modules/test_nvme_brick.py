@@ -7,6 +7,7 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.block_devices impo
     parse_blkid_export,
     signature_from_probe,
 )
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import CommandError
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import parse_mountinfo_line
 from ansible_collections.hpc.burstbuffer.plugins.modules import nvme_brick as nb
 
@@ -182,11 +183,13 @@ def test_fstab_line_escapes_and_removal():
     assert nb.fstab_without(lines, "/elsewhere", "u1") == ["/dev/vda / ext4 defaults 0 1", line]
 
 
+# The module's runner (module_utils.command_runner): a failed command raises its CommandError.
+
 def test_executor_in_check_mode_records_and_runs_nothing(fake_module):
     module = fake_module(check_mode=True)  # any run_command call would fail the test
-    executor = nb.Executor(module)
-    executor.run_all([MKFS, MOUNT])
-    assert executor.commands == [MKFS, MOUNT]
+    runner = nb.brick_runner(module)
+    nb.run_commands(runner, [MKFS, MOUNT])
+    assert runner.commands == [MKFS, MOUNT]
     assert module.calls == []
 
 
@@ -195,21 +198,21 @@ def test_executor_never_runs_mkfs_on_a_file(fake_module, tmp_path):
     image.write_bytes(b"\0" * 4096)
     module = fake_module()
     with pytest.raises(nb.BrickError, match="no longer a block device"):
-        nb.Executor(module).run(["mkfs.xfs", "-i", "size=512", str(image)])
+        nb.run_commands(nb.brick_runner(module), [["mkfs.xfs", "-i", "size=512", str(image)]])
     assert module.calls == []
 
 
 def test_executor_retries_a_busy_umount(fake_module, monkeypatch):
     monkeypatch.setattr(nb, "UMOUNT_DELAY", 0.001)
     module = fake_module([(32, "", "umount: x: target is busy."), (0, "", "")])
-    nb.Executor(module).run(UMOUNT)
+    nb.run_commands(nb.brick_runner(module), [UMOUNT])
     assert [argv for argv, _env in module.calls] == [UMOUNT, UMOUNT]
 
 
 def test_executor_reports_failure(fake_module):
     module = fake_module([(1, "", "mkfs.xfs: cannot open /dev/loop9: Device or resource busy")])
-    with pytest.raises(nb.BrickError, match=r"wipefs -a /dev/loop9 failed \(rc 1\)"):
-        nb.Executor(module).run(WIPE)
+    with pytest.raises(CommandError, match=r"wipefs -a /dev/loop9 failed \(rc 1\)"):
+        nb.run_commands(nb.brick_runner(module), [WIPE])
 
 
 def test_recorded_fixtures_are_what_the_planner_sees():
