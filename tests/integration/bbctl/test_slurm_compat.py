@@ -54,9 +54,10 @@ def lua(testbed):
 
 
 def user_file(path: Path, data: bytes) -> Path:
+    """A file (and its parent directory) owned by the job's user, as on the parallel filesystem."""
+    owner = path.parent.parent.stat() if not path.parent.exists() else path.parent.stat()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    owner = path.parent.stat()
     for made in (path, path.parent):
         os.chown(made, owner.st_uid, owner.st_gid)
     return path
