@@ -331,9 +331,9 @@ class Plan:
 class Planner:
     """Expands a request into a Plan. Runs as the job's user; scans directories in parallel."""
 
-    def __init__(self, request, pool, buffer_dev=None):
+    def __init__(self, request, crew, buffer_dev=None):
         self.request = request
-        self.pool = pool
+        self.crew = crew
         self.buffer_dev = buffer_dev
         self.plan = Plan()
         self.lock = threading.Lock()
@@ -474,8 +474,8 @@ class Planner:
         running = []
         while pending or running:
             while pending:
-                running.append(self.pool.submit(self.scan, *pending.popleft()))
-            done = self.pool.wait_any(running)
+                running.append(self.crew.submit(self.scan, *pending.popleft()))
+            done = self.crew.wait_any(running)
             for result in done:
                 running.remove(result)
                 pending.extend(result.value())
@@ -587,26 +587,26 @@ def scan_destination(path):
     return found
 
 
-# --- a small thread pool (futures without the bookkeeping of concurrent.futures) ------------
+# --- a crew of threads (futures without the bookkeeping of concurrent.futures) --------------
 
 class Result:
     """The outcome of one submitted call; ``value()`` waits for it."""
 
-    def __init__(self, pool):
-        self.pool = pool
+    def __init__(self, crew):
+        self.crew = crew
         self.done = False
         self.result = None
         self.error = None
 
     def finish(self, result, error):
-        with self.pool.finished:
+        with self.crew.finished:
             self.result, self.error, self.done = result, error, True
-            self.pool.finished.notify_all()
+            self.crew.finished.notify_all()
 
     def value(self):
-        with self.pool.finished:
+        with self.crew.finished:
             while not self.done:
-                self.pool.finished.wait()
+                self.crew.finished.wait()
         if self.error is not None:
             raise self.error
         return self.result
@@ -636,7 +636,7 @@ class Batch:
             raise self.error
 
 
-class Pool:
+class ThreadCrew:
     """``workers`` threads taking calls from one queue, first in first out."""
 
     def __init__(self, workers):
@@ -753,13 +753,13 @@ class FileCopy:
 
 
 class Copier:
-    """Carries out a Plan with a Pool: directories, then files and links, then directory times."""
+    """Carries out a Plan with a ThreadCrew: directories, then files and links, then directory times."""
 
-    def __init__(self, plan, pool, outward, chunk_size=DEFAULT_CHUNK_SIZE, verify=False,
+    def __init__(self, plan, crew, outward, chunk_size=DEFAULT_CHUNK_SIZE, verify=False,
                  buffer_dev=None, progress=None, fast=None):
         self.plan = plan
         self.fast = fast  # a GfapiWriter: small files of a stage-in go to the volume directly
-        self.pool = pool
+        self.crew = crew
         self.outward = outward
         self.chunk_size = chunk_size
         self.verify = verify
@@ -777,10 +777,10 @@ class Copier:
     def run(self):
         failed_dirs = self.make_directories()
         runnable = [f for f in self.plan.files if not under_any(f.destination, failed_dirs)]
-        self.pool.map_unordered(self.run_chunk, chunk_tasks(order_files(runnable, self.chunk_size),
+        self.crew.map_unordered(self.run_chunk, chunk_tasks(order_files(runnable, self.chunk_size),
                                                             self.chunk_size))
         links = [link for link in self.plan.links if not under_any(link.destination, failed_dirs)]
-        self.pool.map_unordered(self.make_link, links)
+        self.crew.map_unordered(self.make_link, links)
         self.finish_directories(failed_dirs)
         for pipe in self.pipes:
             for fd in pipe:
@@ -801,7 +801,7 @@ class Copier:
                 levels.setdefault(directory.destination.count("/"), []).append(directory)
         for depth in sorted(levels):
             todo = [d for d in levels[depth] if not under_any(d.destination, failed)]
-            results = [(d, self.pool.submit(self.make_directory, d)) for d in todo]
+            results = [(d, self.crew.submit(self.make_directory, d)) for d in todo]
             for directory, result in results:
                 if not result.value():
                     failed.add(directory.destination)
@@ -1207,9 +1207,9 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
     start = time.monotonic()
     buffer_dev = buffer_device(request.buffer_root)
     umask = os.umask(0)  # modes are copied exactly
-    pool = Pool(workers)
+    crew = ThreadCrew(workers)
     try:
-        plan = Planner(request, pool, buffer_dev).run()
+        plan = Planner(request, crew, buffer_dev).run()
         result = {"files": len(plan.files), "bytes": plan.bytes, "complete": plan.complete,
                   "links": len(plan.links), "directories": sum(not d.exists for d in plan.dirs)}
         if dry_run:
@@ -1217,7 +1217,7 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
         else:
             progress = Progress(len(plan.files), plan.bytes, report)
             fast, why_not = gfapi_writer(request, plan, gfapi_via, verify)
-            copier = Copier(plan, pool, request.direction == "out", chunk_size, verify, buffer_dev,
+            copier = Copier(plan, crew, request.direction == "out", chunk_size, verify, buffer_dev,
                             progress, fast)
             copier.run()
             result.update(files=copier.copied, bytes=copier.copied_bytes, links=copier.links,
@@ -1226,7 +1226,7 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
             if report is not None:
                 report(progress.snapshot())
     finally:
-        pool.close()
+        crew.close()
         os.umask(umask)
     result.update(seconds=round(time.monotonic() - start, 3), failed_files=plan.failed,
                   not_copied=plan.not_copied)

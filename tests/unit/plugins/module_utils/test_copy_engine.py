@@ -631,13 +631,13 @@ def test_a_stale_temporary_file_is_replaced(results, buffer, tmp_path):
 
 def test_a_file_that_changes_after_planning_is_a_named_failure(results, buffer, tmp_path):
     req = ce.check_request(request("out", "directory", results, tmp_path / "out", buffer))
-    pool = ce.Pool(2)
+    crew = ce.ThreadCrew(2)
     try:
-        plan = ce.Planner(req, pool).run()
+        plan = ce.Planner(req, crew).run()
         write(results / "small.out", b"small result, grown")
-        ce.Copier(plan, pool, outward=True, chunk_size=MiB).run()
+        ce.Copier(plan, crew, outward=True, chunk_size=MiB).run()
     finally:
-        pool.close()
+        crew.close()
     assert plan.failed == [{"path": str(results / "small.out"),
                             "reason": "changed while staging (19 bytes, 12 when planned); stage again"}]
     assert not (tmp_path / "out" / "small.out").exists()
@@ -646,14 +646,14 @@ def test_a_file_that_changes_after_planning_is_a_named_failure(results, buffer, 
 def test_a_file_swapped_for_a_symlink_after_planning_is_not_followed(results, buffer, tmp_path):
     secret = write(tmp_path / "elsewhere" / "secret", b"not the job's")
     req = ce.check_request(request("out", "directory", results, tmp_path / "out", buffer))
-    pool = ce.Pool(2)
+    crew = ce.ThreadCrew(2)
     try:
-        plan = ce.Planner(req, pool).run()
+        plan = ce.Planner(req, crew).run()
         os.unlink(results / "small.out")
         os.symlink(secret, results / "small.out")  # the race a hostile job would try
-        ce.Copier(plan, pool, outward=True, chunk_size=MiB).run()
+        ce.Copier(plan, crew, outward=True, chunk_size=MiB).run()
     finally:
-        pool.close()
+        crew.close()
     assert plan.failed == [{"path": str(results / "small.out"),
                             "reason": "cannot read: Too many levels of symbolic links"}]
     assert not (tmp_path / "out" / "small.out").exists()
