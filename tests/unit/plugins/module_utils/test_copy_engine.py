@@ -18,13 +18,15 @@ from pathlib import Path
 import pytest
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine as ce
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi, mounts
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_errors as se
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_rules as sr
 
 MiB = 1024 * 1024
 OLD = 1_600_000_000_123_456_789  # an mtime in the past, with nanoseconds
 
 
 def request(direction, kind, source, destination, buffer_root):
-    return ce.StageRequest(direction, kind, str(source), None if destination is None else str(destination),
+    return sr.StageRequest(direction, kind, str(source), None if destination is None else str(destination),
                            str(buffer_root))
 
 
@@ -99,22 +101,22 @@ def stage_in(source, buffer, name="input", **options):
 @pytest.mark.parametrize(("path", "normal"), [
     ("/a/b", "/a/b"), ("/a//b/./c/", "/a/b/c"), ("//x", "/x"), ("/", "/")])
 def test_check_path_normalises(path, normal):
-    assert ce.check_path(path, "source") == normal
+    assert sr.check_path(path, "source") == normal
 
 
 @pytest.mark.parametrize(("path", "message"), [
     ("relative/path", "is relative"), ("./x", "is relative"), ("", "is empty"),
     ("/a/../etc", "contains '..'"), ("/a/..", "contains '..'"), ("/a\0b", "NUL")])
 def test_check_path_refuses(path, message):
-    with pytest.raises(ce.StageError, match=message):
-        ce.check_path(path, "source")
+    with pytest.raises(se.StageError, match=message):
+        sr.check_path(path, "source")
 
 
 @pytest.mark.parametrize(("root", "path", "inside"), [
     ("/bb/job1", "/bb/job1", True), ("/bb/job1", "/bb/job1/x", True),
     ("/bb/job1", "/bb/job10", False), ("/bb/job1", "/bb", False), ("/bb/job1/", "/bb/job1/y", True)])
 def test_is_inside(root, path, inside):
-    assert ce.is_inside(root, path) is inside
+    assert sr.is_inside(root, path) is inside
 
 
 REFUSED_REQUESTS = {
@@ -136,18 +138,18 @@ REFUSED_REQUESTS = {
 
 @pytest.mark.parametrize(("fields", "message"), REFUSED_REQUESTS.values(), ids=REFUSED_REQUESTS)
 def test_check_request_refuses(fields, message):
-    with pytest.raises(ce.StageError, match=message):
-        ce.check_request(ce.StageRequest(*fields))
+    with pytest.raises(se.StageError, match=message):
+        sr.check_request(sr.StageRequest(*fields))
 
 
 def test_check_request_keeps_a_trailing_slash_and_a_lists_base():
-    checked = ce.check_request(ce.StageRequest("in", "file", "/pfs//a", "/bb/job1/dir/", "/bb/job1/"))
-    assert checked == ce.StageRequest("in", "file", "/pfs/a", "/bb/job1/dir/", "/bb/job1")
-    listed = ce.check_request(ce.StageRequest("out", "list", "/bb/job1/list", "/pfs//results", "/bb/job1",
+    checked = sr.check_request(sr.StageRequest("in", "file", "/pfs//a", "/bb/job1/dir/", "/bb/job1/"))
+    assert checked == sr.StageRequest("in", "file", "/pfs/a", "/bb/job1/dir/", "/bb/job1")
+    listed = sr.check_request(sr.StageRequest("out", "list", "/bb/job1/list", "/pfs//results", "/bb/job1",
                                               {"DW_JOB_STRIPED": "/bb/job1/"}))
     assert (listed.destination, listed.buffer_variables) == ("/pfs/results", {"DW_JOB_STRIPED": "/bb/job1"})
-    with pytest.raises(ce.StageError, match="stage-in destination /elsewhere is not inside the buffer"):
-        ce.check_request(ce.StageRequest("in", "list", "/pfs/list", "/elsewhere", "/bb/job1"))
+    with pytest.raises(se.StageError, match="stage-in destination /elsewhere is not inside the buffer"):
+        sr.check_request(sr.StageRequest("in", "list", "/pfs/list", "/elsewhere", "/bb/job1"))
 
 
 # --- the list format -------------------------------------------------------------------------
@@ -155,7 +157,7 @@ def test_check_request_keeps_a_trailing_slash_and_a_lists_base():
 def test_parse_stage_list():
     text = ("# inputs for run 42\n\n/pfs/a /bb/job1/a\n  /pfs/b\t/bb/job1/sub/  # into sub\n"
             "'/pfs/with space' \"/bb/job1/with space\"\n")
-    assert ce.parse_stage_list(text, "/bb/job1", "in") == [
+    assert sr.parse_stage_list(text, "/bb/job1", "in") == [
         ("/pfs/a", "/bb/job1/a"), ("/pfs/b", "/bb/job1/sub/"),
         ("/pfs/with space", "/bb/job1/with space")]
 
@@ -170,8 +172,8 @@ def test_parse_stage_list():
     ("# nothing\n\n", "names no files"),
 ])
 def test_parse_stage_list_refuses(text, message):
-    with pytest.raises(ce.StageError, match=message):
-        ce.parse_stage_list(text, "/bb/job1", "in", "the list")
+    with pytest.raises(se.StageError, match=message):
+        sr.parse_stage_list(text, "/bb/job1", "in", "the list")
 
 
 JOB_VARIABLES = {"DW_JOB_STRIPED": "/bb/job1", "BB_JOB_STRIPED": "/bb/job1"}
@@ -181,14 +183,14 @@ def test_list_lines_name_the_buffer_as_directives_do_and_relative_destinations_g
     """Issue 9: a user cannot know the buffer's path on the stage host when writing the list."""
     text = ("/pfs/u/a $DW_JOB_STRIPED/listed/a\n/pfs/u/b $BB_JOB_STRIPED\n/pfs/u/c sub/c\n"
             "/pfs/u/d $DW_JOB_STRIPED//x/./d\n")
-    assert ce.parse_stage_list(text, "/bb/job1", "in", variables=JOB_VARIABLES, base="/bb/job1/in") == [
+    assert sr.parse_stage_list(text, "/bb/job1", "in", variables=JOB_VARIABLES, base="/bb/job1/in") == [
         ("/pfs/u/a", "/bb/job1/listed/a"), ("/pfs/u/b", "/bb/job1"), ("/pfs/u/c", "/bb/job1/in/sub/c"),
         ("/pfs/u/d", "/bb/job1/x/d")]
 
 
 def test_a_stage_out_list_reads_buffer_sources_by_variable_or_under_the_root_and_pfs_destinations_under_base():
     text = "$DW_JOB_STRIPED/out/a /pfs/u/a\nout/b b\n"
-    assert ce.parse_stage_list(text, "/bb/job1", "out", variables=JOB_VARIABLES, base="/pfs/u/results") == [
+    assert sr.parse_stage_list(text, "/bb/job1", "out", variables=JOB_VARIABLES, base="/pfs/u/results") == [
         ("/bb/job1/out/a", "/pfs/u/a"), ("/bb/job1/out/b", "/pfs/u/results/b")]
 
 
@@ -201,13 +203,13 @@ def test_a_stage_out_list_reads_buffer_sources_by_variable_or_under_the_root_and
     ("$DW_JOB_STRIPED/a /bb/job1/a\n", "this side of the line is on the parallel filesystem"),
 ])
 def test_list_lines_with_variables_still_stay_inside_the_buffer(text, message):
-    with pytest.raises(ce.StageError, match=message):
-        ce.parse_stage_list(text, "/bb/job1", "in", "the list", variables=JOB_VARIABLES, base="/bb/job1/in")
+    with pytest.raises(se.StageError, match=message):
+        sr.parse_stage_list(text, "/bb/job1", "in", "the list", variables=JOB_VARIABLES, base="/bb/job1/in")
 
 
 def test_parse_stage_list_stage_out_checks_sources():
-    with pytest.raises(ce.StageError, match="stage-out source /pfs/a is not inside"):
-        ce.parse_stage_list("/pfs/a /pfs/b\n", "/bb/job1", "out")
+    with pytest.raises(se.StageError, match="stage-out source /pfs/a is not inside"):
+        sr.parse_stage_list("/pfs/a /pfs/b\n", "/bb/job1", "out")
 
 
 # --- decisions ---------------------------------------------------------------------------------
@@ -293,7 +295,7 @@ def test_chunk_tasks_put_pieces_of_large_files_first_and_round_robin():
 
 def test_failure_message_names_files_and_counts_the_rest():
     failed = [{"path": f"/p/{i}", "reason": "Permission denied"} for i in range(12)]
-    message = ce.failure_message("out", failed, 100)
+    message = se.failure_message("out", failed, 100)
     assert message.startswith("stage-out failed for 12 of 100 entries: /p/0: Permission denied; /p/1:")
     assert "/p/9: Permission denied (and 2 more, see failed_files)" in message
     assert "/p/10" not in message
@@ -480,9 +482,9 @@ def test_stage_in_through_a_symlink_out_of_the_buffer_is_refused(source, buffer,
     outside = tmp_path / "outside"
     outside.mkdir()
     os.symlink(outside, buffer / "escape")
-    with pytest.raises(ce.StageError, match=f"resolves to {outside}, outside the buffer"):
+    with pytest.raises(se.StageError, match=f"resolves to {outside}, outside the buffer"):
         ce.stage(request("in", "directory", source, buffer / "escape" / "data", buffer))
-    with pytest.raises(ce.StageError, match="outside the buffer"):
+    with pytest.raises(se.StageError, match="outside the buffer"):
         ce.stage(request("in", "file", source / "a.txt", buffer / "escape", buffer))
     assert list(outside.iterdir()) == []
 
@@ -503,7 +505,7 @@ def test_stage_out_source_resolving_out_of_the_buffer_is_refused(buffer, tmp_pat
     os.symlink("/etc/passwd", buffer / "passwd")
     out = tmp_path / "out"
     for name, kind in (("etc", "directory"), ("passwd", "file")):
-        with pytest.raises(ce.StageError, match=r"resolves to /etc.*outside the buffer"):
+        with pytest.raises(se.StageError, match=r"resolves to /etc.*outside the buffer"):
             ce.stage(request("out", kind, buffer / name, out / name, buffer))
     assert not out.exists()
 
@@ -630,7 +632,7 @@ def test_a_stale_temporary_file_is_replaced(results, buffer, tmp_path):
 
 
 def test_a_file_that_changes_after_planning_is_a_named_failure(results, buffer, tmp_path):
-    req = ce.check_request(request("out", "directory", results, tmp_path / "out", buffer))
+    req = sr.check_request(request("out", "directory", results, tmp_path / "out", buffer))
     crew = ce.ThreadCrew(2)
     try:
         plan = ce.Planner(req, crew).run()
@@ -645,7 +647,7 @@ def test_a_file_that_changes_after_planning_is_a_named_failure(results, buffer, 
 
 def test_a_file_swapped_for_a_symlink_after_planning_is_not_followed(results, buffer, tmp_path):
     secret = write(tmp_path / "elsewhere" / "secret", b"not the job's")
-    req = ce.check_request(request("out", "directory", results, tmp_path / "out", buffer))
+    req = sr.check_request(request("out", "directory", results, tmp_path / "out", buffer))
     crew = ce.ThreadCrew(2)
     try:
         plan = ce.Planner(req, crew).run()
@@ -674,14 +676,14 @@ def test_unreadable_directory_is_named(source, buffer, monkeypatch):
 
 
 def test_missing_source_is_refused(buffer, tmp_path):
-    with pytest.raises(ce.StageError, match="cannot read source %s: No such file" % (tmp_path / "nope")):
+    with pytest.raises(se.StageError, match="cannot read source %s: No such file" % (tmp_path / "nope")):
         ce.stage(request("in", "file", tmp_path / "nope", buffer / "x", buffer))
 
 
 def test_stage_refuses_bad_numbers(source, buffer):
-    with pytest.raises(ce.StageError, match="workers is 0"):
+    with pytest.raises(se.StageError, match="workers is 0"):
         stage_in(source, buffer, workers=0)
-    with pytest.raises(ce.StageError, match="at least 1MiB"):
+    with pytest.raises(se.StageError, match="at least 1MiB"):
         stage_in(source, buffer, chunk_size=4096)
 
 
@@ -691,10 +693,10 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges n
 
 
 def test_root_is_refused_before_forking():
-    with pytest.raises(ce.StageError, match="never as root"):
-        ce.stage_as_user(ce.StageRequest("in", "file", "/a", "/b/a", "/b"), 0, 1001)
-    with pytest.raises(ce.StageError, match="never as root"):
-        ce.stage_as_user(ce.StageRequest("in", "file", "/a", "/b/a", "/b"), 1001, 0)
+    with pytest.raises(se.StageError, match="never as root"):
+        ce.stage_as_user(sr.StageRequest("in", "file", "/a", "/b/a", "/b"), 0, 1001)
+    with pytest.raises(se.StageError, match="never as root"):
+        ce.stage_as_user(sr.StageRequest("in", "file", "/a", "/b/a", "/b"), 1001, 0)
 
 
 def test_user_groups_without_a_name_is_the_gid():
@@ -729,7 +731,7 @@ def test_stage_as_user_writes_as_the_user_and_reports_progress(user_tree):
 def test_stage_as_user_cannot_read_what_the_user_cannot(user_tree):
     top, owner = user_tree
     secret = write(top / "root-only" / "secret", b"root only", mode=0o600)  # root's, in a 0755 dir
-    with pytest.raises(ce.StageError, match=rf"cannot read source {secret}: Permission denied \(as uid {owner.pw_uid}"):
+    with pytest.raises(se.StageError, match=rf"cannot read source {secret}: Permission denied \(as uid {owner.pw_uid}"):
         ce.stage_as_user(request("in", "file", secret, top / "buffer" / "secret", top / "buffer"),
                          owner.pw_uid, owner.pw_gid)
     assert list((top / "buffer").iterdir()) == []
@@ -765,7 +767,7 @@ def test_a_worker_killed_by_a_signal_is_reported(user_tree, monkeypatch):
         os.kill(os.getpid(), 9)
 
     monkeypatch.setattr(ce, "stage", die)
-    with pytest.raises(ce.StageError, match="died of signal SIGKILL without a result"):
+    with pytest.raises(se.StageError, match="died of signal SIGKILL without a result"):
         ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
                          owner.pw_uid, owner.pw_gid)
 
@@ -866,7 +868,7 @@ GLUSTER_MOUNTS = [mount_entry("/", "ext4", "/dev/vda1"),
     ("out", True, "/mnt/bb", None),        # stage-out reads the buffer through the mount
 ])
 def test_gfapi_is_used_for_a_stage_in_to_a_glusterfs_mount_only(direction, use, root, target):
-    asked = ce.StageRequest(direction, "directory", "/pfs/in", root + "/in", root)
+    asked = sr.StageRequest(direction, "directory", "/pfs/in", root + "/in", root)
     assert ce.gfapi_target(asked, use, mountinfo=GLUSTER_MOUNTS) == target
 
 
@@ -893,8 +895,8 @@ def test_only_new_small_files_of_a_stage_in_take_the_gfapi_path():
 
 def test_stage_out_has_no_gfapi_reason_and_a_stage_in_without_small_files_says_so():
     plan = types.SimpleNamespace(files=[ce.FilePlan("/pfs/a", "/mnt/bb/a", ce.BLOCK + 1, False, None, False)])
-    outward = ce.StageRequest("out", "directory", "/mnt/bb/out", "/pfs/out", "/mnt/bb")
-    inward = ce.StageRequest("in", "directory", "/pfs/in", "/mnt/bb/in", "/mnt/bb")
+    outward = sr.StageRequest("out", "directory", "/mnt/bb/out", "/pfs/out", "/mnt/bb")
+    inward = sr.StageRequest("in", "directory", "/pfs/in", "/mnt/bb/in", "/mnt/bb")
     assert ce.gfapi_writer(outward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, None)
     assert ce.gfapi_writer(inward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, ce.NO_SMALL_FILES)
 
