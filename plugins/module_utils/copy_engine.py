@@ -45,17 +45,13 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import contextlib
-import ctypes
 import errno
 import fcntl
-import grp
 import hashlib
 import itertools
 import json
 import os
 import posixpath
-import pwd
-import signal
 import stat
 import threading
 import time
@@ -71,6 +67,7 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import
     is_inside,
     parse_stage_list,
 )
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.user_worker import run_as_user
 
 DEFAULT_WORKERS = 32
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
@@ -1092,170 +1089,22 @@ def buffer_device(buffer_root):
     return info.st_dev
 
 
-# --- as the job's user: a forked worker -------------------------------------------------------
-
-def user_groups(uid, gid):
-    """The user's supplementary groups (from the group database), or just ``gid``."""
-    try:
-        name = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return [gid]
-    try:
-        return sorted(set(os.getgrouplist(name, gid)))
-    except OSError:
-        return [gid]
-
-
-PR_SET_KEEPCAPS = 8
-CAP_NET_BIND_SERVICE = 10
-LINUX_CAPABILITY_VERSION_3 = 0x20080522
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
-
-
-def drop_privileges(uid, gid, keep_net_bind=False):
-    """Become uid/gid for good (real, effective and saved ids), with the user's groups.
-
-    keep_net_bind: keep one capability, CAP_NET_BIND_SERVICE, and nothing else. A
-    GlusterFS brick that does not trust unprivileged source ports
-    (server.allow-insecure off) talks to a gfapi client only from a port below 1024;
-    every file operation is still the user's, checked by the kernel and the bricks."""
-    if uid == 0 or gid == 0:
-        raise StageError("refusing to stage as uid %d gid %d: copies run as the job's user, "
-                         "never as root." % (uid, gid))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if keep_net_bind:
-        libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
-    os.setgroups(user_groups(uid, gid))
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
-        raise StageError("could not become uid %d gid %d" % (uid, gid))
-    if keep_net_bind:
-        keep_only_capability(libc, CAP_NET_BIND_SERVICE)
-    try:
-        os.setuid(0)
-    except OSError:
-        return
-    raise StageError("privileges were not dropped: setuid(0) succeeded")
-
-
-def keep_only_capability(libc, number):
-    """Permitted and effective capability sets = {number}; nothing inheritable."""
-    libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0)
-    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    data[number // 32].effective = data[number // 32].permitted = 1 << (number % 32)
-    if libc.capset(ctypes.byref(header), data) != 0:
-        number = ctypes.get_errno()
-        raise StageError("could not keep CAP_NET_BIND_SERVICE: %s" % os.strerror(number))
-
-
-def group_name(gid):
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
+# --- as the job's user: a forked worker (user_worker.py) --------------------------------------
 
 def stage_as_user(request, uid, gid, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE,
                   verify=False, dry_run=False, report=None, use_gfapi=True):
-    """Run ``stage`` in a forked child that is uid/gid; the caller (root) only reads its results.
+    """Run ``stage`` in a forked worker that is uid/gid; the caller (root) only reads its results.
 
-    The child sends JSON lines through a pipe: progress snapshots, then one result or error.
-    ``use_gfapi``: a stage-in to a GlusterFS mount writes small files through libgfapi.
+    ``report`` receives the worker's progress snapshots. ``use_gfapi``: a stage-in to a
+    GlusterFS mount writes small files through libgfapi; only then does the worker keep
+    the one capability that needs.
     """
-    if uid == 0 or gid == 0:
-        raise StageError("refusing to stage as uid %d gid %d: copies run as the job's user, "
-                         "never as root." % (uid, gid))
     via = None if dry_run else gfapi_target(request, use_gfapi)
-    read_end, write_end = os.pipe()
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, checked by the integration tests
-        os.close(read_end)
-        _child(write_end, request, uid, gid, (workers, chunk_size, verify, dry_run, via), parent)
-    os.close(write_end)
-    final = None
-    with os.fdopen(read_end, "rb") as pipe:
-        for line in pipe:
-            message = json.loads(line.decode("utf-8", "surrogateescape"))
-            if "progress" in message:
-                if report is not None:
-                    report(message["progress"])
-            else:
-                final = message
-    _pid, status = os.waitpid(pid, 0)
-    if final is None:
-        raise StageError("the copy worker (uid %d) died %s without a result"
-                         % (uid, describe_status(status)))
-    if "error" in final:
-        raise StageError(final["error"])
-    return final["result"]
 
+    def work(send_progress):
+        return stage(request, workers, chunk_size, verify, dry_run, report=send_progress, gfapi_via=via)
 
-def describe_status(status):
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
-        try:
-            return "of signal %s" % signal.Signals(number).name
-        except ValueError:
-            return "of signal %d" % number
-    return "with exit status %d" % os.WEXITSTATUS(status)
-
-
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent):
-    """SIGKILL this process when its parent dies (a module killed by a timeout takes its copier
-    with it). Set after dropping privileges: changing credentials clears it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the wish was registered
-        os._exit(1)
-
-
-def _child(write_end, request, uid, gid, options, parent):  # pragma: no cover
-    """The worker: drop privileges first, then stage; exits without returning (gfapi's
-    threads and connections end with the process: glfs_fini can take seconds)."""
-    workers, chunk_size, verify, dry_run, via = options
-    code = 0
-    lock = threading.Lock()
-
-    def send(message):
-        data = (json.dumps(message) + "\n").encode("utf-8", "surrogateescape")
-        with lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(write_end, view):]
-
-    try:
-        drop_privileges(uid, gid, keep_net_bind=via is not None)
-        die_with_parent(parent)
-        os.umask(0)
-        os.chdir("/")
-        result = stage(request, workers, chunk_size, verify, dry_run,
-                       report=lambda snapshot: send({"progress": snapshot}), gfapi_via=via)
-        send({"result": result})
-    except StageError as exc:
-        send({"error": str(exc)})
-    except BaseException as exc:  # pylint: disable=broad-exception-caught
-        code = 1
-        with contextlib.suppress(OSError):
-            send({"error": "copy worker failed: %s: %s" % (exc.__class__.__name__, exc)})
-    finally:
-        os._exit(code)
+    return run_as_user(uid, gid, work, report, keep_net_bind=via is not None)
 
 
 class ProgressFile:

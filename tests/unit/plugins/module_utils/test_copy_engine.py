@@ -20,6 +20,7 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi, mounts
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_errors as se
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_rules as sr
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import user_worker as uw
 
 MiB = 1024 * 1024
 OLD = 1_600_000_000_123_456_789  # an mtime in the past, with nanoseconds
@@ -701,7 +702,7 @@ def test_root_is_refused_before_forking():
 
 def test_user_groups_without_a_name_is_the_gid():
     unused = max(p.pw_uid for p in pwd.getpwall()) + 1000
-    assert ce.user_groups(unused, 4242) == [4242]
+    assert uw.user_groups(unused, 4242) == [4242]
 
 
 @pytest.fixture
@@ -756,7 +757,7 @@ def test_the_worker_cannot_become_root_again(user_tree, monkeypatch):
                               owner.pw_uid, owner.pw_gid)
     assert result["ids"] == [owner.pw_uid, owner.pw_uid, owner.pw_gid, owner.pw_gid]
     assert result["setuid"] == "refused"
-    assert result["groups"] == ce.user_groups(owner.pw_uid, owner.pw_gid)
+    assert result["groups"] == uw.user_groups(owner.pw_uid, owner.pw_gid)
 
 
 @needs_root
@@ -835,7 +836,7 @@ def test_a_gfapi_worker_keeps_only_the_privileged_port_capability(user_tree, mon
     result = ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
                               owner.pw_uid, owner.pw_gid)
     assert result["ids"] == [owner.pw_uid, owner.pw_uid, owner.pw_gid]
-    assert result["caps"] == [1 << ce.CAP_NET_BIND_SERVICE, 1 << ce.CAP_NET_BIND_SERVICE, 0]
+    assert result["caps"] == [1 << uw.CAP_NET_BIND_SERVICE, 1 << uw.CAP_NET_BIND_SERVICE, 0]
     assert result["regained"] is False
     assert result["via"] == list(target)
 
