@@ -49,7 +49,6 @@ import errno
 import fcntl
 import hashlib
 import itertools
-import json
 import os
 import posixpath
 import stat
@@ -60,6 +59,7 @@ from collections import deque, namedtuple
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import read_mountinfo
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError, as_user, describe_error
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_progress import Progress
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import (
     O_DIR,
     O_READ,
@@ -67,12 +67,12 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import
     is_inside,
     parse_stage_list,
 )
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_threads import ThreadCrew
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.user_worker import run_as_user
 
 DEFAULT_WORKERS = 32
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
 BLOCK = 1024 * 1024  # one pread/pwrite; also what FUSE turns into a few WRITE requests
-PROGRESS_INTERVAL = 0.5  # seconds between progress reports: at most two a second
 TEMP_SUFFIX = ".bb-stage.tmp"
 NO_SMALL_FILES = "no new file of at most 1 MiB"  # why gfapi was not needed
 NAME_MAX = 255
@@ -433,149 +433,7 @@ def scan_destination(path):
     return found
 
 
-# --- a crew of threads (futures without the bookkeeping of concurrent.futures) --------------
-
-class Result:
-    """The outcome of one submitted call; ``value()`` waits for it."""
-
-    def __init__(self, crew):
-        self.crew = crew
-        self.done = False
-        self.result = None
-        self.error = None
-
-    def finish(self, result, error):
-        with self.crew.finished:
-            self.result, self.error, self.done = result, error, True
-            self.crew.finished.notify_all()
-
-    def value(self):
-        with self.crew.finished:
-            while not self.done:
-                self.crew.finished.wait()
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-class Batch:
-    """Many calls whose results nobody reads: one counter instead of a Result each."""
-
-    def __init__(self, count):
-        self.remaining = count
-        self.error = None
-        self.cond = threading.Condition()
-
-    def finish(self, _result, error):
-        with self.cond:
-            if error is not None and self.error is None:
-                self.error = error
-            self.remaining -= 1
-            if self.remaining == 0:
-                self.cond.notify_all()
-
-    def wait(self):
-        with self.cond:
-            while self.remaining:
-                self.cond.wait()
-        if self.error is not None:
-            raise self.error
-
-
-class ThreadCrew:
-    """``workers`` threads taking calls from one queue, first in first out."""
-
-    def __init__(self, workers):
-        self.queue = deque()
-        self.cond = threading.Condition()
-        self.closed = False
-        self.finished = threading.Condition()
-        self.threads = [threading.Thread(target=self._work, name="bb-stage-%d" % i, daemon=True)
-                        for i in range(workers)]
-        for thread in self.threads:
-            thread.start()
-
-    def submit(self, function, *args):
-        result = Result(self)
-        with self.cond:
-            self.queue.append((function, args, result))
-            self.cond.notify()
-        return result
-
-    def map_unordered(self, function, items):
-        """Run ``function(item)`` for all items and wait for them all (errors are the callee's job;
-        an exception that escapes one is raised here once all are done)."""
-        items = list(items)
-        batch = Batch(len(items))
-        with self.cond:
-            self.queue.extend((function, (item,), batch) for item in items)
-            self.cond.notify_all()
-        batch.wait()
-
-    def wait_any(self, results):
-        with self.finished:
-            while True:
-                done = [r for r in results if r.done]
-                if done:
-                    return done
-                self.finished.wait()
-
-    def _work(self):
-        while True:
-            with self.cond:
-                while not self.queue and not self.closed:
-                    self.cond.wait()
-                if not self.queue:
-                    return
-                function, args, sink = self.queue.popleft()
-            try:
-                value, error = function(*args), None
-            except BaseException as exc:  # pylint: disable=broad-exception-caught
-                value, error = None, exc
-            sink.finish(value, error)
-
-    def close(self):
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-        for thread in self.threads:
-            thread.join()
-
-
 # --- copying --------------------------------------------------------------------------------
-
-class Progress:
-    """Counters the threads update; a report at most every PROGRESS_INTERVAL seconds."""
-
-    def __init__(self, files_total, bytes_total, report=None, clock=time.monotonic):
-        self.files_total = files_total
-        self.bytes_total = bytes_total
-        self.files_done = 0
-        self.bytes_done = 0
-        self.report = report
-        self.clock = clock
-        self.start = clock()
-        self.last = self.start
-        self.lock = threading.Lock()
-
-    def add(self, files=0, nbytes=0):
-        with self.lock:
-            self.files_done += files
-            self.bytes_done += nbytes
-            now = self.clock()
-            due = self.report is not None and now - self.last >= PROGRESS_INTERVAL
-            if due:
-                self.last = now
-                snapshot = self.snapshot(now)
-        if due:
-            self.report(snapshot)
-
-    def snapshot(self, now=None):
-        elapsed = (self.clock() if now is None else now) - self.start
-        return {"files_done": self.files_done, "files_total": self.files_total,
-                "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
-                "rate": round(self.bytes_done / elapsed) if elapsed > 0 else 0,
-                "elapsed": round(elapsed, 3)}
 
 
 class FileCopy:
@@ -1107,30 +965,3 @@ def stage_as_user(request, uid, gid, workers=DEFAULT_WORKERS, chunk_size=DEFAULT
     return run_as_user(uid, gid, work, report, keep_net_bind=via is not None)
 
 
-class ProgressFile:
-    """Appends progress snapshots to ``path`` as JSON lines: at most one every
-    PROGRESS_INTERVAL seconds, then a final one; the caller (bbctl) reads it while the stage runs."""
-
-    def __init__(self, path, clock=time.monotonic):
-        self.path = path
-        self.clock = clock
-        self.last_time = None
-        self.written = None
-
-    def __call__(self, snapshot):
-        now = self.clock()
-        if self.last_time is not None and now - self.last_time < PROGRESS_INTERVAL:
-            return
-        self.last_time = now
-        self.write(snapshot)
-
-    def final(self, snapshot):
-        if snapshot != self.written:
-            self.write(snapshot)
-
-    def write(self, snapshot):
-        self.written = dict(snapshot)
-        if self.path is None:
-            return
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(snapshot, sort_keys=True) + "\n")

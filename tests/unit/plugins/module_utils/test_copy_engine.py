@@ -19,7 +19,9 @@ import pytest
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine as ce
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi, mounts
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_errors as se
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_progress as pr
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_rules as sr
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_threads as st
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import user_worker as uw
 
 MiB = 1024 * 1024
@@ -305,7 +307,7 @@ def test_failure_message_names_files_and_counts_the_rest():
 def test_progress_reports_at_most_twice_a_second():
     now = [100.0]
     reports = []
-    progress = ce.Progress(10, 1000, reports.append, clock=lambda: now[0])
+    progress = pr.Progress(10, 1000, reports.append, clock=lambda: now[0])
     for step in range(10):
         now[0] = 100.0 + step * 0.2
         progress.add(files=1, nbytes=100)
@@ -317,7 +319,7 @@ def test_progress_reports_at_most_twice_a_second():
 def test_progress_file_throttles_and_writes_the_final_line_once(tmp_path):
     now = [0.0]
     target = tmp_path / "progress.jsonl"
-    progress = ce.ProgressFile(str(target), clock=lambda: now[0])
+    progress = pr.ProgressFile(str(target), clock=lambda: now[0])
     for step in range(5):
         now[0] = step * 0.2
         progress({"files_done": step})
@@ -634,7 +636,7 @@ def test_a_stale_temporary_file_is_replaced(results, buffer, tmp_path):
 
 def test_a_file_that_changes_after_planning_is_a_named_failure(results, buffer, tmp_path):
     req = sr.check_request(request("out", "directory", results, tmp_path / "out", buffer))
-    crew = ce.ThreadCrew(2)
+    crew = st.ThreadCrew(2)
     try:
         plan = ce.Planner(req, crew).run()
         write(results / "small.out", b"small result, grown")
@@ -649,7 +651,7 @@ def test_a_file_that_changes_after_planning_is_a_named_failure(results, buffer, 
 def test_a_file_swapped_for_a_symlink_after_planning_is_not_followed(results, buffer, tmp_path):
     secret = write(tmp_path / "elsewhere" / "secret", b"not the job's")
     req = sr.check_request(request("out", "directory", results, tmp_path / "out", buffer))
-    crew = ce.ThreadCrew(2)
+    crew = st.ThreadCrew(2)
     try:
         plan = ce.Planner(req, crew).run()
         os.unlink(results / "small.out")
