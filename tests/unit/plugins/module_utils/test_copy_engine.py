@@ -19,6 +19,7 @@ import pytest
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine as ce
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi, mounts
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_errors as se
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_plan as sp
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_progress as pr
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_rules as sr
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_threads as st
@@ -224,19 +225,19 @@ def test_parse_stage_list_stage_out_checks_sources():
     (1_600_000_000_123_000_000, 1_600_000_000_124_000_000, False),
     (1_600_000_001_000_000_000, 1_600_000_000_999_999_999, False)])
 def test_same_mtime(a, b, same):
-    assert ce.same_mtime(a, b) is same
-    assert ce.same_mtime(b, a) is same
+    assert sp.same_mtime(a, b) is same
+    assert sp.same_mtime(b, a) is same
 
 
 @pytest.mark.parametrize(("existing", "complete"), [
     (None, False),
-    (ce.DestEntry("file", 100, OLD, None), True),
-    (ce.DestEntry("file", 100, OLD + 1, None), False),   # interrupted: pre-sized, mtime not yet set
-    (ce.DestEntry("file", 99, OLD, None), False),
-    (ce.DestEntry("link", 100, OLD, "x"), False),
-    (ce.DestEntry("dir", 0, OLD, None), False)])
+    (sp.DestEntry("file", 100, OLD, None), True),
+    (sp.DestEntry("file", 100, OLD + 1, None), False),   # interrupted: pre-sized, mtime not yet set
+    (sp.DestEntry("file", 99, OLD, None), False),
+    (sp.DestEntry("link", 100, OLD, "x"), False),
+    (sp.DestEntry("dir", 0, OLD, None), False)])
 def test_skip_rule(existing, complete):
-    assert ce.is_complete(100, OLD, existing) is complete
+    assert sp.is_complete(100, OLD, existing) is complete
 
 
 @pytest.mark.parametrize(("size", "chunk", "pieces"), [
@@ -252,16 +253,16 @@ def test_chunk_ranges_refuses_a_zero_chunk():
 
 
 def test_temp_name_is_hidden_next_to_the_file_and_fits_name_max():
-    assert ce.temp_name("/pfs/out/result.h5") == "/pfs/out/.result.h5.bb-stage.tmp"
+    assert sp.temp_name("/pfs/out/result.h5") == "/pfs/out/.result.h5.bb-stage.tmp"
     long = "/pfs/out/" + "n" * 250
-    temp = ce.temp_name(long)
+    temp = sp.temp_name(long)
     assert temp.startswith("/pfs/out/.") and temp.endswith(".bb-stage.tmp")
     assert len(os.path.basename(temp)) <= 255
-    assert temp == ce.temp_name(long)  # the same every run: a rerun replaces a leftover
+    assert temp == sp.temp_name(long)  # the same every run: a rerun replaces a leftover
 
 
 def test_temp_name_avoids_a_file_of_that_name_being_staged_too():
-    temp = ce.temp_name("/pfs/out/x", taken={"x", ".x.bb-stage.tmp"})
+    temp = sp.temp_name("/pfs/out/x", taken={"x", ".x.bb-stage.tmp"})
     assert temp.startswith("/pfs/out/.x.") and temp.endswith(".bb-stage.tmp")
     assert temp != "/pfs/out/.x.bb-stage.tmp"
 
@@ -277,7 +278,7 @@ def test_stage_out_of_a_file_named_like_anothers_temporary_name(buffer, tmp_path
 
 
 def plan(destination, size=1):
-    return ce.FilePlan("/src" + destination, destination, size, False, None, False)
+    return sp.FilePlan("/src" + destination, destination, size, False, None, False)
 
 
 def test_interleave_by_directory_round_robins():
@@ -561,7 +562,7 @@ def test_stage_out_renames_complete_files_into_place(results, buffer, tmp_path, 
     real = os.rename
 
     def spy(src, dst):
-        assert os.path.basename(src) == "." + os.path.basename(dst) + ce.TEMP_SUFFIX
+        assert os.path.basename(src) == "." + os.path.basename(dst) + sp.TEMP_SUFFIX
         assert os.path.getsize(src) == os.path.getsize(str(dst).replace(str(tmp_path / "out"), str(results)))
         renames.append(dst)
         return real(src, dst)
@@ -572,7 +573,7 @@ def test_stage_out_renames_complete_files_into_place(results, buffer, tmp_path, 
     assert result["failed_files"] == [] and result["files"] == 3
     assert sorted(renames) == sorted(str(out / p) for p in ("small.out", "large.out", "logs/run.log"))
     assert tree_of(out) == tree_of(results)
-    assert not [p for p in out.rglob("*") if p.name.endswith(ce.TEMP_SUFFIX)]
+    assert not [p for p in out.rglob("*") if p.name.endswith(sp.TEMP_SUFFIX)]
 
 
 def test_failed_write_leaves_nothing_under_the_final_name(results, buffer, tmp_path, monkeypatch):
@@ -582,7 +583,7 @@ def test_failed_write_leaves_nothing_under_the_final_name(results, buffer, tmp_p
     real = os.pwrite
 
     def full_disk(fd, data, offset):
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("large.out" + ce.TEMP_SUFFIX) and offset >= MiB:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("large.out" + sp.TEMP_SUFFIX) and offset >= MiB:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(fd, data, offset)
 
@@ -627,7 +628,7 @@ def test_failed_stage_in_removes_the_partial_file(source, buffer, monkeypatch):
 def test_a_stale_temporary_file_is_replaced(results, buffer, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    stale = Path(ce.temp_name(str(out / "small.out")))
+    stale = Path(sp.temp_name(str(out / "small.out")))
     stale.write_bytes(b"left by a killed run")
     stale.chmod(0o400)
     assert stage_out(buffer, out)["failed_files"] == []
@@ -638,7 +639,7 @@ def test_a_file_that_changes_after_planning_is_a_named_failure(results, buffer, 
     req = sr.check_request(request("out", "directory", results, tmp_path / "out", buffer))
     crew = st.ThreadCrew(2)
     try:
-        plan = ce.Planner(req, crew).run()
+        plan = sp.Planner(req, crew).run()
         write(results / "small.out", b"small result, grown")
         ce.Copier(plan, crew, outward=True, chunk_size=MiB).run()
     finally:
@@ -653,7 +654,7 @@ def test_a_file_swapped_for_a_symlink_after_planning_is_not_followed(results, bu
     req = sr.check_request(request("out", "directory", results, tmp_path / "out", buffer))
     crew = st.ThreadCrew(2)
     try:
-        plan = ce.Planner(req, crew).run()
+        plan = sp.Planner(req, crew).run()
         os.unlink(results / "small.out")
         os.symlink(secret, results / "small.out")  # the race a hostile job would try
         ce.Copier(plan, crew, outward=True, chunk_size=MiB).run()
@@ -665,14 +666,14 @@ def test_a_file_swapped_for_a_symlink_after_planning_is_not_followed(results, bu
 
 
 def test_unreadable_directory_is_named(source, buffer, monkeypatch):
-    real = ce.scan_source
+    real = sp.scan_source
 
     def scan(path):
         if path.endswith("/sub"):
             raise PermissionError(errno.EACCES, "Permission denied")
         return real(path)
 
-    monkeypatch.setattr(ce, "scan_source", scan)
+    monkeypatch.setattr(sp, "scan_source", scan)
     result = stage_in(source, buffer)
     assert result["failed_files"] == [{"path": str(source / "sub"),
                                        "reason": "cannot read directory: Permission denied"}]
@@ -889,7 +890,7 @@ def test_without_the_library_the_mount_is_used_and_says_why():
 
 
 def test_only_new_small_files_of_a_stage_in_take_the_gfapi_path():
-    plan = ce.FilePlan("/pfs/a", "/mnt/bb/a", ce.BLOCK, False, None, False)
+    plan = sp.FilePlan("/pfs/a", "/mnt/bb/a", ce.BLOCK, False, None, False)
     assert ce.GfapiWriter.takes(plan)
     assert not ce.GfapiWriter.takes(plan._replace(size=ce.BLOCK + 1))      # large: chunks via the mount
     assert not ce.GfapiWriter.takes(plan._replace(replace=True))           # a partial copy to replace
@@ -897,7 +898,7 @@ def test_only_new_small_files_of_a_stage_in_take_the_gfapi_path():
 
 
 def test_stage_out_has_no_gfapi_reason_and_a_stage_in_without_small_files_says_so():
-    plan = types.SimpleNamespace(files=[ce.FilePlan("/pfs/a", "/mnt/bb/a", ce.BLOCK + 1, False, None, False)])
+    plan = types.SimpleNamespace(files=[sp.FilePlan("/pfs/a", "/mnt/bb/a", ce.BLOCK + 1, False, None, False)])
     outward = sr.StageRequest("out", "directory", "/mnt/bb/out", "/pfs/out", "/mnt/bb")
     inward = sr.StageRequest("in", "directory", "/pfs/in", "/mnt/bb/in", "/mnt/bb")
     assert ce.gfapi_writer(outward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, None)
