@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine as ce
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi, mounts
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_copy as sc
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_errors as se
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_gfapi as sg
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_plan as sp
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_progress as pr
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_rules as sr
@@ -244,12 +246,12 @@ def test_skip_rule(existing, complete):
     (0, 4, [(0, 0)]), (3, 4, [(0, 3)]), (4, 4, [(0, 4)]), (8, 4, [(0, 4), (4, 4)]),
     (10, 4, [(0, 4), (4, 4), (8, 2)])])
 def test_chunk_ranges(size, chunk, pieces):
-    assert ce.chunk_ranges(size, chunk) == pieces
+    assert sc.chunk_ranges(size, chunk) == pieces
 
 
 def test_chunk_ranges_refuses_a_zero_chunk():
     with pytest.raises(ValueError, match="positive"):
-        ce.chunk_ranges(10, 0)
+        sc.chunk_ranges(10, 0)
 
 
 def test_temp_name_is_hidden_next_to_the_file_and_fits_name_max():
@@ -283,13 +285,13 @@ def plan(destination, size=1):
 
 def test_interleave_by_directory_round_robins():
     files = [plan("/b/a/1"), plan("/b/a/2"), plan("/b/a/3"), plan("/b/c/1"), plan("/b/d/1"), plan("/b/d/2")]
-    order = [f.destination for f in ce.interleave_by_directory(files)]
+    order = [f.destination for f in sc.interleave_by_directory(files)]
     assert order == ["/b/a/1", "/b/c/1", "/b/d/1", "/b/a/2", "/b/d/2", "/b/a/3"]
 
 
 def test_chunk_tasks_put_pieces_of_large_files_first_and_round_robin():
-    files = ce.order_files([plan("/b/s1", 5), plan("/b/big", 30), plan("/b/mid", 20), plan("/b/s2", 0)], 10)
-    tasks = ce.chunk_tasks(files, 10)
+    files = sc.order_files([plan("/b/s1", 5), plan("/b/big", 30), plan("/b/mid", 20), plan("/b/s2", 0)], 10)
+    tasks = sc.chunk_tasks(files, 10)
     assert [(t[0].plan.destination, t[1], t[2]) for t in tasks] == [
         ("/b/big", 0, 10), ("/b/mid", 0, 10), ("/b/big", 10, 10), ("/b/mid", 10, 10),
         ("/b/big", 20, 10), ("/b/s1", 0, 5), ("/b/s2", 0, 0)]
@@ -371,13 +373,13 @@ def test_check_mode_plans_and_writes_nothing(source, buffer):
 
 def test_large_files_are_split_into_chunks(source, buffer, monkeypatch):
     offsets = []
-    real = ce.Copier.copy_range
+    real = sc.Copier.copy_range
 
     def spy(self, copy, offset, length):
         offsets.append((os.path.basename(copy.plan.source), offset, length))
         return real(self, copy, offset, length)
 
-    monkeypatch.setattr(ce.Copier, "copy_range", spy)
+    monkeypatch.setattr(sc.Copier, "copy_range", spy)
     stage_in(source, buffer)
     assert sorted(o for o in offsets if o[0] == "big.bin") == [
         ("big.bin", 0, MiB), ("big.bin", MiB, MiB), ("big.bin", 2 * MiB, MiB), ("big.bin", 3 * MiB, 12345)]
@@ -394,7 +396,7 @@ def test_large_pieces_go_through_splice(source, buffer, monkeypatch):
             spliced.append(moved)
         return moved
 
-    monkeypatch.setattr(ce.os, "splice", spy)
+    monkeypatch.setattr(sc.os, "splice", spy)
     stage_in(source, buffer)
     assert sum(spliced) == 3 * MiB  # the three whole MiB pieces of big.bin; its tail and small files pwrite
     assert (buffer / "input" / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
@@ -404,7 +406,7 @@ def test_a_filesystem_without_splice_falls_back_to_pread_pwrite(source, buffer, 
     def refuse(*_args, **_kwargs):
         raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
 
-    monkeypatch.setattr(ce.os, "splice", refuse)
+    monkeypatch.setattr(sc.os, "splice", refuse)
     result = stage_in(source, buffer)
     assert result["failed_files"] == []
     assert tree_of(buffer / "input") == tree_of(source)
@@ -412,13 +414,13 @@ def test_a_filesystem_without_splice_falls_back_to_pread_pwrite(source, buffer, 
 
 def test_verify_compares_every_piece(source, buffer, monkeypatch):
     checked = []
-    real = ce.verify_range
+    real = sc.verify_range
 
     def spy(src, dst, offset, length, view):
         checked.append(length)
         return real(src, dst, offset, length, view)
 
-    monkeypatch.setattr(ce, "verify_range", spy)
+    monkeypatch.setattr(sc, "verify_range", spy)
     result = stage_in(source, buffer, verify=True)
     assert result["failed_files"] == []
     assert sum(checked) == result["bytes"]
@@ -431,8 +433,8 @@ def test_verify_catches_a_destination_that_differs(tmp_path):
     fds = [os.open(src, os.O_RDONLY), os.open(dst, os.O_RDONLY)]
     try:
         with pytest.raises(OSError, match="verification failed"):
-            ce.verify_range(fds[0], fds[1], 0, 5000, memoryview(bytearray(ce.BLOCK)))
-        ce.verify_range(fds[0], fds[1], 0, 4999, memoryview(bytearray(ce.BLOCK)))
+            sc.verify_range(fds[0], fds[1], 0, 5000, memoryview(bytearray(sc.BLOCK)))
+        sc.verify_range(fds[0], fds[1], 0, 4999, memoryview(bytearray(sc.BLOCK)))
     finally:
         for fd in fds:
             os.close(fd)
@@ -567,7 +569,7 @@ def test_stage_out_renames_complete_files_into_place(results, buffer, tmp_path, 
         renames.append(dst)
         return real(src, dst)
 
-    monkeypatch.setattr(ce.os, "rename", spy)
+    monkeypatch.setattr(sc.os, "rename", spy)
     out = tmp_path / "out"
     result = stage_out(buffer, out, verify=True)
     assert result["failed_files"] == [] and result["files"] == 3
@@ -587,7 +589,7 @@ def test_failed_write_leaves_nothing_under_the_final_name(results, buffer, tmp_p
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(fd, data, offset)
 
-    monkeypatch.setattr(ce.os, "pwrite", full_disk)
+    monkeypatch.setattr(sc.os, "pwrite", full_disk)
     result = stage_out(buffer, out)
     assert result["failed_files"] == [{"path": str(results / "large.out"),
                                        "reason": "copy failed: No space left on device"}]
@@ -601,7 +603,7 @@ def test_verification_failure_keeps_the_file_out_of_place(results, buffer, tmp_p
     def corrupt(src, dst, offset, length, view):
         raise OSError(errno.EIO, "verification failed: destination differs from source")
 
-    monkeypatch.setattr(ce, "verify_range", corrupt)
+    monkeypatch.setattr(sc, "verify_range", corrupt)
     out = tmp_path / "out"
     result = stage_out(buffer, out, verify=True)
     assert len(result["failed_files"]) == 3
@@ -618,7 +620,7 @@ def test_failed_stage_in_removes_the_partial_file(source, buffer, monkeypatch):
             raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
         return real(fd, data, offset)
 
-    monkeypatch.setattr(ce.os, "pwrite", failing)
+    monkeypatch.setattr(sc.os, "pwrite", failing)
     result = stage_in(source, buffer)
     assert result["failed_files"] == [{"path": str(source / "big.bin"), "reason": "copy failed: Disk quota exceeded"}]
     assert not os.path.lexists(buffer / "input" / "big.bin")
@@ -641,7 +643,7 @@ def test_a_file_that_changes_after_planning_is_a_named_failure(results, buffer, 
     try:
         plan = sp.Planner(req, crew).run()
         write(results / "small.out", b"small result, grown")
-        ce.Copier(plan, crew, outward=True, chunk_size=MiB).run()
+        sc.Copier(plan, crew, outward=True, chunk_size=MiB).run()
     finally:
         crew.close()
     assert plan.failed == [{"path": str(results / "small.out"),
@@ -657,7 +659,7 @@ def test_a_file_swapped_for_a_symlink_after_planning_is_not_followed(results, bu
         plan = sp.Planner(req, crew).run()
         os.unlink(results / "small.out")
         os.symlink(secret, results / "small.out")  # the race a hostile job would try
-        ce.Copier(plan, crew, outward=True, chunk_size=MiB).run()
+        sc.Copier(plan, crew, outward=True, chunk_size=MiB).run()
     finally:
         crew.close()
     assert plan.failed == [{"path": str(results / "small.out"),
@@ -873,7 +875,7 @@ GLUSTER_MOUNTS = [mount_entry("/", "ext4", "/dev/vda1"),
 ])
 def test_gfapi_is_used_for_a_stage_in_to_a_glusterfs_mount_only(direction, use, root, target):
     asked = sr.StageRequest(direction, "directory", "/pfs/in", root + "/in", root)
-    assert ce.gfapi_target(asked, use, mountinfo=GLUSTER_MOUNTS) == target
+    assert sg.gfapi_target(asked, use, mountinfo=GLUSTER_MOUNTS) == target
 
 
 @pytest.mark.parametrize(("path", "inside"), [
@@ -885,24 +887,24 @@ def test_volume_path_is_the_part_below_the_mount(path, inside):
 def test_without_the_library_the_mount_is_used_and_says_why():
     with pytest.raises(gfapi.GfapiError, match=r"cannot load libgfapi-missing\.so\.0"):
         gfapi.Api("libgfapi-missing.so.0")
-    assert ce.open_gfapi(None, False) == (None, "the buffer is not a GlusterFS mount, or gfapi is off")
-    assert ce.open_gfapi(("127.1.1.1", "v", "/mnt/bb"), True) == (None, "verify reads back through the mount")
+    assert sg.open_gfapi(None, False) == (None, "the buffer is not a GlusterFS mount, or gfapi is off")
+    assert sg.open_gfapi(("127.1.1.1", "v", "/mnt/bb"), True) == (None, "verify reads back through the mount")
 
 
 def test_only_new_small_files_of_a_stage_in_take_the_gfapi_path():
-    plan = sp.FilePlan("/pfs/a", "/mnt/bb/a", ce.BLOCK, False, None, False)
-    assert ce.GfapiWriter.takes(plan)
-    assert not ce.GfapiWriter.takes(plan._replace(size=ce.BLOCK + 1))      # large: chunks via the mount
-    assert not ce.GfapiWriter.takes(plan._replace(replace=True))           # a partial copy to replace
-    assert not ce.GfapiWriter.takes(plan._replace(temp="/mnt/bb/.a.tmp"))  # stage-out's temporary names
+    plan = sp.FilePlan("/pfs/a", "/mnt/bb/a", sc.BLOCK, False, None, False)
+    assert sg.GfapiWriter.takes(plan)
+    assert not sg.GfapiWriter.takes(plan._replace(size=sc.BLOCK + 1))      # large: chunks via the mount
+    assert not sg.GfapiWriter.takes(plan._replace(replace=True))           # a partial copy to replace
+    assert not sg.GfapiWriter.takes(plan._replace(temp="/mnt/bb/.a.tmp"))  # stage-out's temporary names
 
 
 def test_stage_out_has_no_gfapi_reason_and_a_stage_in_without_small_files_says_so():
-    plan = types.SimpleNamespace(files=[sp.FilePlan("/pfs/a", "/mnt/bb/a", ce.BLOCK + 1, False, None, False)])
+    plan = types.SimpleNamespace(files=[sp.FilePlan("/pfs/a", "/mnt/bb/a", sc.BLOCK + 1, False, None, False)])
     outward = sr.StageRequest("out", "directory", "/mnt/bb/out", "/pfs/out", "/mnt/bb")
     inward = sr.StageRequest("in", "directory", "/pfs/in", "/mnt/bb/in", "/mnt/bb")
-    assert ce.gfapi_writer(outward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, None)
-    assert ce.gfapi_writer(inward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, ce.NO_SMALL_FILES)
+    assert sg.gfapi_writer(outward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, None)
+    assert sg.gfapi_writer(inward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, sg.NO_SMALL_FILES)
 
 
 class RecordingVolume:
@@ -924,7 +926,7 @@ class RecordingVolume:
 def test_the_gfapi_writer_names_directories_as_the_volume_sees_them():
     volume = RecordingVolume()
     # the request names the buffer through a symlink; the volume knows it as /job-7
-    writer = ce.GfapiWriter(volume, "/scratch/link", "/job-7")
+    writer = sg.GfapiWriter(volume, "/scratch/link", "/job-7")
     info = types.SimpleNamespace(st_mode=0o100640, st_atime_ns=OLD, st_mtime_ns=OLD)
     local = threading.local()
     writer.write("/scratch/link/in/deep/f.txt", b"abc", info, local)
