@@ -123,5 +123,3 @@ def stage_as_user(request, uid, gid, workers=DEFAULT_WORKERS, chunk_size=DEFAULT
         return stage(request, workers, chunk_size, verify, dry_run, report=send_progress, gfapi_via=via)
 
     return run_as_user(uid, gid, work, report, keep_net_bind=via is not None)
-
-

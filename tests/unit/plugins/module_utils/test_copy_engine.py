@@ -201,8 +201,9 @@ def test_a_stage_out_list_reads_buffer_sources_by_variable_or_under_the_root_and
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("/pfs/a $DW_PERSISTENT_STRIPED_other/a\n", r"names \$DW_PERSISTENT_STRIPED_other, which is not this "
-                                                 r"directive's buffer \(here: \$BB_JOB_STRIPED, \$DW_JOB_STRIPED\)"),
+    ("/pfs/a $DW_PERSISTENT_STRIPED_other/a\n",
+     r"names \$DW_PERSISTENT_STRIPED_other, which is not this "
+     r"directive's buffer \(here: \$BB_JOB_STRIPED, \$DW_JOB_STRIPED\)"),
     ("/pfs/a $DW_JOB_PRIVATE/a\n", r"names \$DW_JOB_PRIVATE"),
     ("/pfs/a $DW_JOB_STRIPED/../../etc/x\n", "contains '..'"),
     ("/pfs/a ../x\n", "contains '..'"),
