@@ -1,5 +1,6 @@
-"""module_utils/copy_engine.py: path rules, list parsing, planning, chunking, the skip rule,
-temporary names and rename, failure reporting; the filesystem parts on tmp dirs, in-process.
+"""The copy engine (module_utils/copy_engine.py and the stage_*.py and user_worker.py it is made
+of): path rules, list parsing, planning, chunking, the skip rule, temporary names and rename,
+failure reporting; the filesystem parts on tmp dirs, in-process.
 
 Dropping privileges needs root: those tests are skipped for other users (the integration
 tests run them for real against GlusterFS).
