@@ -43,6 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "collections"))
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine  # noqa: E402
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_copy import DEFAULT_CHUNK_SIZE  # noqa: E402
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_gfapi import NO_SMALL_FILES  # noqa: E402
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import StageRequest  # noqa: E402
 
 TESTBED = Path("/var/lib/bbctl-testbed")
 GLUSTERD_SOCKET = TESTBED / "node1" / "run" / "glusterd.socket"
@@ -222,16 +225,16 @@ def rsync(source: Path, destination: Path) -> None:
 
 
 def bb_stage(buffer_root: Path, direction: str = "in", workers: int = copy_engine.DEFAULT_WORKERS,
-             chunk_size: int = copy_engine.DEFAULT_CHUNK_SIZE, use_gfapi: bool = True) -> Callable[[Path, Path], None]:
+             chunk_size: int = DEFAULT_CHUNK_SIZE, use_gfapi: bool = True) -> Callable[[Path, Path], None]:
     owner = pwd.getpwnam(USER)
 
     def run(source: Path, destination: Path) -> None:
-        request = copy_engine.StageRequest(direction, "directory", str(source), str(destination), str(buffer_root))
+        request = StageRequest(direction, "directory", str(source), str(destination), str(buffer_root))
         result = copy_engine.stage_as_user(request, owner.pw_uid, owner.pw_gid, workers=workers,
                                            chunk_size=chunk_size, use_gfapi=use_gfapi)
         if result["failed_files"]:
             raise RuntimeError(f"bb_stage failed: {result['failed_files'][:3]}")
-        if use_gfapi and direction == "in" and result["gfapi_unused"] not in (None, copy_engine.NO_SMALL_FILES):
+        if use_gfapi and direction == "in" and result["gfapi_unused"] not in (None, NO_SMALL_FILES):
             raise RuntimeError(f"bb_stage did not use libgfapi: {result['gfapi_unused']}")
 
     return run

@@ -262,15 +262,11 @@ planned:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.copy_engine import (
-    DEFAULT_WORKERS,
-    ProgressFile,
-    StageError,
-    StageRequest,
-    failure_message,
-    stage_as_user,
-)
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.copy_engine import DEFAULT_WORKERS, stage_as_user
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.sizes import SizeError, parse_size
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError, failure_message
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_progress import ProgressFile
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import StageRequest
 
 ARGUMENT_SPEC = dict(
     direction=dict(type="str", required=True, choices=["in", "out"]),

@@ -1,5 +1,6 @@
-"""module_utils/copy_engine.py: path rules, list parsing, planning, chunking, the skip rule,
-temporary names and rename, failure reporting; the filesystem parts on tmp dirs, in-process.
+"""The copy engine (module_utils/copy_engine.py and the stage_*.py and user_worker.py it is made
+of): path rules, list parsing, planning, chunking, the skip rule, temporary names and rename,
+failure reporting; the filesystem parts on tmp dirs, in-process.
 
 Dropping privileges needs root: those tests are skipped for other users (the integration
 tests run them for real against GlusterFS).
@@ -18,13 +19,21 @@ from pathlib import Path
 import pytest
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine as ce
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi, mounts
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_copy as sc
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_errors as se
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_gfapi as sg
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_plan as sp
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_progress as pr
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_rules as sr
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_threads as st
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import user_worker as uw
 
 MiB = 1024 * 1024
 OLD = 1_600_000_000_123_456_789  # an mtime in the past, with nanoseconds
 
 
 def request(direction, kind, source, destination, buffer_root):
-    return ce.StageRequest(direction, kind, str(source), None if destination is None else str(destination),
+    return sr.StageRequest(direction, kind, str(source), None if destination is None else str(destination),
                            str(buffer_root))
 
 
@@ -99,22 +108,22 @@ def stage_in(source, buffer, name="input", **options):
 @pytest.mark.parametrize(("path", "normal"), [
     ("/a/b", "/a/b"), ("/a//b/./c/", "/a/b/c"), ("//x", "/x"), ("/", "/")])
 def test_check_path_normalises(path, normal):
-    assert ce.check_path(path, "source") == normal
+    assert sr.check_path(path, "source") == normal
 
 
 @pytest.mark.parametrize(("path", "message"), [
     ("relative/path", "is relative"), ("./x", "is relative"), ("", "is empty"),
     ("/a/../etc", "contains '..'"), ("/a/..", "contains '..'"), ("/a\0b", "NUL")])
 def test_check_path_refuses(path, message):
-    with pytest.raises(ce.StageError, match=message):
-        ce.check_path(path, "source")
+    with pytest.raises(se.StageError, match=message):
+        sr.check_path(path, "source")
 
 
 @pytest.mark.parametrize(("root", "path", "inside"), [
     ("/bb/job1", "/bb/job1", True), ("/bb/job1", "/bb/job1/x", True),
     ("/bb/job1", "/bb/job10", False), ("/bb/job1", "/bb", False), ("/bb/job1/", "/bb/job1/y", True)])
 def test_is_inside(root, path, inside):
-    assert ce.is_inside(root, path) is inside
+    assert sr.is_inside(root, path) is inside
 
 
 REFUSED_REQUESTS = {
@@ -136,18 +145,18 @@ REFUSED_REQUESTS = {
 
 @pytest.mark.parametrize(("fields", "message"), REFUSED_REQUESTS.values(), ids=REFUSED_REQUESTS)
 def test_check_request_refuses(fields, message):
-    with pytest.raises(ce.StageError, match=message):
-        ce.check_request(ce.StageRequest(*fields))
+    with pytest.raises(se.StageError, match=message):
+        sr.check_request(sr.StageRequest(*fields))
 
 
 def test_check_request_keeps_a_trailing_slash_and_a_lists_base():
-    checked = ce.check_request(ce.StageRequest("in", "file", "/pfs//a", "/bb/job1/dir/", "/bb/job1/"))
-    assert checked == ce.StageRequest("in", "file", "/pfs/a", "/bb/job1/dir/", "/bb/job1")
-    listed = ce.check_request(ce.StageRequest("out", "list", "/bb/job1/list", "/pfs//results", "/bb/job1",
+    checked = sr.check_request(sr.StageRequest("in", "file", "/pfs//a", "/bb/job1/dir/", "/bb/job1/"))
+    assert checked == sr.StageRequest("in", "file", "/pfs/a", "/bb/job1/dir/", "/bb/job1")
+    listed = sr.check_request(sr.StageRequest("out", "list", "/bb/job1/list", "/pfs//results", "/bb/job1",
                                               {"DW_JOB_STRIPED": "/bb/job1/"}))
     assert (listed.destination, listed.buffer_variables) == ("/pfs/results", {"DW_JOB_STRIPED": "/bb/job1"})
-    with pytest.raises(ce.StageError, match="stage-in destination /elsewhere is not inside the buffer"):
-        ce.check_request(ce.StageRequest("in", "list", "/pfs/list", "/elsewhere", "/bb/job1"))
+    with pytest.raises(se.StageError, match="stage-in destination /elsewhere is not inside the buffer"):
+        sr.check_request(sr.StageRequest("in", "list", "/pfs/list", "/elsewhere", "/bb/job1"))
 
 
 # --- the list format -------------------------------------------------------------------------
@@ -155,7 +164,7 @@ def test_check_request_keeps_a_trailing_slash_and_a_lists_base():
 def test_parse_stage_list():
     text = ("# inputs for run 42\n\n/pfs/a /bb/job1/a\n  /pfs/b\t/bb/job1/sub/  # into sub\n"
             "'/pfs/with space' \"/bb/job1/with space\"\n")
-    assert ce.parse_stage_list(text, "/bb/job1", "in") == [
+    assert sr.parse_stage_list(text, "/bb/job1", "in") == [
         ("/pfs/a", "/bb/job1/a"), ("/pfs/b", "/bb/job1/sub/"),
         ("/pfs/with space", "/bb/job1/with space")]
 
@@ -170,8 +179,8 @@ def test_parse_stage_list():
     ("# nothing\n\n", "names no files"),
 ])
 def test_parse_stage_list_refuses(text, message):
-    with pytest.raises(ce.StageError, match=message):
-        ce.parse_stage_list(text, "/bb/job1", "in", "the list")
+    with pytest.raises(se.StageError, match=message):
+        sr.parse_stage_list(text, "/bb/job1", "in", "the list")
 
 
 JOB_VARIABLES = {"DW_JOB_STRIPED": "/bb/job1", "BB_JOB_STRIPED": "/bb/job1"}
@@ -181,33 +190,34 @@ def test_list_lines_name_the_buffer_as_directives_do_and_relative_destinations_g
     """Issue 9: a user cannot know the buffer's path on the stage host when writing the list."""
     text = ("/pfs/u/a $DW_JOB_STRIPED/listed/a\n/pfs/u/b $BB_JOB_STRIPED\n/pfs/u/c sub/c\n"
             "/pfs/u/d $DW_JOB_STRIPED//x/./d\n")
-    assert ce.parse_stage_list(text, "/bb/job1", "in", variables=JOB_VARIABLES, base="/bb/job1/in") == [
+    assert sr.parse_stage_list(text, "/bb/job1", "in", variables=JOB_VARIABLES, base="/bb/job1/in") == [
         ("/pfs/u/a", "/bb/job1/listed/a"), ("/pfs/u/b", "/bb/job1"), ("/pfs/u/c", "/bb/job1/in/sub/c"),
         ("/pfs/u/d", "/bb/job1/x/d")]
 
 
 def test_a_stage_out_list_reads_buffer_sources_by_variable_or_under_the_root_and_pfs_destinations_under_base():
     text = "$DW_JOB_STRIPED/out/a /pfs/u/a\nout/b b\n"
-    assert ce.parse_stage_list(text, "/bb/job1", "out", variables=JOB_VARIABLES, base="/pfs/u/results") == [
+    assert sr.parse_stage_list(text, "/bb/job1", "out", variables=JOB_VARIABLES, base="/pfs/u/results") == [
         ("/bb/job1/out/a", "/pfs/u/a"), ("/bb/job1/out/b", "/pfs/u/results/b")]
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("/pfs/a $DW_PERSISTENT_STRIPED_other/a\n", r"names \$DW_PERSISTENT_STRIPED_other, which is not this "
-                                                 r"directive's buffer \(here: \$BB_JOB_STRIPED, \$DW_JOB_STRIPED\)"),
+    ("/pfs/a $DW_PERSISTENT_STRIPED_other/a\n",
+     r"names \$DW_PERSISTENT_STRIPED_other, which is not this "
+     r"directive's buffer \(here: \$BB_JOB_STRIPED, \$DW_JOB_STRIPED\)"),
     ("/pfs/a $DW_JOB_PRIVATE/a\n", r"names \$DW_JOB_PRIVATE"),
     ("/pfs/a $DW_JOB_STRIPED/../../etc/x\n", "contains '..'"),
     ("/pfs/a ../x\n", "contains '..'"),
     ("$DW_JOB_STRIPED/a /bb/job1/a\n", "this side of the line is on the parallel filesystem"),
 ])
 def test_list_lines_with_variables_still_stay_inside_the_buffer(text, message):
-    with pytest.raises(ce.StageError, match=message):
-        ce.parse_stage_list(text, "/bb/job1", "in", "the list", variables=JOB_VARIABLES, base="/bb/job1/in")
+    with pytest.raises(se.StageError, match=message):
+        sr.parse_stage_list(text, "/bb/job1", "in", "the list", variables=JOB_VARIABLES, base="/bb/job1/in")
 
 
 def test_parse_stage_list_stage_out_checks_sources():
-    with pytest.raises(ce.StageError, match="stage-out source /pfs/a is not inside"):
-        ce.parse_stage_list("/pfs/a /pfs/b\n", "/bb/job1", "out")
+    with pytest.raises(se.StageError, match="stage-out source /pfs/a is not inside"):
+        sr.parse_stage_list("/pfs/a /pfs/b\n", "/bb/job1", "out")
 
 
 # --- decisions ---------------------------------------------------------------------------------
@@ -219,44 +229,44 @@ def test_parse_stage_list_stage_out_checks_sources():
     (1_600_000_000_123_000_000, 1_600_000_000_124_000_000, False),
     (1_600_000_001_000_000_000, 1_600_000_000_999_999_999, False)])
 def test_same_mtime(a, b, same):
-    assert ce.same_mtime(a, b) is same
-    assert ce.same_mtime(b, a) is same
+    assert sp.same_mtime(a, b) is same
+    assert sp.same_mtime(b, a) is same
 
 
 @pytest.mark.parametrize(("existing", "complete"), [
     (None, False),
-    (ce.DestEntry("file", 100, OLD, None), True),
-    (ce.DestEntry("file", 100, OLD + 1, None), False),   # interrupted: pre-sized, mtime not yet set
-    (ce.DestEntry("file", 99, OLD, None), False),
-    (ce.DestEntry("link", 100, OLD, "x"), False),
-    (ce.DestEntry("dir", 0, OLD, None), False)])
+    (sp.DestEntry("file", 100, OLD, None), True),
+    (sp.DestEntry("file", 100, OLD + 1, None), False),   # interrupted: pre-sized, mtime not yet set
+    (sp.DestEntry("file", 99, OLD, None), False),
+    (sp.DestEntry("link", 100, OLD, "x"), False),
+    (sp.DestEntry("dir", 0, OLD, None), False)])
 def test_skip_rule(existing, complete):
-    assert ce.is_complete(100, OLD, existing) is complete
+    assert sp.is_complete(100, OLD, existing) is complete
 
 
 @pytest.mark.parametrize(("size", "chunk", "pieces"), [
     (0, 4, [(0, 0)]), (3, 4, [(0, 3)]), (4, 4, [(0, 4)]), (8, 4, [(0, 4), (4, 4)]),
     (10, 4, [(0, 4), (4, 4), (8, 2)])])
 def test_chunk_ranges(size, chunk, pieces):
-    assert ce.chunk_ranges(size, chunk) == pieces
+    assert sc.chunk_ranges(size, chunk) == pieces
 
 
 def test_chunk_ranges_refuses_a_zero_chunk():
     with pytest.raises(ValueError, match="positive"):
-        ce.chunk_ranges(10, 0)
+        sc.chunk_ranges(10, 0)
 
 
 def test_temp_name_is_hidden_next_to_the_file_and_fits_name_max():
-    assert ce.temp_name("/pfs/out/result.h5") == "/pfs/out/.result.h5.bb-stage.tmp"
+    assert sp.temp_name("/pfs/out/result.h5") == "/pfs/out/.result.h5.bb-stage.tmp"
     long = "/pfs/out/" + "n" * 250
-    temp = ce.temp_name(long)
+    temp = sp.temp_name(long)
     assert temp.startswith("/pfs/out/.") and temp.endswith(".bb-stage.tmp")
     assert len(os.path.basename(temp)) <= 255
-    assert temp == ce.temp_name(long)  # the same every run: a rerun replaces a leftover
+    assert temp == sp.temp_name(long)  # the same every run: a rerun replaces a leftover
 
 
 def test_temp_name_avoids_a_file_of_that_name_being_staged_too():
-    temp = ce.temp_name("/pfs/out/x", taken={"x", ".x.bb-stage.tmp"})
+    temp = sp.temp_name("/pfs/out/x", taken={"x", ".x.bb-stage.tmp"})
     assert temp.startswith("/pfs/out/.x.") and temp.endswith(".bb-stage.tmp")
     assert temp != "/pfs/out/.x.bb-stage.tmp"
 
@@ -272,18 +282,18 @@ def test_stage_out_of_a_file_named_like_anothers_temporary_name(buffer, tmp_path
 
 
 def plan(destination, size=1):
-    return ce.FilePlan("/src" + destination, destination, size, False, None, False)
+    return sp.FilePlan("/src" + destination, destination, size, False, None, False)
 
 
 def test_interleave_by_directory_round_robins():
     files = [plan("/b/a/1"), plan("/b/a/2"), plan("/b/a/3"), plan("/b/c/1"), plan("/b/d/1"), plan("/b/d/2")]
-    order = [f.destination for f in ce.interleave_by_directory(files)]
+    order = [f.destination for f in sc.interleave_by_directory(files)]
     assert order == ["/b/a/1", "/b/c/1", "/b/d/1", "/b/a/2", "/b/d/2", "/b/a/3"]
 
 
 def test_chunk_tasks_put_pieces_of_large_files_first_and_round_robin():
-    files = ce.order_files([plan("/b/s1", 5), plan("/b/big", 30), plan("/b/mid", 20), plan("/b/s2", 0)], 10)
-    tasks = ce.chunk_tasks(files, 10)
+    files = sc.order_files([plan("/b/s1", 5), plan("/b/big", 30), plan("/b/mid", 20), plan("/b/s2", 0)], 10)
+    tasks = sc.chunk_tasks(files, 10)
     assert [(t[0].plan.destination, t[1], t[2]) for t in tasks] == [
         ("/b/big", 0, 10), ("/b/mid", 0, 10), ("/b/big", 10, 10), ("/b/mid", 10, 10),
         ("/b/big", 20, 10), ("/b/s1", 0, 5), ("/b/s2", 0, 0)]
@@ -293,7 +303,7 @@ def test_chunk_tasks_put_pieces_of_large_files_first_and_round_robin():
 
 def test_failure_message_names_files_and_counts_the_rest():
     failed = [{"path": f"/p/{i}", "reason": "Permission denied"} for i in range(12)]
-    message = ce.failure_message("out", failed, 100)
+    message = se.failure_message("out", failed, 100)
     assert message.startswith("stage-out failed for 12 of 100 entries: /p/0: Permission denied; /p/1:")
     assert "/p/9: Permission denied (and 2 more, see failed_files)" in message
     assert "/p/10" not in message
@@ -302,7 +312,7 @@ def test_failure_message_names_files_and_counts_the_rest():
 def test_progress_reports_at_most_twice_a_second():
     now = [100.0]
     reports = []
-    progress = ce.Progress(10, 1000, reports.append, clock=lambda: now[0])
+    progress = pr.Progress(10, 1000, reports.append, clock=lambda: now[0])
     for step in range(10):
         now[0] = 100.0 + step * 0.2
         progress.add(files=1, nbytes=100)
@@ -314,7 +324,7 @@ def test_progress_reports_at_most_twice_a_second():
 def test_progress_file_throttles_and_writes_the_final_line_once(tmp_path):
     now = [0.0]
     target = tmp_path / "progress.jsonl"
-    progress = ce.ProgressFile(str(target), clock=lambda: now[0])
+    progress = pr.ProgressFile(str(target), clock=lambda: now[0])
     for step in range(5):
         now[0] = step * 0.2
         progress({"files_done": step})
@@ -365,13 +375,13 @@ def test_check_mode_plans_and_writes_nothing(source, buffer):
 
 def test_large_files_are_split_into_chunks(source, buffer, monkeypatch):
     offsets = []
-    real = ce.Copier.copy_range
+    real = sc.Copier.copy_range
 
     def spy(self, copy, offset, length):
         offsets.append((os.path.basename(copy.plan.source), offset, length))
         return real(self, copy, offset, length)
 
-    monkeypatch.setattr(ce.Copier, "copy_range", spy)
+    monkeypatch.setattr(sc.Copier, "copy_range", spy)
     stage_in(source, buffer)
     assert sorted(o for o in offsets if o[0] == "big.bin") == [
         ("big.bin", 0, MiB), ("big.bin", MiB, MiB), ("big.bin", 2 * MiB, MiB), ("big.bin", 3 * MiB, 12345)]
@@ -388,7 +398,7 @@ def test_large_pieces_go_through_splice(source, buffer, monkeypatch):
             spliced.append(moved)
         return moved
 
-    monkeypatch.setattr(ce.os, "splice", spy)
+    monkeypatch.setattr(sc.os, "splice", spy)
     stage_in(source, buffer)
     assert sum(spliced) == 3 * MiB  # the three whole MiB pieces of big.bin; its tail and small files pwrite
     assert (buffer / "input" / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
@@ -398,7 +408,7 @@ def test_a_filesystem_without_splice_falls_back_to_pread_pwrite(source, buffer, 
     def refuse(*_args, **_kwargs):
         raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
 
-    monkeypatch.setattr(ce.os, "splice", refuse)
+    monkeypatch.setattr(sc.os, "splice", refuse)
     result = stage_in(source, buffer)
     assert result["failed_files"] == []
     assert tree_of(buffer / "input") == tree_of(source)
@@ -406,13 +416,13 @@ def test_a_filesystem_without_splice_falls_back_to_pread_pwrite(source, buffer, 
 
 def test_verify_compares_every_piece(source, buffer, monkeypatch):
     checked = []
-    real = ce.verify_range
+    real = sc.verify_range
 
     def spy(src, dst, offset, length, view):
         checked.append(length)
         return real(src, dst, offset, length, view)
 
-    monkeypatch.setattr(ce, "verify_range", spy)
+    monkeypatch.setattr(sc, "verify_range", spy)
     result = stage_in(source, buffer, verify=True)
     assert result["failed_files"] == []
     assert sum(checked) == result["bytes"]
@@ -425,8 +435,8 @@ def test_verify_catches_a_destination_that_differs(tmp_path):
     fds = [os.open(src, os.O_RDONLY), os.open(dst, os.O_RDONLY)]
     try:
         with pytest.raises(OSError, match="verification failed"):
-            ce.verify_range(fds[0], fds[1], 0, 5000, memoryview(bytearray(ce.BLOCK)))
-        ce.verify_range(fds[0], fds[1], 0, 4999, memoryview(bytearray(ce.BLOCK)))
+            sc.verify_range(fds[0], fds[1], 0, 5000, memoryview(bytearray(sc.BLOCK)))
+        sc.verify_range(fds[0], fds[1], 0, 4999, memoryview(bytearray(sc.BLOCK)))
     finally:
         for fd in fds:
             os.close(fd)
@@ -480,9 +490,9 @@ def test_stage_in_through_a_symlink_out_of_the_buffer_is_refused(source, buffer,
     outside = tmp_path / "outside"
     outside.mkdir()
     os.symlink(outside, buffer / "escape")
-    with pytest.raises(ce.StageError, match=f"resolves to {outside}, outside the buffer"):
+    with pytest.raises(se.StageError, match=f"resolves to {outside}, outside the buffer"):
         ce.stage(request("in", "directory", source, buffer / "escape" / "data", buffer))
-    with pytest.raises(ce.StageError, match="outside the buffer"):
+    with pytest.raises(se.StageError, match="outside the buffer"):
         ce.stage(request("in", "file", source / "a.txt", buffer / "escape", buffer))
     assert list(outside.iterdir()) == []
 
@@ -503,7 +513,7 @@ def test_stage_out_source_resolving_out_of_the_buffer_is_refused(buffer, tmp_pat
     os.symlink("/etc/passwd", buffer / "passwd")
     out = tmp_path / "out"
     for name, kind in (("etc", "directory"), ("passwd", "file")):
-        with pytest.raises(ce.StageError, match=r"resolves to /etc.*outside the buffer"):
+        with pytest.raises(se.StageError, match=r"resolves to /etc.*outside the buffer"):
             ce.stage(request("out", kind, buffer / name, out / name, buffer))
     assert not out.exists()
 
@@ -556,18 +566,18 @@ def test_stage_out_renames_complete_files_into_place(results, buffer, tmp_path, 
     real = os.rename
 
     def spy(src, dst):
-        assert os.path.basename(src) == "." + os.path.basename(dst) + ce.TEMP_SUFFIX
+        assert os.path.basename(src) == "." + os.path.basename(dst) + sp.TEMP_SUFFIX
         assert os.path.getsize(src) == os.path.getsize(str(dst).replace(str(tmp_path / "out"), str(results)))
         renames.append(dst)
         return real(src, dst)
 
-    monkeypatch.setattr(ce.os, "rename", spy)
+    monkeypatch.setattr(sc.os, "rename", spy)
     out = tmp_path / "out"
     result = stage_out(buffer, out, verify=True)
     assert result["failed_files"] == [] and result["files"] == 3
     assert sorted(renames) == sorted(str(out / p) for p in ("small.out", "large.out", "logs/run.log"))
     assert tree_of(out) == tree_of(results)
-    assert not [p for p in out.rglob("*") if p.name.endswith(ce.TEMP_SUFFIX)]
+    assert not [p for p in out.rglob("*") if p.name.endswith(sp.TEMP_SUFFIX)]
 
 
 def test_failed_write_leaves_nothing_under_the_final_name(results, buffer, tmp_path, monkeypatch):
@@ -577,11 +587,11 @@ def test_failed_write_leaves_nothing_under_the_final_name(results, buffer, tmp_p
     real = os.pwrite
 
     def full_disk(fd, data, offset):
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("large.out" + ce.TEMP_SUFFIX) and offset >= MiB:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("large.out" + sp.TEMP_SUFFIX) and offset >= MiB:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(fd, data, offset)
 
-    monkeypatch.setattr(ce.os, "pwrite", full_disk)
+    monkeypatch.setattr(sc.os, "pwrite", full_disk)
     result = stage_out(buffer, out)
     assert result["failed_files"] == [{"path": str(results / "large.out"),
                                        "reason": "copy failed: No space left on device"}]
@@ -595,7 +605,7 @@ def test_verification_failure_keeps_the_file_out_of_place(results, buffer, tmp_p
     def corrupt(src, dst, offset, length, view):
         raise OSError(errno.EIO, "verification failed: destination differs from source")
 
-    monkeypatch.setattr(ce, "verify_range", corrupt)
+    monkeypatch.setattr(sc, "verify_range", corrupt)
     out = tmp_path / "out"
     result = stage_out(buffer, out, verify=True)
     assert len(result["failed_files"]) == 3
@@ -612,7 +622,7 @@ def test_failed_stage_in_removes_the_partial_file(source, buffer, monkeypatch):
             raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
         return real(fd, data, offset)
 
-    monkeypatch.setattr(ce.os, "pwrite", failing)
+    monkeypatch.setattr(sc.os, "pwrite", failing)
     result = stage_in(source, buffer)
     assert result["failed_files"] == [{"path": str(source / "big.bin"), "reason": "copy failed: Disk quota exceeded"}]
     assert not os.path.lexists(buffer / "input" / "big.bin")
@@ -622,7 +632,7 @@ def test_failed_stage_in_removes_the_partial_file(source, buffer, monkeypatch):
 def test_a_stale_temporary_file_is_replaced(results, buffer, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    stale = Path(ce.temp_name(str(out / "small.out")))
+    stale = Path(sp.temp_name(str(out / "small.out")))
     stale.write_bytes(b"left by a killed run")
     stale.chmod(0o400)
     assert stage_out(buffer, out)["failed_files"] == []
@@ -630,14 +640,14 @@ def test_a_stale_temporary_file_is_replaced(results, buffer, tmp_path):
 
 
 def test_a_file_that_changes_after_planning_is_a_named_failure(results, buffer, tmp_path):
-    req = ce.check_request(request("out", "directory", results, tmp_path / "out", buffer))
-    pool = ce.Pool(2)
+    req = sr.check_request(request("out", "directory", results, tmp_path / "out", buffer))
+    crew = st.ThreadCrew(2)
     try:
-        plan = ce.Planner(req, pool).run()
+        plan = sp.Planner(req, crew).run()
         write(results / "small.out", b"small result, grown")
-        ce.Copier(plan, pool, outward=True, chunk_size=MiB).run()
+        sc.Copier(plan, crew, outward=True, chunk_size=MiB).run()
     finally:
-        pool.close()
+        crew.close()
     assert plan.failed == [{"path": str(results / "small.out"),
                             "reason": "changed while staging (19 bytes, 12 when planned); stage again"}]
     assert not (tmp_path / "out" / "small.out").exists()
@@ -645,43 +655,43 @@ def test_a_file_that_changes_after_planning_is_a_named_failure(results, buffer, 
 
 def test_a_file_swapped_for_a_symlink_after_planning_is_not_followed(results, buffer, tmp_path):
     secret = write(tmp_path / "elsewhere" / "secret", b"not the job's")
-    req = ce.check_request(request("out", "directory", results, tmp_path / "out", buffer))
-    pool = ce.Pool(2)
+    req = sr.check_request(request("out", "directory", results, tmp_path / "out", buffer))
+    crew = st.ThreadCrew(2)
     try:
-        plan = ce.Planner(req, pool).run()
+        plan = sp.Planner(req, crew).run()
         os.unlink(results / "small.out")
         os.symlink(secret, results / "small.out")  # the race a hostile job would try
-        ce.Copier(plan, pool, outward=True, chunk_size=MiB).run()
+        sc.Copier(plan, crew, outward=True, chunk_size=MiB).run()
     finally:
-        pool.close()
+        crew.close()
     assert plan.failed == [{"path": str(results / "small.out"),
                             "reason": "cannot read: Too many levels of symbolic links"}]
     assert not (tmp_path / "out" / "small.out").exists()
 
 
 def test_unreadable_directory_is_named(source, buffer, monkeypatch):
-    real = ce.scan_source
+    real = sp.scan_source
 
     def scan(path):
         if path.endswith("/sub"):
             raise PermissionError(errno.EACCES, "Permission denied")
         return real(path)
 
-    monkeypatch.setattr(ce, "scan_source", scan)
+    monkeypatch.setattr(sp, "scan_source", scan)
     result = stage_in(source, buffer)
     assert result["failed_files"] == [{"path": str(source / "sub"),
                                        "reason": "cannot read directory: Permission denied"}]
 
 
 def test_missing_source_is_refused(buffer, tmp_path):
-    with pytest.raises(ce.StageError, match="cannot read source %s: No such file" % (tmp_path / "nope")):
+    with pytest.raises(se.StageError, match="cannot read source %s: No such file" % (tmp_path / "nope")):
         ce.stage(request("in", "file", tmp_path / "nope", buffer / "x", buffer))
 
 
 def test_stage_refuses_bad_numbers(source, buffer):
-    with pytest.raises(ce.StageError, match="workers is 0"):
+    with pytest.raises(se.StageError, match="workers is 0"):
         stage_in(source, buffer, workers=0)
-    with pytest.raises(ce.StageError, match="at least 1MiB"):
+    with pytest.raises(se.StageError, match="at least 1MiB"):
         stage_in(source, buffer, chunk_size=4096)
 
 
@@ -691,15 +701,15 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges n
 
 
 def test_root_is_refused_before_forking():
-    with pytest.raises(ce.StageError, match="never as root"):
-        ce.stage_as_user(ce.StageRequest("in", "file", "/a", "/b/a", "/b"), 0, 1001)
-    with pytest.raises(ce.StageError, match="never as root"):
-        ce.stage_as_user(ce.StageRequest("in", "file", "/a", "/b/a", "/b"), 1001, 0)
+    with pytest.raises(se.StageError, match="never as root"):
+        ce.stage_as_user(sr.StageRequest("in", "file", "/a", "/b/a", "/b"), 0, 1001)
+    with pytest.raises(se.StageError, match="never as root"):
+        ce.stage_as_user(sr.StageRequest("in", "file", "/a", "/b/a", "/b"), 1001, 0)
 
 
 def test_user_groups_without_a_name_is_the_gid():
     unused = max(p.pw_uid for p in pwd.getpwall()) + 1000
-    assert ce.user_groups(unused, 4242) == [4242]
+    assert uw.user_groups(unused, 4242) == [4242]
 
 
 @pytest.fixture
@@ -729,7 +739,7 @@ def test_stage_as_user_writes_as_the_user_and_reports_progress(user_tree):
 def test_stage_as_user_cannot_read_what_the_user_cannot(user_tree):
     top, owner = user_tree
     secret = write(top / "root-only" / "secret", b"root only", mode=0o600)  # root's, in a 0755 dir
-    with pytest.raises(ce.StageError, match=rf"cannot read source {secret}: Permission denied \(as uid {owner.pw_uid}"):
+    with pytest.raises(se.StageError, match=rf"cannot read source {secret}: Permission denied \(as uid {owner.pw_uid}"):
         ce.stage_as_user(request("in", "file", secret, top / "buffer" / "secret", top / "buffer"),
                          owner.pw_uid, owner.pw_gid)
     assert list((top / "buffer").iterdir()) == []
@@ -754,7 +764,7 @@ def test_the_worker_cannot_become_root_again(user_tree, monkeypatch):
                               owner.pw_uid, owner.pw_gid)
     assert result["ids"] == [owner.pw_uid, owner.pw_uid, owner.pw_gid, owner.pw_gid]
     assert result["setuid"] == "refused"
-    assert result["groups"] == ce.user_groups(owner.pw_uid, owner.pw_gid)
+    assert result["groups"] == uw.user_groups(owner.pw_uid, owner.pw_gid)
 
 
 @needs_root
@@ -765,7 +775,7 @@ def test_a_worker_killed_by_a_signal_is_reported(user_tree, monkeypatch):
         os.kill(os.getpid(), 9)
 
     monkeypatch.setattr(ce, "stage", die)
-    with pytest.raises(ce.StageError, match="died of signal SIGKILL without a result"):
+    with pytest.raises(se.StageError, match="died of signal SIGKILL without a result"):
         ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
                          owner.pw_uid, owner.pw_gid)
 
@@ -833,7 +843,7 @@ def test_a_gfapi_worker_keeps_only_the_privileged_port_capability(user_tree, mon
     result = ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
                               owner.pw_uid, owner.pw_gid)
     assert result["ids"] == [owner.pw_uid, owner.pw_uid, owner.pw_gid]
-    assert result["caps"] == [1 << ce.CAP_NET_BIND_SERVICE, 1 << ce.CAP_NET_BIND_SERVICE, 0]
+    assert result["caps"] == [1 << uw.CAP_NET_BIND_SERVICE, 1 << uw.CAP_NET_BIND_SERVICE, 0]
     assert result["regained"] is False
     assert result["via"] == list(target)
 
@@ -866,8 +876,8 @@ GLUSTER_MOUNTS = [mount_entry("/", "ext4", "/dev/vda1"),
     ("out", True, "/mnt/bb", None),        # stage-out reads the buffer through the mount
 ])
 def test_gfapi_is_used_for_a_stage_in_to_a_glusterfs_mount_only(direction, use, root, target):
-    asked = ce.StageRequest(direction, "directory", "/pfs/in", root + "/in", root)
-    assert ce.gfapi_target(asked, use, mountinfo=GLUSTER_MOUNTS) == target
+    asked = sr.StageRequest(direction, "directory", "/pfs/in", root + "/in", root)
+    assert sg.gfapi_target(asked, use, mountinfo=GLUSTER_MOUNTS) == target
 
 
 @pytest.mark.parametrize(("path", "inside"), [
@@ -879,24 +889,24 @@ def test_volume_path_is_the_part_below_the_mount(path, inside):
 def test_without_the_library_the_mount_is_used_and_says_why():
     with pytest.raises(gfapi.GfapiError, match=r"cannot load libgfapi-missing\.so\.0"):
         gfapi.Api("libgfapi-missing.so.0")
-    assert ce.open_gfapi(None, False) == (None, "the buffer is not a GlusterFS mount, or gfapi is off")
-    assert ce.open_gfapi(("127.1.1.1", "v", "/mnt/bb"), True) == (None, "verify reads back through the mount")
+    assert sg.open_gfapi(None, False) == (None, "the buffer is not a GlusterFS mount, or gfapi is off")
+    assert sg.open_gfapi(("127.1.1.1", "v", "/mnt/bb"), True) == (None, "verify reads back through the mount")
 
 
 def test_only_new_small_files_of_a_stage_in_take_the_gfapi_path():
-    plan = ce.FilePlan("/pfs/a", "/mnt/bb/a", ce.BLOCK, False, None, False)
-    assert ce.GfapiWriter.takes(plan)
-    assert not ce.GfapiWriter.takes(plan._replace(size=ce.BLOCK + 1))      # large: chunks via the mount
-    assert not ce.GfapiWriter.takes(plan._replace(replace=True))           # a partial copy to replace
-    assert not ce.GfapiWriter.takes(plan._replace(temp="/mnt/bb/.a.tmp"))  # stage-out's temporary names
+    plan = sp.FilePlan("/pfs/a", "/mnt/bb/a", sc.BLOCK, False, None, False)
+    assert sg.GfapiWriter.takes(plan)
+    assert not sg.GfapiWriter.takes(plan._replace(size=sc.BLOCK + 1))      # large: chunks via the mount
+    assert not sg.GfapiWriter.takes(plan._replace(replace=True))           # a partial copy to replace
+    assert not sg.GfapiWriter.takes(plan._replace(temp="/mnt/bb/.a.tmp"))  # stage-out's temporary names
 
 
 def test_stage_out_has_no_gfapi_reason_and_a_stage_in_without_small_files_says_so():
-    plan = types.SimpleNamespace(files=[ce.FilePlan("/pfs/a", "/mnt/bb/a", ce.BLOCK + 1, False, None, False)])
-    outward = ce.StageRequest("out", "directory", "/mnt/bb/out", "/pfs/out", "/mnt/bb")
-    inward = ce.StageRequest("in", "directory", "/pfs/in", "/mnt/bb/in", "/mnt/bb")
-    assert ce.gfapi_writer(outward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, None)
-    assert ce.gfapi_writer(inward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, ce.NO_SMALL_FILES)
+    plan = types.SimpleNamespace(files=[sp.FilePlan("/pfs/a", "/mnt/bb/a", sc.BLOCK + 1, False, None, False)])
+    outward = sr.StageRequest("out", "directory", "/mnt/bb/out", "/pfs/out", "/mnt/bb")
+    inward = sr.StageRequest("in", "directory", "/pfs/in", "/mnt/bb/in", "/mnt/bb")
+    assert sg.gfapi_writer(outward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, None)
+    assert sg.gfapi_writer(inward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, sg.NO_SMALL_FILES)
 
 
 class RecordingVolume:
@@ -918,7 +928,7 @@ class RecordingVolume:
 def test_the_gfapi_writer_names_directories_as_the_volume_sees_them():
     volume = RecordingVolume()
     # the request names the buffer through a symlink; the volume knows it as /job-7
-    writer = ce.GfapiWriter(volume, "/scratch/link", "/job-7")
+    writer = sg.GfapiWriter(volume, "/scratch/link", "/job-7")
     info = types.SimpleNamespace(st_mode=0o100640, st_atime_ns=OLD, st_mtime_ns=OLD)
     local = threading.local()
     writer.write("/scratch/link/in/deep/f.txt", b"abc", info, local)

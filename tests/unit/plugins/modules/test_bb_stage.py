@@ -5,6 +5,8 @@ import json
 import pytest
 import yaml
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine as ce
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_errors as se
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_rules as sr
 from ansible_collections.hpc.burstbuffer.plugins.modules import bb_stage
 
 
@@ -65,7 +67,7 @@ def test_stage_runs_as_the_job_user_with_parsed_options(engine):
     outcome, error = bb_stage.run_stage(Module(), params(chunk_size="1GiB", workers=8, verify=True, gfapi=False))
     assert error is None and outcome == result()
     request, uid, gid, options = engine.calls[0]
-    assert request == ce.StageRequest("in", "directory", "/pfs/in", "/bb/job1/in", "/bb/job1")
+    assert request == sr.StageRequest("in", "directory", "/pfs/in", "/bb/job1/in", "/bb/job1")
     assert (uid, gid) == (1001, 1001)
     assert (options["workers"], options["chunk_size"], options["verify"], options["dry_run"],
             options["use_gfapi"]) == (8, 1024**3, True, False, False)
@@ -100,7 +102,7 @@ def test_refusals_never_start_a_worker(engine, overrides, message):
 
 
 def test_engine_refusal_is_the_message(engine):
-    engine.error = ce.StageError("cannot read source /root/x: Permission denied (as uid 1001, the job's user)")
+    engine.error = se.StageError("cannot read source /root/x: Permission denied (as uid 1001, the job's user)")
     outcome, error = bb_stage.run_stage(Module(), params())
     assert error == "cannot read source /root/x: Permission denied (as uid 1001, the job's user)"
     assert outcome["failed_files"] == []
