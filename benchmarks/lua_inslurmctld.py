@@ -4,10 +4,11 @@ Slurm calls these three with slurmctld's locks held, so they must be fast (the
 target here: p99 <= 1 ms per call). This runs each N times through lua5.1 with
 the stub ``slurm`` table on a realistic 30-line DataWarp-style job script,
 timing every call with os.clock() (CPU time, 1 us resolution) and reporting
-median and p99. slurmctld builds a fresh Lua state and reloads the script for
-every call, so "reload + job_process" adds loading and running the script's
-chunk (the generated grammar table included) to each call; only luaL_openlibs
-is missing from that figure.
+median and p99. slurmctld builds a fresh Lua state and loads the script for
+every call, so "load + job_process" compiles and runs the script (and loads the
+validator it reads, bbctl-directives.lua: bytecode as `bbctl slurm-install`
+installs it, and, side by side in the same run, from source alone) before each
+call; only luaL_openlibs is missing from that figure.
 
 slurm_bb_paths reads bbctl-site.lua, parses the directives and appends the
 job's environment to the path file, as it does in slurmctld. The driver
@@ -28,12 +29,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bbctl.slurm_install import render_site_lua
+from bbctl.slurm_install import compile_lua, render_site_lua
 
 REPO = Path(__file__).resolve().parents[1]
 SITE_VALUES = {"bbctl": "/usr/bin/false", "config": "/etc/bbctl/bbctl.yml", "mount_root": "/mnt/bb",
                "job_volume_prefix": "bbjob-", "persistent_volume_prefix": "bbp-", "private_suffix": "-private"}
-LUA_SCRIPT = REPO / "slurm" / "burst_buffer.lua"
+LUA_FILES = (REPO / "slurm" / "burst_buffer.lua", REPO / "slurm" / "bbctl-directives.lua")
 TARGET_P99_MS = 1.0
 
 JOB_SCRIPT = """\
@@ -54,7 +55,7 @@ JOB_SCRIPT = """\
 #DW stage_in type=file source=/lustre/proj042/tables/thermo.h5 \\
 #DW   destination=$DW_PERSISTENT_STRIPED_proj042_cache/thermo.h5
 #DW stage_out type=directory source=$DW_JOB_STRIPED/results destination=/lustre/proj042/results/%j
-#DW stage_out type=file source=$DW_JOB_PRIVATE/profile.txt destination=/lustre/proj042/profiles/%j-%u.txt
+#DW stage_out type=file source=$DW_JOB_STRIPED/profile.txt destination=/lustre/proj042/profiles/%j-%u.txt
 #DW swap 8GiB
 
 module purge
@@ -103,20 +104,29 @@ local function measure(name, call)
                         times[math.ceil(calls * 0.99)], times[calls], total / calls))
 end
 
-local chunk = assert(loadfile(lua_script))
 measure("job_process", function() return slurm_bb_job_process(job_script) end)
 measure("pools", function() return slurm_bb_pools() end)
 measure("paths", function() return slurm_bb_paths("4242", job_script, path_file) end)
-measure("reload + job_process", function() chunk() return slurm_bb_job_process(job_script) end)
+-- slurmctld compiles the script into a fresh Lua state for every call: so does this row.
+measure("load + job_process", function()
+    assert(loadfile(lua_script))()
+    return slurm_bb_job_process(job_script)
+end)
 """
 
 
-def run(calls: int) -> list[tuple[str, float, float, float, float]]:
-    """(function, median, p99, max, mean) in seconds for each measured function."""
+def run(calls: int, compile_validator: bool = True) -> list[tuple[str, float, float, float, float]]:
+    """(function, median, p99, max, mean) in seconds for each measured function.
+
+    compile_validator: install the validator's bytecode beside it, as bbctl slurm-install does.
+    """
     with tempfile.TemporaryDirectory(prefix="bb-lua-bench-") as tmp:
         work = Path(tmp)
-        lua_script = work / "burst_buffer.lua"  # its pools file is read from beside it
-        shutil.copy(LUA_SCRIPT, lua_script)
+        lua_script = work / "burst_buffer.lua"  # its validator and pools file are read from beside it
+        for source in LUA_FILES:
+            shutil.copy(source, work / source.name)
+        if compile_validator:
+            compile_lua(work / "bbctl-directives.lua")
         (work / "bbctl-pools.json").write_text(json.dumps(POOLS))
         (work / "bbctl-site.lua").write_text(render_site_lua(SITE_VALUES))
         (work / "job.sh").write_text(JOB_SCRIPT)
@@ -148,13 +158,16 @@ def main() -> int:
     if shutil.which("lua5.1") is None:
         sys.exit("lua5.1 is not installed (apt-get install lua5.1)")
     rows = run(calls)
+    source_only = next(row for row in run(calls, compile_validator=False) if row[0].startswith("load"))
+    rows.append((source_only[0] + " (source)", *source_only[1:]))
     print(f"burst_buffer.lua in slurmctld: {calls} calls each; {machine()}")
     print(f"job script: {JOB_SCRIPT.count(chr(10))} lines, {JOB_SCRIPT.count('#DW')} #DW lines")
-    print(f"{'function':<22}{'median us':>11}{'p99 us':>9}{'max us':>9}{'mean us':>9}")
+    print(f"{'function':<31}{'median us':>11}{'p99 us':>9}{'max us':>9}{'mean us':>9}")
     worst = 0.0
     for name, median, p99, longest, mean in rows:
-        print(f"{name:<22}{median * 1e6:>11.1f}{p99 * 1e6:>9.1f}{longest * 1e6:>9.1f}{mean * 1e6:>9.1f}")
-        worst = max(worst, p99)
+        print(f"{name:<31}{median * 1e6:>11.1f}{p99 * 1e6:>9.1f}{longest * 1e6:>9.1f}{mean * 1e6:>9.1f}")
+        if "(source)" not in name:  # the installed form is what slurmctld runs
+            worst = max(worst, p99)
     verdict = "meets" if worst * 1e3 <= TARGET_P99_MS else "MISSES"
     print(f"worst p99 {worst * 1e3:.3f} ms: {verdict} the target of p99 <= {TARGET_P99_MS} ms")
     return 0 if verdict == "meets" else 1

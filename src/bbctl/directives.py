@@ -3,9 +3,10 @@
 Users write ``#DW``, ``#BB`` or ``#BB_LUA`` lines at the top of a batch script.
 Slurm asks ``slurm_bb_job_process`` in burst_buffer.lua to validate them inside
 slurmctld, where nothing may fork, so the rules run twice: here (the
-reference, also used by every forked stage) and in Lua. Both read the same
-tables: ``lua_grammar()`` renders them into burst_buffer.lua between marker
-comments (``python -m bbctl.directives --write-lua slurm/burst_buffer.lua``),
+reference, also used by every forked stage) and in Lua (slurm/bbctl-directives.lua,
+which burst_buffer.lua loads). Both read the same tables: ``lua_grammar()``
+renders them into bbctl-directives.lua between marker comments
+(``python -m bbctl.directives --write-lua slurm/bbctl-directives.lua``),
 and tests/fixtures/directives/cases.yaml holds the cases both must agree on,
 message for message.
 
@@ -912,7 +913,7 @@ def _lua_directives() -> dict[str, dict[str, Any]]:
 
 
 def lua_grammar() -> str:
-    """The Lua block between the markers in burst_buffer.lua: every table the Lua validator reads."""
+    """The Lua block between the markers in bbctl-directives.lua: every table the Lua validator reads."""
     grammar = {
         "prefixes": list(PREFIXES),
         "limits": LIMITS,
@@ -933,7 +934,7 @@ def lua_grammar() -> str:
     return "\n".join([
         LUA_BEGIN,
         "-- Rendered from src/bbctl/directives.py; do not edit here. Refresh with:",
-        "--   python -m bbctl.directives --write-lua slurm/burst_buffer.lua",
+        "--   python -m bbctl.directives --write-lua slurm/bbctl-directives.lua",
         "local GRAMMAR = " + _lua_value(grammar),
         LUA_END,
     ])

@@ -27,6 +27,7 @@ from bbctl.directives import (
 REPO = Path(__file__).resolve().parents[3]
 CASES_FILE = REPO / "tests" / "fixtures" / "directives" / "cases.yaml"
 LUA_SCRIPT = REPO / "slurm" / "burst_buffer.lua"
+LUA_VALIDATOR = REPO / "slurm" / "bbctl-directives.lua"
 GiB = 1024**3
 
 
@@ -387,19 +388,19 @@ def test_size_units_come_from_sizes_py_in_every_case():
             assert sizes.parse_size("3" + spelling) == 3 * multiplier, spelling
 
 
-def test_lua_block_in_burst_buffer_lua_is_current():
-    current = lua_block(LUA_SCRIPT.read_text(encoding="utf-8"))
-    assert current == lua_grammar(), "run: python -m bbctl.directives --write-lua slurm/burst_buffer.lua"
+def test_lua_block_in_the_lua_validator_is_current():
+    current = lua_block(LUA_VALIDATOR.read_text(encoding="utf-8"))
+    assert current == lua_grammar(), "run: python -m bbctl.directives --write-lua slurm/bbctl-directives.lua"
 
 
 def test_write_lua_refreshes_a_stale_block(tmp_path):
-    copy = tmp_path / "burst_buffer.lua"
-    shutil.copy(LUA_SCRIPT, copy)
+    copy = tmp_path / "bbctl-directives.lua"
+    shutil.copy(LUA_VALIDATOR, copy)
     copy.write_text(copy.read_text().replace('"#BB_LUA",', '"#BB_OLD",', 1))
     assert directives.main(["--check-lua", str(copy)]) == 1
     assert write_lua(copy) is True
     assert directives.main(["--check-lua", str(copy)]) == 0
-    assert copy.read_text() == LUA_SCRIPT.read_text()
+    assert copy.read_text() == LUA_VALIDATOR.read_text()
     assert write_lua(copy) is False
 
 
@@ -419,12 +420,15 @@ def test_cli_validates_scripts(tmp_path, capsys):
     assert "line 2: jobdw: 'capacity=10N': node counts" in capsys.readouterr().err
 
 
-def test_lua_script_loads_no_other_lua_code():
+@pytest.mark.parametrize("lua", [LUA_SCRIPT, LUA_VALIDATOR], ids=lambda path: path.name)
+def test_lua_loads_only_its_own_installed_files(lua):
     # Forking is allowed only in the stages slurmscriptd forks (tests/unit/bbctl/test_lua_in_slurmctld.py
-    # proves the in-slurmctld functions never do); loading other code is never needed.
-    source = LUA_SCRIPT.read_text(encoding="utf-8")
+    # proves the in-slurmctld functions never do); the script loads only the files installed beside it.
+    source = lua.read_text(encoding="utf-8")
     for call in (r"os\.exit", r"\brequire\s*[(\"']", r"\bdofile\b"):
-        assert not re.search(call, source), f"burst_buffer.lua must not use {call}"
+        assert not re.search(call, source), f"{lua.name} must not use {call}"
+    for loaded in re.findall(r"\bloadfile\(([^)]*)\)", source):
+        assert loaded in ("SITE_FILE", "DIRECTIVES_FILE", "DIRECTIVES_BYTECODE"), f"{lua.name} loads {loaded}"
 
 
 @pytest.mark.parametrize("size, suggestion", [

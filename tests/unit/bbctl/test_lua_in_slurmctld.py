@@ -32,7 +32,9 @@ SCRIPTS = {
 def slurm_dir(tmp_path):
     config = site.from_mapping({"inventory": str(tmp_path / "inventory.yml"), "pools": {"nvme": {}},
                                 "mount_root": "/mnt/bb", "slurm_dir": str(tmp_path)}, tmp_path / "bbctl.yml")
-    shutil.copyfile(slurm_install.LUA_SCRIPT, tmp_path / "burst_buffer.lua")
+    for source in slurm_install.LUA_FILES:
+        shutil.copyfile(source, tmp_path / source.name)
+    slurm_install.compile_lua(tmp_path / slurm_install.LUA_VALIDATOR.name)
     (tmp_path / "bbctl-site.lua").write_text(slurm_install.render_site_lua(slurm_install.site_values(config)))
     (tmp_path / "bbctl-pools.json").write_text('{"pools":[{"id":"nvme"}]}\n')
     return tmp_path, config

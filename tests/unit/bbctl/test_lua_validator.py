@@ -1,4 +1,4 @@
-"""The Lua validator in slurm/burst_buffer.lua against the shared table and against the Python reference.
+"""The Lua validator (slurm/bbctl-directives.lua, through burst_buffer.lua) against the table and the reference.
 
 Each group of scripts goes through one lua5.1 process (tests/lua/run_job_process.lua
 over a directory of numbered files), so thousands of cases cost well under a second.
