@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from bbctl import site
-from bbctl.datawarp import PERSISTENT_ID_BASE
+from bbctl.datawarp.sessions import PERSISTENT_ID_BASE
 from tests.conftest import TESTBED_ROOT, VENV_BIN
 
 pytestmark = pytest.mark.testbed

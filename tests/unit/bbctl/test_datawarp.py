@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from bbctl import datawarp, site
+from bbctl import site
+from bbctl.datawarp import dw_wlm_cli, sessions
+from bbctl.datawarp import dwstat as dwstat_program
 from bbctl.errors import BBError
 from bbctl.lifecycle import Lifecycle, Refused
 from bbctl.state import BufferSpec, BufferState, SQLiteStore
@@ -78,7 +80,7 @@ class FakeLife:
 
 
 def cli(argv: list[str], life: Any, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = datawarp.dw_wlm_cli_main(argv, lifecycle=lambda _config: life)
+    code = dw_wlm_cli.main(argv, lifecycle=lambda _config: life)
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 
@@ -134,14 +136,14 @@ FORMS = [
 
 @pytest.mark.parametrize(("argv", "expected"), FORMS, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
 def test_every_slurm_form_parses(argv, expected):
-    config, args = datawarp.parse_dw_wlm_cli(argv)
+    config, args = dw_wlm_cli.parse_dw_wlm_cli(argv)
     assert config is None
     assert args.function == argv[1]
     assert {key: getattr(args, key) for key in expected} == expected
 
 
 def test_every_function_has_a_handler_and_the_table_covers_slurm_md():
-    assert set(datawarp.FUNCTIONS) == set(datawarp.OPTIONS) == {
+    assert set(dw_wlm_cli.FUNCTIONS) == set(dw_wlm_cli.OPTIONS) == {
         "pools", "show_instances", "show_sessions", "show_configurations", "job_process", "setup", "data_in",
         "real_size", "paths", "pre_run", "post_run", "data_out", "teardown", "create_persistent"}
 
@@ -149,7 +151,7 @@ def test_every_function_has_a_handler_and_the_table_covers_slurm_md():
 @pytest.mark.parametrize("lead", [["--config", "/etc/x/bbctl.yml"], ["--config=/etc/x/bbctl.yml"]])
 def test_a_leading_config_goes_to_the_lifecycle_factory(lead, capsys):
     seen = []
-    code = datawarp.dw_wlm_cli_main([*lead, "--function", "real_size", "--token", "7"],
+    code = dw_wlm_cli.main([*lead, "--function", "real_size", "--token", "7"],
                                     lifecycle=lambda config: seen.append(config) or FakeLife({"real_size": 0}))
     assert code == 0 and seen == [Path("/etc/x/bbctl.yml")]
     assert json.loads(capsys.readouterr().out) == {"token": "7", "capacity": 0, "units": "bytes"}
@@ -157,7 +159,7 @@ def test_a_leading_config_goes_to_the_lifecycle_factory(lead, capsys):
 
 def test_without_config_the_factory_gets_none_so_bbctl_config_env_applies(capsys):
     seen = []
-    datawarp.dw_wlm_cli_main(["--function", "real_size", "--token", "7"],
+    dw_wlm_cli.main(["--function", "real_size", "--token", "7"],
                              lifecycle=lambda config: seen.append(config) or FakeLife({"real_size": 0}))
     assert seen == [None]
 
@@ -202,29 +204,29 @@ def test_pools_has_datawarp_fields_with_integer_counts(life, capsys):
 def test_show_sessions_ids_created_and_owner_are_integers(life, capsys):
     allocate(life, "12345", 4 * GiB, uid=1001)
     allocate(life, "scratch1", 4 * GiB, uid=1002)
-    sessions = {s["token"]: s for s in show("show_sessions", life, capsys)["sessions"]}
-    assert set(sessions) == {"12345", "scratch1"}
-    for token, session in sessions.items():
+    listed = {s["token"]: s for s in show("show_sessions", life, capsys)["sessions"]}
+    assert set(listed) == {"12345", "scratch1"}
+    for token, session in listed.items():
         assert {"id", "created", "owner", "token"} <= set(session)
         assert is_int(session["id"]) and is_int(session["created"]) and is_int(session["owner"])
         assert isinstance(session["token"], str)
-        assert session["id"] == datawarp.session_id(token)
-    assert sessions["12345"]["id"] == 12345 and sessions["12345"]["owner"] == 1001
-    assert sessions["scratch1"]["owner"] == 1002
-    assert abs(sessions["12345"]["created"] - life.store.get("12345").created_at) < 1
+        assert session["id"] == sessions.session_id(token)
+    assert listed["12345"]["id"] == 12345 and listed["12345"]["owner"] == 1001
+    assert listed["scratch1"]["owner"] == 1002
+    assert abs(listed["12345"]["created"] - life.store.get("12345").created_at) < 1
 
 
 def test_show_instances_links_integer_sessions_and_counts_whole_bricks(life, capsys):
     allocate(life, "12345", 5 * GiB)  # rounded up to 2 bricks of 4GiB
     allocate(life, "scratch1", 48)  # Slurm's test35.1 asks for 48 bytes: one brick
     instances = {i["links"]["session"]: i for i in show("show_instances", life, capsys)["instances"]}
-    assert set(instances) == {12345, datawarp.session_id("scratch1")}
+    assert set(instances) == {12345, sessions.session_id("scratch1")}
     for session, instance in instances.items():
         assert is_int(instance["id"]) and is_int(instance["links"]["session"])
         assert is_int(instance["capacity"]["bytes"]) and instance["capacity"]["nodes"] == 0
         assert instance["id"] == session
     assert instances[12345]["capacity"]["bytes"] == 8 * GiB
-    assert instances[datawarp.session_id("scratch1")]["capacity"]["bytes"] == 4 * GiB
+    assert instances[sessions.session_id("scratch1")]["capacity"]["bytes"] == 4 * GiB
 
 
 def test_show_configurations_link_integer_instances(life, capsys):
@@ -256,17 +258,17 @@ def test_sessions_list_the_nodes_a_buffer_is_mounted_on(life, capsys):
 
 @pytest.mark.parametrize("job", ["1", "123", "67108863"])
 def test_a_jobs_session_id_is_its_job_id(job):
-    assert datawarp.session_id(job) == int(job)
+    assert sessions.session_id(job) == int(job)
 
 
 def test_persistent_ids_are_stable_and_never_a_slurm_job_id():
     names = ["scratch1", "test35_1", "a", "Z" * 64, "test35.1", "x_" + "9" * 20]
     names += [f"buf{n}" for n in range(20000)]
-    ids = [datawarp.session_id(name) for name in names]
-    assert ids == [datawarp.session_id(name) for name in names]  # stable across calls
+    ids = [sessions.session_id(name) for name in names]
+    assert ids == [sessions.session_id(name) for name in names]  # stable across calls
     for ident in ids:
-        assert datawarp.MAX_SLURM_JOB_ID < datawarp.PERSISTENT_ID_BASE <= ident < 2**31  # fits Slurm's int
-    assert datawarp.session_id("scratch1") == 0x40000000 + (zlib.crc32(b"scratch1") & 0x3FFFFFFF)
+        assert sessions.MAX_SLURM_JOB_ID < sessions.PERSISTENT_ID_BASE <= ident < 2**31  # fits Slurm's int
+    assert sessions.session_id("scratch1") == 0x40000000 + (zlib.crc32(b"scratch1") & 0x3FFFFFFF)
 
 
 # --- job_process ----------------------------------------------------------------------------------
@@ -279,7 +281,7 @@ def test_job_process_accepts_valid_directives_silently(tmp_path, capsys):
 
 def test_job_process_refuses_bad_directives_with_the_message_on_stdout(tmp_path, capsys):
     job = script(tmp_path, "#DW jobdw capacity=2N")
-    code = datawarp.dw_wlm_cli_main(["--function", "job_process", "--job", str(job)], lifecycle=lambda _: FakeLife())
+    code = dw_wlm_cli.main(["--function", "job_process", "--job", str(job)], lifecycle=lambda _: FakeLife())
     captured = capsys.readouterr()
     assert code == 1 and captured.err == ""
     assert captured.out.startswith("line 2: jobdw: 'capacity=2N': node counts (N) are not supported")
@@ -357,7 +359,7 @@ def test_pre_run_reads_nodes_from_the_node_file(tmp_path, capsys):
 
 
 def test_pre_run_without_a_node_file_asks_slurm(monkeypatch, capsys):
-    monkeypatch.setattr(datawarp, "slurm_nodes", lambda _site, job: [f"node-of-{job}"])
+    monkeypatch.setattr(dw_wlm_cli, "slurm_nodes", lambda _site, job: [f"node-of-{job}"])
     life = FakeLife()
     cli(["--function", "pre_run", "--token", "123", "--job", JOB], life, capsys)
     assert life.calls == [("pre_run", ("123", Path(JOB), ["node-of-123"]), {})]
@@ -494,21 +496,21 @@ def test_create_persistent_refuses_cache_type_and_other_access(life, capsys):
 def test_destroy_of_a_name_that_cannot_exist_holds_the_job(life, tmp_path, capsys, monkeypatch):
     """Slurm retries a failed destroy_persistent forever; one that can never succeed holds the job."""
     held = []
-    monkeypatch.setattr(datawarp, "hold_job", lambda settings, job_id: held.append(job_id))
+    monkeypatch.setattr(dw_wlm_cli, "hold_job", lambda settings, job_id: held.append(job_id))
     job = job_script(tmp_path, "#BB destroy_persistent name=-x")
     code, out = cli(["--function", "teardown", "--token", "-x", "--job", job], life, capsys)
     assert code == 2 and "names are" in out and held == ["123"]
 
 
 def test_destroy_of_a_missing_dotted_name_is_token_not_found(life, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(datawarp, "hold_job", lambda settings, job_id: pytest.fail("held"))
+    monkeypatch.setattr(dw_wlm_cli, "hold_job", lambda settings, job_id: pytest.fail("held"))
     job = job_script(tmp_path, "#BB destroy_persistent name=test35.4")
     assert cli(["--function", "teardown", "--token", "test35.4", "--job", job], life, capsys) == (
         0, "token not found\n")
 
 
 def test_destroy_refused_while_in_use_stays_pending_not_held(life, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(datawarp, "hold_job", lambda settings, job_id: pytest.fail("held"))
+    monkeypatch.setattr(dw_wlm_cli, "hold_job", lambda settings, job_id: pytest.fail("held"))
     allocate(life, "shared.1", GiB, meta={"user:77": ["n1"]})
     life.store.transition("shared.1", BufferState.ALLOCATING, BufferState.CREATED)
     job = job_script(tmp_path, "#BB destroy_persistent name=shared.1")
@@ -517,8 +519,8 @@ def test_destroy_refused_while_in_use_stays_pending_not_held(life, tmp_path, cap
 
 
 def test_job_id_of_slurms_script_path():
-    assert datawarp.job_id_of_script(Path(JOB)) == "123"
-    assert datawarp.job_id_of_script(Path("/tmp/other")) is None
+    assert dw_wlm_cli.job_id_of_script(Path(JOB)) == "123"
+    assert dw_wlm_cli.job_id_of_script(Path("/tmp/other")) is None
 
 
 def test_create_persistent_for_an_unknown_uid_fails_without_saying_created(capsys):
@@ -557,7 +559,7 @@ def test_a_cancelled_stage_fails_even_if_the_lifecycle_returned(capsys):
 
 def test_a_missing_configuration_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv(site.CONFIG_ENV, str(tmp_path / "absent.yml"))
-    code = datawarp.dw_wlm_cli_main(["--function", "pools"])
+    code = dw_wlm_cli.main(["--function", "pools"])
     out = capsys.readouterr().out
     assert code == 1 and out.startswith("dw_wlm_cli pools: no bbctl configuration at") and out.count("\n") == 1
 
@@ -566,9 +568,9 @@ def test_the_default_factory_reads_bbctl_config(monkeypatch, config, capsys):
     config.path.write_text(yaml.safe_dump(dict(config.raw)))
     monkeypatch.setenv(site.CONFIG_ENV, str(config.path))
     try:
-        assert datawarp.dw_wlm_cli_main(["--function", "pools"]) == 0
+        assert dw_wlm_cli.main(["--function", "pools"]) == 0
     finally:
-        datawarp._PROCESS_SCOPE.close()  # restores pytest's SIGTERM handler and closes the log
+        dw_wlm_cli._PROCESS_SCOPE.close()  # restores pytest's SIGTERM handler and closes the log
     assert json.loads(capsys.readouterr().out)["pools"][0]["quantity"] == 4
 
 
@@ -581,7 +583,7 @@ CONFIGURATIONS_HEADER = re.compile(r"conf *state *inst *type *activs")
 
 
 def dwstat(argv: list[str], life: Lifecycle, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = datawarp.dwstat_main(argv, lifecycle=lambda _config: life)
+    code = dwstat_program.main(argv, lifecycle=lambda _config: life)
     return code, capsys.readouterr().out
 
 
@@ -604,7 +606,7 @@ def test_dwstat_rows_show_sizes_ids_and_states(life, capsys):
     _, out = dwstat(["all"], life, capsys)
     rows = [line.split() for line in out.splitlines() if line.strip()]
     assert ["nvme", "bytes", "16GiB", "4GiB", "4GiB"] in rows
-    persistent = str(datawarp.session_id("scratch1"))
+    persistent = str(sessions.session_id("scratch1"))
     session_rows = {row[0]: row for row in rows if len(row) == 8 and row[0] != "sess"}
     assert session_rows["12345"][1:5] == ["C--T-", "12345", "SLURM", "1001"]
     assert session_rows["12345"][6:] == ["never", "2"]
@@ -626,5 +628,5 @@ def test_dwstat_refuses_an_unknown_view_with_one_line(life, capsys):
 
 
 def test_dwstat_accepts_a_leading_config():
-    assert datawarp.parse_dwstat(["--config", "/x.yml", "sessions"]) == (Path("/x.yml"), ["sessions"])
-    assert datawarp.parse_dwstat([]) == (None, ["pools", "sessions", "instances"])
+    assert dwstat_program.parse_dwstat(["--config", "/x.yml", "sessions"]) == (Path("/x.yml"), ["sessions"])
+    assert dwstat_program.parse_dwstat([]) == (None, ["pools", "sessions", "instances"])

@@ -1,18 +1,10 @@
-"""``dw_wlm_cli`` and ``dwstat``: Slurm's burst_buffer/datawarp plugin driving bbctl.lifecycle.
+"""``dw_wlm_cli``: Slurm's burst_buffer/datawarp plugin driving bbctl.lifecycle.
 
 slurmctld fork+execs ``GetSysState`` (dw_wlm_cli) with ``--function NAME`` and
 the function's options, stdout and stderr merged into its reply, success =
 exit 0 (docs/SLURM.md section 3 lists every form). Each function maps onto one
-Lifecycle call; the only logic here is that mapping and the JSON Slurm reads.
-
-Ids: Slurm reads session, instance and configuration ids as JSON integers
-(json-c; a string silently reads as 0). A job's buffer has the job id as its
-id; a persistent buffer a stable number derived from its name, at
-PERSISTENT_ID_BASE or above, where no Slurm job id reaches. One buffer is one
-session, one instance and one configuration, all with the same id.
-
-``dwstat`` (``GetSysStatus``, run for ``scontrol show dwstat ...`` with a 2 s
-limit) prints tables from the state store alone: no Ansible, no Slurm.
+Lifecycle call; the only logic here is that mapping and the JSON Slurm reads
+(bbctl.datawarp.sessions).
 """
 
 from __future__ import annotations
@@ -24,92 +16,20 @@ import json
 import pwd
 import re
 import sys
-import time
-import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from bbctl import host, runner, site
 from bbctl.collection import sizes
 from bbctl.commands import log_to_file, on_sigterm, slurm_env, slurm_nodes
+from bbctl.datawarp.program import LifecycleFactory, Parser, fail, leading_config
+from bbctl.datawarp.sessions import configurations_document, instances_document, sessions_document
 from bbctl.errors import BBError
-from bbctl.lifecycle import USER_META, Lifecycle, nodes_from_file, read_request
-from bbctl.state import Buffer, BufferState
+from bbctl.lifecycle import Lifecycle, nodes_from_file, read_request
 
-# Slurm job ids stay below 0x04000000 (MAX_JOB_ID); persistent ids start far above and fit an int32.
-MAX_SLURM_JOB_ID = 0x03FFFFFF
-PERSISTENT_ID_BASE = 0x40000000
 NO_SESSION = "No matching session"  # data_in/data_out: Slurm takes this reply as success
 TOKEN_NOT_FOUND = "token not found"  # teardown: likewise
-
-LifecycleFactory = Callable[[Path | None], Lifecycle]
-
-_ACTUALIZED = frozenset({BufferState.CREATED, BufferState.STAGED_IN, BufferState.MOUNTED, BufferState.STAGING_OUT,
-                         BufferState.STAGED_OUT, BufferState.DESTROYED})
-_TRANSITIONING = frozenset({BufferState.ALLOCATING, BufferState.CREATING, BufferState.STAGING_OUT,
-                            BufferState.DESTROYING})
-
-
-# --- ids and the JSON Slurm parses ---------------------------------------------------------
-
-def session_id(key: str) -> int:
-    """The integer id of a buffer's session (and of its instance and configuration)."""
-    if site.is_job_key(key):
-        return int(key)
-    return PERSISTENT_ID_BASE + (zlib.crc32(key.encode("utf-8", "surrogateescape")) & 0x3FFFFFFF)
-
-
-def buffer_bytes(life: Lifecycle, buffer: Buffer) -> int:
-    """What the buffer's bricks give (whole granules); its asked capacity if its pool is no longer configured."""
-    pool = life.pools.get(buffer.pool)
-    return len(buffer.bricks) * pool.granularity if pool else buffer.capacity
-
-
-def client_nodes(buffer: Buffer) -> list[str]:
-    """Compute nodes the buffer is mounted on: its job's, or those of every job using a persistent one."""
-    return sorted({node for key, nodes in buffer.meta.items() if key == "nodes" or key.startswith(USER_META)
-                   for node in nodes})
-
-
-def state_document(buffer: Buffer) -> dict[str, Any]:
-    """DataWarp's state object: where the buffer is heading and whether it is there yet."""
-    return {"goal": "destroy" if buffer.state in (BufferState.DESTROYING, BufferState.DESTROYED) else "create",
-            "actualized": buffer.state in _ACTUALIZED, "transitioning": buffer.state in _TRANSITIONING,
-            "fuse_blown": buffer.state is BufferState.FAILED, "mixed": False}
-
-
-def sessions_document(buffers: Iterable[Buffer]) -> dict[str, list[dict[str, Any]]]:
-    return {"sessions": [
-        {"id": session_id(b.key), "created": int(b.created_at), "owner": b.owner_uid, "token": b.key,
-         "creator": "SLURM" if site.is_job_key(b.key) else "CLI", "expiration": 0,
-         "links": {"client_nodes": client_nodes(b)}, "state": state_document(b)}
-        for b in buffers]}
-
-
-def instances_document(life: Lifecycle, buffers: Iterable[Buffer]) -> dict[str, list[dict[str, Any]]]:
-    return {"instances": [
-        {"id": session_id(b.key), "created": int(b.created_at),
-         "capacity": {"bytes": buffer_bytes(life, b), "nodes": 0},
-         "links": {"session": session_id(b.key), "configurations": [session_id(b.key)]},
-         "label": site.volume_name(b.key), "state": state_document(b)}
-        for b in buffers]}
-
-
-def configurations_document(buffers: Iterable[Buffer]) -> dict[str, list[dict[str, Any]]]:
-    return {"configurations": [
-        {"id": session_id(b.key), "type": "scratch", "links": {"instance": session_id(b.key)},
-         "state": state_document(b)}
-        for b in buffers]}
-
-
-# --- dw_wlm_cli's command line -----------------------------------------------------------------
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of printing its usage and exiting: Slurm shows one line."""
-
-    def error(self, message: str) -> NoReturn:
-        raise BBError(f"{self.prog}: {message}", exit_code=2)
 
 
 class InvalidFunction(BBError):
@@ -163,14 +83,14 @@ TOLERANT = frozenset({"teardown"})
 
 def parse_dw_wlm_cli(argv: Sequence[str]) -> tuple[Path | None, argparse.Namespace]:
     """(config, arguments) from dw_wlm_cli's argv; ``arguments.function`` names the function."""
-    config, argv = _leading_config(argv, "dw_wlm_cli")
+    config, argv = leading_config(argv, "dw_wlm_cli")
     argv = _join_values(argv)
-    top = _Parser(prog="dw_wlm_cli", allow_abbrev=False, add_help=False)
+    top = Parser(prog="dw_wlm_cli", allow_abbrev=False, add_help=False)
     top.add_argument("--function", required=True)
     known, rest = top.parse_known_args(argv)
     if known.function not in OPTIONS:
         raise InvalidFunction(f"invalid function {known.function!r}: dw_wlm_cli knows {', '.join(OPTIONS)}")
-    parser = _Parser(prog=f"dw_wlm_cli --function {known.function}", allow_abbrev=False)
+    parser = Parser(prog=f"dw_wlm_cli --function {known.function}", allow_abbrev=False)
     for flags, options in OPTIONS[known.function]:
         parser.add_argument(*flags, **options)
     if known.function in TOLERANT:
@@ -192,17 +112,6 @@ def _join_values(argv: list[str]) -> list[str]:
         value = next(words, None) if word in _VALUE_OPTIONS else None
         joined.append(word if value is None else f"{_VALUE_OPTIONS[word]}={value}")
     return joined
-
-
-def _leading_config(argv: Sequence[str], prog: str) -> tuple[Path | None, list[str]]:
-    args = list(argv)
-    if args and args[0].startswith("--config="):
-        return Path(args[0].split("=", 1)[1]), args[1:]
-    if args and args[0] == "--config":
-        if len(args) < 2:
-            raise BBError(f"{prog}: --config needs the path of bbctl's site configuration", exit_code=2)
-        return Path(args[1]), args[2:]
-    return None, args
 
 
 # --- the functions: (life, args) -> exit code ---------------------------------------------------
@@ -368,11 +277,11 @@ _PROCESS_SCOPE = contextlib.ExitStack()  # closed at exit (atexit below)
 atexit.register(_PROCESS_SCOPE.close)
 
 
-def dw_wlm_cli_main(argv: Sequence[str] | None = None, *, lifecycle: LifecycleFactory = open_lifecycle) -> int:
+def main(argv: Sequence[str] | None = None, *, lifecycle: LifecycleFactory = open_lifecycle) -> int:
     try:
         config, args = parse_dw_wlm_cli(sys.argv[1:] if argv is None else argv)
     except BBError as exc:  # already names the function (or is Slurm's "invalid function")
-        return _fail(str(exc), exc.exit_code)
+        return fail(str(exc), exc.exit_code)
     try:
         life = lifecycle(config)
         code = FUNCTIONS[args.function](life, args)
@@ -380,112 +289,8 @@ def dw_wlm_cli_main(argv: Sequence[str] | None = None, *, lifecycle: LifecycleFa
             raise BBError("cancelled (SIGTERM)")
         return code
     except BBError as exc:
-        return _fail(f"dw_wlm_cli {args.function}: {exc}", exc.exit_code)
+        return fail(f"dw_wlm_cli {args.function}: {exc}", exc.exit_code)
     except KeyboardInterrupt:
         return 130
 
 
-def _fail(reason: str, code: int) -> int:
-    """The reason as the reply's last line, on one line: Slurm shows the merged output to the user."""
-    sys.stderr.flush()
-    print(" ".join(reason.split()), flush=True)
-    return code
-
-
-# --- dwstat ---------------------------------------------------------------------------------------
-
-DWSTAT_VIEWS = ("pools", "sessions", "instances", "configurations")
-DWSTAT_DEFAULT = ("pools", "sessions", "instances")
-
-
-def _read_only_lifecycle(config: Path | None) -> Lifecycle:
-    return Lifecycle(site.load(config))
-
-
-def dwstat_main(argv: Sequence[str] | None = None, *, lifecycle: LifecycleFactory = _read_only_lifecycle) -> int:
-    """``dwstat [--config PATH] [pools|sessions|instances|configurations|all ...]``."""
-    try:
-        config, views = parse_dwstat(sys.argv[1:] if argv is None else argv)
-    except BBError as exc:
-        return _fail(str(exc), exc.exit_code)
-    try:
-        life = lifecycle(config)
-        print("\n\n".join(_DWSTAT_TABLES[view](life) for view in views), flush=True)
-        return 0
-    except BBError as exc:
-        return _fail(f"dwstat: {exc}", exc.exit_code)
-
-
-def parse_dwstat(argv: Sequence[str]) -> tuple[Path | None, list[str]]:
-    """(config, views to print in order); no view: DWSTAT_DEFAULT."""
-    config, rest = _leading_config(argv, "dwstat")
-    parser = _Parser(prog="dwstat", allow_abbrev=False,
-                     description="Burst buffer pools, sessions, instances and configurations, from bbctl's "
-                                 f"state store. Without VIEW: {', '.join(DWSTAT_DEFAULT)}.")
-    parser.add_argument("views", nargs="*", metavar="VIEW", help=f"{', '.join(DWSTAT_VIEWS)} or all")
-    views = parser.parse_args(rest).views or list(DWSTAT_DEFAULT)
-    unknown = [view for view in views if view not in (*DWSTAT_VIEWS, "all")]
-    if unknown:
-        parser.error(f"unknown view {unknown[0]!r}: use {', '.join(DWSTAT_VIEWS)} or all")
-    return config, list(DWSTAT_VIEWS) if "all" in views else list(dict.fromkeys(views))
-
-
-def state_flags(state: dict[str, Any]) -> str:
-    """Five columns: goal (C create, D destroy), A actualized, F failed, T transitioning, M mixed."""
-    return "".join((state["goal"][0].upper(), "A" if state["actualized"] else "-",
-                    "F" if state["fuse_blown"] else "-", "T" if state["transitioning"] else "-",
-                    "M" if state["mixed"] else "-"))
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """Right-aligned columns, one space apart."""
-    cells = [list(header), *([str(cell) for cell in row] for row in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join(" ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True))
-                     for row in cells)
-
-
-def _when(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(seconds))
-
-
-def _pools_table(life: Lifecycle) -> str:
-    return table(("pool", "units", "quantity", "free", "gran"), (
-        (p["id"], p["units"], sizes.format_size(p["quantity"] * p["granularity"]),
-         sizes.format_size(p["free"] * p["granularity"]), sizes.format_size(p["granularity"]))
-        for p in life.pools_document(datawarp=True)["pools"]))
-
-
-def _sessions_table(life: Lifecycle) -> str:
-    return table(("sess", "state", "token", "creator", "owner", "created", "expiration", "nodes"), (
-        (s["id"], state_flags(s["state"]), s["token"], s["creator"], s["owner"], _when(s["created"]),
-         "never", len(s["links"]["client_nodes"]))
-        for s in sessions_document(life.store.buffers())["sessions"]))
-
-
-def _instances_table(life: Lifecycle) -> str:
-    buffers = life.store.buffers()
-    return table(("inst", "state", "sess", "bytes", "bricks", "created", "label"), (
-        (i["id"], state_flags(i["state"]), i["links"]["session"], sizes.format_size(i["capacity"]["bytes"]),
-         len(b.bricks), _when(i["created"]), i["label"])
-        for i, b in zip(instances_document(life, buffers)["instances"], buffers, strict=True)))
-
-
-def _configurations_table(life: Lifecycle) -> str:
-    buffers = life.store.buffers()
-    return table(("conf", "state", "inst", "type", "activs"), (
-        (c["id"], state_flags(c["state"]), c["links"]["instance"], c["type"], _activations(b))
-        for c, b in zip(configurations_document(buffers)["configurations"], buffers, strict=True)))
-
-
-def _activations(buffer: Buffer) -> int:
-    """Jobs that have the buffer mounted: those using a persistent one, or its own job while that runs."""
-    return sum(1 for key in buffer.meta if key.startswith(USER_META)) + (buffer.state is BufferState.MOUNTED)
-
-
-_DWSTAT_TABLES: dict[str, Callable[[Lifecycle], str]] = {
-    "pools": _pools_table,
-    "sessions": _sessions_table,
-    "instances": _instances_table,
-    "configurations": _configurations_table,
-}
