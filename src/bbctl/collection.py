@@ -25,6 +25,7 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils import (  # noqa: 
     linux_process,
     mounts,
     sizes,
+    stage_threads,
 )
 
-__all__ = ["COLLECTIONS_PATH", "COLLECTION_ROOT", "PLAYBOOKS", "linux_process", "mounts", "sizes"]
+__all__ = ["COLLECTIONS_PATH", "COLLECTION_ROOT", "PLAYBOOKS", "linux_process", "mounts", "sizes", "stage_threads"]

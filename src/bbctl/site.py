@@ -9,6 +9,7 @@ One YAML file (``--config``, else ``$BBCTL_CONFIG``, else /etc/bbctl/bbctl.yml):
     mount_root: /mnt/bb                   # where compute nodes mount buffers
     slurm_dir: /etc/slurm                 # burst_buffer.lua, bbctl-site.lua, bbctl-pools.json
     keep_runs: 200                        # ansible-runner dirs kept for finished buffers
+    stage_workers: 32                     # copy threads per stage (bb_stage's default)
 
 This module is the one source of truth for names and paths: the volume of a
 job or persistent buffer, where it is mounted on the stage host and on compute
@@ -27,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from bbctl.collection import stage_threads
 from bbctl.errors import BBError
 
 DEFAULT_CONFIG = Path("/etc/bbctl/bbctl.yml")
@@ -60,7 +62,7 @@ class Site:
     slurm_dir: Path | None = None
     burst_buffer_conf: Path | None = None
     keep_runs: int = 200
-    stage_workers: int = 16
+    stage_workers: int = stage_threads.DEFAULT_WORKERS
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     # --- where bbctl keeps its own files -------------------------------------------
@@ -115,7 +117,8 @@ def from_mapping(data: Any, where: Path) -> Site:
                 state=str(data.get("state", work_dir / "state.db")), pools=data["pools"],
                 work_dir=work_dir, mount_root=Path(data.get("mount_root", "/mnt/bb")),
                 keep_runs=_positive(where, data, "keep_runs", 200),
-                stage_workers=_positive(where, data, "stage_workers", 16), raw=data, **optional)
+                stage_workers=_positive(where, data, "stage_workers", stage_threads.DEFAULT_WORKERS), raw=data,
+                **optional)
 
 
 def _positive(where: Path, data: Mapping[str, Any], key: str, default: int) -> int:
