@@ -116,10 +116,6 @@ def probe_signature(runner, device):
     return signature_from_probe(done.rc, done.out, done.err, device)
 
 
-def has_partition_table(signature):
-    return bool(signature.get("PTTYPE"))
-
-
 def filesystem_type(signature):
     """The filesystem (or swap, LVM2_member ...) TYPE, or None."""
     return signature.get("TYPE") or None

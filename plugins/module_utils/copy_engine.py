@@ -46,14 +46,11 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_gfapi import
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_plan import Planner
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_progress import Progress
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import check_request
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_threads import ThreadCrew
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_threads import DEFAULT_WORKERS, ThreadCrew
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.user_worker import run_as_user
-
-DEFAULT_WORKERS = 32
 
 
 # --- one stage in this process ---------------------------------------------------------------
-
 def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verify=False,
           dry_run=False, report=None, gfapi_via=None):
     """Stage ``request`` in the current process (as whoever runs it); returns the result dict.

@@ -34,6 +34,7 @@ import os
 import re
 import socket
 import time
+import uuid
 import xml.etree.ElementTree as ET
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import CommandError, CommandRunner, Retry
@@ -500,15 +501,20 @@ def is_local_host(host):
 
 
 def volume_id_of(path):
-    """The trusted.glusterfs.volume-id xattr of path as a UUID string; None if it has none."""
+    """The trusted.glusterfs.volume-id xattr of path as a UUID string; None if it has none.
+
+    glusterd writes the volume's UUID as 16 raw bytes; anything else is shown as hex, so a
+    damaged value still names itself in messages instead of failing the module."""
     try:
         raw = os.getxattr(path, "trusted.glusterfs.volume-id", follow_symlinks=False)
     except OSError as error:
         if error.errno in (errno.ENODATA, errno.ENOENT, errno.ENOTSUP):
             return None
         raise
-    text = raw.hex()
-    return "-".join([text[0:8], text[8:12], text[12:16], text[16:20], text[20:32]])
+    try:
+        return str(uuid.UUID(bytes=raw))
+    except ValueError:
+        return raw.hex()
 
 
 def local_brick_problem(brick, force, volumes_by_id):

@@ -2,7 +2,7 @@
 # Copyright: hpc.burstbuffer developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Lustre targets as data: names, labels, argv lists and the order of things.
+"""Lustre targets as data: names, labels, argv lists and parsers.
 
 Pure functions only (no I/O), so every rule here is unit-tested as a table and
 the ``lustre_target`` module, the roles and bbctl all build the same argv.
@@ -18,9 +18,6 @@ The rules follow lustre-release (``lustre/utils/mkfs_lustre.c``):
   formatted disk and ``fs-OST0003`` on a running one are the same target;
 * a target index is below 0xffff (``INDEX_UNASSIGNED``); a standalone MGS
   takes no ``--index`` (mkfs.lustre rejects it) and no ``--fsname`` is needed.
-
-Start-up and shut-down orders follow the Lustre Operations Manual ("Starting
-Lustre", "Stopping the Filesystem").
 """
 
 from __future__ import absolute_import, annotations, division, print_function
@@ -124,20 +121,6 @@ def labels_match(found: str | None, expected: str) -> bool:
     return canonical_label(found) == expected
 
 
-def split_label(label: str | None) -> dict | None:
-    """``{'fsname', 'role', 'index'}`` of a target label, or None for a foreign label."""
-    if label == MGS_LABEL:
-        return {"fsname": None, "role": "MGS", "index": None}
-    match = _LABEL_RE.match(label or "")
-    if not match:
-        return None
-    return {
-        "fsname": match.group("fsname"),
-        "role": match.group("role"),
-        "index": int(match.group("index"), 16),
-    }
-
-
 def kind_flags(kind: str) -> list[str]:
     """mkfs.lustre's target-type flags for a kind."""
     return {
@@ -219,54 +202,6 @@ def umount_argv(mountpoint: str, umount_bin: str = "umount") -> list[str]:
 def wipe_argv(device: str, wipefs_bin: str = "wipefs") -> list[str]:
     """``wipefs -a DEVICE``: erases every signature so the device reads as blank."""
     return [wipefs_bin, "-a", device]
-
-
-def client_mount_source(mgsnodes: list[str], fsname: str) -> str:
-    """``nid[,nid]:nid:/fsname`` for clients: MGS nodes joined with ':' (mount.lustre(8))."""
-    nodes = validate_mgsnodes("ost", mgsnodes)
-    return ":".join(nodes) + ":/" + validate_fsname(fsname)
-
-
-# Start: the MGS first (everything registers with it), then MDTs, then OSTs.
-_START_RANK = {"mgs": 0, "mgs_mdt": 1, "mdt": 2, "ost": 3}
-# Stop: MDTs, the combined MGS/MDT (the MGS stops with its MDT), OSTs, standalone MGS.
-_STOP_RANK = {"mdt": 0, "mgs_mdt": 1, "ost": 2, "mgs": 3}
-
-
-def bring_up_order(targets: list[dict]) -> list[dict]:
-    """Targets (dicts with ``kind`` and ``index``) in start order: MGS, MDT(s), OSTs.
-
-    Lowest index first within a kind; a combined MGS/MDT starts before any
-    other MDT because the others register with its MGS.
-    """
-    return sorted(targets, key=lambda target: (_START_RANK[target["kind"]], _index(target)))
-
-
-def tear_down_order(targets: list[dict]) -> list[dict]:
-    """Targets in stop order: MDT(s), the combined MGS/MDT, OSTs, then a standalone MGS.
-
-    This is the Lustre Operations Manual's shutdown order ("Stopping the
-    Filesystem": clients, then MDT and MGT, then OSTs), not the mirror image
-    of start-up. A standalone MGS goes last because it may serve other
-    filesystems and nothing on the way down needs it gone earlier. Highest
-    index first within a kind.
-    """
-    return sorted(targets, key=lambda target: (_STOP_RANK[target["kind"]], -_index(target)))
-
-
-def _index(target: dict) -> int:
-    return target.get("index") or 0
-
-
-def parse_blkid_value(output: str) -> str | None:
-    """The value printed by ``blkid -o value -s LABEL DEV`` (None when empty).
-
-    ``blkid -p -o export`` (block_devices.probe_signature) is what the module
-    runs, because TYPE also tells a foreign unlabelled filesystem from a blank
-    device; this reads the one-tag form operators and scripts use.
-    """
-    value = (output or "").strip()
-    return value or None
 
 
 def parse_tunefs_dryrun(output: str) -> dict:

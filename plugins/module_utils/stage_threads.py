@@ -17,6 +17,13 @@ __metaclass__ = type
 import threading
 from collections import deque
 
+# Copy threads per stage unless told otherwise. Measured on a 3-brick volume
+# (docs/BENCHMARKS.md, "Staging"): small files 4.02 s with 32, the same with 64, 7% slower
+# with 16, 16% with 8; large files 1.3-1.6 s from 8 to 32, within the spread of runs.
+# bb_stage's default and bbctl's stage_workers both come from here (this module is cheap
+# to import; bbctl loads it on every call).
+DEFAULT_WORKERS = 32
+
 
 class ThreadCrew:
     """``workers`` threads taking calls from one queue, first in first out."""

@@ -24,19 +24,15 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import contextlib
-import ctypes
 import json
 import os
 import pwd
 import signal
 import threading
 
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import linux_process
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.linux_process import CAP_NET_BIND_SERVICE
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError
-
-PR_SET_PDEATHSIG = 1
-PR_SET_KEEPCAPS = 8
-CAP_NET_BIND_SERVICE = 10
-LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
 def run_as_user(uid, gid, work, report=None, keep_net_bind=False):
@@ -117,16 +113,18 @@ def drop_privileges(uid, gid, keep_net_bind=False):
     (server.allow-insecure off) talks to a gfapi client only from a port below 1024;
     every file operation is still the user's, checked by the kernel and the bricks."""
     refuse_root(uid, gid)
-    libc = ctypes.CDLL(None, use_errno=True)
     if keep_net_bind:
-        libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
+        with _keeping_net_bind():
+            linux_process.keep_capabilities(True)
     os.setgroups(user_groups(uid, gid))
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
         raise StageError("could not become uid %d gid %d" % (uid, gid))
     if keep_net_bind:
-        keep_only_capability(libc, CAP_NET_BIND_SERVICE)
+        with _keeping_net_bind():
+            linux_process.keep_capabilities(False)
+            linux_process.set_only_capability(CAP_NET_BIND_SERVICE)
     try:
         os.setuid(0)
     except OSError:
@@ -146,35 +144,23 @@ def user_groups(uid, gid):
         return [gid]
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
-
-
-def keep_only_capability(libc, number):
-    """Permitted and effective capability sets = {number}; nothing inheritable."""
-    libc.prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0)
-    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    data[number // 32].effective = data[number // 32].permitted = 1 << (number % 32)
-    if libc.capset(ctypes.byref(header), data) != 0:
-        number = ctypes.get_errno()
-        raise StageError("could not keep CAP_NET_BIND_SERVICE: %s" % os.strerror(number))
+@contextlib.contextmanager
+def _keeping_net_bind():
+    """The kernel refusing a step of keeping CAP_NET_BIND_SERVICE alone, as a StageError."""
+    try:
+        yield
+    except OSError as exc:
+        raise StageError("could not keep CAP_NET_BIND_SERVICE: %s" % os.strerror(exc.errno)) from None
 
 
 def die_with_parent(parent):
     """SIGKILL this process when its parent dies (a module killed by a timeout takes its copier
     with it). Set after dropping privileges: changing credentials clears it."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        parent_alive = linux_process.die_with_parent(signal.SIGKILL, parent)
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent:  # the parent died before the wish was registered
+    if not parent_alive:
         os._exit(1)
 
 

@@ -1,7 +1,7 @@
 """Where the hpc.burstbuffer collection lives, and access to its module_utils.
 
 bbctl drives the collection's playbooks and shares its pure-Python helpers
-(sizes, ...) so each fact has one source. The repository root is the
+(sizes, mounts, the prctl calls in linux_process, ...) so each fact has one source. The repository root is the
 collection; ``collections/`` beside it links back so Ansible and Python both
 find it as ``ansible_collections.hpc.burstbuffer``. An installation elsewhere
 sets BBCTL_COLLECTION_ROOT to the collection's directory.
@@ -21,6 +21,11 @@ PLAYBOOKS = COLLECTION_ROOT / "playbooks"
 if str(COLLECTIONS_PATH) not in sys.path:
     sys.path.append(str(COLLECTIONS_PATH))
 
-from ansible_collections.hpc.burstbuffer.plugins.module_utils import mounts, sizes  # noqa: E402
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import (  # noqa: E402
+    linux_process,
+    mounts,
+    sizes,
+    stage_threads,
+)
 
-__all__ = ["COLLECTIONS_PATH", "COLLECTION_ROOT", "PLAYBOOKS", "mounts", "sizes"]
+__all__ = ["COLLECTIONS_PATH", "COLLECTION_ROOT", "PLAYBOOKS", "linux_process", "mounts", "sizes", "stage_threads"]

@@ -13,7 +13,6 @@ SIGTERM, a short grace, then SIGKILL.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -21,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-PR_SET_PDEATHSIG = 1
+from bbctl.collection import linux_process
+
 GRACE_SECONDS = 2.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -45,10 +45,7 @@ def real_ansible_playbook() -> str:
 
 def die_with_parent() -> bool:
     """SIGTERM to this process when its parent (bbctl) dies; False if the parent is already gone."""
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    return os.getppid() == parent  # it may have died before prctl took effect
+    return linux_process.die_with_parent(signal.SIGTERM, os.getppid())
 
 
 def end_own_group(child: subprocess.Popen[bytes], grace: float = GRACE_SECONDS) -> None:

@@ -12,6 +12,7 @@ task and message of each failed task.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,25 +66,34 @@ ANSIBLE_ENV = {
 }
 
 
-def _close_without_settling(original: Callable[..., None]) -> Callable[..., None]:
-    """ptyprocess's close(), minus its 0.1 s sleep when the child is already reaped.
+@contextlib.contextmanager
+def pty_closed_without_settling() -> Iterator[None]:
+    """Within: ptyprocess's close() skips its 0.1 s sleep when the child is already reaped.
 
     ptyprocess sleeps before checking that the child is gone ("give the kernel
     time"); ansible-runner closes the pty only after its loop saw the playbook
     exit, so the sleep is 0.1 s per stage for nothing (benchmarks/lifecycle.py).
-    A child that is still alive gets the original close, sleep and all."""
+    A child that is still alive gets the original close, sleep and all.
+    ansible-runner has no setting for it (its pexpect.spawn is built inside
+    Runner.run) and its subprocess mode has no cancel callback, so the method
+    is swapped for the duration of one run and put back after it. A run
+    started while another holds the swap runs with it and leaves it alone."""
+    original = ptyprocess.PtyProcess.close
+    if getattr(original, "bbctl_no_settle", False):
+        yield
+        return
 
     def close(self: ptyprocess.PtyProcess, force: bool = True) -> None:
         if self.terminated:
             self.delayafterclose = 0
         original(self, force)
 
-    close.bbctl_patched = True  # type: ignore[attr-defined]
-    return close
-
-
-if not getattr(ptyprocess.PtyProcess.close, "bbctl_patched", False):
-    ptyprocess.PtyProcess.close = _close_without_settling(ptyprocess.PtyProcess.close)
+    close.bbctl_no_settle = True  # type: ignore[attr-defined]
+    ptyprocess.PtyProcess.close = close
+    try:
+        yield
+    finally:
+        ptyprocess.PtyProcess.close = original
 
 
 class StageFailed(BBError):
@@ -160,14 +170,15 @@ def run_stage(site: Site, key: str, stage: str, playbook: str, *, extravars: Map
     nodes = list(nodes)
     limit = ",".join([*hosts, STAGE_HOST, *nodes])
     collector = _Events(on_event)
-    result = ansible_runner.run(
-        private_data_dir=str(run_dir), project_dir=str(PLAYBOOKS), playbook=playbook,
-        inventory=inventory_sources(site, run_dir, nodes=nodes), limit=limit,
-        extravars=dict(extravars), envvars={**ANSIBLE_ENV, "PATH": _path_with_ansible(site)}, timeout=timeout,
-        quiet=True, event_handler=collector, cancel_callback=cancel or (lambda: False),
-        # pexpect_timeout: how often the cancel callback is polled (default 5 s; Slurm's
-        # SIGKILL may follow its SIGTERM sooner).
-        settings={"suppress_ansible_output": True, "pexpect_timeout": 0.2})
+    with pty_closed_without_settling():
+        result = ansible_runner.run(
+            private_data_dir=str(run_dir), project_dir=str(PLAYBOOKS), playbook=playbook,
+            inventory=inventory_sources(site, run_dir, nodes=nodes), limit=limit,
+            extravars=dict(extravars), envvars={**ANSIBLE_ENV, "PATH": _path_with_ansible(site)}, timeout=timeout,
+            quiet=True, event_handler=collector, cancel_callback=cancel or (lambda: False),
+            # pexpect_timeout: how often the cancel callback is polled (default 5 s; Slurm's
+            # SIGKILL may follow its SIGTERM sooner).
+            settings={"suppress_ansible_output": True, "pexpect_timeout": 0.2})
     return StageRun(stage=stage, status=result.status, rc=result.rc or 0,
                     seconds=time.monotonic() - started, run_dir=run_dir,
                     failures=collector.failures)

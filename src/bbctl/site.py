@@ -9,6 +9,7 @@ One YAML file (``--config``, else ``$BBCTL_CONFIG``, else /etc/bbctl/bbctl.yml):
     mount_root: /mnt/bb                   # where compute nodes mount buffers
     slurm_dir: /etc/slurm                 # burst_buffer.lua, bbctl-site.lua, bbctl-pools.json
     keep_runs: 200                        # ansible-runner dirs kept for finished buffers
+    stage_workers: 32                     # copy threads per stage (bb_stage's default)
 
 This module is the one source of truth for names and paths: the volume of a
 job or persistent buffer, where it is mounted on the stage host and on compute
@@ -26,13 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.module_utils.common.validation import check_type_int
+from ansible.module_utils.errors import AnsibleValidationError, UnsupportedError
 
+from bbctl.collection import stage_threads
 from bbctl.errors import BBError
 
 DEFAULT_CONFIG = Path("/etc/bbctl/bbctl.yml")
 CONFIG_ENV = "BBCTL_CONFIG"
-_KEYS = {"inventory", "state", "pools", "work_dir", "mount_root", "slurm_dir", "keep_runs",
-         "burst_buffer_conf", "stage_workers"}
 
 # Volume names: a job's is derived from its id, a persistent buffer's from its name
 # (names never start with a digit, job ids are digits, so the two never collide).
@@ -49,6 +52,35 @@ class ConfigError(BBError):
     """The site configuration is missing or wrong."""
 
 
+def positive_int(value: Any) -> int:
+    """An argument-spec type: a whole number above 0 (YAML's true/false are not numbers here)."""
+    expected = f"expected a whole number above 0, not {value!r}"
+    if isinstance(value, bool):
+        raise TypeError(expected)
+    try:
+        number = check_type_int(value)
+    except (TypeError, ValueError):
+        raise TypeError(expected) from None
+    if number < 1:
+        raise ValueError(expected)
+    return number
+
+
+# The settings of bbctl.yml in the argument-spec language of the roles' meta/argument_specs.yml,
+# checked by ansible-core's own validator. `state` defaults to <work_dir>/state.db.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "inventory": {"type": "path", "required": True},
+    "pools": {"type": "dict", "required": True},
+    "state": {"type": "str"},
+    "work_dir": {"type": "path", "default": "/var/lib/bbctl"},
+    "mount_root": {"type": "path", "default": "/mnt/bb"},
+    "slurm_dir": {"type": "path"},
+    "burst_buffer_conf": {"type": "path"},
+    "keep_runs": {"type": positive_int, "default": 200},
+    "stage_workers": {"type": positive_int, "default": stage_threads.DEFAULT_WORKERS},
+}
+
+
 @dataclass(frozen=True)
 class Site:
     path: Path
@@ -60,7 +92,7 @@ class Site:
     slurm_dir: Path | None = None
     burst_buffer_conf: Path | None = None
     keep_runs: int = 200
-    stage_workers: int = 16
+    stage_workers: int = stage_threads.DEFAULT_WORKERS
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     # --- where bbctl keeps its own files -------------------------------------------
@@ -101,28 +133,28 @@ def load(path: Path | str | None = None) -> Site:
 
 
 def from_mapping(data: Any, where: Path) -> Site:
+    """The Site of settings read from where; ConfigError naming every setting that is wrong."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping of settings")
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}")
-    for key in ("inventory", "pools"):
-        if key not in data:
-            raise ConfigError(f"{where}: `{key}` is required")
-    work_dir = Path(data.get("work_dir", "/var/lib/bbctl"))
-    optional = {key: Path(data[key]) for key in ("slurm_dir", "burst_buffer_conf") if data.get(key)}
-    return Site(path=where, inventory=Path(data["inventory"]),
-                state=str(data.get("state", work_dir / "state.db")), pools=data["pools"],
-                work_dir=work_dir, mount_root=Path(data.get("mount_root", "/mnt/bb")),
-                keep_runs=_positive(where, data, "keep_runs", 200),
-                stage_workers=_positive(where, data, "stage_workers", 16), raw=data, **optional)
+    result = ArgumentSpecValidator(SETTINGS).validate(dict(data))
+    if result.error_messages:
+        problems = [_describe(error, result.unsupported_parameters) for error in result.errors]
+        raise ConfigError(f"{where}: {'; '.join(problems)}")
+    settings = result.validated_parameters
+    work_dir = Path(settings["work_dir"])
+    optional = {key: Path(settings[key]) for key in ("slurm_dir", "burst_buffer_conf") if settings[key]}
+    return Site(path=where, inventory=Path(settings["inventory"]),
+                state=settings["state"] or str(work_dir / "state.db"), pools=settings["pools"],
+                work_dir=work_dir, mount_root=Path(settings["mount_root"]), keep_runs=settings["keep_runs"],
+                stage_workers=settings["stage_workers"], raw=data, **optional)
 
 
-def _positive(where: Path, data: Mapping[str, Any], key: str, default: int) -> int:
-    value = data.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{where}: `{key}` must be a whole number above 0, not {value!r}")
-    return value
+def _describe(error: AnsibleValidationError, unsupported: set[str]) -> str:
+    """One problem for the user: unknown settings listed with the known ones; otherwise
+    ansible-core's own words, which name the setting and what it expected."""
+    if isinstance(error, UnsupportedError):
+        return f"unknown setting(s) {', '.join(sorted(unsupported))}; known: {', '.join(sorted(SETTINGS))}"
+    return str(error)
 
 
 def dump(settings: Mapping[str, Any], path: Path) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import ptyprocess
 import yaml
 
 from bbctl import runner, site
@@ -120,14 +122,42 @@ def test_prune_keeps_live_buffers_and_the_newest_finished_runs(tmp_path):
 def test_closing_the_pty_of_a_reaped_playbook_skips_ptyprocess_settle_sleep():
     import pexpect
 
-    done = pexpect.spawn("true")
-    while done.isalive():  # as ansible-runner's loop: it closes only after this turned False
-        time.sleep(0.01)
-    done.close()
-    assert done.ptyproc.delayafterclose == 0
+    original = ptyprocess.PtyProcess.close
+    with runner.pty_closed_without_settling():
+        done = pexpect.spawn("true")
+        while done.isalive():  # as ansible-runner's loop: it closes only after this turned False
+            time.sleep(0.01)
+        done.close()
+        assert done.ptyproc.delayafterclose == 0
 
-    running = pexpect.spawn("sleep", ["30"])
-    running.close(force=True)  # alive: the original close, settle sleep and all, ends it
-    assert running.ptyproc.delayafterclose > 0
-    assert not running.isalive()
+        running = pexpect.spawn("sleep", ["30"])
+        running.close(force=True)  # alive: the original close, settle sleep and all, ends it
+        assert running.ptyproc.delayafterclose > 0
+        assert not running.isalive()
+
+        with runner.pty_closed_without_settling():  # a run inside a run keeps the swap
+            assert ptyprocess.PtyProcess.close is not original
+        assert ptyprocess.PtyProcess.close is not original
+    assert ptyprocess.PtyProcess.close is original  # only while bbctl runs a stage
+
+
+def test_importing_the_runner_leaves_ptyprocess_alone():
+    assert not hasattr(ptyprocess.PtyProcess.close, "bbctl_no_settle")
+
+
+def test_run_stage_runs_ansible_runner_with_the_pty_swap(tmp_path, monkeypatch):
+    original = ptyprocess.PtyProcess.close
+    seen = {}
+
+    def fake_run(**kwargs):
+        seen["swapped"] = ptyprocess.PtyProcess.close is not original
+        seen["playbook"] = kwargs["playbook"]
+        return SimpleNamespace(status="successful", rc=0)
+
+    monkeypatch.setattr(runner.ansible_runner, "run", fake_run)
+    run = runner.run_stage(a_site(tmp_path), "7", "setup", "buffer_create.yml", extravars={}, hosts=["s1"],
+                           timeout=60)
+    assert seen == {"swapped": True, "playbook": "buffer_create.yml"}
+    assert run.status == "successful"
+    assert ptyprocess.PtyProcess.close is original
 

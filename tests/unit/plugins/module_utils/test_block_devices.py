@@ -34,16 +34,16 @@ def test_parse_blkid_unescapes_values():
 
 
 @pytest.mark.parametrize(("name", "rc", "fstype", "table"), [
-    ("xfs", 0, "xfs", False),
-    ("ext4", 0, "ext4", False),
-    ("swap", 0, "swap", False),
-    ("dos", 0, None, True),
-    ("empty", 2, None, False),
+    ("xfs", 0, "xfs", None),
+    ("ext4", 0, "ext4", None),
+    ("swap", 0, "swap", None),
+    ("dos", 0, None, "dos"),
+    ("empty", 2, None, None),
 ])
 def test_signature_from_recorded_probe(name, rc, fstype, table):
     signature = bd.signature_from_probe(rc, recorded(name), "", "/dev/loop3")
     assert bd.filesystem_type(signature) == fstype
-    assert bd.has_partition_table(signature) is table
+    assert signature.get("PTTYPE") == table
     assert (signature == {}) is (name == "empty")
 
 

@@ -387,6 +387,15 @@ def test_volume_id_of_reads_the_xattr_as_a_uuid(tmp_path):
     assert g.volume_id_of(str(tmp_path)) == "a16102d7-05e9-4f25-8be5-bd6825bd3d20"
 
 
+@pytest.mark.parametrize(("raw", "shown"), [
+    (bytes.fromhex("a16102d705e94f258be5bd6825bd3d20"), "a16102d7-05e9-4f25-8be5-bd6825bd3d20"),
+    (b"\x01\x02", "0102"),  # not a UUID glusterd wrote: shown as it is
+])
+def test_volume_id_of_formats_the_raw_bytes(monkeypatch, raw, shown):
+    monkeypatch.setattr(g.os, "getxattr", lambda _path, _name, follow_symlinks=True: raw)
+    assert g.volume_id_of("/bricks/b1") == shown
+
+
 def test_local_brick_with_a_missing_parent(tmp_path):
     brick = f"h:{tmp_path}/nope/gv"
     assert g.local_brick_problem(brick, True, {}) == (

@@ -1,27 +1,21 @@
-"""Tables for module_utils.lustre: names, labels, argv, order and parsers.
+"""Tables for module_utils.lustre: names, labels, argv and parsers.
 
 The expected values follow lustre-release's mkfs_lustre.c (fsname rule, label
-format, --index refused for a standalone MGS) and the Lustre Operations Manual
-(start and stop order, client mount source).
+format, --index refused for a standalone MGS).
 """
 
 import pytest
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.lustre import (
     LustreError,
-    bring_up_order,
     canonical_label,
-    client_mount_source,
     expected_roles,
     labels_match,
     mkfs_argv,
     mount_argv,
     mount_source,
-    parse_blkid_value,
     parse_findmnt,
     parse_tunefs_dryrun,
-    split_label,
     target_label,
-    tear_down_order,
     umount_argv,
     validate_fsname,
     wipe_argv,
@@ -116,17 +110,6 @@ def test_labels_match(found, expected, match):
     assert labels_match(found, expected) is match
 
 
-@pytest.mark.parametrize(("label", "parts"), [
-    ("fs:OST000a", {"fsname": "fs", "role": "OST", "index": 10}),
-    ("my-fs-MDT0001", {"fsname": "my-fs", "role": "MDT", "index": 1}),
-    ("MGS", {"fsname": None, "role": "MGS", "index": None}),
-    ("scratch", None),
-    (None, None),
-])
-def test_split_label(label, parts):
-    assert split_label(label) == parts
-
-
 # (kind, fsname, index, mgsnode, force) -> exact argv, device /dev/sdb
 MKFS_CASES = [
     (("mgs", "fs", None, None, False),
@@ -210,52 +193,6 @@ def test_mount_source_is_the_device_or_the_dataset():
     assert mount_source("/dev/sdb") == "/dev/sdb"
     assert mount_source("/dev/sdb", "zfs", "fs-ost3/ost3") == "fs-ost3/ost3"
     assert zfs_pool("fs-ost3/ost3") == "fs-ost3"
-
-
-@pytest.mark.parametrize(("mgsnodes", "source"), [
-    ([NID], "10.0.0.1@tcp:/fs"),
-    ([NID, NID2], "10.0.0.1@tcp:10.0.0.2@tcp:/fs"),
-    (["10.0.0.1@tcp,10.1.0.1@o2ib", NID2], "10.0.0.1@tcp,10.1.0.1@o2ib:10.0.0.2@tcp:/fs"),
-])
-def test_client_mount_source(mgsnodes, source):
-    assert client_mount_source(mgsnodes, "fs") == source
-
-
-def test_client_mount_source_needs_an_mgs_and_a_valid_fsname():
-    with pytest.raises(LustreError, match="needs mgsnode"):
-        client_mount_source([], "fs")
-    with pytest.raises(LustreError, match=r"character '\.'"):
-        client_mount_source([NID], "f.s")
-
-
-def _names(targets):
-    return [f"{target['kind']}{target.get('index', '')}" for target in targets]
-
-
-@pytest.mark.parametrize(("targets", "up", "down"), [
-    ([{"kind": "ost", "index": 1}, {"kind": "ost", "index": 0}, {"kind": "mdt", "index": 1},
-      {"kind": "mgs_mdt", "index": 0}],
-     ["mgs_mdt0", "mdt1", "ost0", "ost1"],
-     ["mdt1", "mgs_mdt0", "ost1", "ost0"]),
-    ([{"kind": "ost", "index": 0}, {"kind": "mdt", "index": 0}, {"kind": "mgs"}],
-     ["mgs", "mdt0", "ost0"],
-     ["mdt0", "ost0", "mgs"]),
-    ([], [], []),
-])
-def test_bring_up_and_tear_down_order(targets, up, down):
-    assert _names(bring_up_order(targets)) == up
-    assert _names(tear_down_order(targets)) == down
-    assert _names(targets) == _names(list(targets))  # the input is not reordered in place
-
-
-@pytest.mark.parametrize(("output", "value"), [
-    ("fs:OST0003\n", "fs:OST0003"),
-    ("MGS", "MGS"),
-    ("", None),
-    ("\n", None),
-])
-def test_parse_blkid_value(output, value):
-    assert parse_blkid_value(output) == value
 
 
 # tunefs.lustre --dryrun as print_ldd() in lustre/utils/mkfs_lustre.c formats it.

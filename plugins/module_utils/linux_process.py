@@ -1,0 +1,70 @@
+# -*- coding: utf-8 -*-
+# Copyright: hpc.burstbuffer developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The Linux process controls the stack needs from libc: prctl(2) and capset(2).
+
+Two places use them: the copy worker (user_worker.py) keeps one capability across its
+switch to the job's user and dies with its parent; bbctl's playbook guard
+(src/bbctl/playbook_guard.py, through bbctl.collection) dies with bbctl. The constants
+and the ctypes layouts are written here once. Standard library only: bbctl and the
+modules both import it.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ctypes
+import os
+
+PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
+CAP_NET_BIND_SERVICE = 10
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def prctl(option, value):
+    """``prctl(option, value, 0, 0, 0)``; OSError (with errno) if the kernel refuses."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        _raise_errno("prctl")
+
+
+def keep_capabilities(keep):
+    """PR_SET_KEEPCAPS: whether permitted capabilities survive leaving uid 0 (setresuid)."""
+    prctl(PR_SET_KEEPCAPS, 1 if keep else 0)
+
+
+def die_with_parent(signal_number, parent):
+    """Ask for signal_number when the parent dies (PR_SET_PDEATHSIG); False if the parent
+    (its pid, read by the caller beforehand) had already died before the wish was registered.
+
+    Changing credentials clears the setting: set it after dropping privileges."""
+    prctl(PR_SET_PDEATHSIG, signal_number)
+    return os.getppid() == parent
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def set_only_capability(number):
+    """capset(2) for the calling thread: permitted and effective = {number}, nothing
+    inheritable; OSError (with errno) if the kernel refuses."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = _CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    data[number // 32].effective = data[number // 32].permitted = 1 << (number % 32)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        _raise_errno("capset")
+
+
+def _raise_errno(call):
+    number = ctypes.get_errno()
+    raise OSError(number, "%s: %s" % (call, os.strerror(number)))

@@ -1,0 +1,51 @@
+"""module_utils.linux_process: prctl and capset through libc, in child processes (never this one).
+
+The capability sets a copy worker ends with are checked as root in test_copy_engine.py;
+the guard that dies with bbctl in tests/unit/bbctl/test_playbook_guard.py.
+"""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import linux_process
+
+COLLECTIONS = str(Path(__file__).resolve().parents[4] / "collections")
+PR_GET_PDEATHSIG = 2
+
+# Run in a child: asks for SIGTERM on its parent's death, then reports what the kernel holds.
+CHILD = f"""
+import ctypes, json, os, signal, sys
+sys.path.insert(0, {COLLECTIONS!r})
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import linux_process
+alive = linux_process.die_with_parent(signal.SIGTERM, int(sys.argv[1]))
+held = ctypes.c_int()
+ctypes.CDLL(None).prctl({PR_GET_PDEATHSIG}, ctypes.byref(held), 0, 0, 0)
+print(json.dumps({{"alive": alive, "signal": held.value}}))
+"""
+
+
+def child(parent):
+    done = subprocess.run([sys.executable, "-c", CHILD, str(parent)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def test_die_with_parent_registers_the_signal_and_sees_the_parent_alive():
+    assert child(os.getpid()) == {"alive": True, "signal": signal.SIGTERM}
+
+
+def test_die_with_parent_says_so_when_the_parent_is_not_the_one_expected():
+    # As when the parent died (the child is re-parented) before the wish was registered.
+    assert child(-1)["alive"] is False
+
+
+def test_a_refused_prctl_raises_with_its_errno():
+    with pytest.raises(OSError) as raised:
+        linux_process.prctl(-1, 0)
+    assert raised.value.errno == errno.EINVAL
+    assert "prctl" in str(raised.value)
