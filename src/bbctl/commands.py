@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bbctl import host, runner, site, slurm_install
+from bbctl import host, operator_views, runner, site, slurm_install
 from bbctl.collection import sizes
 from bbctl.errors import BBError
-from bbctl.lifecycle import Lifecycle, describe, nodes_from_file
+from bbctl.lifecycle import Lifecycle, nodes_from_file
+from bbctl.operator_views import describe
 
 JOB_STAGES = ("setup", "stage-in", "real-size", "paths", "pre-run", "post-run", "stage-out", "teardown")
 
@@ -167,7 +168,7 @@ def _show(life: Lifecycle, args: argparse.Namespace) -> Any:
 
 
 def _status(life: Lifecycle, args: argparse.Namespace) -> Any:
-    report = life.status()
+    report = operator_views.status(life)
     if args.json:
         return report
     lines = [f"pool {p['id']}: {p['free']} of {p['quantity']} bricks free, "
@@ -196,7 +197,7 @@ _HANDLERS: dict[str, Callable[[Lifecycle, argparse.Namespace], Any]] = {
     "status": _status,
     "show": _show,
     "pools": lambda life, a: (life.refresh_pools() if not a.datawarp else life.pools_document(datawarp=True)),
-    "gc": lambda life, a: life.gc(a.older_than, dry_run=a.dry_run),
+    "gc": lambda life, a: operator_views.gc(life, a.older_than, dry_run=a.dry_run),
     "slurm-install": lambda life, a: slurm_install.install(life.site, a.dir),
 }
 

@@ -15,24 +15,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pwd
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bbctl import runner, slurmconf
+from bbctl import playbook_vars, runner, slurmconf
 from bbctl import site as sitecfg
 from bbctl.directives import (
-    BufferPath,
     DirectiveError,
     JobRequest,
-    Stage,
     check_buffer_name,
     check_buffer_type,
     parse_job_script,
 )
 from bbctl.errors import BBError
+from bbctl.playbook_vars import PRIVATE
 from bbctl.pools import Pool, load_pools, pools_document, write_pools_json
 from bbctl.site import Site
 from bbctl.state import Buffer, BufferSpec, BufferState, StateStore, open_store
@@ -44,7 +41,6 @@ log = logging.getLogger("bbctl")
 EXIT_REFUSED = 4
 USER_META = "user:"  # meta key prefix on a persistent buffer: a job that uses it
 STAGE_MOUNTED = "stage_mounted"  # meta: mounted on the stage host (teardown must unmount it there)
-PRIVATE = "private"  # meta: compute nodes also mount their private directories
 FAILED_STAGE = "failed_stage"  # meta: the stage whose failure put the buffer in state failed
 BUILT = (BufferState.CREATED, BufferState.STAGED_IN, BufferState.MOUNTED, BufferState.STAGED_OUT,
          BufferState.STAGING_OUT)
@@ -105,7 +101,8 @@ class Lifecycle:
         return pools_document(self.pools.values(), {name: self.store.allocated_brick_ids(name) for name in self.pools},
                               datawarp=datawarp)
 
-    def _note(self, key: str, stage: str, message: str) -> None:
+    def note(self, key: str, stage: str, message: str) -> None:
+        """Log a line about key's stage and tell whoever runs bbctl (say)."""
         log.info("%s %s: %s", key, stage, message)
         self.say(f"[{key} {stage}] {message}")
 
@@ -151,7 +148,7 @@ class Lifecycle:
             existing = self.store.allocate(
                 BufferSpec(key=key, owner_uid=uid, owner_gid=gid, capacity=capacity, fs=fs), pool)
             self.refresh_pools()
-            self._note(key, "setup", f"allocated {len(existing.bricks)} brick(s) of pool {pool.name}: "
+            self.note(key, "setup", f"allocated {len(existing.bricks)} brick(s) of pool {pool.name}: "
                        + ", ".join(b.id for b in existing.bricks))
         buffer = self.store.transition(key, (BufferState.ALLOCATING, BufferState.CREATING, BufferState.FAILED),
                                        BufferState.CREATING, last_error="")
@@ -168,7 +165,7 @@ class Lifecycle:
             try:
                 self.destroy(buffer.key, stage="setup")
             except BBError as exc:  # left failed: gc destroys it later
-                self._note(buffer.key, "setup", f"could not roll back ({exc}); bbctl gc will")
+                self.note(buffer.key, "setup", f"could not roll back ({exc}); bbctl gc will")
             raise failure from None
 
     def _refuse_volume_clash(self, key: str) -> None:
@@ -182,7 +179,7 @@ class Lifecycle:
         key, request = sitecfg.job_key(job_id), read_request(script)
         if not request.stage_in:
             return 0
-        for buffer_key, specs in self._stage_specs(key, request.stage_in).items():
+        for buffer_key, specs in playbook_vars.stage_specs(self.site, key, request.stage_in).items():
             run = self._copy(buffer_key, specs, stage="stage-in", playbook="stage_in.yml", job=key)
             run.raise_for_failure()  # Slurm holds the job; its teardown decides what happens to the data
         if request.jobdw is not None:
@@ -237,11 +234,11 @@ class Lifecycle:
         own = request.jobdw is not None
         if own:
             # A failed stage-out left the data where it was: it may simply run again.
-            states = (BufferState.FAILED,) if _stage_out_failed(self.store.get(key)) else BUILT
+            states = (BufferState.FAILED,) if stage_out_failed(self.store.get(key)) else BUILT
             self._require(key, states)
             self.store.transition(key, states, BufferState.STAGING_OUT, stage_out_verified=False, last_error="",
                                   meta={FAILED_STAGE: None})
-        for buffer_key, specs in self._stage_specs(key, request.stage_out).items():
+        for buffer_key, specs in playbook_vars.stage_specs(self.site, key, request.stage_out).items():
             run = self._copy(buffer_key, specs, stage="stage-out", playbook="stage_out.yml", job=key)
             if run.status != "successful" and own:
                 # The buffer stays, in state failed: nothing is deleted until stage-out succeeds or hurry.
@@ -259,7 +256,7 @@ class Lifecycle:
             self._release_persistent_use(name, key)
         buffer = self.store.get(key)
         if buffer is None:
-            self._note(key, "teardown", "no buffer recorded: nothing to tear down")
+            self.note(key, "teardown", "no buffer recorded: nothing to tear down")
             return False
         if not hurry and request.stage_out and not buffer.stage_out_verified and buffer.state is not \
                 BufferState.ALLOCATING:
@@ -321,26 +318,20 @@ class Lifecycle:
         self.store.release(key)
         self.refresh_pools()
         runner.prune_runs(self.site, {b.key for b in self.store.buffers()})
-        self._note(key, stage, "destroyed; bricks released")
+        self.note(key, stage, "destroyed; bricks released")
 
     def stage_path(self, key: str) -> Path:
         return sitecfg.stage_path(self.site, key)
 
     def _mount(self, buffer: Buffer, nodes: list[str], *, stage: str, job: str) -> None:
         run = self._run(buffer, stage, "buffer_mount.yml", nodes=nodes, run_key=job,
-                        extra=self._client_paths(buffer))
+                        extra=playbook_vars.client_paths(self.site, buffer))
         run.raise_for_failure()
 
     def _unmount(self, buffer: Buffer, nodes: list[str], *, stage: str, job: str) -> None:
         run = self._run(buffer, stage, "buffer_unmount.yml", nodes=nodes, run_key=job,
-                        extra=self._client_paths(buffer))
+                        extra=playbook_vars.client_paths(self.site, buffer))
         run.raise_for_failure()
-
-    def _client_paths(self, buffer: Buffer) -> dict[str, str]:
-        paths = {"mount_path": str(sitecfg.mount_path(self.site, buffer.key))}
-        if buffer.meta.get(PRIVATE):
-            paths["private_mount_path"] = str(sitecfg.private_mount_path(self.site, buffer.key))
-        return paths
 
     def _release_persistent_use(self, name: str, job_key: str) -> None:
         persistent = self.store.get(name)
@@ -366,21 +357,6 @@ class Lifecycle:
                           + ", not ready for this stage")
         return buffer
 
-    def _stage_specs(self, job: str, stages: Iterable[Stage]) -> dict[str, list[dict[str, str]]]:
-        """Directive stages as concrete paths on the stage host, by the buffer they touch."""
-        by_buffer: dict[str, list[dict[str, str]]] = {}
-        for stage in stages:
-            inside = self._buffer_path_on_stage_host(job, stage.buffer_path)
-            key = _area_key(stage.buffer_path, job)
-            source, destination = (stage.pfs_path, inside) if stage.direction == "in" else (inside, stage.pfs_path)
-            spec = {"type": stage.type, "source": source, "destination": destination,
-                    "buffer_root": str(self.stage_path(key))}
-            if stage.type == "list":  # its lines name the buffer as the directive does
-                spec["buffer_variables"] = {name: spec["buffer_root"]
-                                            for name in sitecfg.buffer_variables(stage.buffer_path)}
-            by_buffer.setdefault(key, []).append(spec)
-        return by_buffer
-
     def _copy(self, key: str, specs: list[dict[str, str]], *, stage: str, playbook: str,
               job: str) -> runner.StageRun:
         """Mount the buffer on the stage host (recorded first, so teardown unmounts it) and copy."""
@@ -390,22 +366,18 @@ class Lifecycle:
         return self._run(buffer, stage, playbook, extra={"mount_path": str(self.stage_path(key))}, stages=specs,
                          run_key=job)
 
-    def _buffer_path_on_stage_host(self, job: str, path: BufferPath) -> str:
-        # $DW_JOB_PRIVATE never gets here: the grammar refuses staging it.
-        return str(self.stage_path(_area_key(path, job))) + path.subpath
-
     def _run(self, buffer: Buffer, stage: str, playbook: str, *, extra: dict[str, Any],
              nodes: Iterable[str] = (), stages: list[dict[str, str]] | None = None,
              run_key: str | None = None, more: dict[str, Any] | None = None) -> runner.StageRun:
         key = run_key or buffer.key
-        self._note(key, stage, f"{playbook} for buffer {buffer.key} ...")
-        extravars: dict[str, Any] = {"bb_buffer": self._buffer_vars(buffer, extra), **(more or {})}
+        self.note(key, stage, f"{playbook} for buffer {buffer.key} ...")
+        extravars: dict[str, Any] = {"bb_buffer": playbook_vars.buffer_vars(buffer, extra), **(more or {})}
         if stages is not None:
             extravars.update(bb_stages=stages, bb_stage_uid=buffer.owner_uid, bb_stage_gid=buffer.owner_gid,
                              bb_stage_workers=self.site.stage_workers,
                              bb_stage_progress=str(sitecfg.progress_path(self.site, key, stage)))
         def note(message: str) -> None:
-            self._note(key, stage, message)
+            self.note(key, stage, message)
 
         progress = runner.ProgressWatcher(Path(extravars["bb_stage_progress"]), note) if stages is not None \
             else contextlib.nullcontext()
@@ -415,14 +387,8 @@ class Lifecycle:
                 hosts=sorted({b.server for b in buffer.bricks}), nodes=nodes,
                 timeout=slurmconf.stage_timeout(_timeout_stage(stage), self._bb_settings),
                 on_event=note, cancel=self.cancel)
-        self._note(key, stage, f"{run.status} in {run.seconds:.1f} s")
+        self.note(key, stage, f"{run.status} in {run.seconds:.1f} s")
         return run
-
-    def _buffer_vars(self, buffer: Buffer, extra: dict[str, Any]) -> dict[str, Any]:
-        return {"name": sitecfg.volume_name(buffer.key), "fs": buffer.fs, "capacity": str(buffer.capacity),
-                "owner": buffer.owner_uid, "group": buffer.owner_gid,
-                "bricks": [{"host": b.server, "path": b.path, "device": b.device} for b in buffer.bricks],
-                **extra}
 
     def _failed(self, buffer: Buffer, run: runner.StageRun) -> Buffer:
         """Record the failed run on the buffer (state failed, its message, its stage) and raise it."""
@@ -435,62 +401,10 @@ class Lifecycle:
         return buffer
 
 
-    # --- operator views -------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        pools = self.refresh_pools()["pools"]
-        return {"pools": pools, "buffers": [describe(b, self.site) for b in self.store.buffers()]}
-
-    def gc(self, older_than: float, *, dry_run: bool) -> dict[str, Any]:
-        """Tear down buffers whose stage died mid-way or that failed to come up, and list bricks no record holds.
-
-        A buffer whose stage-out died is never torn down here (its data has not left): it is
-        held as failed, for a stage-out run again or a teardown with hurry. A stage-out whose
-        copy still reports progress is alive, however old its record."""
-        orphans = self.store.orphans(older_than)
-        held = [b.key for b in orphans.stale_buffers if b.state is BufferState.STAGING_OUT
-                and not self._copy_progressed(b.key, "stage-out", older_than)]
-        torn = [b.key for b in orphans.stale_buffers if b.state is not BufferState.STAGING_OUT]
-        # Failed to come up or to go away (never a failed stage-out: its data has not left).
-        torn += [b.key for b in orphans.failed_buffers if not _stage_out_failed(b)]
-        if not dry_run:
-            for key in held:
-                self.store.transition(
-                    key, BufferState.STAGING_OUT, BufferState.FAILED, meta={FAILED_STAGE: "stage-out"},
-                    last_error=f"stage-out: no progress for {older_than:.0f} s (did bbctl die?); the data is "
-                               "kept: run stage-out again, or tear down with hurry")
-                self._note(key, "gc", "stage-out without progress: held as failed, data kept")
-            for key in torn:
-                self.destroy(key, stage="gc")
-        return {"stale_buffers": torn, "held_buffers": held,
-                "stray_bricks": [a.brick_id for a in orphans.stray_bricks], "dry_run": dry_run}
-
-    def _copy_progressed(self, key: str, stage: str, within: float) -> bool:
-        """bb_stage wrote a progress snapshot for key's stage in the last ``within`` seconds."""
-        progress = sitecfg.progress_path(self.site, key, stage)
-        try:
-            return time.time() - progress.stat().st_mtime < within
-        except FileNotFoundError:
-            return False
-
-
-def describe(buffer: Buffer, site: Site) -> dict[str, Any]:
-    data = buffer.to_dict()
-    data.update(volume=sitecfg.volume_name(buffer.key), stage_path=str(sitecfg.stage_path(site, buffer.key)),
-                mount_path=str(sitecfg.mount_path(site, buffer.key)),
-                owner=_user_name(buffer.owner_uid), age_seconds=round(time.time() - buffer.created_at, 1))
-    return data
-
-
-def _stage_out_failed(buffer: Buffer | None) -> bool:
+def stage_out_failed(buffer: Buffer | None) -> bool:
+    """The buffer failed in stage-out: its data has not left, and is kept."""
     return (buffer is not None and buffer.state is BufferState.FAILED
             and buffer.meta.get(FAILED_STAGE) == "stage-out")
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
 
 
 def _refuse_root(uid: int) -> None:
@@ -504,11 +418,6 @@ def _persistent_key(name: str) -> str:
         return check_buffer_name(name)
     except DirectiveError as exc:
         raise BBError(str(exc), exit_code=2) from None
-
-
-def _area_key(path: BufferPath, job: str) -> str:
-    """The buffer a directive path lies in: a persistent one by name, else the job's own."""
-    return path.name if path.area == "persistent" and path.name else job
 
 
 def _timeout_stage(stage: str) -> str:
@@ -525,4 +434,3 @@ def _request_or_empty(script: Path | str | None) -> JobRequest:
 
 def nodes_from_file(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-

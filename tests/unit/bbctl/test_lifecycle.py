@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from bbctl import lifecycle as lc
-from bbctl import runner, site
+from bbctl import operator_views, runner, site
 from bbctl.errors import BBError
 from bbctl.state import BufferState
 
@@ -121,10 +121,10 @@ def test_a_failed_roll_back_leaves_a_failed_record_that_gc_destroys(life, record
         life.setup("42", UID, GID, job)
     assert life.store.get("42").state is BufferState.FAILED
     recorder.failing.clear()
-    assert life.gc(600, dry_run=False)["stale_buffers"] == []  # too recent
+    assert operator_views.gc(life, 600, dry_run=False)["stale_buffers"] == []  # too recent
     real_clock = life.store.clock
     life.store.clock = lambda: real_clock() + 3600
-    assert life.gc(600, dry_run=False)["stale_buffers"] == ["42"]
+    assert operator_views.gc(life, 600, dry_run=False)["stale_buffers"] == ["42"]
     assert life.store.get("42") is None and life.store.allocated_brick_ids("nvme") == set()
 
 
@@ -286,9 +286,9 @@ def test_gc_tears_down_a_dead_build_but_holds_a_dead_stage_out_with_its_data(lif
     life.store.transition("41", BufferState.CREATED, BufferState.CREATING)
     stale(life, "42", BufferState.STAGING_OUT, config, progress_age=7200)
 
-    assert life.gc(600, dry_run=True)["held_buffers"] == ["42"]
+    assert operator_views.gc(life, 600, dry_run=True)["held_buffers"] == ["42"]
     assert life.store.get("42").state is BufferState.STAGING_OUT  # a dry run changes nothing
-    done = life.gc(600, dry_run=False)
+    done = operator_views.gc(life, 600, dry_run=False)
 
     assert (done["stale_buffers"], done["held_buffers"]) == (["41"], ["42"])
     assert life.store.get("41") is None
@@ -302,7 +302,7 @@ def test_gc_tears_down_a_dead_build_but_holds_a_dead_stage_out_with_its_data(lif
 def test_gc_leaves_a_stage_out_that_still_reports_progress(life, recorder, config, tmp_path):
     life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB", STAGE_OUT))
     stale(life, "42", BufferState.STAGING_OUT, config, progress_age=5)
-    done = life.gc(600, dry_run=False)
+    done = operator_views.gc(life, 600, dry_run=False)
     assert (done["stale_buffers"], done["held_buffers"]) == ([], [])
     assert life.store.get("42").state is BufferState.STAGING_OUT
 

@@ -1,0 +1,55 @@
+"""The variables of bbctl's playbook runs: a buffer and its stages as the collection's roles read them.
+
+Pure functions of the site configuration and the state record: ``bb_buffer`` (the
+argument spec of roles/gluster_buffer, buffer_client), and ``bb_stages`` (bb_stage's
+requests, with every directive path made a path on the stage host).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from bbctl import site as sitecfg
+from bbctl.directives import BufferPath, Stage
+from bbctl.site import Site
+from bbctl.state import Buffer
+
+PRIVATE = "private"  # state meta: compute nodes also mount their private directories
+
+
+def buffer_vars(buffer: Buffer, extra: dict[str, Any]) -> dict[str, Any]:
+    """``bb_buffer``: the volume, its owner and bricks, and the paths of this run (``extra``)."""
+    return {"name": sitecfg.volume_name(buffer.key), "fs": buffer.fs, "capacity": str(buffer.capacity),
+            "owner": buffer.owner_uid, "group": buffer.owner_gid,
+            "bricks": [{"host": b.server, "path": b.path, "device": b.device} for b in buffer.bricks],
+            **extra}
+
+
+def client_paths(site: Site, buffer: Buffer) -> dict[str, str]:
+    """Where compute nodes mount the buffer (and their private directories, if it has them)."""
+    paths = {"mount_path": str(sitecfg.mount_path(site, buffer.key))}
+    if buffer.meta.get(PRIVATE):
+        paths["private_mount_path"] = str(sitecfg.private_mount_path(site, buffer.key))
+    return paths
+
+
+def stage_specs(site: Site, job: str, stages: Iterable[Stage]) -> dict[str, list[dict[str, Any]]]:
+    """Directive stages as bb_stage requests on the stage host, by the key of the buffer they touch."""
+    by_buffer: dict[str, list[dict[str, Any]]] = {}
+    for stage in stages:
+        key = area_key(stage.buffer_path, job)
+        root = str(sitecfg.stage_path(site, key))
+        inside = root + stage.buffer_path.subpath  # $DW_JOB_PRIVATE never gets here: the grammar refuses it
+        source, destination = (stage.pfs_path, inside) if stage.direction == "in" else (inside, stage.pfs_path)
+        spec: dict[str, Any] = {"type": stage.type, "source": source, "destination": destination,
+                                "buffer_root": root}
+        if stage.type == "list":  # its lines name the buffer as the directive does
+            spec["buffer_variables"] = {name: root for name in sitecfg.buffer_variables(stage.buffer_path)}
+        by_buffer.setdefault(key, []).append(spec)
+    return by_buffer
+
+
+def area_key(path: BufferPath, job: str) -> str:
+    """The buffer a directive path lies in: a persistent one by name, else the job's own."""
+    return path.name if path.area == "persistent" and path.name else job
