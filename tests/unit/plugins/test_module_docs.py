@@ -48,5 +48,6 @@ def test_module_docs_name_no_file_the_artifact_drops(module):
 def test_dropped_by_build_reads_galaxy_yml():
     assert dropped_by_build("docs/BENCHMARKS.md")
     assert dropped_by_build("benchmarks/staging.py")
+    assert dropped_by_build("tests/fakes/lustre/mount")
     assert not dropped_by_build("docs/LUSTRE.md")
     assert not dropped_by_build("plugins/modules/bb_stage.py")
