@@ -8,7 +8,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment:
-    """The attributes every module documents.
+    """The attributes every module documents, and the target Python floor.
 
     The descriptions and the platform (Linux) are here; each module states its own
     ``support`` for check_mode and diff_mode (Ansible merges the module's keys over these).
@@ -24,4 +24,7 @@ attributes:
     description: Target OS/families that can be operated against.
     support: full
     platforms: linux
+requirements:
+  - Python 3.8 or later on the target host (the oldest Python that ansible-core 2.18, the oldest
+    ansible-core this collection supports, runs modules with).
 """
