@@ -1,7 +1,7 @@
 """The collection as published: build the tarball, install it into an empty collections path,
-run a module from the installed copy (never from this checkout).
+run a module and a role from the installed copy (never from this checkout).
 
-Slow-ish (a build, an install and two Ansible runs: some seconds) but needs no test bed:
+Slow-ish (a build, an install and three Ansible runs: some seconds) but needs no test bed:
 buffer_mount runs in check mode on a directory that is not a mount point.
 """
 
@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -97,3 +98,21 @@ def test_ansible_doc_finds_the_installed_copy(installed):
     assert doc["filename"] == str(installed["root"] / "plugins" / "modules" / "bb_stage.py")
     assert {"check_mode", "diff_mode", "platform"} <= set(doc["attributes"])
 
+
+@pytest.mark.parametrize("inventory_path", [None, "from-inventory"])
+def test_buffer_client_path_from_inventory(installed, tmp_path, inventory_path):
+    """buffer_client_path is a role default: an inventory value wins over bb_buffer.mount_path."""
+    host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    if inventory_path:
+        host["buffer_client_path"] = str(tmp_path / inventory_path)
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump({"all": {"hosts": {"localhost": host}}}))
+    (tmp_path / "play.yml").write_text(yaml.safe_dump([{
+        "name": "Unmount", "hosts": "all", "gather_facts": False,
+        "roles": [{"role": "hpc.burstbuffer.buffer_client", "buffer_client_state": "unmounted"}]}]))
+    buffer = {"name": "job-1", "mount_path": str(tmp_path / "from-bb-buffer"), "bricks": [{"host": "localhost"}]}
+    done = run([str(BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.yml"), "--check", "-v",
+                "-e", json.dumps({"bb_buffer": buffer}), str(tmp_path / "play.yml")],
+               env=installed["env"], cwd=installed["work"])
+    task = done.stdout.index("TASK [hpc.burstbuffer.buffer_client : Unmount the buffer]")
+    result, _ = json.JSONDecoder().raw_decode(done.stdout, done.stdout.index(" => ", task) + len(" => "))
+    assert result["path"] == str(tmp_path / (inventory_path or "from-bb-buffer"))
