@@ -101,7 +101,7 @@ options:
     description:
       - Threads copying at the same time. Small files over a GlusterFS FUSE mount need many
         (each file costs several round trips to the bricks); the default was measured best on
-        a 3-brick volume (docs/BENCHMARKS.md, "Staging").
+        a 3-brick volume (the staging benchmark in the project's source repository).
     type: int
     default: 32
   chunk_size:
@@ -121,7 +121,7 @@ options:
     description:
       - On a stage-in to a GlusterFS buffer (O(buffer_root) on a C(fuse.glusterfs) mount),
         write files of up to 1 MiB straight to the volume with libgfapi instead of through the
-        mount, as the same user (several times faster for many small files; docs/BENCHMARKS.md).
+        mount, as the same user (several times faster for many small files).
         Directories, larger files and replacements of partial copies still go through the mount.
       - The worker then keeps one capability, C(CAP_NET_BIND_SERVICE), so that bricks that accept
         only privileged source ports (C(server.allow-insecure off)) accept it too.
@@ -136,6 +136,15 @@ options:
         C(elapsed) in seconds), at most about two a second and a final line, so the caller can
         show progress while the stage runs. Written by the module (root), not by the user.
     type: path
+extends_documentation_fragment:
+  - hpc.burstbuffer.attributes
+attributes:
+  check_mode:
+    support: full
+    details: Walks sources and destinations as the job's user and reports what would be copied.
+  diff_mode:
+    support: none
+    details: Returns no C(diff); RV(planned) and RV(files) say what was (or would be) copied.
 notes:
   - Check mode walks the sources and destinations as the job's user and reports what would be
     copied (RV(files), RV(bytes), RV(complete), RV(planned)) without writing anything.

@@ -91,6 +91,13 @@ options:
         A directory that is not empty is kept, with a warning.
     type: bool
     default: false
+extends_documentation_fragment:
+  - hpc.burstbuffer.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 notes:
   - Check mode reads everything and runs nothing; RV(commands) lists the exact commands that a
     real run would run. The owner and mode of a buffer that is not mounted yet are predicted as

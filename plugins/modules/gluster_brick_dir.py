@@ -65,7 +65,13 @@ options:
     type: int
     default: 0
 extends_documentation_fragment:
+  - hpc.burstbuffer.attributes
   - hpc.burstbuffer.glusterd
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 notes:
   - Check mode reads everything and removes nothing; C(--diff) lists the directories going
     away. With O(wait_timeout) above 0, check mode does not wait, and counts directories a

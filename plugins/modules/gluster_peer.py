@@ -48,7 +48,13 @@ options:
     type: int
     default: 60
 extends_documentation_fragment:
+  - hpc.burstbuffer.attributes
   - hpc.burstbuffer.glusterd
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 notes:
   - Check mode reads everything and runs nothing; RV(commands) lists the commands a real run
     would run. With C(--diff), C(before) and C(after) list the peers (host names).

@@ -134,7 +134,13 @@ options:
     elements: path
     default: []
 extends_documentation_fragment:
+  - hpc.burstbuffer.attributes
   - hpc.burstbuffer.glusterd
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 notes:
   - Check mode reads everything and runs nothing; RV(commands) lists the exact gluster
     commands a real run would run. With C(--diff), C(before) and C(after) describe the volume

@@ -100,6 +100,13 @@ options:
     description:
       - Options for C(mount -t lustre), passed as C(-o ...).
     type: str
+extends_documentation_fragment:
+  - hpc.burstbuffer.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 notes:
   - Commands are run without a shell; C(mkfs.lustre), C(mount), C(umount), C(wipefs), C(blkid),
     C(findmnt) and C(tunefs.lustre) are looked up in E(PATH) (then the sbin directories).

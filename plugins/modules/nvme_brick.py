@@ -97,6 +97,13 @@ options:
       - The fstab file that O(persist) edits.
     type: path
     default: /etc/fstab
+extends_documentation_fragment:
+  - hpc.burstbuffer.attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
 notes:
   - Check mode reads everything and runs nothing; RV(commands) lists the exact commands that a
     real run would run.
