@@ -70,13 +70,14 @@ _TRUE_WORDS = frozenset(["on", "true", "yes", "enable", "enabled"])
 _FALSE_WORDS = frozenset(["off", "false", "no", "disable", "disabled"])
 # Options owned by "volume quota"; "volume set" must not be used for them.
 QUOTA_OPTION_KEYS = frozenset(["features.quota", "features.inode-quota", "quota", "inode-quota"])
-# The port gate: with it off, bricks refuse clients on unprivileged ports, so only root on a
+# server.allow-insecure off: bricks refuse clients on unprivileged ports, so only root on a
 # client host is believed about the uid it sends. GlusterFS 10's quota crawler (the per-brick
 # mount glusterd starts on "quota enable" to account what is there) binds an unprivileged port
 # whatever client.bind-insecure says; refused, it leaves the bricks unaccounted and quota
-# reads N/A and is not enforced (30 MiB went into a 10 MiB quota on the test bed). So the gate
-# is closed only after quota is enabled, and quota is never enabled behind a closed gate.
-PORT_GATE_OPTION = "server.allow-insecure"
+# reads N/A and is not enforced (30 MiB went into a 10 MiB quota on the test bed). So
+# server.allow-insecure is turned off only after quota is enabled, and quota is never enabled
+# while it is off.
+ALLOW_INSECURE_OPTION = "server.allow-insecure"
 
 
 class GlusterError(CommandError):
@@ -440,13 +441,13 @@ def resolve_option_key(key, known_keys):
     return matches[0] if len(matches) == 1 else key
 
 
-def is_port_gate(key):
+def is_allow_insecure(key):
     """True for server.allow-insecure, under its full or its short name."""
-    return key == PORT_GATE_OPTION or PORT_GATE_OPTION.endswith("." + key)
+    return key == ALLOW_INSECURE_OPTION or ALLOW_INSECURE_OPTION.endswith("." + key)
 
 
-def closes_port_gate(key, value):
-    return is_port_gate(key) and normalise_option_value(value) == "off"
+def turns_allow_insecure_off(key, value):
+    return is_allow_insecure(key) and normalise_option_value(value) == "off"
 
 
 def option_changes(current, wanted):

@@ -16,11 +16,10 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
-    PORT_GATE_OPTION,
+    ALLOW_INSECURE_OPTION,
     QUOTA_OPTION_KEYS,
     brick_problems,
-    closes_port_gate,
-    is_port_gate,
+    is_allow_insecure,
     layout_problems,
     normalise_option_value,
     option_changes,
@@ -28,6 +27,7 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
     quota_enable_argv,
     quota_limit_argv,
     resolve_option_key,
+    turns_allow_insecure_off,
     volfile_name_problem,
     volume_create_argv,
     volume_delete_argv,
@@ -140,7 +140,7 @@ def plan_create(params):
     layout = {key: params[key] for key in LAYOUT_KEYS}
     commands = [volume_create_argv(socket, name, params["bricks"], layout, params["transport"],
                                    params["force"])]
-    first, last = split_port_gate_closing(params, params["options"].items())
+    first, last = split_allow_insecure_off(params, params["options"].items())
     if params["state"] != "started":
         return commands + first + last, quota_warnings(params)
     commands += [*first, volume_start_argv(socket, name)]
@@ -151,7 +151,7 @@ def plan_create(params):
 def plan_existing(observed, params):
     volume, state = observed["volume"], params["state"]
     socket, name = params["glusterd_socket"], params["name"]
-    commands, last = split_port_gate_closing(
+    commands, last = split_allow_insecure_off(
         params, option_changes(observed["options"], params["options"]))
     quota = observed["quota"]
     if state == "started" and not volume["started"]:
@@ -165,13 +165,13 @@ def plan_existing(observed, params):
     return commands, []
 
 
-def split_port_gate_closing(params, changes):
-    """(volume set argv lists to run first, those to run after quota): closing the port gate
-    waits until quota has been enabled (why: module_utils.gluster.PORT_GATE_OPTION)."""
+def split_allow_insecure_off(params, changes):
+    """(volume set argv lists to run first, those to run after quota): turning server.allow-insecure
+    waits until quota has been enabled (why: module_utils.gluster.ALLOW_INSECURE_OPTION)."""
     socket, name = params["glusterd_socket"], params["name"]
     first, last = [], []
     for key, value in changes:
-        (last if closes_port_gate(key, value) else first).append(
+        (last if turns_allow_insecure_off(key, value) else first).append(
             volume_set_argv(socket, name, key, value))
     return first, last
 
@@ -187,21 +187,21 @@ def quota_commands(quota, params):
     return commands
 
 
-def port_gate_problems(params, observed):
-    """Quota cannot be enabled behind a closed port gate (module_utils.gluster.PORT_GATE_OPTION)."""
+def allow_insecure_problems(params, observed):
+    """Quota cannot be enabled while server.allow-insecure is off (module_utils.gluster.ALLOW_INSECURE_OPTION)."""
     volume, quota = observed["volume"], observed["quota"]
     if volume is None or params["quota"] is None or quota is None or quota["enabled"]:
         return []
-    if normalise_option_value(volume["options"].get(PORT_GATE_OPTION)) != "off":
+    if normalise_option_value(volume["options"].get(ALLOW_INSECURE_OPTION)) != "off":
         return []
-    if any(is_port_gate(key) and not closes_port_gate(key, value)
+    if any(is_allow_insecure(key) and not turns_allow_insecure_off(key, value)
            for key, value in params["options"].items()):
-        return []  # this task opens the gate first
-    return [f"volume {params['name']} has {PORT_GATE_OPTION} off, so quota cannot be enabled on "
+        return []  # this task turns it on first
+    return [f"volume {params['name']} has {ALLOW_INSECURE_OPTION} off, so quota cannot be enabled on "
             "it: GlusterFS's quota crawler connects from an unprivileged port, and refused it "
             "leaves the bricks' usage unaccounted (quota unenforced). Enable quota in the task "
-            f"that creates the volume (this module closes the gate after quota), or set "
-            f"{PORT_GATE_OPTION}: on in this task"]
+            f"that creates the volume (this module turns it off after quota), or set "
+            f"{ALLOW_INSECURE_OPTION}: on in this task"]
 
 
 def quota_warnings(params):

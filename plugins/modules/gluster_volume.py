@@ -262,16 +262,16 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.brick_dirs import 
     remove,
 )
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
-    PORT_GATE_OPTION,
+    ALLOW_INSECURE_OPTION,
     GlusterCli,
     GlusterError,
     bricks_in_use,
-    closes_port_gate,
     is_local_host,
     local_brick_problem,
     normalise_option_value,
     quota_enable_argv,
     split_brick,
+    turns_allow_insecure_off,
     volume_delete_argv,
     volume_id_of,
     volume_set_argv,
@@ -279,10 +279,10 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
 )
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster_volume_plan import (
     QUOTA_PATH,
+    allow_insecure_problems,
     asked_options,
     plan,
     plan_absent,
-    port_gate_problems,
     predicted_summary,
     request_problems,
     summary,
@@ -360,18 +360,18 @@ def new_local_brick_dirs(params, is_local=is_local_host):
     return dirs
 
 
-def closes_port_gate_after_quota(params, commands):
+def turns_allow_insecure_off_after_quota(params, commands):
     socket, name = params["glusterd_socket"], params["name"]
     return quota_enable_argv(socket, name) in commands and any(
         volume_set_argv(socket, name, key, value) in commands
-        for key, value in params["options"].items() if closes_port_gate(key, value))
+        for key, value in params["options"].items() if turns_allow_insecure_off(key, value))
 
 
 def check_quota_accounted(cli, params):
-    """Gluster reads the new quota back once the port gate is closed; N/A would mean the quota
-    crawler was shut out and the quota is not enforced (module_utils.gluster.PORT_GATE_OPTION)."""
+    """Gluster reads the new quota back once server.allow-insecure is off; N/A would mean the quota
+    crawler was shut out and the quota is not enforced (module_utils.gluster.ALLOW_INSECURE_OPTION)."""
     if cli.quota_limit(params["name"], QUOTA_PATH) is None:
-        raise GlusterError(f"quota of volume {params['name']} reads N/A after {PORT_GATE_OPTION} "
+        raise GlusterError(f"quota of volume {params['name']} reads N/A after {ALLOW_INSECURE_OPTION} "
                            "was closed: its bricks' usage is not accounted, so the quota would "
                            "not be enforced")
 
@@ -451,7 +451,7 @@ def failure(cli, error, params):
 def run(module, cli, params):
     observed = observe(cli, params)
     problems = (request_problems(params, observed["volume"]) or local_problems(params, observed)
-                or port_gate_problems(params, observed))
+                or allow_insecure_problems(params, observed))
     if problems:
         raise VolumeError("; ".join(problems))
     if params["state"] == "absent":
@@ -509,7 +509,7 @@ def apply(module, cli, params, observed, commands):
     try:
         for argv in commands:
             cli.execute(argv)
-        if not cli.runner.check_mode and closes_port_gate_after_quota(params, commands):
+        if not cli.runner.check_mode and turns_allow_insecure_off_after_quota(params, commands):
             check_quota_accounted(cli, params)
     except GlusterError as error:
         error.created = creating and bool(cli.runner.commands)  # "volume create" is the first

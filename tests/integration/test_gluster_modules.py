@@ -320,7 +320,7 @@ def test_the_quota_stops_writes_through_a_fuse_mount(testbed, volume_name, ansib
              "glusterd_socket": testbed.first.socket, "quota": "10MiB", "options": options}
     created = ok(ansible.run("gluster_volume", asked))
     if ports == "privileged":
-        # The port gate closes last, once quota's crawler has accounted every brick (closed
+        # server.allow-insecure turns off last, once quota's crawler has accounted every brick (closed
         # first, the crawler is refused: quota reads N/A and 30 MiB go into 10 MiB).
         assert created["commands"][-1] == g(testbed.first.socket, "volume", "set", name,
                                             "server.allow-insecure", "off")
@@ -357,9 +357,9 @@ except (GfapiError, OSError) as error:
 
 
 @pytest.mark.parametrize("ports", ["any", "privileged"])
-def test_only_the_port_gate_stops_a_user_who_claims_to_be_root(testbed, volume_name, ansible,
+def test_only_allow_insecure_off_stops_a_user_who_claims_to_be_root(testbed, volume_name, ansible,
                                                                mount_point, ports):
-    name = volume_name("gate")
+    name = volume_name("insecure")
     ok(ansible.run("gluster_volume", {
         "name": name, "state": "started", "bricks": testbed.bricks(name),
         "glusterd_socket": testbed.first.socket,

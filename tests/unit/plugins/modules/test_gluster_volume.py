@@ -119,7 +119,7 @@ PLANS = [
      params(state="stopped", quota="8GiB"), []),
     ("stopped -> absent", observed("volume_info_stopped.xml"), params(state="absent"),
      [DELETE]),
-    ("absent -> started on privileged ports: the port gate closes after quota",
+    ("absent -> started on privileged ports: server.allow-insecure turns off after quota",
      observed(), params(state="started", bricks=BRICKS, quota="1GiB",
                         options={"server.allow-insecure": "off", "client.bind-insecure": False}),
      [CREATE, set_option("client.bind-insecure", "off"), START, QUOTA_ON, limit(GIB),
@@ -127,11 +127,11 @@ PLANS = [
     ("absent -> stopped on privileged ports: no quota to wait for",
      observed(), params(state="stopped", bricks=BRICKS, options={"allow-insecure": "off"}),
      [CREATE, set_option("allow-insecure", "off")]),
-    ("started, quota disabled -> quota and a closed gate: quota first",
+    ("started, quota disabled -> quota and server.allow-insecure off: quota first",
      observed("volume_info_started_options_quota.xml", DISABLED),
      params(quota="1GiB", options={"server.allow-insecure": "off"}),
      [QUOTA_ON, limit(GIB), set_option("server.allow-insecure", "off")]),
-    ("stopped -> started with quota and a closed gate: start, quota, then the gate",
+    ("stopped -> started with quota and server.allow-insecure off: start, quota, then the option",
      observed("volume_info_stopped.xml", ENABLED_STOPPED),
      params(state="started", quota="8GiB", options={"server.allow-insecure": "no"}),
      [START, limit(8 * GIB), set_option("server.allow-insecure", "no")]),
@@ -426,41 +426,41 @@ def test_remove_brick_dirs_is_refused_for_other_states():
         "remove_brick_dirs is for state: absent only"]
 
 
-# --- the port gate (server.allow-insecure off) and quota -----------------------------------
+# --- server.allow-insecure off and quota -----------------------------------
 
-def gate_closed(info="volume_info_started_options_quota.xml", quota=None):
+def allow_insecure_off(info="volume_info_started_options_quota.xml", quota=None):
     seen = observed(info, quota or DISABLED)
     seen["volume"]["options"]["server.allow-insecure"] = "off"
     seen["options"]["server.allow-insecure"] = "off"
     return seen
 
 
-def test_quota_is_not_enabled_behind_a_closed_port_gate():
-    assert gv.port_gate_problems(params(quota="1GiB"), gate_closed()) == [
+def test_quota_is_not_enabled_while_allow_insecure_is_off():
+    assert gv.allow_insecure_problems(params(quota="1GiB"), allow_insecure_off()) == [
         "volume gv-exp1 has server.allow-insecure off, so quota cannot be enabled on it: "
         "GlusterFS's quota crawler connects from an unprivileged port, and refused it leaves the "
         "bricks' usage unaccounted (quota unenforced). Enable quota in the task that creates the "
-        "volume (this module closes the gate after quota), or set server.allow-insecure: on in "
+        "volume (this module turns it off after quota), or set server.allow-insecure: on in "
         "this task"]
 
 
 @pytest.mark.parametrize(("why", "seen", "asked"), [
-    ("the task opens the gate first", gate_closed(),
+    ("the task turns server.allow-insecure on first", allow_insecure_off(),
      params(quota="1GiB", options={"allow-insecure": True})),
-    ("quota already enabled: only the limit changes", gate_closed(quota=ENABLED_8G),
+    ("quota already enabled: only the limit changes", allow_insecure_off(quota=ENABLED_8G),
      params(quota="1GiB")),
-    ("no quota asked", gate_closed(), params()),
-    ("gate open", observed("volume_info_started_options_quota.xml", DISABLED),
+    ("no quota asked", allow_insecure_off(), params()),
+    ("server.allow-insecure on", observed("volume_info_started_options_quota.xml", DISABLED),
      params(quota="1GiB")),
     ("volume to be created", observed(), params(bricks=BRICKS, quota="1GiB")),
 ], ids=lambda case: case if isinstance(case, str) else "")
-def test_quota_behind_the_gate_is_fine_when(why, seen, asked):
-    assert gv.port_gate_problems(asked, seen) == []
+def test_quota_with_allow_insecure_off_is_fine_when(why, seen, asked):
+    assert gv.allow_insecure_problems(asked, seen) == []
 
 
-def test_opening_the_gate_comes_before_enabling_quota():
+def test_turning_allow_insecure_on_comes_before_enabling_quota():
     asked = params(quota="1GiB", options={"server.allow-insecure": "on"})
-    assert gv.plan(gate_closed(), asked)[0] == [set_option("server.allow-insecure", "on"), QUOTA_ON, limit(GIB)]
+    assert gv.plan(allow_insecure_off(), asked)[0] == [set_option("server.allow-insecure", "on"), QUOTA_ON, limit(GIB)]
 
 
 @pytest.mark.parametrize(("key", "value", "closes"), [
@@ -468,11 +468,11 @@ def test_opening_the_gate_comes_before_enabling_quota():
     ("server.allow-insecure", "disable", True), ("server.allow-insecure", "on", False),
     ("client.bind-insecure", "off", False), ("rpc-auth-allow-insecure", "off", False),
 ])
-def test_what_closes_the_port_gate(key, value, closes):
-    assert g.closes_port_gate(key, value) is closes
+def test_what_turns_allow_insecure_off(key, value, closes):
+    assert g.turns_allow_insecure_off(key, value) is closes
 
 
-def test_a_quota_that_reads_na_behind_the_new_gate_fails_and_deletes_the_volume(
+def test_a_quota_that_reads_na_once_allow_insecure_is_off_fails_and_deletes_the_volume(
         gluster_module, tmp_path):
     bricks = [f"127.1.1.9:{tmp_path}/gv-exp1"]
     asked = params(state="started", bricks=bricks, quota="1GiB",
@@ -495,7 +495,7 @@ def test_a_quota_that_reads_na_behind_the_new_gate_fails_and_deletes_the_volume(
     assert module.failure["rolled_back"] == [STOP, DELETE]
 
 
-def test_no_quota_read_back_without_the_gate_closing(gluster_module):
+def test_no_quota_read_back_unless_allow_insecure_turns_off(gluster_module):
     module = gluster_module([answer("quota_enable_ok.xml"), answer("quota_limit_ok.xml")])
     seen = observed("volume_info_started_options_quota.xml", DISABLED)
     gv.apply(module, g.GlusterCli(module, SOCK), params(quota="1GiB"), seen,
