@@ -176,14 +176,14 @@ class Lifecycle:
                               "choose another name", exit_code=2)
 
     def stage_in(self, job_id: str, script: Path | str | None) -> int:
-        key, request = sitecfg.job_key(job_id), read_request(script)
+        job_key, request = sitecfg.job_key(job_id), read_request(script)
         if not request.stage_in:
             return 0
-        for buffer_key, specs in playbook_vars.stage_specs(self.site, key, request.stage_in).items():
-            run = self._copy(buffer_key, specs, stage="stage-in", playbook="stage_in.yml", job=key)
+        for key, specs in playbook_vars.stage_specs(self.site, job_key, request.stage_in).items():
+            run = self._copy(key, specs, stage="stage-in", playbook="stage_in.yml", job_key=job_key)
             run.raise_for_failure()  # Slurm holds the job; its teardown decides what happens to the data
         if request.jobdw is not None:
-            self.store.transition(key, BUILT, BufferState.STAGED_IN)
+            self.store.transition(job_key, BUILT, BufferState.STAGED_IN)
         return len(request.stage_in)
 
     def real_size(self, job_id: str) -> int:
@@ -209,43 +209,43 @@ class Lifecycle:
         for name in request.persistent:
             persistent = self._require(name, BUILT)
             self.store.transition(name, BUILT, persistent.state, meta={USER_META + key: nodes})
-            self._mount(persistent, nodes, stage="pre-run", job=key)
+            self._mount(persistent, nodes, stage="pre-run", job_key=key)
         if request.jobdw is not None:
             buffer = self._require(key, BUILT)
             private = "private" in request.jobdw.access_modes
             buffer = self.store.transition(key, BUILT, buffer.state, meta={"nodes": nodes, PRIVATE: private})
-            self._mount(buffer, nodes, stage="pre-run", job=key)
+            self._mount(buffer, nodes, stage="pre-run", job_key=key)
             self.store.transition(key, BUILT, BufferState.MOUNTED)
 
     def post_run(self, job_id: str, script: Path | str | None) -> None:
         key, request = sitecfg.job_key(job_id), read_request(script)
         buffer = self.store.get(key)
         if buffer is not None and buffer.meta.get("nodes"):
-            self._unmount(buffer, buffer.meta["nodes"], stage="post-run", job=key)
+            self._unmount(buffer, buffer.meta["nodes"], stage="post-run", job_key=key)
             # Unmounted everywhere: teardown need not visit the nodes again.
             self.store.transition(key, BUILT, buffer.state, meta={"nodes": None})
         for name in request.persistent:
             self._release_persistent_use(name, key)
 
     def stage_out(self, job_id: str, script: Path | str | None) -> int:
-        key, request = sitecfg.job_key(job_id), read_request(script)
+        job_key, request = sitecfg.job_key(job_id), read_request(script)
         if not request.stage_out:
             return 0
         own = request.jobdw is not None
         if own:
             # A failed stage-out left the data where it was: it may simply run again.
-            states = (BufferState.FAILED,) if stage_out_failed(self.store.get(key)) else BUILT
-            self._require(key, states)
-            self.store.transition(key, states, BufferState.STAGING_OUT, stage_out_verified=False, last_error="",
+            states = (BufferState.FAILED,) if stage_out_failed(self.store.get(job_key)) else BUILT
+            self._require(job_key, states)
+            self.store.transition(job_key, states, BufferState.STAGING_OUT, stage_out_verified=False, last_error="",
                                   meta={FAILED_STAGE: None})
-        for buffer_key, specs in playbook_vars.stage_specs(self.site, key, request.stage_out).items():
-            run = self._copy(buffer_key, specs, stage="stage-out", playbook="stage_out.yml", job=key)
+        for key, specs in playbook_vars.stage_specs(self.site, job_key, request.stage_out).items():
+            run = self._copy(key, specs, stage="stage-out", playbook="stage_out.yml", job_key=job_key)
             if run.status != "successful" and own:
                 # The buffer stays, in state failed: nothing is deleted until stage-out succeeds or hurry.
-                self._failed(self.store.get(key), run)
+                self._failed(self.store.get(job_key), run)
             run.raise_for_failure()
         if own:
-            self.store.transition(key, BufferState.STAGING_OUT, BufferState.STAGED_OUT, stage_out_verified=True)
+            self.store.transition(job_key, BufferState.STAGING_OUT, BufferState.STAGED_OUT, stage_out_verified=True)
         return len(request.stage_out)
 
     def teardown(self, job_id: str, script: Path | str | None, *, hurry: bool) -> bool:
@@ -323,13 +323,13 @@ class Lifecycle:
     def stage_path(self, key: str) -> Path:
         return sitecfg.stage_path(self.site, key)
 
-    def _mount(self, buffer: Buffer, nodes: list[str], *, stage: str, job: str) -> None:
-        run = self._run(buffer, stage, "buffer_mount.yml", nodes=nodes, run_key=job,
+    def _mount(self, buffer: Buffer, nodes: list[str], *, stage: str, job_key: str) -> None:
+        run = self._run(buffer, stage, "buffer_mount.yml", nodes=nodes, job_key=job_key,
                         extra=playbook_vars.client_paths(self.site, buffer))
         run.raise_for_failure()
 
-    def _unmount(self, buffer: Buffer, nodes: list[str], *, stage: str, job: str) -> None:
-        run = self._run(buffer, stage, "buffer_unmount.yml", nodes=nodes, run_key=job,
+    def _unmount(self, buffer: Buffer, nodes: list[str], *, stage: str, job_key: str) -> None:
+        run = self._run(buffer, stage, "buffer_unmount.yml", nodes=nodes, job_key=job_key,
                         extra=playbook_vars.client_paths(self.site, buffer))
         run.raise_for_failure()
 
@@ -337,7 +337,7 @@ class Lifecycle:
         persistent = self.store.get(name)
         if persistent is None or USER_META + job_key not in persistent.meta:
             return
-        self._unmount(persistent, persistent.meta[USER_META + job_key], stage="post-run", job=job_key)
+        self._unmount(persistent, persistent.meta[USER_META + job_key], stage="post-run", job_key=job_key)
         self.store.transition(name, BUILT, persistent.state, meta={USER_META + job_key: None})
 
     def _check_persistent_use(self, request: JobRequest, uid: int) -> None:
@@ -358,18 +358,20 @@ class Lifecycle:
         return buffer
 
     def _copy(self, key: str, specs: list[dict[str, str]], *, stage: str, playbook: str,
-              job: str) -> runner.StageRun:
+              job_key: str) -> runner.StageRun:
         """Mount the buffer on the stage host (recorded first, so teardown unmounts it) and copy."""
         buffer = self._require(key, BUILT)
         if not buffer.meta.get(STAGE_MOUNTED):
             buffer = self.store.transition(key, BUILT, buffer.state, meta={STAGE_MOUNTED: True})
         return self._run(buffer, stage, playbook, extra={"mount_path": str(self.stage_path(key))}, stages=specs,
-                         run_key=job)
+                         job_key=job_key)
 
     def _run(self, buffer: Buffer, stage: str, playbook: str, *, extra: dict[str, Any],
              nodes: Iterable[str] = (), stages: list[dict[str, str]] | None = None,
-             run_key: str | None = None, more: dict[str, Any] | None = None) -> runner.StageRun:
-        key = run_key or buffer.key
+             job_key: str | None = None, more: dict[str, Any] | None = None) -> runner.StageRun:
+        """One playbook run for ``buffer``, recorded (run dir, log lines, progress) under the key of the
+        job it serves (``job_key``; the buffer's own key for a run that serves no job)."""
+        key = job_key or buffer.key
         self.note(key, stage, f"{playbook} for buffer {buffer.key} ...")
         extravars: dict[str, Any] = {"bb_buffer": playbook_vars.buffer_vars(buffer, extra), **(more or {})}
         if stages is not None:

@@ -34,11 +34,11 @@ def client_paths(site: Site, buffer: Buffer) -> dict[str, str]:
     return paths
 
 
-def stage_specs(site: Site, job: str, stages: Iterable[Stage]) -> dict[str, list[dict[str, Any]]]:
+def stage_specs(site: Site, job_key: str, stages: Iterable[Stage]) -> dict[str, list[dict[str, Any]]]:
     """Directive stages as bb_stage requests on the stage host, by the key of the buffer they touch."""
     by_buffer: dict[str, list[dict[str, Any]]] = {}
     for stage in stages:
-        key = area_key(stage.buffer_path, job)
+        key = area_key(stage.buffer_path, job_key)
         root = str(sitecfg.stage_path(site, key))
         inside = root + stage.buffer_path.subpath  # $DW_JOB_PRIVATE never gets here: the grammar refuses it
         source, destination = (stage.pfs_path, inside) if stage.direction == "in" else (inside, stage.pfs_path)
@@ -50,6 +50,6 @@ def stage_specs(site: Site, job: str, stages: Iterable[Stage]) -> dict[str, list
     return by_buffer
 
 
-def area_key(path: BufferPath, job: str) -> str:
-    """The buffer a directive path lies in: a persistent one by name, else the job's own."""
-    return path.name if path.area == "persistent" and path.name else job
+def area_key(path: BufferPath, job_key: str) -> str:
+    """The key of the buffer a directive path lies in: a persistent one's name, else the job's own."""
+    return path.name if path.area == "persistent" and path.name else job_key
