@@ -15,7 +15,7 @@ function(path) -> text or nil, problem, Rejection = the metatable of refusals}.
 
 
 -- BEGIN GENERATED GRAMMAR (bbctl.directives)
--- Rendered from src/bbctl/directives.py; do not edit here. Refresh with:
+-- Rendered from src/bbctl/directives/grammar.py; do not edit here. Refresh with:
 --   python -m bbctl.directives --write-lua slurm/bbctl-directives.lua
 local GRAMMAR = {
     prefixes = {
