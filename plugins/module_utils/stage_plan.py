@@ -218,10 +218,9 @@ class Planner:
         while pending or running:
             while pending:
                 running.append(self.crew.submit(self.scan, *pending.popleft()))
-            done = self.crew.wait_any(running)
-            for result in done:
-                running.remove(result)
-                pending.extend(result.value())
+            for future in self.crew.wait_any(running):
+                running.remove(future)
+                pending.extend(future.result())
 
     def scan(self, source, destination, exists):
         """Plan one directory's entries; returns its subdirectories to scan."""
