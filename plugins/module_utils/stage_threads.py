@@ -26,9 +26,10 @@ Why it is shaped this way:
   first (``concurrent.futures.wait``, FIRST_COMPLETED). That call locks and visits every
   future it is given, so callers give it a bounded set (the planner keeps a few scans per
   thread running, not a whole level of a wide tree).
-- concurrent.futures is imported when a crew is made, not with this module: bbctl imports
-  DEFAULT_WORKERS from here on every call, and concurrent.futures brings logging with it
-  (10-30 ms).
+- concurrent.futures is imported with this module, never later: a crew is made in the copy
+  worker after it has become the job's user, who may not be able to read the interpreter's
+  library (the test bed's Python lives under /root: a late import failed there). bbctl,
+  which imports DEFAULT_WORKERS from here, loads logging anyway.
 - Whether concurrent.futures does as well as the crew it replaced is for the staging
   benchmark (docs/BENCHMARKS.md) to say.
 """
@@ -39,6 +40,8 @@ __metaclass__ = type
 
 import threading
 from collections import deque
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor  # concurrent.futures loads it lazily: load it now
 
 # Copy threads per stage unless told otherwise. Measured on a 3-brick volume
 # (docs/BENCHMARKS.md, "Staging"): small files 4.02 s with 32, the same with 64, 7% slower
@@ -52,11 +55,9 @@ class Crew:
     """``workers`` threads running submitted calls, first in first out; a context manager."""
 
     def __init__(self, workers):
-        from concurrent import futures  # here, not at the top: see the module's docstring
-
         self.futures = futures
         self.workers = workers
-        self.executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bb-stage")
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bb-stage")
 
     def __enter__(self):
         return self
