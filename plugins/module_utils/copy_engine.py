@@ -13,7 +13,7 @@ parts live in a file each, by subject:
   stage resumable, stage-out's temporary names, symlinks that may not lead out of the buffer.
 - stage_copy.py: carry the plan out: directories, files in chunks, links, directory times.
 - stage_gfapi.py: small new files of a stage-in straight into a GlusterFS volume (gfapi.py).
-- stage_threads.py: the crew of threads the planner and the copier share.
+- stage_threads.py: the crew of threads the planner and the copier share (concurrent.futures).
 - stage_progress.py: progress counters and the progress file bbctl reads.
 - user_worker.py: the forked worker that drops privileges; the security-critical part.
 
@@ -46,7 +46,7 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_gfapi import
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_plan import Planner
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_progress import Progress
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import check_request
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_threads import DEFAULT_WORKERS, ThreadCrew
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_threads import DEFAULT_WORKERS, Crew
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.user_worker import run_as_user
 
 
@@ -68,7 +68,7 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
     start = time.monotonic()
     buffer_dev = buffer_device(request.buffer_root)
     umask = os.umask(0)  # modes are copied exactly
-    crew = ThreadCrew(workers)
+    crew = Crew(workers)
     try:
         plan = Planner(request, crew, buffer_dev).run()
         result = {"files": len(plan.files), "bytes": plan.bytes, "complete": plan.complete,

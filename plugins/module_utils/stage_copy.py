@@ -111,7 +111,7 @@ class FileCopy:
 
 
 class Copier:
-    """Carries out a Plan with a ThreadCrew: directories, then files and links, then directory times."""
+    """Carries out a Plan with a Crew (stage_threads.py): directories, then files and links, then directory times."""
 
     def __init__(self, plan, crew, outward, chunk_size=DEFAULT_CHUNK_SIZE, verify=False,
                  buffer_dev=None, progress=None, fast=None):
@@ -159,9 +159,9 @@ class Copier:
                 levels.setdefault(directory.destination.count("/"), []).append(directory)
         for depth in sorted(levels):
             todo = [d for d in levels[depth] if not under_any(d.destination, failed)]
-            results = [(d, self.crew.submit(self.make_directory, d)) for d in todo]
-            for directory, result in results:
-                if not result.value():
+            futures = [(d, self.crew.submit(self.make_directory, d)) for d in todo]
+            for directory, future in futures:
+                if not future.result():
                     failed.add(directory.destination)
         return failed
 

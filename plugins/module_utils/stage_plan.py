@@ -39,6 +39,9 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import
 
 TEMP_SUFFIX = ".bb-stage.tmp"
 NAME_MAX = 255
+# Directory scans handed to the crew at a time, per thread (Planner.walk): enough that no
+# thread waits for the planner to hand it the next one, few enough that wait_any stays cheap.
+SCANS_PER_WORKER = 2
 
 FilePlan = namedtuple("FilePlan", ["source", "destination", "size", "replace", "temp", "replace_temp"])
 DirPlan = namedtuple("DirPlan", ["source", "destination", "mode", "atime_ns", "mtime_ns", "exists",
@@ -212,16 +215,20 @@ class Planner:
         self.walk(source, destination, existing is not None)
 
     def walk(self, source, destination, exists):
-        """Scan the tree breadth first, each directory (and its destination twin) in a thread."""
+        """Scan the tree breadth first, each directory (and its destination twin) in a thread.
+
+        At most SCANS_PER_WORKER scans per thread are handed to the crew at a time, the rest
+        wait here: wait_any visits every running scan each time it is called.
+        """
         pending = deque([(source, destination, exists)])
         running = []
+        limit = SCANS_PER_WORKER * self.crew.workers
         while pending or running:
-            while pending:
+            while pending and len(running) < limit:
                 running.append(self.crew.submit(self.scan, *pending.popleft()))
-            done = self.crew.wait_any(running)
-            for result in done:
-                running.remove(result)
-                pending.extend(result.value())
+            for future in self.crew.wait_any(running):
+                running.remove(future)
+                pending.extend(future.result())
 
     def scan(self, source, destination, exists):
         """Plan one directory's entries; returns its subdirectories to scan."""

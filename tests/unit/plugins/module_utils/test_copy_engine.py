@@ -641,13 +641,10 @@ def test_a_stale_temporary_file_is_replaced(results, buffer, tmp_path):
 
 def test_a_file_that_changes_after_planning_is_a_named_failure(results, buffer, tmp_path):
     req = sr.check_request(request("out", "directory", results, tmp_path / "out", buffer))
-    crew = st.ThreadCrew(2)
-    try:
+    with st.Crew(2) as crew:
         plan = sp.Planner(req, crew).run()
         write(results / "small.out", b"small result, grown")
         sc.Copier(plan, crew, outward=True, chunk_size=MiB).run()
-    finally:
-        crew.close()
     assert plan.failed == [{"path": str(results / "small.out"),
                             "reason": "changed while staging (19 bytes, 12 when planned); stage again"}]
     assert not (tmp_path / "out" / "small.out").exists()
@@ -656,14 +653,11 @@ def test_a_file_that_changes_after_planning_is_a_named_failure(results, buffer, 
 def test_a_file_swapped_for_a_symlink_after_planning_is_not_followed(results, buffer, tmp_path):
     secret = write(tmp_path / "elsewhere" / "secret", b"not the job's")
     req = sr.check_request(request("out", "directory", results, tmp_path / "out", buffer))
-    crew = st.ThreadCrew(2)
-    try:
+    with st.Crew(2) as crew:
         plan = sp.Planner(req, crew).run()
         os.unlink(results / "small.out")
         os.symlink(secret, results / "small.out")  # the race a hostile job would try
         sc.Copier(plan, crew, outward=True, chunk_size=MiB).run()
-    finally:
-        crew.close()
     assert plan.failed == [{"path": str(results / "small.out"),
                             "reason": "cannot read: Too many levels of symbolic links"}]
     assert not (tmp_path / "out" / "small.out").exists()
