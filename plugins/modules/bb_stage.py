@@ -302,7 +302,7 @@ def request_from(params):
     """The StageRequest of the module's parameters (paths are checked by the engine)."""
     variables = params["buffer_variables"] if params["type"] == "list" else None
     return StageRequest(params["direction"], params["type"], params["source"], params["destination"],
-                        params["buffer_root"], dict(variables or {}) or None)
+                        params["buffer_root"], variables or None)
 
 
 def run_stage(module, params):

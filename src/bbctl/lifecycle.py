@@ -30,10 +30,9 @@ from bbctl.directives import (
 )
 from bbctl.errors import BBError
 from bbctl.playbook_vars import PRIVATE
-from bbctl.pools import Pool, load_pools, pools_document, write_pools_json
+from bbctl.pools import Pool, bricks_needed, load_pools, pools_document, write_pools_json
 from bbctl.site import Site
 from bbctl.state import Buffer, BufferSpec, BufferState, StateStore, open_store
-from bbctl.state.base import KEY_RE
 
 log = logging.getLogger("bbctl")
 
@@ -131,7 +130,7 @@ class Lifecycle:
         booked = 0
         for create in request.create_persistent:
             granularity = self.pool(create.pool or pool).granularity
-            booked += -(-create.capacity // granularity) * granularity
+            booked += bricks_needed(create.capacity, granularity) * granularity
         return booked
 
     def create(self, key: str, uid: int, gid: int, capacity: int, pool_name: str | None,
@@ -279,12 +278,14 @@ class Lifecycle:
         return self.create(key, uid, gid, capacity, pool, "gluster")
 
     def destroy_persistent(self, name: str, *, uid: int | None = None, hurry: bool = False) -> bool:
-        """Destroy a named buffer; False if there is none. A record that exists can always be destroyed."""
-        buffer = self.store.get(name) if not sitecfg.is_job_key(name) and KEY_RE.match(name) else None
+        """Destroy a named buffer; False if there is none (a name no buffer can have is refused, exit 2).
+
+        Every name a record was ever created under passes the grammar (it only grew), so checking
+        the name first never leaves a buffer that cannot be destroyed."""
+        key = _persistent_key(name)
+        buffer = self.store.get(key)
         if buffer is None:
-            _persistent_key(name)  # a name no buffer can have is the caller's mistake, not "not found"
             return False
-        key = name
         if uid is not None and uid not in (0, buffer.owner_uid):
             raise Refused(f"persistent buffer {name} belongs to uid {buffer.owner_uid}, not {uid}")
         users = sorted(k[len(USER_META):] for k in buffer.meta if k.startswith(USER_META))
