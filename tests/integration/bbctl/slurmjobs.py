@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,14 @@ GLUSTERD_SOCKET = TESTBED_ROOT / "node1" / "run" / "glusterd.socket"
 USER = "bbuser"
 ENV = {**os.environ, "SLURM_CONF": str(SLURM_CONF), "BBCTL_CONFIG": str(BBCTL_CONFIG), "LC_ALL": "C.UTF-8"}
 FINISHED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "DEADLINE"}
+
+
+def use_plugin(name: str) -> None:
+    """Switch the test bed's Slurm to burst_buffer/<name> unless it already runs it (storage stays up)."""
+    status = json.loads(subprocess.run([BBCTL, "testbed", "status", "--json"], capture_output=True, text=True,
+                                       check=False).stdout)
+    if status["slurm"]["burst_buffer"] != name:
+        subprocess.run([BBCTL, "testbed", "slurm", name], check=True, capture_output=True)
 
 
 def as_user(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -13,18 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BBCTL
 from tests.integration.bbctl.slurmjobs import (
     as_user,
     bbctl,
     leftovers,
     sbatch_error,
     submit,
+    use_plugin,
     wait_for,
     wait_torn_down,
     write_job,
@@ -33,23 +32,16 @@ from tests.integration.bbctl.slurmjobs import (
 pytestmark = pytest.mark.testbed
 
 
-def plugin(name: str) -> None:
-    status = json.loads(subprocess.run([BBCTL, "testbed", "status", "--json"], capture_output=True, text=True,
-                                       check=False).stdout)
-    if status["slurm"]["burst_buffer"] != name:
-        subprocess.run([BBCTL, "testbed", "slurm", name], check=True, capture_output=True)
-
-
 @pytest.fixture
 def datawarp(testbed):
-    plugin("datawarp")
+    use_plugin("datawarp")
     yield testbed
-    plugin("lua")
+    use_plugin("lua")
 
 
 @pytest.fixture
 def lua(testbed):
-    plugin("lua")
+    use_plugin("lua")
     return testbed
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BBCTL
 from tests.integration.bbctl.slurmjobs import (
     ENV,
     bbctl,
@@ -26,6 +25,7 @@ from tests.integration.bbctl.slurmjobs import (
     sbatch_error,
     scontrol,
     submit,
+    use_plugin,
     wait_for,
     wait_torn_down,
     write_job,
@@ -37,10 +37,7 @@ pytestmark = pytest.mark.testbed
 @pytest.fixture(scope="module", autouse=True)
 def lua_slurm(testbed):
     """This module needs the lua plugin; switch the test bed to it if another one runs."""
-    status = json.loads(subprocess.run([BBCTL, "testbed", "status", "--json"], capture_output=True, text=True,
-                                       check=False).stdout)
-    if status["slurm"]["burst_buffer"] != "lua":
-        subprocess.run([BBCTL, "testbed", "slurm", "lua"], check=True, capture_output=True)
+    use_plugin("lua")
     return testbed
 
 

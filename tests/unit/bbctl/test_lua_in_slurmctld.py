@@ -23,7 +23,7 @@ SCRIPTS = {
     "persistent": "#!/bin/bash\n#DW persistentdw name=zeta\n#DW persistentdw name=alpha\n",
     "both": "#!/bin/bash\n#DW jobdw capacity=1GiB\n#DW persistentdw name=shared1\nsrun a.out\n",
     "dotted": "#!/bin/bash\n#DW persistentdw name=test35.1\n#DW persistentdw name=a-b.c_d\n",
-    "long_dotted": "#!/bin/bash\n#DW persistentdw name=" + "x." * 32 + "\n#DW persistentdw name=_" + "é" * 0 + "a\n",
+    "long_dotted": "#!/bin/bash\n#DW persistentdw name=" + "x." * 32 + "\n#DW persistentdw name=_a\n",
     "none": "#!/bin/bash\nhostname\n",
 }
 
