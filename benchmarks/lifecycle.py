@@ -5,8 +5,9 @@ Run (as root): ``.venv/bin/python benchmarks/lifecycle.py [--rounds N] [--write-
 The stack: ``bbctl setup`` then ``bbctl teardown`` as burst_buffer.lua calls
 them (bbctl -> state store -> ansible-runner -> the collection's playbooks ->
 gluster) for a job with a 3-brick ``jobdw`` and no staging. The reference: a
-shell doing the same work with the gluster CLI on the same three bricks:
-create, owner and privileged-port options (the role's defaults), start, quota
+shell doing the same work with the gluster CLI on the same bricks: create (a
+striped 12 GiB buffer is disperse 3+1 on four bricks, bbctl.layouts), owner,
+privileged-port and quota-timeout options (the role's defaults), start, quota
 enable + limit, close the port gate, then stop, delete and remove the brick
 directories. (A job that stages also mounts the buffer on
 the stage host; that costs both sides the same mount and is left out.) The
@@ -33,20 +34,29 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from bbctl import layouts  # noqa: E402
+
 BIN = Path(sys.executable).parent
 ROOT = Path("/var/lib/bbctl-testbed")
 CONFIG = ROOT / "bbctl.yml"
-CAPACITY_GIB = 12  # three 4 GiB bricks: one on each server
+CAPACITY_GIB = 12  # three 4 GiB granules, striped: disperse 3+1 (bbctl.layouts)
 JOB_BASE = 990000
-BRICKS = [(f"127.1.1.{n}", ROOT / f"node{n}" / "bricks" / "nvme1") for n in (1, 2, 3)]
+# the bricks bbctl's allocator takes from an empty test bed: one per server, then the first server again
+BRICKS = [(f"127.1.1.{n}", ROOT / f"node{n}" / "bricks" / "nvme1") for n in (1, 2, 3)] + [
+    ("127.1.1.1", ROOT / "node1" / "bricks" / "nvme2")]
+LAYOUT = layouts.plan(CAPACITY_GIB * 1024**3, 4 * 1024**3, striped=True)
 SOCKET = ROOT / "node1" / "run" / "glusterd.socket"
 FIRST_SERVER = "bbnode1"  # inventory name of 127.1.1.1
 
 RAW = r"""
 set -euo pipefail
 g() { gluster --mode=script --glusterd-sock="$SOCK" "$@" >/dev/null; }
-g volume create "$VOL" transport tcp $BRICKS
+g volume create "$VOL" disperse "$DISPERSE" redundancy "$REDUNDANCY" transport tcp $BRICKS force
 g volume set "$VOL" storage.owner-uid "$OWNER"
+g volume set "$VOL" features.soft-timeout 1
+g volume set "$VOL" features.hard-timeout 0
 g volume set "$VOL" storage.owner-gid "$OWNER"
 g volume set "$VOL" client.bind-insecure off
 g volume start "$VOL"
@@ -62,6 +72,7 @@ for dir in $DIRS; do rm -rf "$dir"; done
 def raw_cycle(round_no: int, uid: int) -> float:
     volume = f"bbraw-{round_no}"
     env = {**os.environ, "SOCK": str(SOCKET), "VOL": volume, "OWNER": str(uid), "LIMIT": f"{CAPACITY_GIB}GB",
+           "DISPERSE": str(LAYOUT.disperse), "REDUNDANCY": str(LAYOUT.redundancy),
            "BRICKS": " ".join(f"{address}:{path}/{volume}" for address, path in BRICKS),
            "DIRS": " ".join(f"{path}/{volume}" for _address, path in BRICKS)}
     start = time.perf_counter()

@@ -145,16 +145,27 @@ def option_values(name: str, keys: set[str]) -> dict[str, str]:
     return values
 
 
+# --layout: what the volume is. A striped buffer of two granules on these three bricks is
+# disperse 2+1 (bbctl.layouts), with quota and its timeouts as roles/gluster_buffer sets them.
+LAYOUT_WORDS = {"distribute": (), "disperse": ("disperse", "3", "redundancy", "1")}
+
+
 @contextmanager
-def volume(top: Path) -> Iterator[Volume]:
+def volume(top: Path, layout: str = "distribute") -> Iterator[Volume]:
     name = f"stg-bench-{uuid.uuid4().hex[:6]}"
     mount = top / "buffer"
     mount.mkdir()
     created = mounted = False
     try:
-        gluster("volume", "create", name, *[f"{host}:{root / name}" for host, root in BRICKS], "force")
+        gluster("volume", "create", name, *LAYOUT_WORDS[layout],
+                *[f"{host}:{root / name}" for host, root in BRICKS], "force")
         created = True
         gluster("volume", "start", name)
+        if layout == "disperse":
+            gluster("volume", "set", name, "features.soft-timeout", "1")
+            gluster("volume", "set", name, "features.hard-timeout", "0")
+            gluster("volume", "quota", name, "enable")
+            gluster("volume", "quota", name, "limit-usage", "/", "8GB")
         studied = {key for options in STUDY.values() for key in options}
         defaults = option_values(name, studied)
         sh("mount", "-t", "glusterfs", f"127.1.1.1:/{name}", mount)
@@ -398,7 +409,7 @@ def run(args: argparse.Namespace) -> list[str]:
                  "(b) 10,000 x 4 KiB in 40 dirs": tree_bytes(sources["small"]),
                  "(c) mixed: 5,102 files, 390 MiB": tree_bytes(sources["mixed"]),
                  "(d) (b) staged out to local disk": tree_bytes(sources["small"])}
-        with volume(top) as vol:
+        with volume(top, args.layout) as vol:
             vol.set_options(RECOMMENDED)
             bench = Bench(vol, top / "out")
             (top / "out").mkdir()
@@ -433,7 +444,8 @@ def run(args: argparse.Namespace) -> list[str]:
              f"Load average (1/5/15 min) {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f} at the "
              f"start, {os.getloadavg()[0]:.1f} at the end (the machine is shared). "
              f"{'Quick run' if args.quick else 'Full run'}: `.venv/bin/python benchmarks/staging.py"
-             f"{' --quick' if args.quick else ''}`; bb_stage with {copy_engine.DEFAULT_WORKERS} workers, "
+             f"{' --quick' if args.quick else ''}{' --layout disperse' if args.layout == 'disperse' else ''}`; "
+             f"volume: {args.layout} over 3 bricks; bb_stage with {copy_engine.DEFAULT_WORKERS} workers, "
              f"64 MiB chunks; volume options {', '.join(f'`{k} {v}`' for k, v in RECOMMENDED.items())}; "
              f"dd of one 256 MiB file (bs=1M) through the same mount: **{dd_rate:.0f} MB/s**.",
              "", *main_table(results, sizes, dd_rate)]
@@ -485,6 +497,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="2 rounds, cases (a)-(c) only, no option or worker study (about 3 minutes)")
     parser.add_argument("--no-write", action="store_true", help="print the results, leave docs/BENCHMARKS.md")
+    parser.add_argument("--layout", choices=sorted(LAYOUT_WORDS), default="distribute",
+                        help="the volume: plain distribute (default) or disperse 2+1 with quota, as a striped "
+                             "buffer of two granules (bbctl.layouts)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: it creates a GlusterFS volume and copies as the job owner")

@@ -36,8 +36,8 @@ def _add_testbed(subparsers: argparse._SubParsersAction) -> None:
     actions = testbed.add_subparsers(dest="action", required=True)
     up = actions.add_parser("up", help="build the test bed, or repair a partial one")
     up.add_argument("--servers", type=int, default=3, help="glusterd servers (default 3)")
-    up.add_argument("--bricks", type=int, default=2, dest="bricks_per_server",
-                    help="NVMe bricks per server (default 2)")
+    up.add_argument("--bricks", type=int, default=3, dest="bricks_per_server",
+                    help="NVMe bricks per server (default 3)")
     up.add_argument("--brick-size", type=_size, default=4 * 1024**3,
                     help="size of each sparse brick image (default 4GiB)")
     up.add_argument("--address-prefix", default="127.1.1",

@@ -175,7 +175,7 @@ def _status(life: Lifecycle, args: argparse.Namespace) -> Any:
              f"{sizes.format_size(p['granularity'])} each" for p in report["pools"]]
     for b in report["buffers"]:
         lines.append(f"buffer {b['key']} ({b['volume']}): {b['state']}, {sizes.format_size(b['capacity'])}, "
-                     f"owner {b['owner']}, {len(b['bricks'])} brick(s)"
+                     f"owner {b['owner']}, {len(b['bricks'])} brick(s), {b['layout']}"
                      + (f", error: {b['last_error']}" if b["last_error"] else ""))
     return "\n".join(lines) if lines else "no pools"
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from bbctl import playbook_vars, runner, slurmconf
+from bbctl import layouts, playbook_vars, runner, slurmconf
 from bbctl import site as sitecfg
 from bbctl.directives import (
     DirectiveError,
@@ -116,10 +116,12 @@ class Lifecycle:
         for destroy in request.destroy_persistent:
             self.destroy_persistent(destroy.name, uid=uid, hurry=destroy.hurry)
         for create in request.create_persistent:
-            made.append(self.create(create.name, uid, gid, create.capacity, create.pool or pool, "gluster"))
+            made.append(self.create(create.name, uid, gid, create.capacity, create.pool or pool, "gluster",
+                                    striped=create.access == "striped"))
         if request.jobdw is not None:
             capacity = max(request.jobdw.capacity, (size or 0) - self._booked_for_persistent(request, pool))
-            made.append(self.create(key, uid, gid, capacity, request.jobdw.pool or pool, request.jobdw.fs))
+            made.append(self.create(key, uid, gid, capacity, request.jobdw.pool or pool, request.jobdw.fs,
+                                    striped="striped" in request.jobdw.access_modes))
         return made
 
     def _booked_for_persistent(self, request: JobRequest, pool: str | None) -> int:
@@ -134,8 +136,11 @@ class Lifecycle:
         return booked
 
     def create(self, key: str, uid: int, gid: int, capacity: int, pool_name: str | None,
-               fs: str) -> Buffer:
-        """Allocate bricks, build the file system and mount it on the stage host. Idempotent."""
+               fs: str, *, striped: bool = True) -> Buffer:
+        """Allocate bricks, build the file system and mount it on the stage host. Idempotent.
+
+        ``striped``: files spread over all bricks (bbctl.layouts), as DataWarp's access_mode=striped.
+        """
         existing = self.store.get(key)
         if existing is not None and existing.state in BUILT:
             if existing.owner_uid != uid:
@@ -144,17 +149,35 @@ class Lifecycle:
         if existing is None:
             pool = self.pool(pool_name)
             self._refuse_volume_clash(key)
+            layout = self.layout(capacity, pool, striped=striped and fs == "gluster")
             existing = self.store.allocate(
-                BufferSpec(key=key, owner_uid=uid, owner_gid=gid, capacity=capacity, fs=fs), pool)
+                BufferSpec(key=key, owner_uid=uid, owner_gid=gid, capacity=capacity, fs=fs, bricks=layout.bricks,
+                           meta={layouts.META: layout.to_meta()}), pool)
             self.refresh_pools()
-            self.note(key, "setup", f"allocated {len(existing.bricks)} brick(s) of pool {pool.name}: "
-                       + ", ".join(b.id for b in existing.bricks))
+            self.note(key, "setup", f"allocated {len(existing.bricks)} brick(s) of pool {pool.name} "
+                       f"({layout.describe()}): " + ", ".join(b.id for b in existing.bricks))
         buffer = self.store.transition(key, (BufferState.ALLOCATING, BufferState.CREATING, BufferState.FAILED),
                                        BufferState.CREATING, last_error="")
         run = self._run(buffer, "setup", "buffer_create.yml", extra={})
         if run.status != "successful":
             self._roll_back(buffer, run)
         return self.store.transition(key, BufferState.CREATING, BufferState.CREATED)
+
+    @staticmethod
+    def layout(capacity: int, pool: Pool, *, striped: bool) -> layouts.Layout:
+        """The layout of a new buffer; BBError (exit 2) if its pool could never hold it."""
+        layout = layouts.plan(capacity, pool.granularity, striped=striped, striped_layout=pool.striped_layout)
+        layouts.check_fits(layout, capacity, pool)
+        return layout
+
+    def check_fits(self, request: JobRequest, pool: str | None = None) -> None:
+        """Refuse, before anything is allocated, a job whose buffers their pools could never hold."""
+        for create in request.create_persistent:
+            self.layout(create.capacity, self.pool(create.pool or pool), striped=create.access == "striped")
+        jobdw = request.jobdw
+        if jobdw is not None:
+            self.layout(jobdw.capacity, self.pool(jobdw.pool or pool),
+                        striped=jobdw.fs == "gluster" and "striped" in jobdw.access_modes)
 
     def _roll_back(self, buffer: Buffer, run: runner.StageRun) -> None:
         """A buffer that did not come up holds no brick: destroy what was built, release, raise run's failure."""
@@ -186,11 +209,11 @@ class Lifecycle:
         return len(request.stage_in)
 
     def real_size(self, job_id: str) -> int:
-        """Bytes the job's buffer really has (whole bricks), 0 without one."""
+        """Bytes the job's buffer really has (whole data bricks, not redundancy), 0 without one."""
         buffer = self.store.get(sitecfg.job_key(job_id))
         if buffer is None:
             return 0
-        return len(buffer.bricks) * self.pool(buffer.pool).granularity
+        return layouts.of(buffer).data_bricks * self.pool(buffer.pool).granularity
 
     def paths(self, job_id: str, script: Path | str | None) -> dict[str, str]:
         request = read_request(script)

@@ -10,6 +10,7 @@ import pwd
 import time
 from typing import Any
 
+from bbctl import layouts
 from bbctl import site as sitecfg
 from bbctl.lifecycle import FAILED_STAGE, Lifecycle, stage_out_failed
 from bbctl.site import Site
@@ -60,7 +61,7 @@ def describe(buffer: Buffer, site: Site) -> dict[str, Any]:
     """A buffer's record with its volume, paths, owner's name and age, as bbctl show prints it."""
     data = buffer.to_dict()
     data.update(volume=sitecfg.volume_name(buffer.key), stage_path=str(sitecfg.stage_path(site, buffer.key)),
-                mount_path=str(sitecfg.mount_path(site, buffer.key)),
+                mount_path=str(sitecfg.mount_path(site, buffer.key)), layout=layouts.of(buffer).describe(),
                 owner=_user_name(buffer.owner_uid), age_seconds=round(time.time() - buffer.created_at, 1))
     return data
 

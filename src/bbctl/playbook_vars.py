@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from bbctl import layouts
 from bbctl import site as sitecfg
 from bbctl.directives import BufferPath, Stage
 from bbctl.site import Site
@@ -23,7 +24,23 @@ def buffer_vars(buffer: Buffer, extra: dict[str, Any]) -> dict[str, Any]:
     return {"name": sitecfg.volume_name(buffer.key), "fs": buffer.fs, "capacity": str(buffer.capacity),
             "owner": buffer.owner_uid, "group": buffer.owner_gid,
             "bricks": [{"host": b.server, "path": b.path, "device": b.device} for b in buffer.bricks],
-            **extra}
+            "layout": volume_layout(buffer), **extra}
+
+
+def volume_layout(buffer: Buffer) -> dict[str, Any]:
+    """``bb_buffer.layout``: gluster_volume's disperse/redundancy, and force where a set shares a server.
+
+    GlusterFS refuses (without force) a disperse set with two bricks on one server: losing that
+    server loses both. A pool with fewer servers than a set has bricks must accept that; the
+    allocator spreads bricks over servers first, so this happens only when it has to.
+    """
+    layout = layouts.of(buffer)
+    args: dict[str, Any] = layout.volume_args()
+    if args:
+        width = args["disperse"]
+        sets = [buffer.bricks[i:i + width] for i in range(0, len(buffer.bricks), width)]
+        args["force"] = any(len({brick.server for brick in bricks}) < len(bricks) for bricks in sets)
+    return args
 
 
 def client_paths(site: Site, buffer: Buffer) -> dict[str, str]:

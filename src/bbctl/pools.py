@@ -11,6 +11,7 @@ Pool configuration (a mapping, e.g. the ``pools:`` section of bbctl's config)::
       nvme:                    # pool id, as Slurm and the directives' pool= see it
         granularity: 4GiB      # capacity of one brick (sizes as in bbctl.collection.sizes)
         hosts: all             # "all" (default) or a list of bb_storage host names
+        striped_layout: disperse  # (default) or distribute: see bbctl.layouts
       ssd:
         granularity: 1TiB
         hosts: [bbnode3]
@@ -45,7 +46,8 @@ from bbctl.errors import BBError
 
 STORAGE_GROUP = "bb_storage"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_POOL_KEYS = {"granularity", "hosts"}
+_POOL_KEYS = {"granularity", "hosts", "striped_layout"}
+STRIPED_LAYOUTS = ("disperse", "distribute")  # how striped buffers are built (bbctl.layouts)
 
 
 class PoolError(BBError):
@@ -90,6 +92,7 @@ class Pool:
     name: str
     granularity: int  # bytes per brick
     bricks: tuple[Brick, ...] = field(repr=False)
+    striped_layout: str = "disperse"  # one of STRIPED_LAYOUTS
 
     @property
     def quantity(self) -> int:
@@ -252,7 +255,15 @@ def build_pools(config: Mapping[str, Any], hosts: Mapping[str, Mapping[str, Any]
                 raise PoolError(f"brick {brick.id} is listed twice in the inventory")
             seen.add(brick.id)
             bricks[pool].append(brick)
-    return {name: Pool(name, granularity[name], tuple(bricks[name])) for name in settings}
+    return {name: Pool(name, granularity[name], tuple(bricks[name]), _striped_layout(name, settings[name]))
+            for name in settings}
+
+
+def _striped_layout(name: str, spec: Mapping[str, Any]) -> str:
+    value = spec.get("striped_layout", "disperse")
+    if value not in STRIPED_LAYOUTS:
+        raise PoolError(f"pool {name!r}: striped_layout {value!r}: choose one of {', '.join(STRIPED_LAYOUTS)}")
+    return str(value)
 
 
 def _granularity(name: str, spec: Any) -> int:

@@ -121,9 +121,9 @@ def _print_json(document: Any) -> int:
     return 0
 
 
-def _job_process(_life: Lifecycle, args: argparse.Namespace) -> int:
+def _job_process(life: Lifecycle, args: argparse.Namespace) -> int:
     try:
-        read_request(args.job)
+        life.check_fits(read_request(args.job))
     except BBError as exc:
         print(exc, flush=True)  # the user sees it at submit: "burst_buffer/datawarp: <this line>"
         return 1

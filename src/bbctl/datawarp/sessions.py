@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from bbctl import site
+from bbctl import layouts, site
 from bbctl.lifecycle import USER_META, Lifecycle
 from bbctl.state import Buffer, BufferState
 
@@ -35,9 +35,10 @@ def session_id(key: str) -> int:
 
 
 def buffer_bytes(life: Lifecycle, buffer: Buffer) -> int:
-    """What the buffer's bricks give (whole granules); its asked capacity if its pool is no longer configured."""
+    """What the buffer's data bricks give (whole granules, not redundancy); its asked capacity if its pool is
+    no longer configured."""
     pool = life.pools.get(buffer.pool)
-    return len(buffer.bricks) * pool.granularity if pool else buffer.capacity
+    return layouts.of(buffer).data_bricks * pool.granularity if pool else buffer.capacity
 
 
 def client_nodes(buffer: Buffer) -> list[str]:

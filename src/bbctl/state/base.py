@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from bbctl.errors import BBError
-from bbctl.pools import Brick, Pool
+from bbctl.pools import Brick, Pool, bricks_needed
 
 
 class BufferState(StrEnum):
@@ -82,6 +82,11 @@ class BufferSpec:
     owner_gid: int
     capacity: int  # bytes, as asked (the bricks may give more)
     fs: str = "gluster"
+    bricks: int = 0  # bricks to allocate (data and redundancy, bbctl.layouts); 0: one per granule of capacity
+    meta: Mapping[str, Any] = field(default_factory=dict)  # the record's first meta (e.g. its layout)
+
+    def brick_count(self, granularity: int) -> int:
+        return self.bricks or bricks_needed(self.capacity, granularity)
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ def describe(states: frozenset[BufferState]) -> str:
 def new_record(spec: BufferSpec, pool: Pool, bricks: list[Brick], now: float) -> Buffer:
     return Buffer(key=spec.key, owner_uid=spec.owner_uid, owner_gid=spec.owner_gid, pool=pool.name,
                   capacity=spec.capacity, fs=spec.fs, state=BufferState.ALLOCATING, bricks=tuple(bricks),
-                  created_at=now, updated_at=now)
+                  created_at=now, updated_at=now, meta=dict(spec.meta))
 
 
 def moved(current: Buffer, expected: frozenset[BufferState], new: BufferState, now: float, *,

@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bbctl.pools import Pool, bricks_needed
+from bbctl.pools import Pool
 from bbctl.state.base import (
     MAX_CAS_ATTEMPTS,
     BrickAllocation,
@@ -129,7 +129,7 @@ class EtcdStore:
 
     def allocate(self, spec: BufferSpec, pool: Pool) -> Buffer:
         check_key(spec.key)
-        needed = bricks_needed(spec.capacity, pool.granularity)
+        needed = spec.brick_count(pool.granularity)
         if needed + 1 > self.max_txn_ops:
             raise StateError(f"buffer {spec.key} needs {needed} bricks; etcd takes at most {self.max_txn_ops - 1} "
                              "in one transaction: raise etcd's --max-txn-ops or the pool's granularity")

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from bbctl.pools import Brick, Pool, bricks_needed
+from bbctl.pools import Brick, Pool
 from bbctl.state.base import (
     BrickAllocation,
     Buffer,
@@ -140,7 +140,7 @@ class SQLiteStore:
 
     def allocate(self, spec: BufferSpec, pool: Pool) -> Buffer:
         check_key(spec.key)
-        needed = bricks_needed(spec.capacity, pool.granularity)
+        needed = spec.brick_count(pool.granularity)
         with self._write() as db:
             if db.execute("SELECT 1 FROM buffers WHERE key = ?", (spec.key,)).fetchone():
                 raise BufferExists(spec.key)

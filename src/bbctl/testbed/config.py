@@ -67,7 +67,7 @@ class TestbedConfig:
 
     root: Path = DEFAULT_ROOT
     servers: int = 3
-    bricks_per_server: int = 2
+    bricks_per_server: int = 3  # nine bricks: room for a 24 GiB striped buffer (6 + 1) beside others
     brick_size: int = 4 * 1024**3
     address_prefix: str = "127.1.1"
     slurm: str = "lua"
@@ -132,9 +132,19 @@ class TestbedConfig:
         return socket.gethostname().split(".")[0]
 
     @property
+    def image_size(self) -> int:
+        """Bytes of one brick image: ``brick_size`` (the pool's granularity) plus XFS's own overhead.
+
+        XFS on a 4 GiB image offers 3.88 GiB (log, inodes, reserve: about 3 %). A brick must really
+        hold a granule, or a striped buffer's quota and ``df`` promise more than its bricks have
+        (docs/BENCHMARKS.md, "Layouts for striped buffers").
+        """
+        return self.brick_size + self.brick_size // 25 + 64 * 1024**2
+
+    @property
     def disk_needed(self) -> int:
         """Bytes the sparse brick images may grow to, with a margin for logs and state."""
-        return self.servers * self.bricks_per_server * self.brick_size + 512 * 1024**2
+        return self.servers * self.bricks_per_server * self.image_size + 512 * 1024**2
 
     def save(self) -> None:
         data = asdict(self)

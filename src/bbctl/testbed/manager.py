@@ -83,7 +83,7 @@ def up(config: TestbedConfig, progress: Progress = _quiet) -> dict[str, object]:
     config.save()
     for node in config.nodes:
         for k in range(1, node.brick_count + 1):
-            device = storage.ensure_brick(node, k, config.brick_size)
+            device = storage.ensure_brick(node, k, config.image_size)
             progress(f"brick {node.name}:{node.brick_mount(k)} on {device} (XFS)")
         storage.start_glusterd(node)
         progress(f"glusterd {node.name} on {node.address}, socket {node.socket}")

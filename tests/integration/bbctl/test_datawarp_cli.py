@@ -185,4 +185,4 @@ def test_pools_reply_is_what_the_datawarp_plugin_parses(testbed):
     (pool,) = dw_json("pools")["pools"]
     assert pool["id"] == "nvme" and pool["units"] == "bytes"
     assert all(type(pool[key]) is int for key in ("granularity", "quantity", "free"))
-    assert pool["granularity"] == 4 * GiB and 0 <= pool["free"] <= pool["quantity"] == 6
+    assert pool["granularity"] == 4 * GiB and 0 <= pool["free"] <= pool["quantity"] == 9

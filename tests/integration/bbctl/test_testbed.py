@@ -73,7 +73,7 @@ def test_inventory_describes_servers_and_bricks_for_ansible(testbed):
 
 def test_the_inventory_makes_one_pool_of_every_brick(testbed):
     pool = load_pools({"pools": {"nvme": {"granularity": "1GiB"}}}, testbed / "inventory.yml")["nvme"]
-    assert pool.quantity == 6  # one granule per brick: two on each of three servers
+    assert pool.quantity == 9  # one granule per brick: three on each of three servers
     assert all(b.path.startswith(f"{testbed}/node") for b in pool.bricks)
 
 
@@ -115,7 +115,7 @@ def test_slurm_runs_a_burst_buffer_job_for_the_unprivileged_user(testbed, user_d
         time.sleep(0.5)
     assert (out / f"{job}.out").read_text().strip() == "bbuser"
     burst = slurm(testbed, "scontrol", "show", "burst")
-    assert "PoolName[0]=nvme" in burst and "TotalSpace=24GiB" in burst
+    assert "PoolName[0]=nvme" in burst and "TotalSpace=36GiB" in burst
 
 
 # --- private small test beds ----------------------------------------------------

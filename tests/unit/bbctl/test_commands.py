@@ -37,7 +37,7 @@ def job_script(tmp_path: Path, *lines: str) -> str:
 
 
 def test_setup_show_teardown_and_their_exit_codes(config_file, tmp_path, capsys):
-    script = job_script(tmp_path, "#DW jobdw capacity=2GiB")
+    script = job_script(tmp_path, "#DW jobdw capacity=2GiB access_mode=private")  # two bricks: distribute
     assert bbctl(config_file, "setup", "--job-id", "7", "--uid", "1001", "--gid", "1001", "--script", script) == 0
     made = json.loads(capsys.readouterr().out)
     assert made["buffers"][0]["volume"] == "bbjob-7" and made["buffers"][0]["state"] == "created"

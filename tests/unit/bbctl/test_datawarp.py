@@ -288,6 +288,14 @@ def test_job_process_refuses_bad_directives_with_the_message_on_stdout(tmp_path,
     assert captured.out.count("\n") == 1
 
 
+def test_job_process_refuses_a_buffer_its_pool_could_never_hold(tmp_path, capsys):
+    job = script(tmp_path, "#DW jobdw capacity=36GiB")
+    life = FakeLife({"check_fits": BBError("capacity=36GiB needs disperse 9+1, 10 bricks; ...", exit_code=2)})
+    code, out = cli(["--function", "job_process", "--job", str(job)], life, capsys)
+    assert code == 1 and out.startswith("capacity=36GiB needs disperse 9+1")
+    assert life.calls[0][0] == "check_fits" and life.calls[0][1][0].jobdw.capacity == 36 * 2**30
+
+
 def test_job_process_of_a_missing_script_fails(tmp_path, capsys):
     code, out = cli(["--function", "job_process", "--job", str(tmp_path / "gone")], FakeLife(), capsys)
     assert code == 1 and "cannot read the job script" in out

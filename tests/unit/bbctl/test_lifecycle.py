@@ -52,6 +52,10 @@ def recorder(monkeypatch) -> Recorder:
 
 @pytest.fixture
 def config(tmp_path: Path) -> site.Site:
+    return make_config(tmp_path)
+
+
+def make_config(tmp_path: Path, **pool: str) -> site.Site:
     hosts = {f"bbnode{n}": {"bb_gluster_host": f"127.1.1.{n}",
                             "bb_bricks": [{"device": f"/dev/loop{2 * n + k}", "path": f"/bricks/n{n}/nvme{k}"}
                                           for k in (1, 2)]} for n in (1, 2, 3)}
@@ -59,7 +63,7 @@ def config(tmp_path: Path) -> site.Site:
     inventory.write_text(yaml.safe_dump({"all": {"children": {"bb_storage": {"hosts": hosts}}}}))
     (tmp_path / "slurm").mkdir()
     (tmp_path / "slurm" / "burst_buffer.conf").write_text("OtherTimeout=100\nStageInTimeout=1000 # comment\n")
-    return site.from_mapping({"inventory": str(inventory), "pools": {"nvme": {"granularity": "4GiB"}},
+    return site.from_mapping({"inventory": str(inventory), "pools": {"nvme": {"granularity": "4GiB", **pool}},
                               "work_dir": str(tmp_path / "work"), "mount_root": "/mnt/bb",
                               "slurm_dir": str(tmp_path / "slurm")}, tmp_path / "bbctl.yml")
 
@@ -79,16 +83,20 @@ def test_setup_allocates_and_builds(life, recorder, config, tmp_path):
     job = script(tmp_path, "#DW jobdw capacity=6GiB")
     [buffer] = life.setup("42", UID, GID, job)
     assert buffer.state is BufferState.CREATED
-    assert len(buffer.bricks) == 2 and len({b.server for b in buffer.bricks}) == 2  # spread first
+    # striped: two data bricks and one of redundancy, one per server (spread first)
+    assert len(buffer.bricks) == 3 and len({b.server for b in buffer.bricks}) == 3
+    assert buffer.meta["layout"] == {"data_bricks": 2, "sets": 1, "redundancy": 1}
+    assert life.real_size("42") == 8 * GiB  # Slurm sees the data bricks' granules
     [run] = recorder.runs
     assert run["playbook"] == "buffer_create.yml"
     assert run["timeout"] == 90  # OtherTimeout 100 less the 10 % margin
     bb = run["extravars"]["bb_buffer"]
     assert bb["name"] == "bbjob-42" and bb["owner"] == UID and bb["capacity"] == str(6 * GiB)
+    assert bb["layout"] == {"disperse": 3, "redundancy": 1, "force": False}
     assert "mount_path" not in bb  # mounted on the stage host only when something is staged
     assert sorted(run["hosts"]) == sorted(b.server for b in buffer.bricks)
     pools = json.loads(config.pools_json.read_text())["pools"]
-    assert pools == [{"id": "nvme", "granularity": 4 * GiB, "quantity": 6, "free": 4}]
+    assert pools == [{"id": "nvme", "granularity": 4 * GiB, "quantity": 6, "free": 3}]
 
 
 def test_setup_again_builds_nothing_twice(life, recorder, tmp_path):
@@ -101,7 +109,7 @@ def test_setup_again_builds_nothing_twice(life, recorder, tmp_path):
 
 def test_setup_takes_slurms_larger_size(life, recorder, tmp_path):
     [buffer] = life.setup("42", UID, GID, script(tmp_path, "#BB_LUA jobdw capacity=1GiB pool=nvme"), size=9 * GiB)
-    assert buffer.capacity == 9 * GiB and len(buffer.bricks) == 3
+    assert buffer.capacity == 9 * GiB and len(buffer.bricks) == 4  # three granules striped, one redundancy
 
 
 def test_a_failed_build_is_rolled_back_and_holds_no_brick(life, recorder, tmp_path):
@@ -139,7 +147,26 @@ def test_setup_gives_the_job_buffer_what_slurm_booked_beyond_the_persistent_ones
 def test_setup_takes_a_larger_size_from_slurm(life, recorder, tmp_path):
     job = script(tmp_path, "#DW jobdw capacity=1GiB")
     made = life.setup("42", UID, GID, job, size=8 * 2**30)
-    assert len(made[0].bricks) == 2
+    assert len(made[0].bricks) == 3 and life.real_size("42") == 8 * GiB
+
+
+def test_private_buffers_and_one_granule_are_distributed(life, recorder, tmp_path):
+    """DataWarp's private mode keeps each file on one server: no redundancy brick, plain distribute."""
+    life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=8GiB access_mode=private"))
+    life.setup("43", UID, GID, script(tmp_path, "#DW jobdw capacity=4GiB"))
+    assert [len(life.store.get(key).bricks) for key in ("42", "43")] == [2, 1]
+    assert [run["extravars"]["bb_buffer"]["layout"] for run in recorder.runs] == [{}, {}]
+
+
+def test_a_disperse_set_on_fewer_servers_than_bricks_is_forced(life, recorder, tmp_path):
+    life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=16GiB"))  # 4 + 1 bricks on 3 servers
+    assert recorder.runs[0]["extravars"]["bb_buffer"]["layout"] == {"disperse": 5, "redundancy": 1, "force": True}
+
+
+def test_a_pool_can_keep_striped_buffers_distributed(recorder, tmp_path):
+    life = lc.Lifecycle(make_config(tmp_path, striped_layout="distribute"))
+    [buffer] = life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=8GiB"))
+    assert len(buffer.bricks) == 2 and recorder.runs[0]["extravars"]["bb_buffer"]["layout"] == {}
 
 
 def test_two_names_with_one_volume_are_refused_before_allocating(life, recorder, monkeypatch):
@@ -419,3 +446,14 @@ def test_a_list_stage_gets_the_variables_of_its_directives_buffer(life, recorder
         "type": "list", "source": "/pfs/u/files.list", "destination": stage_mount + "/in",
         "buffer_root": stage_mount,
         "buffer_variables": {"DW_JOB_STRIPED": stage_mount, "BB_JOB_STRIPED": stage_mount}}]
+
+
+def test_a_job_its_pool_could_never_hold_is_refused_before_allocating(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=24GiB")  # six granules striped: 6 + 1 bricks; the pool has six
+    with pytest.raises(BBError, match=r"needs disperse 6\+1, 7 bricks; pool 'nvme' has 6 of 4GiB: "
+                                      r"ask for at most 20GiB"):
+        life.check_fits(lc.read_request(job))
+    with pytest.raises(BBError, match="ask for at most 20GiB"):
+        life.setup("42", UID, GID, job)
+    assert recorder.runs == [] and life.store.get("42") is None
+    life.check_fits(lc.read_request(script(tmp_path, "#DW jobdw capacity=24GiB access_mode=private")))

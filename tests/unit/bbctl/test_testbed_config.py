@@ -14,7 +14,9 @@ def test_nodes_and_paths_derive_from_root(tmp_path):
     assert [n.address for n in nodes] == ["127.1.1.1", "127.1.1.2"]
     assert nodes[1].socket == tmp_path / "node2" / "run" / "glusterd.socket"
     assert nodes[0].brick_mount(3) == tmp_path / "node1" / "bricks" / "nvme3"
-    assert config.disk_needed == 6 * 4 * 1024**3 + 512 * 1024**2
+    # each image holds a granule plus XFS's overhead: 4 GiB + 4 % + 64 MiB
+    assert config.image_size == 4 * 1024**3 + 4 * 1024**3 // 25 + 64 * 1024**2
+    assert config.disk_needed == 6 * config.image_size + 512 * 1024**2
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -1,0 +1,141 @@
+"""Striped buffers through real Slurm: one file as large as the buffer, full means a clean error, a lost brick
+loses nothing.
+
+A striped buffer is a dispersed GlusterFS volume (bbctl.layouts): data bricks plus one of redundancy. These
+jobs, submitted by the unprivileged user through burst_buffer/lua, write what the issue asked for: a 23 GiB
+file into a 24 GiB buffer (each test-bed brick holds 4 GiB), then on until the buffer is full; many files
+until full; and a file written while one brick process is killed. Each ends with nothing left.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.bbctl.slurmjobs import (
+    FINISHED,
+    GLUSTERD_SOCKET,
+    leftovers,
+    submit,
+    use_plugin,
+    wait_for,
+    wait_torn_down,
+    write_job,
+)
+
+pytestmark = pytest.mark.testbed
+
+GiB = 1024**3
+FULL = ("Disk quota exceeded", "No space left on device")  # what a full buffer may answer; never EIO or a hang
+STUCK_AT_MOST = 10.0  # seconds a writer may wait between its last byte and its error
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lua_slurm(testbed):
+    use_plugin("lua")
+    return testbed
+
+
+def run(user_dir: Path, name: str, body: str, timeout: float) -> int:
+    """Submit ``body`` as the user, wait until it has ended and its buffer is torn down; its job id."""
+    job = submit(write_job(user_dir, name, body))
+    wait_torn_down(job, timeout=timeout)
+    fields = wait_for(job, FINISHED, timeout=5)
+    files = {path.name: path.read_text(errors="replace")[-2000:] for path in sorted(user_dir.iterdir())
+             if path.is_file() and path.suffix != ".sh"}
+    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), files
+    assert leftovers(f"bbjob-{job}") == []
+    return job
+
+
+def stuck_seconds(growth: Path, end: Path) -> float:
+    """From ``time size`` samples and the writer's end time: how long the size stood still before the end."""
+    samples = [line.split() for line in growth.read_text().splitlines() if len(line.split()) == 2]
+    last_change = float(samples[0][0])
+    for (_, before), (when, after) in itertools.pairwise(samples):
+        if after != before:
+            last_change = float(when)
+    return float(end.read_text()) - last_change
+
+
+def test_one_file_as_large_as_a_24gib_buffer_then_a_clean_error_when_full(user_dir):
+    out = user_dir
+    run(user_dir, "big.sh", f"""
+#BB_LUA jobdw capacity=24GiB pool=nvme
+set -u
+f="$DW_JOB_STRIPED/big"
+df -B1 --output=size "$DW_JOB_STRIPED" | tail -1 | tr -d ' ' > {out}/df
+dd if=/dev/zero of="$f" bs=4M count=5888 conv=fsync status=none 2> {out}/dd23; echo $? > {out}/rc23
+stat -c %s "$f" > {out}/size23
+( while sleep 0.5; do echo "$(date +%s.%N) $(stat -c %s "$f")"; done ) > {out}/growth &
+timeout 600 dd if=/dev/zero of="$f" bs=4M oflag=append conv=notrunc,fsync status=none 2> {out}/ddfull
+echo $? > {out}/rcfull; date +%s.%N > {out}/end; kill %1
+stat -c %s "$f" > {out}/sizefull
+""", timeout=1500)
+    assert int((out / "df").read_text()) == 24 * GiB  # what the job sees is what Slurm booked
+    assert (out / "rc23").read_text().strip() == "0", (out / "dd23").read_text()
+    assert int((out / "size23").read_text()) == 23 * GiB
+    assert (out / "rcfull").read_text().strip() == "1", "the writer was not stopped by an error"
+    error = (out / "ddfull").read_text()
+    assert any(reason in error for reason in FULL), error
+    assert int((out / "sizefull").read_text()) >= 0.97 * 24 * GiB
+    assert stuck_seconds(out / "growth", out / "end") < STUCK_AT_MOST
+
+
+def test_many_files_until_full_then_a_clean_error(user_dir):
+    out = user_dir
+    run(user_dir, "many.sh", f"""
+#BB_LUA jobdw capacity=8GiB pool=nvme
+set -u
+i=0
+( while sleep 0.5; do echo "$(date +%s.%N) $(du -sb "$DW_JOB_STRIPED" | cut -f1)"; done ) > {out}/growth &
+while timeout 120 dd if=/dev/zero of="$DW_JOB_STRIPED/f$i" bs=4M count=16 conv=fsync status=none 2> {out}/dd; do
+    i=$((i+1))
+done
+date +%s.%N > {out}/end; kill %1
+du -sb --apparent-size "$DW_JOB_STRIPED" | cut -f1 > {out}/bytes
+""", timeout=900)
+    error = (out / "dd").read_text()
+    assert any(reason in error for reason in FULL), error
+    assert int((out / "bytes").read_text()) >= 0.95 * 8 * GiB
+    assert stuck_seconds(out / "growth", out / "end") < STUCK_AT_MOST
+
+
+def brick_pids(volume: str) -> list[int]:
+    xml = subprocess.run(["gluster", "--mode=script", f"--glusterd-sock={GLUSTERD_SOCKET}", "volume", "status",
+                          volume, "--xml"], capture_output=True, text=True, check=True).stdout
+    return [int(part.split("</pid>")[0]) for part in xml.split("<pid>")[1:] if part.split("</pid>")[0] != "-1"]
+
+
+def test_a_striped_buffer_keeps_the_jobs_data_when_a_brick_process_dies(user_dir):
+    out = user_dir
+    script = write_job(user_dir, "brick.sh", f"""
+#BB_LUA jobdw capacity=8GiB pool=nvme
+set -eu
+head -c 1G /dev/urandom > "$DW_JOB_STRIPED/data"
+sha256sum < "$DW_JOB_STRIPED/data" > {out}/before
+touch {out}/written
+while [ ! -e {out}/killed ]; do sleep 0.5; done
+head -c 256M /dev/urandom >> "$DW_JOB_STRIPED/data"   # and it takes new writes with a brick gone
+sha256sum < "$DW_JOB_STRIPED/data" > {out}/after
+head -c 1G "$DW_JOB_STRIPED/data" | sha256sum > {out}/first
+""")
+    job = submit(script)
+    deadline = time.monotonic() + 600
+    while not (out / "written").exists():
+        assert time.monotonic() < deadline, "the job did not write its data"
+        time.sleep(0.5)
+    pids = brick_pids(f"bbjob-{job}")
+    assert len(pids) == 3  # two data bricks and one of redundancy
+    subprocess.run(["kill", "-KILL", str(pids[1])], check=True)  # by pid: a brick of this job's volume only
+    (out / "killed").touch()
+    wait_torn_down(job, timeout=600)
+    assert wait_for(job, {"COMPLETED"}, timeout=5)["ExitCode"] == "0:0", (out / f"slurm-{job}.out").read_text()
+    assert (out / "first").read_text() == (out / "before").read_text()  # what was there survives
+    assert (out / "after").read_text() != (out / "before").read_text()  # and the append landed
+    assert leftovers(f"bbjob-{job}") == []
+
