@@ -278,8 +278,19 @@ def destroy(bed: Bed, volume: str, mount: Path) -> float:
 
 
 def mount_volume(bed: Bed, volume: str, mount: Path) -> None:
+    """Mount, then wait until a file can be made: a fresh mount briefly refused creates (EINVAL) here while
+    the client switched to the graph with quota."""
     mount.mkdir(parents=True, exist_ok=True)
     sh("mount", "-t", "glusterfs", f"{bed.bricks[0][0]}:/{volume}", mount)
+    probe = mount / ".probe"
+    for _ in range(40):
+        try:
+            probe.touch()
+            probe.unlink()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{volume}: no file can be created on its fresh mount")
 
 
 def measure(bed: Bed, layout: Layout, index: int, args: argparse.Namespace, sources: dict[str, Path]) -> dict:

@@ -13,6 +13,7 @@ import itertools
 import subprocess
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -106,9 +107,11 @@ du -sb --apparent-size "$DW_JOB_STRIPED" | cut -f1 > {out}/bytes
 
 
 def brick_pids(volume: str) -> list[int]:
+    """The brick processes of ``volume`` (``volume status`` also lists self-heal and quota daemons)."""
     xml = subprocess.run(["gluster", "--mode=script", f"--glusterd-sock={GLUSTERD_SOCKET}", "volume", "status",
                           volume, "--xml"], capture_output=True, text=True, check=True).stdout
-    return [int(part.split("</pid>")[0]) for part in xml.split("<pid>")[1:] if part.split("</pid>")[0] != "-1"]
+    nodes = ElementTree.fromstring(xml).iter("node")
+    return [int(node.findtext("pid")) for node in nodes if (node.findtext("path") or "").startswith("/")]
 
 
 def test_a_striped_buffer_keeps_the_jobs_data_when_a_brick_process_dies(user_dir):
