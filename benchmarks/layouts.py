@@ -21,6 +21,10 @@ it with FUSE and measures:
 - one brick process killed (SIGKILL) while a file is written: does the write
   finish, and does the file read back with the right checksum.
 
+Run it while no other GlusterFS cluster on this machine (the main test bed) holds a volume with quota:
+every quotad listens on /var/run/gluster/quotad.socket, and bricks that ask another cluster's quotad refuse
+creates (EINVAL). Three glusterd of one cluster share it harmlessly (they answer for the same volumes).
+
 Progress is read from the bricks' own XFS usage (statvfs of local mounts), never
 through the FUSE mount, which may be the thing that hangs.
 """

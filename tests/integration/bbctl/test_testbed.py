@@ -39,16 +39,17 @@ def slurm(root: Path, *argv: str, user: str | None = None) -> str:
 
 # --- the main test bed ---------------------------------------------------------
 
-def test_status_reports_three_servers_with_two_xfs_bricks(testbed):
+def test_status_reports_three_servers_with_three_xfs_bricks(testbed):
     report = json.loads(bbctl("testbed", "status", "--json").stdout)
     assert report["up"] is True
     assert [n["address"] for n in report["nodes"]] == ["127.1.1.1", "127.1.1.2", "127.1.1.3"]
     for node in report["nodes"]:
-        assert len(node["bricks"]) == 2
+        assert len(node["bricks"]) == 3
         for brick in node["bricks"]:
             mount = host.mount_at(Path(brick["path"]))
             assert mount is not None and mount.fstype == "xfs"
             assert mount.source.startswith("/dev/loop")
+            assert os.statvfs(brick["path"]).f_bavail * os.statvfs(brick["path"]).f_frsize >= 4 * 1024**3
 
 
 def test_peers_are_connected_from_every_node(testbed):
@@ -67,7 +68,7 @@ def test_inventory_describes_servers_and_bricks_for_ansible(testbed):
     node2 = inventory["_meta"]["hostvars"]["bbnode2"]
     assert node2["bb_gluster_host"] == "127.1.1.2"
     assert Path(node2["bb_glusterd_socket"]).is_socket()
-    assert [Path(b["device"]).name.startswith("loop") for b in node2["bb_bricks"]] == [True, True]
+    assert [Path(b["device"]).name.startswith("loop") for b in node2["bb_bricks"]] == [True, True, True]
     assert host.mount_at(Path(node2["bb_bricks"][1]["path"])).source == node2["bb_bricks"][1]["device"]
 
 
