@@ -2,6 +2,7 @@
 
 Raises DirectiveError at the first offending token, with the message of
 bbctl.directives.grammar.MESSAGES; the Lua validator mirrors this order of checks.
+The types of the result are in bbctl.directives.request.
 """
 
 from __future__ import annotations
@@ -31,81 +32,15 @@ from bbctl.directives.grammar import (
     allowed,
     expects,
 )
+from bbctl.directives.request import (
+    BufferPath,
+    CreatePersistent,
+    DestroyPersistent,
+    JobDW,
+    JobRequest,
+    Stage,
+)
 from bbctl.errors import BBError
-
-
-@dataclass(frozen=True)
-class JobDW:
-    capacity: int
-    pool: str | None
-    access_mode: str
-    type: str
-    fs: str
-    pfs: str | None
-    line: int
-
-    @property
-    def access_modes(self) -> tuple[str, ...]:
-        return tuple(self.access_mode.split(","))
-
-
-@dataclass(frozen=True)
-class BufferPath:
-    """A path inside a burst buffer: ``area`` is striped, private or persistent (then ``name``)."""
-
-    variable: str
-    area: str
-    name: str | None
-    subpath: str  # "" for the buffer's root, else "/a/b"
-
-    def __str__(self) -> str:
-        return "$" + self.variable + self.subpath
-
-
-@dataclass(frozen=True)
-class Stage:
-    direction: str  # "in" or "out"
-    type: str
-    pfs_path: str
-    buffer_path: BufferPath
-    line: int
-
-    @property
-    def source(self) -> str | BufferPath:
-        return self.pfs_path if self.direction == "in" else self.buffer_path
-
-    @property
-    def destination(self) -> str | BufferPath:
-        return self.buffer_path if self.direction == "in" else self.pfs_path
-
-
-@dataclass(frozen=True)
-class CreatePersistent:
-    name: str
-    capacity: int
-    access: str
-    type: str
-    pool: str | None
-    pfs: str | None
-    line: int
-
-
-@dataclass(frozen=True)
-class DestroyPersistent:
-    name: str
-    hurry: bool
-    line: int
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    jobdw: JobDW | None = None
-    stage_in: tuple[Stage, ...] = ()
-    stage_out: tuple[Stage, ...] = ()
-    persistent: tuple[str, ...] = ()
-    create_persistent: tuple[CreatePersistent, ...] = ()
-    destroy_persistent: tuple[DestroyPersistent, ...] = ()
-    swap: int | None = None
 
 
 class DirectiveError(BBError, ValueError):
