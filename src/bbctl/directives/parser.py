@@ -97,6 +97,7 @@ class _State:
     create: list[CreatePersistent] = field(default_factory=list)
     destroy: list[DestroyPersistent] = field(default_factory=list)
     swap: tuple[int, int] | None = None  # (bytes, line)
+    first_command: tuple[int, int] | None = None  # (line, offset in the text) where the leading block ends
 
     def request(self) -> JobRequest:
         stages = [stage for stage, _, _ in self.stages]
@@ -163,40 +164,45 @@ def parse_job_script(text: str) -> JobRequest:
     ``errors="surrogateescape"`` so that byte limits match the Lua validator's.
     """
     state = _State()
-    for record in _directive_records(text):
+    for record in _directive_records(text, state):
         _parse_record(record, state)
-    _check_late_directives(text)
+    if state.first_command is not None:
+        _check_late_directives(text, *state.first_command)
     _check_buffers(state)
     return state.request()
 
 
-def _check_late_directives(text: str) -> None:
+def _check_late_directives(text: str, first_command: int, offset: int) -> None:
     """Refuse a directive below the first command: Slurm never reads it (its staging would be lost).
 
     Published DataWarp scripts put ``#DW stage_out`` after ``srun``; Cray's own tools read the
-    whole script, Slurm's plugins only the leading comment block. Only the first script_bytes
-    are scanned (Slurm's default limit on a batch script), as the Lua validator does.
+    whole script, Slurm's plugins only the leading comment block. The scan goes on from the first
+    command (line ``first_command``, at character ``offset``), where the leading block ended, to the
+    end of the first script_bytes of the script (Slurm's default limit on a batch script), as the
+    Lua validator does.
     """
-    first_command = None
-    head = text.encode("utf-8", "surrogateescape")[:LIMITS["script_bytes"]].decode("utf-8", "surrogateescape")
-    for number, line in enumerate(head.split("\n"), start=1):
-        if first_command is None:
-            if line != "" and not line.startswith("#"):
-                first_command = number
-            continue
+    budget = max(0, LIMITS["script_bytes"] - _nbytes(text[:offset]))
+    rest = text[offset:].encode("utf-8", "surrogateescape")[:budget].decode("utf-8", "surrogateescape")
+    for number, line in enumerate(rest.split("\n")[1:], start=first_command + 1):
         prefix = next((p for p in PREFIXES if line.startswith(p)), None)
         words = line[len(prefix):] if prefix else ""
         if prefix and words[:1] in tuple(WHITESPACE) and _first_token(words) in GRAMMAR:
             _fail("late_directive", number, shorten(prefix + " " + _first_token(words)), first=first_command)
 
 
-def _directive_records(text: str) -> Iterator[_Record]:
-    """Directive lines of the leading comment block, continuation lines joined."""
+def _directive_records(text: str, state: _State) -> Iterator[_Record]:
+    """Directive lines of the leading comment block, continuation lines joined.
+
+    Where the block ends, the script's first command, goes to ``state.first_command``.
+    """
     pending: _Record | None = None
+    end = 0  # where the next line starts
     for number, line in enumerate(text.split("\n"), start=1):
+        start, end = end, end + len(line) + 1
         if line == "":
             continue
         if not line.startswith("#"):
+            state.first_command = (number, start)
             break
         prefix = next((p for p in PREFIXES if line.startswith(p)), None)
         if prefix is None or (pending and prefix != pending.prefix):
