@@ -16,7 +16,6 @@ from typing import Any, NoReturn
 from bbctl.collection import sizes
 from bbctl.directives.grammar import (
     BUFFER_VARIABLES,
-    CACHE_RULES,
     CONFLICTS,
     GRAMMAR,
     IMPLICIT_JOBDW_PREFIX,
@@ -147,13 +146,18 @@ def check_buffer_name(name: str) -> str:
 
 
 def check_buffer_type(value: str) -> str:
-    """A buffer type (dw_wlm_cli create_persistent -T) by the grammar's rules, else DirectiveError."""
-    if value not in KINDS["buffer_type"]["values"]:
-        raise DirectiveError(f"type {shorten(value)!r}: use one of {' | '.join(KINDS['buffer_type']['values'])}",
-                             0, shorten(value), "bad_enum")
-    rule = next(r for r in CACHE_RULES if r["rule"] == "not_yet")
-    if value == rule["value"]:
-        raise DirectiveError(f"type={value}: {rule['hint']}", 0, value, "not_yet")
+    """A buffer type (dw_wlm_cli create_persistent -T) as ``create_persistent type=`` takes it, else DirectiveError.
+
+    The values of its kind, then the directive's ``not_yet`` rules on ``type``.
+    """
+    spec = GRAMMAR["create_persistent"]
+    choices = KINDS[spec["keys"]["type"]]["values"]
+    if value not in choices:
+        raise DirectiveError(f"type {shorten(value)!r}: use one of {' | '.join(choices)}", 0, shorten(value),
+                             "bad_enum")
+    for rule in spec["rules"]:
+        if rule["rule"] == "not_yet" and rule["key"] == "type" and rule["value"] == value:
+            raise DirectiveError(f"type={value}: {rule['hint']}", 0, value, "not_yet")
     return value
 
 
