@@ -43,21 +43,37 @@ srun ./a.out
 """
 
 
-def make_site(root: Path) -> dict[str, tuple[list[str], Callable[[], None]]]:
-    """The calls to time in a site under root: name -> (argv after ``python -c MAIN``, what to do first)."""
+def make_site(root: Path) -> Path:
+    """A bbctl.yml under root, with its inventory, work directory and a job script beside it."""
+    root.mkdir(parents=True)
     (root / "inventory.yml").write_text(INVENTORY)
     (root / "job.sh").write_text(JOB)
     config = root / "bbctl.yml"
     config.write_text(f"inventory: {root / 'inventory.yml'}\npools: {{nvme: {{granularity: 4GiB}}}}\n"
                       f"work_dir: {root / 'work'}\nmount_root: {root / 'mnt'}\n")
-    paths = ["--config", str(config), "paths", "--job-id", "12", "--script", str(root / "job.sh")]
-    nothing: Callable[[], None] = lambda: None  # noqa: E731
+    return config
+
+
+def make_calls(root: Path) -> dict[str, tuple[list[str], Callable[[], None]]]:
+    """The calls to time: name -> (argv after ``python -c MAIN``, what to do before each).
+
+    The call without the settings cache has a site of its own, so that removing its
+    cache never leaves the other calls without theirs.
+    """
+    config, cold = make_site(root / "site"), make_site(root / "cold")
+    paths = ["paths", "--job-id", "12", "--script", str(config.parent / "job.sh")]
+
+    def nothing() -> None:
+        pass
+
+    def uncached() -> None:
+        shutil.rmtree(cold.parent / "work" / "site-cache", ignore_errors=True)
+
     return {
         "bbctl status": (["--config", str(config), "status"], nothing),
-        "bbctl paths": (paths, nothing),
+        "bbctl paths": (["--config", str(config), *paths], nothing),
         "bbctl real-size": (["--config", str(config), "real-size", "--job-id", "12"], nothing),
-        "bbctl paths, settings cache removed first": (
-            paths, lambda: shutil.rmtree(root / "work" / "site-cache", ignore_errors=True)),
+        "bbctl paths, settings cache removed first": (["--config", str(cold), *paths], uncached),
     }
 
 
@@ -74,7 +90,7 @@ def timed(checkout: Path, argv: list[str]) -> tuple[float, float]:
 
 
 def run(checkouts: list[Path], runs: int, root: Path) -> dict[tuple[str, Path], list[tuple[float, float]]]:
-    calls = make_site(root)
+    calls = make_calls(root)
     results: dict[tuple[str, Path], list[tuple[float, float]]] = {}
     for round_ in range(runs + 1):
         for name, (argv, first) in calls.items():
