@@ -900,14 +900,16 @@ end
 
 -- Directive lines of the leading comment block (continuations joined), each
 -- handed to on_record as soon as it is complete, as Slurm's _xlate_batch reads them.
+-- Returns where the block ends: the line number and position of the first command (nil if none).
 local function scan(text, on_record)
-    local pending, number, pos = nil, 0, 1
+    local pending, number, pos, command = nil, 0, 1, nil
     while true do
         local newline = text:find("\n", pos, true)
         local line = text:sub(pos, newline and newline - 1 or -1)
         number = number + 1
         if line ~= "" then
             if line:sub(1, 1) ~= "#" then
+                command = number
                 break
             end
             local prefix = prefix_of(line)
@@ -940,6 +942,7 @@ local function scan(text, on_record)
     if pending then
         dangling(pending)
     end
+    return command, pos
 end
 
 local function check_buffers(state)
@@ -966,38 +969,32 @@ local function check_buffers(state)
 end
 
 -- A directive below the first command: Slurm never reads it, so its staging would be lost.
-local function check_late_directives(text)
-    local first_command, number, pos = nil, 0, 1
+-- The scan goes on from the first command (line first_command at pos, where scan stopped)
+-- to the end of the first script_bytes.
+local function check_late_directives(text, first_command, pos)
     text = text:sub(1, GRAMMAR.limits.script_bytes)
-    while pos <= #text + 1 do
-        local newline = text:find("\n", pos, true)
+    local number, newline = first_command, text:find("\n", pos, true)
+    while newline do
+        pos, number = newline + 1, number + 1
+        newline = text:find("\n", pos, true)
         local line = text:sub(pos, newline and newline - 1 or -1)
-        number = number + 1
-        if first_command == nil then
-            if line ~= "" and line:sub(1, 1) ~= "#" then
-                first_command = number
-            end
-        else
-            local prefix = prefix_of(line)
-            local words = prefix and line:sub(#prefix + 1) or ""
-            local name = first_token(words)
-            if prefix and WHITESPACE[words:sub(1, 1)] and GRAMMAR.directives[name] then
-                fail("late_directive", {line = number, token = shorten(prefix .. " " .. name), first = first_command})
-            end
+        local prefix = prefix_of(line)
+        local words = prefix and line:sub(#prefix + 1) or ""
+        local name = first_token(words)
+        if prefix and WHITESPACE[words:sub(1, 1)] and GRAMMAR.directives[name] then
+            fail("late_directive", {line = number, token = shorten(prefix .. " " .. name), first = first_command})
         end
-        if newline == nil then
-            break
-        end
-        pos = newline + 1
     end
 end
 
 local function validate_directives(text)
     local state = {first = {}, names = {}, stages = {}}
-    scan(text, function(line, prefix, body)
+    local first_command, pos = scan(text, function(line, prefix, body)
         parse_record(state, line, prefix, body)
     end)
-    check_late_directives(text)
+    if first_command then
+        check_late_directives(text, first_command, pos)
+    end
     check_buffers(state)
     return state
 end

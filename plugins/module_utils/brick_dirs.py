@@ -19,8 +19,8 @@ import os
 import shutil
 import time
 
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
-    GlusterError,
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import GlusterError
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster_rules import (
     is_local_host,
     volume_id_of,
 )

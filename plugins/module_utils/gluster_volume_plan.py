@@ -16,6 +16,15 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
+    quota_enable_argv,
+    quota_limit_argv,
+    volume_create_argv,
+    volume_delete_argv,
+    volume_set_argv,
+    volume_start_argv,
+    volume_stop_argv,
+)
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster_rules import (
     ALLOW_INSECURE_OPTION,
     QUOTA_OPTION_KEYS,
     brick_problems,
@@ -24,17 +33,10 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
     normalise_option_value,
     option_changes,
     option_text,
-    quota_enable_argv,
-    quota_limit_argv,
     resolve_option_key,
     turns_allow_insecure_off,
     volfile_name_problem,
-    volume_create_argv,
-    volume_delete_argv,
     volume_name_problem,
-    volume_set_argv,
-    volume_start_argv,
-    volume_stop_argv,
 )
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.sizes import (
     SizeError,
@@ -167,7 +169,7 @@ def plan_existing(observed, params):
 
 def split_allow_insecure_off(params, changes):
     """(volume set argv lists to run first, those to run after quota): turning server.allow-insecure
-    waits until quota has been enabled (why: module_utils.gluster.ALLOW_INSECURE_OPTION)."""
+    waits until quota has been enabled (why: module_utils.gluster_rules.ALLOW_INSECURE_OPTION)."""
     socket, name = params["glusterd_socket"], params["name"]
     first, last = [], []
     for key, value in changes:
@@ -188,7 +190,7 @@ def quota_commands(quota, params):
 
 
 def allow_insecure_problems(params, observed):
-    """Quota cannot be enabled while server.allow-insecure is off (module_utils.gluster.ALLOW_INSECURE_OPTION)."""
+    """Quota cannot be enabled while server.allow-insecure is off (module_utils.gluster_rules.ALLOW_INSECURE_OPTION)."""
     volume, quota = observed["volume"], observed["quota"]
     if volume is None or params["quota"] is None or quota is None or quota["enabled"]:
         return []

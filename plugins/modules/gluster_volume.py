@@ -262,20 +262,22 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.brick_dirs import 
     remove,
 )
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
-    ALLOW_INSECURE_OPTION,
     GlusterCli,
     GlusterError,
+    quota_enable_argv,
+    volume_delete_argv,
+    volume_set_argv,
+    volume_stop_argv,
+)
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster_rules import (
+    ALLOW_INSECURE_OPTION,
     bricks_in_use,
     is_local_host,
     local_brick_problem,
     normalise_option_value,
-    quota_enable_argv,
     split_brick,
     turns_allow_insecure_off,
-    volume_delete_argv,
     volume_id_of,
-    volume_set_argv,
-    volume_stop_argv,
 )
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster_volume_plan import (
     QUOTA_PATH,
@@ -369,7 +371,7 @@ def turns_allow_insecure_off_after_quota(params, commands):
 
 def check_quota_accounted(cli, params):
     """Gluster reads the new quota back once server.allow-insecure is off; N/A would mean the quota
-    crawler was shut out and the quota is not enforced (module_utils.gluster.ALLOW_INSECURE_OPTION)."""
+    crawler was shut out and the quota is not enforced (module_utils.gluster_rules.ALLOW_INSECURE_OPTION)."""
     if cli.quota_limit(params["name"], QUOTA_PATH) is None:
         raise GlusterError(f"quota of volume {params['name']} reads N/A after {ALLOW_INSECURE_OPTION} "
                            "was closed: its bricks' usage is not accounted, so the quota would "

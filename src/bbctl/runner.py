@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ansible_runner
-import ptyprocess
 import yaml
 
 from bbctl import playbook_guard
@@ -78,6 +76,8 @@ def pty_closed_without_settling() -> Iterator[None]:
     Runner.run) and its subprocess mode has no cancel callback, so the method
     is swapped for the duration of one run and put back after it. A run
     started while another holds the swap runs with it and leaves it alone."""
+    import ptyprocess  # with ansible-runner, only where a playbook runs (see run_stage)
+
     original = ptyprocess.PtyProcess.close
     if getattr(original, "bbctl_no_settle", False):
         yield
@@ -160,6 +160,10 @@ def run_stage(site: Site, key: str, stage: str, playbook: str, *, extravars: Map
               hosts: Iterable[str], nodes: Iterable[str] = (), timeout: int,
               on_event: Callable[[str], None] = lambda _m: None, cancel: Cancel | None = None) -> StageRun:
     """Run playbooks/<playbook> for one stage of one buffer and wait for it."""
+    # Imported here, not with the module: stages without a playbook (paths, real-size) and the
+    # operator views start faster without it.
+    import ansible_runner
+
     started = time.monotonic()
     run_dir = site.runs_dir / key / f"{time.strftime('%Y%m%dT%H%M%S')}-{stage}"
     suffix = 1

@@ -11,6 +11,9 @@ One YAML file (``--config``, else ``$BBCTL_CONFIG``, else /etc/bbctl/bbctl.yml):
     keep_runs: 200                        # ansible-runner dirs kept for finished buffers
     stage_workers: 32                     # copy threads per stage (bb_stage's default)
 
+Settings that passed validation are cached in <work_dir>/site-cache/ (see
+_cached_settings).
+
 This module is the one source of truth for names and paths: the volume of a
 job or persistent buffer, where it is mounted on the stage host and on compute
 nodes, and the job's environment (burst_buffer.lua gets the same values
@@ -19,20 +22,24 @@ through bbctl-site.lua, which ``bbctl slurm install`` writes from here).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible.module_utils.common.validation import check_type_int
-from ansible.module_utils.errors import AnsibleValidationError, UnsupportedError
 
+from bbctl import cache_file
 from bbctl.collection import stage_threads
 from bbctl.errors import BBError
+
+if TYPE_CHECKING:
+    from ansible.module_utils.errors import AnsibleValidationError
 
 DEFAULT_CONFIG = Path("/etc/bbctl/bbctl.yml")
 CONFIG_ENV = "BBCTL_CONFIG"
@@ -46,6 +53,8 @@ JOB_ID_RE = re.compile(r"^[0-9]{1,10}$")
 PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 NAME_HASH_MODULUS = 4294967291  # the largest prime below 2**32: the hash stays exact in Lua's doubles
 NAME_HASH_PREFIX = 40  # characters of a sanitised name kept before its hash
+# The settings of a bbctl.yml that passed validation, under <work_dir>/SETTINGS_CACHE (see load).
+SETTINGS_CACHE = Path("site-cache", "settings.json")
 
 
 class ConfigError(BBError):
@@ -54,6 +63,8 @@ class ConfigError(BBError):
 
 def positive_int(value: Any) -> int:
     """An argument-spec type: a whole number above 0 (YAML's true/false are not numbers here)."""
+    from ansible.module_utils.common.validation import check_type_int  # see _validated_settings
+
     expected = f"expected a whole number above 0, not {value!r}"
     if isinstance(value, bool):
         raise TypeError(expected)
@@ -120,27 +131,60 @@ class Site:
 
 
 def load(path: Path | str | None = None) -> Site:
-    """The site configuration from path, $BBCTL_CONFIG or the default location."""
+    """The site configuration from path, $BBCTL_CONFIG or the default location (see _cached_settings)."""
     where = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
     try:
-        data = yaml.safe_load(where.read_text()) or {}
+        text = where.read_text()
+        data = yaml.safe_load(text) or {}
     except FileNotFoundError:
         raise ConfigError(f"no bbctl configuration at {where}: write one (see docs/OPERATIONS.md) "
                           f"or point --config / ${CONFIG_ENV} at it") from None
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read the bbctl configuration {where}: {exc}") from exc
-    return from_mapping(data, where)
+    return _site(_cached_settings(text, data, where), data, where)
+
+
+def _cached_settings(text: str, data: Any, where: Path) -> Mapping[str, Any]:
+    """The validated settings of data (read from text), from the cache when it holds them.
+
+    Settings that passed validation are kept under <work_dir>/SETTINGS_CACHE (written and
+    read as bbctl.cache_file does: only this user may have written it), keyed by _cache_key:
+    an unchanged bbctl.yml is not validated again, which would import ansible-core's
+    validator on every call Slurm makes. Mistakes are never cached: their messages always
+    come from the validator.
+    """
+    cache = _settings_cache(data)
+    if cache is None:
+        return _validated_settings(data, where)
+    key = _cache_key(text)
+    settings = cache_file.read(cache, key)
+    if isinstance(settings, dict) and set(settings) == set(SETTINGS):
+        return settings
+    settings = _validated_settings(data, where)
+    cache_file.write(cache, key, settings)
+    return settings
 
 
 def from_mapping(data: Any, where: Path) -> Site:
     """The Site of settings read from where; ConfigError naming every setting that is wrong."""
+    return _site(_validated_settings(data, where), data, where)
+
+
+def _validated_settings(data: Any, where: Path) -> dict[str, Any]:
+    """Every setting of data, checked and with its default; ConfigError naming every setting that is wrong."""
+    # Imported here, not with the module: an unchanged bbctl.yml comes from the cache without it.
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping of settings")
     result = ArgumentSpecValidator(SETTINGS).validate(dict(data))
     if result.error_messages:
         problems = [_describe(error, result.unsupported_parameters) for error in result.errors]
         raise ConfigError(f"{where}: {'; '.join(problems)}")
-    settings = result.validated_parameters
+    return result.validated_parameters
+
+
+def _site(settings: Mapping[str, Any], data: Any, where: Path) -> Site:
     work_dir = Path(settings["work_dir"])
     optional = {key: Path(settings[key]) for key in ("slurm_dir", "burst_buffer_conf") if settings[key]}
     return Site(path=where, inventory=Path(settings["inventory"]),
@@ -152,9 +196,49 @@ def from_mapping(data: Any, where: Path) -> Site:
 def _describe(error: AnsibleValidationError, unsupported: set[str]) -> str:
     """One problem for the user: unknown settings listed with the known ones; otherwise
     ansible-core's own words, which name the setting and what it expected."""
+    from ansible.module_utils.errors import UnsupportedError  # loaded by then: see _validated_settings
+
     if isinstance(error, UnsupportedError):
         return f"unknown setting(s) {', '.join(sorted(unsupported))}; known: {', '.join(sorted(SETTINGS))}"
     return str(error)
+
+
+def _settings_cache(data: Any) -> Path | None:
+    """Where the validated settings of data are cached: <work_dir>/SETTINGS_CACHE, beside the state
+    database's default place. None when they are not cached: data is not a mapping, its work_dir
+    is not an absolute path as written, or a path setting names a $VARIABLE or ~ (validation expands
+    those, so the result depends on the environment of the call, not on the file alone)."""
+    if not isinstance(data, Mapping):
+        return None
+    paths = [data.get(key) for key, spec in SETTINGS.items() if spec["type"] == "path"]
+    if any(value is not None and (not isinstance(value, str) or "$" in value or "~" in value) for value in paths):
+        return None
+    work_dir = data.get("work_dir", SETTINGS["work_dir"]["default"])
+    return Path(work_dir) / SETTINGS_CACHE if isinstance(work_dir, str) and os.path.isabs(work_dir) else None
+
+
+def _cache_key(text: str) -> str:
+    """sha256 of what decides the validated settings: the file's text, the argument spec, this
+    module's source (positive_int, the spec's defaults) and ansible-core's version."""
+    digest = hashlib.sha256()
+    spec = json.dumps(SETTINGS, sort_keys=True, default=lambda check: check.__qualname__)
+    for part in (text.encode("utf-8", "surrogateescape"), spec.encode(), _source(__file__), _ansible_release()):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    return digest.hexdigest()
+
+
+def _ansible_release() -> bytes:
+    """ansible-core's release.py (its version), found without importing ansible."""
+    package = importlib.util.find_spec("ansible")
+    locations = package.submodule_search_locations if package else None
+    return _source(os.path.join(locations[0], "release.py")) if locations else b""
+
+
+def _source(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return b""
 
 
 def dump(settings: Mapping[str, Any], path: Path) -> None:

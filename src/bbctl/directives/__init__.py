@@ -63,19 +63,8 @@ Decisions (see the tables below for the exact values):
 
 from bbctl.directives.grammar import GRAMMAR, KINDS, LIMITS, MESSAGES, size_units
 from bbctl.directives.lua import lua_block, lua_grammar, main, write_lua
-from bbctl.directives.parser import (
-    BufferPath,
-    CreatePersistent,
-    DestroyPersistent,
-    DirectiveError,
-    JobDW,
-    JobRequest,
-    Stage,
-    check_buffer_name,
-    check_buffer_type,
-    parse_job_script,
-    shorten,
-)
+from bbctl.directives.parser import DirectiveError, check_buffer_name, check_buffer_type, parse_job_script, shorten
+from bbctl.directives.request import BufferPath, CreatePersistent, DestroyPersistent, JobDW, JobRequest, Stage
 
 __all__ = [
     "GRAMMAR", "KINDS", "LIMITS", "MESSAGES", "BufferPath", "CreatePersistent", "DestroyPersistent", "DirectiveError",

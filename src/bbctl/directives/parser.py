@@ -2,6 +2,7 @@
 
 Raises DirectiveError at the first offending token, with the message of
 bbctl.directives.grammar.MESSAGES; the Lua validator mirrors this order of checks.
+The types of the result are in bbctl.directives.request.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Any, NoReturn
 from bbctl.collection import sizes
 from bbctl.directives.grammar import (
     BUFFER_VARIABLES,
-    CACHE_RULES,
     CONFLICTS,
     GRAMMAR,
     IMPLICIT_JOBDW_PREFIX,
@@ -31,81 +31,15 @@ from bbctl.directives.grammar import (
     allowed,
     expects,
 )
+from bbctl.directives.request import (
+    BufferPath,
+    CreatePersistent,
+    DestroyPersistent,
+    JobDW,
+    JobRequest,
+    Stage,
+)
 from bbctl.errors import BBError
-
-
-@dataclass(frozen=True)
-class JobDW:
-    capacity: int
-    pool: str | None
-    access_mode: str
-    type: str
-    fs: str
-    pfs: str | None
-    line: int
-
-    @property
-    def access_modes(self) -> tuple[str, ...]:
-        return tuple(self.access_mode.split(","))
-
-
-@dataclass(frozen=True)
-class BufferPath:
-    """A path inside a burst buffer: ``area`` is striped, private or persistent (then ``name``)."""
-
-    variable: str
-    area: str
-    name: str | None
-    subpath: str  # "" for the buffer's root, else "/a/b"
-
-    def __str__(self) -> str:
-        return "$" + self.variable + self.subpath
-
-
-@dataclass(frozen=True)
-class Stage:
-    direction: str  # "in" or "out"
-    type: str
-    pfs_path: str
-    buffer_path: BufferPath
-    line: int
-
-    @property
-    def source(self) -> str | BufferPath:
-        return self.pfs_path if self.direction == "in" else self.buffer_path
-
-    @property
-    def destination(self) -> str | BufferPath:
-        return self.buffer_path if self.direction == "in" else self.pfs_path
-
-
-@dataclass(frozen=True)
-class CreatePersistent:
-    name: str
-    capacity: int
-    access: str
-    type: str
-    pool: str | None
-    pfs: str | None
-    line: int
-
-
-@dataclass(frozen=True)
-class DestroyPersistent:
-    name: str
-    hurry: bool
-    line: int
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    jobdw: JobDW | None = None
-    stage_in: tuple[Stage, ...] = ()
-    stage_out: tuple[Stage, ...] = ()
-    persistent: tuple[str, ...] = ()
-    create_persistent: tuple[CreatePersistent, ...] = ()
-    destroy_persistent: tuple[DestroyPersistent, ...] = ()
-    swap: int | None = None
 
 
 class DirectiveError(BBError, ValueError):
@@ -162,6 +96,7 @@ class _State:
     create: list[CreatePersistent] = field(default_factory=list)
     destroy: list[DestroyPersistent] = field(default_factory=list)
     swap: tuple[int, int] | None = None  # (bytes, line)
+    first_command: tuple[int, int] | None = None  # (line, offset in the text) where the leading block ends
 
     def request(self) -> JobRequest:
         stages = [stage for stage, _, _ in self.stages]
@@ -211,13 +146,18 @@ def check_buffer_name(name: str) -> str:
 
 
 def check_buffer_type(value: str) -> str:
-    """A buffer type (dw_wlm_cli create_persistent -T) by the grammar's rules, else DirectiveError."""
-    if value not in KINDS["buffer_type"]["values"]:
-        raise DirectiveError(f"type {shorten(value)!r}: use one of {' | '.join(KINDS['buffer_type']['values'])}",
-                             0, shorten(value), "bad_enum")
-    rule = next(r for r in CACHE_RULES if r["rule"] == "not_yet")
-    if value == rule["value"]:
-        raise DirectiveError(f"type={value}: {rule['hint']}", 0, value, "not_yet")
+    """A buffer type (dw_wlm_cli create_persistent -T) as ``create_persistent type=`` takes it, else DirectiveError.
+
+    The values of its kind, then the directive's ``not_yet`` rules on ``type``.
+    """
+    spec = GRAMMAR["create_persistent"]
+    choices = KINDS[spec["keys"]["type"]]["values"]
+    if value not in choices:
+        raise DirectiveError(f"type {shorten(value)!r}: use one of {' | '.join(choices)}", 0, shorten(value),
+                             "bad_enum")
+    for rule in spec["rules"]:
+        if rule["rule"] == "not_yet" and rule["key"] == "type" and rule["value"] == value:
+            raise DirectiveError(f"type={value}: {rule['hint']}", 0, value, "not_yet")
     return value
 
 
@@ -228,40 +168,45 @@ def parse_job_script(text: str) -> JobRequest:
     ``errors="surrogateescape"`` so that byte limits match the Lua validator's.
     """
     state = _State()
-    for record in _directive_records(text):
+    for record in _directive_records(text, state):
         _parse_record(record, state)
-    _check_late_directives(text)
+    if state.first_command is not None:
+        _check_late_directives(text, *state.first_command)
     _check_buffers(state)
     return state.request()
 
 
-def _check_late_directives(text: str) -> None:
+def _check_late_directives(text: str, first_command: int, offset: int) -> None:
     """Refuse a directive below the first command: Slurm never reads it (its staging would be lost).
 
     Published DataWarp scripts put ``#DW stage_out`` after ``srun``; Cray's own tools read the
-    whole script, Slurm's plugins only the leading comment block. Only the first script_bytes
-    are scanned (Slurm's default limit on a batch script), as the Lua validator does.
+    whole script, Slurm's plugins only the leading comment block. The scan goes on from the first
+    command (line ``first_command``, at character ``offset``), where the leading block ended, to the
+    end of the first script_bytes of the script (Slurm's default limit on a batch script), as the
+    Lua validator does.
     """
-    first_command = None
-    head = text.encode("utf-8", "surrogateescape")[:LIMITS["script_bytes"]].decode("utf-8", "surrogateescape")
-    for number, line in enumerate(head.split("\n"), start=1):
-        if first_command is None:
-            if line != "" and not line.startswith("#"):
-                first_command = number
-            continue
+    budget = max(0, LIMITS["script_bytes"] - _nbytes(text[:offset]))
+    rest = text[offset:].encode("utf-8", "surrogateescape")[:budget].decode("utf-8", "surrogateescape")
+    for number, line in enumerate(rest.split("\n")[1:], start=first_command + 1):
         prefix = next((p for p in PREFIXES if line.startswith(p)), None)
         words = line[len(prefix):] if prefix else ""
         if prefix and words[:1] in tuple(WHITESPACE) and _first_token(words) in GRAMMAR:
             _fail("late_directive", number, shorten(prefix + " " + _first_token(words)), first=first_command)
 
 
-def _directive_records(text: str) -> Iterator[_Record]:
-    """Directive lines of the leading comment block, continuation lines joined."""
+def _directive_records(text: str, state: _State) -> Iterator[_Record]:
+    """Directive lines of the leading comment block, continuation lines joined.
+
+    Where the block ends, the script's first command, goes to ``state.first_command``.
+    """
     pending: _Record | None = None
+    end = 0  # where the next line starts
     for number, line in enumerate(text.split("\n"), start=1):
+        start, end = end, end + len(line) + 1
         if line == "":
             continue
         if not line.startswith("#"):
+            state.first_command = (number, start)
             break
         prefix = next((p for p in PREFIXES if line.startswith(p)), None)
         if prefix is None or (pending and prefix != pending.prefix):

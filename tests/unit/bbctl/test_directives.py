@@ -17,6 +17,7 @@ from bbctl.directives import (
     BufferPath,
     DirectiveError,
     JobRequest,
+    check_buffer_type,
     lua_block,
     lua_grammar,
     parse_job_script,
@@ -374,6 +375,22 @@ def test_results_are_frozen():
     request = parsed("minimal_jobdw")
     with pytest.raises(AttributeError):
         request.jobdw.capacity = 1  # type: ignore[misc]
+
+
+
+@pytest.mark.parametrize("value", directives.KINDS["buffer_type"]["values"])
+def test_a_buffer_type_alone_gets_the_verdict_of_a_create_persistent_line(value):
+    """dw_wlm_cli's -T has no script line: it is checked by the same table as ``create_persistent type=``."""
+    line = f"#!/bin/bash\n#BB create_persistent name=p capacity=1GiB type={value}\n"
+    try:
+        parse_job_script(line)
+    except DirectiveError as in_script:
+        with pytest.raises(DirectiveError) as alone:
+            check_buffer_type(value)
+        assert alone.value.reason == in_script.reason == "not_yet"
+        assert str(alone.value) == f"type={value}: " + str(in_script).split("': ", 1)[1]
+    else:
+        assert check_buffer_type(value) == value
 
 
 # ------------------------------------------------------------------ one source of truth: sizes and Lua

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bbctl.directives import GRAMMAR, KINDS, DirectiveError, parse_job_script
+from bbctl.directives import GRAMMAR, KINDS, LIMITS, DirectiveError, parse_job_script
 
 REPO = Path(__file__).resolve().parents[3]
 CASES_FILE = REPO / "tests" / "fixtures" / "directives" / "cases.yaml"
@@ -106,6 +106,32 @@ def test_leading_block_beyond_the_first_chunk_is_read(tmp_path):
     [(rc, message)] = run_lua([script], tmp_path / "long")
     assert rc == -1 and "line 702: jobdw: 'capacity=1N': node counts" in message
     assert (rc, message) == run_python(script)
+
+
+
+LATE = "#DW stage_out type=file source=$DW_JOB_STRIPED/a destination=/pfs/a\n"
+
+
+def late_directive_at(start: int, filler: str) -> str:
+    """A script whose late stage_out line begins at byte start, after a comment of filler (bytes != chars)."""
+    head, tail = "#!/bin/bash\n#DW jobdw capacity=1GiB\n# ", "\nsrun app\n"
+    room = start - len((head + tail).encode())
+    width = len(filler.encode())
+    return head + filler * (room // width) + "x" * (room % width) + tail + LATE
+
+
+@pytest.mark.parametrize("filler", ["x", "\u00e9\u65e5"])
+def test_late_directives_are_looked_for_up_to_script_bytes_only(tmp_path, filler):
+    """Slurm reads the first script_bytes: a late directive word inside them is refused, one cut by them is not."""
+    limit = LIMITS["script_bytes"]
+    inside = late_directive_at(limit - len("#DW stage_out"), filler)
+    cut = late_directive_at(limit - len("#DW stage_ou"), filler)
+    beyond = late_directive_at(limit + 1, filler)
+    python = [run_python(script) for script in (inside, cut, beyond)]
+    assert python[0][0] == -1 and python[0][1].startswith("line 5: '#DW stage_out' comes after the script's first "
+                                                           "command (line 4)")
+    assert python[1:] == [(0, ""), (0, "")]
+    assert run_lua([inside, cut, beyond], tmp_path / "limit") == python
 
 
 # ------------------------------------------------------------------ fuzzing: never crash, always agree

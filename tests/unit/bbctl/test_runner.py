@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import ansible_runner
 import ptyprocess
 import yaml
 
@@ -154,7 +155,7 @@ def test_run_stage_runs_ansible_runner_with_the_pty_swap(tmp_path, monkeypatch):
         seen["playbook"] = kwargs["playbook"]
         return SimpleNamespace(status="successful", rc=0)
 
-    monkeypatch.setattr(runner.ansible_runner, "run", fake_run)
+    monkeypatch.setattr(ansible_runner, "run", fake_run)
     run = runner.run_stage(a_site(tmp_path), "7", "setup", "buffer_create.yml", extravars={}, hosts=["s1"],
                            timeout=60)
     assert seen == {"swapped": True, "playbook": "buffer_create.yml"}

@@ -12,7 +12,7 @@ from bbctl import site
 from bbctl.directives import KINDS
 
 # The gluster module's own rule for volume names, importable now.
-gluster = importlib.import_module("ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster")
+gluster = importlib.import_module("ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster_rules")
 
 NAME_CHARS = "abcXYZ019_.-"
 

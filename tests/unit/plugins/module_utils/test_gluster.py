@@ -1,4 +1,4 @@
-"""gluster module_utils: argv builders, parsers of XML recorded from gluster 10.3, validation.
+"""gluster module_utils: argv builders, parsers of XML recorded from gluster 10.3, validation (gluster_rules).
 
 Every fixture under tests/fixtures/gluster was printed by the real gluster 10.3 CLI of the
 loopback test bed (or of two private glusterd for the peer cases); the test names say what
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import gluster as g
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import gluster_rules as rules
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "gluster"
 SOCK = "/var/lib/bbctl-testbed/node1/run/glusterd.socket"
@@ -255,7 +256,7 @@ def test_quota_list_errors(name, message):
 
 @pytest.mark.parametrize("name", ["gv-a", "1gv-a", "123", "_gv", "GV-Upper", "a" * 200])
 def test_volume_names_gluster_10_3_accepts(name):
-    assert g.volume_name_problem(name) is None
+    assert rules.volume_name_problem(name) is None
 
 
 @pytest.mark.parametrize(("name", "why"), [
@@ -272,7 +273,7 @@ def test_volume_names_gluster_10_3_accepts(name):
     ("snap-max-hard-limit", "reserved"),
 ])
 def test_volume_names_refused(name, why):
-    assert why in g.volume_name_problem(name)
+    assert why in rules.volume_name_problem(name)
 
 
 @pytest.mark.parametrize(("bricks", "problems"), [
@@ -288,17 +289,17 @@ def test_volume_names_refused(name, why):
                               "directory"]),
 ])
 def test_brick_problems(bricks, problems):
-    assert g.brick_problems(bricks) == problems
+    assert rules.brick_problems(bricks) == problems
 
 
 def test_volfile_name_budget_counts_name_host_and_path():
     host, path = "127.1.1.1", "/var/lib/bbctl-testbed/node1/bricks/nvme2/xx"  # 9 + 44
     fits = "g" * (239 - 53)
-    assert g.volfile_name_problem(fits, [f"{host}:{path}"]) is None
-    problem = g.volfile_name_problem(fits + "g", [f"{host}:{path}"])
+    assert rules.volfile_name_problem(fits, [f"{host}:{path}"]) is None
+    problem = rules.volfile_name_problem(fits + "g", [f"{host}:{path}"])
     assert "at most 239 characters (they have 240)" in problem
     # 190 characters: gluster 10.3 created and started it, but quota enable silently failed
-    assert g.volfile_name_problem("g" * 190, [f"{host}:{path}"]) is not None
+    assert rules.volfile_name_problem("g" * 190, [f"{host}:{path}"]) is not None
 
 
 @pytest.mark.parametrize(("count", "layout", "problems"), [
@@ -316,7 +317,7 @@ def test_volfile_name_budget_counts_name_host_and_path():
 ])
 def test_layout_problems(count, layout, problems):
     bricks = [f"h{n}:/b/gv" for n in range(count)]
-    assert g.layout_problems(bricks, **layout) == problems
+    assert rules.layout_problems(bricks, **layout) == problems
 
 
 # --- options -------------------------------------------------------------------------------
@@ -327,14 +328,14 @@ def test_layout_problems(count, layout, problems):
     (64, "64"), ("64MB", "64mb"), (None, None),
 ])
 def test_option_values_are_compared_in_a_normal_form(value, normal):
-    assert g.normalise_option_value(value) == normal
+    assert rules.normalise_option_value(value) == normal
 
 
 def test_short_option_names_resolve_to_the_full_name_gluster_stores():
     known = g.parse_volume_get(fixture("volume_get_all.xml"))
-    assert g.resolve_option_key("readdir-ahead", known) == "performance.readdir-ahead"
-    assert g.resolve_option_key("performance.readdir-ahead", known) == "performance.readdir-ahead"
-    assert g.resolve_option_key("no-such-option", known) == "no-such-option"
+    assert rules.resolve_option_key("readdir-ahead", known) == "performance.readdir-ahead"
+    assert rules.resolve_option_key("performance.readdir-ahead", known) == "performance.readdir-ahead"
+    assert rules.resolve_option_key("no-such-option", known) == "no-such-option"
 
 
 def test_option_changes_only_lists_what_differs():
@@ -342,7 +343,7 @@ def test_option_changes_only_lists_what_differs():
     wanted = {"readdir-ahead": "on", "performance.write-behind": True,
               "cluster.min-free-disk": "10%", "cluster.lookup-optimize": "disable"}
     # readdir-ahead was off on that volume, write-behind on, min-free-disk at its default
-    assert g.option_changes(current, wanted) == [
+    assert rules.option_changes(current, wanted) == [
         ("performance.readdir-ahead", "on"), ("cluster.lookup-optimize", "disable")]
 
 
@@ -351,17 +352,17 @@ def test_option_changes_only_lists_what_differs():
 def test_bricks_in_use_names_the_volume_they_belong_to():
     volumes = g.parse_volume_info(fixture("volume_info_distributed_created.xml"))
     used = f"127.1.1.1:{BRICK_ROOT.format(1)}/gv-exp1"
-    assert g.bricks_in_use([used], volumes) == [f"brick {used} is already part of volume gv-exp1"]
+    assert rules.bricks_in_use([used], volumes) == [f"brick {used} is already part of volume gv-exp1"]
     inside = f"127.1.1.1:{BRICK_ROOT.format(1)}/gv-exp1/sub"
-    assert g.bricks_in_use([inside], volumes) == [
+    assert rules.bricks_in_use([inside], volumes) == [
         f"brick {inside} overlaps brick {used} of volume gv-exp1; choose a directory outside it"]
-    assert g.bricks_in_use([f"127.1.1.1:{BRICK_ROOT.format(1)}/gv-exp10"], volumes) == []
-    assert g.bricks_in_use([f"127.1.1.9:{BRICK_ROOT.format(1)}/gv-exp1"], volumes) == []
+    assert rules.bricks_in_use([f"127.1.1.1:{BRICK_ROOT.format(1)}/gv-exp10"], volumes) == []
+    assert rules.bricks_in_use([f"127.1.1.9:{BRICK_ROOT.format(1)}/gv-exp1"], volumes) == []
 
 
 def test_loopback_and_unresolvable_hosts():
-    assert g.is_local_host("127.0.0.1") is True
-    assert g.is_local_host("no-such-host.invalid") is False
+    assert rules.is_local_host("127.0.0.1") is True
+    assert rules.is_local_host("no-such-host.invalid") is False
 
 
 def test_an_address_of_no_interface_is_not_local():
@@ -371,7 +372,7 @@ def test_an_address_of_no_interface_is_not_local():
             pytest.skip("this machine has 192.0.2.1")
         except OSError:
             pass
-    assert g.is_local_host("192.0.2.1") is False
+    assert rules.is_local_host("192.0.2.1") is False
 
 
 def set_volume_id(path, volume_id):
@@ -382,9 +383,9 @@ def set_volume_id(path, volume_id):
 
 
 def test_volume_id_of_reads_the_xattr_as_a_uuid(tmp_path):
-    assert g.volume_id_of(str(tmp_path)) is None
+    assert rules.volume_id_of(str(tmp_path)) is None
     set_volume_id(str(tmp_path), "a16102d7-05e9-4f25-8be5-bd6825bd3d20")
-    assert g.volume_id_of(str(tmp_path)) == "a16102d7-05e9-4f25-8be5-bd6825bd3d20"
+    assert rules.volume_id_of(str(tmp_path)) == "a16102d7-05e9-4f25-8be5-bd6825bd3d20"
 
 
 @pytest.mark.parametrize(("raw", "shown"), [
@@ -392,13 +393,13 @@ def test_volume_id_of_reads_the_xattr_as_a_uuid(tmp_path):
     (b"\x01\x02", "0102"),  # not a UUID glusterd wrote: shown as it is
 ])
 def test_volume_id_of_formats_the_raw_bytes(monkeypatch, raw, shown):
-    monkeypatch.setattr(g.os, "getxattr", lambda _path, _name, follow_symlinks=True: raw)
-    assert g.volume_id_of("/bricks/b1") == shown
+    monkeypatch.setattr(rules.os, "getxattr", lambda _path, _name, follow_symlinks=True: raw)
+    assert rules.volume_id_of("/bricks/b1") == shown
 
 
 def test_local_brick_with_a_missing_parent(tmp_path):
     brick = f"h:{tmp_path}/nope/gv"
-    assert g.local_brick_problem(brick, True, {}) == (
+    assert rules.local_brick_problem(brick, True, {}) == (
         f"brick {brick}: its parent directory {tmp_path}/nope does not exist on h; gluster "
         "creates only the last directory of a brick path (mount the brick root first)")
 
@@ -408,12 +409,12 @@ def test_local_brick_directory_left_by_a_deleted_or_living_volume(tmp_path):
     path.mkdir()
     set_volume_id(str(path), "a16102d7-05e9-4f25-8be5-bd6825bd3d20")
     brick = f"h:{path}"
-    assert g.local_brick_problem(brick, True, {}) == (
+    assert rules.local_brick_problem(brick, True, {}) == (
         f"brick {brick} holds the brick directory of a deleted volume (volume-id "
         "a16102d7-05e9-4f25-8be5-bd6825bd3d20); remove it with hpc.burstbuffer.gluster_brick_dir "
         "(state: absent) on h, or choose another path")
     living = {"a16102d7-05e9-4f25-8be5-bd6825bd3d20": "gv-exp1"}
-    assert g.local_brick_problem(brick, False, living) == (
+    assert rules.local_brick_problem(brick, False, living) == (
         f"brick {brick} is already part of volume gv-exp1")
 
 
@@ -421,18 +422,18 @@ def test_local_brick_on_the_root_filesystem_needs_force(tmp_path):
     if os.stat(tmp_path).st_dev != os.stat("/").st_dev:
         pytest.skip(f"{tmp_path} is not on the root filesystem")
     brick = f"h:{tmp_path}/gv"
-    assert "is on the root filesystem of h" in g.local_brick_problem(brick, False, {})
-    assert g.local_brick_problem(brick, True, {}) is None
+    assert "is on the root filesystem of h" in rules.local_brick_problem(brick, False, {})
+    assert rules.local_brick_problem(brick, True, {}) is None
 
 
 def test_local_brick_that_is_a_mount_point_needs_force():
-    assert "is a mount point itself" in g.local_brick_problem("h:/proc", False, {})
-    assert g.local_brick_problem("h:/proc", True, {}) is None
+    assert "is a mount point itself" in rules.local_brick_problem("h:/proc", False, {})
+    assert rules.local_brick_problem("h:/proc", True, {}) is None
 
 
 def test_a_file_is_no_brick(tmp_path):
     (tmp_path / "gv").write_text("")
-    assert g.local_brick_problem(f"h:{tmp_path}/gv", True, {}) == (
+    assert rules.local_brick_problem(f"h:{tmp_path}/gv", True, {}) == (
         f"brick h:{tmp_path}/gv exists and is not a directory")
 
 

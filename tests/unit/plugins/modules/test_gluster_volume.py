@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import gluster as g
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import gluster_rules as rules
 from ansible_collections.hpc.burstbuffer.plugins.modules import gluster_volume as gv
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "gluster"
@@ -469,7 +470,7 @@ def test_turning_allow_insecure_on_comes_before_enabling_quota():
     ("client.bind-insecure", "off", False), ("rpc-auth-allow-insecure", "off", False),
 ])
 def test_what_turns_allow_insecure_off(key, value, closes):
-    assert g.turns_allow_insecure_off(key, value) is closes
+    assert rules.turns_allow_insecure_off(key, value) is closes
 
 
 def test_a_quota_that_reads_na_once_allow_insecure_is_off_fails_and_deletes_the_volume(
