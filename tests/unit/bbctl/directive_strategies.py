@@ -172,7 +172,7 @@ def values(kind_name: str) -> st.SearchStrategy[str]:
 # What is odd about a line, if anything: one draw decides, then only that twist draws more.
 TWISTS = mix((60, ["none"]), (1, ["prefix"]), (1, ["separator"]), (2, ["continued"]), (1, ["line_end"]),
              (1, ["name"]), (3, ["stray"]), (1, ["repeat"]), (1, ["reverse"]), (1, ["comment"]), (2, ["no_required"]),
-             (2, ["odd_path"]))
+             (2, ["odd_value"]), (1, ["inside"]))
 twists = st.sampled_from(TWISTS)
 prefixes = st.sampled_from(PREFIXES)
 bad_prefixes = st.sampled_from(["#DWX", "#BB_LUAx", "#BB_", "#Dw"])
@@ -196,11 +196,12 @@ def optional_keys(name: str, given: frozenset[str]) -> st.SearchStrategy[str | N
 
 
 def _key_value(draw: Any, spec: dict[str, Any], given: str, twist: str) -> str:
-    """``given=value`` (a flag alone), the value by the key's kind or, with the odd_path twist, odd."""
+    """``given=value`` (a flag alone), the value by the key's kind; with the odd_value twist a
+    path is odd and a flag has a value."""
     if given in spec.get("flags", ()):
-        return given
+        return given + "=yes" if twist == "odd_value" else given
     kind = spec["keys"][spec.get("aliases", {}).get(given, given)]
-    odd = twist == "odd_path" and KINDS[kind]["check"] in ("pfs_path", "buffer_path")
+    odd = twist == "odd_value" and KINDS[kind]["check"] in ("pfs_path", "buffer_path")
     return f"{given}={draw(odd_paths) if odd else draw(values(kind))}"
 
 
@@ -222,6 +223,9 @@ def _tokens(draw: Any, name: str, twist: str) -> list[str]:
         found.insert(draw(st.integers(0, len(found))), draw(hostile))
     if twist == "reverse":
         found.reverse()
+    if twist == "inside" and spec.get("slurm_reads"):  # a key Slurm finds by strstr, inside an earlier value
+        read = draw(st.sampled_from(spec["slurm_reads"]))
+        found.insert(0, f"{next((key for key in spec['keys'] if key != read), 'x')}=/{read}=1")
     return found
 
 

@@ -45,9 +45,10 @@ from tests.unit.fuzzing import EXAMPLES, rounds, run_round
 
 pytestmark = pytest.mark.skipif(shutil.which("lua5.1") is None, reason="lua5.1 is not installed")
 
-# Rejection reasons (of MESSAGES' 45) a run of 10000 scripts or more must reach: it reached 40,
-# so a change to the grammar or the strategies that stops them reaching deep rules shows.
-MIN_REASONS = 38
+# Rejection reasons (of MESSAGES' 42) a run of 10000 scripts or more must reach (the default run
+# reaches all 42, some of them a few times only): a change to the grammar or the strategies that
+# stops them reaching deep rules shows.
+MIN_REASONS = 40
 
 
 def record_text(script: str, line: int) -> str:
