@@ -575,6 +575,19 @@ local function whole_size(number, unit)
     return string.format("%.0f", nbytes)
 end
 
+-- Whether the whole number written as digits, times multiplier, exceeds bound, exactly: doubles
+-- hold every integer up to 2^53 but round those above (9007199254740993 reads as 9007199254740992),
+-- so the digits are compared with floor(bound / multiplier) by length, then in two exact parts.
+local function exceeds(digits, multiplier, bound)
+    digits = digits:gsub("^0+", "")
+    local most = string.format("%.0f", math.floor(bound / multiplier))
+    if #digits ~= #most then
+        return #digits > #most
+    end
+    local head, most_head = tonumber(digits:sub(1, -2)) or 0, tonumber(most:sub(1, -2)) or 0
+    return head > most_head or (head == most_head and digits:byte(-1) > most:byte(-1))
+end
+
 local function check_size(where, value, shown)
     local number, fraction, unit = value:match("^([0-9]+)(%.?[0-9]*)([A-Za-z]*)$")
     if number == nil or fraction == "." then
@@ -588,14 +601,14 @@ local function check_size(where, value, shown)
     if multiplier == nil then
         fail_at(where, "bad_size", shown)
     end
-    local nbytes = tonumber(number) * multiplier
     local limit = GRAMMAR.limits.size_bytes
-    if nbytes > limit or (nbytes >= limit and fraction ~= "") then
+    if exceeds(number, multiplier, limit) or (fraction ~= "" and exceeds(number, multiplier, limit - 1)) then
         fail_at(where, "huge_size", shown, {limit = GRAMMAR.size_limit_text})
     end
     if fraction ~= "" then
         fail_at(where, "decimal_size", shown, {suggest = whole_size(number .. fraction, unit)})
     end
+    local nbytes = tonumber(number) * multiplier  -- exact: at most the limit
     if nbytes == 0 then
         fail_at(where, "zero_size", shown)
     end

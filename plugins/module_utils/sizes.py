@@ -13,11 +13,13 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import math
 import re
 
 _PREFIXES = "KMGTP"
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP](?:iB|B)?|B)?\s*$", re.IGNORECASE)
+# ASCII only: in Unicode mode \d reads Arabic-Indic digits and IGNORECASE matches the Kelvin sign as "k".
+_SIZE_RE = re.compile(r"^\s*(\d+)(?:\.(\d+))?\s*([KMGTP](?:iB|B)?|B)?\s*$", re.IGNORECASE | re.ASCII)
+# Significant digits read at most: 10**40 bytes is beyond any storage (and int() refuses over 4300 digits).
+_MAX_DIGITS = 40
 
 
 class SizeError(ValueError):
@@ -25,7 +27,10 @@ class SizeError(ValueError):
 
 
 def parse_size(text):
-    """Bytes in ``text`` (str or int), rounded up to a whole byte."""
+    """Bytes in ``text`` (str or int), rounded up to a whole byte.
+
+    Computed in whole numbers: a float would make "0.067GB" 67000001 bytes.
+    """
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise SizeError("size %d is negative" % text)
@@ -35,8 +40,11 @@ def parse_size(text):
         raise SizeError(
             "cannot read size %r: use a number with an optional unit "
             "K, M, G, T, P (or KiB..PiB: powers of 1024) or KB..PB (powers of 1000)" % (text,))
-    number, unit = match.groups()
-    return math.ceil(float(number) * _multiplier(unit or ""))
+    whole, fraction, unit = match.group(1).lstrip("0"), (match.group(2) or "").rstrip("0"), match.group(3)
+    if len(whole) + len(fraction) > _MAX_DIGITS:
+        raise SizeError("cannot read size %r: more than %d significant digits" % (text, _MAX_DIGITS))
+    scaled = int(whole + fraction or "0") * _multiplier(unit or "")
+    return -(-scaled // 10 ** len(fraction))  # rounded up
 
 
 def _multiplier(unit):

@@ -130,7 +130,10 @@ def parse_stage_list(text, buffer_root, direction, list_path="the list", variabl
     are then checked like a single pair.
     """
     pairs = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Newlines only: splitlines() also ends a line at \r, \v, \f, \x1c-\x1e, \x85 and U+2028/9, which
+    # file names may hold (quoted), and its line numbers would not be the editor's. shlex reads a
+    # \r left by a CRLF line end as whitespace.
+    for number, line in enumerate(text.split("\n"), 1):
         try:
             fields = shlex.split(line, comments=True)
         except ValueError as exc:

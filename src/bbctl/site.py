@@ -139,7 +139,7 @@ def load(path: Path | str | None = None) -> Site:
     except FileNotFoundError:
         raise ConfigError(f"no bbctl configuration at {where}: write one (see docs/OPERATIONS.md) "
                           f"or point --config / ${CONFIG_ENV} at it") from None
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError) as exc:  # RecursionError: deep nesting
         raise ConfigError(f"cannot read the bbctl configuration {where}: {exc}") from exc
     return _site(_cached_settings(text, data, where), data, where)
 
@@ -177,6 +177,10 @@ def _validated_settings(data: Any, where: Path) -> dict[str, Any]:
 
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping of settings")
+    odd = [repr(key) for key in data if not isinstance(key, str)]
+    if odd:  # ansible-core's validator fails on them with TypeError
+        raise ConfigError(f"{where}: setting names are words, not {', '.join(odd)}; "
+                          f"known: {', '.join(sorted(SETTINGS))}")
     result = ArgumentSpecValidator(SETTINGS).validate(dict(data))
     if result.error_messages:
         problems = [_describe(error, result.unsupported_parameters) for error in result.errors]

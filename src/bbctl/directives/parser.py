@@ -390,7 +390,7 @@ def _check_size(where: _Where, value: str, shown: str) -> int:
         _fail_at(where, "node_size", shown)
     if unit.upper() not in UNITS:
         _fail_at(where, "bad_size", shown)
-    nbytes = int(number) * UNITS[unit.upper()]
+    nbytes = _whole_number(number) * UNITS[unit.upper()]
     if nbytes >= LIMITS["size_bytes"] and (fraction or nbytes > LIMITS["size_bytes"]):
         _fail_at(where, "huge_size", shown, limit=sizes.format_size(LIMITS["size_bytes"]))
     if fraction:
@@ -398,6 +398,16 @@ def _check_size(where: _Where, value: str, shown: str) -> int:
     if nbytes == 0:
         _fail_at(where, "zero_size", shown)
     return nbytes
+
+
+def _whole_number(digits: str) -> int:
+    """The number ``digits`` writes, or 10**20 for anything larger (already beyond every size limit).
+
+    int() refuses strings of more than 4300 digits (sys.get_int_max_str_digits), and a
+    directive may hold 16 KiB of them.
+    """
+    digits = digits.lstrip("0")
+    return int(digits or "0") if len(digits) <= 20 else 10**20
 
 
 def _whole_size(number: str, unit: str) -> str:
@@ -412,9 +422,9 @@ def _whole_size(number: str, unit: str) -> str:
 
 def _check_swap_size(where: _Where, value: str, shown: str) -> int:
     match = _SWAP_RE.fullmatch(value)
-    if not match or int(match.group(1)) == 0:
+    if not match or _whole_number(match.group(1)) == 0:
         _fail_at(where, "bad_swap", shown)
-    nbytes = int(match.group(1)) * UNITS["G"]
+    nbytes = _whole_number(match.group(1)) * UNITS["G"]
     if nbytes > LIMITS["size_bytes"]:
         _fail_at(where, "huge_size", shown, limit=sizes.format_size(LIMITS["size_bytes"]))
     return nbytes

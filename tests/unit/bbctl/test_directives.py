@@ -220,6 +220,10 @@ def check_size_limit(r: JobRequest) -> None:
     assert r.jobdw.capacity == 2**53 == directives.LIMITS["size_bytes"]
 
 
+def check_one_gib(r: JobRequest) -> None:
+    assert r.jobdw.capacity == 2**30
+
+
 def check_long_name(r: JobRequest) -> None:
     assert len(r.persistent[0]) == 64
 
@@ -354,6 +358,8 @@ TYPED: dict[str, Callable[[JobRequest], None]] = {
     "private_only": check_private_only,
     "mixed_prefixes": check_mixed,
     "size_at_limit": check_size_limit,
+    "size_at_the_limit_in_bytes": check_size_limit,
+    "size_with_5000_leading_zeros": check_one_gib,
     "name_of_64_characters": check_long_name,
     "pool_with_dot_and_dash": check_pool,
     "root_owned_source_is_syntax_ok": check_shadow,
