@@ -193,9 +193,13 @@ def fill(bed: Bed, mount: Path, many: bool) -> Fill:
     hung, stall = watch(bed, proc, mount)
     reader.join(timeout=5)
     # what the files hold (bricks also hold redundancy); a hung mount is not asked again
-    written = bed.used() - start if hung else sum(entry.stat().st_size for entry in os.scandir(mount)
-                                                  if entry.is_file())
-    return Fill(written, "hang" if hung else first_error("".join(stderr)), stall, hung)
+    error = "hang" if hung else first_error("".join(stderr))
+    try:
+        written = bed.used() - start if hung else sum(entry.stat().st_size for entry in os.scandir(mount)
+                                                      if entry.is_file())
+    except OSError as exc:  # a dispersed file whose bricks filled unevenly can no longer be read
+        written, error = bed.used() - start, f"{error}, then {exc.strerror} on stat (bricks' bytes)"
+    return Fill(written, error, stall, hung)
 
 
 def rate(nbytes: int, seconds: float) -> float:
