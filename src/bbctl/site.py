@@ -70,7 +70,7 @@ def positive_int(value: Any) -> int:
         raise TypeError(expected)
     try:
         number = check_type_int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: YAML's .inf
         raise TypeError(expected) from None
     if number < 1:
         raise ValueError(expected)

@@ -52,4 +52,8 @@ def run_round(strategy: st.SearchStrategy[Any], check: Callable[[Any], None], nu
     def round_of_examples(value: Any) -> None:
         check(value)
 
-    round_of_examples()
+    try:
+        round_of_examples()
+    except BaseException as error:
+        error.add_note(f"fuzz round {number} (seed {number}): rerun it with BB_FUZZ_FIRST_ROUND={number}")
+        raise

@@ -106,3 +106,11 @@ def test_one_fault_is_refused_by_name():
 
 def test_any_file_gives_a_site_or_a_config_error(tmp_path):
     run_property(contents, lambda content: check_any_file(content, tmp_path))
+
+
+def test_what_fuzzing_found(tmp_path):
+    """Each of these crashed the loader: UnicodeDecodeError, RecursionError, TypeError, OverflowError."""
+    for content in [b"inventory: /x\npools: {a: {}}\nwork_dir: /\xff\n", b"[" * 5000,
+                    b"{1: 2, inventory: /x, pools: {}}", b"inventory: /x\npools: {a: {}}\nkeep_runs: .inf\n"]:
+        check_any_file(content, tmp_path)
+    check_one_fault(({"inventory": "/x", "pools": {"a": {}}, "keep_runs": float("inf")}, "keep_runs", "value"))
