@@ -44,6 +44,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
+
+import results_doc  # benchmarks/, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -55,7 +58,6 @@ from bbctl.testbed.config import TestbedConfig  # noqa: E402
 ROOT = Path("/var/lib/bbctl-layouts")
 WORK = ROOT / "work"
 PREFIX = "127.1.2"
-BENCHMARKS_MD = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- layouts-results:begin -->", "<!-- layouts-results:end -->"
 MiB = 1024**2
 STALL = 30.0  # seconds without progress that count as a hang
@@ -114,13 +116,9 @@ class Bed:
         return total
 
     def brick_pids(self, volume: str) -> list[int]:
-        pids = []
-        for node in self.config.nodes:
-            pids += [int(p.read_text()) for p in (node.run_dir / "gluster" / "vols" / volume).glob("*.pid")]
-        if not pids:  # where glusterd keeps brick pid files differs between versions: ask it
-            out = self.gluster("volume", "status", volume, "--xml").stdout
-            pids = [int(x.split("</pid>")[0]) for x in out.split("<pid>")[1:] if x.split("</pid>")[0] != "-1"]
-        return pids
+        """The brick processes of ``volume``, in brick order (``volume status`` also lists its daemons)."""
+        nodes = ElementTree.fromstring(self.gluster("volume", "status", volume, "--xml").stdout).iter("node")
+        return [int(node.findtext("pid")) for node in nodes if (node.findtext("path") or "").startswith("/")]
 
 
 @dataclass
@@ -372,13 +370,7 @@ def machine() -> str:
 
 
 def write_section(lines: list[str]) -> None:
-    text = BENCHMARKS_MD.read_text()
-    block = "\n".join([BEGIN, *lines, END])
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Layouts for striped buffers\n\n" + block + "\n"
-    BENCHMARKS_MD.write_text(text)
+    results_doc.write_section(BEGIN, END, lines, "Layouts for striped buffers")
 
 
 def main() -> None:

@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+import results_doc  # benchmarks/, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
@@ -183,10 +185,7 @@ def render(raw: list[float], setups: list[float], teardowns: list[float], floors
 
 
 def write_section(doc: Path, block: str) -> None:
-    """Replace what lies between the markers in docs/BENCHMARKS.md."""
-    text = doc.read_text()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    doc.write_text(text[:start] + "\n" + block + "\n" + text[end:])
+    results_doc.write_section(BEGIN, END, [block], "Setup and teardown through the whole stack", doc)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import results_doc  # benchmarks/, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "collections"))
 
@@ -385,13 +387,7 @@ def machine() -> str:
 
 
 def write_section(lines: list[str]) -> None:
-    text = BENCHMARKS_MD.read_text()
-    block = "\n".join([BEGIN, *lines, END])
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Staging\n\n" + block + "\n"
-    BENCHMARKS_MD.write_text(text)
+    results_doc.write_section(BEGIN, END, lines, "Staging")
 
 
 # --- the run ------------------------------------------------------------------------------------
