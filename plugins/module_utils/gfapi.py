@@ -30,6 +30,7 @@ LIBRARY = "libgfapi.so.0"
 VOLFILE_PORT = 24007
 LOG_ERROR = 4  # gf_loglevel_t: NONE, EMERG, ALERT, CRITICAL, ERROR, ...
 INIT_TIMEOUT = 15.0  # glfs_init blocks for good when the bricks refuse this client
+FINI_TIMEOUT = 120.0  # glfs_fini waits for every write in flight and each lock's last update
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 SPECIAL_BITS = 0o6000  # set-user-id, set-group-id
 SET_ATTR_MODE, SET_ATTR_ATIME, SET_ATTR_MTIME = 0x1, 0x10, 0x20  # GFAPI_SET_ATTR_*
@@ -107,6 +108,7 @@ class Api:
             self.set_volfile_server = _bind(lib, "glfs_set_volfile_server", ci, vp, cp, cp, ci)
             self.set_logging = _bind(lib, "glfs_set_logging", ci, vp, cp, ci)
             self.init = _bind(lib, "glfs_init", ci, vp)
+            self.fini = _bind(lib, "glfs_fini", ci, vp)
             self.h_lookupat = _bind(lib, "glfs_h_lookupat", vp, vp, vp, cp, vp, ci)
             self.h_creat = _bind(lib, "glfs_h_creat", vp, vp, vp, cp, ci, u32, vp)
             self.h_anonymous_write = _bind(lib, "glfs_h_anonymous_write", ctypes.c_ssize_t, vp, vp, vp,
@@ -139,22 +141,43 @@ class Volume:
         self.directories = {}
 
     def _connect(self, server, timeout):
+        # glfs_init never returns when the bricks refuse the client (an unprivileged port
+        # with server.allow-insecure off): we give up and use the mount.
+        self._call_within("glfs_init", lambda: self.api.init(self.fs), timeout, "of %s at %s" % (self.name, server))
+
+    def close(self, timeout=FINI_TIMEOUT):
+        """End this client with glfs_fini; only then are its files whole for other clients.
+
+        Why: a dispersed volume's client holds each file's lock after its last write and
+        writes the file's size and version to the bricks only when it lets go (one second
+        later, at contention, or at fini). A process that exits before then leaves its last
+        files empty or unreadable through every other mount (seen: 122 of 200 demo files).
+        Raises GfapiError when fini fails or does not return within timeout seconds: the
+        files written through this client must then be taken as incomplete."""
+        with self.lock:
+            handles, self.directories = list(self.directories.values()), {}
+        for handle in handles:
+            self.api.h_close(handle)
+        fs, self.fs = self.fs, None
+        if fs:
+            self._call_within("glfs_fini", lambda: self.api.fini(fs), timeout, "of %s" % self.name)
+
+    @staticmethod
+    def _call_within(name, call, timeout, what):
+        """call() in a thread (libgfapi calls can block for good); GfapiError unless it gives 0."""
         outcome = {}
 
-        def init():
-            outcome["rc"] = self.api.init(self.fs)
+        def run():
+            outcome["rc"] = call()
             outcome["errno"] = ctypes.get_errno()
 
-        # glfs_init never returns when the bricks refuse the client (an unprivileged port
-        # with server.allow-insecure off); a thread lets us give up and use the mount.
-        thread = threading.Thread(target=init, name="glfs_init", daemon=True)
+        thread = threading.Thread(target=run, name=name, daemon=True)
         thread.start()
         thread.join(timeout)
         if thread.is_alive():
-            raise GfapiError("glfs_init of %s at %s did not answer in %g s" % (self.name, server, timeout))
+            raise GfapiError("%s %s did not answer in %g s" % (name, what, timeout))
         if outcome["rc"] != 0:
-            raise GfapiError("glfs_init of %s at %s failed: %s"
-                             % (self.name, server, os.strerror(outcome["errno"])))
+            raise GfapiError("%s %s failed: %s" % (name, what, os.strerror(outcome["errno"])))
 
     def use_identity(self, uid, gid, groups):
         """This thread's calls run as uid/gid/groups on the bricks (gfapi keeps it per thread)."""

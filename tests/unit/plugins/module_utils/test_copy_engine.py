@@ -7,6 +7,7 @@ tests run them for real against GlusterFS).
 """
 
 import errno
+import functools
 import os
 import pwd
 import signal
@@ -931,3 +932,86 @@ def test_the_gfapi_writer_names_directories_as_the_volume_sees_them():
         ("identity", os.geteuid(), os.getegid()),  # once per thread
         ("create", "handle of /job-7/in/deep", "f.txt", b"abc", 0o640, OLD),
         ("create", "handle of /job-7", "top.txt", b"", 0o640, OLD)]
+
+
+class FiniApi:
+    """Stands in for gfapi.Api where only a client's life matters: init works, fini is scripted."""
+
+    def __init__(self, fini=lambda fs: 0):
+        self.calls, self._fini = [], fini
+
+    def new(self, name):
+        return 0xF5
+
+    def set_volfile_server(self, fs, transport, host, port):
+        return 0
+
+    def set_logging(self, fs, path, level):
+        return 0
+
+    def init(self, fs):
+        return 0
+
+    def h_lookupat(self, fs, parent, path, stat, follow):
+        return path  # the handle: its own path, so the test can see which were closed
+
+    def h_close(self, handle):
+        self.calls.append(("h_close", handle))
+
+    def fini(self, fs):
+        self.calls.append(("fini", fs))
+        return self._fini(fs)
+
+
+def test_closing_a_gfapi_client_closes_its_handles_then_calls_fini_once():
+    api = FiniApi()
+    volume = gfapi.Volume("127.1.1.1", "v", api=api)
+    volume.directory("/a")
+    volume.directory("/a/b")
+    volume.close()
+    volume.close()  # a second close does nothing
+    assert api.calls == [("h_close", b"/a"), ("h_close", b"/a/b"), ("fini", 0xF5)]
+
+
+@pytest.mark.parametrize("fini, said", [
+    (lambda fs: -1, "glfs_fini of v failed"),
+    (lambda fs: time.sleep(5) or 0, "glfs_fini of v did not answer in 0.2 s"),
+])
+def test_a_gfapi_client_that_cannot_close_fails_the_stage(fini, said):
+    writer = sg.GfapiWriter(gfapi.Volume("127.1.1.1", "v", api=FiniApi(fini)), "/mnt/bb", "/")
+    writer.files = 3
+    writer.volume.close = functools.partial(writer.volume.close, timeout=0.2)
+    with pytest.raises(se.StageError, match=said + ".*the 3 files written through libgfapi may be incomplete"):
+        writer.close()
+
+
+class ScriptedCopier:
+    def __init__(self, error=None):
+        self.error = error
+
+    def run(self):
+        if self.error:
+            raise self.error
+
+
+class ClosingWriter:
+    def __init__(self, error=None):
+        self.error, self.closed = error, 0
+
+    def close(self):
+        self.closed += 1
+        if self.error:
+            raise self.error
+
+
+def test_a_stage_counts_gfapi_files_only_after_the_client_closed():
+    fast = ClosingWriter(se.StageError("glfs_fini of v failed"))
+    with pytest.raises(se.StageError, match="glfs_fini of v failed"):
+        ce.copy_then_close(ScriptedCopier(), fast)
+    assert fast.closed == 1
+    # a copy that failed is the error reported; the client is still closed
+    fast = ClosingWriter(se.StageError("glfs_fini of v failed"))
+    with pytest.raises(OSError, match="disk gone"):
+        ce.copy_then_close(ScriptedCopier(OSError("disk gone")), fast)
+    assert fast.closed == 1
+    ce.copy_then_close(ScriptedCopier(), None)  # no gfapi client: nothing to close
