@@ -36,7 +36,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import contextlib
 import os
 import stat
 import time
@@ -81,7 +80,7 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
             fast, why_not = gfapi_writer(request, plan, gfapi_via, verify)
             copier = Copier(plan, crew, request.direction == "out", chunk_size, verify, buffer_dev,
                             progress, fast)
-            copy_then_close(copier, fast)
+            copier.run()
             result.update(files=copier.copied, bytes=copier.copied_bytes, links=copier.links,
                           directories=copier.created_dirs,
                           gfapi_files=fast.files if fast else 0, gfapi_unused=why_not)
@@ -93,20 +92,6 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
     result.update(seconds=round(time.monotonic() - start, 3), failed_files=plan.failed,
                   not_copied=plan.not_copied)
     return result
-
-
-def copy_then_close(copier, fast):
-    """Copier.run, then the gfapi client's close, which decides whether its files count as
-    written; when the copy itself raised, that error is the one reported."""
-    try:
-        copier.run()
-    except BaseException:
-        if fast:
-            with contextlib.suppress(StageError):
-                fast.close()
-        raise
-    if fast:
-        fast.close()
 
 
 def buffer_device(buffer_root):

@@ -30,7 +30,10 @@ LIBRARY = "libgfapi.so.0"
 VOLFILE_PORT = 24007
 LOG_ERROR = 4  # gf_loglevel_t: NONE, EMERG, ALERT, CRITICAL, ERROR, ...
 INIT_TIMEOUT = 15.0  # glfs_init blocks for good when the bricks refuse this client
-FINI_TIMEOUT = 120.0  # glfs_fini waits for every write in flight and each lock's last update
+# Translators that keep a file's lock after its last write and update its size and version
+# on the bricks only when they let go: a second later, at contention, at flush or at fini.
+DELAYED_POST_OP = (b"type cluster/disperse", b"type cluster/replicate")
+VOLFILE_LIMIT = 1 << 20
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 SPECIAL_BITS = 0o6000  # set-user-id, set-group-id
 SET_ATTR_MODE, SET_ATTR_ATIME, SET_ATTR_MTIME = 0x1, 0x10, 0x20  # GFAPI_SET_ATTR_*
@@ -108,7 +111,7 @@ class Api:
             self.set_volfile_server = _bind(lib, "glfs_set_volfile_server", ci, vp, cp, cp, ci)
             self.set_logging = _bind(lib, "glfs_set_logging", ci, vp, cp, ci)
             self.init = _bind(lib, "glfs_init", ci, vp)
-            self.fini = _bind(lib, "glfs_fini", ci, vp)
+            self.get_volfile = _bind(lib, "glfs_get_volfile", ctypes.c_ssize_t, vp, vp, ctypes.c_size_t)
             self.h_lookupat = _bind(lib, "glfs_h_lookupat", vp, vp, vp, cp, vp, ci)
             self.h_creat = _bind(lib, "glfs_h_creat", vp, vp, vp, cp, ci, u32, vp)
             self.h_anonymous_write = _bind(lib, "glfs_h_anonymous_write", ctypes.c_ssize_t, vp, vp, vp,
@@ -116,6 +119,9 @@ class Api:
             self.h_setattrs = _bind(lib, "glfs_h_setattrs", ci, vp, vp, ctypes.POINTER(Stat), ci)
             self.h_unlink = _bind(lib, "glfs_h_unlink", ci, vp, vp, cp)
             self.h_close = _bind(lib, "glfs_h_close", ci, vp)
+            self.h_open = _bind(lib, "glfs_h_open", vp, vp, vp, ci)
+            self.write = _bind(lib, "glfs_write", ctypes.c_ssize_t, vp, vp, ctypes.c_size_t, ci)
+            self.close = _bind(lib, "glfs_close", ci, vp)
             self.setfsuid = _bind(lib, "glfs_setfsuid", ci, u32)
             self.setfsgid = _bind(lib, "glfs_setfsgid", ci, u32)
             self.setfsgroups = _bind(lib, "glfs_setfsgroups", ci, ctypes.c_size_t,
@@ -139,28 +145,23 @@ class Volume:
         self._connect(server, timeout)
         self.lock = threading.Lock()
         self.directories = {}
+        self.close_each_file = any(name in self._volfile() for name in DELAYED_POST_OP)
+
+    def _volfile(self):
+        """The client graph this process runs (bytes), as glusterd sent it."""
+        size = 64 * 1024
+        while size <= VOLFILE_LIMIT:
+            buffer = ctypes.create_string_buffer(size)
+            got = self.api.get_volfile(self.fs, buffer, size)
+            if got >= 0:
+                return buffer.raw[:got]
+            size = max(-got, size * 2)  # a negative answer is the size it needs
+        raise GfapiError("the client volfile of %s is over %d bytes" % (self.name, VOLFILE_LIMIT))
 
     def _connect(self, server, timeout):
         # glfs_init never returns when the bricks refuse the client (an unprivileged port
         # with server.allow-insecure off): we give up and use the mount.
         self._call_within("glfs_init", lambda: self.api.init(self.fs), timeout, "of %s at %s" % (self.name, server))
-
-    def close(self, timeout=FINI_TIMEOUT):
-        """End this client with glfs_fini; only then are its files whole for other clients.
-
-        Why: a dispersed volume's client holds each file's lock after its last write and
-        writes the file's size and version to the bricks only when it lets go (one second
-        later, at contention, or at fini). A process that exits before then leaves its last
-        files empty or unreadable through every other mount (seen: 122 of 200 demo files).
-        Raises GfapiError when fini fails or does not return within timeout seconds: the
-        files written through this client must then be taken as incomplete."""
-        with self.lock:
-            handles, self.directories = list(self.directories.values()), {}
-        for handle in handles:
-            self.api.h_close(handle)
-        fs, self.fs = self.fs, None
-        if fs:
-            self._call_within("glfs_fini", lambda: self.api.fini(fs), timeout, "of %s" % self.name)
 
     @staticmethod
     def _call_within(name, call, timeout, what):
@@ -208,29 +209,58 @@ class Volume:
     def create_file(self, parent, name, data, mode, atime_ns, mtime_ns):
         """A new file name in directory handle parent, holding data, with mode and times.
 
-        Create, write, set the times: three calls to the bricks (through FUSE: six). A write
-        that write-behind held back and the brick then refused (a full quota) fails the
-        setattr that follows it on the same file, so it is this file's error. A file that
-        fails after it was created is removed: no partial file is left under its name."""
+        Create, write, set the times: three calls to the bricks (through FUSE: six), on a
+        volume whose translators write at once (close_each_file False). On a dispersed or
+        replicated volume the file is written through an fd and closed: its flush is what
+        puts the file's size and version on the bricks, which this process, exiting soon
+        after, would otherwise never do (its last files read as empty through every mount).
+        A write that write-behind held back and the brick then refused (a full quota) fails
+        the setattr or close that follows it, so it is this file's error. A file that fails
+        after it was created is removed: no partial file is left under its name."""
         api, raw = self.api, name.encode("utf-8", "surrogateescape")
         handle = api.h_creat(self.fs, parent, raw, CREATE_FLAGS, mode, None)
         if not handle:
             _raise(name=name)
         try:
-            self._write_all(handle, data, name)
-            attributes = Stat()
-            valid = SET_ATTR_ATIME | SET_ATTR_MTIME
-            if mode & SPECIAL_BITS:  # a write clears them
-                attributes.st_mode, valid = mode, valid | SET_ATTR_MODE
-            attributes.st_atim = Timespec(*divmod(atime_ns, 10**9))
-            attributes.st_mtim = Timespec(*divmod(mtime_ns, 10**9))
-            if api.h_setattrs(self.fs, handle, ctypes.byref(attributes), valid) != 0:
-                _raise(name=name)
+            if self.close_each_file:
+                self._write_closed(handle, data, name)
+            else:
+                self._write_all(handle, data, name)
+            self._set_times(handle, mode, atime_ns, mtime_ns, name)
         except OSError:
             api.h_unlink(self.fs, parent, raw)
             raise
         finally:
             api.h_close(handle)
+
+    def _set_times(self, handle, mode, atime_ns, mtime_ns, name):
+        attributes = Stat()
+        valid = SET_ATTR_ATIME | SET_ATTR_MTIME
+        if mode & SPECIAL_BITS:  # a write clears them
+            attributes.st_mode, valid = mode, valid | SET_ATTR_MODE
+        attributes.st_atim = Timespec(*divmod(atime_ns, 10**9))
+        attributes.st_mtim = Timespec(*divmod(mtime_ns, 10**9))
+        if self.api.h_setattrs(self.fs, handle, ctypes.byref(attributes), valid) != 0:
+            _raise(name=name)
+
+    def _write_closed(self, handle, data, name):
+        """data through an fd of handle, flushed and closed before the times are set."""
+        fd = self.api.h_open(self.fs, handle, os.O_WRONLY)
+        if not fd:
+            _raise(name=name)
+        try:
+            start = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+            done = 0
+            while done < len(data):
+                wrote = self.api.write(fd, start + done, len(data) - done, 0)
+                if wrote < 0:
+                    _raise(name=name)
+                done += wrote
+        except OSError:
+            self.api.close(fd)
+            raise
+        if self.api.close(fd) != 0:
+            _raise(name=name)
 
     def _write_all(self, handle, data, name):
         """data (bytes) at offset 0, read by libgfapi in place (no copy)."""

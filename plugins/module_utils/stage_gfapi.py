@@ -23,7 +23,6 @@ import stat
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import read_mountinfo
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_copy import BLOCK
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError
 
 NO_SMALL_FILES = "no new file of at most 1 MiB"  # why gfapi was not needed
 
@@ -60,15 +59,6 @@ class GfapiWriter:
             self.handles[parent] = handle
         self.volume.create_file(handle, name, data, stat.S_IMODE(info.st_mode), info.st_atime_ns,
                                 info.st_mtime_ns)
-
-    def close(self):
-        """Ends the gfapi client (gfapi.Volume.close): the files are whole for the job's mounts
-        only after this. Raises StageError when it fails: the stage must not count them done."""
-        try:
-            self.volume.close()
-        except gfapi.GfapiError as exc:
-            raise StageError("%s: the %d files written through libgfapi may be incomplete; stage again"
-                             % (exc, self.files)) from None
 
 
 def gfapi_target(request, use_gfapi=True, mountinfo=None):

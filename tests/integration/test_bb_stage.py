@@ -293,9 +293,11 @@ def test_gfapi_writes_as_the_user_so_the_bricks_refuse_what_the_user_may_not(
     assert not (locked / "small.txt").exists()
 
 
-def test_a_full_quota_fails_the_files_it_stops_and_leaves_none_half_written(owner, user_dir, bb_stage):
-    """Write errors reach gfapi at close (write-behind holds writes back): each file that did not
-    fit is named, removed, and the stage fails; every file left under its name is whole."""
+@pytest.mark.parametrize("layout", [(), ("disperse", "3", "redundancy", "1")], ids=["distribute", "disperse"])
+def test_a_full_quota_fails_the_files_it_stops_and_leaves_none_half_written(layout, owner, user_dir, bb_stage):
+    """Write errors reach gfapi at setattr or close (write-behind holds writes back): each file
+    that did not fit is named, removed, and the stage fails; every file left under its name is
+    whole (on a dispersed volume each file goes through an fd, closed one by one)."""
     name = f"stg-quota-{uuid.uuid4().hex[:6]}"
     top = Path(tempfile.mkdtemp(prefix="bb-stage-quota-", dir="/var/tmp"))
     top.chmod(0o755)
@@ -306,7 +308,8 @@ def test_a_full_quota_fails_the_files_it_stops_and_leaves_none_half_written(owne
         write(source / f"f{index:02d}", os.urandom(MiB))
     as_owner(user_dir, owner)
     try:
-        gluster("volume", "create", name, *[f"{host}:{root / name}" for host, root in BRICKS], "force")
+        gluster("volume", "create", name, *layout, *[f"{host}:{root / name}" for host, root in BRICKS],
+                "force")
         gluster("volume", "start", name)
         gluster("volume", "quota", name, "enable")
         gluster("volume", "quota", name, "limit-usage", "/", "4MB")

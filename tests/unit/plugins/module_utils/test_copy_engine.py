@@ -6,8 +6,8 @@ Dropping privileges needs root: those tests are skipped for other users (the int
 tests run them for real against GlusterFS).
 """
 
+import ctypes
 import errno
-import functools
 import os
 import pwd
 import signal
@@ -934,84 +934,59 @@ def test_the_gfapi_writer_names_directories_as_the_volume_sees_them():
         ("create", "handle of /job-7", "top.txt", b"", 0o640, OLD)]
 
 
-class FiniApi:
-    """Stands in for gfapi.Api where only a client's life matters: init works, fini is scripted."""
 
-    def __init__(self, fini=lambda fs: 0):
-        self.calls, self._fini = [], fini
+class ClientApi:
+    """Stands in for gfapi.Api for one client: records calls; the volfile and errors are scripted."""
 
-    def new(self, name):
-        return 0xF5
+    def __init__(self, volfile=b"volume v-client-0\n    type protocol/client\nend-volume\n", fail=None):
+        self.calls, self.volfile, self.fail = [], volfile, fail or {}
 
-    def set_volfile_server(self, fs, transport, host, port):
-        return 0
+    def __getattr__(self, name):
+        def call(*args):
+            self.calls.append((name,))
+            if name in self.fail:
+                ctypes.set_errno(self.fail[name])
+                return -1 if name not in ("h_open", "h_creat") else None
+            return {"new": 0xF5, "h_creat": 0xF11E, "h_open": 0xFD, "h_lookupat": 0xD1}.get(name, 0)
+        return call
 
-    def set_logging(self, fs, path, level):
-        return 0
+    def get_volfile(self, fs, buffer, size):
+        if size < len(self.volfile):
+            return -len(self.volfile)  # glfs_get_volfile: the size it needs, negated
+        ctypes.memmove(buffer, self.volfile, len(self.volfile))
+        return len(self.volfile)
 
-    def init(self, fs):
-        return 0
-
-    def h_lookupat(self, fs, parent, path, stat, follow):
-        return path  # the handle: its own path, so the test can see which were closed
-
-    def h_close(self, handle):
-        self.calls.append(("h_close", handle))
-
-    def fini(self, fs):
-        self.calls.append(("fini", fs))
-        return self._fini(fs)
+    def write(self, fd, start, count, flags):
+        self.calls.append(("write", ctypes.string_at(start, count)))
+        return count
 
 
-def test_closing_a_gfapi_client_closes_its_handles_then_calls_fini_once():
-    api = FiniApi()
-    volume = gfapi.Volume("127.1.1.1", "v", api=api)
-    volume.directory("/a")
-    volume.directory("/a/b")
-    volume.close()
-    volume.close()  # a second close does nothing
-    assert api.calls == [("h_close", b"/a"), ("h_close", b"/a/b"), ("fini", 0xF5)]
+DISPERSED = b"volume v-disperse-0\n    type cluster/disperse\n" + b"#" * 100_000 + b"\nend-volume\n"
 
 
-@pytest.mark.parametrize("fini, said", [
-    (lambda fs: -1, "glfs_fini of v failed"),
-    (lambda fs: time.sleep(5) or 0, "glfs_fini of v did not answer in 0.2 s"),
+@pytest.mark.parametrize("volfile, each", [
+    (b"volume v-dht\n    type cluster/distribute\nend-volume\n", False),
+    (DISPERSED, True),  # larger than the first buffer offered: asked again with the size it needs
+    (b"volume v-replicate-0\n    type cluster/replicate\nend-volume\n", True),
 ])
-def test_a_gfapi_client_that_cannot_close_fails_the_stage(fini, said):
-    writer = sg.GfapiWriter(gfapi.Volume("127.1.1.1", "v", api=FiniApi(fini)), "/mnt/bb", "/")
-    writer.files = 3
-    writer.volume.close = functools.partial(writer.volume.close, timeout=0.2)
-    with pytest.raises(se.StageError, match=said + ".*the 3 files written through libgfapi may be incomplete"):
-        writer.close()
+def test_files_are_closed_one_by_one_only_where_translators_delay_their_post_op(volfile, each):
+    assert gfapi.Volume("127.1.1.1", "v", api=ClientApi(volfile)).close_each_file is each
 
 
-class ScriptedCopier:
-    def __init__(self, error=None):
-        self.error = error
-
-    def run(self):
-        if self.error:
-            raise self.error
-
-
-class ClosingWriter:
-    def __init__(self, error=None):
-        self.error, self.closed = error, 0
-
-    def close(self):
-        self.closed += 1
-        if self.error:
-            raise self.error
+def test_on_a_dispersed_volume_each_file_is_written_through_an_fd_and_closed_before_its_times():
+    api = ClientApi(DISPERSED)
+    volume = gfapi.Volume("127.1.1.1", "v", api=api)
+    api.calls.clear()
+    volume.create_file(0xD1, "f.txt", b"abc", 0o640, OLD, OLD)
+    assert [c[0] for c in api.calls] == ["h_creat", "h_open", "write", "close", "h_setattrs", "h_close"]
+    assert ("write", b"abc") in api.calls
 
 
-def test_a_stage_counts_gfapi_files_only_after_the_client_closed():
-    fast = ClosingWriter(se.StageError("glfs_fini of v failed"))
-    with pytest.raises(se.StageError, match="glfs_fini of v failed"):
-        ce.copy_then_close(ScriptedCopier(), fast)
-    assert fast.closed == 1
-    # a copy that failed is the error reported; the client is still closed
-    fast = ClosingWriter(se.StageError("glfs_fini of v failed"))
-    with pytest.raises(OSError, match="disk gone"):
-        ce.copy_then_close(ScriptedCopier(OSError("disk gone")), fast)
-    assert fast.closed == 1
-    ce.copy_then_close(ScriptedCopier(), None)  # no gfapi client: nothing to close
+def test_a_file_whose_close_fails_is_removed_and_named():
+    api = ClientApi(DISPERSED, fail={"close": errno.EDQUOT})
+    volume = gfapi.Volume("127.1.1.1", "v", api=api)
+    api.calls.clear()
+    with pytest.raises(OSError, match="Disk quota exceeded") as raised:
+        volume.create_file(0xD1, "f.txt", b"abc", 0o640, OLD, OLD)
+    assert raised.value.filename == "f.txt"
+    assert [c[0] for c in api.calls] == ["h_creat", "h_open", "write", "close", "h_unlink", "h_close"]
