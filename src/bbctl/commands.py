@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,24 @@ def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
     install.add_argument("--dir", type=Path, help="directory of slurm.conf (default: the config's slurm_dir)")
     for parser in (status, show, pools, gc, install, bbstat):
         parser.add_argument("--json", action="store_true", help="print JSON")
+    _add_metrics(subparsers)
+
+
+def _add_metrics(subparsers: argparse._SubParsersAction) -> None:
+    metrics = subparsers.add_parser(
+        "metrics", help="Prometheus metrics from the state store: serve them, or write a textfile",
+        description="Pools, buffers by state, and every stage's runs, seconds, files, bytes, failures and "
+                    "durations, as every bbctl process recorded them in the state store.")
+    actions = metrics.add_subparsers(dest="action", required=True)
+    serve = actions.add_parser("serve", help="answer scrapes over HTTP at /metrics until SIGTERM")
+    serve.add_argument("--address", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: loopback only)")
+    serve.add_argument("--port", type=int, default=9841, help="port (default 9841; 0: any free port, printed)")
+    write = actions.add_parser("write", help="write node_exporter's textfile format to PATH, atomically")
+    write.add_argument("path", type=Path, help="the .prom file to (re)place, e.g. in the textfile collector's "
+                                               "directory")
+    for parser in (serve, write):
+        parser.set_defaults(json=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     with log_to_file(config), on_sigterm(cancel.set):
         life = Lifecycle(config, say=to_stderr, cancel=cancel)
         result = _HANDLERS[args.command](life, args)
-    if cancel():
+    if cancel() and args.command != "metrics":  # SIGTERM is how a metrics server is stopped
         raise BBError(f"{args.command}: cancelled (SIGTERM)")
     if isinstance(result, int):
         return result
@@ -186,6 +205,24 @@ def _status(life: Lifecycle, args: argparse.Namespace) -> Any:
     return report if args.json else status_text.render_status(report)
 
 
+def _metrics(life: Lifecycle, args: argparse.Namespace) -> Any:
+    from bbctl import metrics  # only here: no stage imports prometheus_client
+
+    if args.action == "write":
+        metrics.write(life.site, args.path)
+        return 0
+    server, _thread = metrics.serve(life.site, args.address, args.port)
+    host = f"[{args.address}]" if ":" in args.address else args.address
+    print(f"bbctl metrics: serving http://{host}:{server.server_port}/metrics", flush=True)
+    try:
+        while not (life.cancel and life.cancel()):
+            time.sleep(0.2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
 def _bbstat(life: Lifecycle, args: argparse.Namespace) -> Any:
     try:
         key = operator_views.bbstat_key(args.words)
@@ -216,6 +253,7 @@ _HANDLERS: dict[str, Callable[[Lifecycle, argparse.Namespace], Any]] = {
     "status": _status,
     "show": _show,
     "bbstat": _bbstat,
+    "metrics": _metrics,
     "pools": lambda life, a: (life.refresh_pools() if not a.datawarp else life.pools_document(datawarp=True)),
     "gc": lambda life, a: operator_views.gc(life, a.older_than, dry_run=a.dry_run),
     "slurm-install": lambda life, a: slurm_install.install(life.site, a.dir),

@@ -32,6 +32,7 @@ HISTORY_JOBS = 1000  # finished buffers' records kept, newest first
 HISTORY_SECONDS = 14 * 86400.0  # and none older than two weeks
 
 OK, FAILED = "ok", "failed"
+OUTCOMES = (OK, FAILED)
 # Failure kinds: the `reason` label of bbctl_stage_failures_total (few values, unlike the reasons' text).
 KINDS = ("timeout", "cancelled", "task_failed", "refused", "bad_input", "no_space", "state", "error")
 # Upper bounds (seconds) of the duration histogram: a mount takes seconds, a copy may take a day.
