@@ -6,6 +6,11 @@ intent in the state store *before* acting, runs one playbook through
 ansible-runner, and records the outcome. Every step is idempotent: Slurm
 retries teardown, and an operator may rerun any stage.
 
+Every stage run for a buffer is timed into its record (Lifecycle.timed: the
+stage noted when it starts; start, seconds, outcome, reason, files and bytes
+when it ends; see bbctl.state.timings), which is what bbctl show, bbctl status,
+scontrol show bbstat and bbctl metrics report. Recording never fails a stage.
+
 Data safety: teardown refuses (without hurry) to destroy a buffer whose
 requested stage-out has not been verified; a failed stage-out leaves the
 buffer in place.

@@ -529,3 +529,53 @@ def test_no_history_when_it_is_switched_off(backend, clock):
     store.transition("7", BufferState.ALLOCATING, BufferState.DESTROYED)
     store.release("7")
     assert store.history("7") is None
+
+
+def test_counters_lose_no_increment_to_concurrent_writers(backend, clock):
+    """Each finished stage is one atomic read-add-write: eight writers at once, every run counted."""
+    writers, each = 8, 5
+    pool = make_pool()
+    setup = backend.open(clock)
+    for n in range(writers):
+        setup.allocate(spec(f"w{n}"), pool)
+    barrier = threading.Barrier(writers)
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        store = backend.open(clock)
+        try:
+            barrier.wait()
+            for k in range(each):
+                store.finish_stage(f"w{n}", timing("stage-in", clock.now + k, 1.0, files=1, bytes=10))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    counts = setup.stage_counters()["stage-in"]
+    assert (counts["runs:ok"], counts["files"], counts["bytes"]) == (writers * each, writers * each,
+                                                                     10 * writers * each)
+    assert all(len(setup.get(f"w{n}").meta[TIMINGS]) == each for n in range(writers))
+
+
+def test_a_schema_2_database_gains_the_history_and_counters(tmp_path, clock):
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path, clock=clock)
+    with store._write() as db:  # back to what a bbctl of schema 2 left
+        db.execute("DROP TABLE history")
+        db.execute("DROP TABLE stage_counters")
+        db.execute("PRAGMA user_version = 2")
+    store.allocate(spec("7"), make_pool())
+    store.close()
+    upgraded = SQLiteStore(path, clock=clock)
+    assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == 3
+    upgraded.finish_stage("7", timing("setup", clock.now, 2.0))
+    upgraded.transition("7", BufferState.ALLOCATING, BufferState.DESTROYED)
+    upgraded.release("7")
+    assert [t["stage"] for t in upgraded.history("7")["meta"][TIMINGS]] == ["setup"]
