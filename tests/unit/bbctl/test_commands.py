@@ -5,25 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-import yaml
-
-from bbctl import cli, runner
-from tests.unit.bbctl.test_lifecycle import Recorder
+from bbctl import cli
 
 GiB = 1024**3
-
-
-@pytest.fixture
-def config_file(tmp_path: Path, monkeypatch) -> Path:
-    hosts = {f"s{n}": {"bb_bricks": [{"device": f"/dev/nvme{n}", "path": f"/bricks/s{n}"}]} for n in (1, 2)}
-    inventory = tmp_path / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"children": {"bb_storage": {"hosts": hosts}}}}))
-    path = tmp_path / "bbctl.yml"
-    path.write_text(yaml.safe_dump({"inventory": str(inventory), "pools": {"nvme": {"granularity": "1GiB"}},
-                                    "work_dir": str(tmp_path / "work"), "mount_root": "/mnt/bb"}))
-    monkeypatch.setattr(runner, "run_stage", Recorder())
-    return path
 
 
 def bbctl(config_file: Path, *args: str) -> int:
@@ -83,7 +67,10 @@ def test_status_and_pools_count_bricks(config_file, tmp_path, capsys):
         {"id": "nvme", "units": "bytes", "granularity": GiB, "quantity": 2, "free": 1}]
     assert bbctl(config_file, "status") == 0
     text = capsys.readouterr().out
-    assert "pool nvme: 1 of 2 bricks free, 1GiB each" in text and "buffer 7 (bbjob-7): created" in text
+    pool, buffer = text.splitlines()[1], text.splitlines()[4]
+    assert pool.split() == ["nvme", "[##########..........]", "50%", "2.0", "GiB", "1.0", "GiB", "1.0", "GiB",
+                            "1/2", "of", "1.0", "GiB"]
+    assert buffer.split()[:6] == ["7", "created", buffer.split()[2], "1.0", "GiB", "1"]
 
 
 def test_a_missing_configuration_says_where_it_looked(tmp_path, capsys):

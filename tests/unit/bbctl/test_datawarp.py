@@ -25,6 +25,7 @@ from bbctl.datawarp import dwstat as dwstat_program
 from bbctl.errors import BBError
 from bbctl.lifecycle import Lifecycle, Refused
 from bbctl.state import BufferSpec, BufferState, SQLiteStore
+from bbctl.state.timings import Running, StageTiming
 
 GiB = 1024**3
 JOB = "/var/spool/slurm/hash.3/job.123/script"
@@ -632,7 +633,22 @@ def test_dwstat_views_print_in_the_order_asked(life, capsys):
 def test_dwstat_refuses_an_unknown_view_with_one_line(life, capsys):
     code, out = dwstat(["fragments"], life, capsys)
     assert code == 2 and out == ("dwstat: unknown view 'fragments': use pools, sessions, instances, "
-                                 "configurations or all\n")
+                                 "configurations, all, status, job=JOBID or name=NAME\n")
+
+
+def test_dwstat_shows_a_jobs_stage_timings_and_the_status_view(life, capsys):
+    allocate(life, "12345", 5 * GiB)
+    life.store.finish_stage("12345", StageTiming("setup", 1_700_000_000.0, 4.25))
+    life.store.start_stage("12345", Running("stage-in", 1_700_000_004.5))
+    code, out = dwstat(["job=12345"], life, capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("buffer 12345 (bbjob-12345): allocating"), out
+    assert lines[1].startswith("  now: stage-in for ")
+    setup = lines[3].split()
+    assert setup[0] == "setup" and "4.2" in setup and setup[-1] == "ok", out
+    code, out = dwstat(["status", "name=nothing"], life, capsys)
+    assert code == 0 and out.splitlines()[0].split()[:2] == ["POOL", "IN"]
+    assert "no buffer nothing" in out
 
 
 def test_dwstat_accepts_a_leading_config():
