@@ -187,7 +187,7 @@ def plan_present(state, size, owner=0, priority=None):
                         "remove the swap area first (state=absent), then set it up again")
     commands = plan_allocate(state, size)
     if loop is None:
-        commands.append(["losetup", "--find", "--show", state.path])
+        commands.append(attach_argv(state.path))
         device = NEW_LOOP
     else:
         device = loop.name
@@ -198,6 +198,12 @@ def plan_present(state, size, owner=0, priority=None):
     if device not in state.active:
         commands.append(swapon_argv(device, priority))
     return commands
+
+
+def attach_argv(path):
+    """A free loop device over path, with direct I/O: pages swapped out are not cached again in
+    the page cache of the file beneath (losetup leaves direct I/O off where the file cannot do it)."""
+    return ["losetup", "--find", "--show", "--direct-io=on", path]
 
 
 def swapon_argv(device, priority=None):
@@ -244,8 +250,7 @@ def apply(runner, commands, size=None):
     for argv in commands:
         argv = [device if arg == NEW_LOOP and device else arg for arg in argv]
         if argv[0] == "losetup" and "--find" in argv:
-            done = runner.change(argv)
-            device = done.out.strip() if done is not None else NEW_LOOP
+            device = _attach(runner, argv)
         elif argv[0] == "fallocate":
             _allocate(runner, argv, size)
         elif argv[0] == "rmdir":
@@ -253,6 +258,18 @@ def apply(runner, commands, size=None):
         else:
             runner.change(argv)
     return device
+
+
+def _attach(runner, argv):
+    """The device losetup attached (NEW_LOOP in check mode); without direct I/O if it was refused."""
+    try:
+        done = runner.change(argv)
+    except CommandError:
+        if "--direct-io=on" not in argv:
+            raise
+        runner.module.warn(f"{' '.join(argv)} failed; attached without direct I/O")
+        done = runner.change([arg for arg in argv if arg != "--direct-io=on"])
+    return done.out.strip() if done is not None else NEW_LOOP
 
 
 def _allocate(runner, argv, size):

@@ -15,7 +15,8 @@ short_description: Give a compute node swap space on a burst buffer, or take it 
 version_added: "0.1.0"
 description:
   - Sets up a swap area backed by a burst buffer - a file on the buffer's mount, attached to a loop
-    device (C(losetup --find)), given a swap signature (C(mkswap)) and turned on (C(swapon)) - or
+    device (C(losetup --find), with direct I/O where the file allows it, so swapped-out pages are not
+    cached a second time), given a swap signature (C(mkswap)) and turned on (C(swapon)) - or
     removes it (C(swapoff), C(losetup --detach), the file removed).
   - The kernel cannot swap to a file on a FUSE filesystem such as GlusterFS; a loop device over
     that file it can.
@@ -130,7 +131,7 @@ commands:
     - ["mkdir", "--mode", "0700", "/mnt/bb/bb-job42/.swap"]
     - ["fallocate", "--length", "4294967296", "/mnt/bb/bb-job42/.swap/node1"]
     - ["chmod", "0600", "/mnt/bb/bb-job42/.swap/node1"]
-    - ["losetup", "--find", "--show", "/mnt/bb/bb-job42/.swap/node1"]
+    - ["losetup", "--find", "--show", "--direct-io=on", "/mnt/bb/bb-job42/.swap/node1"]
     - ["mkswap", "/dev/loop9"]
     - ["swapon", "/dev/loop9"]
 undone:

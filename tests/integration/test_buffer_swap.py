@@ -88,12 +88,14 @@ def test_present_makes_an_active_swap_area_and_a_second_run_changes_nothing(buff
     assert device.startswith("/dev/loop")
     assert loops_under(buffer.dir) == [device]
     assert device in active_swaps()
-    assert first["commands"][-3:] == [["losetup", "--find", "--show", buffer.swap_file], ["mkswap", device],
-                                      ["swapon", device]]
+    attach = ["losetup", "--find", "--show", "--direct-io=on", buffer.swap_file]
+    assert first["commands"][-3:] == [attach, ["mkswap", device], ["swapon", device]]
     assert first["diff"]["before"]["active"] is False and first["diff"]["after"]["active"] is True
     info, folder = os.stat(buffer.swap_file), os.stat(os.path.dirname(buffer.swap_file))
     assert (info.st_size, info.st_uid, stat.S_IMODE(info.st_mode)) == (SIZE, 0, 0o600)
     assert info.st_blocks * 512 >= SIZE  # allocated, not sparse
+    dio = sh("losetup", "--list", "--noheadings", "--output", "DIO", device).stdout.split()
+    assert dio == ["1"]  # swapped-out pages are not cached again above the file
     assert (folder.st_uid, stat.S_IMODE(folder.st_mode)) == (0, 0o700)
 
     second = buffer.run(size=f"{SIZE}")

@@ -52,7 +52,7 @@ def test_backing_matches_by_inode_and_device_not_by_name():
 
 
 ALLOCATE = [["fallocate", "--length", str(4 * GIB), PATH], ["chmod", "0600", PATH]]
-ATTACH = [["losetup", "--find", "--show", PATH], ["mkswap", sa.NEW_LOOP], ["swapon", sa.NEW_LOOP]]
+ATTACH = [["losetup", "--find", "--show", "--direct-io=on", PATH], ["mkswap", sa.NEW_LOOP], ["swapon", sa.NEW_LOOP]]
 
 PRESENT_CASES = {
     "nothing there: directory, file, loop, signature, on": (
@@ -199,3 +199,12 @@ def test_size_option_is_read_with_units_and_refused_when_bad():
     with pytest.raises(sa.SwapError, match="whole number of MiB"):
         bs.wanted_size({"size": "100KiB"})
 
+
+
+def test_apply_attaches_without_direct_io_when_losetup_refuses_it(fake_module):
+    module = fake_module(answers=[(1, "", "losetup: failed to set up loop device: Invalid argument\n"),
+                                  (0, "/dev/loop7\n", "")])
+    runner = CommandRunner(module)
+    assert sa.apply(runner, [ATTACH[0]]) == "/dev/loop7"
+    assert runner.commands == [["losetup", "--find", "--show", PATH]]
+    assert module.warnings == [f"losetup --find --show --direct-io=on {PATH} failed; attached without direct I/O"]
