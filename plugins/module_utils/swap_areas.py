@@ -45,8 +45,11 @@ LOSETUP_LIST = ["losetup", "--list", "--json", "--output", "NAME,BACK-FILE,BACK-
 SwapFile = namedtuple("SwapFile", ["exists", "regular", "is_dir", "size", "uid", "mode", "identity"])
 LoopDevice = namedtuple("LoopDevice", ["name", "back_file", "identity"])
 # path: the swap file; directory: its parent as SwapFile; file; loops: the loop devices
-# backing the file; active: loop device names in /proc/swaps; signatures: {device: TYPE}.
-SwapState = namedtuple("SwapState", ["path", "directory", "file", "loops", "active", "signatures"])
+# backing the file; active: loop device names in /proc/swaps; signatures: {device: TYPE};
+# strays: [(LoopDevice, SwapFile of its backing file)] of this buffer whose file is no longer
+# at path (the buffer's owner may rename .swap: its parent is theirs).
+SwapState = namedtuple("SwapState", ["path", "directory", "file", "loops", "active", "signatures", "strays"],
+                       defaults=[()])
 
 
 class SwapError(Exception):
@@ -94,14 +97,30 @@ def backing(loops, swap_file):
     return [loop for loop in loops if loop.identity == swap_file.identity]
 
 
+def strays(all_loops, swap_file, path):
+    """Loop devices over other files of the same filesystem under the buffer (the directory
+    above the swap file's), by the path the kernel shows now: a swap file moved away."""
+    buffer_root = os.path.dirname(os.path.dirname(path))
+    try:
+        info = os.stat(buffer_root)
+    except OSError:
+        return []
+    device = (os.major(info.st_dev), os.minor(info.st_dev))
+    return [loop for loop in all_loops
+            if loop.identity is not None and loop.identity[1] == device and loop.identity != swap_file.identity
+            and (loop.back_file or "").startswith(buffer_root + "/")]
+
+
 def read_swap_state(runner, path, swaps_path=PROC_SWAPS):
     swap_file = file_facts(path)
-    loops = backing(runner.read(LOSETUP_LIST, parse=lambda done: parse_losetup_list(done.out)), swap_file)
+    all_loops = runner.read(LOSETUP_LIST, parse=lambda done: parse_losetup_list(done.out))
+    loops = backing(all_loops, swap_file)
     with open(swaps_path) as handle:
         active = set(parse_proc_swaps(handle.read()))
     signatures = {loop.name: filesystem_type(probe_signature(runner, loop.name)) for loop in loops}
+    moved = [(loop, file_facts(loop.back_file)) for loop in strays(all_loops, swap_file, path)]
     return SwapState(path=path, directory=file_facts(os.path.dirname(path)), file=swap_file,
-                     loops=loops, active=active, signatures=signatures)
+                     loops=loops, active=active, signatures=signatures, strays=moved)
 
 
 # --- planning: (state, size) -> argv lists; pure ------------------------------------------
@@ -218,12 +237,16 @@ def plan_absent(state, owner=0, remove_dir=True, others_in_dir=None):
     """
     check_file(state, owner)
     commands = []
-    for loop in state.loops:
+    for loop in [*state.loops, *(loop for loop, _facts in state.strays)]:
         if loop.name in state.active:
             commands.append(["swapoff", loop.name])
         commands.append(["losetup", "--detach", loop.name])
     if state.file.exists:
         commands.append(["rm", "--force", state.path])
+    for loop, facts in state.strays:
+        # Removed only if it is still that file and root's (the path is the kernel's, now).
+        if facts.regular and facts.identity == loop.identity and facts.uid == owner:
+            commands.append(["rm", "--force", loop.back_file])
     if remove_dir and state.directory.is_dir:
         check_directory(state, owner)
         if not others_in_dir:

@@ -153,3 +153,13 @@ def test_a_symlink_planted_by_the_user_is_refused(buffer):
     assert refused["commands"] == []
     assert victim.read_text() == "keep me\n"
     assert loops_under(buffer.dir) == []
+
+
+def test_absent_finds_a_swap_file_the_user_moved_within_the_buffer(buffer):
+    device = buffer.run(size="64MiB")["device"]
+    os.rename(buffer.mount / ".swap", buffer.mount / ".moved")  # the buffer root is the user's
+    gone = buffer.run(state="absent")
+    assert not gone.get("failed"), gone.get("msg")
+    assert gone["commands"][:2] == [["swapoff", device], ["losetup", "--detach", device]]
+    assert device not in active_swaps() and loops_under(buffer.dir) == []
+    assert os.listdir(buffer.mount / ".moved") == []  # the moved file went too

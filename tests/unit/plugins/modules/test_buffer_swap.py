@@ -1,6 +1,7 @@
 """buffer_swap: losetup/proc parsers, the present/absent planners, apply, undo, arguments."""
 
 import json
+import os
 
 import pytest
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import swap_areas as sa
@@ -30,10 +31,10 @@ def directory(exists=True, uid=0, mode=0o700, is_dir=True):
     return facts(exists=exists, regular=False, is_dir=is_dir, size=4096, uid=uid, mode=mode, identity=(5, (0, 61)))
 
 
-def state(file=None, folder=None, loops=(), active=(), signatures=None):
+def state(file=None, folder=None, loops=(), active=(), signatures=None, strays=()):
     return sa.SwapState(path=PATH, directory=directory() if folder is None else folder,
                         file=facts(exists=False) if file is None else file, loops=list(loops),
-                        active=set(active), signatures=signatures or {})
+                        active=set(active), signatures=signatures or {}, strays=list(strays))
 
 
 def test_parse_losetup_list_reads_names_and_backing_identity():
@@ -208,3 +209,32 @@ def test_apply_attaches_without_direct_io_when_losetup_refuses_it(fake_module):
     assert sa.apply(runner, [ATTACH[0]]) == "/dev/loop7"
     assert runner.commands == [["losetup", "--find", "--show", PATH]]
     assert module.warnings == [f"losetup --find --show --direct-io=on {PATH} failed; attached without direct I/O"]
+
+
+MOVED = sa.LoopDevice("/dev/loop6", "/mnt/bb/bb-job42/.swap2/node1", (777, (0, 61)))
+
+
+def test_plan_absent_also_takes_down_a_swap_file_the_user_moved():
+    moved = state(folder=directory(exists=False), active=["/dev/loop6"],
+                  strays=[(MOVED, facts(identity=(777, (0, 61))))])
+    assert sa.plan_absent(moved, others_in_dir=[]) == [
+        ["swapoff", "/dev/loop6"], ["losetup", "--detach", "/dev/loop6"],
+        ["rm", "--force", "/mnt/bb/bb-job42/.swap2/node1"]]
+
+
+def test_a_moved_file_that_is_no_longer_ours_is_detached_but_not_removed():
+    replaced = state(folder=directory(exists=False), strays=[(MOVED, facts(uid=1001, identity=(777, (0, 61))))])
+    assert sa.plan_absent(replaced, others_in_dir=[]) == [["losetup", "--detach", "/dev/loop6"]]
+
+
+def test_strays_are_loops_over_other_files_under_the_same_buffer(tmp_path):
+    buffer_root = tmp_path / "bb-job42"
+    buffer_root.mkdir()
+    info = buffer_root.stat()
+    device = (os.major(info.st_dev), os.minor(info.st_dev))
+    path = str(buffer_root / ".swap" / "node1")
+    loops = [sa.LoopDevice("/dev/loop6", f"{buffer_root}/.swap2/node1", (5, device)),
+             sa.LoopDevice("/dev/loop7", f"{tmp_path}/elsewhere.img", (6, device)),
+             sa.LoopDevice("/dev/loop8", f"{buffer_root}/x", (7, (device[0], device[1] + 1))),
+             sa.LoopDevice("/dev/loop9", path, (8, device))]
+    assert sa.strays(loops, facts(identity=(8, device)), path) == [loops[0]]
