@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 import signal
 import sys
 import time
@@ -42,6 +43,8 @@ def add_stage_commands(subparsers: argparse._SubParsersAction, size_type: Callab
             parser.add_argument("--gid", type=int, required=True, help="job owner's gid")
             parser.add_argument("--pool", help="pool Slurm chose (default: the directive's, else the first)")
             parser.add_argument("--size", type=size_type, help="size Slurm granted, if larger than asked")
+            parser.add_argument("--swap-nodes", type=int,
+                                help="nodes that get the job's swap (default: ask Slurm, only if it asks for swap)")
         if name == "paths":
             parser.add_argument("--path-file", type=Path, help="file to write (default: print)")
         if name == "pre-run":
@@ -162,7 +165,11 @@ def _print(result: Any, as_json: bool) -> None:
 # --- handlers: (life, args) -> printable result, or an exit code -------------------------------
 
 def _setup(life: Lifecycle, args: argparse.Namespace) -> Any:
-    made = life.setup(args.job_id, args.uid, args.gid, args.script, pool=args.pool, size=args.size)
+    def swap_nodes() -> int:
+        return args.swap_nodes if args.swap_nodes is not None else slurm_node_count(life.site, args.job_id)
+
+    made = life.setup(args.job_id, args.uid, args.gid, args.script, pool=args.pool, size=args.size,
+                      swap_nodes=swap_nodes)
     return {"job": args.job_id, "buffers": [describe(b, life.site) for b in made]}
 
 
@@ -272,6 +279,22 @@ def slurm_nodes(settings: site.Site, job_id: str) -> list[str]:
         raise BBError(f"job {job_id} has no nodes yet (NodeList={node_list or 'empty'})")
     names = host.run(["scontrol", "show", "hostnames", node_list], env=env)
     return names.stdout.split()
+
+
+def slurm_node_count(settings: site.Site, job_id: str) -> int:
+    """How many nodes the job may run on (the most it asked for), from scontrol: what Slurm's
+    datawarp plugin multiplies swap by; a pending job shows NumNodes=MIN or MIN-MAX."""
+    proc = host.run(["scontrol", "show", "job", site.job_key(job_id)], check=False, env=slurm_env(settings))
+    if proc.returncode != 0:
+        raise BBError(f"scontrol show job {job_id}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return parse_num_nodes(proc.stdout, job_id)
+
+
+def parse_num_nodes(text: str, job_id: str) -> int:
+    match = re.search(r"\bNumNodes=(\d+)(?:-(\d+))?", text)
+    if match is None:
+        raise BBError(f"scontrol show job {job_id} shows no NumNodes: cannot size the job's swap")
+    return int(match.group(2) or match.group(1))
 
 
 def slurm_env(settings: site.Site) -> dict[str, str]:

@@ -35,13 +35,14 @@ from bbctl.directives import (
     parse_job_script,
 )
 from bbctl.errors import BBError
-from bbctl.playbook_vars import PRIVATE
+from bbctl.playbook_vars import PRIVATE, SWAP, SWAP_NODES
 from bbctl.pools import NotEnoughBricks, Pool, bricks_needed, load_pools, pools_document, write_pools_json
 from bbctl.site import Site
 from bbctl.state import Buffer, BufferSpec, BufferState, StateError, StateStore, open_store
 from bbctl.state.timings import FAILED, Running, StageTiming, short_reason
 
 log = logging.getLogger("bbctl")
+GIB = 1024**3  # Slurm counts swap in GiB
 
 # Exit codes (bbctl --help lists them): 0 done, 1 failed, 2 bad input, 4 refused for now.
 EXIT_REFUSED = 4
@@ -114,8 +115,15 @@ class Lifecycle:
 
     # --- Slurm's stages ------------------------------------------------------------------
     def setup(self, job_id: str, uid: int, gid: int, script: Path | str | None, *,
-              pool: str | None = None, size: int | None = None) -> list[Buffer]:
-        """Create the job's buffer and any persistent buffers it asks for; destroy those it asks to."""
+              pool: str | None = None, size: int | None = None,
+              swap_nodes: int | Callable[[], int] | None = None, slurm_books_swap: bool = False) -> list[Buffer]:
+        """Create the job's buffer and any persistent buffers it asks for; destroy those it asks to.
+
+        ``swap_nodes``: how many compute nodes get ``swap`` (required when the job asks for swap;
+        a function is asked only then); the buffer holds the job's capacity plus swap for each.
+        ``slurm_books_swap``: the caller is Slurm's datawarp plugin, whose ``size`` includes its
+        own booking for swap.
+        """
         key, request = sitecfg.job_key(job_id), read_request(script)
         _refuse_root(uid)
         self._check_persistent_use(request, uid)
@@ -126,10 +134,25 @@ class Lifecycle:
             made.append(self.create(create.name, uid, gid, create.capacity, create.pool or pool, "gluster",
                                     striped=create.access == "striped", stage="create-persistent"))
         if request.jobdw is not None:
-            capacity = max(request.jobdw.capacity, (size or 0) - self._booked_for_persistent(request, pool))
-            made.append(self.create(key, uid, gid, capacity, request.jobdw.pool or pool, request.jobdw.fs,
-                                    striped="striped" in request.jobdw.access_modes))
+            if request.swap and callable(swap_nodes):
+                swap_nodes = swap_nodes()
+            booked = self._booked_for_persistent(request, pool)
+            if slurm_books_swap:
+                booked += self._booked_for_swap(request, request.jobdw.pool or pool, swap_nodes)
+            capacity = max(request.jobdw.capacity, (size or 0) - booked)
+            swap = swap_meta(key, request, swap_nodes)
+            made.append(self.create(key, uid, gid, capacity + swap_bytes(swap), request.jobdw.pool or pool,
+                                    request.jobdw.fs, striped="striped" in request.jobdw.access_modes, meta=swap))
         return made
+
+    def _booked_for_swap(self, request: JobRequest, pool: str | None, nodes: Any) -> int:
+        """What Slurm 22.05's datawarp plugin adds to a job's size for ``swap N``: N times the job's
+        (maximum) node count, counted in bytes although N is GiB, rounded up to the pool's
+        granularity; one granule for any swap that fits in one. The lua plugin books nothing."""
+        if not request.swap or not isinstance(nodes, int) or nodes < 1:
+            return 0
+        granularity = self.pool(pool).granularity
+        return bricks_needed((request.swap // GIB) * nodes, granularity) * granularity
 
     def _booked_for_persistent(self, request: JobRequest, pool: str | None) -> int:
         """What Slurm's lua plugin adds to a job's size for its create_persistent lines (whole granules).
@@ -143,7 +166,8 @@ class Lifecycle:
         return booked
 
     def create(self, key: str, uid: int, gid: int, capacity: int, pool_name: str | None,
-               fs: str, *, striped: bool = True, stage: str = "setup") -> Buffer:
+               fs: str, *, striped: bool = True, stage: str = "setup",
+               meta: dict[str, Any] | None = None) -> Buffer:
         """Allocate bricks, build the file system and mount it on the stage host. Idempotent.
 
         ``striped``: files spread over all bricks (bbctl.layouts), as DataWarp's access_mode=striped.
@@ -161,7 +185,8 @@ class Lifecycle:
                 layout = self.layout(capacity, pool, striped=striped and fs == "gluster")
                 existing = self.store.allocate(
                     BufferSpec(key=key, owner_uid=uid, owner_gid=gid, capacity=capacity, fs=fs,
-                               bricks=layout.bricks, meta={layouts.META: layout.to_meta()}), pool)
+                               bricks=layout.bricks,
+                               meta={layouts.META: layout.to_meta(), **(meta or {})}), pool)
                 self.refresh_pools()
                 self.note(key, "setup", f"allocated {len(existing.bricks)} brick(s) of pool {pool.name} "
                            f"({layout.describe()}): " + ", ".join(b.id for b in existing.bricks))
@@ -245,6 +270,7 @@ class Lifecycle:
             self._mount(persistent, nodes, stage="pre-run", job_key=key)
         if request.jobdw is not None:
             buffer = self._require(key, BUILT)
+            _check_swap_nodes(buffer, nodes)
             private = "private" in request.jobdw.access_modes
             buffer = self.store.transition(key, BUILT, buffer.state, meta={"nodes": nodes, PRIVATE: private})
             self._mount(buffer, nodes, stage="pre-run", job_key=key)
@@ -377,6 +403,8 @@ class Lifecycle:
             more: dict[str, Any] = {"bb_stage_mounted": bool(buffer.meta.get(STAGE_MOUNTED))}
             if nodes:
                 more["bb_client_mount_path"] = str(sitecfg.mount_path(self.site, key))
+                if buffer.meta.get(SWAP):
+                    more["bb_client_swap"] = str(buffer.meta[SWAP])
             extra = {"mount_path": str(self.stage_path(key))}
             if buffer.meta.get(PRIVATE):
                 extra["private_mount_path"] = str(sitecfg.private_mount_path(self.site, key))
@@ -521,6 +549,29 @@ def failure_kind(failure: BaseException, runs: list[runner.StageRun]) -> str:
     if isinstance(failure, BBError) and failure.exit_code == 2:
         return "bad_input"
     return "error"
+
+
+def swap_meta(key: str, request: JobRequest, nodes: Any) -> dict[str, int]:
+    """The state meta of a job buffer that holds swap: bytes per node, and for how many nodes."""
+    if not request.swap:
+        return {}
+    if not isinstance(nodes, int) or nodes < 1:
+        raise BBError(f"job {key} asks for swap ({request.swap // GIB} GiB per node) but its node count is "
+                      "unknown: give setup the number of nodes (bbctl setup --swap-nodes N)", exit_code=2)
+    return {SWAP: request.swap, SWAP_NODES: nodes}
+
+
+def swap_bytes(meta: dict[str, int]) -> int:
+    """The space swap takes in the buffer: its size on each node times the nodes."""
+    return meta.get(SWAP, 0) * meta.get(SWAP_NODES, 0)
+
+
+def _check_swap_nodes(buffer: Buffer, nodes: list[str]) -> None:
+    """Refuse, before mounting, a job on more nodes than setup made room for swap on."""
+    sized = buffer.meta.get(SWAP_NODES)
+    if buffer.meta.get(SWAP) and sized is not None and len(nodes) > sized:
+        raise BBError(f"buffer {buffer.key}: swap was sized at setup for {sized} node(s), the job runs on "
+                      f"{len(nodes)}: the buffer has no room for the others' swap files")
 
 
 def stage_out_failed(buffer: Buffer | None) -> bool:

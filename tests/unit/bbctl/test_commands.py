@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bbctl import cli
+import pytest
+
+from bbctl import cli, commands
+from bbctl.errors import BBError
 
 GiB = 1024**3
 
@@ -81,3 +84,39 @@ def test_a_missing_configuration_says_where_it_looked(tmp_path, capsys):
 def test_a_bad_job_id_is_refused(config_file, capsys):
     assert bbctl(config_file, "real-size", "--job-id", "12;rm") == 2
     assert "expected digits only" in capsys.readouterr().err
+
+
+def test_setup_sizes_swap_for_the_nodes_given(config_file, tmp_path, capsys):
+    script = job_script(tmp_path, "#DW jobdw capacity=1GiB access_mode=private", "#DW swap 1GiB")
+    assert bbctl(config_file, "setup", "--job-id", "7", "--uid", "1001", "--gid", "1001", "--script", script,
+                 "--swap-nodes", "1", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["buffers"][0]["capacity"] == 2 * GiB
+
+
+def test_setup_asks_slurm_for_the_node_count_only_for_swap(config_file, tmp_path, capsys, monkeypatch):
+    asked = []
+    monkeypatch.setattr(commands, "slurm_node_count", lambda _site, job: asked.append(job) or 1)
+    plain = job_script(tmp_path, "#DW jobdw capacity=1GiB access_mode=private")
+    assert bbctl(config_file, "setup", "--job-id", "7", "--uid", "1001", "--gid", "1001", "--script", plain) == 0
+    assert asked == []
+    assert bbctl(config_file, "teardown", "--job-id", "7", "--script", plain, "--hurry") == 0
+    capsys.readouterr()
+    swapping = job_script(tmp_path, "#DW jobdw capacity=1GiB access_mode=private", "#DW swap 1")
+    assert bbctl(config_file, "setup", "--job-id", "8", "--uid", "1001", "--gid", "1001", "--script", swapping,
+                 "--json") == 0
+    assert asked == ["8"]
+    assert json.loads(capsys.readouterr().out)["buffers"][0]["capacity"] == 2 * GiB
+
+
+@pytest.mark.parametrize(("shown", "nodes"), [
+    ("JobId=42 JobName=x\n   NumNodes=4 NumCPUs=4 NumTasks=4", 4),
+    ("   NumNodes=2-6 NumCPUs=2", 6),  # pending with -N 2-6: Slurm books swap for the most
+    ("   NumNodes=3-3 NumCPUs=3", 3),
+])
+def test_parse_num_nodes(shown, nodes):
+    assert commands.parse_num_nodes(shown, "42") == nodes
+
+
+def test_parse_num_nodes_without_the_field_says_so():
+    with pytest.raises(BBError, match="shows no NumNodes: cannot size the job's swap"):
+        commands.parse_num_nodes("JobId=42 JobName=x", "42")

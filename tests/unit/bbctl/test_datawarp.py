@@ -309,14 +309,28 @@ def test_setup_maps_token_user_group_pool_size_and_script(capsys):
     code, _ = cli(["--function", "setup", "--token", "123", "--caller", "SLURM", "--user", "1001", "--groupid",
                    "1002", "--capacity", "nvme:200GiB", "--job", JOB, "--nodehostnamefile", NIDS], life, capsys)
     assert code == 0
-    assert life.calls == [("setup", ("123", 1001, 1002, Path(JOB)), {"pool": "nvme", "size": 200 * GiB})]
+    [(name, args, kwargs)] = life.calls
+    swap_nodes = kwargs.pop("swap_nodes")
+    assert (name, args, kwargs) == ("setup", ("123", 1001, 1002, Path(JOB)),
+                                    {"pool": "nvme", "size": 200 * GiB, "slurm_books_swap": True})
+    assert callable(swap_nodes)
+
+
+def test_setup_counts_swap_nodes_in_the_node_file(tmp_path, capsys):
+    nids = tmp_path / "client_nids"
+    nids.write_text("nid001\nnid002\n\nnid003\n")
+    life = FakeLife({"setup": []})
+    cli(["--function", "setup", "--token", "123", "--user", "1001", "--groupid", "1002", "--capacity",
+         "nvme:8GiB", "--job", JOB, "--nodehostnamefile", str(nids)], life, capsys)
+    assert life.calls[0][2]["swap_nodes"]() == 3
 
 
 def test_setup_without_capacity_of_its_own_leaves_size_to_the_directives(capsys):
     life = FakeLife({"setup": []})
     cli(["--function", "setup", "--token", "123", "--caller", "SLURM", "--user", "1001", "--groupid", "1002",
          "--capacity", "nvme:0", "--job", JOB], life, capsys)
-    assert life.calls == [("setup", ("123", 1001, 1002, Path(JOB)), {"pool": "nvme", "size": None})]
+    [(_name, _args, kwargs)] = life.calls
+    assert (kwargs["pool"], kwargs["size"]) == ("nvme", None)
 
 
 @pytest.mark.parametrize(("function", "method"), [("data_in", "stage_in"), ("data_out", "stage_out")])
