@@ -386,8 +386,13 @@ def machine() -> str:
             f"{gluster_version}, Python {platform.python_version()}")
 
 
-def write_section(lines: list[str]) -> None:
-    results_doc.write_section(BEGIN, END, lines, "Staging")
+def write_section(lines: list[str], layout: str) -> None:
+    """Distribute results go under "Staging"; a dispersed (striped) buffer's in a section of their own."""
+    if layout == "distribute":
+        results_doc.write_section(BEGIN, END, lines, "Staging")
+    else:
+        results_doc.write_section(f"<!-- staging-{layout}-results:begin -->", f"<!-- staging-{layout}-results:end -->",
+                                  lines, f"Staging into a {layout}d (striped) buffer")
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -504,8 +509,8 @@ def main() -> None:
     lines = run(args)
     print("\n".join(lines))
     if not args.no_write:
-        write_section(lines)
-        log(f"written to {BENCHMARKS_MD.relative_to(REPO)}, section Staging")
+        write_section(lines, args.layout)
+        log(f"written to {BENCHMARKS_MD.relative_to(REPO)}")
 
 
 if __name__ == "__main__":
