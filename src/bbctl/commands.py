@@ -176,6 +176,7 @@ def _status(life: Lifecycle, args: argparse.Namespace) -> Any:
     for b in report["buffers"]:
         lines.append(f"buffer {b['key']} ({b['volume']}): {b['state']}, {sizes.format_size(b['capacity'])}, "
                      f"owner {b['owner']}, {len(b['bricks'])} brick(s), {b['layout']}"
+                     + (f", one file at most {sizes.format_size(b['max_file'])}" if b["max_file"] else "")
                      + (f", error: {b['last_error']}" if b["last_error"] else ""))
     return "\n".join(lines) if lines else "no pools"
 

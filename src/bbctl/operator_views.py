@@ -20,7 +20,14 @@ from bbctl.state import Buffer, BufferState
 def status(life: Lifecycle) -> dict[str, Any]:
     """Pools (refreshing the file Slurm reads) and every buffer, described."""
     pools = life.refresh_pools()["pools"]
-    return {"pools": pools, "buffers": [describe(b, life.site) for b in life.store.buffers()]}
+    return {"pools": pools, "buffers": [dict(describe(b, life.site), max_file=max_file(life, b))
+                                        for b in life.store.buffers()]}
+
+
+def max_file(life: Lifecycle, buffer: Buffer) -> int | None:
+    """Bytes one file of the buffer can hold when less than the buffer (the job's BB_JOB_STRIPED_MAX_FILE)."""
+    pool = life.pools.get(buffer.pool)
+    return layouts.of(buffer).file_limit(pool.granularity) if pool is not None else None
 
 
 def gc(life: Lifecycle, older_than: float, *, dry_run: bool) -> dict[str, Any]:

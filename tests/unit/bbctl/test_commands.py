@@ -84,6 +84,17 @@ def test_status_and_pools_count_bricks(config_file, tmp_path, capsys):
     assert bbctl(config_file, "status") == 0
     text = capsys.readouterr().out
     assert "pool nvme: 1 of 2 bricks free, 1GiB each" in text and "buffer 7 (bbjob-7): created" in text
+    assert "one file at most" not in text  # one brick: a file can fill the buffer
+
+
+def test_status_names_the_largest_file_when_it_is_less_than_the_buffer(config_file, tmp_path, capsys):
+    bbctl(config_file, "setup", "--job-id", "7", "--uid", "1001", "--gid", "1001",
+          "--script", job_script(tmp_path, "#DW jobdw capacity=2GiB access_mode=private"))  # distribute, 2 bricks
+    capsys.readouterr()
+    assert bbctl(config_file, "status") == 0
+    assert "distribute over 2 brick(s), one file at most 1GiB" in capsys.readouterr().out
+    assert bbctl(config_file, "status", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["buffers"][0]["max_file"] == GiB
 
 
 def test_a_missing_configuration_says_where_it_looked(tmp_path, capsys):
