@@ -6,16 +6,18 @@ three files this script reads from the same directory:
 - bbctl-directives.lua: the directive validator (generated from bbctl.directives),
   and bbctl-directives.luac, the same precompiled (loaded first: slurmctld loads
   this script afresh for every call);
-- bbctl-site.lua: how to call bbctl and what job paths are made of (bbctl.site);
+- bbctl-site.lua: how to call bbctl, what job paths are made of (bbctl.site) and the
+  pools buffers are planned in (bbctl.pools, bbctl.layouts);
 - bbctl-pools.json: the pools answer, which bbctl keeps current by atomic rename.
 
 Slurm's hooks come first, in the order of a job's life; the helpers they call
 follow. Three hooks run inside slurmctld with its locks held and never fork:
-slurm_bb_job_process (validates the directives), slurm_bb_pools and
-slurm_bb_paths (the job's environment, a pure function of the job id, the
-directives and bbctl-site.lua). The forked hooks (setup .. teardown) run bbctl
-and return slurm.ERROR with its last line of output when it fails. All 13
-functions Slurm 24.05+ requires are defined; none relies on SLURM_CONF.
+slurm_bb_job_process (validates the directives and refuses a buffer its pool
+can never hold), slurm_bb_pools and slurm_bb_paths (the job's environment, a
+pure function of the job id, the directives and bbctl-site.lua). The forked
+hooks (setup .. teardown) run bbctl and return slurm.ERROR with its last line
+of output when it fails. All 13 functions Slurm 24.05+ requires are defined;
+none relies on SLURM_CONF.
 ]]
 
 local script_dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
@@ -28,11 +30,15 @@ local helpers = {}  -- defined below the hooks
 -- ---------------------------------------------------------------- inside slurmctld: no fork
 
 function slurm_bb_job_process(job_script)
-    local ok, problem = helpers.validate(job_script)
-    if ok then
-        return slurm.SUCCESS
+    local ok, state = helpers.validate(job_script)
+    if not ok then
+        return slurm.ERROR, state
     end
-    return slurm.ERROR, problem
+    local problem = helpers.check_fits(state)
+    if problem ~= nil then
+        return slurm.ERROR, problem
+    end
+    return slurm.SUCCESS
 end
 
 function slurm_bb_pools()
@@ -215,7 +221,130 @@ function helpers.job_environment(site, job_id, state)
             lines[#lines + 1] = prefix .. pair[1] .. "=" .. pair[2] .. "\n"
         end
     end
+    local max_file = helpers.max_file(site, state.jobdw)
+    if max_file ~= nil then
+        lines[#lines + 1] = site.max_file_variable .. "=" .. string.format("%.0f", max_file) .. "\n"
+    end
     return table.concat(lines)
+end
+
+-- Layouts: bbctl.layouts in Lua, from the pools in bbctl-site.lua (tests compare the two).
+-- Sizes are whole numbers in doubles, exact up to 2^53 (the grammar's largest size): divisions
+-- go through math.fmod, which is exact, never through a rounded quotient.
+
+local function ceil_div(a, b)
+    local rest = math.fmod(a, b)
+    return (a - rest) / b + (rest > 0 and 1 or 0)
+end
+
+local function site_pool(site, name)
+    for _, pool in ipairs(site.pools or {}) do  -- none in a site file older than this script
+        if name == nil or pool.name == name then
+            return pool  -- no name: the first, the default (as bbctl.lifecycle.Lifecycle.pool)
+        end
+    end
+    return nil
+end
+
+-- layouts.plan for a buffer of granules granules: data bricks, disperse sets, redundancy per set.
+function helpers.plan(site, granules, striped, striped_layout)
+    if not striped or striped_layout == "distribute" or granules < 2 then
+        return {data = granules, sets = 1, redundancy = 0}
+    end
+    local sets = ceil_div(granules, site.max_data_bricks)
+    return {data = ceil_div(granules, sets) * sets, sets = sets, redundancy = 1}
+end
+
+local function bricks(layout)
+    return layout.data + layout.sets * layout.redundancy
+end
+
+local function file_bricks(layout)
+    return layout.redundancy > 0 and layout.data / layout.sets or 1
+end
+
+-- layouts.Layout.file_limit of the job's own buffer: nil unless a file holds less than the buffer.
+function helpers.max_file(site, jobdw)
+    local pool = jobdw ~= nil and jobdw.striped and site_pool(site, jobdw.pool)
+    if not pool then
+        return nil
+    end
+    local layout = helpers.plan(site, ceil_div(jobdw.capacity, pool.granularity), true, pool.striped_layout)
+    if file_bricks(layout) < layout.data then
+        return file_bricks(layout) * pool.granularity
+    end
+    return nil
+end
+
+-- bbctl.collection.sizes.format_size: the largest exact binary unit.
+function helpers.format_size(nbytes)
+    for power = 5, 1, -1 do
+        local unit = 1024 ^ power
+        if nbytes ~= 0 and math.fmod(nbytes, unit) == 0 then
+            return string.format("%.0f%siB", nbytes / unit, ("KMGTP"):sub(power, power))
+        end
+    end
+    return string.format("%.0f", nbytes)
+end
+
+local function describe(layout)
+    local sets = layout.sets > 1 and (string.format("%.0f", layout.sets) .. " x ") or ""
+    return string.format("%sdisperse %.0f+%.0f", sets, layout.data / layout.sets, layout.redundancy)
+end
+
+-- layouts.check_fits: nil, or the refusal naming the largest buffer the pool can hold.
+function helpers.too_big(site, pool, capacity, striped)
+    local layout = helpers.plan(site, ceil_div(capacity, pool.granularity), striped, pool.striped_layout)
+    local needed = bricks(layout)
+    if needed <= pool.quantity then
+        return nil
+    end
+    striped = layout.redundancy > 0
+    local largest = 0
+    for granules = pool.quantity, 1, -1 do
+        if bricks(helpers.plan(site, granules, striped, pool.striped_layout)) <= pool.quantity then
+            largest = granules
+            break
+        end
+    end
+    local what = string.format("%.0f bricks", needed)
+    if striped then
+        what = describe(layout) .. ", " .. what
+    end
+    local fields = {capacity = helpers.format_size(capacity), what = what, pool = pool.name,
+                    quantity = string.format("%.0f", pool.quantity),
+                    granularity = helpers.format_size(pool.granularity),
+                    largest = helpers.format_size(largest * pool.granularity)}
+    return (site.too_big:gsub("{([%w_]+)}", fields))
+end
+
+-- The buffers a job asks for (its create_persistent lines, then its jobdw) that their pools
+-- could never hold: the first one's refusal, or nil. A pool bbctl-site.lua does not list is
+-- left to Slurm's own pool check and to setup, which refuse it by name.
+function helpers.check_fits(state)
+    if state.jobdw == nil and #state.creates == 0 then
+        return nil
+    end
+    local site, problem = helpers.load_site()
+    if site == nil then
+        return problem
+    end
+    if site.pools == nil then
+        return "burst buffer site file " .. SITE_FILE .. " is older than burst_buffer.lua: run bbctl slurm-install"
+    end
+    local wanted = {}
+    for _, create in ipairs(state.creates) do
+        wanted[#wanted + 1] = create
+    end
+    wanted[#wanted + 1] = state.jobdw
+    for _, buffer in ipairs(wanted) do
+        local pool = site_pool(site, buffer.pool)
+        local refusal = pool and helpers.too_big(site, pool, buffer.capacity, buffer.striped)
+        if refusal then
+            return refusal
+        end
+    end
+    return nil
 end
 
 -- Slurm forks these (slurmscriptd) and kills the process group when they

@@ -9,13 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from bbctl import site, slurm_install
+from bbctl import layouts, site, slurm_install
 from bbctl.directives import parse_job_script
+from bbctl.pools import Brick, Pool
 
 REPO = Path(__file__).resolve().parents[3]
 HARNESS = REPO / "tests" / "lua" / "run_in_slurmctld.lua"
 LUA = shutil.which("lua5.1")
 pytestmark = pytest.mark.skipif(LUA is None, reason="lua5.1 is not installed (scripts/setup.sh installs it)")
+
+GiB = 1024**3
+POOLS = {"nvme": Pool("nvme", GiB, tuple(Brick("nvme", f"s{n}", f"s{n}", f"/b{k}", f"/dev/b{k}")
+                                         for n in range(4) for k in range(5)))}  # 20 bricks of 1 GiB
 
 SCRIPTS = {
     "jobdw": "#!/bin/bash\n#BB_LUA jobdw capacity=1GiB pool=nvme\n",
@@ -25,6 +30,7 @@ SCRIPTS = {
     "dotted": "#!/bin/bash\n#DW persistentdw name=test35.1\n#DW persistentdw name=a-b.c_d\n",
     "long_dotted": "#!/bin/bash\n#DW persistentdw name=" + "x." * 32 + "\n#DW persistentdw name=_a\n",
     "none": "#!/bin/bash\nhostname\n",
+    "several_sets": "#!/bin/bash\n#BB_LUA jobdw capacity=17GiB pool=nvme\n",  # two sets of 9+1: files up to 9 GiB
 }
 
 
@@ -35,7 +41,7 @@ def slurm_dir(tmp_path):
     for source in slurm_install.LUA_FILES:
         shutil.copyfile(source, tmp_path / source.name)
     slurm_install.compile_lua(tmp_path / slurm_install.LUA_VALIDATOR.name)
-    (tmp_path / "bbctl-site.lua").write_text(slurm_install.render_site_lua(slurm_install.site_values(config)))
+    (tmp_path / "bbctl-site.lua").write_text(slurm_install.render_site_lua(slurm_install.site_values(config, POOLS)))
     (tmp_path / "bbctl-pools.json").write_text('{"pools":[{"id":"nvme"}]}\n')
     return tmp_path, config
 
@@ -57,12 +63,16 @@ def test_paths_are_bbctl_sites_job_environment(slurm_dir, name):
     results, written = run(directory, "4711", SCRIPTS[name])
     assert results["paths"][0] == "0"
     request = parse_job_script(SCRIPTS[name])
+    max_file = None
+    if request.jobdw is not None and "striped" in request.jobdw.access_modes:
+        max_file = layouts.plan(request.jobdw.capacity, GiB, striped=True).file_limit(GiB)
     expected = site.job_environment(
         config, "4711", jobdw=request.jobdw is not None,
         private=request.jobdw is not None and "private" in request.jobdw.access_modes,
-        persistent=request.persistent)
+        persistent=request.persistent, max_file=max_file)
     lua_env = dict(line.split("=", 1) for line in written.splitlines())
     assert lua_env == expected
+    assert (site.MAX_FILE_VARIABLE in lua_env) == (name == "several_sets")
 
 
 def test_pools_and_job_process_answer_without_forking(slurm_dir):
@@ -70,6 +80,13 @@ def test_pools_and_job_process_answer_without_forking(slurm_dir):
     results, _written = run(directory, "1", SCRIPTS["jobdw"])
     assert results["pools"] == ("0", '{"pools":[{"id":"nvme"}]}\\n')
     assert results["job_process"] == ("0", "")
+
+
+def test_job_process_refuses_a_buffer_its_pool_can_never_hold_without_forking(slurm_dir):
+    directory, _config = slurm_dir
+    results, _written = run(directory, "1", "#!/bin/bash\n#BB_LUA jobdw capacity=20GiB pool=nvme\n")
+    assert results["job_process"] == ("-1", "capacity=20GiB needs 2 x disperse 10+1, 22 bricks; pool 'nvme' has 20 "
+                                            "of 1GiB: ask for at most 18GiB")
 
 
 def test_paths_refuses_a_script_whose_directives_are_wrong(slurm_dir):
