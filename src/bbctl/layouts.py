@@ -11,7 +11,8 @@ one extra brick per set. So (docs/BENCHMARKS.md, "Layouts for striped buffers"):
 - striped buffers of two or more granules: disperse sets of ``k`` data bricks
   plus one redundancy brick, ``k`` at most 16 (GlusterFS 10's
   ``EC_METHOD_MAX_FRAGMENTS``); larger buffers are several equal sets, and a
-  file then lives in one set: the largest file is one set's data bricks;
+  file then lives in one set: the largest file is one set's data bricks (the
+  job is told: ``Layout.file_limit``, its ``BB_JOB_STRIPED_MAX_FILE``);
 - one-granule and private-only buffers, and pools with ``striped_layout:
   distribute``: plain distribute, one brick per granule.
 
