@@ -8,7 +8,8 @@ three files this script reads from the same directory:
   this script afresh for every call);
 - bbctl-site.lua: how to call bbctl, what job paths are made of (bbctl.site) and the
   pools buffers are planned in (bbctl.pools, bbctl.layouts);
-- bbctl-pools.json: the pools answer, which bbctl keeps current by atomic rename.
+- bbctl-pools.json: the pools answer, which bbctl keeps current by atomic rename
+  (job_process also reads each pool's bricks there).
 
 Slurm's hooks come first, in the order of a job's life; the helpers they call
 follow. Three hooks run inside slurmctld with its locks held and never fork:
@@ -292,17 +293,17 @@ local function describe(layout)
     return string.format("%sdisperse %.0f+%.0f", sets, layout.data / layout.sets, layout.redundancy)
 end
 
--- layouts.check_fits: nil, or the refusal naming the largest buffer the pool can hold.
-function helpers.too_big(site, pool, capacity, striped)
+-- layouts.check_fits: nil, or the refusal naming the largest buffer the pool's quantity bricks can hold.
+function helpers.too_big(site, pool, quantity, capacity, striped)
     local layout = helpers.plan(site, ceil_div(capacity, pool.granularity), striped, pool.striped_layout)
     local needed = bricks(layout)
-    if needed <= pool.quantity then
+    if needed <= quantity then
         return nil
     end
     striped = layout.redundancy > 0
     local largest = 0
-    for granules = pool.quantity, 1, -1 do
-        if bricks(helpers.plan(site, granules, striped, pool.striped_layout)) <= pool.quantity then
+    for granules = quantity, 1, -1 do
+        if bricks(helpers.plan(site, granules, striped, pool.striped_layout)) <= quantity then
             largest = granules
             break
         end
@@ -312,15 +313,34 @@ function helpers.too_big(site, pool, capacity, striped)
         what = describe(layout) .. ", " .. what
     end
     local fields = {capacity = helpers.format_size(capacity), what = what, pool = pool.name,
-                    quantity = string.format("%.0f", pool.quantity),
+                    quantity = string.format("%.0f", quantity),
                     granularity = helpers.format_size(pool.granularity),
                     largest = helpers.format_size(largest * pool.granularity)}
     return (site.too_big:gsub("{([%w_]+)}", fields))
 end
 
+-- Bricks per pool id, from the answer slurm_bb_pools gives Slurm: bbctl rewrites bbctl-pools.json on
+-- every allocation and release, so it counts the inventory's bricks as they are now (bbctl-site.lua
+-- holds what only changes with bbctl.yml). The file is bbctl's own json.dump of flat objects, one a
+-- pool, each with its "id" and "quantity". nil if the file cannot be read.
+function helpers.pool_bricks()
+    local text = helpers.read_file(POOLS_FILE)
+    if text == nil then
+        return nil
+    end
+    local quantities = {}
+    for entry in text:gmatch("{[^{}]*}") do
+        local id, quantity = entry:match('"id"%s*:%s*"([^"]*)"'), entry:match('"quantity"%s*:%s*(%d+)')
+        if id ~= nil and quantity ~= nil then
+            quantities[id] = tonumber(quantity)
+        end
+    end
+    return quantities
+end
+
 -- The buffers a job asks for (its create_persistent lines, then its jobdw) that their pools
--- could never hold: the first one's refusal, or nil. A pool bbctl-site.lua does not list is
--- left to Slurm's own pool check and to setup, which refuse it by name.
+-- could never hold: the first one's refusal, or nil. A pool bbctl-site.lua or bbctl-pools.json
+-- does not list is left to Slurm's own pool check and to setup, which refuse it by name.
 function helpers.check_fits(state)
     if state.jobdw == nil and #state.creates == 0 then
         return nil
@@ -332,6 +352,10 @@ function helpers.check_fits(state)
     if site.pools == nil then
         return "burst buffer site file " .. SITE_FILE .. " is older than burst_buffer.lua: run bbctl slurm-install"
     end
+    local quantities = helpers.pool_bricks()
+    if quantities == nil then
+        return "burst buffer pools file " .. POOLS_FILE .. " is missing: run bbctl pools --refresh"
+    end
     local wanted = {}
     for _, create in ipairs(state.creates) do
         wanted[#wanted + 1] = create
@@ -339,7 +363,8 @@ function helpers.check_fits(state)
     wanted[#wanted + 1] = state.jobdw
     for _, buffer in ipairs(wanted) do
         local pool = site_pool(site, buffer.pool)
-        local refusal = pool and helpers.too_big(site, pool, buffer.capacity, buffer.striped)
+        local quantity = pool and quantities[pool.name]
+        local refusal = quantity and helpers.too_big(site, pool, quantity, buffer.capacity, buffer.striped)
         if refusal then
             return refusal
         end

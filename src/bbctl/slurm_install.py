@@ -5,7 +5,7 @@
   fresh Lua state for every call, and bytecode loads about six times faster than the source
   compiles (docs/BENCHMARKS.md);
 - bbctl-site.lua: how to call bbctl, the values paths are computed from, and the pools
-  (granularity, bricks, striped_layout) that job_process and paths plan buffers with,
+  (granularity, striped_layout) that job_process and paths plan buffers with,
   written from bbctl's configuration (bbctl.site, bbctl.pools and bbctl.layouts are the definitions);
 - bbctl-pools.json: the pools answer, rewritten by every bbctl allocation.
 """
@@ -35,10 +35,11 @@ LUAC = "luac5.1"  # the compiler of the Lua Slurm links (Debian's burst_buffer/l
 def site_values(site: sitecfg.Site, pools: Mapping[str, Pool]) -> dict[str, Any]:
     """What burst_buffer.lua needs to know, from bbctl.site's, bbctl.pools' and bbctl.layouts' own definitions.
 
-    ``pools`` in configuration order (the first is the default, as Lifecycle.pool has it): what
-    slurm_bb_job_process needs to refuse a buffer its pool can never hold (layouts.check_fits) and
-    slurm_bb_paths to compute the job's MAX_FILE_VARIABLE (layouts.Layout.file_limit). Rerun
-    ``bbctl slurm-install`` after changing pools or bricks.
+    ``pools`` in configuration order (the first is the default, as Lifecycle.pool has it), with what
+    only bbctl.yml changes (granularity, striped_layout): what slurm_bb_paths needs to compute the
+    job's MAX_FILE_VARIABLE (layouts.Layout.file_limit) and, with each pool's bricks from
+    bbctl-pools.json (current after every allocation), slurm_bb_job_process to refuse a buffer its
+    pool can never hold (layouts.check_fits). Rerun ``bbctl slurm-install`` after changing pools.
     """
     mount = sitecfg.mount_path(site, "1")
     private = sitecfg.private_mount_path(site, "1")
@@ -54,8 +55,8 @@ def site_values(site: sitecfg.Site, pools: Mapping[str, Pool]) -> dict[str, Any]
         "max_file_variable": sitecfg.MAX_FILE_VARIABLE,
         "max_data_bricks": layouts.MAX_DATA_BRICKS,
         "too_big": layouts.TOO_BIG,
-        "pools": [{"name": pool.name, "granularity": pool.granularity, "quantity": pool.quantity,
-                   "striped_layout": pool.striped_layout} for pool in pools.values()],
+        "pools": [{"name": pool.name, "granularity": pool.granularity, "striped_layout": pool.striped_layout}
+                  for pool in pools.values()],
     }
 
 

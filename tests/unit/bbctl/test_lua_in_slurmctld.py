@@ -11,7 +11,7 @@ import pytest
 
 from bbctl import layouts, site, slurm_install
 from bbctl.directives import parse_job_script
-from bbctl.pools import Brick, Pool
+from bbctl.pools import Brick, Pool, pools_document, write_pools_json
 
 REPO = Path(__file__).resolve().parents[3]
 HARNESS = REPO / "tests" / "lua" / "run_in_slurmctld.lua"
@@ -42,7 +42,7 @@ def slurm_dir(tmp_path):
         shutil.copyfile(source, tmp_path / source.name)
     slurm_install.compile_lua(tmp_path / slurm_install.LUA_VALIDATOR.name)
     (tmp_path / "bbctl-site.lua").write_text(slurm_install.render_site_lua(slurm_install.site_values(config, POOLS)))
-    (tmp_path / "bbctl-pools.json").write_text('{"pools":[{"id":"nvme"}]}\n')
+    write_pools_json(tmp_path / "bbctl-pools.json", pools_document(POOLS.values(), {}))
     return tmp_path, config
 
 
@@ -78,7 +78,8 @@ def test_paths_are_bbctl_sites_job_environment(slurm_dir, name):
 def test_pools_and_job_process_answer_without_forking(slurm_dir):
     directory, _config = slurm_dir
     results, _written = run(directory, "1", SCRIPTS["jobdw"])
-    assert results["pools"] == ("0", '{"pools":[{"id":"nvme"}]}\\n')
+    pools = (directory / "bbctl-pools.json").read_text()
+    assert results["pools"] == ("0", pools.replace("\n", "\\n")) and '"quantity": 20' in pools
     assert results["job_process"] == ("0", "")
 
 

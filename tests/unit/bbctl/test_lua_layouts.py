@@ -23,6 +23,7 @@ from bbctl.collection import sizes
 from bbctl.directives import LIMITS, parse_job_script
 from bbctl.directives.lua import lua_value
 from bbctl.errors import BBError
+from bbctl.pools import Brick, Pool, pools_document, write_pools_json
 
 REPO = Path(__file__).resolve().parents[3]
 HARNESS = REPO / "tests" / "lua" / "run_job_hooks.lua"
@@ -218,8 +219,8 @@ def _site_and_pools(installed):
 
 def test_the_site_file_lists_the_pools_in_configuration_order(installed):
     values = slurm_install.site_values(*_site_and_pools(installed))
-    assert [(p["name"], p["granularity"], p["quantity"], p["striped_layout"]) for p in values["pools"]] == \
-        [(name, *spec) for name, spec in POOLS.items()]
+    assert [(p["name"], p["granularity"], p["striped_layout"]) for p in values["pools"]] == \
+        [(name, granularity, layout) for name, (granularity, _bricks, layout) in POOLS.items()]
     assert values["max_data_bricks"] == layouts.MAX_DATA_BRICKS
 
 
@@ -259,3 +260,19 @@ def test_a_site_file_from_an_older_bbctl_is_named(installed, tmp_path):
     (directory / "bbctl-site.lua").write_text(text[:text.index("    pools = {")] + "}\n")
     rc, message = job_process(directory, "#DW jobdw capacity=1GiB")
     assert rc == "-1" and "is older than burst_buffer.lua: run bbctl slurm-install" in message
+
+
+def test_the_pools_bricks_are_read_from_the_pools_file_bbctl_keeps_current(installed, tmp_path):
+    """Bricks added to the inventory count as soon as bbctl rewrites bbctl-pools.json: no reinstall."""
+    directory = copy_install(installed, tmp_path / "slurm")
+    line = "#DW jobdw capacity=6TiB pool=dist"  # six bricks; the pool has five
+    assert job_process(directory, line) == ("-1", "capacity=6TiB needs 6 bricks; pool 'dist' has 5 of 1TiB: "
+                                                  "ask for at most 5TiB")
+    _slurm_dir, life = installed
+    grown = {**life.pools, "dist": Pool("dist", TiB, tuple(Brick("dist", "s", "s", f"/b{n}", f"/d{n}")
+                                                          for n in range(6)), "distribute")}
+    write_pools_json(directory / "bbctl-pools.json", pools_document(grown.values(), {}))
+    assert job_process(directory, line) == ("0", "")
+    (directory / "bbctl-pools.json").unlink()
+    rc, message = job_process(directory, line)
+    assert rc == "-1" and "bbctl-pools.json is missing: run bbctl pools --refresh" in message

@@ -47,7 +47,7 @@ def _unescape(message: str) -> str:
 
 
 def install_without_pools(directory: Path) -> Path:
-    """burst_buffer.lua installed in directory with a bbctl-site.lua that lists no pools.
+    """burst_buffer.lua installed in directory with a bbctl-site.lua and a bbctl-pools.json that list no pools.
 
     slurm_bb_job_process then answers for the directives alone: a pool the site file does not
     list is left to Slurm and setup (test_lua_layouts.py tests the pools' part).
@@ -58,6 +58,7 @@ def install_without_pools(directory: Path) -> Path:
     config = site.from_mapping({"inventory": str(directory / "inventory.yml"), "pools": {"nvme": {}}},
                                directory / "bbctl.yml")
     (directory / "bbctl-site.lua").write_text(slurm_install.render_site_lua(slurm_install.site_values(config, {})))
+    (directory / "bbctl-pools.json").write_text('{"pools": []}\n')
     return directory / LUA_SCRIPT.name
 
 
