@@ -23,6 +23,7 @@ none relies on SLURM_CONF.
 
 local script_dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local POOLS_FILE = script_dir .. "bbctl-pools.json"
+local POOLS_MISSING = "burst buffer pools file " .. POOLS_FILE .. " is missing: run bbctl pools (it writes the file)"
 local SITE_FILE = script_dir .. "bbctl-site.lua"
 local DIRECTIVES_FILE = script_dir .. "bbctl-directives.lua"
 local DIRECTIVES_BYTECODE = script_dir .. "bbctl-directives.luac"  -- the same, precompiled at install
@@ -45,7 +46,7 @@ end
 function slurm_bb_pools()
     local text = helpers.read_file(POOLS_FILE)
     if text == nil then
-        return slurm.ERROR, "burst buffer pools file " .. POOLS_FILE .. " is missing: run bbctl pools --refresh"
+        return slurm.ERROR, POOLS_MISSING
     end
     return slurm.SUCCESS, text
 end
@@ -354,7 +355,7 @@ function helpers.check_fits(state)
     end
     local quantities = helpers.pool_bricks()
     if quantities == nil then
-        return "burst buffer pools file " .. POOLS_FILE .. " is missing: run bbctl pools --refresh"
+        return POOLS_MISSING
     end
     local wanted = {}
     for _, create in ipairs(state.creates) do

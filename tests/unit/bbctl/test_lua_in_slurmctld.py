@@ -129,3 +129,12 @@ def test_the_script_loads_without_slurm_conf_and_defines_every_function_slurm_re
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"missing: {done.stdout.strip()}"
     assert len(SLURM_REQUIRED_FUNCTIONS) == 13
+
+
+def test_without_the_pools_file_slurm_and_sbatch_are_told_the_command_that_writes_it(slurm_dir):
+    directory, _config = slurm_dir
+    (directory / "bbctl-pools.json").unlink()
+    results, _written = run(directory, "1", SCRIPTS["jobdw"])
+    for hook in ("pools", "job_process"):
+        rc, message = results[hook]
+        assert rc == "-1" and message.endswith("bbctl-pools.json is missing: run bbctl pools (it writes the file)")

@@ -275,4 +275,4 @@ def test_the_pools_bricks_are_read_from_the_pools_file_bbctl_keeps_current(insta
     assert job_process(directory, line) == ("0", "")
     (directory / "bbctl-pools.json").unlink()
     rc, message = job_process(directory, line)
-    assert rc == "-1" and "bbctl-pools.json is missing: run bbctl pools --refresh" in message
+    assert rc == "-1" and "bbctl-pools.json is missing: run bbctl pools (it writes the file)" in message
