@@ -2,10 +2,12 @@
 burst_buffer.lua for Slurm's burst_buffer/lua plugin (hpc.burstbuffer).
 
 Install beside slurm.conf with `bbctl slurm-install`, which also writes the
-three files this script reads from the same directory:
+four files this script reads from the same directory:
 - bbctl-directives.lua: the directive validator (generated from bbctl.directives),
   and bbctl-directives.luac, the same precompiled (loaded first: slurmctld loads
   this script afresh for every call);
+- bbctl-layouts.lua: bbctl.layouts in Lua (how a pool holds a buffer), and its
+  bytecode bbctl-layouts.luac, loaded only for jobs that ask for a buffer;
 - bbctl-site.lua: how to call bbctl, what job paths are made of (bbctl.site) and the
   pools buffers are planned in (bbctl.pools, bbctl.layouts);
 - bbctl-pools.json: the pools answer, which bbctl keeps current by atomic rename
@@ -27,6 +29,8 @@ local POOLS_MISSING = "burst buffer pools file " .. POOLS_FILE .. " is missing: 
 local SITE_FILE = script_dir .. "bbctl-site.lua"
 local DIRECTIVES_FILE = script_dir .. "bbctl-directives.lua"
 local DIRECTIVES_BYTECODE = script_dir .. "bbctl-directives.luac"  -- the same, precompiled at install
+local LAYOUTS_FILE = script_dir .. "bbctl-layouts.lua"  -- bbctl.layouts in Lua: jobs asking for a buffer
+local LAYOUTS_BYTECODE = script_dir .. "bbctl-layouts.luac"
 local helpers = {}  -- defined below the hooks
 
 -- ---------------------------------------------------------------- inside slurmctld: no fork
@@ -36,8 +40,8 @@ function slurm_bb_job_process(job_script)
     if not ok then
         return slurm.ERROR, state
     end
-    local problem = helpers.check_fits(state)
-    if problem ~= nil then
+    local problem = (state.jobdw ~= nil or #state.creates > 0) and helpers.check_fits(state)
+    if problem then
         return slurm.ERROR, problem
     end
     return slurm.SUCCESS
@@ -60,11 +64,19 @@ function slurm_bb_paths(job_id, job_script, path_file)
     if not ok then
         return slurm.ERROR, state
     end
+    local max_file  -- BB_JOB_STRIPED_MAX_FILE, when a file holds less than the job's striped buffer
+    if state.jobdw ~= nil and state.jobdw.striped then
+        local layouts, missing = helpers.layouts()
+        if layouts == nil then
+            return slurm.ERROR, missing
+        end
+        max_file = layouts.max_file(site, state.jobdw)
+    end
     local fh, open_problem = io.open(path_file, "a")
     if fh == nil then
         return slurm.ERROR, "cannot write the paths file: " .. tostring(open_problem)
     end
-    fh:write(helpers.job_environment(site, job_id, state))
+    fh:write(helpers.job_environment(site, job_id, state, max_file))
     fh:close()
     return slurm.SUCCESS
 end
@@ -200,7 +212,7 @@ local function persistent_volume(site, name)
     return site.persistent_volume_prefix .. safe .. "-" .. string.format("%08x", hash)
 end
 
-function helpers.job_environment(site, job_id, state)
+function helpers.job_environment(site, job_id, state, max_file)
     local env = {}
     if state.jobdw ~= nil then
         local striped = site.mount_root .. "/" .. site.job_volume_prefix .. job_id
@@ -223,154 +235,38 @@ function helpers.job_environment(site, job_id, state)
             lines[#lines + 1] = prefix .. pair[1] .. "=" .. pair[2] .. "\n"
         end
     end
-    local max_file = helpers.max_file(site, state.jobdw)
     if max_file ~= nil then
         lines[#lines + 1] = site.max_file_variable .. "=" .. string.format("%.0f", max_file) .. "\n"
     end
     return table.concat(lines)
 end
 
--- Layouts: bbctl.layouts in Lua, from the pools in bbctl-site.lua (tests compare the two).
--- Sizes are whole numbers in doubles, exact up to 2^53 (the grammar's largest size): divisions
--- go through math.fmod, which is exact, never through a rounded quotient.
-
-local function ceil_div(a, b)
-    local rest = math.fmod(a, b)
-    return (a - rest) / b + (rest > 0 and 1 or 0)
+-- bbctl-layouts.lua (bytecode first, as the validator): loaded only for jobs with a buffer.
+function helpers.layouts()
+    local chunk, problem = loadfile(LAYOUTS_BYTECODE)
+    if chunk == nil then
+        chunk, problem = loadfile(LAYOUTS_FILE)
+    end
+    if chunk == nil then
+        return nil, "burst buffer layouts " .. LAYOUTS_FILE .. " cannot be loaded (" .. tostring(problem) ..
+                    "): run bbctl slurm-install"
+    end
+    return chunk()
 end
 
-local function site_pool(site, name)
-    for _, pool in ipairs(site.pools or {}) do  -- none in a site file older than this script
-        if name == nil or pool.name == name then
-            return pool  -- no name: the first, the default (as bbctl.lifecycle.Lifecycle.pool)
-        end
-    end
-    return nil
-end
-
--- layouts.plan for a buffer of granules granules: data bricks, disperse sets, redundancy per set.
-function helpers.plan(site, granules, striped, striped_layout)
-    if not striped or striped_layout == "distribute" or granules < 2 then
-        return {data = granules, sets = 1, redundancy = 0}
-    end
-    local sets = ceil_div(granules, site.max_data_bricks)
-    return {data = ceil_div(granules, sets) * sets, sets = sets, redundancy = 1}
-end
-
-local function bricks(layout)
-    return layout.data + layout.sets * layout.redundancy
-end
-
-local function file_bricks(layout)
-    return layout.redundancy > 0 and layout.data / layout.sets or 1
-end
-
--- layouts.Layout.file_limit of the job's own buffer: nil unless a file holds less than the buffer.
-function helpers.max_file(site, jobdw)
-    local pool = jobdw ~= nil and jobdw.striped and site_pool(site, jobdw.pool)
-    if not pool then
-        return nil
-    end
-    local layout = helpers.plan(site, ceil_div(jobdw.capacity, pool.granularity), true, pool.striped_layout)
-    if file_bricks(layout) < layout.data then
-        return file_bricks(layout) * pool.granularity
-    end
-    return nil
-end
-
--- bbctl.collection.sizes.format_size: the largest exact binary unit.
-function helpers.format_size(nbytes)
-    for power = 5, 1, -1 do
-        local unit = 1024 ^ power
-        if nbytes ~= 0 and math.fmod(nbytes, unit) == 0 then
-            return string.format("%.0f%siB", nbytes / unit, ("KMGTP"):sub(power, power))
-        end
-    end
-    return string.format("%.0f", nbytes)
-end
-
-local function describe(layout)
-    local sets = layout.sets > 1 and (string.format("%.0f", layout.sets) .. " x ") or ""
-    return string.format("%sdisperse %.0f+%.0f", sets, layout.data / layout.sets, layout.redundancy)
-end
-
--- layouts.check_fits: nil, or the refusal naming the largest buffer the pool's quantity bricks can hold.
-function helpers.too_big(site, pool, quantity, capacity, striped)
-    local layout = helpers.plan(site, ceil_div(capacity, pool.granularity), striped, pool.striped_layout)
-    local needed = bricks(layout)
-    if needed <= quantity then
-        return nil
-    end
-    striped = layout.redundancy > 0
-    local largest = 0
-    for granules = quantity, 1, -1 do
-        if bricks(helpers.plan(site, granules, striped, pool.striped_layout)) <= quantity then
-            largest = granules
-            break
-        end
-    end
-    local what = string.format("%.0f bricks", needed)
-    if striped then
-        what = describe(layout) .. ", " .. what
-    end
-    local fields = {capacity = helpers.format_size(capacity), what = what, pool = pool.name,
-                    quantity = string.format("%.0f", quantity),
-                    granularity = helpers.format_size(pool.granularity),
-                    largest = helpers.format_size(largest * pool.granularity)}
-    return (site.too_big:gsub("{([%w_]+)}", fields))
-end
-
--- Bricks per pool id, from the answer slurm_bb_pools gives Slurm: bbctl rewrites bbctl-pools.json on
--- every allocation and release, so it counts the inventory's bricks as they are now (bbctl-site.lua
--- holds what only changes with bbctl.yml). The file is bbctl's own json.dump of flat objects, one a
--- pool, each with its "id" and "quantity". nil if the file cannot be read.
-function helpers.pool_bricks()
-    local text = helpers.read_file(POOLS_FILE)
-    if text == nil then
-        return nil
-    end
-    local quantities = {}
-    for entry in text:gmatch("{[^{}]*}") do
-        local id, quantity = entry:match('"id"%s*:%s*"([^"]*)"'), entry:match('"quantity"%s*:%s*(%d+)')
-        if id ~= nil and quantity ~= nil then
-            quantities[id] = tonumber(quantity)
-        end
-    end
-    return quantities
-end
-
--- The buffers a job asks for (its create_persistent lines, then its jobdw) that their pools
--- could never hold: the first one's refusal, or nil. A pool bbctl-site.lua or bbctl-pools.json
--- does not list is left to Slurm's own pool check and to setup, which refuse it by name.
+-- nil, or why the job cannot have the buffers it asks for: bbctl.layouts.check_fits's words for
+-- one its pool could never hold (its bricks counted in bbctl-pools.json), or what file is missing.
 function helpers.check_fits(state)
-    if state.jobdw == nil and #state.creates == 0 then
-        return nil
-    end
     local site, problem = helpers.load_site()
-    if site == nil then
-        return problem
+    if site ~= nil and site.pools == nil then
+        problem = "burst buffer site file " .. SITE_FILE .. " is older than burst_buffer.lua: run bbctl slurm-install"
     end
-    if site.pools == nil then
-        return "burst buffer site file " .. SITE_FILE .. " is older than burst_buffer.lua: run bbctl slurm-install"
+    local pools = problem == nil and helpers.read_file(POOLS_FILE)
+    if problem ~= nil or pools == nil then
+        return problem or POOLS_MISSING
     end
-    local quantities = helpers.pool_bricks()
-    if quantities == nil then
-        return POOLS_MISSING
-    end
-    local wanted = {}
-    for _, create in ipairs(state.creates) do
-        wanted[#wanted + 1] = create
-    end
-    wanted[#wanted + 1] = state.jobdw
-    for _, buffer in ipairs(wanted) do
-        local pool = site_pool(site, buffer.pool)
-        local quantity = pool and quantities[pool.name]
-        local refusal = quantity and helpers.too_big(site, pool, quantity, buffer.capacity, buffer.striped)
-        if refusal then
-            return refusal
-        end
-    end
-    return nil
+    local layouts, missing = helpers.layouts()
+    return missing or layouts.check_fits(site, layouts.pool_bricks(pools), state)
 end
 
 -- Slurm forks these (slurmscriptd) and kills the process group when they

@@ -4,6 +4,7 @@
   and bbctl-directives.luac, the same compiled by luac5.1: slurmctld loads the script into a
   fresh Lua state for every call, and bytecode loads about six times faster than the source
   compiles (docs/BENCHMARKS.md);
+- bbctl-layouts.lua: bbctl.layouts in Lua, for jobs that ask for a buffer, and its bytecode;
 - bbctl-site.lua: how to call bbctl, the values paths are computed from, and the pools
   (granularity, striped_layout) that job_process and paths plan buffers with,
   written from bbctl's configuration (bbctl.site, bbctl.pools and bbctl.layouts are the definitions);
@@ -28,7 +29,9 @@ from bbctl.pools import Pool, load_pools, pools_document, write_pools_json
 
 LUA_SCRIPT = COLLECTION_ROOT / "slurm" / "burst_buffer.lua"
 LUA_VALIDATOR = COLLECTION_ROOT / "slurm" / "bbctl-directives.lua"
-LUA_FILES = (LUA_SCRIPT, LUA_VALIDATOR)  # copied as they are
+LUA_LAYOUTS = COLLECTION_ROOT / "slurm" / "bbctl-layouts.lua"
+LUA_FILES = (LUA_SCRIPT, LUA_VALIDATOR, LUA_LAYOUTS)  # copied as they are
+LUA_COMPILED = (LUA_VALIDATOR, LUA_LAYOUTS)  # and these compiled beside them
 LUAC = "luac5.1"  # the compiler of the Lua Slurm links (Debian's burst_buffer/lua: liblua5.1)
 
 
@@ -92,11 +95,12 @@ def install(site: sitecfg.Site, directory: Path | None = None) -> dict[str, Any]
     target.mkdir(parents=True, exist_ok=True)
     for source in LUA_FILES:
         shutil.copyfile(source, target / source.name)
-    compile_lua(target / LUA_VALIDATOR.name)
+    for source in LUA_COMPILED:
+        compile_lua(target / source.name)
     pools = load_pools(site.raw, site.inventory)
     (target / "bbctl-site.lua").write_text(render_site_lua(site_values(site, pools)))
     if not (target / "bbctl-pools.json").exists():
         write_pools_json(target / "bbctl-pools.json", pools_document(pools.values(), {}))
-    names = [source.name for source in LUA_FILES] + [bytecode_path(LUA_VALIDATOR).name, "bbctl-site.lua",
-                                                     "bbctl-pools.json"]
+    names = ([source.name for source in LUA_FILES] + [bytecode_path(source).name for source in LUA_COMPILED]
+             + ["bbctl-site.lua", "bbctl-pools.json"])
     return {"installed": [str(target / name) for name in names]}

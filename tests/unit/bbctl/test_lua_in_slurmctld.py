@@ -40,7 +40,8 @@ def slurm_dir(tmp_path):
                                 "mount_root": "/mnt/bb", "slurm_dir": str(tmp_path)}, tmp_path / "bbctl.yml")
     for source in slurm_install.LUA_FILES:
         shutil.copyfile(source, tmp_path / source.name)
-    slurm_install.compile_lua(tmp_path / slurm_install.LUA_VALIDATOR.name)
+    for source in slurm_install.LUA_COMPILED:
+        slurm_install.compile_lua(tmp_path / source.name)
     (tmp_path / "bbctl-site.lua").write_text(slurm_install.render_site_lua(slurm_install.site_values(config, POOLS)))
     write_pools_json(tmp_path / "bbctl-pools.json", pools_document(POOLS.values(), {}))
     return tmp_path, config
@@ -138,3 +139,14 @@ def test_without_the_pools_file_slurm_and_sbatch_are_told_the_command_that_write
     for hook in ("pools", "job_process"):
         rc, message = results[hook]
         assert rc == "-1" and message.endswith("bbctl-pools.json is missing: run bbctl pools (it writes the file)")
+
+
+def test_paths_of_a_striped_buffer_without_the_layouts_file_says_how_to_install_it(slurm_dir):
+    directory, _config = slurm_dir
+    for source in slurm_install.LUA_COMPILED:
+        if source.name == "bbctl-layouts.lua":
+            (directory / source.name).unlink()
+            slurm_install.bytecode_path(directory / source.name).unlink(missing_ok=True)
+    results, written = run(directory, "1", SCRIPTS["several_sets"])
+    assert results["paths"][0] == "-1" and "bbctl-layouts.lua cannot be loaded" in results["paths"][1]
+    assert written == ""

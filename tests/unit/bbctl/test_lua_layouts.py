@@ -276,3 +276,14 @@ def test_the_pools_bricks_are_read_from_the_pools_file_bbctl_keeps_current(insta
     (directory / "bbctl-pools.json").unlink()
     rc, message = job_process(directory, line)
     assert rc == "-1" and "bbctl-pools.json is missing: run bbctl pools (it writes the file)" in message
+
+
+def test_without_the_layouts_file_sbatch_and_paths_say_how_to_install_it(installed, tmp_path):
+    directory = copy_install(installed, tmp_path / "slurm")
+    for name in ("bbctl-layouts.lua", "bbctl-layouts.luac"):
+        (directory / name).unlink(missing_ok=True)
+    rc, message = job_process(directory, "#DW jobdw capacity=1GiB")
+    assert rc == "-1" and "bbctl-layouts.lua cannot be loaded" in message
+    assert message.endswith("run bbctl slurm-install")
+    [(_verdict, env)] = run_hooks(directory, ["#!/bin/bash\n#DW persistentdw name=x\n"], tmp_path / "no-buffer")
+    assert env == {"DW_PERSISTENT_STRIPED_x": "/mnt/bb/bbp-x", "BB_PERSISTENT_STRIPED_x": "/mnt/bb/bbp-x"}
