@@ -803,7 +803,7 @@ local function build_named(where, values, state)
 end
 
 -- capacity (bytes) and pool (nil: the default) of the buffers a job asks for, which
--- burst_buffer.lua plans (bbctl.layouts); striped as bbctl.lifecycle builds them.
+-- bbctl-layouts.lua plans (bbctl.layouts); striped as bbctl.lifecycle builds them.
 local BUILDERS = {
     jobdw = function(where, values, state)
         local spec = GRAMMAR.directives.jobdw

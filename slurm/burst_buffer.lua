@@ -258,12 +258,15 @@ end
 -- one its pool could never hold (its bricks counted in bbctl-pools.json), or what file is missing.
 function helpers.check_fits(state)
     local site, problem = helpers.load_site()
-    if site ~= nil and site.pools == nil then
-        problem = "burst buffer site file " .. SITE_FILE .. " is older than burst_buffer.lua: run bbctl slurm-install"
+    if site == nil then
+        return problem
     end
-    local pools = problem == nil and helpers.read_file(POOLS_FILE)
-    if problem ~= nil or pools == nil then
-        return problem or POOLS_MISSING
+    if site.pools == nil then
+        return "burst buffer site file " .. SITE_FILE .. " is older than burst_buffer.lua: run bbctl slurm-install"
+    end
+    local pools = helpers.read_file(POOLS_FILE)
+    if pools == nil then
+        return POOLS_MISSING
     end
     local layouts, missing = helpers.layouts()
     return missing or layouts.check_fits(site, layouts.pool_bricks(pools), state)

@@ -71,7 +71,7 @@ class Layout:
         """The largest file when it is less than the buffer (the job's BB_JOB_STRIPED_MAX_FILE), else None.
 
         None for one disperse set and for one brick: then a file can fill the whole buffer, as far as
-        its capacity (quota) allows. burst_buffer.lua computes the same from bbctl-site.lua.
+        its capacity (quota) allows. slurm/bbctl-layouts.lua computes the same from bbctl-site.lua.
         """
         return self.largest_file(granularity) if self.file_bricks < self.data_bricks else None
 
@@ -116,7 +116,7 @@ def check_fits(layout: Layout, capacity: int, pool: Pool) -> None:
     """Refuse (BBError, exit 2) a buffer its pool could never hold, naming the largest one it can.
 
     Slurm compares the capacity with the pool's size only; the redundancy bricks are ours to count.
-    The message is TOO_BIG, which burst_buffer.lua renders too (bbctl-site.lua carries it).
+    The message is TOO_BIG, which slurm/bbctl-layouts.lua renders too (bbctl-site.lua carries it).
     """
     if layout.bricks <= pool.quantity:
         return
