@@ -105,3 +105,19 @@ def test_a_missing_configuration_says_where_it_looked(tmp_path, capsys):
 def test_a_bad_job_id_is_refused(config_file, capsys):
     assert bbctl(config_file, "real-size", "--job-id", "12;rm") == 2
     assert "expected digits only" in capsys.readouterr().err
+
+
+def test_slurm_install_rewrites_the_pools_file_with_the_bricks_in_use(config_file, tmp_path, capsys):
+    """burst_buffer.lua's job_process counts a pool's bricks in bbctl-pools.json: an install leaves it current."""
+    settings = yaml.safe_load(config_file.read_text())
+    config_file.write_text(yaml.safe_dump({**settings, "slurm_dir": str(tmp_path / "slurm")}))
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "bbctl-pools.json").write_text('{"pools": [{"id": "nvme", "quantity": 1, "free": 1}]}')
+    bbctl(config_file, "setup", "--job-id", "7", "--uid", "1001", "--gid", "1001",
+          "--script", job_script(tmp_path, "#DW jobdw capacity=1GiB"))
+    (tmp_path / "slurm" / "bbctl-pools.json").write_text('{"pools": [{"id": "nvme", "quantity": 1, "free": 1}]}')
+    assert bbctl(config_file, "slurm-install") == 0
+    assert json.loads((tmp_path / "slurm" / "bbctl-pools.json").read_text())["pools"] == [
+        {"id": "nvme", "granularity": GiB, "quantity": 2, "free": 1}]
+    assert (tmp_path / "slurm" / "bbctl-layouts.lua").exists() and "pools = {" in \
+        (tmp_path / "slurm" / "bbctl-site.lua").read_text()
