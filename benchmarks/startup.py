@@ -90,12 +90,14 @@ def timed(checkout: Path, argv: list[str]) -> tuple[float, float]:
 
 
 def run(checkouts: list[Path], runs: int, root: Path) -> dict[tuple[str, Path], list[tuple[float, float]]]:
-    calls = make_calls(root)
+    # A site per checkout: their state stores may have different schemas (an older bbctl refuses a newer one).
+    calls = {checkout: make_calls(root / f"checkout{n}") for n, checkout in enumerate(checkouts)}
     results: dict[tuple[str, Path], list[tuple[float, float]]] = {}
     for round_ in range(runs + 1):
-        for name, (argv, first) in calls.items():
+        for name in calls[checkouts[0]]:
             turn = round_ % len(checkouts)
             for checkout in checkouts[turn:] + checkouts[:turn]:
+                argv, first = calls[checkout][name]
                 first()
                 sample = timed(checkout, argv)
                 if round_:  # round 0 warms the page cache and writes .pyc files

@@ -138,9 +138,14 @@ function slurm_bb_job_teardown(job_id, job_script, hurry)
     return helpers.bbctl(args)
 end
 
--- `scontrol show bbstat [ARGS]`: 22.05 passes the arguments only; 23.02+ puts uid, gid first.
+-- `scontrol show bbstat [job=N|name=X]`: 22.05 passes the words only, 23.02+ puts uid and gid
+-- first; bbctl bbstat reads both (and exits 0: Slurm shows nothing of a status call that fails).
 function slurm_bb_get_status(...)
-    return helpers.bbctl({"status"})
+    local args = {"bbstat"}
+    for i = 1, select("#", ...) do
+        args[#args + 1] = tostring((select(i, ...)))
+    end
+    return helpers.bbctl(args)
 end
 
 -- ================================================================ helpers

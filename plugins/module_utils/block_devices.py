@@ -25,6 +25,11 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import (
 )
 
 SYS_BLOCK = "/sys/class/block"
+# How a brick's XFS is mounted. allocsize=64k: with XFS's dynamic speculative preallocation the
+# bricks of a dispersed volume held different numbers of blocks, so near the quota some refused
+# a write (EDQUOT) that others took, or one filled first, and the writer got EIO at 91-99.5 %
+# instead of EDQUOT at 100 % (docs/BENCHMARKS.md, "Filling a dispersed buffer").
+BRICK_MOUNT_OPTIONS = "noatime,inode64,allocsize=64k"
 SYS_DEV_BLOCK = "/sys/dev/block"
 PROC_SWAPS = "/proc/swaps"
 

@@ -36,10 +36,12 @@ MOUNTINFO = "/proc/self/mountinfo"
 _BUSY_PATTERNS = ("target is busy", "device is busy", "device or resource busy")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
+# optional: the optional fields (propagation: "shared:N", "master:N", "propagate_from:N",
+# "unbindable"; none for a private mount).
 MountEntry = namedtuple("MountEntry", [
     "mount_id", "parent_id", "major", "minor", "root", "target", "options",
-    "fstype", "source", "super_options",
-])
+    "fstype", "source", "super_options", "optional",
+], defaults=[()])
 
 
 class MountError(Exception):
@@ -60,7 +62,13 @@ def parse_mountinfo_line(line):
     return MountEntry(
         mount_id=int(fields[0]), parent_id=int(fields[1]), major=int(major), minor=int(minor),
         root=unescape(fields[3]), target=unescape(fields[4]), options=fields[5],
-        fstype=fstype, source=unescape(source), super_options=super_options)
+        fstype=fstype, source=unescape(source), super_options=super_options,
+        optional=tuple(fields[6:separator]))
+
+
+def is_shared(entry):
+    """Whether mount and unmount events under this mount reach its peers and slaves."""
+    return any(field.startswith("shared:") for field in entry.optional)
 
 
 def parse_mountinfo(text):

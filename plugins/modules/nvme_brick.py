@@ -68,8 +68,10 @@ options:
   mount_options:
     description:
       - Options of the mount at O(path). Applied when mounting; a mounted brick is not remounted.
+      - C(allocsize=64k) keeps XFS from preallocating beyond what is written, so a dispersed
+        buffer's bricks do not fill before its quota (the writer then gets EIO instead of EDQUOT).
     type: str
-    default: noatime,inode64
+    default: noatime,inode64,allocsize=64k
   owner:
     description:
       - Owner of the brick root after mounting, a user name or a numeric uid.
@@ -169,12 +171,12 @@ commands:
   elements: list
   sample:
     - ["mkfs.xfs", "-i", "size=512", "/dev/nvme0n1"]
-    - ["mount", "-t", "xfs", "-o", "noatime,inode64", "/dev/nvme0n1", "/srv/bricks/nvme0"]
+    - ["mount", "-t", "xfs", "-o", "noatime,inode64,allocsize=64k", "/dev/nvme0n1", "/srv/bricks/nvme0"]
 fstab_line:
   description: The line kept in O(fstab).
   returned: when O(persist=true) and O(state=present)
   type: str
-  sample: UUID=9170bc37-e4be-403a-aaec-936a1212c08a /srv/bricks/nvme0 xfs noatime,inode64 0 0
+  sample: UUID=9170bc37-e4be-403a-aaec-936a1212c08a /srv/bricks/nvme0 xfs noatime,inode64,allocsize=64k 0 0
 """
 
 import os
@@ -184,6 +186,7 @@ from functools import partial
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.block_devices import (
+    BRICK_MOUNT_OPTIONS,
     DeviceError,
     describe_non_block,
     describe_signature,
@@ -474,7 +477,7 @@ ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["present", "absent"], default="present"),
     force=dict(type="bool", default=False),
     mkfs_options=dict(type="list", elements="str", default=["-i", "size=512"]),
-    mount_options=dict(type="str", default="noatime,inode64"),
+    mount_options=dict(type="str", default=BRICK_MOUNT_OPTIONS),
     owner=dict(type="str"),
     mode=dict(type="raw"),
     persist=dict(type="bool", default=False),

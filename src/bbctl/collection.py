@@ -22,10 +22,12 @@ if str(COLLECTIONS_PATH) not in sys.path:
     sys.path.append(str(COLLECTIONS_PATH))
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import (  # noqa: E402
+    block_devices,
     linux_process,
     mounts,
     sizes,
     stage_threads,
 )
 
-__all__ = ["COLLECTIONS_PATH", "COLLECTION_ROOT", "PLAYBOOKS", "linux_process", "mounts", "sizes", "stage_threads"]
+__all__ = ["COLLECTIONS_PATH", "COLLECTION_ROOT", "PLAYBOOKS", "block_devices", "linux_process", "mounts", "sizes",
+           "stage_threads"]

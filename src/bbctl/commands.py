@@ -6,14 +6,15 @@ import argparse
 import contextlib
 import json
 import logging
+import re
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bbctl import host, operator_views, runner, site, slurm_install
-from bbctl.collection import sizes
+from bbctl import host, operator_views, runner, site, slurm_install, status_text
 from bbctl.errors import BBError
 from bbctl.lifecycle import Lifecycle, nodes_from_file
 from bbctl.operator_views import describe
@@ -42,6 +43,8 @@ def add_stage_commands(subparsers: argparse._SubParsersAction, size_type: Callab
             parser.add_argument("--gid", type=int, required=True, help="job owner's gid")
             parser.add_argument("--pool", help="pool Slurm chose (default: the directive's, else the first)")
             parser.add_argument("--size", type=size_type, help="size Slurm granted, if larger than asked")
+            parser.add_argument("--swap-nodes", type=int,
+                                help="nodes that get the job's swap (default: ask Slurm, only if it asks for swap)")
         if name == "paths":
             parser.add_argument("--path-file", type=Path, help="file to write (default: print)")
         if name == "pre-run":
@@ -64,9 +67,18 @@ def add_stage_commands(subparsers: argparse._SubParsersAction, size_type: Callab
 
 
 def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
-    status = subparsers.add_parser("status", help="pools and buffers")
-    show = subparsers.add_parser("show", help="one buffer's record (exit 3 if there is none)")
+    status = subparsers.add_parser("status", help="pools with their use, buffers with the stage running now")
+    show = subparsers.add_parser(
+        "show", help="one buffer's record and stage timings, as JSON (exit 3 if no buffer exists: a torn-down "
+                     "one's kept record is still printed)")
     show.add_argument("key", help="job id or persistent buffer name")
+    show.add_argument("--text", action="store_true", help="for people: a summary and a table of stage timings")
+    bbstat = subparsers.add_parser(
+        "bbstat", help="what `scontrol show bbstat [job=N|name=X]` prints (burst_buffer.lua passes its words)",
+        description="The status view, or one buffer's view for job=N, name=X or a bare key. Two leading "
+                    "numbers (the uid and gid Slurm 23.02+ puts first) are dropped. Always exits 0: Slurm "
+                    "shows nothing of a status call that fails.")
+    bbstat.add_argument("words", nargs=argparse.REMAINDER, help="what followed `scontrol show bbstat`")
     pools = subparsers.add_parser("pools", help="the pools JSON Slurm reads (rewritten from the state store)")
     pools.add_argument("--datawarp", action="store_true", help="with units, as dw_wlm_cli prints it")
     gc = subparsers.add_parser("gc", help="tear down buffers whose stage died mid-way")
@@ -74,8 +86,26 @@ def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
     gc.add_argument("--dry-run", action="store_true", help="only list what would be torn down")
     install = subparsers.add_parser("slurm-install", help="install burst_buffer.lua and its files beside slurm.conf")
     install.add_argument("--dir", type=Path, help="directory of slurm.conf (default: the config's slurm_dir)")
-    for parser in (status, show, pools, gc, install):
+    for parser in (status, show, pools, gc, install, bbstat):
         parser.add_argument("--json", action="store_true", help="print JSON")
+    _add_metrics(subparsers)
+
+
+def _add_metrics(subparsers: argparse._SubParsersAction) -> None:
+    metrics = subparsers.add_parser(
+        "metrics", help="Prometheus metrics from the state store: serve them, or write a textfile",
+        description="Pools, buffers by state, and every stage's runs, seconds, files, bytes, failures and "
+                    "durations, as every bbctl process recorded them in the state store.")
+    actions = metrics.add_subparsers(dest="action", required=True)
+    serve = actions.add_parser("serve", help="answer scrapes over HTTP at /metrics until SIGTERM")
+    serve.add_argument("--address", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: loopback only)")
+    serve.add_argument("--port", type=int, default=9841, help="port (default 9841; 0: any free port, printed)")
+    write = actions.add_parser("write", help="write node_exporter's textfile format to PATH, atomically")
+    write.add_argument("path", type=Path, help="the .prom file to (re)place, e.g. in the textfile collector's "
+                                               "directory")
+    for parser in (serve, write):
+        parser.set_defaults(json=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     with log_to_file(config), on_sigterm(cancel.set):
         life = Lifecycle(config, say=to_stderr, cancel=cancel)
         result = _HANDLERS[args.command](life, args)
-    if cancel():
+    if cancel() and args.command != "metrics":  # SIGTERM is how a metrics server is stopped
         raise BBError(f"{args.command}: cancelled (SIGTERM)")
     if isinstance(result, int):
         return result
@@ -135,7 +165,11 @@ def _print(result: Any, as_json: bool) -> None:
 # --- handlers: (life, args) -> printable result, or an exit code -------------------------------
 
 def _setup(life: Lifecycle, args: argparse.Namespace) -> Any:
-    made = life.setup(args.job_id, args.uid, args.gid, args.script, pool=args.pool, size=args.size)
+    def swap_nodes() -> int:
+        return args.swap_nodes if args.swap_nodes is not None else slurm_node_count(life.site, args.job_id)
+
+    made = life.setup(args.job_id, args.uid, args.gid, args.script, pool=args.pool, size=args.size,
+                      swap_nodes=swap_nodes)
     return {"job": args.job_id, "buffers": [describe(b, life.site) for b in made]}
 
 
@@ -160,25 +194,53 @@ def _paths(life: Lifecycle, args: argparse.Namespace) -> Any:
 
 
 def _show(life: Lifecycle, args: argparse.Namespace) -> Any:
-    buffer = life.store.get(args.key)
-    if buffer is None:
+    """Exit 3 when no buffer exists (callers wait on it for a teardown), printing what history kept."""
+    view = operator_views.show(life, args.key)
+    if view is None:
         print(f"bbctl show: no buffer {args.key}", file=sys.stderr)
         return 3
-    return describe(buffer, life.site)
+    _print(status_text.render_buffer(view) if args.text and not args.json else view, args.json)
+    if view["torn_down"]:
+        print(f"bbctl show: no buffer {args.key} now: it was torn down at "
+              f"{status_text.when(view['finished_at'])}; printed is the record kept of it", file=sys.stderr)
+        return 3
+    return 0
 
 
 def _status(life: Lifecycle, args: argparse.Namespace) -> Any:
     report = operator_views.status(life)
-    if args.json:
-        return report
-    lines = [f"pool {p['id']}: {p['free']} of {p['quantity']} bricks free, "
-             f"{sizes.format_size(p['granularity'])} each" for p in report["pools"]]
-    for b in report["buffers"]:
-        lines.append(f"buffer {b['key']} ({b['volume']}): {b['state']}, {sizes.format_size(b['capacity'])}, "
-                     f"owner {b['owner']}, {len(b['bricks'])} brick(s), {b['layout']}"
-                     + (f", one file at most {sizes.format_size(b['max_file'])}" if b["max_file"] else "")
-                     + (f", error: {b['last_error']}" if b["last_error"] else ""))
-    return "\n".join(lines) if lines else "no pools"
+    return report if args.json else status_text.render_status(report)
+
+
+def _metrics(life: Lifecycle, args: argparse.Namespace) -> Any:
+    from bbctl import metrics  # only here: no stage imports prometheus_client
+
+    if args.action == "write":
+        metrics.write(life.site, args.path)
+        return 0
+    server, _thread = metrics.serve(life.site, args.address, args.port)
+    host = f"[{args.address}]" if ":" in args.address else args.address
+    print(f"bbctl metrics: serving http://{host}:{server.server_port}/metrics", flush=True)
+    try:
+        while not (life.cancel and life.cancel()):
+            time.sleep(0.2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
+def _bbstat(life: Lifecycle, args: argparse.Namespace) -> Any:
+    try:
+        key = operator_views.bbstat_key(args.words)
+    except BBError as exc:
+        return str(exc)
+    if key is None:
+        return status_text.render_status(operator_views.status(life))
+    view = operator_views.show(life, key)
+    if view is None:
+        return f"no buffer {key}: none was set up, or it was torn down longer ago than bbctl keeps records"
+    return status_text.render_buffer(view)
 
 
 def _slurm_install(life: Lifecycle, args: argparse.Namespace) -> Any:
@@ -205,6 +267,8 @@ _HANDLERS: dict[str, Callable[[Lifecycle, argparse.Namespace], Any]] = {
                                            "destroyed": life.destroy_persistent(a.name, hurry=a.hurry)},
     "status": _status,
     "show": _show,
+    "bbstat": _bbstat,
+    "metrics": _metrics,
     "pools": lambda life, a: (life.refresh_pools() if not a.datawarp else life.pools_document(datawarp=True)),
     "gc": lambda life, a: operator_views.gc(life, a.older_than, dry_run=a.dry_run),
     "slurm-install": lambda life, a: _slurm_install(life, a),
@@ -223,6 +287,22 @@ def slurm_nodes(settings: site.Site, job_id: str) -> list[str]:
         raise BBError(f"job {job_id} has no nodes yet (NodeList={node_list or 'empty'})")
     names = host.run(["scontrol", "show", "hostnames", node_list], env=env)
     return names.stdout.split()
+
+
+def slurm_node_count(settings: site.Site, job_id: str) -> int:
+    """How many nodes the job may run on (the most it asked for), from scontrol: what Slurm's
+    datawarp plugin multiplies swap by; a pending job shows NumNodes=MIN or MIN-MAX."""
+    proc = host.run(["scontrol", "show", "job", site.job_key(job_id)], check=False, env=slurm_env(settings))
+    if proc.returncode != 0:
+        raise BBError(f"scontrol show job {job_id}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return parse_num_nodes(proc.stdout, job_id)
+
+
+def parse_num_nodes(text: str, job_id: str) -> int:
+    match = re.search(r"\bNumNodes=(\d+)(?:-(\d+))?", text)
+    if match is None:
+        raise BBError(f"scontrol show job {job_id} shows no NumNodes: cannot size the job's swap")
+    return int(match.group(2) or match.group(1))
 
 
 def slurm_env(settings: site.Site) -> dict[str, str]:

@@ -6,6 +6,11 @@ intent in the state store *before* acting, runs one playbook through
 ansible-runner, and records the outcome. Every step is idempotent: Slurm
 retries teardown, and an operator may rerun any stage.
 
+Every stage run for a buffer is timed into its record (Lifecycle.timed: the
+stage noted when it starts; start, seconds, outcome, reason, files and bytes
+when it ends; see bbctl.state.timings), which is what bbctl show, bbctl status,
+scontrol show bbstat and bbctl metrics report. Recording never fails a stage.
+
 Data safety: teardown refuses (without hurry) to destroy a buffer whose
 requested stage-out has not been verified; a failed stage-out leaves the
 buffer in place.
@@ -15,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +35,14 @@ from bbctl.directives import (
     parse_job_script,
 )
 from bbctl.errors import BBError
-from bbctl.playbook_vars import PRIVATE
-from bbctl.pools import Pool, bricks_needed, load_pools, pools_document, write_pools_json
+from bbctl.playbook_vars import PRIVATE, SWAP, SWAP_NODES
+from bbctl.pools import NotEnoughBricks, Pool, bricks_needed, load_pools, pools_document, write_pools_json
 from bbctl.site import Site
-from bbctl.state import Buffer, BufferSpec, BufferState, StateStore, open_store
+from bbctl.state import Buffer, BufferSpec, BufferState, StateError, StateStore, open_store
+from bbctl.state.timings import FAILED, Running, StageTiming, short_reason
 
 log = logging.getLogger("bbctl")
+GIB = 1024**3  # Slurm counts swap in GiB
 
 # Exit codes (bbctl --help lists them): 0 done, 1 failed, 2 bad input, 4 refused for now.
 EXIT_REFUSED = 4
@@ -107,8 +115,15 @@ class Lifecycle:
 
     # --- Slurm's stages ------------------------------------------------------------------
     def setup(self, job_id: str, uid: int, gid: int, script: Path | str | None, *,
-              pool: str | None = None, size: int | None = None) -> list[Buffer]:
-        """Create the job's buffer and any persistent buffers it asks for; destroy those it asks to."""
+              pool: str | None = None, size: int | None = None,
+              swap_nodes: int | Callable[[], int] | None = None, slurm_books_swap: bool = False) -> list[Buffer]:
+        """Create the job's buffer and any persistent buffers it asks for; destroy those it asks to.
+
+        ``swap_nodes``: how many compute nodes get ``swap`` (required when the job asks for swap;
+        a function is asked only then); the buffer holds the job's capacity plus swap for each.
+        ``slurm_books_swap``: the caller is Slurm's datawarp plugin, whose ``size`` includes its
+        own booking for swap.
+        """
         key, request = sitecfg.job_key(job_id), read_request(script)
         _refuse_root(uid)
         self._check_persistent_use(request, uid)
@@ -117,12 +132,27 @@ class Lifecycle:
             self.destroy_persistent(destroy.name, uid=uid, hurry=destroy.hurry)
         for create in request.create_persistent:
             made.append(self.create(create.name, uid, gid, create.capacity, create.pool or pool, "gluster",
-                                    striped=create.access == "striped"))
+                                    striped=create.access == "striped", stage="create-persistent"))
         if request.jobdw is not None:
-            capacity = max(request.jobdw.capacity, (size or 0) - self._booked_for_persistent(request, pool))
-            made.append(self.create(key, uid, gid, capacity, request.jobdw.pool or pool, request.jobdw.fs,
-                                    striped="striped" in request.jobdw.access_modes))
+            if request.swap and callable(swap_nodes):
+                swap_nodes = swap_nodes()
+            booked = self._booked_for_persistent(request, pool)
+            if slurm_books_swap:
+                booked += self._booked_for_swap(request, request.jobdw.pool or pool, swap_nodes)
+            capacity = max(request.jobdw.capacity, (size or 0) - booked)
+            swap = swap_meta(key, request, swap_nodes)
+            made.append(self.create(key, uid, gid, capacity + swap_bytes(swap), request.jobdw.pool or pool,
+                                    request.jobdw.fs, striped="striped" in request.jobdw.access_modes, meta=swap))
         return made
+
+    def _booked_for_swap(self, request: JobRequest, pool: str | None, nodes: Any) -> int:
+        """What Slurm 22.05's datawarp plugin adds to a job's size for ``swap N``: N times the job's
+        (maximum) node count, counted in bytes although N is GiB, rounded up to the pool's
+        granularity; one granule for any swap that fits in one. The lua plugin books nothing."""
+        if not request.swap or not isinstance(nodes, int) or nodes < 1:
+            return 0
+        granularity = self.pool(pool).granularity
+        return bricks_needed((request.swap // GIB) * nodes, granularity) * granularity
 
     def _booked_for_persistent(self, request: JobRequest, pool: str | None) -> int:
         """What Slurm's lua plugin adds to a job's size for its create_persistent lines (whole granules).
@@ -136,32 +166,37 @@ class Lifecycle:
         return booked
 
     def create(self, key: str, uid: int, gid: int, capacity: int, pool_name: str | None,
-               fs: str, *, striped: bool = True) -> Buffer:
+               fs: str, *, striped: bool = True, stage: str = "setup",
+               meta: dict[str, Any] | None = None) -> Buffer:
         """Allocate bricks, build the file system and mount it on the stage host. Idempotent.
 
         ``striped``: files spread over all bricks (bbctl.layouts), as DataWarp's access_mode=striped.
+        ``stage``: what the timing is recorded as (setup, or create-persistent).
         """
         existing = self.store.get(key)
         if existing is not None and existing.state in BUILT:
             if existing.owner_uid != uid:
                 raise Refused(f"buffer {key} exists and belongs to uid {existing.owner_uid}")
             return existing
-        if existing is None:
-            pool = self.pool(pool_name)
-            self._refuse_volume_clash(key)
-            layout = self.layout(capacity, pool, striped=striped and fs == "gluster")
-            existing = self.store.allocate(
-                BufferSpec(key=key, owner_uid=uid, owner_gid=gid, capacity=capacity, fs=fs, bricks=layout.bricks,
-                           meta={layouts.META: layout.to_meta()}), pool)
-            self.refresh_pools()
-            self.note(key, "setup", f"allocated {len(existing.bricks)} brick(s) of pool {pool.name} "
-                       f"({layout.describe()}): " + ", ".join(b.id for b in existing.bricks))
-        buffer = self.store.transition(key, (BufferState.ALLOCATING, BufferState.CREATING, BufferState.FAILED),
-                                       BufferState.CREATING, last_error="")
-        run = self._run(buffer, "setup", "buffer_create.yml", extra={})
-        if run.status != "successful":
-            self._roll_back(buffer, run)
-        return self.store.transition(key, BufferState.CREATING, BufferState.CREATED)
+        with self.timed(key, stage) as meter:
+            if existing is None:
+                pool = self.pool(pool_name)
+                self._refuse_volume_clash(key)
+                layout = self.layout(capacity, pool, striped=striped and fs == "gluster")
+                existing = self.store.allocate(
+                    BufferSpec(key=key, owner_uid=uid, owner_gid=gid, capacity=capacity, fs=fs,
+                               bricks=layout.bricks,
+                               meta={layouts.META: layout.to_meta(), **(meta or {})}), pool)
+                self.refresh_pools()
+                self.note(key, "setup", f"allocated {len(existing.bricks)} brick(s) of pool {pool.name} "
+                           f"({layout.describe()}): " + ", ".join(b.id for b in existing.bricks))
+                meter.started()  # the record exists now
+            buffer = self.store.transition(key, (BufferState.ALLOCATING, BufferState.CREATING, BufferState.FAILED),
+                                           BufferState.CREATING, last_error="")
+            run = meter.ran(self._run(buffer, "setup", "buffer_create.yml", extra={}))
+            if run.status != "successful":
+                self._roll_back(buffer, run)
+            return self.store.transition(key, BufferState.CREATING, BufferState.CREATED)
 
     @staticmethod
     def layout(capacity: int, pool: Pool, *, striped: bool) -> layouts.Layout:
@@ -202,8 +237,9 @@ class Lifecycle:
         if not request.stage_in:
             return 0
         for key, specs in playbook_vars.stage_specs(self.site, job_key, request.stage_in).items():
-            run = self._copy(key, specs, stage="stage-in", playbook="stage_in.yml", job_key=job_key)
-            run.raise_for_failure()  # Slurm holds the job; its teardown decides what happens to the data
+            with self.timed(key, "stage-in", job_key=job_key) as meter:
+                run = meter.ran(self._copy(key, specs, stage="stage-in", playbook="stage_in.yml", job_key=job_key))
+                run.raise_for_failure()  # Slurm holds the job; its teardown decides what happens to the data
         if request.jobdw is not None:
             self.store.transition(job_key, BUILT, BufferState.STAGED_IN)
         return len(request.stage_in)
@@ -249,6 +285,7 @@ class Lifecycle:
             self._mount(persistent, nodes, stage="pre-run", job_key=key)
         if request.jobdw is not None:
             buffer = self._require(key, BUILT)
+            _check_swap_nodes(buffer, nodes)
             private = "private" in request.jobdw.access_modes
             buffer = self.store.transition(key, BUILT, buffer.state, meta={"nodes": nodes, PRIVATE: private})
             self._mount(buffer, nodes, stage="pre-run", job_key=key)
@@ -276,11 +313,13 @@ class Lifecycle:
             self.store.transition(job_key, states, BufferState.STAGING_OUT, stage_out_verified=False, last_error="",
                                   meta={FAILED_STAGE: None})
         for key, specs in playbook_vars.stage_specs(self.site, job_key, request.stage_out).items():
-            run = self._copy(key, specs, stage="stage-out", playbook="stage_out.yml", job_key=job_key)
-            if run.status != "successful" and own:
-                # The buffer stays, in state failed: nothing is deleted until stage-out succeeds or hurry.
-                self._failed(self.store.get(job_key), run)
-            run.raise_for_failure()
+            with self.timed(key, "stage-out", job_key=job_key) as meter:
+                run = meter.ran(self._copy(key, specs, stage="stage-out", playbook="stage_out.yml",
+                                           job_key=job_key))
+                if run.status != "successful" and own:
+                    # The buffer stays, in state failed: nothing is deleted until stage-out succeeds or hurry.
+                    self._failed(self.store.get(job_key), run)
+                run.raise_for_failure()
         if own:
             self.store.transition(job_key, BufferState.STAGING_OUT, BufferState.STAGED_OUT, stage_out_verified=True)
         return len(request.stage_out)
@@ -295,12 +334,14 @@ class Lifecycle:
         if buffer is None:
             self.note(key, "teardown", "no buffer recorded: nothing to tear down")
             return False
-        if not hurry and request.stage_out and not buffer.stage_out_verified and buffer.state is not \
-                BufferState.ALLOCATING:
-            raise Refused(f"buffer {key}: its stage-out has not succeeded, so it is kept "
-                          f"(state {buffer.state.value}{': ' + buffer.last_error if buffer.last_error else ''}); "
-                          "rerun stage-out, or tear down with hurry to discard the data")
-        self.destroy(key, stage="teardown")
+        with self.timed(key, "teardown"):
+            if not hurry and request.stage_out and not buffer.stage_out_verified and buffer.state is not \
+                    BufferState.ALLOCATING:
+                raise Refused(f"buffer {key}: its stage-out has not succeeded, so it is kept "
+                              f"(state {buffer.state.value}"
+                              f"{': ' + buffer.last_error if buffer.last_error else ''}); "
+                              "rerun stage-out, or tear down with hurry to discard the data")
+            self._destroy(key, stage="teardown")
         return True
 
     # --- persistent buffers ------------------------------------------------------------------
@@ -313,7 +354,7 @@ class Lifecycle:
         except DirectiveError as exc:
             raise BBError(str(exc), exit_code=2) from None
         _refuse_root(uid)
-        return self.create(key, uid, gid, capacity, pool, "gluster")
+        return self.create(key, uid, gid, capacity, pool, "gluster", stage="create-persistent")
 
     def destroy_persistent(self, name: str, *, uid: int | None = None, hurry: bool = False) -> bool:
         """Destroy a named buffer; False if there is none (a name no buffer can have is refused, exit 2).
@@ -326,16 +367,46 @@ class Lifecycle:
             return False
         if uid is not None and uid not in (0, buffer.owner_uid):
             raise Refused(f"persistent buffer {name} belongs to uid {buffer.owner_uid}, not {uid}")
-        users = sorted(k[len(USER_META):] for k in buffer.meta if k.startswith(USER_META))
-        if users and not hurry:
-            raise Refused(f"persistent buffer {name} is in use by job(s) {', '.join(users)}; "
-                          "destroy it when they have ended")
-        self.destroy(key, stage="destroy-persistent")
+        with self.timed(key, "destroy-persistent"):
+            users = sorted(k[len(USER_META):] for k in buffer.meta if k.startswith(USER_META))
+            if users and not hurry:
+                raise Refused(f"persistent buffer {name} is in use by job(s) {', '.join(users)}; "
+                              "destroy it when they have ended")
+            self._destroy(key, stage="destroy-persistent")
         return True
+
+    # --- stage timings --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def timed(self, key: str, stage: str, *, job_key: str | None = None) -> Iterator[StageMeter]:
+        """Record the stage run within on key's record: its start now, its timing and outcome at the end.
+
+        A store that cannot record (gone away, lost races) is logged and never fails the stage."""
+        meter = StageMeter(self, key, stage, job="" if job_key in (None, key) else str(job_key))
+        meter.started()
+        try:
+            yield meter
+        except BaseException as exc:
+            meter.finish(exc)
+            raise
+        meter.finish(None)
+
+    def record(self, key: str, stage: str, what: Callable[[], object]) -> None:
+        try:
+            what()
+        except StateError as exc:
+            self.note(key, stage, f"could not record the stage's timing: {exc}")
 
     # --- shared steps --------------------------------------------------------------------------
     def destroy(self, key: str, *, stage: str) -> None:
-        """Unmount everywhere, delete the file system, release the bricks. Idempotent."""
+        """Unmount everywhere, delete the file system, release the bricks. Idempotent.
+
+        Timed as ``stage`` (gc), or as rollback when a setup undoes what it built."""
+        if self.store.get(key) is None:
+            return
+        with self.timed(key, "rollback" if stage in ("setup", "create-persistent") else stage):
+            self._destroy(key, stage=stage)
+
+    def _destroy(self, key: str, *, stage: str) -> None:
         buffer = self.store.get(key)
         if buffer is None:
             return
@@ -347,6 +418,8 @@ class Lifecycle:
             more: dict[str, Any] = {"bb_stage_mounted": bool(buffer.meta.get(STAGE_MOUNTED))}
             if nodes:
                 more["bb_client_mount_path"] = str(sitecfg.mount_path(self.site, key))
+                if buffer.meta.get(SWAP):
+                    more["bb_client_swap"] = str(buffer.meta[SWAP])
             extra = {"mount_path": str(self.stage_path(key))}
             if buffer.meta.get(PRIVATE):
                 extra["private_mount_path"] = str(sitecfg.private_mount_path(self.site, key))
@@ -363,14 +436,16 @@ class Lifecycle:
         return sitecfg.stage_path(self.site, key)
 
     def _mount(self, buffer: Buffer, nodes: list[str], *, stage: str, job_key: str) -> None:
-        run = self._run(buffer, stage, "buffer_mount.yml", nodes=nodes, job_key=job_key,
-                        extra=playbook_vars.client_paths(self.site, buffer))
-        run.raise_for_failure()
+        with self.timed(buffer.key, stage, job_key=job_key) as meter:
+            run = meter.ran(self._run(buffer, stage, "buffer_mount.yml", nodes=nodes, job_key=job_key,
+                                      extra=playbook_vars.client_paths(self.site, buffer)))
+            run.raise_for_failure()
 
     def _unmount(self, buffer: Buffer, nodes: list[str], *, stage: str, job_key: str) -> None:
-        run = self._run(buffer, stage, "buffer_unmount.yml", nodes=nodes, job_key=job_key,
-                        extra=playbook_vars.client_paths(self.site, buffer))
-        run.raise_for_failure()
+        with self.timed(buffer.key, stage, job_key=job_key) as meter:
+            run = meter.ran(self._run(buffer, stage, "buffer_unmount.yml", nodes=nodes, job_key=job_key,
+                                      extra=playbook_vars.client_paths(self.site, buffer)))
+            run.raise_for_failure()
 
     def _release_persistent_use(self, name: str, job_key: str) -> None:
         persistent = self.store.get(name)
@@ -440,6 +515,78 @@ class Lifecycle:
                                   last_error=str(exc), meta={FAILED_STAGE: run.stage})
             raise
         return buffer
+
+
+class StageMeter:
+    """One stage of one buffer being timed (Lifecycle.timed): its start, its run, its outcome."""
+
+    def __init__(self, life: Lifecycle, key: str, stage: str, *, job: str = "") -> None:
+        self.life, self.key, self.stage, self.job = life, key, stage, job
+        self.start = time.time()
+        self._clock = time.monotonic()
+        self.runs: list[runner.StageRun] = []
+
+    def started(self) -> None:
+        """Note the stage on the record (again, once setup has made the record)."""
+        running = Running(self.stage, self.start, self.job)
+        self.life.record(self.key, self.stage, lambda: self.life.store.start_stage(self.key, running))
+
+    def ran(self, run: runner.StageRun) -> runner.StageRun:
+        self.runs.append(run)
+        return run
+
+    def finish(self, failure: BaseException | None) -> None:
+        files = [n for n in (getattr(r, "files", None) for r in self.runs) if n is not None]
+        copied = [n for n in (getattr(r, "bytes", None) for r in self.runs) if n is not None]
+        timing = StageTiming(
+            stage=self.stage, start=self.start, seconds=time.monotonic() - self._clock, job=self.job,
+            files=sum(files) if files else None, bytes=sum(copied) if copied else None,
+            **({} if failure is None else {"outcome": FAILED, "reason": short_reason(str(failure) or
+                                                                                    type(failure).__name__),
+                                           "kind": failure_kind(failure, self.runs)}))
+        self.life.record(self.key, self.stage, lambda: self.life.store.finish_stage(self.key, timing))
+
+
+def failure_kind(failure: BaseException, runs: list[runner.StageRun]) -> str:
+    """The few-valued kind of a stage's failure (a metrics label): see bbctl.state.timings.KINDS."""
+    if isinstance(failure, runner.StageFailed) and runs:
+        return {"timeout": "timeout", "canceled": "cancelled"}.get(runs[-1].status, "task_failed")
+    if isinstance(failure, runner.StageFailed):
+        return "task_failed"
+    if isinstance(failure, Refused):
+        return "refused"
+    if isinstance(failure, NotEnoughBricks):
+        return "no_space"
+    if isinstance(failure, StateError):
+        return "state"
+    if isinstance(failure, KeyboardInterrupt):
+        return "cancelled"
+    if isinstance(failure, BBError) and failure.exit_code == 2:
+        return "bad_input"
+    return "error"
+
+
+def swap_meta(key: str, request: JobRequest, nodes: Any) -> dict[str, int]:
+    """The state meta of a job buffer that holds swap: bytes per node, and for how many nodes."""
+    if not request.swap:
+        return {}
+    if not isinstance(nodes, int) or nodes < 1:
+        raise BBError(f"job {key} asks for swap ({request.swap // GIB} GiB per node) but its node count is "
+                      "unknown: give setup the number of nodes (bbctl setup --swap-nodes N)", exit_code=2)
+    return {SWAP: request.swap, SWAP_NODES: nodes}
+
+
+def swap_bytes(meta: dict[str, int]) -> int:
+    """The space swap takes in the buffer: its size on each node times the nodes."""
+    return meta.get(SWAP, 0) * meta.get(SWAP_NODES, 0)
+
+
+def _check_swap_nodes(buffer: Buffer, nodes: list[str]) -> None:
+    """Refuse, before mounting, a job on more nodes than setup made room for swap on."""
+    sized = buffer.meta.get(SWAP_NODES)
+    if buffer.meta.get(SWAP) and sized is not None and len(nodes) > sized:
+        raise BBError(f"buffer {buffer.key}: swap was sized at setup for {sized} node(s), the job runs on "
+                      f"{len(nodes)}: the buffer has no room for the others' swap files")
 
 
 def stage_out_failed(buffer: Buffer | None) -> bool:

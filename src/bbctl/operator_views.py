@@ -6,21 +6,27 @@ that died mid-way); the stages themselves live in bbctl.lifecycle.
 
 from __future__ import annotations
 
+import json
+import os
 import pwd
 import time
+from pathlib import Path
 from typing import Any
 
 from bbctl import layouts
 from bbctl import site as sitecfg
+from bbctl.errors import BBError
 from bbctl.lifecycle import FAILED_STAGE, Lifecycle, stage_out_failed
 from bbctl.site import Site
 from bbctl.state import Buffer, BufferState
+from bbctl.state.timings import STAGE_NOW, TIMINGS, sorted_timings
 
 
 def status(life: Lifecycle) -> dict[str, Any]:
-    """Pools (refreshing the file Slurm reads) and every buffer, described."""
-    pools = life.refresh_pools()["pools"]
-    return {"pools": pools, "buffers": [dict(describe(b, life.site), max_file=max_file(life, b))
+    """Pools (refreshing the file Slurm reads) with their bytes, and every buffer, described."""
+    pools = [pool_view(pool) for pool in life.refresh_pools()["pools"]]
+    now = time.time()
+    return {"pools": pools, "buffers": [dict(describe(b, life.site, now=now), max_file=max_file(life, b))
                                         for b in life.store.buffers()]}
 
 
@@ -28,6 +34,46 @@ def max_file(life: Lifecycle, buffer: Buffer) -> int | None:
     """Bytes one file of the buffer can hold when less than the buffer (the job's BB_JOB_STRIPED_MAX_FILE)."""
     pool = life.pools.get(buffer.pool)
     return layouts.of(buffer).file_limit(pool.granularity) if pool is not None else None
+
+
+BBSTAT_KEYS = ("job", "jobid", "name", "buffer")
+
+
+def bbstat_key(words: list[str]) -> str | None:
+    """The buffer `scontrol show bbstat WORDS` asks about: job=N, name=X or a bare key; None for all.
+
+    Slurm 23.02+ calls slurm_bb_get_status(uid, gid, words...), 22.05 only with the words:
+    two leading numbers are taken for uid and gid and dropped (so on 22.05, `bbstat 12 13`
+    shows everything)."""
+    words = [word for word in words if word]
+    if len(words) >= 2 and words[0].isdigit() and words[1].isdigit():
+        words = words[2:]
+    for word in words:
+        name, equals, value = word.partition("=")
+        if not equals:
+            return word
+        if name.lower() in BBSTAT_KEYS and value:
+            return value
+    if words:
+        raise BBError(f"bbstat: cannot read {' '.join(words)!r}: give job=JOBID, name=NAME, a key, or nothing",
+                      exit_code=2)
+    return None
+
+
+def pool_view(pool: dict[str, Any]) -> dict[str, Any]:
+    """A pool of the pools document (bricks) with its bytes: capacity, used and free."""
+    granularity = pool["granularity"]
+    return {**pool, "capacity_bytes": pool["quantity"] * granularity, "free_bytes": pool["free"] * granularity,
+            "used_bytes": (pool["quantity"] - pool["free"]) * granularity}
+
+
+def show(life: Lifecycle, key: str) -> dict[str, Any] | None:
+    """key's live record described, else what the history kept of it (``torn_down``: true), else None."""
+    buffer = life.store.get(key)
+    if buffer is not None:
+        return describe(buffer, life.site)
+    kept = life.store.history(key)
+    return None if kept is None else describe_finished(kept)
 
 
 def gc(life: Lifecycle, older_than: float, *, dry_run: bool) -> dict[str, Any]:
@@ -64,13 +110,63 @@ def copy_progressed(site: Site, key: str, stage: str, within: float) -> bool:
         return False
 
 
-def describe(buffer: Buffer, site: Site) -> dict[str, Any]:
-    """A buffer's record with its volume, paths, owner's name and age, as bbctl show prints it."""
+def describe(buffer: Buffer, site: Site, *, now: float | None = None) -> dict[str, Any]:
+    """A buffer's record with its volume, paths, owner's name and age, as bbctl show prints it; its
+    stage timings (oldest first) and the stage running now, with the copy's progress, lifted out of meta."""
+    now = time.time() if now is None else now
     data = buffer.to_dict()
-    data.update(volume=sitecfg.volume_name(buffer.key), stage_path=str(sitecfg.stage_path(site, buffer.key)),
+    meta = dict(data["meta"])
+    finished, running = meta.pop(TIMINGS, []), meta.pop(STAGE_NOW, None)
+    data.update(meta=meta, volume=sitecfg.volume_name(buffer.key),
+                stage_path=str(sitecfg.stage_path(site, buffer.key)),
                 mount_path=str(sitecfg.mount_path(site, buffer.key)), layout=layouts.of(buffer).describe(),
-                owner=_user_name(buffer.owner_uid), age_seconds=round(time.time() - buffer.created_at, 1))
+                owner=_user_name(buffer.owner_uid), age_seconds=round(now - buffer.created_at, 1),
+                brick_count=len(buffer.bricks), timings=sorted_timings(finished),
+                stage_now=running_stage(site, buffer.key, running, now), torn_down=False)
     return data
+
+
+def describe_finished(kept: dict[str, Any]) -> dict[str, Any]:
+    """A history record (bbctl.state.timings.history_record) in the shape of describe's, as far as it goes."""
+    data = dict(kept)
+    meta = dict(data.get("meta") or {})
+    finished = meta.pop(TIMINGS, [])
+    data.update(meta=meta, volume=sitecfg.volume_name(kept["key"]), owner=_user_name(kept["owner_uid"]),
+                timings=sorted_timings(finished), stage_now=None, torn_down=True)
+    return data
+
+
+def running_stage(site: Site, key: str, running: Any, now: float) -> dict[str, Any] | None:
+    """The stage running now on key: name, job, start, seconds so far and, for a copy, its last progress."""
+    if not isinstance(running, dict) or "stage" not in running:
+        return None
+    start = float(running.get("start", now))
+    view = {**running, "seconds": round(max(now - start, 0.0), 1), "progress": None}
+    if running["stage"] in ("stage-in", "stage-out"):
+        view["progress"] = last_progress(sitecfg.progress_path(site, running.get("job") or key, running["stage"]),
+                                         since=start)
+    return view
+
+
+def last_progress(path: Path, *, since: float) -> dict[str, Any] | None:
+    """The last complete snapshot bb_stage appended to path, if path was written since ``since``."""
+    try:
+        with path.open("rb") as stream:
+            if os.fstat(stream.fileno()).st_mtime < since:
+                return None  # an earlier run's
+            size = stream.seek(0, os.SEEK_END)
+            stream.seek(max(size - 4096, 0))
+            tail = stream.read().decode(errors="replace")
+    except OSError:
+        return None
+    for line in reversed(tail.splitlines()[1:] if len(tail) >= 4096 else tail.splitlines()):
+        try:
+            snapshot = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(snapshot, dict):
+            return snapshot
+    return None
 
 
 def _user_name(uid: int) -> str:

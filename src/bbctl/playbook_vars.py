@@ -17,6 +17,8 @@ from bbctl.site import Site
 from bbctl.state import Buffer
 
 PRIVATE = "private"  # state meta: compute nodes also mount their private directories
+SWAP = "swap"  # state meta: bytes of swap each compute node gets on the job's buffer
+SWAP_NODES = "swap_nodes"  # state meta: how many nodes setup made room for swap on
 
 
 def buffer_vars(buffer: Buffer, extra: dict[str, Any]) -> dict[str, Any]:
@@ -44,10 +46,13 @@ def volume_layout(buffer: Buffer) -> dict[str, Any]:
 
 
 def client_paths(site: Site, buffer: Buffer) -> dict[str, str]:
-    """Where compute nodes mount the buffer (and their private directories, if it has them)."""
+    """Where compute nodes mount the buffer (and their private directories, if it has them), and
+    the swap each of them gets on it (``swap``, bytes; set up after mounting, removed before unmounting)."""
     paths = {"mount_path": str(sitecfg.mount_path(site, buffer.key))}
     if buffer.meta.get(PRIVATE):
         paths["private_mount_path"] = str(sitecfg.private_mount_path(site, buffer.key))
+    if buffer.meta.get(SWAP):
+        paths["swap"] = str(buffer.meta[SWAP])
     return paths
 
 

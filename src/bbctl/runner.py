@@ -108,6 +108,8 @@ class StageRun:
     seconds: float
     run_dir: Path
     failures: list[str] = field(default_factory=list)
+    files: int | None = None  # copied by bb_stage (None: the playbook copies nothing)
+    bytes: int | None = None
 
     def output_tail(self) -> str:
         """The last line ansible-playbook printed (why it stopped before any task failed)."""
@@ -185,7 +187,7 @@ def run_stage(site: Site, key: str, stage: str, playbook: str, *, extravars: Map
             settings={"suppress_ansible_output": True, "pexpect_timeout": 0.2})
     return StageRun(stage=stage, status=result.status, rc=result.rc or 0,
                     seconds=time.monotonic() - started, run_dir=run_dir,
-                    failures=collector.failures)
+                    failures=collector.failures, files=collector.files, bytes=collector.bytes)
 
 
 def _path_with_ansible(site: Site) -> str:
@@ -200,6 +202,13 @@ class _Events:
     def __init__(self, on_event: Callable[[str], None]) -> None:
         self.on_event = on_event
         self.failures: list[str] = []
+        self.files: int | None = None  # summed over bb_stage's results, once there is one
+        self.bytes: int | None = None
+
+    def _count(self, result: Mapping[str, Any]) -> None:
+        if isinstance(result.get("files"), int) and isinstance(result.get("bytes"), int):
+            self.files = (self.files or 0) + result["files"]
+            self.bytes = (self.bytes or 0) + result["bytes"]
 
     def __call__(self, event: Mapping[str, Any]) -> bool:
         kind, data = event.get("event", ""), event.get("event_data") or {}
@@ -211,11 +220,14 @@ class _Events:
             if result.get("changed"):
                 self.on_event(f"  {host}: changed ({data.get('duration') or 0:.1f} s)")
         elif kind == "runner_item_on_ok":
+            self._count(data.get("res") or {})
             summary = describe_copy(data.get("res") or {})
             if summary:
                 self.on_event(summary)
         elif kind in FAILED_EVENTS and not data.get("ignore_errors"):
             result = data.get("res") or {}
+            if kind == "runner_item_on_failed":
+                self._count(result)  # what a failed copy did copy
             if kind == "runner_on_failed" and result.get("results"):
                 return False  # a loop's summary: its items were reported one by one
             message = str(result.get("msg") or result.get("stderr") or "failed").strip()

@@ -127,7 +127,7 @@ def test_check_mode_on_a_fresh_device_changes_nothing(bricks):
     assert result["changed"] is True
     assert result["commands"] == [
         ["mkfs.xfs", "-i", "size=512", device], ["mkdir", "-p", path],
-        ["mount", "-t", "xfs", "-o", "noatime,inode64", device, path]]
+        ["mount", "-t", "xfs", "-o", "noatime,inode64,allocsize=64k", device, path]]
     assert result["diff"]["after"] == {"fstype": "xfs", "mounted": True, "mount_point": path}
     assert blkid(device) == {}
     assert not os.path.exists(path)
@@ -234,7 +234,7 @@ def test_persist_writes_one_fstab_line_by_uuid(bricks):
     fstab.write_text("/dev/vda / ext4 defaults 0 1\n")
 
     first = bricks.run(device=device, path=path, persist=True, fstab=str(fstab))
-    line = f"UUID={blkid(device)['UUID']} {path} xfs noatime,inode64 0 0"
+    line = f"UUID={blkid(device)['UUID']} {path} xfs noatime,inode64,allocsize=64k 0 0"
     assert first["fstab_line"] == line
     assert fstab.read_text() == f"/dev/vda / ext4 defaults 0 1\n{line}\n"
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from bbctl import host, runner, site
 from bbctl.collection import sizes
-from bbctl.commands import log_to_file, on_sigterm, slurm_env, slurm_nodes
+from bbctl.commands import log_to_file, on_sigterm, slurm_env, slurm_node_count, slurm_nodes
 from bbctl.datawarp.program import LifecycleFactory, Parser, fail, leading_config
 from bbctl.datawarp.sessions import configurations_document, instances_document, sessions_document
 from bbctl.errors import BBError
@@ -132,7 +132,11 @@ def _job_process(life: Lifecycle, args: argparse.Namespace) -> int:
 
 def _setup(life: Lifecycle, args: argparse.Namespace) -> int:
     pool, size = args.capacity
-    life.setup(args.token, args.user, args.groupid, args.job, pool=pool, size=size or None)
+    def swap_nodes() -> int:
+        return len(_read_nodes(args.node_file)) if args.node_file else slurm_node_count(life.site, args.token)
+
+    life.setup(args.token, args.user, args.groupid, args.job, pool=pool, size=size or None, swap_nodes=swap_nodes,
+               slurm_books_swap=True)
     return 0
 
 
@@ -174,15 +178,16 @@ def _paths(life: Lifecycle, args: argparse.Namespace) -> int:
 
 
 def _pre_run(life: Lifecycle, args: argparse.Namespace) -> int:
-    if args.node_file is None:
-        nodes = slurm_nodes(life.site, args.token)
-    else:
-        try:
-            nodes = nodes_from_file(args.node_file)
-        except OSError as exc:
-            raise BBError(f"cannot read the node file {args.node_file}: {exc.strerror}") from exc
+    nodes = slurm_nodes(life.site, args.token) if args.node_file is None else _read_nodes(args.node_file)
     life.pre_run(args.token, args.job, nodes)
     return 0
+
+
+def _read_nodes(node_file: Path) -> list[str]:
+    try:
+        return nodes_from_file(node_file)
+    except OSError as exc:
+        raise BBError(f"cannot read the node file {node_file}: {exc.strerror}") from exc
 
 
 def _post_run(life: Lifecycle, args: argparse.Namespace) -> int:

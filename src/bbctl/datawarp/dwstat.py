@@ -13,16 +13,19 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bbctl import site
+from bbctl import operator_views, site, status_text
 from bbctl.collection import sizes
 from bbctl.datawarp.program import LifecycleFactory, Parser, fail, leading_config
 from bbctl.datawarp.sessions import configurations_document, instances_document, sessions_document
 from bbctl.errors import BBError
 from bbctl.lifecycle import USER_META, Lifecycle
+from bbctl.operator_views import BBSTAT_KEYS
 from bbctl.state import Buffer, BufferState
 
 DWSTAT_VIEWS = ("pools", "sessions", "instances", "configurations")
 DWSTAT_DEFAULT = ("pools", "sessions", "instances")
+STATUS_VIEW = "status"
+BUFFER_VIEW = "buffer="  # one buffer's view: buffer=<key>
 
 
 def _read_only_lifecycle(config: Path | None) -> Lifecycle:
@@ -37,7 +40,7 @@ def main(argv: Sequence[str] | None = None, *, lifecycle: LifecycleFactory = _re
         return fail(str(exc), exc.exit_code)
     try:
         life = lifecycle(config)
-        print("\n\n".join(_DWSTAT_TABLES[view](life) for view in views), flush=True)
+        print("\n\n".join(_view(life, view) for view in views), flush=True)
         return 0
     except BBError as exc:
         return fail(f"dwstat: {exc}", exc.exit_code)
@@ -49,12 +52,39 @@ def parse_dwstat(argv: Sequence[str]) -> tuple[Path | None, list[str]]:
     parser = Parser(prog="dwstat", allow_abbrev=False,
                      description="Burst buffer pools, sessions, instances and configurations, from bbctl's "
                                  f"state store. Without VIEW: {', '.join(DWSTAT_DEFAULT)}.")
-    parser.add_argument("views", nargs="*", metavar="VIEW", help=f"{', '.join(DWSTAT_VIEWS)} or all")
+    parser.add_argument("views", nargs="*", metavar="VIEW",
+                        help=f"{', '.join(DWSTAT_VIEWS)}, all, {STATUS_VIEW} (bbctl status), or job=JOBID / "
+                             "name=NAME (one buffer's stage timings, as bbctl show --text)")
     views = parser.parse_args(rest).views or list(DWSTAT_DEFAULT)
-    unknown = [view for view in views if view not in (*DWSTAT_VIEWS, "all")]
+    views = [_buffer_view(view) or view for view in views]
+    unknown = [view for view in views if view not in (*DWSTAT_VIEWS, STATUS_VIEW, "all")
+               and not view.startswith(BUFFER_VIEW)]
     if unknown:
-        parser.error(f"unknown view {unknown[0]!r}: use {', '.join(DWSTAT_VIEWS)} or all")
-    return config, list(DWSTAT_VIEWS) if "all" in views else list(dict.fromkeys(views))
+        parser.error(f"unknown view {unknown[0]!r}: use {', '.join(DWSTAT_VIEWS)}, all, {STATUS_VIEW}, "
+                     "job=JOBID or name=NAME")
+    if "all" in views:
+        views = [view if view != "all" else table for view in views for table in
+                 (DWSTAT_VIEWS if view == "all" else (view,))]
+    return config, list(dict.fromkeys(views))
+
+
+def _buffer_view(word: str) -> str | None:
+    """``buffer=<key>`` for job=N, jobid=N, name=X (what `scontrol show bbstat job=N` passes), else None."""
+    name, equals, value = word.partition("=")
+    if equals and value and name.lower() in BBSTAT_KEYS:
+        return BUFFER_VIEW + value
+    return None
+
+
+def _view(life: Lifecycle, view: str) -> str:
+    if view == STATUS_VIEW:
+        return status_text.render_status(operator_views.status(life))
+    if view.startswith(BUFFER_VIEW):
+        key = view.removeprefix(BUFFER_VIEW)
+        shown = operator_views.show(life, key)
+        return status_text.render_buffer(shown) if shown else f"no buffer {key}: none was set up, or it was " \
+            "torn down longer ago than bbctl keeps records"
+    return _DWSTAT_TABLES[view](life)
 
 
 def state_flags(state: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from bbctl.errors import BBError
 from bbctl.pools import Brick, Pool, bricks_needed
+from bbctl.state.timings import Running, StageTiming
 
 
 class BufferState(StrEnum):
@@ -160,12 +161,27 @@ class StateStore(Protocol):
         """
 
     def release(self, key: str) -> bool:
-        """Free the bricks and drop the record; False if there was none (not an error).
+        """Free the bricks and drop the record, keeping its summary in the bounded history;
+        False if there was none (not an error).
 
         Only from RELEASABLE states: bricks under a built filesystem are never freed.
         """
 
     def allocated_brick_ids(self, pool: str) -> set[str]: ...
+
+    def start_stage(self, key: str, running: Running) -> bool:
+        """Note on key's record the stage that runs now (meta stage_now); False if there is no record."""
+
+    def finish_stage(self, key: str, timing: StageTiming) -> bool:
+        """Append timing to key's record (or, when it was released, to its history record) and add the
+        timing's counter increments, in one atomic step. The counters grow even when no record holds
+        the timing (a setup that found no bricks). True if a record holds it."""
+
+    def history(self, key: str) -> dict[str, Any] | None:
+        """The kept summary of key's released record (bbctl.state.timings.history_record), if any."""
+
+    def stage_counters(self) -> dict[str, dict[str, float]]:
+        """Every stage's counters (bbctl.state.timings.counter_increments), summed over all time."""
 
     def orphans(self, older_than: float) -> Orphans:
         """IN_FLIGHT records not updated for older_than seconds, and stray bricks."""

@@ -7,6 +7,10 @@ Layout under a prefix (default ``/bbctl``)::
 
     <prefix>/buffers/<key>              JSON of the Buffer record
     <prefix>/bricks/<pool>/<brick id>   the key of the buffer holding that brick
+    <prefix>/history/<key>              JSON summary of a released buffer (bbctl.state.timings)
+    <prefix>/history-by-time/<finished at, 17.6f>/<key>
+                                        the history's index by age, for cutting it to its bounds
+    <prefix>/counters/<stage>           JSON of that stage's counters, only ever incremented
 
 Allocation reads the pool's brick keys, chooses, then commits the record and
 one key per chosen brick in a transaction that succeeds only if the record
@@ -29,10 +33,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bbctl.pools import Pool
+from bbctl.state import timings
 from bbctl.state.base import (
     MAX_CAS_ATTEMPTS,
     BrickAllocation,
@@ -47,9 +52,11 @@ from bbctl.state.base import (
     check_releasable,
     expected_states,
     find_orphans,
+    merged_meta,
     moved,
     new_record,
 )
+from bbctl.state.timings import Running, StageTiming
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 
@@ -72,6 +79,13 @@ def _prefix_end(prefix: str) -> str:
     return _b64(raw[:-1] + bytes([raw[-1] + 1]))
 
 
+def _unchanged(key: str, found: list[KeyValue]) -> dict[str, Any]:
+    """A transaction compare: key still at the revision read, or still absent."""
+    if found:
+        return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(found[0].mod_revision)}
+    return {"key": _b64(key), "target": "VERSION", "result": "EQUAL", "version": "0"}
+
+
 def _kvs(range_response: dict[str, Any]) -> list[KeyValue]:
     # The gateway omits zero-valued fields: no "kvs" means no keys.
     return [KeyValue(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv.get("value", "")),
@@ -81,12 +95,14 @@ def _kvs(range_response: dict[str, Any]) -> list[KeyValue]:
 
 class EtcdStore:
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, prefix: str = "/bbctl", timeout: float = 10.0,
-                 max_txn_ops: int = 128, clock: Callable[[], float] = time.time) -> None:
+                 max_txn_ops: int = 128, clock: Callable[[], float] = time.time,
+                 history_jobs: int = timings.HISTORY_JOBS, history_seconds: float = timings.HISTORY_SECONDS) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.prefix = prefix.rstrip("/")
         self.timeout = timeout
         self.max_txn_ops = max_txn_ops
         self.clock = clock
+        self.history_jobs, self.history_seconds = history_jobs, history_seconds
 
     # --- the gateway -----------------------------------------------------------------
 
@@ -122,8 +138,20 @@ class EtcdStore:
         return {"key": _b64(prefix), "range_end": _prefix_end(prefix), "keys_only": keys_only}
 
     def _get_kv(self, key: str) -> KeyValue | None:
-        found = _kvs(self._call("/v3/kv/range", {"key": _b64(self._buffer_key(key))}))
+        return self._get_raw(self._buffer_key(key))
+
+    def _get_raw(self, full_key: str) -> KeyValue | None:
+        found = _kvs(self._call("/v3/kv/range", {"key": _b64(full_key)}))
         return found[0] if found else None
+
+    def _history_key(self, key: str) -> str:
+        return f"{self.prefix}/history/{key}"
+
+    def _history_index_key(self, finished_at: float, key: str) -> str:
+        return f"{self.prefix}/history-by-time/{finished_at:017.6f}/{key}"
+
+    def _counters_key(self, stage: str) -> str:
+        return f"{self.prefix}/counters/{stage}"
 
     # --- the StateStore interface ----------------------------------------------------
 
@@ -190,13 +218,83 @@ class EtcdStore:
             # The brick keys were created with this record in one transaction, so
             # they hold this key; the record's revision guards the whole delete.
             doomed = [kv.key] + [self._brick_key(record.pool, brick.id) for brick in record.bricks]
+            puts: list[tuple[str, str]] = []
+            if self.history_jobs > 0:
+                now = self.clock()
+                older = self._get_raw(self._history_key(key))
+                if older is not None:  # the key's earlier life: its index entry goes with it
+                    doomed.append(self._history_index_key(json.loads(older.value)["finished_at"], key))
+                puts = [(self._history_key(key), json.dumps(timings.history_record(record.to_dict(), now))),
+                        (self._history_index_key(now, key), key)]
             answer = self._txn(
                 compare=[{"key": _b64(kv.key), "target": "MOD", "result": "EQUAL",
                           "mod_revision": str(kv.mod_revision)}],
-                success=[{"request_delete_range": {"key": _b64(k)}} for k in doomed])
+                success=[{"request_delete_range": {"key": _b64(k)}} for k in doomed]
+                + [{"request_put": {"key": _b64(k), "value": _b64(v)}} for k, v in puts])
             if answer.get("succeeded"):
+                if puts:
+                    self._cut_history()
                 return True
         raise StateError(f"buffer {key}: lost {MAX_CAS_ATTEMPTS} races to release it; retry")
+
+    def _cut_history(self) -> None:
+        """History down to its bounds: entries older than history_seconds, then the oldest beyond history_jobs."""
+        index = f"{self.prefix}/history-by-time/"
+        cutoff = self._history_index_key(max(self.clock() - self.history_seconds, 0), "")
+        old = _kvs(self._call("/v3/kv/range", {"key": _b64(index), "range_end": _b64(cutoff), "keys_only": True}))
+        count = int(self._call("/v3/kv/range", {**self._range_prefix(index), "count_only": True}).get("count", 0))
+        excess = count - len(old) - self.history_jobs
+        if excess > 0:
+            old = _kvs(self._call("/v3/kv/range", {**self._range_prefix(index, keys_only=True),
+                                                   "limit": str(len(old) + excess)}))
+        for start in range(0, len(old), self.max_txn_ops // 2):
+            chunk = old[start:start + self.max_txn_ops // 2]
+            doomed = [kv.key for kv in chunk] + [self._history_key(kv.key.rsplit("/", 1)[1]) for kv in chunk]
+            self._txn([], [{"request_delete_range": {"key": _b64(k)}} for k in doomed])
+
+    def start_stage(self, key: str, running: Running) -> bool:
+        for _ in range(MAX_CAS_ATTEMPTS):
+            kv = self._get_kv(key)
+            if kv is None:
+                return False
+            record = Buffer.from_dict(json.loads(kv.value))
+            record = replace(record, meta=merged_meta(record.meta, {timings.STAGE_NOW: running.to_dict()}))
+            if self._put_if_unchanged(kv, json.dumps(record.to_dict())):
+                return True
+        raise StateError(f"buffer {key}: lost {MAX_CAS_ATTEMPTS} races to note its stage; retry")
+
+    def finish_stage(self, key: str, timing: StageTiming) -> bool:
+        counters_key = self._counters_key(timing.stage)
+        for _ in range(MAX_CAS_ATTEMPTS):
+            record_kv, history_kv, counters_kv = self._snapshot(
+                {"key": _b64(self._buffer_key(key))}, {"key": _b64(self._history_key(key))},
+                {"key": _b64(counters_key)})
+            counts = json.loads(counters_kv[0].value) if counters_kv else {}
+            puts = [(counters_key, json.dumps(timings.add_counts(counts, timings.counter_increments(timing))))]
+            compare = [_unchanged(counters_key, counters_kv)]
+            if record_kv:
+                record = Buffer.from_dict(json.loads(record_kv[0].value))
+                record = replace(record, meta=merged_meta(record.meta, timings.finished_meta(record.meta, timing)))
+                puts.append((record_kv[0].key, json.dumps(record.to_dict())))
+                compare.append(_unchanged(record_kv[0].key, record_kv))
+            elif history_kv:
+                kept = timings.history_with(json.loads(history_kv[0].value), timing)
+                puts.append((history_kv[0].key, json.dumps(kept)))
+                compare.append(_unchanged(history_kv[0].key, history_kv))
+            answer = self._txn(compare=compare,
+                               success=[{"request_put": {"key": _b64(k), "value": _b64(v)}} for k, v in puts])
+            if answer.get("succeeded"):
+                return bool(record_kv or history_kv)
+        raise StateError(f"buffer {key}: lost {MAX_CAS_ATTEMPTS} races to record its {timing.stage}; retry")
+
+    def history(self, key: str) -> dict[str, Any] | None:
+        kv = self._get_raw(self._history_key(key))
+        return json.loads(kv.value) if kv else None
+
+    def stage_counters(self) -> dict[str, dict[str, float]]:
+        prefix = f"{self.prefix}/counters/"
+        (kvs,) = self._snapshot(self._range_prefix(prefix))
+        return {kv.key.removeprefix(prefix): json.loads(kv.value) for kv in kvs}
 
     def allocated_brick_ids(self, pool: str) -> set[str]:
         pool_prefix = self._brick_key(pool, "")

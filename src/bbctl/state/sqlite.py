@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bbctl.pools import Brick, Pool
+from bbctl.state import timings
 from bbctl.state.base import (
     BrickAllocation,
     Buffer,
@@ -33,12 +34,14 @@ from bbctl.state.base import (
     check_releasable,
     expected_states,
     find_orphans,
+    merged_meta,
     moved,
     new_record,
 )
+from bbctl.state.timings import Running, StageTiming
 
 DEFAULT_PATH = Path("/var/lib/bbctl/state.db")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _COLUMNS = ("key, owner_uid, owner_gid, pool, capacity, fs, state, bricks, created_at, updated_at, "
             "last_error, stage_out_verified, meta")
 _SCHEMA = """
@@ -66,14 +69,30 @@ CREATE TABLE IF NOT EXISTS allocations (
 );
 CREATE INDEX IF NOT EXISTS allocations_by_server ON allocations (pool, server);
 CREATE INDEX IF NOT EXISTS allocations_by_buffer ON allocations (buffer_key);
+-- Released buffers' records, summarised (schema 3): bounded by count and age at each release.
+CREATE TABLE IF NOT EXISTS history (
+    key TEXT PRIMARY KEY,
+    finished_at REAL NOT NULL,
+    record TEXT NOT NULL             -- JSON, bbctl.state.timings.history_record
+);
+CREATE INDEX IF NOT EXISTS history_by_time ON history (finished_at);
+-- What every finished stage added up to (schema 3): only ever incremented.
+CREATE TABLE IF NOT EXISTS stage_counters (
+    stage TEXT NOT NULL,
+    name TEXT NOT NULL,              -- runs:ok, seconds, bytes, le:30, failures:timeout, ...
+    value REAL NOT NULL,
+    PRIMARY KEY (stage, name)
+);
 """
 
 
 class SQLiteStore:
     def __init__(self, path: Path | str = DEFAULT_PATH, *, busy_timeout: float = 30.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, history_jobs: int = timings.HISTORY_JOBS,
+                 history_seconds: float = timings.HISTORY_SECONDS) -> None:
         self.path = Path(path)
         self.clock = clock
+        self.history_jobs, self.history_seconds = history_jobs, history_seconds
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, the module adds none.
@@ -188,7 +207,60 @@ class SQLiteStore:
             db.executemany("DELETE FROM allocations WHERE brick_id = ? AND buffer_key = ?",
                            [(brick.id, key) for brick in record.bricks])
             db.execute("DELETE FROM buffers WHERE key = ?", (key,))
+            self._keep_history(db, record)
         return True
+
+    def _keep_history(self, db: sqlite3.Connection, record: Buffer) -> None:
+        """The released record's summary into history, and history cut to its bounds."""
+        if self.history_jobs < 1:
+            return
+        now = self.clock()
+        db.execute("INSERT OR REPLACE INTO history (key, finished_at, record) VALUES (?, ?, ?)",
+                   (record.key, now, json.dumps(timings.history_record(record.to_dict(), now))))
+        db.execute("DELETE FROM history WHERE finished_at < ?", (now - self.history_seconds,))
+        db.execute("DELETE FROM history WHERE key IN (SELECT key FROM history ORDER BY finished_at DESC "
+                   "LIMIT -1 OFFSET ?)", (self.history_jobs,))
+
+    def start_stage(self, key: str, running: Running) -> bool:
+        with self._write() as db:
+            row = db.execute("SELECT meta FROM buffers WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return False
+            meta = merged_meta(json.loads(row[0]), {timings.STAGE_NOW: running.to_dict()})
+            db.execute("UPDATE buffers SET meta = ? WHERE key = ?", (json.dumps(meta), key))
+        return True
+
+    def finish_stage(self, key: str, timing: StageTiming) -> bool:
+        with self._write() as db:
+            db.executemany("INSERT INTO stage_counters (stage, name, value) VALUES (?, ?, ?) "
+                           "ON CONFLICT (stage, name) DO UPDATE SET value = value + excluded.value",
+                           [(timing.stage, name, value)
+                            for name, value in timings.counter_increments(timing).items()])
+            row = db.execute("SELECT meta FROM buffers WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                current = json.loads(row[0])
+                meta = merged_meta(current, timings.finished_meta(current, timing))
+                db.execute("UPDATE buffers SET meta = ? WHERE key = ?", (json.dumps(meta), key))
+                return True
+            kept = db.execute("SELECT record FROM history WHERE key = ?", (key,)).fetchone()
+            if kept is None:
+                return False
+            db.execute("UPDATE history SET record = ? WHERE key = ?",
+                       (json.dumps(timings.history_with(json.loads(kept[0]), timing)), key))
+        return True
+
+    def history(self, key: str) -> dict[str, Any] | None:
+        with self._read() as db:
+            row = db.execute("SELECT record FROM history WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def stage_counters(self) -> dict[str, dict[str, float]]:
+        counters: dict[str, dict[str, float]] = {}
+        with self._read() as db:
+            for stage, name, value in db.execute("SELECT stage, name, value FROM stage_counters "
+                                                 "ORDER BY stage, name"):
+                counters.setdefault(stage, {})[name] = value
+        return counters
 
     def allocated_brick_ids(self, pool: str) -> set[str]:
         with self._read() as db:

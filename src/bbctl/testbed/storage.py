@@ -12,6 +12,7 @@ import time
 import xml.etree.ElementTree as ET
 
 from bbctl import host
+from bbctl.collection import block_devices
 from bbctl.errors import BBError, TestbedError
 from bbctl.testbed.config import Node, TestbedConfig
 
@@ -36,7 +37,7 @@ def ensure_brick(node: Node, k: int, size: int) -> str:
     if probe.stdout.strip() != "xfs":
         host.run(["mkfs.xfs", "-q", "-f", "-i", "size=512", device])
     mountpoint.mkdir(parents=True, exist_ok=True)
-    host.run(["mount", "-t", "xfs", "-o", "noatime,inode64", device, str(mountpoint)])
+    host.run(["mount", "-t", "xfs", "-o", block_devices.BRICK_MOUNT_OPTIONS, device, str(mountpoint)])
     return device
 
 

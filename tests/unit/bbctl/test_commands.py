@@ -8,22 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bbctl import cli, runner
-from tests.unit.bbctl.test_lifecycle import Recorder
+from bbctl import cli, commands
+from bbctl.errors import BBError
 
 GiB = 1024**3
-
-
-@pytest.fixture
-def config_file(tmp_path: Path, monkeypatch) -> Path:
-    hosts = {f"s{n}": {"bb_bricks": [{"device": f"/dev/nvme{n}", "path": f"/bricks/s{n}"}]} for n in (1, 2)}
-    inventory = tmp_path / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"children": {"bb_storage": {"hosts": hosts}}}}))
-    path = tmp_path / "bbctl.yml"
-    path.write_text(yaml.safe_dump({"inventory": str(inventory), "pools": {"nvme": {"granularity": "1GiB"}},
-                                    "work_dir": str(tmp_path / "work"), "mount_root": "/mnt/bb"}))
-    monkeypatch.setattr(runner, "run_stage", Recorder())
-    return path
 
 
 def bbctl(config_file: Path, *args: str) -> int:
@@ -83,7 +71,10 @@ def test_status_and_pools_count_bricks(config_file, tmp_path, capsys):
         {"id": "nvme", "units": "bytes", "granularity": GiB, "quantity": 2, "free": 1}]
     assert bbctl(config_file, "status") == 0
     text = capsys.readouterr().out
-    assert "pool nvme: 1 of 2 bricks free, 1GiB each" in text and "buffer 7 (bbjob-7): created" in text
+    pool, buffer = text.splitlines()[1], text.splitlines()[4]
+    assert pool.split() == ["nvme", "[##########..........]", "50%", "2.0", "GiB", "1.0", "GiB", "1.0", "GiB",
+                            "1/2", "of", "1.0", "GiB"]
+    assert buffer.split()[:6] == ["7", "created", buffer.split()[2], "1.0", "GiB", "1"]
     assert "one file at most" not in text  # one brick: a file can fill the buffer
 
 
@@ -92,7 +83,7 @@ def test_status_names_the_largest_file_when_it_is_less_than_the_buffer(config_fi
           "--script", job_script(tmp_path, "#DW jobdw capacity=2GiB access_mode=private"))  # distribute, 2 bricks
     capsys.readouterr()
     assert bbctl(config_file, "status") == 0
-    assert "distribute over 2 brick(s), one file at most 1GiB" in capsys.readouterr().out
+    assert "one file at most 1.0 GiB" in capsys.readouterr().out
     assert bbctl(config_file, "status", "--json") == 0
     assert json.loads(capsys.readouterr().out)["buffers"][0]["max_file"] == GiB
 
@@ -121,3 +112,39 @@ def test_slurm_install_rewrites_the_pools_file_with_the_bricks_in_use(config_fil
         {"id": "nvme", "granularity": GiB, "quantity": 2, "free": 1}]
     assert (tmp_path / "slurm" / "bbctl-layouts.lua").exists() and "pools = {" in \
         (tmp_path / "slurm" / "bbctl-site.lua").read_text()
+
+
+def test_setup_sizes_swap_for_the_nodes_given(config_file, tmp_path, capsys):
+    script = job_script(tmp_path, "#DW jobdw capacity=1GiB access_mode=private", "#DW swap 1GiB")
+    assert bbctl(config_file, "setup", "--job-id", "7", "--uid", "1001", "--gid", "1001", "--script", script,
+                 "--swap-nodes", "1", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["buffers"][0]["capacity"] == 2 * GiB
+
+
+def test_setup_asks_slurm_for_the_node_count_only_for_swap(config_file, tmp_path, capsys, monkeypatch):
+    asked = []
+    monkeypatch.setattr(commands, "slurm_node_count", lambda _site, job: asked.append(job) or 1)
+    plain = job_script(tmp_path, "#DW jobdw capacity=1GiB access_mode=private")
+    assert bbctl(config_file, "setup", "--job-id", "7", "--uid", "1001", "--gid", "1001", "--script", plain) == 0
+    assert asked == []
+    assert bbctl(config_file, "teardown", "--job-id", "7", "--script", plain, "--hurry") == 0
+    capsys.readouterr()
+    swapping = job_script(tmp_path, "#DW jobdw capacity=1GiB access_mode=private", "#DW swap 1")
+    assert bbctl(config_file, "setup", "--job-id", "8", "--uid", "1001", "--gid", "1001", "--script", swapping,
+                 "--json") == 0
+    assert asked == ["8"]
+    assert json.loads(capsys.readouterr().out)["buffers"][0]["capacity"] == 2 * GiB
+
+
+@pytest.mark.parametrize(("shown", "nodes"), [
+    ("JobId=42 JobName=x\n   NumNodes=4 NumCPUs=4 NumTasks=4", 4),
+    ("   NumNodes=2-6 NumCPUs=2", 6),  # pending with -N 2-6: Slurm books swap for the most
+    ("   NumNodes=3-3 NumCPUs=3", 3),
+])
+def test_parse_num_nodes(shown, nodes):
+    assert commands.parse_num_nodes(shown, "42") == nodes
+
+
+def test_parse_num_nodes_without_the_field_says_so():
+    with pytest.raises(BBError, match="shows no NumNodes: cannot size the job's swap"):
+        commands.parse_num_nodes("JobId=42 JobName=x", "42")

@@ -25,6 +25,7 @@ from bbctl.datawarp import dwstat as dwstat_program
 from bbctl.errors import BBError
 from bbctl.lifecycle import Lifecycle, Refused
 from bbctl.state import BufferSpec, BufferState, SQLiteStore
+from bbctl.state.timings import Running, StageTiming
 
 GiB = 1024**3
 JOB = "/var/spool/slurm/hash.3/job.123/script"
@@ -308,14 +309,28 @@ def test_setup_maps_token_user_group_pool_size_and_script(capsys):
     code, _ = cli(["--function", "setup", "--token", "123", "--caller", "SLURM", "--user", "1001", "--groupid",
                    "1002", "--capacity", "nvme:200GiB", "--job", JOB, "--nodehostnamefile", NIDS], life, capsys)
     assert code == 0
-    assert life.calls == [("setup", ("123", 1001, 1002, Path(JOB)), {"pool": "nvme", "size": 200 * GiB})]
+    [(name, args, kwargs)] = life.calls
+    swap_nodes = kwargs.pop("swap_nodes")
+    assert (name, args, kwargs) == ("setup", ("123", 1001, 1002, Path(JOB)),
+                                    {"pool": "nvme", "size": 200 * GiB, "slurm_books_swap": True})
+    assert callable(swap_nodes)
+
+
+def test_setup_counts_swap_nodes_in_the_node_file(tmp_path, capsys):
+    nids = tmp_path / "client_nids"
+    nids.write_text("nid001\nnid002\n\nnid003\n")
+    life = FakeLife({"setup": []})
+    cli(["--function", "setup", "--token", "123", "--user", "1001", "--groupid", "1002", "--capacity",
+         "nvme:8GiB", "--job", JOB, "--nodehostnamefile", str(nids)], life, capsys)
+    assert life.calls[0][2]["swap_nodes"]() == 3
 
 
 def test_setup_without_capacity_of_its_own_leaves_size_to_the_directives(capsys):
     life = FakeLife({"setup": []})
     cli(["--function", "setup", "--token", "123", "--caller", "SLURM", "--user", "1001", "--groupid", "1002",
          "--capacity", "nvme:0", "--job", JOB], life, capsys)
-    assert life.calls == [("setup", ("123", 1001, 1002, Path(JOB)), {"pool": "nvme", "size": None})]
+    [(_name, _args, kwargs)] = life.calls
+    assert (kwargs["pool"], kwargs["size"]) == ("nvme", None)
 
 
 @pytest.mark.parametrize(("function", "method"), [("data_in", "stage_in"), ("data_out", "stage_out")])
@@ -642,7 +657,22 @@ def test_dwstat_views_print_in_the_order_asked(life, capsys):
 def test_dwstat_refuses_an_unknown_view_with_one_line(life, capsys):
     code, out = dwstat(["fragments"], life, capsys)
     assert code == 2 and out == ("dwstat: unknown view 'fragments': use pools, sessions, instances, "
-                                 "configurations or all\n")
+                                 "configurations, all, status, job=JOBID or name=NAME\n")
+
+
+def test_dwstat_shows_a_jobs_stage_timings_and_the_status_view(life, capsys):
+    allocate(life, "12345", 5 * GiB)
+    life.store.finish_stage("12345", StageTiming("setup", 1_700_000_000.0, 4.25))
+    life.store.start_stage("12345", Running("stage-in", 1_700_000_004.5))
+    code, out = dwstat(["job=12345"], life, capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("buffer 12345 (bbjob-12345): allocating"), out
+    assert lines[1].startswith("  now: stage-in for ")
+    setup = lines[3].split()
+    assert setup[0] == "setup" and "4.2" in setup and setup[-1] == "ok", out
+    code, out = dwstat(["status", "name=nothing"], life, capsys)
+    assert code == 0 and out.splitlines()[0].split()[:2] == ["POOL", "IN"]
+    assert "no buffer nothing" in out
 
 
 def test_dwstat_accepts_a_leading_config():

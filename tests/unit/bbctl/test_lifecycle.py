@@ -473,3 +473,76 @@ def test_paths_name_the_largest_file_when_it_is_less_than_the_buffer(recorder, t
     life = lc.Lifecycle(make_config(tmp_path, striped_layout=striped_layout))
     env = life.paths("12", script(tmp_path, line))
     assert env.get(site.MAX_FILE_VARIABLE) == (None if expected is None else str(expected))
+
+
+# --- swap on the job's buffer -----------------------------------------------------------------
+
+def test_swap_is_counted_in_the_buffer_for_every_node(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=6GiB", "#DW swap 2GiB")
+    [buffer] = life.setup("42", UID, GID, job, swap_nodes=3)
+    assert buffer.capacity == 6 * GiB + 3 * 2 * GiB
+    assert (buffer.meta["swap"], buffer.meta["swap_nodes"]) == (2 * GiB, 3)
+    assert recorder.runs[0]["extravars"]["bb_buffer"]["capacity"] == str(12 * GiB)
+    assert "swap" not in recorder.runs[0]["extravars"]["bb_buffer"]  # the build sets up no swap
+
+
+def test_datawarp_size_holds_slurms_own_swap_granule_which_is_not_counted_twice(life, tmp_path):
+    # Slurm 22.05's datawarp plugin: 6GiB rounds up to 8GiB; swap 2 x 3 nodes = 6 "bytes", one 4GiB granule.
+    job = script(tmp_path, "#DW jobdw capacity=6GiB", "#DW swap 2GiB")
+    [buffer] = life.setup("42", UID, GID, job, size=12 * GiB, swap_nodes=3, slurm_books_swap=True)
+    assert buffer.capacity == 8 * GiB + 6 * GiB
+
+
+def test_the_node_count_is_asked_only_for_swap(life, tmp_path):
+    asked = []
+
+    def nodes() -> int:
+        asked.append(True)
+        return 2
+
+    [plain] = life.setup("41", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB"), swap_nodes=nodes)
+    assert asked == [] and "swap" not in plain.meta
+    [swapping] = life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB", "#DW swap 1"),
+                            swap_nodes=nodes)
+    assert asked == [True] and swapping.capacity == 3 * GiB
+
+
+def test_swap_without_a_node_count_is_refused_before_anything_is_allocated(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB", "#DW swap 1GiB")
+    with pytest.raises(BBError, match=r"asks for swap .* node count is unknown") as caught:
+        life.setup("42", UID, GID, job)
+    assert caught.value.exit_code == 2
+    assert life.store.get("42") is None and recorder.runs == []
+
+
+def test_compute_nodes_get_swap_at_pre_run_and_lose_it_at_post_run_and_teardown(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB", "#DW swap 1GiB")
+    life.setup("42", UID, GID, job, swap_nodes=2)
+    life.pre_run("42", job, ["cn1", "cn2"])
+    mount = recorder.runs[-1]
+    assert mount["playbook"] == "buffer_mount.yml" and mount["extravars"]["bb_buffer"]["swap"] == str(GiB)
+    life.post_run("42", job)
+    unmount = recorder.runs[-1]
+    assert unmount["playbook"] == "buffer_unmount.yml" and unmount["extravars"]["bb_buffer"]["swap"] == str(GiB)
+    life.pre_run("42", job, ["cn1", "cn2"])  # a requeued job; teardown then finds it mounted
+    life.teardown("42", job, hurry=True)
+    destroy = recorder.runs[-1]
+    assert destroy["playbook"] == "buffer_destroy.yml" and destroy["extravars"]["bb_client_swap"] == str(GiB)
+    assert "swap" not in destroy["extravars"]["bb_buffer"]  # the stage host never had swap
+
+
+def test_pre_run_on_more_nodes_than_swap_was_sized_for_is_refused_before_mounting(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB", "#DW swap 1GiB")
+    life.setup("42", UID, GID, job, swap_nodes=1)
+    with pytest.raises(BBError, match="swap was sized at setup for 1 node\\(s\\), the job runs on 2"):
+        life.pre_run("42", job, ["cn1", "cn2"])
+    assert recorder.playbooks() == ["buffer_create.yml"]
+
+
+def test_a_job_without_swap_passes_none_to_its_nodes(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB")
+    life.setup("42", UID, GID, job)
+    life.pre_run("42", job, ["cn1"])
+    assert "swap" not in recorder.runs[-1]["extravars"]["bb_buffer"]
+    life.teardown("42", job, hurry=True)
+    assert "bb_client_swap" not in recorder.runs[-1]["extravars"]

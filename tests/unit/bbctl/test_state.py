@@ -36,6 +36,7 @@ from bbctl.state import (
     open_store,
 )
 from bbctl.state.etcd import EtcdStore
+from bbctl.state.timings import MAX_TIMINGS, STAGE_NOW, TIMINGS, Running, StageTiming
 
 GiB = 1024**3
 START = 1_700_000_000.0
@@ -145,7 +146,7 @@ def sqlite_backend(path: Path) -> Backend:
                        (brick_id, pool, brick_id.split(":")[0], buffer_key))
         store.close()
 
-    return Backend("sqlite", lambda clock=time.time: SQLiteStore(path, clock=clock), plant)
+    return Backend("sqlite", lambda clock=time.time, **options: SQLiteStore(path, clock=clock, **options), plant)
 
 
 def etcd_backend(endpoint: str) -> Backend:
@@ -155,7 +156,8 @@ def etcd_backend(endpoint: str) -> Backend:
         store = EtcdStore(endpoint, prefix=prefix)
         store._call("/v3/kv/put", {"key": _b64(store._brick_key(pool, brick_id)), "value": _b64(buffer_key)})
 
-    return Backend("etcd", lambda clock=time.time: EtcdStore(endpoint, prefix=prefix, clock=clock), plant)
+    return Backend("etcd", lambda clock=time.time, **options: EtcdStore(endpoint, prefix=prefix, clock=clock,
+                                                                       **options), plant)
 
 
 def _b64(text: str) -> str:
@@ -432,3 +434,148 @@ def test_transition_merges_meta_in_the_same_step_and_none_removes_a_key(store):
     store.transition("p1", BufferState.CREATED, BufferState.CREATED, meta={"user:8": ["n2"], "nodes": None})
     assert store.get("p1").meta == {"user:7": ["n1"], "user:8": ["n2"]}
     assert store.get("p1").state is BufferState.CREATED
+
+
+# --- stage timings, the history of released buffers, the counters ------------------------------
+
+def timing(stage: str, start: float, seconds: float, **fields) -> StageTiming:
+    return StageTiming(stage=stage, start=start, seconds=seconds, **fields)
+
+
+def test_a_stage_is_noted_when_it_starts_and_kept_with_its_counters_when_it_ends(backend, store, clock):
+    store.allocate(spec("7"), make_pool())
+    assert store.start_stage("7", Running("stage-in", clock.now)) is True
+    other = backend.open(clock)  # another bbctl process sees the stage running
+    assert other.get("7").meta[STAGE_NOW] == {"stage": "stage-in", "start": clock.now}
+    assert store.finish_stage("7", timing("stage-in", clock.now, 12.5, files=3, bytes=4096)) is True
+    record = other.get("7")
+    assert STAGE_NOW not in record.meta
+    assert record.meta[TIMINGS] == [{"stage": "stage-in", "start": clock.now, "seconds": 12.5, "outcome": "ok",
+                                     "files": 3, "bytes": 4096}]
+    store.finish_stage("7", timing("stage-in", clock.now, 40.0, outcome="failed", reason="timed out",
+                                   kind="timeout", files=1, bytes=10))
+    assert other.stage_counters() == {"stage-in": {"runs:ok": 1, "runs:failed": 1, "seconds": 52.5, "files": 4,
+                                                   "bytes": 4106, "le:30": 1, "le:60": 1, "failures:timeout": 1}}
+
+
+def test_counters_grow_even_when_no_record_holds_the_timing(store, clock):
+    assert store.start_stage("ghost", Running("setup", clock.now)) is False
+    assert store.finish_stage("ghost", timing("setup", clock.now, 0.2, outcome="failed", kind="no_space")) is False
+    assert store.stage_counters() == {"setup": {"runs:failed": 1, "seconds": 0.2, "le:1": 1, "failures:no_space": 1}}
+    assert store.history("ghost") is None
+
+
+def test_a_record_keeps_only_its_newest_timings(store, clock):
+    store.allocate(spec("7"), make_pool())
+    for n in range(MAX_TIMINGS + 5):
+        store.finish_stage("7", timing("pre-run", clock.now + n, 1.0))
+    kept = store.get("7").meta[TIMINGS]
+    assert len(kept) == MAX_TIMINGS and kept[-1]["start"] == clock.now + MAX_TIMINGS + 4
+    assert store.stage_counters()["pre-run"]["runs:ok"] == MAX_TIMINGS + 5
+
+
+def test_a_released_buffer_leaves_its_timings_in_the_history(backend, store, clock):
+    store.allocate(spec("7", bricks=2), make_pool())
+    store.finish_stage("7", timing("setup", clock.now, 3.0))
+    store.start_stage("7", Running("teardown", clock.now + 60))
+    store.transition("7", BufferState.ALLOCATING, BufferState.DESTROYED)
+    clock.now += 100
+    assert store.release("7") is True
+    # the teardown that released it ends afterwards: its timing joins the history
+    assert store.finish_stage("7", timing("teardown", clock.now - 40, 40.0)) is True
+    kept = backend.open(clock).history("7")
+    assert kept["key"] == "7" and kept["state"] == "destroyed" and kept["brick_count"] == 2
+    assert kept["finished_at"] == clock.now and "bricks" not in kept
+    assert [t["stage"] for t in kept["meta"][TIMINGS]] == ["setup", "teardown"]
+    assert STAGE_NOW not in kept["meta"]
+    assert store.get("7") is None and store.allocated_brick_ids("nvme") == set()
+
+
+def test_the_history_is_cut_to_its_count_and_age(backend, clock):
+    store = backend.open(clock, history_jobs=3, history_seconds=1000)
+    pool = make_pool()
+    for n in range(5):
+        store.allocate(spec(str(n)), pool)
+        store.transition(str(n), BufferState.ALLOCATING, BufferState.DESTROYED)
+        store.release(str(n))
+        clock.now += 10
+    assert [k for k in map(str, range(5)) if store.history(k)] == ["2", "3", "4"]
+    clock.now += 995  # "2" was released 1025 s ago, "3" 1015 s, "4" 1005 s ... and now "5"
+    store.allocate(spec("5"), pool)
+    store.transition("5", BufferState.ALLOCATING, BufferState.DESTROYED)
+    store.release("5")
+    assert [k for k in map(str, range(6)) if store.history(k)] == ["5"]
+
+
+def test_a_key_used_again_keeps_only_its_latest_history(backend, clock):
+    store = backend.open(clock, history_jobs=2)
+    pool = make_pool()
+    for life in range(3):
+        store.allocate(spec("p1", uid=1000 + life), pool)
+        store.transition("p1", BufferState.ALLOCATING, BufferState.DESTROYED)
+        store.release("p1")
+        clock.now += 1
+    assert store.history("p1")["owner_uid"] == 1002
+    store.allocate(spec("other"), pool)
+    store.transition("other", BufferState.ALLOCATING, BufferState.DESTROYED)
+    store.release("other")
+    # two entries allowed: p1's latest and other's; p1's earlier lives left no index behind to cut it early
+    assert store.history("p1")["owner_uid"] == 1002 and store.history("other") is not None
+
+
+def test_no_history_when_it_is_switched_off(backend, clock):
+    store = backend.open(clock, history_jobs=0)
+    store.allocate(spec("7"), make_pool())
+    store.transition("7", BufferState.ALLOCATING, BufferState.DESTROYED)
+    store.release("7")
+    assert store.history("7") is None
+
+
+def test_counters_lose_no_increment_to_concurrent_writers(backend, clock):
+    """Each finished stage is one atomic read-add-write: eight writers at once, every run counted."""
+    writers, each = 8, 5
+    pool = make_pool()
+    setup = backend.open(clock)
+    for n in range(writers):
+        setup.allocate(spec(f"w{n}"), pool)
+    barrier = threading.Barrier(writers)
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        store = backend.open(clock)
+        try:
+            barrier.wait()
+            for k in range(each):
+                store.finish_stage(f"w{n}", timing("stage-in", clock.now + k, 1.0, files=1, bytes=10))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    counts = setup.stage_counters()["stage-in"]
+    assert (counts["runs:ok"], counts["files"], counts["bytes"]) == (writers * each, writers * each,
+                                                                     10 * writers * each)
+    assert all(len(setup.get(f"w{n}").meta[TIMINGS]) == each for n in range(writers))
+
+
+def test_a_schema_2_database_gains_the_history_and_counters(tmp_path, clock):
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path, clock=clock)
+    with store._write() as db:  # back to what a bbctl of schema 2 left
+        db.execute("DROP TABLE history")
+        db.execute("DROP TABLE stage_counters")
+        db.execute("PRAGMA user_version = 2")
+    store.allocate(spec("7"), make_pool())
+    store.close()
+    upgraded = SQLiteStore(path, clock=clock)
+    assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == 3
+    upgraded.finish_stage("7", timing("setup", clock.now, 2.0))
+    upgraded.transition("7", BufferState.ALLOCATING, BufferState.DESTROYED)
+    upgraded.release("7")
+    assert [t["stage"] for t in upgraded.history("7")["meta"][TIMINGS]] == ["setup"]

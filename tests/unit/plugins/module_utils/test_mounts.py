@@ -33,10 +33,20 @@ def test_parse_mountinfo_reads_every_line(entries):
     assert (root.target, root.fstype, root.source) == ("/", "ext4", "/dev/vda")
 
 
-def test_parse_mountinfo_skips_optional_fields(entries):
+def test_parse_mountinfo_keeps_optional_fields_apart(entries):
     devpts = entries[2]
     assert (devpts.target, devpts.fstype, devpts.source) == ("/dev/pts", "devpts", "devpts")
     assert devpts.super_options == "rw,mode=600,ptmxmode=000"
+    assert devpts.optional == ("shared:5", "master:1")
+    assert entries[1].optional == ()
+
+
+@pytest.mark.parametrize(("optional", "shared"), [
+    ("shared:5 master:1", True), ("shared:12", True), ("master:3", False), ("", False),
+    ("propagate_from:2 master:3", False), ("unbindable", False)])
+def test_is_shared(optional, shared):
+    line = f"60 27 0:50 / /mnt/bb rw {optional} - tmpfs tmpfs rw".replace("  ", " ")
+    assert mounts.is_shared(mounts.parse_mountinfo_line(line)) is shared
 
 
 def test_parse_mountinfo_unescapes_targets_and_keeps_bind_root(entries):

@@ -16,7 +16,7 @@ DEV = "/dev/loop9"
 PATH = "/srv/bricks/nvme0"
 MKFS = ["mkfs.xfs", "-i", "size=512", DEV]
 MKFS_FORCE = ["mkfs.xfs", "-f", "-i", "size=512", DEV]
-MOUNT = ["mount", "-t", "xfs", "-o", "noatime,inode64", DEV, PATH]
+MOUNT = ["mount", "-t", "xfs", "-o", "noatime,inode64,allocsize=64k", DEV, PATH]
 WIPE = ["wipefs", "-a", DEV]
 UMOUNT = ["umount", PATH]
 
@@ -47,7 +47,7 @@ def state(sig="empty", mounts=(), path_mount=None, holders=(), swap=False, path_
 
 
 def params(**overrides):
-    base = {"force": False, "mkfs_options": ["-i", "size=512"], "mount_options": "noatime,inode64"}
+    base = {"force": False, "mkfs_options": ["-i", "size=512"], "mount_options": "noatime,inode64,allocsize=64k"}
     return {**base, **overrides}
 
 
@@ -154,7 +154,7 @@ def test_gluster_brick_dirs(tmp_path):
     assert nb.gluster_brick_dirs(str(tmp_path)) == [str(tmp_path), str(tmp_path / "vol1")]
 
 
-LINE = "UUID=u1 /srv/bricks/nvme0 xfs noatime,inode64 0 0"
+LINE = "UUID=u1 /srv/bricks/nvme0 xfs noatime,inode64,allocsize=64k 0 0"
 FSTAB_CASES = {
     "empty fstab": ([], [LINE]),
     "already there": (["/dev/vda / ext4 defaults 0 1", LINE],

@@ -1,0 +1,113 @@
+"""Filling a dispersed volume to its quota: brick mount options side by side.
+
+Run (as root): ``.venv/bin/python benchmarks/brick_fill.py [--rounds 3] [--quota-share 0.92] [--write-doc]``
+
+Why: the layouts benchmark saw writers of dispersed volumes get EIO before the quota's EDQUOT.
+A dispersed file is written to every brick of its set, so a volume only fails cleanly when its
+quota trips before any brick is full. XFS's dynamic speculative preallocation keeps blocks
+beyond what was written on some bricks and not others, so one brick fills first and the
+erasure code, short of fragments, answers EIO. This benchmark shows it and the mount option
+that prevents it: on the layouts benchmark's private bed (127.1.2.x, 1 GiB bricks), a
+``disperse 4 redundancy 1`` volume with a quota of ``--quota-share`` of its three data bricks'
+usable space is filled with 64 MiB files (dd, fsync) until the writer gets an error, with the
+bricks mounted first with ``noatime,inode64`` (the old default) and then with
+block_devices.BRICK_MOUNT_OPTIONS (``allocsize=64k`` added), alternating, ``--rounds`` times each.
+
+Reported per fill: bytes in files as a share of the quota, the writer's error, and each
+brick's used MiB (a clean fill leaves them equal). Like layouts.py, run it while no other
+GlusterFS cluster on this machine holds a volume with quota (they share one quotad socket).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import time
+
+import layouts  # benchmarks/, beside this script
+import results_doc
+from layouts import Bed, Layout, MiB, sh
+
+from bbctl.collection import block_devices
+
+BEGIN, END = "<!-- brick-fill-results:begin -->", "<!-- brick-fill-results:end -->"
+OLD_OPTIONS = "noatime,inode64"
+LAYOUT = Layout("disperse 3+1", 4, 3, ("disperse", "4", "redundancy", "1"))
+
+
+def remount_bricks(bed: Bed, options: str) -> None:
+    for _address, mount in bed.bricks:
+        device = sh("findmnt", "-n", "-o", "SOURCE", mount).stdout.strip()
+        sh("umount", mount)
+        sh("mount", "-t", "xfs", "-o", options, device, mount)
+
+
+def brick_used_mib(bed: Bed) -> list[int]:
+    used = []
+    for _address, mount in bed.bricks[:LAYOUT.bricks]:
+        st = os.statvfs(mount)
+        used.append((st.f_blocks - st.f_bfree) * st.f_frsize // MiB)
+    return used
+
+
+def one_fill(bed: Bed, index: int, quota: int) -> dict:
+    volume, mount = f"fill{index}", layouts.WORK / f"mnt{index}"
+    layouts.create(bed, LAYOUT, volume, quota)
+    try:
+        layouts.mount_volume(bed, volume, mount)
+        result = layouts.fill(bed, mount, many=True)
+        return {"share": result.written / quota, "error": result.error, "bricks": brick_used_mib(bed)}
+    finally:
+        sh("umount", "-l", mount, check=False)
+        layouts.destroy(bed, volume, mount)
+
+
+def usable_quota(bed: Bed, share: float) -> int:
+    """share of the data bricks' free space, in whole MiB (what gluster's limit-usage takes)."""
+    st = os.statvfs(bed.bricks[0][1])
+    return int(st.f_bavail * st.f_frsize * LAYOUT.data_bricks * share) // MiB * MiB
+
+
+def render(rows: list[tuple[str, dict]], quota: int, started: str) -> list[str]:
+    lines = [f"Measured {started} by `benchmarks/brick_fill.py`: {LAYOUT.name} over four 1 GiB XFS loop bricks, "
+             f"quota {quota // MiB} MiB, 64 MiB files (dd, fsync) until the writer's error; "
+             f"{layouts.machine()}.", "",
+             "| brick mount options | written / quota | writer's error | bricks' used MiB |",
+             "| --- | --- | --- | --- |"]
+    for options, row in rows:
+        lines.append(f"| `{options}` | {row['share']:.1%} | {row['error']} | {' / '.join(map(str, row['bricks']))} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quota-share", type=float, default=0.92, help="of the data bricks' free space")
+    parser.add_argument("--write-doc", action="store_true", help="replace the results in docs/BENCHMARKS.md")
+    args = parser.parse_args()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    bed = Bed(1024**3)
+    layouts.manager.up(bed.config, print)
+    rows = []
+    try:
+        quota = usable_quota(bed, args.quota_share)
+        for index in range(2 * args.rounds):
+            options = (OLD_OPTIONS, block_devices.BRICK_MOUNT_OPTIONS)[index % 2]
+            remount_bricks(bed, options)
+            rows.append((options, one_fill(bed, index, quota)))
+            print(rows[-1], flush=True)
+    finally:
+        for mount in layouts.WORK.glob("mnt*"):
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+        layouts.manager.down(layouts.ROOT, print)
+        shutil.rmtree(layouts.ROOT, ignore_errors=True)
+    lines = render(rows, quota, started)
+    print("\n".join(lines))
+    if args.write_doc:
+        results_doc.write_section(BEGIN, END, lines, "Filling a dispersed buffer: brick mount options")
+
+
+if __name__ == "__main__":
+    main()
