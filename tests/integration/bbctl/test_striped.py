@@ -96,18 +96,21 @@ stat -c %s "$f" > {out}/sizefull
     assert stuck_seconds(out / "growth", out / "end") < STUCK_AT_MOST
 
 
-def test_many_files_until_full_then_a_clean_error(user_dir):
+@pytest.mark.parametrize(("access", "area"), [("striped", "DW_JOB_STRIPED"), ("private", "DW_JOB_PRIVATE")],
+                         ids=["disperse", "distribute"])
+def test_many_files_until_full_then_a_clean_error(user_dir, access, area):
+    """Both layouts bbctl ships: a striped buffer (disperse 2+1) and a private one (distribute, 2 bricks)."""
     out = user_dir
     run(user_dir, "many.sh", f"""
-#BB_LUA jobdw capacity=8GiB pool=nvme
+#BB_LUA jobdw capacity=8GiB pool=nvme access_mode={access}
 set -u
 i=0
-( while sleep 0.5; do echo "$(date +%s.%N) $(du -sb "$DW_JOB_STRIPED" | cut -f1)"; done ) > {out}/growth &
-while timeout 120 dd if=/dev/zero of="$DW_JOB_STRIPED/f$i" bs=4M count=16 conv=fsync status=none 2> {out}/dd; do
+( while sleep 0.5; do echo "$(date +%s.%N) $(du -sb "${area}" | cut -f1)"; done ) > {out}/growth &
+while timeout 120 dd if=/dev/zero of="${area}/f$i" bs=4M count=16 conv=fsync status=none 2> {out}/dd; do
     i=$((i+1))
 done
 date +%s.%N > {out}/end; kill %1
-du -sb --apparent-size "$DW_JOB_STRIPED" | cut -f1 > {out}/bytes
+du -sb --apparent-size "${area}" | cut -f1 > {out}/bytes
 """, timeout=900)
     error = (out / "dd").read_text()
     assert any(reason in error for reason in FULL), error
