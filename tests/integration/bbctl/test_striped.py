@@ -104,6 +104,7 @@ def test_many_files_until_full_then_a_clean_error(user_dir, access, area):
     run(user_dir, "many.sh", f"""
 #BB_LUA jobdw capacity=8GiB pool=nvme access_mode={access}
 set -u
+df -B1 --output=size "${area}" | tail -1 | tr -d ' ' > {out}/df
 i=0
 ( while sleep 0.5; do echo "$(date +%s.%N) $(du -sb "${area}" | cut -f1)"; done ) > {out}/growth &
 while timeout 120 dd if=/dev/zero of="${area}/f$i" bs=4M count=16 conv=fsync status=none 2> {out}/dd; do
@@ -112,6 +113,7 @@ done
 date +%s.%N > {out}/end; kill %1
 du -sb --apparent-size "${area}" | cut -f1 > {out}/bytes
 """, timeout=900)
+    assert int((out / "df").read_text()) == 8 * GiB  # what Slurm booked, what df shows
     error = (out / "dd").read_text()
     assert any(reason in error for reason in FULL), error
     assert int((out / "bytes").read_text()) >= 0.95 * 8 * GiB
