@@ -6,12 +6,15 @@ the stub ``slurm`` table on a realistic 30-line DataWarp-style job script,
 timing every call with os.clock() (CPU time, 1 us resolution) and reporting
 median and p99. slurmctld builds a fresh Lua state and loads the script for
 every call, so "load + job_process" compiles and runs the script (and loads the
-validator it reads, bbctl-directives.lua: bytecode as `bbctl slurm-install`
-installs it, and, side by side in the same run, from source alone) before each
-call; only luaL_openlibs is missing from that figure.
+validator and the layouts it reads, bbctl-directives.lua and bbctl-layouts.lua:
+bytecode as `bbctl slurm-install` installs them, and, side by side in the same
+run, from source alone) before each call; only luaL_openlibs is missing from
+that figure.
 
-slurm_bb_paths reads bbctl-site.lua, parses the directives and appends the
-job's environment to the path file, as it does in slurmctld. The driver
+slurm_bb_job_process also reads bbctl-site.lua and bbctl-pools.json to plan the
+job's buffer against its pool (layouts.check_fits in Lua). slurm_bb_paths reads
+bbctl-site.lua, parses the directives and appends the job's environment to the
+path file, as it does in slurmctld. The driver
 replaces io.popen and os.execute with functions that abort, so a figure here
 is also proof that none of the three forks.
 
@@ -29,12 +32,19 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bbctl.layouts import MAX_DATA_BRICKS, TOO_BIG
+from bbctl.site import MAX_FILE_VARIABLE
 from bbctl.slurm_install import compile_lua, render_site_lua
 
 REPO = Path(__file__).resolve().parents[1]
 SITE_VALUES = {"bbctl": "/usr/bin/false", "config": "/etc/bbctl/bbctl.yml", "mount_root": "/mnt/bb",
-               "job_volume_prefix": "bbjob-", "persistent_volume_prefix": "bbp-", "private_suffix": "-private"}
-LUA_FILES = (REPO / "slurm" / "burst_buffer.lua", REPO / "slurm" / "bbctl-directives.lua")
+               "job_volume_prefix": "bbjob-", "persistent_volume_prefix": "bbp-", "private_suffix": "-private",
+               "max_file_variable": MAX_FILE_VARIABLE, "max_data_bricks": MAX_DATA_BRICKS, "too_big": TOO_BIG,
+               "pools": [{"name": "nvme", "granularity": 1099511627776, "striped_layout": "disperse"},
+                         {"name": "nvme-small", "granularity": 274877906944, "striped_layout": "disperse"},
+                         {"name": "lustre-ost", "granularity": 4398046511104, "striped_layout": "distribute"}]}
+LUA_FILES = (REPO / "slurm" / "burst_buffer.lua", REPO / "slurm" / "bbctl-directives.lua",
+             REPO / "slurm" / "bbctl-layouts.lua")
 TARGET_P99_MS = 1.0
 
 JOB_SCRIPT = """\
@@ -118,7 +128,8 @@ end)
 def run(calls: int, compile_validator: bool = True) -> list[tuple[str, float, float, float, float]]:
     """(function, median, p99, max, mean) in seconds for each measured function.
 
-    compile_validator: install the validator's bytecode beside it, as bbctl slurm-install does.
+    compile_validator: install the bytecode of the validator and of bbctl-layouts.lua beside them, as bbctl
+    slurm-install does.
     """
     with tempfile.TemporaryDirectory(prefix="bb-lua-bench-") as tmp:
         work = Path(tmp)
@@ -127,6 +138,7 @@ def run(calls: int, compile_validator: bool = True) -> list[tuple[str, float, fl
             shutil.copy(source, work / source.name)
         if compile_validator:
             compile_lua(work / "bbctl-directives.lua")
+            compile_lua(work / "bbctl-layouts.lua")
         (work / "bbctl-pools.json").write_text(json.dumps(POOLS))
         (work / "bbctl-site.lua").write_text(render_site_lua(SITE_VALUES))
         (work / "job.sh").write_text(JOB_SCRIPT)

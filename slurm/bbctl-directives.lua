@@ -802,19 +802,30 @@ local function build_named(where, values, state)
     claim_name(where, values.name[2], state)
 end
 
+-- capacity (bytes) and pool (nil: the default) of the buffers a job asks for, which
+-- bbctl-layouts.lua plans (bbctl.layouts); striped as bbctl.lifecycle builds them.
 local BUILDERS = {
     jobdw = function(where, values, state)
-        local mode = effective(GRAMMAR.directives.jobdw, values, "access_mode")
+        local spec = GRAMMAR.directives.jobdw
+        local mode = effective(spec, values, "access_mode")
         local modes = {}
         for area in mode:gmatch("[^,]+") do
             modes[area] = true
         end
-        state.jobdw = {line = where.line, access_mode = mode, modes = modes}
+        local fs = effective(spec, values, "fs")
+        state.jobdw = {line = where.line, access_mode = mode, modes = modes, fs = fs,
+                       capacity = values.capacity[2], pool = values.pool and values.pool[2],
+                       striped = fs == "gluster" and modes.striped == true}
     end,
     stage_in = build_stage,
     stage_out = build_stage,
     persistentdw = build_named,
-    create_persistent = build_named,
+    create_persistent = function(where, values, state)
+        build_named(where, values, state)
+        state.creates[#state.creates + 1] = {
+            capacity = values.capacity[2], pool = values.pool and values.pool[2],
+            striped = effective(GRAMMAR.directives.create_persistent, values, "access") == "striped"}
+    end,
     destroy_persistent = build_named,
     swap = function(where, values, state)
         state.swap_line = where.line
@@ -1001,7 +1012,7 @@ local function check_late_directives(text, first_command, pos)
 end
 
 local function validate_directives(text)
-    local state = {first = {}, names = {}, stages = {}}
+    local state = {first = {}, names = {}, stages = {}, creates = {}}
     local first_command, pos = scan(text, function(line, prefix, body)
         parse_record(state, line, prefix, body)
     end)

@@ -2,43 +2,55 @@
 burst_buffer.lua for Slurm's burst_buffer/lua plugin (hpc.burstbuffer).
 
 Install beside slurm.conf with `bbctl slurm-install`, which also writes the
-three files this script reads from the same directory:
+four files this script reads from the same directory:
 - bbctl-directives.lua: the directive validator (generated from bbctl.directives),
   and bbctl-directives.luac, the same precompiled (loaded first: slurmctld loads
   this script afresh for every call);
-- bbctl-site.lua: how to call bbctl and what job paths are made of (bbctl.site);
-- bbctl-pools.json: the pools answer, which bbctl keeps current by atomic rename.
+- bbctl-layouts.lua: bbctl.layouts in Lua (how a pool holds a buffer), and its
+  bytecode bbctl-layouts.luac, loaded only for jobs that ask for a buffer;
+- bbctl-site.lua: how to call bbctl, what job paths are made of (bbctl.site) and the
+  pools buffers are planned in (bbctl.pools, bbctl.layouts);
+- bbctl-pools.json: the pools answer, which bbctl keeps current by atomic rename
+  (job_process also reads each pool's bricks there).
 
 Slurm's hooks come first, in the order of a job's life; the helpers they call
 follow. Three hooks run inside slurmctld with its locks held and never fork:
-slurm_bb_job_process (validates the directives), slurm_bb_pools and
-slurm_bb_paths (the job's environment, a pure function of the job id, the
-directives and bbctl-site.lua). The forked hooks (setup .. teardown) run bbctl
-and return slurm.ERROR with its last line of output when it fails. All 13
-functions Slurm 24.05+ requires are defined; none relies on SLURM_CONF.
+slurm_bb_job_process (validates the directives and refuses a buffer its pool
+can never hold), slurm_bb_pools and slurm_bb_paths (the job's environment, a
+pure function of the job id, the directives and bbctl-site.lua). The forked
+hooks (setup .. teardown) run bbctl and return slurm.ERROR with its last line
+of output when it fails. All 13 functions Slurm 24.05+ requires are defined;
+none relies on SLURM_CONF.
 ]]
 
 local script_dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local POOLS_FILE = script_dir .. "bbctl-pools.json"
+local POOLS_MISSING = "burst buffer pools file " .. POOLS_FILE .. " is missing: run bbctl pools (it writes the file)"
 local SITE_FILE = script_dir .. "bbctl-site.lua"
 local DIRECTIVES_FILE = script_dir .. "bbctl-directives.lua"
 local DIRECTIVES_BYTECODE = script_dir .. "bbctl-directives.luac"  -- the same, precompiled at install
+local LAYOUTS_FILE = script_dir .. "bbctl-layouts.lua"  -- bbctl.layouts in Lua: jobs asking for a buffer
+local LAYOUTS_BYTECODE = script_dir .. "bbctl-layouts.luac"
 local helpers = {}  -- defined below the hooks
 
 -- ---------------------------------------------------------------- inside slurmctld: no fork
 
 function slurm_bb_job_process(job_script)
-    local ok, problem = helpers.validate(job_script)
-    if ok then
-        return slurm.SUCCESS
+    local ok, state = helpers.validate(job_script)
+    if not ok then
+        return slurm.ERROR, state
     end
-    return slurm.ERROR, problem
+    local problem = (state.jobdw ~= nil or #state.creates > 0) and helpers.check_fits(state)
+    if problem then
+        return slurm.ERROR, problem
+    end
+    return slurm.SUCCESS
 end
 
 function slurm_bb_pools()
     local text = helpers.read_file(POOLS_FILE)
     if text == nil then
-        return slurm.ERROR, "burst buffer pools file " .. POOLS_FILE .. " is missing: run bbctl pools --refresh"
+        return slurm.ERROR, POOLS_MISSING
     end
     return slurm.SUCCESS, text
 end
@@ -52,11 +64,19 @@ function slurm_bb_paths(job_id, job_script, path_file)
     if not ok then
         return slurm.ERROR, state
     end
+    local max_file  -- BB_JOB_STRIPED_MAX_FILE, when a file holds less than the job's striped buffer
+    if state.jobdw ~= nil and state.jobdw.striped then
+        local layouts, missing = helpers.layouts()
+        if layouts == nil then
+            return slurm.ERROR, missing
+        end
+        max_file = layouts.max_file(site, state.jobdw)
+    end
     local fh, open_problem = io.open(path_file, "a")
     if fh == nil then
         return slurm.ERROR, "cannot write the paths file: " .. tostring(open_problem)
     end
-    fh:write(helpers.job_environment(site, job_id, state))
+    fh:write(helpers.job_environment(site, job_id, state, max_file))
     fh:close()
     return slurm.SUCCESS
 end
@@ -197,7 +217,7 @@ local function persistent_volume(site, name)
     return site.persistent_volume_prefix .. safe .. "-" .. string.format("%08x", hash)
 end
 
-function helpers.job_environment(site, job_id, state)
+function helpers.job_environment(site, job_id, state, max_file)
     local env = {}
     if state.jobdw ~= nil then
         local striped = site.mount_root .. "/" .. site.job_volume_prefix .. job_id
@@ -220,7 +240,41 @@ function helpers.job_environment(site, job_id, state)
             lines[#lines + 1] = prefix .. pair[1] .. "=" .. pair[2] .. "\n"
         end
     end
+    if max_file ~= nil then
+        lines[#lines + 1] = site.max_file_variable .. "=" .. string.format("%.0f", max_file) .. "\n"
+    end
     return table.concat(lines)
+end
+
+-- bbctl-layouts.lua (bytecode first, as the validator): loaded only for jobs with a buffer.
+function helpers.layouts()
+    local chunk, problem = loadfile(LAYOUTS_BYTECODE)
+    if chunk == nil then
+        chunk, problem = loadfile(LAYOUTS_FILE)
+    end
+    if chunk == nil then
+        return nil, "burst buffer layouts " .. LAYOUTS_FILE .. " cannot be loaded (" .. tostring(problem) ..
+                    "): run bbctl slurm-install"
+    end
+    return chunk()
+end
+
+-- nil, or why the job cannot have the buffers it asks for: bbctl.layouts.check_fits's words for
+-- one its pool could never hold (its bricks counted in bbctl-pools.json), or what file is missing.
+function helpers.check_fits(state)
+    local site, problem = helpers.load_site()
+    if site == nil then
+        return problem
+    end
+    if site.pools == nil then
+        return "burst buffer site file " .. SITE_FILE .. " is older than burst_buffer.lua: run bbctl slurm-install"
+    end
+    local pools = helpers.read_file(POOLS_FILE)
+    if pools == nil then
+        return POOLS_MISSING
+    end
+    local layouts, missing = helpers.layouts()
+    return missing or layouts.check_fits(site, layouts.pool_bricks(pools), state)
 end
 
 -- Slurm forks these (slurmscriptd) and kills the process group when they

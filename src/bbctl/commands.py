@@ -243,6 +243,14 @@ def _bbstat(life: Lifecycle, args: argparse.Namespace) -> Any:
     return status_text.render_buffer(view)
 
 
+def _slurm_install(life: Lifecycle, args: argparse.Namespace) -> Any:
+    """Install, then rewrite the pools file from the state store: job_process counts each pool's bricks there."""
+    report = slurm_install.install(life.site, args.dir)
+    if args.dir is None or args.dir == life.site.slurm_dir:
+        life.refresh_pools()
+    return report
+
+
 _HANDLERS: dict[str, Callable[[Lifecycle, argparse.Namespace], Any]] = {
     "setup": _setup,
     "stage-in": lambda life, a: {"job": a.job_id, "stages": life.stage_in(a.job_id, a.script)},
@@ -263,7 +271,7 @@ _HANDLERS: dict[str, Callable[[Lifecycle, argparse.Namespace], Any]] = {
     "metrics": _metrics,
     "pools": lambda life, a: (life.refresh_pools() if not a.datawarp else life.pools_document(datawarp=True)),
     "gc": lambda life, a: operator_views.gc(life, a.older_than, dry_run=a.dry_run),
-    "slurm-install": lambda life, a: slurm_install.install(life.site, a.dir),
+    "slurm-install": lambda life, a: _slurm_install(life, a),
 }
 
 

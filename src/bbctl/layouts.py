@@ -11,7 +11,8 @@ one extra brick per set. So (docs/BENCHMARKS.md, "Layouts for striped buffers"):
 - striped buffers of two or more granules: disperse sets of ``k`` data bricks
   plus one redundancy brick, ``k`` at most 16 (GlusterFS 10's
   ``EC_METHOD_MAX_FRAGMENTS``); larger buffers are several equal sets, and a
-  file then lives in one set: the largest file is one set's data bricks;
+  file then lives in one set: the largest file is one set's data bricks (the
+  job is told: ``Layout.file_limit``, its ``BB_JOB_STRIPED_MAX_FILE``);
 - one-granule and private-only buffers, and pools with ``striped_layout:
   distribute``: plain distribute, one brick per granule.
 
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 
 META = "layout"  # the state record's meta key holding Layout.to_meta()
 MAX_DATA_BRICKS = 16  # data fragments of one disperse set in GlusterFS 10 (ec-method.h)
+# check_fits's refusal; pool names never hold a quote (bbctl.pools.NAME_RE).
+TOO_BIG = ("capacity={capacity} needs {what}; pool '{pool}' has {quantity} of {granularity}: "
+           "ask for at most {largest}")
 
 
 @dataclass(frozen=True)
@@ -54,9 +58,22 @@ class Layout:
         """Bricks per disperse set (GlusterFS's ``disperse`` count), None for distribute."""
         return self.data_bricks // self.sets + self.redundancy if self.redundancy else None
 
+    @property
+    def file_bricks(self) -> int:
+        """Data bricks one file is spread over: one set's, or one brick when distributed."""
+        return self.data_bricks // self.sets if self.redundancy else 1
+
     def largest_file(self, granularity: int) -> int:
         """Bytes one file can hold: one set's data bricks, or one brick when distributed."""
-        return granularity * (self.data_bricks // self.sets if self.redundancy else 1)
+        return granularity * self.file_bricks
+
+    def file_limit(self, granularity: int) -> int | None:
+        """The largest file when it is less than the buffer (the job's BB_JOB_STRIPED_MAX_FILE), else None.
+
+        None for one disperse set and for one brick: then a file can fill the whole buffer, as far as
+        its capacity (quota) allows. slurm/bbctl-layouts.lua computes the same from bbctl-site.lua.
+        """
+        return self.largest_file(granularity) if self.file_bricks < self.data_bricks else None
 
     def volume_args(self) -> dict[str, int]:
         """hpc.burstbuffer.gluster_volume's layout options: ``disperse`` and ``redundancy``, or nothing."""
@@ -99,6 +116,7 @@ def check_fits(layout: Layout, capacity: int, pool: Pool) -> None:
     """Refuse (BBError, exit 2) a buffer its pool could never hold, naming the largest one it can.
 
     Slurm compares the capacity with the pool's size only; the redundancy bricks are ours to count.
+    The message is TOO_BIG, which slurm/bbctl-layouts.lua renders too (bbctl-site.lua carries it).
     """
     if layout.bricks <= pool.quantity:
         return
@@ -108,8 +126,9 @@ def check_fits(layout: Layout, capacity: int, pool: Pool) -> None:
                            striped_layout=pool.striped_layout).bricks <= pool.quantity), default=0)
     what = f"{layout.describe()}, {layout.bricks} bricks" if striped else f"{layout.bricks} bricks"
     size = sizes.format_size
-    raise BBError(f"capacity={size(capacity)} needs {what}; pool {pool.name!r} has {pool.quantity} of "
-                  f"{size(pool.granularity)}: ask for at most {size(largest * pool.granularity)}", exit_code=2)
+    raise BBError(TOO_BIG.format(capacity=size(capacity), what=what, pool=pool.name, quantity=pool.quantity,
+                                 granularity=size(pool.granularity), largest=size(largest * pool.granularity)),
+                  exit_code=2)
 
 
 def of(buffer: Buffer) -> Layout:

@@ -257,7 +257,22 @@ class Lifecycle:
         return sitecfg.job_environment(
             self.site, job_id, jobdw=jobdw is not None,
             private=jobdw is not None and "private" in jobdw.access_modes,
-            persistent=tuple(request.persistent))
+            persistent=tuple(request.persistent), max_file=self.max_file(request))
+
+    def max_file(self, request: JobRequest) -> int | None:
+        """Bytes one file of the job's striped buffer can hold, when less than the buffer (else None).
+
+        A pure function of the directives and the pools' configuration, as burst_buffer.lua computes
+        it at the same stage: the buffer planned from the request is the one setup built.
+        """
+        jobdw = request.jobdw
+        if jobdw is None or jobdw.fs != "gluster" or "striped" not in jobdw.access_modes:
+            return None
+        pool = self.pools.get(jobdw.pool or next(iter(self.pools)))
+        if pool is None:  # setup refused it: there is no buffer
+            return None
+        layout = layouts.plan(jobdw.capacity, pool.granularity, striped=True, striped_layout=pool.striped_layout)
+        return layout.file_limit(pool.granularity)
 
     def pre_run(self, job_id: str, script: Path | str | None, nodes: Iterable[str]) -> None:
         """Mount the job's buffer and the persistent buffers it uses on its compute nodes."""

@@ -26,7 +26,14 @@ def status(life: Lifecycle) -> dict[str, Any]:
     """Pools (refreshing the file Slurm reads) with their bytes, and every buffer, described."""
     pools = [pool_view(pool) for pool in life.refresh_pools()["pools"]]
     now = time.time()
-    return {"pools": pools, "buffers": [describe(b, life.site, now=now) for b in life.store.buffers()]}
+    return {"pools": pools, "buffers": [dict(describe(b, life.site, now=now), max_file=max_file(life, b))
+                                        for b in life.store.buffers()]}
+
+
+def max_file(life: Lifecycle, buffer: Buffer) -> int | None:
+    """Bytes one file of the buffer can hold when less than the buffer (the job's BB_JOB_STRIPED_MAX_FILE)."""
+    pool = life.pools.get(buffer.pool)
+    return layouts.of(buffer).file_limit(pool.granularity) if pool is not None else None
 
 
 BBSTAT_KEYS = ("job", "jobid", "name", "buffer")

@@ -53,6 +53,8 @@ JOB_ID_RE = re.compile(r"^[0-9]{1,10}$")
 PLAIN_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 NAME_HASH_MODULUS = 4294967291  # the largest prime below 2**32: the hash stays exact in Lua's doubles
 NAME_HASH_PREFIX = 40  # characters of a sanitised name kept before its hash
+# Bytes one file of a job's striped buffer can hold, set only when less than the buffer (job_environment).
+MAX_FILE_VARIABLE = "BB_JOB_STRIPED_MAX_FILE"
 # The settings of a bbctl.yml that passed validation, under <work_dir>/SETTINGS_CACHE (see load).
 SETTINGS_CACHE = Path("site-cache", "settings.json")
 
@@ -319,8 +321,12 @@ def buffer_variables(path: Any) -> tuple[str, ...]:
 
 
 def job_environment(site: Site, job_id: str, *, jobdw: bool, private: bool,
-                    persistent: tuple[str, ...]) -> dict[str, str]:
-    """The variables a job sees (DataWarp names and their BB_ twins), a pure function of its inputs."""
+                    persistent: tuple[str, ...], max_file: int | None = None) -> dict[str, str]:
+    """The variables a job sees (DataWarp names and their BB_ twins), a pure function of its inputs.
+
+    ``max_file``: bytes one file of the job's buffer can hold when that is less than the buffer
+    (bbctl.layouts.Layout.file_limit), as MAX_FILE_VARIABLE; DataWarp has no such variable, so no DW_ twin.
+    """
     env: dict[str, str] = {}
     key = job_key(job_id)
     if jobdw:
@@ -330,4 +336,6 @@ def job_environment(site: Site, job_id: str, *, jobdw: bool, private: bool,
     for name in persistent:
         env[f"DW_PERSISTENT_STRIPED_{name}"] = str(mount_path(site, name))
     env.update({"BB_" + k[3:]: v for k, v in list(env.items())})
+    if jobdw and max_file is not None:
+        env[MAX_FILE_VARIABLE] = str(max_file)
     return env

@@ -4,8 +4,10 @@
   and bbctl-directives.luac, the same compiled by luac5.1: slurmctld loads the script into a
   fresh Lua state for every call, and bytecode loads about six times faster than the source
   compiles (docs/BENCHMARKS.md);
-- bbctl-site.lua: how to call bbctl and the values paths are computed from,
-  written from bbctl's configuration (bbctl.site is the one definition);
+- bbctl-layouts.lua: bbctl.layouts in Lua, for jobs that ask for a buffer, and its bytecode;
+- bbctl-site.lua: how to call bbctl, the values paths are computed from, and the pools
+  (granularity, striped_layout) that job_process and paths plan buffers with,
+  written from bbctl's configuration (bbctl.site, bbctl.pools and bbctl.layouts are the definitions);
 - bbctl-pools.json: the pools answer, rewritten by every bbctl allocation.
 """
 
@@ -14,23 +16,34 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bbctl import host
+from bbctl import host, layouts
 from bbctl import site as sitecfg
 from bbctl.collection import COLLECTION_ROOT
+from bbctl.directives.lua import lua_value
 from bbctl.errors import BBError
-from bbctl.pools import load_pools, pools_document, write_pools_json
+from bbctl.pools import Pool, load_pools, pools_document, write_pools_json
 
 LUA_SCRIPT = COLLECTION_ROOT / "slurm" / "burst_buffer.lua"
 LUA_VALIDATOR = COLLECTION_ROOT / "slurm" / "bbctl-directives.lua"
-LUA_FILES = (LUA_SCRIPT, LUA_VALIDATOR)  # copied as they are
+LUA_LAYOUTS = COLLECTION_ROOT / "slurm" / "bbctl-layouts.lua"
+LUA_FILES = (LUA_SCRIPT, LUA_VALIDATOR, LUA_LAYOUTS)  # copied as they are
+LUA_COMPILED = (LUA_VALIDATOR, LUA_LAYOUTS)  # and these compiled beside them
 LUAC = "luac5.1"  # the compiler of the Lua Slurm links (Debian's burst_buffer/lua: liblua5.1)
 
 
-def site_values(site: sitecfg.Site) -> dict[str, str]:
-    """What burst_buffer.lua needs to know, from bbctl.site's own definitions."""
+def site_values(site: sitecfg.Site, pools: Mapping[str, Pool]) -> dict[str, Any]:
+    """What burst_buffer.lua needs to know, from bbctl.site's, bbctl.pools' and bbctl.layouts' own definitions.
+
+    ``pools`` in configuration order (the first is the default, as Lifecycle.pool has it), with what
+    only bbctl.yml changes (granularity, striped_layout): what slurm_bb_paths needs to compute the
+    job's MAX_FILE_VARIABLE (layouts.Layout.file_limit) and, with each pool's bricks from
+    bbctl-pools.json (current after every allocation), slurm_bb_job_process to refuse a buffer its
+    pool can never hold (layouts.check_fits). Rerun ``bbctl slurm-install`` after changing pools.
+    """
     mount = sitecfg.mount_path(site, "1")
     private = sitecfg.private_mount_path(site, "1")
     return {
@@ -42,6 +55,11 @@ def site_values(site: sitecfg.Site) -> dict[str, str]:
         "name_hash_modulus": str(sitecfg.NAME_HASH_MODULUS),
         "name_hash_prefix": str(sitecfg.NAME_HASH_PREFIX),
         "private_suffix": str(private)[len(str(mount)):],
+        "max_file_variable": sitecfg.MAX_FILE_VARIABLE,
+        "max_data_bricks": layouts.MAX_DATA_BRICKS,
+        "too_big": layouts.TOO_BIG,
+        "pools": [{"name": pool.name, "granularity": pool.granularity, "striped_layout": pool.striped_layout}
+                  for pool in pools.values()],
     }
 
 
@@ -66,13 +84,8 @@ def compile_lua(source: Path) -> Path:
     return target
 
 
-def render_site_lua(values: dict[str, str]) -> str:
-    body = "".join(f"    {key} = {_lua_string(value)},\n" for key, value in values.items())
-    return f"-- Written by `bbctl slurm-install`; regenerate rather than edit.\nreturn {{\n{body}}}\n"
-
-
-def _lua_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+def render_site_lua(values: Mapping[str, Any]) -> str:
+    return f"-- Written by `bbctl slurm-install`; regenerate rather than edit.\nreturn {lua_value(dict(values))}\n"
 
 
 def install(site: sitecfg.Site, directory: Path | None = None) -> dict[str, Any]:
@@ -82,11 +95,12 @@ def install(site: sitecfg.Site, directory: Path | None = None) -> dict[str, Any]
     target.mkdir(parents=True, exist_ok=True)
     for source in LUA_FILES:
         shutil.copyfile(source, target / source.name)
-    compile_lua(target / LUA_VALIDATOR.name)
-    (target / "bbctl-site.lua").write_text(render_site_lua(site_values(site)))
+    for source in LUA_COMPILED:
+        compile_lua(target / source.name)
     pools = load_pools(site.raw, site.inventory)
+    (target / "bbctl-site.lua").write_text(render_site_lua(site_values(site, pools)))
     if not (target / "bbctl-pools.json").exists():
         write_pools_json(target / "bbctl-pools.json", pools_document(pools.values(), {}))
-    names = [source.name for source in LUA_FILES] + [bytecode_path(LUA_VALIDATOR).name, "bbctl-site.lua",
-                                                     "bbctl-pools.json"]
+    names = ([source.name for source in LUA_FILES] + [bytecode_path(source).name for source in LUA_COMPILED]
+             + ["bbctl-site.lua", "bbctl-pools.json"])
     return {"installed": [str(target / name) for name in names]}

@@ -36,14 +36,13 @@ def render_status(report: Mapping[str, Any]) -> str:
     for b in buffers:
         rows.append((b["key"], b["state"], b["owner"], size(b["capacity"]), b["brick_count"], age(b["age_seconds"]),
                      describe_running(b["stage_now"])))
-        if b.get("last_error"):
-            notes[len(rows) - 1] = f"    error: {b['last_error']}"
+        notes[len(rows) - 1] = ([f"    one file at most {size(b['max_file'])}"] if b.get("max_file") else []) \
+            + ([f"    error: {b['last_error']}"] if b.get("last_error") else [])
     table = columns(("BUFFER", "STATE", "OWNER", "SIZE", "BRICKS", "AGE", "STAGE NOW"), rows).splitlines()
     lines.append(table[0])
     for n, line in enumerate(table[1:]):
         lines.append(line)
-        if n in notes:
-            lines.append(notes[n])
+        lines.extend(notes[n])
     return "\n".join(lines)
 
 

@@ -49,7 +49,7 @@ def _lua_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _lua_value(value: object, indent: str = "") -> str:
+def lua_value(value: object, indent: str = "") -> str:
     """Lua source for plain data: dicts keep their order, lists become arrays."""
     inner = indent + "    "
     if isinstance(value, bool):
@@ -59,9 +59,9 @@ def _lua_value(value: object, indent: str = "") -> str:
     if isinstance(value, str):
         return _lua_string(value)
     if isinstance(value, dict):
-        items = [f"{inner}{_lua_key(k)} = {_lua_value(v, inner)}," for k, v in value.items()]
+        items = [f"{inner}{_lua_key(k)} = {lua_value(v, inner)}," for k, v in value.items()]
     else:
-        items = [f"{inner}{_lua_value(v, inner)}," for v in value]  # type: ignore[attr-defined]
+        items = [f"{inner}{lua_value(v, inner)}," for v in value]  # type: ignore[attr-defined]
     return "{\n" + "\n".join(items) + "\n" + indent + "}" if items else "{}"
 
 
@@ -121,7 +121,7 @@ def lua_grammar() -> str:
         LUA_BEGIN,
         "-- Rendered from src/bbctl/directives/grammar.py; do not edit here. Refresh with:",
         "--   python -m bbctl.directives --write-lua slurm/bbctl-directives.lua",
-        "local GRAMMAR = " + _lua_value(grammar),
+        "local GRAMMAR = " + lua_value(grammar),
         LUA_END,
     ])
 

@@ -4,12 +4,15 @@ loses nothing.
 A striped buffer is a dispersed GlusterFS volume (bbctl.layouts): data bricks plus one of redundancy. These
 jobs, submitted by the unprivileged user through burst_buffer/lua, write what the issue asked for: a 23 GiB
 file into a 24 GiB buffer (each test-bed brick holds 4 GiB), then on until the buffer is full; many files
-until full; and a file written while one brick process is killed. Each ends with nothing left.
+until full; and a file written while one brick process is killed. Each ends with nothing left. Then what
+the job is told: no BB_JOB_STRIPED_MAX_FILE for one disperse set, the largest file for several (a test bed of
+20 bricks or more: ``bbctl testbed up --bricks 7``), and sbatch refusing a buffer the pool can never hold.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -17,10 +20,16 @@ from xml.etree import ElementTree
 
 import pytest
 
+from bbctl import layouts
+from bbctl.errors import BBError
+from bbctl.pools import Brick, Pool
 from tests.integration.bbctl.slurmjobs import (
     FINISHED,
     GLUSTERD_SOCKET,
+    bbctl,
+    job_fields,
     leftovers,
+    sbatch_error,
     submit,
     use_plugin,
     wait_for,
@@ -87,19 +96,24 @@ stat -c %s "$f" > {out}/sizefull
     assert stuck_seconds(out / "growth", out / "end") < STUCK_AT_MOST
 
 
-def test_many_files_until_full_then_a_clean_error(user_dir):
+@pytest.mark.parametrize(("access", "area"), [("striped", "DW_JOB_STRIPED"), ("private", "DW_JOB_PRIVATE")],
+                         ids=["disperse", "distribute"])
+def test_many_files_until_full_then_a_clean_error(user_dir, access, area):
+    """Both layouts bbctl ships: a striped buffer (disperse 2+1) and a private one (distribute, 2 bricks)."""
     out = user_dir
     run(user_dir, "many.sh", f"""
-#BB_LUA jobdw capacity=8GiB pool=nvme
+#BB_LUA jobdw capacity=8GiB pool=nvme access_mode={access}
 set -u
+df -B1 --output=size "${area}" | tail -1 | tr -d ' ' > {out}/df
 i=0
-( while sleep 0.5; do echo "$(date +%s.%N) $(du -sb "$DW_JOB_STRIPED" | cut -f1)"; done ) > {out}/growth &
-while timeout 120 dd if=/dev/zero of="$DW_JOB_STRIPED/f$i" bs=4M count=16 conv=fsync status=none 2> {out}/dd; do
+( while sleep 0.5; do echo "$(date +%s.%N) $(du -sb "${area}" | cut -f1)"; done ) > {out}/growth &
+while timeout 120 dd if=/dev/zero of="${area}/f$i" bs=4M count=16 conv=fsync status=none 2> {out}/dd; do
     i=$((i+1))
 done
 date +%s.%N > {out}/end; kill %1
-du -sb --apparent-size "$DW_JOB_STRIPED" | cut -f1 > {out}/bytes
+du -sb --apparent-size "${area}" | cut -f1 > {out}/bytes
 """, timeout=900)
+    assert int((out / "df").read_text()) == 8 * GiB  # what Slurm booked, what df shows
     error = (out / "dd").read_text()
     assert any(reason in error for reason in FULL), error
     assert int((out / "bytes").read_text()) >= 0.95 * 8 * GiB
@@ -142,3 +156,66 @@ head -c 1G "$DW_JOB_STRIPED/data" | sha256sum > {out}/first
     assert (out / "after").read_text() != (out / "before").read_text()  # and the append landed
     assert leftovers(f"bbjob-{job}") == []
 
+
+
+# ------------------------------------------------------------------ the largest file, and what a pool can hold
+
+def nvme_bricks() -> int:
+    """Bricks in the test bed's pool (nine by default: three servers of three)."""
+    pools = json.loads(bbctl("pools", "--datawarp").stdout)["pools"]
+    [nvme] = [pool for pool in pools if pool["id"] == "nvme"]
+    assert nvme["granularity"] == 4 * GiB
+    return nvme["quantity"]
+
+
+def test_sbatch_refuses_a_buffer_the_pool_can_never_hold_naming_what_fits(user_dir):
+    """As many granules as the pool has bricks: Slurm books it, but the redundancy brick would not fit."""
+    bricks = nvme_bricks()
+    capacity = bricks * 4 * GiB
+    pool = Pool("nvme", 4 * GiB, tuple(Brick("nvme", "s", "s", f"/b{n}", f"/d{n}") for n in range(bricks)))
+    with pytest.raises(BBError) as expected:
+        layouts.check_fits(layouts.plan(capacity, 4 * GiB, striped=True), capacity, pool)
+    script = write_job(user_dir, "toobig.sh", f"#BB_LUA jobdw capacity={bricks * 4}GiB pool=nvme\nhostname\n")
+    error = sbatch_error(script)
+    assert str(expected.value) in error  # "capacity=36GiB needs disperse 9+1, 10 bricks; ... at most 32GiB"
+
+
+def max_file_job(user_dir: Path, name: str, capacity: str) -> tuple[str, str]:
+    """Run a job of a striped buffer of ``capacity``: (its $BB_JOB_STRIPED_MAX_FILE or "unset", bbctl status
+    while it ran)."""
+    out = user_dir
+    script = write_job(user_dir, name, f"""
+#BB_LUA jobdw capacity={capacity} pool=nvme
+set -u
+echo "${{BB_JOB_STRIPED_MAX_FILE-unset}}" > {out}/max_file
+touch {out}/ready
+while [ ! -e {out}/done ]; do sleep 0.5; done
+""")
+    job = submit(script)
+    deadline = time.monotonic() + 900
+    while not (out / "ready").exists():
+        assert time.monotonic() < deadline, f"job {job} did not start: {job_fields(job).get('Reason')}"
+        time.sleep(0.5)
+    status = bbctl("status").stdout
+    (out / "done").touch()
+    wait_torn_down(job, timeout=600)
+    assert wait_for(job, FINISHED, timeout=5)["JobState"] == "COMPLETED"
+    assert leftovers(f"bbjob-{job}") == []
+    for name in ("ready", "done"):
+        (out / name).unlink()
+    line = next(line for line in status.splitlines() if line.startswith(f"buffer {job} "))
+    return (out / "max_file").read_text().strip(), line
+
+
+def test_one_disperse_set_sets_no_file_limit(user_dir):
+    max_file, status = max_file_job(user_dir, "oneset.sh", "8GiB")  # disperse 2+1: a file may fill the buffer
+    assert max_file == "unset"
+    assert "disperse 2+1" in status and "one file at most" not in status
+
+
+def test_a_buffer_of_several_disperse_sets_tells_the_job_its_largest_file(user_dir):
+    if nvme_bricks() < 20:
+        pytest.skip("needs a pool of 20 bricks (17 granules: two sets of 9+1): bbctl testbed up --bricks 7")
+    max_file, status = max_file_job(user_dir, "twosets.sh", "68GiB")
+    assert max_file == str(9 * 4 * GiB)
+    assert "2 x disperse 9+1, one file at most 36GiB" in status

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bbctl import cli, commands
 from bbctl.errors import BBError
@@ -74,6 +75,17 @@ def test_status_and_pools_count_bricks(config_file, tmp_path, capsys):
     assert pool.split() == ["nvme", "[##########..........]", "50%", "2.0", "GiB", "1.0", "GiB", "1.0", "GiB",
                             "1/2", "of", "1.0", "GiB"]
     assert buffer.split()[:6] == ["7", "created", buffer.split()[2], "1.0", "GiB", "1"]
+    assert "one file at most" not in text  # one brick: a file can fill the buffer
+
+
+def test_status_names_the_largest_file_when_it_is_less_than_the_buffer(config_file, tmp_path, capsys):
+    bbctl(config_file, "setup", "--job-id", "7", "--uid", "1001", "--gid", "1001",
+          "--script", job_script(tmp_path, "#DW jobdw capacity=2GiB access_mode=private"))  # distribute, 2 bricks
+    capsys.readouterr()
+    assert bbctl(config_file, "status") == 0
+    assert "one file at most 1.0 GiB" in capsys.readouterr().out
+    assert bbctl(config_file, "status", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["buffers"][0]["max_file"] == GiB
 
 
 def test_a_missing_configuration_says_where_it_looked(tmp_path, capsys):
@@ -84,6 +96,22 @@ def test_a_missing_configuration_says_where_it_looked(tmp_path, capsys):
 def test_a_bad_job_id_is_refused(config_file, capsys):
     assert bbctl(config_file, "real-size", "--job-id", "12;rm") == 2
     assert "expected digits only" in capsys.readouterr().err
+
+
+def test_slurm_install_rewrites_the_pools_file_with_the_bricks_in_use(config_file, tmp_path, capsys):
+    """burst_buffer.lua's job_process counts a pool's bricks in bbctl-pools.json: an install leaves it current."""
+    settings = yaml.safe_load(config_file.read_text())
+    config_file.write_text(yaml.safe_dump({**settings, "slurm_dir": str(tmp_path / "slurm")}))
+    (tmp_path / "slurm").mkdir()
+    (tmp_path / "slurm" / "bbctl-pools.json").write_text('{"pools": [{"id": "nvme", "quantity": 1, "free": 1}]}')
+    bbctl(config_file, "setup", "--job-id", "7", "--uid", "1001", "--gid", "1001",
+          "--script", job_script(tmp_path, "#DW jobdw capacity=1GiB"))
+    (tmp_path / "slurm" / "bbctl-pools.json").write_text('{"pools": [{"id": "nvme", "quantity": 1, "free": 1}]}')
+    assert bbctl(config_file, "slurm-install") == 0
+    assert json.loads((tmp_path / "slurm" / "bbctl-pools.json").read_text())["pools"] == [
+        {"id": "nvme", "granularity": GiB, "quantity": 2, "free": 1}]
+    assert (tmp_path / "slurm" / "bbctl-layouts.lua").exists() and "pools = {" in \
+        (tmp_path / "slurm" / "bbctl-site.lua").read_text()
 
 
 def test_setup_sizes_swap_for_the_nodes_given(config_file, tmp_path, capsys):

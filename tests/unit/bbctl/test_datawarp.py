@@ -423,6 +423,16 @@ def test_paths_writes_the_job_environment_as_key_value_lines(life, tmp_path, cap
     assert "STALE" not in lines
 
 
+def test_paths_tell_the_job_the_largest_file_of_a_striped_buffer_of_several_sets(life, tmp_path, capsys):
+    path_file = tmp_path / "path"
+    for capacity, expected in (("64GiB", None), ("68GiB", str(9 * 4 * GiB))):  # 16 granules: one set; 17: two
+        job = script(tmp_path, f"#DW jobdw capacity={capacity}")
+        assert cli(["--function", "paths", "--job", str(job), "--token", "123", "--pathfile", str(path_file)],
+                   life, capsys) == (0, "")
+        lines = dict(line.split("=", 1) for line in path_file.read_text().splitlines())
+        assert lines.get("BB_JOB_STRIPED_MAX_FILE") == expected and "DW_JOB_STRIPED_MAX_FILE" not in lines
+
+
 def test_paths_into_an_unwritable_place_fails_with_one_line(life, tmp_path, capsys):
     job = script(tmp_path, "#DW jobdw capacity=4GiB")
     code, out = cli(["--function", "paths", "--job", str(job), "--token", "123", "--pathfile",

@@ -443,7 +443,8 @@ def test_cli_validates_scripts(tmp_path, capsys):
     assert "line 2: jobdw: 'capacity=10N': node counts" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("lua", [LUA_SCRIPT, LUA_VALIDATOR], ids=lambda path: path.name)
+@pytest.mark.parametrize("lua", [LUA_SCRIPT, LUA_VALIDATOR, REPO / "slurm" / "bbctl-layouts.lua"],
+                         ids=lambda path: path.name)
 def test_lua_loads_only_its_own_installed_files(lua):
     # Forking is allowed only in the stages slurmscriptd forks (tests/unit/bbctl/test_lua_in_slurmctld.py
     # proves the in-slurmctld functions never do); the script loads only the files installed beside it.
@@ -451,7 +452,8 @@ def test_lua_loads_only_its_own_installed_files(lua):
     for call in (r"os\.exit", r"\brequire\s*[(\"']", r"\bdofile\b"):
         assert not re.search(call, source), f"{lua.name} must not use {call}"
     for loaded in re.findall(r"\bloadfile\(([^)]*)\)", source):
-        assert loaded in ("SITE_FILE", "DIRECTIVES_FILE", "DIRECTIVES_BYTECODE"), f"{lua.name} loads {loaded}"
+        assert loaded in ("SITE_FILE", "DIRECTIVES_FILE", "DIRECTIVES_BYTECODE", "LAYOUTS_FILE", "LAYOUTS_BYTECODE"), \
+            f"{lua.name} loads {loaded}"
 
 
 @pytest.mark.parametrize("size, suggestion", [

@@ -75,3 +75,21 @@ def test_a_buffer_its_pool_can_never_hold_is_refused_naming_what_fits():
         layouts.check_fits(layouts.plan(36 * GiB, 4 * GiB, striped=True), 36 * GiB, pool)
     assert refused.value.exit_code == 2
     layouts.check_fits(layouts.plan(36 * GiB, 4 * GiB, striped=False), 36 * GiB, pool)  # private: 9 bricks
+
+
+@pytest.mark.parametrize(("capacity", "striped", "striped_layout", "limit"), [
+    (4 * GiB, True, "disperse", None),              # one brick: the buffer is the file's limit
+    (64 * GiB, True, "disperse", None),             # one set of 16+1: a file can fill it
+    (64 * GiB + 1, True, "disperse", 9 * 4 * GiB),  # 17 granules: two sets of 9+1, one file in one set
+    (132 * GiB, True, "disperse", 11 * 4 * GiB),
+    (8 * GiB, True, "distribute", 4 * GiB),         # a file lives on one brick
+    (8 * GiB, False, "disperse", 4 * GiB),          # private-only buffers are distributed too
+    (4 * GiB, True, "distribute", None),
+])
+def test_the_file_limit_is_set_only_when_a_file_holds_less_than_the_buffer(capacity, striped, striped_layout, limit):
+    layout = layouts.plan(capacity, 4 * GiB, striped=striped, striped_layout=striped_layout)
+    assert layout.file_limit(4 * GiB) == limit
+    if limit is None:
+        assert layout.largest_file(4 * GiB) == layout.data_bricks * 4 * GiB
+    else:
+        assert limit == layout.largest_file(4 * GiB) < capacity

@@ -459,6 +459,22 @@ def test_a_job_its_pool_could_never_hold_is_refused_before_allocating(life, reco
     life.check_fits(lc.read_request(script(tmp_path, "#DW jobdw capacity=24GiB access_mode=private")))
 
 
+@pytest.mark.parametrize(("line", "striped_layout", "expected"), [
+    ("#DW jobdw capacity=64GiB", "disperse", None),                       # one set of 16+1
+    ("#DW jobdw capacity=68GiB", "disperse", 9 * 4 * GiB),                # two sets of 9+1
+    ("#DW jobdw capacity=68GiB access_mode=private", "disperse", None),   # no striped area
+    ("#DW jobdw capacity=68GiB fs=lustre", "disperse", None),
+    ("#DW jobdw capacity=8GiB", "distribute", 4 * GiB),                   # one file, one brick
+    ("#DW jobdw capacity=4GiB", "distribute", None),
+    ("#DW persistentdw name=shared", "disperse", None),                   # no job buffer
+])
+def test_paths_name_the_largest_file_when_it_is_less_than_the_buffer(recorder, tmp_path, line, striped_layout,
+                                                                     expected):
+    life = lc.Lifecycle(make_config(tmp_path, striped_layout=striped_layout))
+    env = life.paths("12", script(tmp_path, line))
+    assert env.get(site.MAX_FILE_VARIABLE) == (None if expected is None else str(expected))
+
+
 # --- swap on the job's buffer -----------------------------------------------------------------
 
 def test_swap_is_counted_in_the_buffer_for_every_node(life, recorder, tmp_path):

@@ -24,7 +24,7 @@ def slurm_dir(config_file: Path, tmp_path: Path) -> Path:
     directory.mkdir()
     for source in slurm_install.LUA_FILES:
         shutil.copyfile(source, directory / source.name)
-    values = slurm_install.site_values(site.load(config_file))
+    values = slurm_install.site_values(site.load(config_file), {})
     (directory / "bbctl-site.lua").write_text(slurm_install.render_site_lua(values))
     return directory
 

@@ -9,13 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from bbctl import site, slurm_install
+from bbctl import layouts, site, slurm_install
 from bbctl.directives import parse_job_script
+from bbctl.pools import Brick, Pool, pools_document, write_pools_json
 
 REPO = Path(__file__).resolve().parents[3]
 HARNESS = REPO / "tests" / "lua" / "run_in_slurmctld.lua"
 LUA = shutil.which("lua5.1")
 pytestmark = pytest.mark.skipif(LUA is None, reason="lua5.1 is not installed (scripts/setup.sh installs it)")
+
+GiB = 1024**3
+POOLS = {"nvme": Pool("nvme", GiB, tuple(Brick("nvme", f"s{n}", f"s{n}", f"/b{k}", f"/dev/b{k}")
+                                         for n in range(4) for k in range(5)))}  # 20 bricks of 1 GiB
 
 SCRIPTS = {
     "jobdw": "#!/bin/bash\n#BB_LUA jobdw capacity=1GiB pool=nvme\n",
@@ -25,6 +30,7 @@ SCRIPTS = {
     "dotted": "#!/bin/bash\n#DW persistentdw name=test35.1\n#DW persistentdw name=a-b.c_d\n",
     "long_dotted": "#!/bin/bash\n#DW persistentdw name=" + "x." * 32 + "\n#DW persistentdw name=_a\n",
     "none": "#!/bin/bash\nhostname\n",
+    "several_sets": "#!/bin/bash\n#BB_LUA jobdw capacity=17GiB pool=nvme\n",  # two sets of 9+1: files up to 9 GiB
 }
 
 
@@ -34,9 +40,10 @@ def slurm_dir(tmp_path):
                                 "mount_root": "/mnt/bb", "slurm_dir": str(tmp_path)}, tmp_path / "bbctl.yml")
     for source in slurm_install.LUA_FILES:
         shutil.copyfile(source, tmp_path / source.name)
-    slurm_install.compile_lua(tmp_path / slurm_install.LUA_VALIDATOR.name)
-    (tmp_path / "bbctl-site.lua").write_text(slurm_install.render_site_lua(slurm_install.site_values(config)))
-    (tmp_path / "bbctl-pools.json").write_text('{"pools":[{"id":"nvme"}]}\n')
+    for source in slurm_install.LUA_COMPILED:
+        slurm_install.compile_lua(tmp_path / source.name)
+    (tmp_path / "bbctl-site.lua").write_text(slurm_install.render_site_lua(slurm_install.site_values(config, POOLS)))
+    write_pools_json(tmp_path / "bbctl-pools.json", pools_document(POOLS.values(), {}))
     return tmp_path, config
 
 
@@ -57,19 +64,31 @@ def test_paths_are_bbctl_sites_job_environment(slurm_dir, name):
     results, written = run(directory, "4711", SCRIPTS[name])
     assert results["paths"][0] == "0"
     request = parse_job_script(SCRIPTS[name])
+    max_file = None
+    if request.jobdw is not None and "striped" in request.jobdw.access_modes:
+        max_file = layouts.plan(request.jobdw.capacity, GiB, striped=True).file_limit(GiB)
     expected = site.job_environment(
         config, "4711", jobdw=request.jobdw is not None,
         private=request.jobdw is not None and "private" in request.jobdw.access_modes,
-        persistent=request.persistent)
+        persistent=request.persistent, max_file=max_file)
     lua_env = dict(line.split("=", 1) for line in written.splitlines())
     assert lua_env == expected
+    assert (site.MAX_FILE_VARIABLE in lua_env) == (name == "several_sets")
 
 
 def test_pools_and_job_process_answer_without_forking(slurm_dir):
     directory, _config = slurm_dir
     results, _written = run(directory, "1", SCRIPTS["jobdw"])
-    assert results["pools"] == ("0", '{"pools":[{"id":"nvme"}]}\\n')
+    pools = (directory / "bbctl-pools.json").read_text()
+    assert results["pools"] == ("0", pools.replace("\n", "\\n")) and '"quantity": 20' in pools
     assert results["job_process"] == ("0", "")
+
+
+def test_job_process_refuses_a_buffer_its_pool_can_never_hold_without_forking(slurm_dir):
+    directory, _config = slurm_dir
+    results, _written = run(directory, "1", "#!/bin/bash\n#BB_LUA jobdw capacity=20GiB pool=nvme\n")
+    assert results["job_process"] == ("-1", "capacity=20GiB needs 2 x disperse 10+1, 22 bricks; pool 'nvme' has 20 "
+                                            "of 1GiB: ask for at most 18GiB")
 
 
 def test_paths_refuses_a_script_whose_directives_are_wrong(slurm_dir):
@@ -111,3 +130,23 @@ def test_the_script_loads_without_slurm_conf_and_defines_every_function_slurm_re
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "", f"missing: {done.stdout.strip()}"
     assert len(SLURM_REQUIRED_FUNCTIONS) == 13
+
+
+def test_without_the_pools_file_slurm_and_sbatch_are_told_the_command_that_writes_it(slurm_dir):
+    directory, _config = slurm_dir
+    (directory / "bbctl-pools.json").unlink()
+    results, _written = run(directory, "1", SCRIPTS["jobdw"])
+    for hook in ("pools", "job_process"):
+        rc, message = results[hook]
+        assert rc == "-1" and message.endswith("bbctl-pools.json is missing: run bbctl pools (it writes the file)")
+
+
+def test_paths_of_a_striped_buffer_without_the_layouts_file_says_how_to_install_it(slurm_dir):
+    directory, _config = slurm_dir
+    for source in slurm_install.LUA_COMPILED:
+        if source.name == "bbctl-layouts.lua":
+            (directory / source.name).unlink()
+            slurm_install.bytecode_path(directory / source.name).unlink(missing_ok=True)
+    results, written = run(directory, "1", SCRIPTS["several_sets"])
+    assert results["paths"][0] == "-1" and "bbctl-layouts.lua cannot be loaded" in results["paths"][1]
+    assert written == ""

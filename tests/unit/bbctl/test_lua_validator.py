@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bbctl import site, slurm_install
 from bbctl.directives import GRAMMAR, KINDS, LIMITS, DirectiveError, parse_job_script
 
 REPO = Path(__file__).resolve().parents[3]
@@ -45,12 +46,29 @@ def _unescape(message: str) -> str:
     return "".join(out)
 
 
+def install_without_pools(directory: Path) -> Path:
+    """burst_buffer.lua installed in directory with a bbctl-site.lua and a bbctl-pools.json that list no pools.
+
+    slurm_bb_job_process then answers for the directives alone: a pool the site file does not
+    list is left to Slurm and setup (test_lua_layouts.py tests the pools' part).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for source in slurm_install.LUA_FILES:
+        shutil.copyfile(source, directory / source.name)
+    config = site.from_mapping({"inventory": str(directory / "inventory.yml"), "pools": {"nvme": {}}},
+                               directory / "bbctl.yml")
+    (directory / "bbctl-site.lua").write_text(slurm_install.render_site_lua(slurm_install.site_values(config, {})))
+    (directory / "bbctl-pools.json").write_text('{"pools": []}\n')
+    return directory / LUA_SCRIPT.name
+
+
 def run_lua(scripts: list[str], directory: Path) -> list[tuple[int, str]]:
     """(rc, message) of slurm_bb_job_process for each script, from one lua5.1 process."""
     directory.mkdir(parents=True, exist_ok=True)
     for number, script in enumerate(scripts, start=1):
         (directory / str(number)).write_bytes(script.encode("utf-8", "surrogateescape"))
-    done = subprocess.run([LUA, str(HARNESS), str(LUA_SCRIPT), str(directory)],
+    lua_script = install_without_pools(directory / "install")
+    done = subprocess.run([LUA, str(HARNESS), str(lua_script), str(directory)],
                           capture_output=True, check=False, timeout=60)
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     assert done.stderr == b"", "burst_buffer.lua logged an error: " + done.stderr.decode(errors="replace")
