@@ -180,9 +180,9 @@ def test_sbatch_refuses_a_buffer_the_pool_can_never_hold_naming_what_fits(user_d
     assert str(expected.value) in error  # "capacity=36GiB needs disperse 9+1, 10 bricks; ... at most 32GiB"
 
 
-def max_file_job(user_dir: Path, name: str, capacity: str) -> tuple[str, str]:
-    """Run a job of a striped buffer of ``capacity``: (its $BB_JOB_STRIPED_MAX_FILE or "unset", bbctl status
-    while it ran)."""
+def max_file_job(user_dir: Path, name: str, capacity: str) -> tuple[str, dict]:
+    """Run a job of a striped buffer of ``capacity``: (its $BB_JOB_STRIPED_MAX_FILE or "unset", its buffer
+    in ``bbctl status --json`` while it ran)."""
     out = user_dir
     script = write_job(user_dir, name, f"""
 #BB_LUA jobdw capacity={capacity} pool=nvme
@@ -196,21 +196,21 @@ while [ ! -e {out}/done ]; do sleep 0.5; done
     while not (out / "ready").exists():
         assert time.monotonic() < deadline, f"job {job} did not start: {job_fields(job).get('Reason')}"
         time.sleep(0.5)
-    status = bbctl("status").stdout
+    status = json.loads(bbctl("status", "--json").stdout)
     (out / "done").touch()
     wait_torn_down(job, timeout=600)
     assert wait_for(job, FINISHED, timeout=5)["JobState"] == "COMPLETED"
     assert leftovers(f"bbjob-{job}") == []
     for name in ("ready", "done"):
         (out / name).unlink()
-    line = next(line for line in status.splitlines() if line.startswith(f"buffer {job} "))
-    return (out / "max_file").read_text().strip(), line
+    buffer = next(b for b in status["buffers"] if b["key"] == str(job))
+    return (out / "max_file").read_text().strip(), buffer
 
 
 def test_one_disperse_set_sets_no_file_limit(user_dir):
     max_file, status = max_file_job(user_dir, "oneset.sh", "8GiB")  # disperse 2+1: a file may fill the buffer
     assert max_file == "unset"
-    assert "disperse 2+1" in status and "one file at most" not in status
+    assert (status["layout"], status["max_file"]) == ("disperse 2+1", None)
 
 
 def test_a_buffer_of_several_disperse_sets_tells_the_job_its_largest_file(user_dir):
@@ -218,4 +218,4 @@ def test_a_buffer_of_several_disperse_sets_tells_the_job_its_largest_file(user_d
         pytest.skip("needs a pool of 20 bricks (17 granules: two sets of 9+1): bbctl testbed up --bricks 7")
     max_file, status = max_file_job(user_dir, "twosets.sh", "68GiB")
     assert max_file == str(9 * 4 * GiB)
-    assert "2 x disperse 9+1, one file at most 36GiB" in status
+    assert (status["layout"], status["max_file"]) == ("2 x disperse 9+1", 9 * 4 * GiB)
