@@ -69,6 +69,11 @@ NL_CACHE = {
     "performance.nl-cache-positive-entry": "on",
 }
 RECOMMENDED = {**NL_CACHE, "performance.iot-pass-through": "on"}
+
+
+def recommended(layout: str) -> dict[str, str]:
+    """iot-pass-through made a dispersed volume drop its clients under writes (gluster_volume refuses it there)."""
+    return RECOMMENDED if layout == "distribute" else NL_CACHE
 # Volume options measured one set at a time against the defaults, on the small-file case.
 STUDY = {
     "defaults": {},
@@ -131,6 +136,7 @@ class Volume:
                 gluster("volume", "set", self.name, key, value)
                 self.options[key] = value
         time.sleep(1)  # the client switches to the new graph
+        settle(self.mount)  # ... whose brick connections may drop and come back
 
     def pids(self) -> list[int]:
         """The brick processes and the FUSE client of this volume."""
@@ -172,6 +178,7 @@ def volume(top: Path, layout: str = "distribute") -> Iterator[Volume]:
         defaults = option_values(name, studied)
         sh("mount", "-t", "glusterfs", f"127.1.1.1:/{name}", mount)
         mounted = True
+        settle(mount)
         owner = pwd.getpwnam(USER)
         os.chown(mount, owner.pw_uid, owner.pw_gid)
         mount.chmod(0o700)
@@ -184,6 +191,25 @@ def volume(top: Path, layout: str = "distribute") -> Iterator[Volume]:
             gluster("volume", "delete", name, check=False)
         for _host, root in BRICKS:
             shutil.rmtree(root / name, ignore_errors=True)
+
+
+def settle(mount: Path, timeout: float = 60.0) -> None:
+    """Wait until the fresh mount takes writes twice, 2 s apart: glusterd sends the client the volfiles of
+    the quota and options set just before (a graph switch) after the mount, and the new graph's first brick
+    connections dropped here, failing the first copies with ENOTCONN (dispersed volume, 2026-11-29)."""
+    probe, deadline, good = mount / ".settle", time.monotonic() + timeout, 0
+    while good < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{mount}: no write succeeded twice in a row within {timeout:g} s")
+        try:
+            with probe.open("wb") as handle:
+                handle.write(b"\0" * MiB)
+                os.fsync(handle.fileno())
+            probe.unlink()
+            good += 1
+        except OSError:
+            good = 0
+        time.sleep(2.0)
 
 
 # --- source data --------------------------------------------------------------------------------
@@ -411,7 +437,7 @@ def run(args: argparse.Namespace) -> list[str]:
                  "(c) mixed: 5,102 files, 390 MiB": tree_bytes(sources["mixed"]),
                  "(d) (b) staged out to local disk": tree_bytes(sources["small"])}
         with volume(top, args.layout) as vol:
-            vol.set_options(RECOMMENDED)
+            vol.set_options(recommended(args.layout))
             bench = Bench(vol, top / "out")
             (top / "out").mkdir()
             os.chown(top / "out", *pwd_ids())
@@ -439,7 +465,7 @@ def run(args: argparse.Namespace) -> list[str]:
             by_workers: dict[str, dict[int, Timing]] = {}
             if not args.quick:
                 study = run_study(bench, vol, sources["small"], 4)
-                vol.set_options(RECOMMENDED)
+                vol.set_options(recommended(args.layout))
                 by_workers = run_workers(bench, vol, sources, 3)
     lines = [f"{started}; {machine()}.",
              f"Load average (1/5/15 min) {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f} at the "
@@ -447,7 +473,7 @@ def run(args: argparse.Namespace) -> list[str]:
              f"{'Quick run' if args.quick else 'Full run'}: `.venv/bin/python benchmarks/staging.py"
              f"{' --quick' if args.quick else ''}{' --layout disperse' if args.layout == 'disperse' else ''}`; "
              f"volume: {args.layout} over 3 bricks; bb_stage with {copy_engine.DEFAULT_WORKERS} workers, "
-             f"64 MiB chunks; volume options {', '.join(f'`{k} {v}`' for k, v in RECOMMENDED.items())}; "
+             f"64 MiB chunks; volume options {', '.join(f'`{k} {v}`' for k, v in recommended(args.layout).items())}; "
              f"dd of one 256 MiB file (bs=1M) through the same mount: **{dd_rate:.0f} MB/s**.",
              "", *main_table(results, sizes, dd_rate)]
     if study:

@@ -63,6 +63,7 @@ def request_problems(params, volume):
     bricks = params["bricks"] or []
     problems += brick_problems(bricks)
     problems += option_problems(params["options"])
+    problems += dispersed_option_problems(params, volume)
     problems += quota_problems(params["quota"])
     if volume is None:
         problems += creation_problems(params, bricks)
@@ -105,6 +106,22 @@ def option_problems(options):
     if quota_keys:
         problems.append(f"options {', '.join(quota_keys)}: set the quota with the quota option")
     return problems
+
+
+# Options a dispersed volume must not have. performance.iot-pass-through on: three writers of
+# 256 MiB (dd, fsync) into a disperse 2+1 volume with quota all got ENOTCONN, the bricks
+# dropping the client; with the defaults, or cache-invalidation, they finished (2026-11-29).
+DISPERSED_REFUSED = {"performance.iot-pass-through": "on"}
+
+
+def dispersed_option_problems(params, volume):
+    """Options refused on a dispersed volume (asked for with disperse, or one already)."""
+    dispersed = params.get("disperse") or (volume is not None and (volume.get("disperse") or 0) > 1)
+    if not dispersed:
+        return []
+    return [f"option {key} {params['options'][key]}: dispersed volumes drop their clients under writes with it "
+            "(GlusterFS 10.3); leave it off" for key, bad in DISPERSED_REFUSED.items()
+            if normalise_option_value(params["options"].get(key)) == bad]
 
 
 def quota_problems(quota):

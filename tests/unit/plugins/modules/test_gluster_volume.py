@@ -191,6 +191,11 @@ def test_quota_on_a_volume_that_will_not_be_started_is_a_warning():
      ["volume gv-exp1 uses transport tcp, not rdma"]),
     ("volume_info_distributed_created.xml", params(bricks=BRICKS, state="started"), []),
     ("volume_info_distributed_created.xml", params(state="absent", bricks=["nonsense"]), []),
+    (None, params(bricks=BRICKS, disperse=3, redundancy=1, options={"performance.iot-pass-through": "yes"}),
+     ["option performance.iot-pass-through yes: dispersed volumes drop their clients under writes with it "
+      "(GlusterFS 10.3); leave it off"]),
+    (None, params(bricks=BRICKS, disperse=3, redundancy=1, options={"performance.iot-pass-through": "off"}), []),
+    (None, params(bricks=BRICKS, options={"performance.iot-pass-through": "on"}), []),  # distribute: measured fine
 ])
 def test_request_problems(seen, asked, problems):
     assert gv.request_problems(asked, volume(seen) if seen else None) == problems
