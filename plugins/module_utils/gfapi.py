@@ -249,13 +249,7 @@ class Volume:
         if not fd:
             _raise(name=name)
         try:
-            start = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
-            done = 0
-            while done < len(data):
-                wrote = self.api.write(fd, start + done, len(data) - done, 0)
-                if wrote < 0:
-                    _raise(name=name)
-                done += wrote
+            _write_chunks(lambda at, count, done: self.api.write(fd, at, count, 0), data, name)
         except OSError:
             self.api.close(fd)
             raise
@@ -263,11 +257,18 @@ class Volume:
             _raise(name=name)
 
     def _write_all(self, handle, data, name):
-        """data (bytes) at offset 0, read by libgfapi in place (no copy)."""
-        start = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
-        done = 0
-        while done < len(data):
-            wrote = self.api.h_anonymous_write(self.fs, handle, start + done, len(data) - done, done)
-            if wrote < 0:
-                _raise(name=name)
-            done += wrote
+        """data at offset 0 through anonymous writes to handle."""
+        _write_chunks(lambda at, count, done: self.api.h_anonymous_write(self.fs, handle, at, count, done),
+                      data, name)
+
+
+def _write_chunks(write, data, name):
+    """data (bytes), read by libgfapi in place (no copy), with write(address, count, offset) until all
+    of it is written; write returns bytes written or < 0 (errno set)."""
+    start = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+    done = 0
+    while done < len(data):
+        wrote = write(start + done, len(data) - done, done)
+        if wrote < 0:
+            _raise(name=name)
+        done += wrote
