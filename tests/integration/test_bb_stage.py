@@ -15,6 +15,7 @@ import stat
 import subprocess
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,42 @@ def bb_stage(tmp_path):
 
 def job(owner, **args):
     return dict(uid=owner.pw_uid, gid=owner.pw_gid, **args)
+
+
+@contextmanager
+def scratch_volume(prefix, layout=(), quota=None):
+    """(name, directory for its mounts): a started volume over BRICKS, with ``quota`` (gluster's
+    words, both quota timeouts 0) if given; afterwards its mounts are unmounted, the volume stopped
+    and deleted, its brick directories and the mounts' directory removed."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    top = Path(tempfile.mkdtemp(prefix=f"bb-{prefix}-", dir="/var/tmp"))
+    top.chmod(0o755)
+    try:
+        gluster("volume", "create", name, *layout, *[f"{host}:{root / name}" for host, root in BRICKS],
+                "force")
+        gluster("volume", "start", name)
+        if quota:
+            gluster("volume", "quota", name, "enable")
+            gluster("volume", "quota", name, "limit-usage", "/", quota)
+            gluster("volume", "set", name, "features.hard-timeout", "0")
+            gluster("volume", "set", name, "features.soft-timeout", "0")
+        yield name, top
+    finally:
+        for mount in sorted(top.iterdir(), reverse=True):
+            if os.path.ismount(mount) and sh("umount", mount, check=False).returncode != 0:
+                sh("umount", "-l", mount, check=False)
+        gluster("volume", "stop", name, check=False)
+        gluster("volume", "delete", name, check=False)
+        for _host, root in BRICKS:
+            shutil.rmtree(root / name, ignore_errors=True)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def mount_volume(name, mount, owner):
+    """``mount`` made, the volume FUSE-mounted there and given to the job owner."""
+    mount.mkdir()
+    sh("mount", "-t", "glusterfs", f"127.1.1.1:/{name}", mount)
+    os.chown(mount, owner.pw_uid, owner.pw_gid)
 
 
 def test_stage_in_and_out_of_gluster_as_the_job_user(buffer, job_dir, pfs_tree, user_dir, owner, bb_stage,
@@ -298,25 +335,13 @@ def test_a_full_quota_fails_the_files_it_stops_and_leaves_none_half_written(layo
     """Write errors reach gfapi at setattr or close (write-behind holds writes back): each file
     that did not fit is named, removed, and the stage fails; every file left under its name is
     whole (on a dispersed volume each file goes through an fd, closed one by one)."""
-    name = f"stg-quota-{uuid.uuid4().hex[:6]}"
-    top = Path(tempfile.mkdtemp(prefix="bb-stage-quota-", dir="/var/tmp"))
-    top.chmod(0o755)
-    mount = top / "buffer"
-    mount.mkdir()
     source = user_dir / "many"
     for index in range(24):
         write(source / f"f{index:02d}", os.urandom(MiB))
     as_owner(user_dir, owner)
-    try:
-        gluster("volume", "create", name, *layout, *[f"{host}:{root / name}" for host, root in BRICKS],
-                "force")
-        gluster("volume", "start", name)
-        gluster("volume", "quota", name, "enable")
-        gluster("volume", "quota", name, "limit-usage", "/", "4MB")
-        gluster("volume", "set", name, "features.hard-timeout", "0")
-        gluster("volume", "set", name, "features.soft-timeout", "0")
-        sh("mount", "-t", "glusterfs", f"127.1.1.1:/{name}", mount)
-        os.chown(mount, owner.pw_uid, owner.pw_gid)
+    with scratch_volume("stg-quota", layout, quota="4MB") as (name, top):
+        mount = top / "buffer"
+        mount_volume(name, mount, owner)
         staged = bb_stage(**job(owner, direction="in", type="directory", source=str(source),
                                 destination=str(mount / "many"), buffer_root=str(mount), workers=4))
         assert staged["failed"] is True
@@ -327,14 +352,6 @@ def test_a_full_quota_fails_the_files_it_stops_and_leaves_none_half_written(layo
         assert len(left) + len(staged["failed_files"]) == 24
         for kept in left:
             assert (mount / "many" / kept).read_bytes() == (source / kept).read_bytes()
-    finally:
-        if sh("umount", mount, check=False).returncode != 0:
-            sh("umount", "-l", mount, check=False)
-        gluster("volume", "stop", name, check=False)
-        gluster("volume", "delete", name, check=False)
-        for _host, root in BRICKS:
-            shutil.rmtree(root / name, ignore_errors=True)
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def test_small_files_staged_through_gfapi_into_a_dispersed_volume_are_whole_on_every_mount(
@@ -343,34 +360,16 @@ def test_small_files_staged_through_gfapi_into_a_dispersed_volume_are_whole_on_e
     when it lets go of the file's lock: the stage's gfapi client must end (glfs_fini) before
     the worker exits, or its last files read as empty through the job's own mount (the demo
     once read 78 of 200 lines). The mount looked at here is made after the stage."""
-    name = f"stg-ec-{uuid.uuid4().hex[:6]}"
-    top = Path(tempfile.mkdtemp(prefix="bb-stage-ec-", dir="/var/tmp"))
-    top.chmod(0o755)
-    stage_mount, job_mount = top / "stage", top / "job"
-    stage_mount.mkdir()
-    job_mount.mkdir()
     source = user_dir / "small"
     for index in range(200):
         write(source / f"sample{index}.txt", b"sample %d\n" % index, mtime_ns=OLD + index)
     as_owner(user_dir, owner)
-    try:
-        gluster("volume", "create", name, "disperse", "3", "redundancy", "1",
-                *[f"{host}:{root / name}" for host, root in BRICKS], "force")
-        gluster("volume", "start", name)
-        sh("mount", "-t", "glusterfs", f"127.1.1.1:/{name}", stage_mount)
-        os.chown(stage_mount, owner.pw_uid, owner.pw_gid)
+    with scratch_volume("stg-ec", ("disperse", "3", "redundancy", "1")) as (name, top):
+        stage_mount, job_mount = top / "stage", top / "job"
+        mount_volume(name, stage_mount, owner)
         staged = bb_stage(**job(owner, direction="in", type="directory", source=str(source),
                                 destination=str(stage_mount / "small"), buffer_root=str(stage_mount)))
         assert not staged.get("failed"), staged.get("msg")
         assert (staged["gfapi_files"], staged["gfapi_unused"]) == (200, None)
-        sh("mount", "-t", "glusterfs", f"127.1.1.1:/{name}", job_mount)
+        mount_volume(name, job_mount, owner)
         assert snapshot(job_mount / "small") == snapshot(source)
-    finally:
-        for mount in (job_mount, stage_mount):
-            if sh("umount", mount, check=False).returncode != 0:
-                sh("umount", "-l", mount, check=False)
-        gluster("volume", "stop", name, check=False)
-        gluster("volume", "delete", name, check=False)
-        for _host, root in BRICKS:
-            shutil.rmtree(root / name, ignore_errors=True)
-        shutil.rmtree(top, ignore_errors=True)
