@@ -109,6 +109,7 @@ class StageRun:
     failures: list[str] = field(default_factory=list)
     files: int | None = None  # copied by bb_stage (None: the playbook copies nothing)
     bytes: int | None = None
+    results: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (host, result) of each ok task
 
     def output_tail(self) -> str:
         """The last line ansible-playbook printed (why it stopped before any task failed)."""
@@ -186,7 +187,8 @@ def run_stage(site: Site, key: str, stage: str, playbook: str, *, extravars: Map
             settings={"suppress_ansible_output": True, "pexpect_timeout": 0.2})
     return StageRun(stage=stage, status=result.status, rc=result.rc or 0,
                     seconds=time.monotonic() - started, run_dir=run_dir,
-                    failures=collector.failures, files=collector.files, bytes=collector.bytes)
+                    failures=collector.failures, files=collector.files, bytes=collector.bytes,
+                    results=collector.results)
 
 
 def _path_with_ansible(site: Site) -> str:
@@ -203,6 +205,7 @@ class _Events:
         self.failures: list[str] = []
         self.files: int | None = None  # summed over bb_stage's results, once there is one
         self.bytes: int | None = None
+        self.results: list[tuple[str, dict[str, Any]]] = []
 
     def _count(self, result: Mapping[str, Any]) -> None:
         if isinstance(result.get("files"), int) and isinstance(result.get("bytes"), int):
@@ -216,6 +219,7 @@ class _Events:
             self.on_event(f"task: {task}")
         elif kind == "runner_on_ok":
             result = data.get("res") or {}
+            self.results.append((host, result))
             if result.get("changed"):
                 self.on_event(f"  {host}: changed ({data.get('duration') or 0:.1f} s)")
         elif kind == "runner_item_on_ok":

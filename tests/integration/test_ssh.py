@@ -168,9 +168,11 @@ def test_a_job_lifecycle_through_bbctl_over_ssh(bed, job_dirs, tmp_path):
         assert wrote.returncode == 0, wrote.stderr
         bbctl("post-run")
         bbctl("stage-out")
-    finally:
-        subprocess.run([BBCTL, "--config", str(site_file), "teardown", "--job-id", job, "--script", str(script)],
-                       capture_output=True, text=True, timeout=600, check=False)
+    finally:  # with hurry: a test failing before post-run must not leave its buffer mounted
+        teardown = subprocess.run([BBCTL, "--config", str(site_file), "teardown", "--hurry", "--job-id", job,
+                                   "--script", str(script)], capture_output=True, text=True, timeout=600,
+                                  check=False)
+    assert teardown.returncode == 0, teardown.stderr[-3000:]
 
     expected = digests(top / "in")
     expected["joined.dat"] = hashlib.sha256((top / "in" / "f0.dat").read_bytes()
