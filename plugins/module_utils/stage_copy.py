@@ -44,12 +44,12 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 O_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-
 def written_as(plan):
     """The destination a user recognises, and the temporary name it is written through, if any."""
     if plan.temp:
         return "%s (through its temporary %s)" % (plan.destination, plan.temp)
     return plan.destination
+
 
 def chunk_ranges(size, chunk_size):
     """(offset, length) pieces of a file; one piece (even an empty one) for a small file."""
