@@ -176,7 +176,7 @@ def load(path: Path | str | None = None) -> Site:
         text = where.read_text()
         data = yaml.safe_load(text) or {}
     except FileNotFoundError:
-        raise ConfigError(f"no bbctl configuration at {where}: write one (see docs/OPERATIONS.md) "
+        raise ConfigError(f"no bbctl configuration at {where}: write one (see docs/OPERATOR_GUIDE.md) "
                           f"or point --config / ${CONFIG_ENV} at it") from None
     except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError) as exc:  # RecursionError: deep nesting
         raise ConfigError(f"cannot read the bbctl configuration {where}: {exc}") from exc
