@@ -54,7 +54,9 @@ def render() -> str:
 def _table(spec: Mapping[str, Mapping[str, Any]], *, prefix: str) -> list[str]:
     rows = ["| setting | type | required / default | description |", "| --- | --- | --- | --- |"]
     for name, entry in spec.items():
-        rows.append(f"| `{prefix}{name}` | {_type(entry)} | {_need(entry)} | {_cell(entry.get('description'))} |")
+        also = "".join(f" (or `{prefix}{alias}`)" for alias in entry.get("aliases") or ())
+        rows.append(f"| `{prefix}{name}`{also} | {_type(entry)} | {_need(entry)} | "
+                    f"{_cell(entry.get('description'))} |")
     return [*rows, ""]
 
 
@@ -87,9 +89,11 @@ def _need(entry: Mapping[str, Any]) -> str:
 
 
 def _cell(text: Any) -> str:
+    """A description as one table cell: a string, or a list of them (as roles' argument specs write it)."""
     if not text:
         return "(no description: add one to the definition)"
-    return " ".join(str(text).split()).replace("|", "\\|")
+    parts = text if isinstance(text, list | tuple) else [text]
+    return " ".join(" ".join(str(part).split()) for part in parts).replace("|", "\\|")
 
 
 def _callable_types() -> dict[str, Callable[..., Any]]:

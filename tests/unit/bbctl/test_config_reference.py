@@ -22,11 +22,20 @@ def test_bbctl_config_reference_prints_it_without_a_configuration(capsys, monkey
     assert capsys.readouterr().out == config_reference.render()
 
 
+def settings(spec: dict, prefix: str = "") -> list[tuple[str, dict]]:
+    """Every setting of spec, those in sections (options) too, with its dotted name."""
+    found = []
+    for name, entry in spec.items():
+        found.append((prefix + name, entry))
+        found += settings(entry.get("options") or {}, f"{prefix}{name}.")
+    return found
+
+
 def test_every_setting_and_pool_key_has_a_row_with_its_description():
     text = config_reference.render()
-    for name, entry in site.SETTINGS.items():
+    for name, entry in settings(site.SETTINGS):
         assert entry.get("description"), f"setting {name} has no description in bbctl.site.SETTINGS"
-        assert f"| `{name}` |" in text
+        assert f"| `{name}` " in text
     for name, entry in pools.POOL_SETTINGS.items():
         assert entry.get("description"), f"pool key {name} has no description in bbctl.pools.POOL_SETTINGS"
         assert f"| `pools.NAME.{name}` |" in text
@@ -45,6 +54,11 @@ def test_the_reference_changes_when_the_definition_does(monkeypatch):
     assert "### `policy`" in after
     assert "| `policy.max_capacity` | str | `1TiB` | (no description: add one to the definition) |" in after
     assert "policy:\n  max_capacity: 1TiB\n" in after
+    monkeypatch.setitem(site.SETTINGS["policy"]["options"]["max_capacity"], "description",
+                        ["The largest buffer", "a job may ask for."])
+    monkeypatch.setitem(site.SETTINGS["policy"]["options"]["max_capacity"], "aliases", ["max_size"])
+    assert ("| `policy.max_capacity` (or `policy.max_size`) | str | `1TiB` | The largest buffer a job may ask "
+            "for. |") in config_reference.render()
 
 
 def test_the_rendering_is_deterministic():
