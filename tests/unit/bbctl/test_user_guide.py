@@ -9,6 +9,7 @@ import pytest
 from bbctl.directives import DirectiveError, parse_job_script
 from bbctl.directives.grammar import PREFIXES
 from tests.unit.bbctl import reason_finder
+from tests.unit.bbctl.test_lua_validator import run_lua
 
 GUIDE = reason_finder.ROOT / "docs" / "USER_GUIDE.md"
 REFUSED_HEADING = "### Refused at sbatch"
@@ -52,6 +53,14 @@ def test_each_refused_example_gets_the_message_shown(line, message):
     with pytest.raises(DirectiveError) as refused:
         parse_job_script(SHEBANG + line + "\n")
     assert str(refused.value) == message
+
+
+def test_burst_buffer_lua_answers_the_examples_alike(tmp_path):
+    """What users of the lua plugin see at sbatch: slurm_bb_job_process in Lua, the same answers."""
+    refused = [SHEBANG + line + "\n" for line, _ in REFUSED]
+    answers = run_lua(ACCEPTED + refused, tmp_path / "scripts")
+    assert answers[:len(ACCEPTED)] == [(0, "")] * len(ACCEPTED)
+    assert answers[len(ACCEPTED):] == [(-1, message) for _, message in REFUSED]
 
 
 def test_the_extraction_can_fail():
