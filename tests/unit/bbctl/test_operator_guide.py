@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
 from importlib import resources
 
@@ -78,3 +79,12 @@ def test_the_check_can_fail():
     shown = settings(section(text, SECTIONS["lua"]))
     assert shown == {"BurstBufferType": "burst_buffer/lua", "OtherTimeout": "300"}
     assert not set(template("burst_buffer-lua.conf")) <= set(shown)
+
+
+def test_no_file_links_to_the_old_name():
+    """docs/OPERATIONS.md became docs/OPERATOR_GUIDE.md: only the changelog entry that says so names it."""
+    old = "docs/" + "OPERATIONS.md"  # written so that this file does not name it
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    naming = [path for path in tracked.decode().split("\0") if path and (ROOT / path).is_file()
+              and old in (ROOT / path).read_text(errors="replace")]
+    assert naming == ["changelogs/fragments/guides.yml"]
