@@ -82,7 +82,7 @@ def test_the_check_can_fail():
 
 
 def test_no_file_links_to_the_old_name():
-    """docs/OPERATIONS.md became docs/OPERATOR_GUIDE.md: only the changelog entry that says so names it."""
+    """The operations note became docs/OPERATOR_GUIDE.md: only the changelog entry of the rename names its old file."""
     old = "docs/" + "OPERATIONS.md"  # written so that this file does not name it
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     naming = [path for path in tracked.decode().split("\0") if path and (ROOT / path).is_file()
