@@ -1,0 +1,375 @@
+"""Cache write-back (cache_writeback.py) and the cache overlay (cache_overlay.py) on real directories.
+
+The planner is checked on hand-made upper directories (both whiteout forms, opaque
+directories, type changes, the ``since`` rule), and end to end on a real fuse-overlayfs
+mount run as the job's user (bbuser; needs root to mount): a job that reads, modifies,
+creates, renames, deletes, chmods and replaces files runs once directly on a copy of DIR
+and once in the cache; after the write-back DIR must equal the copy in every path, kind,
+mode, owner, size, checksum, symlink target and mtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import cache_overlay as co
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import cache_writeback as cw
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_errors as se
+
+OLD = 1_600_000_000  # the cached directory's files were last changed then
+T_FILE = 1_700_000_000  # what the job gives the files it writes
+T_DIR = 1_700_000_500  # and the directories it changes
+
+
+def write(path: Path, data: bytes = b"x", mode: int = 0o644, mtime: int = OLD) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every entry under root (root itself as '.'): kind, mode, owner, size, checksum or target, mtime."""
+    found = {}
+    for path in [root, *sorted(root.rglob("*"))]:
+        info = os.lstat(path)
+        rel = str(path.relative_to(root))
+        if stat.S_ISREG(info.st_mode):
+            what = ("file", info.st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+        elif stat.S_ISLNK(info.st_mode):
+            what = ("link", os.readlink(path))
+        elif stat.S_ISDIR(info.st_mode):
+            what = ("dir",)
+        else:
+            what = ("other", info.st_rdev)
+        found[rel] = (*what, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid, info.st_mtime_ns)
+    return found
+
+
+def differences(got: dict, want: dict) -> list[str]:
+    lines = []
+    for rel in sorted(set(got) | set(want)):
+        if got.get(rel) != want.get(rel):
+            lines.append(f"{rel}: written back {got.get(rel)} / direct {want.get(rel)}")
+    return lines
+
+
+# --- the planner on hand-made upper directories (no root needed) ----------------------------------------
+
+@pytest.fixture
+def trees(tmp_path):
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    write(lower / "keep", b"untouched")
+    write(lower / "gone", b"deleted by the job")
+    write(lower / "d" / "old", b"old")
+    write(lower / "d" / "stays", b"stays")
+    write(lower / "tree" / "deep" / "f", b"f")
+    for directory in (lower / "d", lower / "tree" / "deep", lower / "tree", lower):
+        os.utime(directory, (OLD, OLD))
+    upper.mkdir()
+    return lower, upper
+
+
+def test_a_dot_wh_whiteout_deletes_only_that_name(trees):
+    lower, upper = trees
+    write(upper / ".wh.gone", b"")
+    result = cw.writeback(str(upper), str(lower))
+    assert not (lower / "gone").exists()
+    assert (lower / "keep").read_bytes() == b"untouched"
+    assert result["deleted"] == 1 and result["whiteouts"] == 1 and result["failed_files"] == []
+    assert not (lower / ".wh.gone").exists()
+
+
+def test_a_whiteout_of_a_directory_deletes_the_tree(trees):
+    lower, upper = trees
+    write(upper / ".wh.tree", b"")
+    result = cw.writeback(str(upper), str(lower))
+    assert not (lower / "tree").exists() and result["deleted"] == 3
+
+
+def test_a_whiteout_of_a_name_dir_does_not_have_deletes_nothing(trees):
+    lower, upper = trees
+    before = snapshot(lower)
+    write(upper / ".wh.never-there", b"")
+    cw.writeback(str(upper), str(lower))
+    assert snapshot(lower) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and os.uname().release < "5.8", reason="mknod 0/0 needs root before 5.8")
+def test_a_character_device_whiteout_deletes_the_name(trees):
+    lower, upper = trees
+    os.mknod(upper / "gone", stat.S_IFCHR | 0o000, 0)
+    cw.writeback(str(upper), str(lower))
+    assert not (lower / "gone").exists() and (lower / "keep").exists()
+
+
+def test_an_opaque_directory_replaces_what_dir_had_there(trees):
+    lower, upper = trees
+    write(upper / "d" / "new", b"new", mtime=T_FILE)
+    write(upper / "d" / ".wh..wh..opq", b"", mode=0o700)
+    os.utime(upper / "d", (T_DIR, T_DIR))
+    cw.writeback(str(upper), str(lower))
+    assert sorted(p.name for p in (lower / "d").iterdir()) == ["new"]
+    assert os.stat(lower / "d").st_mtime == T_DIR
+
+
+def test_a_new_or_changed_file_arrives_whole_with_mode_and_mtime(trees):
+    lower, upper = trees
+    write(upper / "keep", b"changed by the job", mode=0o600, mtime=T_FILE)
+    write(upper / "sub" / "made", b"made", mode=0o640, mtime=T_FILE)
+    os.utime(upper / "sub", (T_DIR, T_DIR))
+    result = cw.writeback(str(upper), str(lower))
+    assert (lower / "keep").read_bytes() == b"changed by the job"
+    info = os.stat(lower / "keep")
+    assert (stat.S_IMODE(info.st_mode), info.st_mtime) == (0o600, T_FILE)
+    assert (lower / "sub" / "made").read_bytes() == b"made" and os.stat(lower / "sub").st_mtime == T_DIR
+    assert result["files"] == 2 and result["failed_files"] == []
+    assert not [p for p in lower.rglob("*") if p.name.endswith(".bb-stage.tmp")]
+
+
+def test_a_directory_the_job_did_not_change_keeps_its_mtime(trees):
+    lower, upper = trees
+    write(upper / "tree" / "deep" / "f", b"rewritten", mtime=T_FILE)  # copied up: parents in upper, new times
+    cw.writeback(str(upper), str(lower))
+    assert os.stat(lower / "tree").st_mtime == OLD and os.stat(lower / "tree" / "deep").st_mtime == OLD
+    assert os.stat(lower).st_mtime == OLD
+    assert (lower / "tree" / "deep" / "f").read_bytes() == b"rewritten"
+
+
+def test_a_file_that_became_a_directory_and_back(trees):
+    lower, upper = trees
+    write(upper / "gone" / "inside", b"now a directory", mtime=T_FILE)  # was a file
+    write(upper / "tree", b"now a file", mtime=T_FILE)  # was a directory tree
+    result = cw.writeback(str(upper), str(lower))
+    assert (lower / "gone" / "inside").read_bytes() == b"now a directory"
+    assert (lower / "tree").read_bytes() == b"now a file"
+    assert result["failed_files"] == []
+
+
+def test_symlinks_are_written_as_links_never_followed(trees, tmp_path):
+    lower, upper = trees
+    outside = write(tmp_path / "outside", b"not the job's")
+    upper.joinpath("link").symlink_to(outside)
+    cw.writeback(str(upper), str(lower))
+    assert os.readlink(lower / "link") == str(outside) and outside.read_bytes() == b"not the job's"
+
+
+def test_since_keeps_what_someone_else_changed_on_dir_during_the_job(trees):
+    lower, upper = trees
+    since = time.time_ns()
+    time.sleep(0.01)
+    write(lower / "gone", b"rewritten on DIR by another process during the job")
+    write(upper / ".wh.gone", b"")
+    write(upper / ".wh.keep", b"")
+    result = cw.writeback(str(upper), str(lower), since_ns=since)
+    assert (lower / "gone").exists() and not (lower / "keep").exists()
+    assert result["kept"] == [{"path": str(lower / "gone"), "reason": "changed on the cached directory during the job"}]
+
+
+def test_a_rerun_after_success_changes_nothing_and_copies_nothing(trees):
+    lower, upper = trees
+    since = time.time_ns() - 1
+    write(upper / "keep", b"changed", mtime=T_FILE)
+    write(upper / ".wh.gone", b"")
+    cw.writeback(str(upper), str(lower), since_ns=since)
+    before = snapshot(lower)
+    again = cw.writeback(str(upper), str(lower), since_ns=since)
+    assert again["files"] == 0 and again["complete"] == 1 and snapshot(lower) == before
+
+
+def test_a_changed_file_with_its_old_size_and_mtime_is_still_written(trees):
+    lower, upper = trees
+    info = os.stat(lower / "keep")
+    write(upper / "keep", b"UNTOUCHED", mtime=OLD)  # same size, old mtime given back
+    assert os.stat(upper / "keep").st_size == info.st_size
+    cw.writeback(str(upper), str(lower), since_ns=time.time_ns())
+    assert (lower / "keep").read_bytes() == b"UNTOUCHED"
+
+
+def test_a_failed_copy_deletes_nothing(trees, monkeypatch):
+    lower, upper = trees
+    write(upper / "keep", b"changed", mtime=T_FILE)
+    write(upper / ".wh.gone", b"")
+    (lower / "keep").chmod(0o644)
+    lower.chmod(0o555)  # renames into DIR fail (unless root)
+    try:
+        if os.geteuid() == 0:
+            monkeypatch.setattr(cw.Copier, "finalise", lambda self, copy: "cannot rename: injected")
+        result = cw.writeback(str(upper), str(lower))
+    finally:
+        lower.chmod(0o755)
+    assert result["failed_files"] and (lower / "gone").exists()
+
+
+def test_plan_only_reads(trees):
+    lower, upper = trees
+    write(upper / ".wh.gone", b"")
+    write(upper / "new", b"n")
+    before = snapshot(lower)
+    result = cw.writeback(str(upper), str(lower), dry_run=True)
+    assert snapshot(lower) == before
+    assert result["planned"]["deletions"] == [{"path": str(lower / "gone"), "why": "whiteout"}]
+    assert [c["destination"] for c in result["planned"]["copies"]] == [str(lower / "new")]
+
+
+def test_missing_roots_are_a_stage_error(tmp_path):
+    with pytest.raises(se.StageError, match="cannot reach the cache's upper directory"):
+        cw.plan_writeback(str(tmp_path / "no-upper"), str(tmp_path))
+
+
+def test_overlay_options_refuse_commas_and_colons():
+    assert co.overlay_options("/pfs/a", "/b/upper", "/b/work") == "lowerdir=/pfs/a,upperdir=/b/upper,workdir=/b/work"
+    for bad in ("/pfs/a,b", "/pfs/a:b"):
+        with pytest.raises(co.OverlayError, match="cannot take in a path"):
+            co.overlay_options(bad, "/b/upper", "/b/work")
+    assert co.mount_data(5, 1001, 1002) == "fd=5,rootmode=40000,user_id=1001,group_id=1002"
+    assert co.daemon_argv("fuse-overlayfs", "lowerdir=/a", 3) == ["fuse-overlayfs", "-f", "-o", "lowerdir=/a",
+                                                                   "/dev/fd/3"]
+
+
+# --- a real job in a real fuse-overlayfs mount, as the job's user -----------------------------------------
+
+JOB = f"""
+set -eu
+cat a d1/sub/c > /dev/null                      # read
+echo more >> a; touch -d @{T_FILE} a           # modify
+printf 'new\\n' > created; touch -d @{T_FILE} created
+mkdir -p nd/x; echo q > nd/x/q; touch -d @{T_FILE} nd/x/q
+mv keep keep2                                   # rename a file
+mv d2 d2new                                     # rename a directory
+rm d1/b                                         # delete a file
+rm -rf d3; mkdir d3; echo z > d3/z; touch -d @{T_FILE} d3/z   # delete a tree, make it again
+rm -rf big                                      # delete a tree
+chmod 600 d1/sub/c                              # change only a mode
+ln -s created lnk2; touch -h -d @{T_FILE} lnk2
+rm ftod; mkdir ftod; echo in > ftod/in; touch -d @{T_FILE} ftod/in   # a file becomes a directory
+rm -rf dtof; echo f > dtof; touch -d @{T_FILE} dtof                 # a directory becomes a file
+seq 1 400000 > blob; touch -d @{T_FILE} blob        # a file of 2.6 MB
+for d in . d1 d2new d3 nd nd/x ftod; do touch -d @{T_DIR} "$d"; done
+"""
+
+
+def make_dir(top: Path, owner) -> Path:
+    pfs = top / "pfs"
+    write(pfs / "a", b"a\n", mode=0o640)
+    write(pfs / "keep", b"keep\n")
+    write(pfs / "d1" / "b", b"b\n")
+    write(pfs / "d1" / "sub" / "c", b"c\n", mode=0o644)
+    write(pfs / "d2" / "x", b"x\n")
+    write(pfs / "d3" / "y", b"y\n")
+    write(pfs / "ftod", b"file\n")
+    write(pfs / "dtof" / "inner", b"inner\n")
+    write(pfs / "untouched" / "u", b"u\n", mode=0o600)
+    for i in range(20):
+        write(pfs / "big" / f"f{i}", os.urandom(1000))
+    (pfs / "lnk").symlink_to("a")
+    for path in [pfs, *pfs.rglob("*")]:
+        os.chown(path, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
+    for path in sorted([pfs, *pfs.rglob("*")], key=lambda p: -len(p.parts)):
+        os.utime(path, (OLD, OLD), follow_symlinks=False)
+    return pfs
+
+
+def run_job(where: Path, owner) -> None:
+    # cd as the user: root cannot enter the overlay
+    subprocess.run(["runuser", "-u", owner.pw_name, "--", "bash", "-c", 'cd "$0"' + JOB, str(where)], check=True)
+
+
+def can_mount_overlay() -> str:
+    if os.geteuid() != 0:
+        return "mounting needs root"
+    if shutil.which("fuse-overlayfs") is None or not os.path.exists(co.FUSE_DEVICE):
+        return "no fuse-overlayfs or /dev/fuse"
+    try:
+        pwd.getpwnam("bbuser")
+    except KeyError:
+        return "no user bbuser"
+    return ""
+
+
+needs_overlay = pytest.mark.skipif(bool(can_mount_overlay()), reason=can_mount_overlay() or "-")
+
+
+@pytest.fixture
+def job_tree():
+    owner = pwd.getpwnam("bbuser") if not can_mount_overlay() else None
+    top = Path(tempfile.mkdtemp(prefix="bb-cache-", dir="/tmp"))
+    top.chmod(0o755)
+    yield top, owner
+    mountpoint = top / "mnt"
+    if mountpoint.exists() and os.path.ismount(mountpoint):
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+    shutil.rmtree(top, ignore_errors=True)
+
+
+@needs_overlay
+def test_a_real_job_in_the_cache_leaves_dir_as_a_direct_run_would(job_tree):
+    top, owner = job_tree
+    pfs = make_dir(top, owner)
+    direct = top / "direct"
+    subprocess.run(["cp", "-a", str(pfs), str(direct)], check=True)
+    assert snapshot(direct) == snapshot(pfs)
+    run_job(direct, owner)
+
+    buffer, mountpoint = top / "buffer", top / "mnt"
+    for path in (buffer, mountpoint):
+        path.mkdir(mode=0o700)
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    prepared = co.prepare_as_user(str(pfs), str(buffer), owner.pw_uid, owner.pw_gid)
+    co.mount_overlay(str(pfs), str(buffer), str(mountpoint), owner.pw_uid, owner.pw_gid)
+    try:
+        with pytest.raises(PermissionError):  # only the job's user enters it, not even root
+            os.listdir(mountpoint)
+        run_job(mountpoint, owner)
+        assert (pfs / "d1" / "b").exists(), "the job's changes must stay in the buffer until the write-back"
+    finally:
+        co.unmount_overlay(str(mountpoint), mounted=True)
+    assert not os.path.ismount(mountpoint) and co.daemon_pid(str(mountpoint)) is None
+
+    result = cw.writeback_as_user(str(buffer / "upper"), str(pfs), owner.pw_uid, owner.pw_gid,
+                                  since_ns=prepared["since_ns"], workers=4)
+    assert result["failed_files"] == [] and result["kept"] == [] and result["not_copied"] == []
+    assert differences(snapshot(pfs), snapshot(direct)) == []
+    assert not [p for p in pfs.rglob("*") if p.name.startswith(".wh.") or p.name.endswith(".bb-stage.tmp")]
+
+
+@needs_overlay
+def test_the_overlay_reads_dir_with_the_users_rights_only(job_tree):
+    top, owner = job_tree
+    pfs = make_dir(top, owner)
+    secret = write(pfs / "root-only", b"root's", mode=0o600)  # root's file in the user's DIR
+    buffer, mountpoint = top / "buffer", top / "mnt"
+    for path in (buffer, mountpoint):
+        path.mkdir(mode=0o700)
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    co.prepare_as_user(str(pfs), str(buffer), owner.pw_uid, owner.pw_gid)
+    co.mount_overlay(str(pfs), str(buffer), str(mountpoint), owner.pw_uid, owner.pw_gid)
+    try:
+        read = subprocess.run(["runuser", "-u", "bbuser", "--", "cat", str(mountpoint / secret.name)],
+                              capture_output=True, text=True)
+        assert read.returncode != 0 and "Permission denied" in read.stderr
+        daemon = co.daemon_pid(str(mountpoint))
+        assert os.stat(f"/proc/{daemon}").st_uid == owner.pw_uid
+    finally:
+        co.unmount_overlay(str(mountpoint), mounted=True)
+
+
+@needs_overlay
+def test_prepare_refuses_a_dir_the_user_cannot_read(job_tree):
+    top, owner = job_tree
+    closed = top / "closed"
+    closed.mkdir(mode=0o700)  # root's
+    (top / "buffer").mkdir(mode=0o700)
+    os.chown(top / "buffer", owner.pw_uid, owner.pw_gid)
+    with pytest.raises(se.StageError, match=rf"cannot read the cached directory {closed}: Permission denied"):
+        co.prepare_as_user(str(closed), str(top / "buffer"), owner.pw_uid, owner.pw_gid)
