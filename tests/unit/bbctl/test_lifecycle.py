@@ -189,7 +189,7 @@ def test_create_persistent_checks_the_name_before_allocating(life, recorder, nam
 
 
 def test_create_persistent_refuses_cache_type_before_allocating(life, recorder):
-    with pytest.raises(BBError, match="not available yet"):
+    with pytest.raises(BBError, match="persistent buffer cannot be a cache"):
         life.create_persistent("cached", UID, GID, 2**30, None, buffer_type="cache")
     assert life.store.buffers() == [] and recorder.runs == []
 
