@@ -45,6 +45,7 @@ FSTYPE = "fuse.fuse-overlayfs"
 PID_DIR = "/run/hpc.burstbuffer/cache-overlay"
 UPPER = "upper"
 WORK = "work"
+SINCE = "since"  # in the buffer: when the cache was first mounted, ns since the epoch
 MS_NOSUID = 2
 MS_NODEV = 4
 MNT_DETACH = 2
@@ -104,9 +105,32 @@ def prepare_as_user(lower, buffer_dir, uid, gid):
         if made and not os.listdir(upper):
             os.chmod(upper, stat.S_IMODE(info.st_mode))
             os.utime(upper, ns=(info.st_atime_ns, info.st_mtime_ns))
-        return {"since_ns": time.time_ns(), "made": made}
+        return {"since_ns": _keep_since(os.path.join(buffer_dir, SINCE)), "made": made}
 
     return run_as_user(uid, gid, work)
+
+
+def _keep_since(path):
+    """The time of the first mount, written once (a job requeued keeps its first time)."""
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        pass
+    since = time.time_ns()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("%d\n" % since)
+    return since
+
+
+def read_since(path):
+    """The time kept by the first mount, or None."""
+    try:
+        with open(path) as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def mount_overlay(lower, buffer_dir, path, uid, gid, binary="fuse-overlayfs"):
