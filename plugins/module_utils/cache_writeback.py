@@ -13,9 +13,11 @@ of the job this module makes DIR what the job left, in two steps:
 - ``plan_writeback(upper, lower, since_ns)``: pure logic over the two trees (only reads),
   returning a ``Writeback``: the copies as a stage_plan.Plan (the stage-out engine's plan,
   with its temporary names and skip rule) and the deletions on DIR.
-- ``apply_writeback``: deletions a new entry of another kind needs first, then the copies
-  by stage_copy.Copier (temporary name, verified, renamed into place, mode and times),
-  then the deletions the job asked for, then directory modes and times.
+- ``apply_writeback``: the copies by stage_copy.Copier (temporary name, verified, renamed
+  into place, mode and times); then, where the job put an entry of another kind in place of
+  one of DIR's (a directory where a file was), DIR's entry deleted and the new one copied;
+  then the deletions the job asked for; then directory modes and times. Each step runs only
+  when every step before it succeeded.
 
 How the upper directory reads (fuse-overlayfs 1.10, verified on tmpfs and documented for
 GlusterFS mounts, where a user cannot make device nodes):
@@ -81,6 +83,7 @@ class Writeback:
 
     def __init__(self):
         self.plan = Plan()
+        self.later = Plan()  # what takes a name DIR holds as another kind: after the rest succeeded
         self.deletions = []
         self.keep_times = []
         self.whiteouts = 0
@@ -88,8 +91,8 @@ class Writeback:
         self.lower = None
 
     def summary(self, limit=100):
-        return {"copies": self.plan.summary(limit),
-                "links": [link.destination for link in self.plan.links[:limit]],
+        return {"copies": (self.plan.summary(limit) + self.later.summary(limit))[:limit],
+                "links": [link.destination for link in (self.plan.links + self.later.links)[:limit]],
                 "deletions": [{"path": d.path, "why": d.why} for d in self.deletions[:limit]]}
 
 
@@ -139,18 +142,20 @@ def plan_writeback(upper, lower, since_ns=None):
             raise StageError("%s %s is not a directory" % (what, root))
     writeback = Writeback()
     writeback.lower = lower
-    pending = [(upper, lower, True)]
+    pending = [(upper, lower, True, False)]
     while pending:
-        source, destination, exists = pending.pop()
-        pending.extend(_plan_directory(writeback, source, destination, exists, since_ns, source == upper))
+        source, destination, exists, later = pending.pop()
+        pending.extend(_plan_directory(writeback, source, destination, exists, since_ns, source == upper, later))
     return writeback
 
 
-def _plan_directory(writeback, source, destination, exists, since_ns, root=False):
+def _plan_directory(writeback, source, destination, exists, since_ns, root=False, later=False):
     """Plan one upper directory against its twin on DIR; returns the subdirectories to walk.
 
     DIR itself (``root``) never takes the upper root's mode (the cache made that directory),
-    only its times, and only when the job changed it.
+    only its times, and only when the job changed it. An entry that takes a name DIR holds as
+    another kind (a file where a directory was), and all below it, go to ``writeback.later``
+    (``later``): DIR's entry must be deleted first, so that waits until every other copy succeeded.
     """
     try:
         entries = _scan(source)
@@ -186,15 +191,17 @@ def _plan_directory(writeback, source, destination, exists, since_ns, root=False
     for name, info in sorted(kept.items()):
         target = posixpath.join(destination, name)
         before = existing.get(name)
+        replaced = False
         if before is None:
             changed = True
         elif before.kind != _kind(info.st_mode):
-            changed = True
+            changed = replaced = True
             writeback.deletions.append(Deletion(target, "replaced"))
             before = None
-        subdir = _plan_entry(writeback, posixpath.join(source, name), target, info, before, taken, since_ns)
+        plan = writeback.later if later or replaced else writeback.plan
+        subdir = _plan_entry(plan, posixpath.join(source, name), target, info, before, taken, since_ns)
         if subdir is not None:
-            subdirs.append(subdir)
+            subdirs.append((*subdir, later or replaced))
     if exists and not changed:
         info = os.lstat(destination)
         writeback.keep_times.append(KeepTime(destination, info.st_atime_ns, info.st_mtime_ns))
@@ -226,8 +233,7 @@ def _kind(mode):
     return "other"
 
 
-def _plan_entry(writeback, source, target, info, before, taken, since_ns):
-    plan = writeback.plan
+def _plan_entry(plan, source, target, info, before, taken, since_ns):
     mode = info.st_mode
     if stat.S_ISDIR(mode):
         plan.dirs.append(DirPlan(source, target, stat.S_IMODE(mode), info.st_atime_ns, info.st_mtime_ns,
@@ -277,32 +283,44 @@ def _written_back(target, info, before, since_ns):
 
 def apply_writeback(writeback, upper, since_ns=None, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE,
                     report=None):
-    """Carry out ``writeback``; returns what was done. Failures are in ``failed_files``."""
+    """Carry out ``writeback``; returns what was done. Failures are in ``failed_files``.
+
+    In order, each step only when everything before it succeeded: the copies, the deletions of
+    what a new entry of another kind replaces and those entries, the deletions the job asked for.
+    Then directory modes and times (again: deletions touch their parents).
+    """
     kept = []
     deleted = 0
+    plan, later = writeback.plan, writeback.later
     umask = os.umask(0)
     crew = Crew(workers)
+    device = os.lstat(upper).st_dev
+    progress = Progress(len(plan.files) + len(later.files), plan.bytes + later.bytes, report)
+    copiers = [Copier(plan, crew, True, chunk_size, True, device, progress)]
     try:
-        for deletion in [d for d in writeback.deletions if d.why == "replaced"]:
-            deleted += _delete(deletion.path, since_ns, writeback.plan, kept)
-        plan = writeback.plan
-        progress = Progress(len(plan.files), plan.bytes, report)
-        copier = Copier(plan, crew, True, chunk_size, True, os.lstat(upper).st_dev, progress)
-        copier.run()
+        copiers[0].run()
+        if not plan.failed:
+            for deletion in [d for d in writeback.deletions if d.why == "replaced"]:
+                deleted += _delete(deletion.path, since_ns, plan, kept)
+        if not plan.failed and (later.files or later.dirs or later.links):
+            copiers.append(Copier(later, crew, True, chunk_size, True, device, progress))
+            copiers[1].run()
+            plan.failed.extend(later.failed)
         if not plan.failed:
             for deletion in [d for d in writeback.deletions if d.why != "replaced"]:
                 deleted += _delete(deletion.path, since_ns, plan, kept)
-            copier.finish_directories(set())  # deletions touched their parents' times
+            for copier in copiers:
+                copier.finish_directories(set())
         _restore_times(writeback, plan)
         if report is not None:
             report(progress.snapshot())
     finally:
         crew.close()
         os.umask(umask)
-    return {"files": copier.copied, "bytes": copier.copied_bytes, "links": copier.links,
-            "directories": copier.created_dirs, "complete": plan.complete, "deleted": deleted,
-            "whiteouts": writeback.whiteouts, "kept": kept, "failed_files": plan.failed,
-            "not_copied": plan.not_copied}
+    return {"files": sum(c.copied for c in copiers), "bytes": sum(c.copied_bytes for c in copiers),
+            "links": sum(c.links for c in copiers), "directories": sum(c.created_dirs for c in copiers),
+            "complete": plan.complete + later.complete, "deleted": deleted, "whiteouts": writeback.whiteouts,
+            "kept": kept, "failed_files": plan.failed, "not_copied": plan.not_copied + later.not_copied}
 
 
 def _delete(path, since_ns, plan, kept):
@@ -371,7 +389,8 @@ def writeback(upper, lower, since_ns=None, workers=DEFAULT_WORKERS, chunk_size=D
     start = time.monotonic()
     planned = plan_writeback(upper, lower, since_ns)
     if dry_run:
-        result = {"files": len(planned.plan.files), "bytes": planned.plan.bytes,
+        result = {"files": len(planned.plan.files) + len(planned.later.files),
+                  "bytes": planned.plan.bytes + planned.later.bytes,
                   "deletions": len(planned.deletions), "planned": planned.summary(),
                   "failed_files": planned.plan.failed, "not_copied": planned.plan.not_copied}
     else:
