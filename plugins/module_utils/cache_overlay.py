@@ -37,6 +37,7 @@ import os
 import stat
 import time
 
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import mount_at, read_mountinfo
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.user_worker import drop_privileges, run_as_user
 
@@ -72,6 +73,12 @@ def daemon_argv(binary, options, fd):
 def mount_data(fd, uid, gid):
     """The FUSE mount's data: the device, the root's type, and the one user it answers."""
     return "fd=%d,rootmode=40000,user_id=%d,group_id=%d" % (fd, uid, gid)
+
+
+def is_mounted(path, entries=None):
+    """The cache overlay is mounted at ``path`` (mountinfo's word: root cannot stat a user's FUSE mount)."""
+    entry = mount_at(read_mountinfo() if entries is None else entries, os.path.normpath(path))
+    return entry is not None and entry.fstype == FSTYPE
 
 
 def pid_file(path):

@@ -117,7 +117,6 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import cache_overlay as co
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import mount_at, read_mountinfo
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError
 
 ARGUMENT_SPEC = dict(
@@ -132,17 +131,12 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def is_mounted(path):
-    entry = mount_at(read_mountinfo(), path)
-    return entry is not None
-
-
 def mount(module, params):
     path = params["path"]
     if params["uid"] == 0 or params["gid"] == 0:
         module.fail_json(msg="refusing to run the cache as uid %d gid %d: the overlay runs as the job's user, "
                              "never as root." % (params["uid"], params["gid"]), path=path)
-    if is_mounted(path):
+    if co.is_mounted(path):
         module.exit_json(changed=False, path=path)
     if module.check_mode:
         module.exit_json(changed=True, path=path)
@@ -158,21 +152,22 @@ def mount(module, params):
 
 
 def unmount(module, params):
+    """Unmount, wait for the daemon, remove the directory if asked. Root cannot stat a user's FUSE
+    mount (no allow_other), so the directory is looked at only after the unmount."""
     path = params["path"]
-    mounted = is_mounted(path)
+    mounted = co.is_mounted(path)
     leftover = co.daemon_pid(path) is not None
-    removable = params["remove_dir"] and os.path.isdir(path)
-    if not (mounted or leftover or removable):
-        module.exit_json(changed=False, path=path)
     if module.check_mode:
-        module.exit_json(changed=True, path=path)
+        module.exit_json(changed=mounted or (params["remove_dir"] and os.path.isdir(path)), path=path)
+    removed = False
     try:
         co.unmount_overlay(path, mounted, wait=params["wait"])
-        if removable and not os.listdir(path):
+        if params["remove_dir"] and os.path.isdir(path) and not os.listdir(path):
             os.rmdir(path)
+            removed = True
     except (co.OverlayError, OSError) as exc:
         module.fail_json(msg=to_native(exc), path=path)
-    module.exit_json(changed=mounted or removable, path=path)
+    module.exit_json(changed=mounted or leftover or removed, path=path)
 
 
 def main():
