@@ -192,6 +192,8 @@ def run(module, params):
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     result, error = run(module, module.params)
+    for item in result.get("kept", [])[:10]:
+        module.warn("kept %s: the job deleted it, but it was %s" % (item["path"], item["reason"]))
     changed = bool(result["files"] or result.get("deleted") or result.get("links"))
     if error is not None:
         module.fail_json(msg=error, changed=changed, **result)
