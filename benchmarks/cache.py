@@ -123,9 +123,8 @@ def run_cache(directory: Path, buffer: Path, mountpoint: Path, args, owner) -> d
                                              str(args.big)))
     finally:
         timed(phases, "unmount", lambda: cache_overlay.unmount_overlay(str(mountpoint), True))
-    since = cache_overlay.read_since(str(buffer / cache_overlay.SINCE))
     timed(phases, "write-back", lambda: cache_writeback.writeback_as_user(
-        str(buffer / cache_overlay.UPPER), str(directory), *ids, since_ns=since))
+        str(buffer / cache_overlay.UPPER), str(directory), *ids, since_file=str(buffer / cache_overlay.SINCE)))
     return phases
 
 

@@ -118,12 +118,10 @@ def prepare_as_user(lower, buffer_dir, uid, gid):
 
 
 def _keep_since(path):
-    """The time of the first mount, written once (a job requeued keeps its first time)."""
-    try:
-        with open(path) as handle:
-            return int(handle.read().strip())
-    except (OSError, ValueError):
-        pass
+    """The time of the first mount, written once (a job requeued keeps its first time). As the user."""
+    since = read_since(path)
+    if since is not None:
+        return since
     since = time.time_ns()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -132,12 +130,20 @@ def _keep_since(path):
 
 
 def read_since(path):
-    """The time kept by the first mount, or None."""
+    """The time kept by the first mount, or None. The file is the user's: read it as the user (never
+    through a symlink, only a regular file, at most 32 bytes, never waiting on a FIFO)."""
     try:
-        with open(path) as handle:
-            return int(handle.read().strip())
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return int(os.read(fd, 32).decode("ascii", "replace").strip())
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
 
 
 def mount_overlay(lower, buffer_dir, path, uid, gid, binary="fuse-overlayfs"):

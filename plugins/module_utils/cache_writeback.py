@@ -50,6 +50,7 @@ import stat
 import time
 from collections import namedtuple
 
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.cache_overlay import read_since
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_copy import BLOCK, DEFAULT_CHUNK_SIZE, Copier
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError, as_user, describe_error
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_plan import (
@@ -400,10 +401,15 @@ def writeback(upper, lower, since_ns=None, workers=DEFAULT_WORKERS, chunk_size=D
 
 
 def writeback_as_user(upper, lower, uid, gid, since_ns=None, workers=DEFAULT_WORKERS,
-                      chunk_size=DEFAULT_CHUNK_SIZE, dry_run=False, report=None):
-    """``writeback`` in a forked worker that is uid/gid (user_worker.py); the caller only reads results."""
+                      chunk_size=DEFAULT_CHUNK_SIZE, dry_run=False, report=None, since_file=None):
+    """``writeback`` in a forked worker that is uid/gid (user_worker.py); the caller only reads results.
+
+    ``since_file``: where the cache kept the time it was first mounted (read by the worker, as the
+    user: the file lies in the user's buffer); it gives ``since_ns`` when that is None.
+    """
 
     def work(send_progress):
-        return writeback(upper, lower, since_ns, workers, chunk_size, dry_run, send_progress)
+        since = since_ns if since_ns is not None or since_file is None else read_since(since_file)
+        return writeback(upper, lower, since, workers, chunk_size, dry_run, send_progress)
 
     return run_as_user(uid, gid, work, report)

@@ -143,7 +143,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.cache_overlay import SINCE, UPPER, read_since
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.cache_overlay import SINCE, UPPER
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.cache_writeback import writeback_as_user
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.sizes import SizeError, parse_size
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError, failure_message
@@ -171,12 +171,12 @@ def run(module, params):
         chunk_size = parse_size(params["chunk_size"])
     except SizeError as exc:
         return dict(EMPTY_RESULT), "chunk_size: %s" % exc
-    since = read_since(os.path.join(params["buffer_dir"], SINCE))
     progress = ProgressFile(params["progress_file"])
     try:
         result = writeback_as_user(os.path.join(params["buffer_dir"], UPPER), params["lower"], params["uid"],
-                                   params["gid"], since_ns=since, workers=params["workers"],
-                                   chunk_size=chunk_size, dry_run=module.check_mode, report=progress)
+                                   params["gid"], workers=params["workers"], chunk_size=chunk_size,
+                                   dry_run=module.check_mode, report=progress,
+                                   since_file=os.path.join(params["buffer_dir"], SINCE))
     except (StageError, OSError) as exc:
         return dict(EMPTY_RESULT), "write-back to %s: %s" % (params["lower"], to_native(exc))
     error = None

@@ -303,3 +303,18 @@ def test_a_failed_copy_deletes_nothing_not_even_what_a_new_kind_replaces(trees, 
     assert [f["path"] for f in result["failed_files"]] == [str(upper / "keep")]
     assert (lower / "tree" / "deep" / "f").exists() and (lower / "gone").exists()
     assert (lower / "keep").read_bytes() == b"untouched"
+
+
+def test_the_since_file_is_read_only_as_a_small_regular_file(tmp_path):
+    since = tmp_path / "since"
+    since.write_text("1700000000000000000\n")
+    assert co.read_since(str(since)) == 1_700_000_000_000_000_000
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to(since)
+    assert co.read_since(str(fifo)) is None  # and it did not wait for a writer
+    assert co.read_since(str(link)) is None
+    assert co.read_since(str(tmp_path / "missing")) is None
+    since.write_text("not a number")
+    assert co.read_since(str(since)) is None
