@@ -17,7 +17,7 @@ of the job this module makes DIR what the job left, in two steps:
   into place, mode and times); then, where the job put an entry of another kind in place of
   one of DIR's (a directory where a file was), DIR's entry deleted and the new one copied;
   then the deletions the job asked for; then directory modes and times. Each step runs only
-  when every step before it succeeded.
+  when every step before it succeeded: a failed copy leaves DIR with nothing deleted.
 
 How the upper directory reads (fuse-overlayfs 1.10, verified on tmpfs and documented for
 GlusterFS mounts, where a user cannot make device nodes):

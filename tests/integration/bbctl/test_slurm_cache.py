@@ -9,7 +9,6 @@ the two must be equal in every path, kind, mode, owner, size, checksum, link tar
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import subprocess
 import time
@@ -74,11 +73,14 @@ def test_a_cache_job_leaves_dir_as_the_same_job_run_on_dir_would(user_dir):
 
 
 def test_a_failed_write_back_holds_the_job_keeps_the_buffer_and_reruns(user_dir):
+    """The job writes d1/sub/new in its cache, then puts a file where DIR has d1/sub (on DIR itself, after
+    the cache was mounted: the write-back keeps it) so the write-back cannot make d1/sub until an
+    operator removes that file."""
     owner = pwd.getpwnam("bbuser")
     pfs = make_dir(user_dir, owner)
     script = cache_script(user_dir, pfs, f"#BB_LUA jobdw capacity=4GiB pool=nvme type=cache pfs={pfs}", tail=f"""
 echo precious > d1/sub/new
-chmod 555 {pfs}/d1/sub   # on DIR itself: the write-back cannot put new there
+rm -rf {pfs}/d1/sub && echo in the way > {pfs}/d1/sub
 """)
     job = submit(script)
     wait_for(job, {"STAGE_OUT"}, timeout=240)
@@ -88,18 +90,21 @@ chmod 555 {pfs}/d1/sub   # on DIR itself: the write-back cannot put new there
         time.sleep(0.5)
     held = job_fields(job)
     assert "stage-out" in held.get("Reason", "") or held["JobState"] == "STAGE_OUT", held
-    assert not (pfs / "d1" / "sub" / "new").exists()
-    assert (pfs / "d1" / "b").exists(), "nothing is deleted on DIR while the write-back has failed"
-    assert (pfs / "dtof" / "inner").exists(), "not even what the job replaced with another kind"
+    assert (pfs / "d1" / "sub").read_text() == "in the way\n"
+    assert (pfs / "d1" / "b").exists() and (pfs / "d2" / "x").exists(), \
+        "what the job deleted is deleted only once everything is written"
     refused = bbctl("teardown", "--job-id", str(job), "--script", str(script))
     assert refused.returncode == 4 and "stage-out has not succeeded" in refused.stderr
+    again = bbctl("stage-out", "--job-id", str(job), "--script", str(script))
+    assert again.returncode != 0 and "d1/sub" in again.stderr, again.stderr
 
-    os.chmod(pfs / "d1" / "sub", 0o755)  # the operator's fix
+    (pfs / "d1" / "sub").unlink()  # the operator's fix
     rerun = bbctl("stage-out", "--job-id", str(job), "--script", str(script))
 
     assert rerun.returncode == 0, rerun.stderr
     assert (pfs / "d1" / "sub" / "new").read_text() == "precious\n"
     assert (pfs / "d1" / "sub" / "new").stat().st_uid == owner.pw_uid
+    assert (pfs / "d1" / "sub" / "c").read_text() == "c\n"
     assert not (pfs / "d1" / "b").exists() and (pfs / "d2new" / "x").exists() and not (pfs / "d2").exists()
     assert bbctl("teardown", "--job-id", str(job), "--script", str(script)).returncode == 0
     subprocess.run(["scancel", "--hurry", str(job)], env=ENV, check=True)
