@@ -318,3 +318,21 @@ def test_the_since_file_is_read_only_as_a_small_regular_file(tmp_path):
     assert co.read_since(str(tmp_path / "missing")) is None
     since.write_text("not a number")
     assert co.read_since(str(since)) is None
+
+
+def test_an_entry_of_another_kind_someone_put_on_dir_during_the_job_fails_the_write_back(trees):
+    lower, upper = trees
+    since = time.time_ns()
+    time.sleep(0.01)
+    shutil.rmtree(lower / "d")
+    write(lower / "d", b"in the way")  # put there during the job: not the job's to delete
+    write(upper / "d" / "new", b"new", mtime=T_FILE)
+    write(upper / ".wh.gone", b"")
+    result = cw.writeback(str(upper), str(lower), since_ns=since)
+    assert [f["path"] for f in result["failed_files"]] == [str(lower / "d")]
+    assert result["kept"] == [{"path": str(lower / "d"), "reason": "changed on the cached directory during the job"}]
+    assert (lower / "d").read_bytes() == b"in the way" and (lower / "gone").exists()
+    (lower / "d").unlink()
+    again = cw.writeback(str(upper), str(lower), since_ns=since)
+    assert again["failed_files"] == [] and (lower / "d" / "new").read_bytes() == b"new"
+    assert not (lower / "gone").exists()
