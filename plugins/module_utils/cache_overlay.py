@@ -167,6 +167,8 @@ def mount_overlay(lower, buffer_dir, path, uid, gid, binary="fuse-overlayfs"):
         run_as_user(uid, gid, lambda _send: sorted(os.listdir(path))[:0])
     except StageError as exc:
         detach(libc, path)
+        with contextlib.suppress(OSError):
+            os.unlink(pid_file(path))
         raise OverlayError("the cache overlay at %s does not answer (%s); it was unmounted" % (path, exc)) from None
     return pid
 

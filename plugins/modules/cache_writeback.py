@@ -24,8 +24,9 @@ description:
     (C(.wh.NAME) files, character devices 0/0) delete NAME on DIR, opaque directories delete
     what DIR had there, and a directory the job did not change keeps its mtime.
   - Nothing on DIR is deleted unless the job deleted it, and nothing is deleted unless every
-    copy before it succeeded (what the job deleted goes last). An entry of DIR that was made or changed after the cache was mounted (the time
-    kept in O(buffer_dir)C(/since)) is not deleted; it is listed in RV(kept).
+    copy before it succeeded (what the job deleted goes last). An entry of DIR that was made or
+    changed after the cache was mounted (the time kept in O(buffer_dir)C(/since)) is not deleted;
+    it is listed in RV(kept).
   - Idempotent - a rerun after a success copies and deletes nothing; after a failure it carries on.
 author:
   - hpc.burstbuffer developers (@hpc-burstbuffer)

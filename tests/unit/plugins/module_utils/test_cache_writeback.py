@@ -336,3 +336,19 @@ def test_an_entry_of_another_kind_someone_put_on_dir_during_the_job_fails_the_wr
     again = cw.writeback(str(upper), str(lower), since_ns=since)
     assert again["failed_files"] == [] and (lower / "d" / "new").read_bytes() == b"new"
     assert not (lower / "gone").exists()
+
+
+@needs_overlay
+def test_a_mount_the_user_cannot_reach_is_undone_with_its_pid_file(job_tree):
+    top, owner = job_tree
+    pfs = make_dir(top, owner)
+    buffer, hidden = top / "buffer", top / "hidden"
+    buffer.mkdir(mode=0o700)
+    os.chown(buffer, owner.pw_uid, owner.pw_gid)
+    hidden.mkdir(mode=0o700)  # root's: the user cannot reach a mount point inside
+    mountpoint = hidden / "mnt"
+    mountpoint.mkdir()
+    co.prepare_as_user(str(pfs), str(buffer), owner.pw_uid, owner.pw_gid)
+    with pytest.raises(co.OverlayError, match=r"does not answer .*Permission denied.*it was unmounted"):
+        co.mount_overlay(str(pfs), str(buffer), str(mountpoint), owner.pw_uid, owner.pw_gid)
+    assert not co.is_mounted(str(mountpoint)) and co.daemon_pid(str(mountpoint)) is None
