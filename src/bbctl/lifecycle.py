@@ -134,8 +134,9 @@ class Lifecycle:
             made.append(self.create(create.name, uid, gid, create.capacity, create.pool or pool, "gluster",
                                     striped=create.access == "striped", stage="create-persistent"))
         if request.jobdw is not None:
-            if request.swap and callable(swap_nodes):
-                swap_nodes = swap_nodes()
+            if callable(swap_nodes) and (request.swap or is_cache(request)):
+                swap_nodes = _node_count(swap_nodes, required=bool(request.swap))
+            _refuse_cache_on_nodes(key, request, swap_nodes)
             booked = self._booked_for_persistent(request, pool)
             if slurm_books_swap:
                 booked += self._booked_for_swap(request, request.jobdw.pool or pool, swap_nodes)
@@ -619,6 +620,25 @@ def is_cache(request: JobRequest) -> bool:
 def cache_meta(request: JobRequest) -> dict[str, str]:
     """The state meta of a cache buffer: the directory it caches."""
     return {CACHE: request.jobdw.pfs} if is_cache(request) and request.jobdw.pfs else {}
+
+
+def _node_count(count: Callable[[], int], *, required: bool) -> int | None:
+    """The job's (most) nodes from ``count``; None when it cannot tell and nothing requires it."""
+    try:
+        return count()
+    except BBError:
+        if required:
+            raise
+        return None
+
+
+def _refuse_cache_on_nodes(key: str, request: JobRequest, nodes: Any) -> None:
+    """Refuse at setup, before anything is allocated, a cache job that asks for more than one node
+    (pre-run checks the nodes it really got)."""
+    if is_cache(request) and isinstance(nodes, int) and nodes > 1:
+        raise BBError(f"job {key}: a cache buffer (type=cache) serves one compute node, the job asks for up to "
+                      f"{nodes}: submit it with -N 1, or use type=scratch with stage_in and stage_out lines",
+                      exit_code=2)
 
 
 def _check_cache_nodes(buffer: Buffer, nodes: list[str]) -> None:

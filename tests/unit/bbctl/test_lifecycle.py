@@ -630,3 +630,20 @@ def test_a_cache_job_stages_out_of_its_persistent_buffer_after_the_write_back(li
     life.setup("42", UID, GID, job)
     assert life.stage_out("42", job) == 2
     assert recorder.playbooks()[-2:] == ["cache_writeback.yml", "stage_out.yml"]
+
+
+def test_setup_refuses_a_cache_job_asking_for_two_nodes_before_allocating(life, recorder, tmp_path):
+    job = script(tmp_path, CACHE_LINE)
+    with pytest.raises(BBError, match=r"\(type=cache\) serves one compute node, the job asks for up to 2"):
+        life.setup("42", UID, GID, job, swap_nodes=lambda: 2)
+    assert recorder.runs == [] and life.store.get("42") is None
+
+
+def test_setup_of_a_cache_job_goes_on_when_slurm_cannot_say_how_many_nodes(life, recorder, tmp_path):
+    def unknown() -> int:
+        raise BBError("scontrol show job 42: no such job")
+
+    [buffer] = life.setup("42", UID, GID, script(tmp_path, CACHE_LINE), swap_nodes=unknown)
+    assert buffer.meta["cache"] == "/pfs/me/run"
+    with pytest.raises(BBError, match="no such job"):  # swap needs the count: still an error there
+        life.setup("43", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB", "#DW swap 1GiB"), swap_nodes=unknown)
