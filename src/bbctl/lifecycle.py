@@ -343,6 +343,10 @@ class Lifecycle:
         """
         states = (BufferState.FAILED,) if stage_out_failed(self.store.get(job_key)) else BUILT
         buffer = self._require(job_key, states)
+        if buffer.meta.get("nodes"):
+            raise Refused(f"buffer {job_key}: its cache is still mounted on {', '.join(buffer.meta['nodes'])} "
+                          "(post-run has not unmounted it), so the job may still be writing: end what uses it, "
+                          "run post-run, then stage-out again")
         lower = buffer.meta.get(CACHE) or request.jobdw.pfs
         buffer = self.store.transition(job_key, states, BufferState.STAGING_OUT, stage_out_verified=False,
                                        last_error="", meta={FAILED_STAGE: None, STAGE_MOUNTED: True})

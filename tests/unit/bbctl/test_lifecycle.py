@@ -599,6 +599,7 @@ def test_a_failed_write_back_keeps_the_buffer_until_it_succeeds_or_hurry(life, r
     job = script(tmp_path, CACHE_LINE)
     life.setup("42", UID, GID, job)
     life.pre_run("42", job, ["cn1"])
+    life.post_run("42", job)
     recorder.failing.add("cache_writeback.yml")
     with pytest.raises(runner.StageFailed, match=r"cache_writeback\.yml broke"):
         life.stage_out("42", job)
@@ -647,3 +648,12 @@ def test_setup_of_a_cache_job_goes_on_when_slurm_cannot_say_how_many_nodes(life,
     assert buffer.meta["cache"] == "/pfs/me/run"
     with pytest.raises(BBError, match="no such job"):  # swap needs the count: still an error there
         life.setup("43", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB", "#DW swap 1GiB"), swap_nodes=unknown)
+
+
+def test_no_write_back_while_the_cache_is_still_mounted(life, recorder, tmp_path):
+    job = script(tmp_path, CACHE_LINE)
+    life.setup("42", UID, GID, job)
+    life.pre_run("42", job, ["cn1"])  # post-run failed or never ran: the job may still be writing
+    with pytest.raises(lc.Refused, match="its cache is still mounted on cn1"):
+        life.stage_out("42", job)
+    assert "cache_writeback.yml" not in recorder.playbooks() and life.store.get("42").state is BufferState.MOUNTED
