@@ -73,7 +73,7 @@ OPAQUE_MARKERS = (".wh..wh..opq", ".wh..opq")
 OPAQUE_XATTRS = ("user.fuseoverlayfs.opaque", "trusted.overlay.opaque", "user.overlay.opaque")
 
 # A deletion on DIR: ``path``, and ``why``: "whiteout", "opaque" or "replaced" (a new entry of
-# another kind takes the name; done before the copies).
+# another kind takes the name; done after the other copies, before its own).
 Deletion = namedtuple("Deletion", ["path", "why"])
 # A directory of DIR whose mtime is put back after the write-back (the job did not change it).
 KeepTime = namedtuple("KeepTime", ["path", "atime_ns", "mtime_ns"])
