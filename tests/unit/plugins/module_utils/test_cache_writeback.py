@@ -352,3 +352,14 @@ def test_a_mount_the_user_cannot_reach_is_undone_with_its_pid_file(job_tree):
     with pytest.raises(co.OverlayError, match=r"does not answer .*Permission denied.*it was unmounted"):
         co.mount_overlay(str(pfs), str(buffer), str(mountpoint), owner.pw_uid, owner.pw_gid)
     assert not co.is_mounted(str(mountpoint)) and co.daemon_pid(str(mountpoint)) is None
+
+
+def test_a_file_both_the_job_and_someone_else_changed_ends_as_the_job_wrote_it(trees):
+    lower, upper = trees
+    since = time.time_ns()
+    time.sleep(0.01)
+    write(lower / "keep", b"someone else's change during the job", mtime=T_DIR)
+    write(upper / "keep", b"the job's version", mtime=T_FILE)
+    result = cw.writeback(str(upper), str(lower), since_ns=since)
+    assert (lower / "keep").read_bytes() == b"the job's version" and os.stat(lower / "keep").st_mtime == T_FILE
+    assert result["kept"] == [] and result["files"] == 1
