@@ -211,10 +211,7 @@ local GRAMMAR = {
             },
             rules = {
                 {
-                    rule = "not_yet",
-                    key = "type",
-                    value = "cache",
-                    hint = "a write-back cache of pfs=DIR is not available yet (what the job wrote would be lost): use type=scratch with stage_in and stage_out lines",
+                    rule = "cache",
                 },
             },
             key_order = {
@@ -331,7 +328,7 @@ local GRAMMAR = {
                     rule = "not_yet",
                     key = "type",
                     value = "cache",
-                    hint = "a write-back cache of pfs=DIR is not available yet (what the job wrote would be lost): use type=scratch with stage_in and stage_out lines",
+                    hint = "a persistent buffer cannot be a cache: cache a directory for one job with 'jobdw type=cache pfs=DIR capacity=SIZE'",
                 },
             },
             key_order = {
@@ -427,6 +424,9 @@ local GRAMMAR = {
         missing_positional = "line {line}: {directive}: missing {expects}: write '{directive} 4GiB'",
         missing_key = "line {line}: {directive}: missing {key}=: required: {required}",
         not_yet = "line {line}: {directive}: '{token}': {hint}",
+        cache_needs_pfs = "line {line}: {directive}: '{token}': a cache buffer needs pfs=DIR, the directory on the parallel filesystem it caches, e.g. '{prefix} jobdw type=cache pfs=/lus/me/run capacity=100GiB'",
+        cache_access = "line {line}: {directive}: '{token}': a cache buffer is striped only (the job finds its cache of pfs=DIR at $DW_JOB_STRIPED): write access_mode=striped",
+        cache_stage = "line {line}: {directive}: '{token}': the job buffer is a cache of pfs=DIR (line {first}): the job reads DIR through it and what it writes goes back to DIR at job end, so there is nothing to stage: remove this line",
         path_too_long = "line {line}: {directive}: '{token}': {key} is longer than {limit} bytes",
         not_absolute = "line {line}: {directive}: '{token}': {key} must be an absolute path on the parallel filesystem (starting with /)",
         not_expanded = "line {line}: {directive}: '{token}': nothing expands $VARIABLES or ~ in {key} (DataWarp did not either): give the absolute path on the parallel filesystem",
@@ -758,6 +758,17 @@ local RULES = {
             fail_at(where, "not_yet", shorten(values[rule.key][1]), {hint = rule.hint})
         end
     end,
+    cache = function(where, spec, rule, values)  -- type=cache needs pfs= and is striped only
+        if effective(spec, values, "type") ~= "cache" then
+            return
+        end
+        if values.pfs == nil then
+            fail_at(where, "cache_needs_pfs", shorten(values.type[1]))
+        end
+        if effective(spec, values, "access_mode") ~= "striped" then
+            fail_at(where, "cache_access", shorten(values.access_mode[1]))
+        end
+    end,
     file_needs_name = function(where, spec, rule, values)
         if values.type[2] ~= "file" then
             return
@@ -815,7 +826,8 @@ local BUILDERS = {
         local fs = effective(spec, values, "fs")
         state.jobdw = {line = where.line, access_mode = mode, modes = modes, fs = fs,
                        capacity = values.capacity[2], pool = values.pool and values.pool[2],
-                       striped = fs == "gluster" and modes.striped == true}
+                       striped = fs == "gluster" and modes.striped == true,
+                       cache = effective(spec, values, "type") == "cache"}
     end,
     stage_in = build_stage,
     stage_out = build_stage,
@@ -985,6 +997,8 @@ local function check_buffers(state)
             end
         elseif state.jobdw == nil then
             fail_at(stage.where, "needs_jobdw", shown, {var = path.variable})
+        elseif state.jobdw.cache then
+            fail_at(stage.where, "cache_stage", shown, {first = state.jobdw.line})
         elseif not state.jobdw.modes[path.area] then
             fail_at(stage.where, "needs_access", shown,
                     {var = path.variable, first = state.jobdw.line, mode = state.jobdw.access_mode})

@@ -222,6 +222,9 @@ function helpers.job_environment(site, job_id, state, max_file)
     if state.jobdw ~= nil then
         local striped = site.mount_root .. "/" .. site.job_volume_prefix .. job_id
         env[#env + 1] = {"JOB_STRIPED", striped}
+        if state.jobdw.cache then  -- a cache of pfs=DIR: DataWarp's name for it too
+            env[#env + 1] = {"JOB_STRIPED_CACHE", striped}
+        end
         if state.jobdw.modes.private then
             env[#env + 1] = {"JOB_PRIVATE", striped .. site.private_suffix}
         end
@@ -239,6 +242,9 @@ function helpers.job_environment(site, job_id, state, max_file)
         for _, pair in ipairs(env) do
             lines[#lines + 1] = prefix .. pair[1] .. "=" .. pair[2] .. "\n"
         end
+    end
+    if state.jobdw ~= nil and state.jobdw.cache then  -- and the name Kyoto-style scripts look for
+        lines[#lines + 1] = "BB_CACHE_DIR=" .. site.mount_root .. "/" .. site.job_volume_prefix .. job_id .. "\n"
     end
     if max_file ~= nil then
         lines[#lines + 1] = site.max_file_variable .. "=" .. string.format("%.0f", max_file) .. "\n"

@@ -35,7 +35,7 @@ from bbctl.directives import (
     parse_job_script,
 )
 from bbctl.errors import BBError
-from bbctl.playbook_vars import PRIVATE, SWAP, SWAP_NODES
+from bbctl.playbook_vars import CACHE, PRIVATE, SWAP, SWAP_NODES
 from bbctl.pools import NotEnoughBricks, Pool, bricks_needed, load_pools, pools_document, write_pools_json
 from bbctl.site import Site
 from bbctl.state import Buffer, BufferSpec, BufferState, StateError, StateStore, open_store
@@ -134,15 +134,17 @@ class Lifecycle:
             made.append(self.create(create.name, uid, gid, create.capacity, create.pool or pool, "gluster",
                                     striped=create.access == "striped", stage="create-persistent"))
         if request.jobdw is not None:
-            if request.swap and callable(swap_nodes):
-                swap_nodes = swap_nodes()
+            if callable(swap_nodes) and (request.swap or is_cache(request)):
+                swap_nodes = _node_count(swap_nodes, required=bool(request.swap))
+            _refuse_cache_on_nodes(key, request, swap_nodes)
             booked = self._booked_for_persistent(request, pool)
             if slurm_books_swap:
                 booked += self._booked_for_swap(request, request.jobdw.pool or pool, swap_nodes)
             capacity = max(request.jobdw.capacity, (size or 0) - booked)
             swap = swap_meta(key, request, swap_nodes)
+            meta = {**swap, **cache_meta(request)}
             made.append(self.create(key, uid, gid, capacity + swap_bytes(swap), request.jobdw.pool or pool,
-                                    request.jobdw.fs, striped="striped" in request.jobdw.access_modes, meta=swap))
+                                    request.jobdw.fs, striped="striped" in request.jobdw.access_modes, meta=meta))
         return made
 
     def _booked_for_swap(self, request: JobRequest, pool: str | None, nodes: Any) -> int:
@@ -257,7 +259,8 @@ class Lifecycle:
         return sitecfg.job_environment(
             self.site, job_id, jobdw=jobdw is not None,
             private=jobdw is not None and "private" in jobdw.access_modes,
-            persistent=tuple(request.persistent), max_file=self.max_file(request))
+            persistent=tuple(request.persistent), max_file=self.max_file(request),
+            cache=jobdw is not None and jobdw.type == "cache")
 
     def max_file(self, request: JobRequest) -> int | None:
         """Bytes one file of the job's striped buffer can hold, when less than the buffer (else None).
@@ -286,6 +289,7 @@ class Lifecycle:
         if request.jobdw is not None:
             buffer = self._require(key, BUILT)
             _check_swap_nodes(buffer, nodes)
+            _check_cache_nodes(buffer, nodes)
             private = "private" in request.jobdw.access_modes
             buffer = self.store.transition(key, BUILT, buffer.state, meta={"nodes": nodes, PRIVATE: private})
             self._mount(buffer, nodes, stage="pre-run", job_key=key)
@@ -303,9 +307,16 @@ class Lifecycle:
 
     def stage_out(self, job_id: str, script: Path | str | None) -> int:
         job_key, request = sitecfg.job_key(job_id), read_request(script)
+        if is_cache(request):  # its stage_out lines can only be a persistent buffer's
+            return self.write_back(job_key, request) + self._stage_out_lines(job_key, request, own=False)
         if not request.stage_out:
             return 0
-        own = request.jobdw is not None
+        return self._stage_out_lines(job_key, request, own=request.jobdw is not None)
+
+    def _stage_out_lines(self, job_key: str, request: JobRequest, *, own: bool) -> int:
+        """The stage_out lines; ``own``: the job's own buffer is staged out (its state follows)."""
+        if not request.stage_out:
+            return 0
         if own:
             # A failed stage-out left the data where it was: it may simply run again.
             states = (BufferState.FAILED,) if stage_out_failed(self.store.get(job_key)) else BUILT
@@ -324,6 +335,31 @@ class Lifecycle:
             self.store.transition(job_key, BufferState.STAGING_OUT, BufferState.STAGED_OUT, stage_out_verified=True)
         return len(request.stage_out)
 
+    def write_back(self, job_key: str, request: JobRequest) -> int:
+        """Stage-out of a cache buffer: what the job changed in its cache goes back to pfs=DIR.
+
+        As a stage_out line: the user's identity, temporary names, verified; a failure leaves the
+        buffer in state failed (kept, the job held) and the stage may run again.
+        """
+        states = (BufferState.FAILED,) if stage_out_failed(self.store.get(job_key)) else BUILT
+        buffer = self._require(job_key, states)
+        if buffer.meta.get("nodes"):
+            raise Refused(f"buffer {job_key}: its cache is still mounted on {', '.join(buffer.meta['nodes'])} "
+                          "(post-run has not unmounted it), so the job may still be writing: end what uses it, "
+                          "run post-run, then stage-out again")
+        lower = buffer.meta.get(CACHE) or request.jobdw.pfs
+        buffer = self.store.transition(job_key, states, BufferState.STAGING_OUT, stage_out_verified=False,
+                                       last_error="", meta={FAILED_STAGE: None, STAGE_MOUNTED: True})
+        with self.timed(job_key, "stage-out") as meter:
+            run = meter.ran(self._run(buffer, "stage-out", "cache_writeback.yml",
+                                      extra={"mount_path": str(self.stage_path(job_key))}, stages=[],
+                                      more={"bb_cache": {"lower": lower}}))
+            if run.status != "successful":
+                self._failed(self.store.get(job_key), run)
+            run.raise_for_failure()
+        self.store.transition(job_key, BufferState.STAGING_OUT, BufferState.STAGED_OUT, stage_out_verified=True)
+        return 1
+
     def teardown(self, job_id: str, script: Path | str | None, *, hurry: bool) -> bool:
         """Destroy the job's buffer; True if there was one. Unknown job: success, nothing to do."""
         key = sitecfg.job_key(job_id)
@@ -335,7 +371,8 @@ class Lifecycle:
             self.note(key, "teardown", "no buffer recorded: nothing to tear down")
             return False
         with self.timed(key, "teardown"):
-            if not hurry and request.stage_out and not buffer.stage_out_verified and buffer.state is not \
+            writes_out = request.stage_out or is_cache(request) or buffer.meta.get(CACHE)
+            if not hurry and writes_out and not buffer.stage_out_verified and buffer.state is not \
                     BufferState.ALLOCATING:
                 raise Refused(f"buffer {key}: its stage-out has not succeeded, so it is kept "
                               f"(state {buffer.state.value}"
@@ -418,6 +455,9 @@ class Lifecycle:
             more: dict[str, Any] = {"bb_stage_mounted": bool(buffer.meta.get(STAGE_MOUNTED))}
             if nodes:
                 more["bb_client_mount_path"] = str(sitecfg.mount_path(self.site, key))
+                if buffer.meta.get(CACHE):
+                    more["bb_client_mount_path"] = str(sitecfg.cache_volume_path(self.site, key))
+                    more["bb_client_cache_path"] = str(sitecfg.mount_path(self.site, key))
                 if buffer.meta.get(SWAP):
                     more["bb_client_swap"] = str(buffer.meta[SWAP])
             extra = {"mount_path": str(self.stage_path(key))}
@@ -573,6 +613,44 @@ def swap_meta(key: str, request: JobRequest, nodes: Any) -> dict[str, int]:
         raise BBError(f"job {key} asks for swap ({request.swap // GIB} GiB per node) but its node count is "
                       "unknown: give setup the number of nodes (bbctl setup --swap-nodes N)", exit_code=2)
     return {SWAP: request.swap, SWAP_NODES: nodes}
+
+
+def is_cache(request: JobRequest) -> bool:
+    """The job buffer is a write-back cache of pfs=DIR (jobdw type=cache)."""
+    return request.jobdw is not None and request.jobdw.type == "cache"
+
+
+def cache_meta(request: JobRequest) -> dict[str, str]:
+    """The state meta of a cache buffer: the directory it caches."""
+    return {CACHE: request.jobdw.pfs} if is_cache(request) and request.jobdw.pfs else {}
+
+
+def _node_count(count: Callable[[], int], *, required: bool) -> int | None:
+    """The job's (most) nodes from ``count``; None when it cannot tell and nothing requires it."""
+    try:
+        return count()
+    except BBError:
+        if required:
+            raise
+        return None
+
+
+def _refuse_cache_on_nodes(key: str, request: JobRequest, nodes: Any) -> None:
+    """Refuse at setup, before anything is allocated, a cache job that asks for more than one node
+    (pre-run checks the nodes it really got)."""
+    if is_cache(request) and isinstance(nodes, int) and nodes > 1:
+        raise BBError(f"job {key}: a cache buffer (type=cache) serves one compute node, the job asks for up to "
+                      f"{nodes}: submit it with -N 1, or use type=scratch with stage_in and stage_out lines",
+                      exit_code=2)
+
+
+def _check_cache_nodes(buffer: Buffer, nodes: list[str]) -> None:
+    """Refuse, before mounting, a cache buffer for more than one node: fuse-overlayfs mounts on several
+    nodes over one shared upper directory would each keep their own view and corrupt it."""
+    if buffer.meta.get(CACHE) and len(nodes) > 1:
+        raise BBError(f"buffer {buffer.key}: a cache buffer (type=cache) serves one compute node, the job runs on "
+                      f"{len(nodes)}: run it on one node (sbatch -N 1), or use type=scratch with stage_in and "
+                      "stage_out lines", exit_code=2)
 
 
 def swap_bytes(meta: dict[str, int]) -> int:

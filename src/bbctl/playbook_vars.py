@@ -19,6 +19,7 @@ from bbctl.state import Buffer
 PRIVATE = "private"  # state meta: compute nodes also mount their private directories
 SWAP = "swap"  # state meta: bytes of swap each compute node gets on the job's buffer
 SWAP_NODES = "swap_nodes"  # state meta: how many nodes setup made room for swap on
+CACHE = "cache"  # state meta: the directory a cache buffer caches (jobdw type=cache pfs=DIR)
 
 
 def buffer_vars(buffer: Buffer, extra: dict[str, Any]) -> dict[str, Any]:
@@ -45,10 +46,18 @@ def volume_layout(buffer: Buffer) -> dict[str, Any]:
     return args
 
 
-def client_paths(site: Site, buffer: Buffer) -> dict[str, str]:
+def client_paths(site: Site, buffer: Buffer) -> dict[str, Any]:
     """Where compute nodes mount the buffer (and their private directories, if it has them), and
-    the swap each of them gets on it (``swap``, bytes; set up after mounting, removed before unmounting)."""
-    paths = {"mount_path": str(sitecfg.mount_path(site, buffer.key))}
+    the swap each of them gets on it (``swap``, bytes; set up after mounting, removed before unmounting).
+
+    A cache buffer's volume goes to cache_volume_path, and the job's cache (``cache``: fuse-overlayfs
+    over the cached directory, its upper directory in the volume) to mount_path, where the job looks.
+    """
+    if buffer.meta.get(CACHE):
+        return {"mount_path": str(sitecfg.cache_volume_path(site, buffer.key)),
+                "cache": {"path": str(sitecfg.mount_path(site, buffer.key)), "lower": str(buffer.meta[CACHE])},
+                **({"swap": str(buffer.meta[SWAP])} if buffer.meta.get(SWAP) else {})}
+    paths: dict[str, Any] = {"mount_path": str(sitecfg.mount_path(site, buffer.key))}
     if buffer.meta.get(PRIVATE):
         paths["private_mount_path"] = str(sitecfg.private_mount_path(site, buffer.key))
     if buffer.meta.get(SWAP):

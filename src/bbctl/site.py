@@ -55,6 +55,12 @@ NAME_HASH_MODULUS = 4294967291  # the largest prime below 2**32: the hash stays 
 NAME_HASH_PREFIX = 40  # characters of a sanitised name kept before its hash
 # Bytes one file of a job's striped buffer can hold, set only when less than the buffer (job_environment).
 MAX_FILE_VARIABLE = "BB_JOB_STRIPED_MAX_FILE"
+# A cache buffer's mount point also under DataWarp's cache name (DW_JOB_STRIPED_CACHE, with its BB_ twin)
+# and the name Kyoto-style job scripts look for (their $QSUB_BB_DIR).
+CACHE_VARIABLE = "DW_JOB_STRIPED_CACHE"
+CACHE_DIR_VARIABLE = "BB_CACHE_DIR"
+# Compute nodes mount a cache buffer's volume here (mount_root/<volume>SUFFIX); the job's cache is at mount_path.
+CACHE_VOLUME_SUFFIX = "-cache"
 # The settings of a bbctl.yml that passed validation, under <work_dir>/SETTINGS_CACHE (see load).
 SETTINGS_CACHE = Path("site-cache", "settings.json")
 
@@ -345,6 +351,12 @@ def progress_path(site: Site, run_key: str, stage: str) -> Path:
     return site.runs_dir / run_key / f"{stage}.progress"
 
 
+def cache_volume_path(site: Site, key: str) -> Path:
+    """Where compute nodes mount the volume of a cache buffer: its upper directory is in it, and the
+    job's cache (fuse-overlayfs) is at mount_path."""
+    return site.mount_root / (volume_name(key) + CACHE_VOLUME_SUFFIX)
+
+
 def private_mount_path(site: Site, key: str) -> Path:
     """Where each compute node mounts its own directory of the buffer: $DW_JOB_PRIVATE."""
     return site.mount_root / (volume_name(key) + "-private")
@@ -358,21 +370,27 @@ def buffer_variables(path: Any) -> tuple[str, ...]:
 
 
 def job_environment(site: Site, job_id: str, *, jobdw: bool, private: bool,
-                    persistent: tuple[str, ...], max_file: int | None = None) -> dict[str, str]:
+                    persistent: tuple[str, ...], max_file: int | None = None, cache: bool = False) -> dict[str, str]:
     """The variables a job sees (DataWarp names and their BB_ twins), a pure function of its inputs.
 
     ``max_file``: bytes one file of the job's buffer can hold when that is less than the buffer
     (bbctl.layouts.Layout.file_limit), as MAX_FILE_VARIABLE; DataWarp has no such variable, so no DW_ twin.
+    ``cache``: the job buffer is a cache of pfs=DIR: its mount point is also CACHE_VARIABLE (and twin)
+    and CACHE_DIR_VARIABLE.
     """
     env: dict[str, str] = {}
     key = job_key(job_id)
     if jobdw:
         env["DW_JOB_STRIPED"] = str(mount_path(site, key))
+        if cache:
+            env[CACHE_VARIABLE] = str(mount_path(site, key))
         if private:
             env["DW_JOB_PRIVATE"] = str(private_mount_path(site, key))
     for name in persistent:
         env[f"DW_PERSISTENT_STRIPED_{name}"] = str(mount_path(site, name))
     env.update({"BB_" + k[3:]: v for k, v in list(env.items())})
+    if jobdw and cache:
+        env[CACHE_DIR_VARIABLE] = str(mount_path(site, key))
     if jobdw and max_file is not None:
         env[MAX_FILE_VARIABLE] = str(max_file)
     return env

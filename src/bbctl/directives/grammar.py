@@ -58,10 +58,13 @@ KINDS: dict[str, dict[str, Any]] = {
 }
 
 # pfs= beside type=scratch is DataWarp's own documented form (and Slurm's): accepted, unused.
-CACHE_RULES = [
+# type=cache pfs=DIR: the job's write-back cache of DIR (docs/OPERATOR_GUIDE.md, "Cache buffers"),
+# striped only; a persistent buffer cannot be one.
+JOBDW_RULES = [{"rule": "cache"}]
+PERSISTENT_RULES = [
     {"rule": "not_yet", "key": "type", "value": "cache",
-     "hint": "a write-back cache of pfs=DIR is not available yet (what the job wrote would be lost): "
-             "use type=scratch with stage_in and stage_out lines"},
+     "hint": "a persistent buffer cannot be a cache: cache a directory for one job with "
+             "'jobdw type=cache pfs=DIR capacity=SIZE'"},
 ]
 
 # directive -> keys (in order) and their kinds, required keys, bare flags,
@@ -76,7 +79,7 @@ GRAMMAR: dict[str, dict[str, Any]] = {
         "aliases": {"access": "access_mode"},
         "required": ["capacity"], "once": True, "slurm_reads": ["capacity", "pool"],
         "defaults": {"access_mode": "striped", "type": "scratch", "fs": "gluster"},
-        "rules": CACHE_RULES,
+        "rules": JOBDW_RULES,
     },
     "stage_in": {
         "keys": {"type": "stage_type", "source": "pfs_path", "destination": "buffer_path"},
@@ -94,7 +97,7 @@ GRAMMAR: dict[str, dict[str, Any]] = {
         "required": ["name", "capacity"],
         "slurm_reads": ["name", "capacity", "pool", "type", "access_mode", "access"],
         "defaults": {"access": "striped", "type": "scratch"},
-        "rules": CACHE_RULES,
+        "rules": PERSISTENT_RULES,
     },
     "destroy_persistent": {"keys": {"name": "buffer_name"}, "required": ["name"], "flags": ["hurry"],
                            "slurm_reads": ["name"]},
@@ -148,6 +151,14 @@ MESSAGES = {
     "missing_positional": "line {line}: {directive}: missing {expects}: write '{directive} 4GiB'",
     "missing_key": "line {line}: {directive}: missing {key}=: required: {required}",
     "not_yet": "line {line}: {directive}: '{token}': {hint}",
+    "cache_needs_pfs": "line {line}: {directive}: '{token}': a cache buffer needs pfs=DIR, the directory on the "
+                       "parallel filesystem it caches, e.g. '{prefix} jobdw type=cache pfs=/lus/me/run "
+                       "capacity=100GiB'",
+    "cache_access": "line {line}: {directive}: '{token}': a cache buffer is striped only (the job finds its cache "
+                    "of pfs=DIR at $DW_JOB_STRIPED): write access_mode=striped",
+    "cache_stage": "line {line}: {directive}: '{token}': the job buffer is a cache of pfs=DIR (line {first}): the "
+                   "job reads DIR through it and what it writes goes back to DIR at job end, so there is "
+                   "nothing to stage: remove this line",
     "path_too_long": "line {line}: {directive}: '{token}': {key} is longer than {limit} bytes",
     "not_absolute": "line {line}: {directive}: '{token}': {key} must be an absolute path on the parallel "
                     "filesystem (starting with /)",

@@ -346,7 +346,17 @@ def _rule_file_needs_name(where: _Where, spec: dict[str, Any], rule: dict[str, A
             _fail_at(where, "file_needs_name", shorten(token))
 
 
-_RULES = {"not_yet": _rule_not_yet, "file_needs_name": _rule_file_needs_name}
+def _rule_cache(where: _Where, spec: dict[str, Any], rule: dict[str, Any], values: dict) -> None:
+    """type=cache needs pfs= and is striped only."""
+    if _value(values, "type", spec["defaults"]["type"]) != "cache":
+        return
+    if "pfs" not in values:
+        _fail_at(where, "cache_needs_pfs", shorten(values["type"][0]))
+    if _value(values, "access_mode", spec["defaults"]["access_mode"]) != "striped":
+        _fail_at(where, "cache_access", shorten(values["access_mode"][0]))
+
+
+_RULES = {"not_yet": _rule_not_yet, "file_needs_name": _rule_file_needs_name, "cache": _rule_cache}
 
 
 # ----------------------------------------------------------------- values
@@ -551,6 +561,8 @@ def _check_buffers(state: _State) -> None:
                 _fail_at(where, "needs_persistentdw", shown, var=path.variable, name=path.name)
         elif state.jobdw is None:
             _fail_at(where, "needs_jobdw", shown, var=path.variable)
+        elif state.jobdw.type == "cache":
+            _fail_at(where, "cache_stage", shown, first=state.jobdw.line)
         elif path.area not in state.jobdw.access_modes:
             _fail_at(where, "needs_access", shown, var=path.variable, first=state.jobdw.line,
                      mode=state.jobdw.access_mode)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 
 import pytest
 
-from tests.conftest import BBCTL
+from tests.cache_job import JOB, differences, make_dir, run_job, snapshot
+from tests.conftest import BBCTL, TESTBED_ROOT
 from tests.integration.bbctl.slurmjobs import (
     ENV,
     bbctl,
@@ -81,3 +83,28 @@ echo kept > "$DW_PERSISTENT_STRIPED_{name}/kept.txt" && cat "$DW_PERSISTENT_STRI
     wait_torn_down(destroy, timeout=180)
     assert bbctl("show", name).returncode == 3
     assert leftovers(f"bbp-{name}") == []
+
+
+def test_a_datawarp_cache_job_leaves_dir_as_the_same_job_run_on_dir_would(user_dir):
+    """DataWarp's own form of a cache buffer (#DW jobdw type=cache pfs=DIR) through dw_wlm_cli."""
+    owner = pwd.getpwnam("bbuser")
+    pfs = make_dir(user_dir, owner)
+    direct = user_dir / "direct"
+    subprocess.run(["cp", "-a", str(pfs), str(direct)], check=True)
+    run_job(direct, owner)
+    script = write_job(user_dir, "cache.sh", f"""
+#DW jobdw type=cache access_mode=striped capacity=4GiB pfs={pfs}
+set -eu
+echo "env $DW_JOB_STRIPED_CACHE $BB_CACHE_DIR"
+cd "$DW_JOB_STRIPED_CACHE"
+{JOB}
+""")
+    job = submit(script)
+    wait_torn_down(job, timeout=240)
+    output = (user_dir / f"slurm-{job}.out").read_text()
+    assert wait_for(job, {"COMPLETED"}, timeout=5)["ExitCode"] == "0:0", output
+    mount = TESTBED_ROOT / "mnt" / f"bbjob-{job}"
+    assert f"env {mount} {mount}" in output, output
+    assert differences(snapshot(pfs), snapshot(direct)) == []
+    assert leftovers(f"bbjob-{job}") == []
+

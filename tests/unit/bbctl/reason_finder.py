@@ -144,7 +144,8 @@ def _name(node: ast.AST) -> str:
 # --- Lua -------------------------------------------------------------------------------------------
 
 _LUA_START = re.compile(
-    r"(?:\breturn\s+(?:slurm\.ERROR\s*,\s*|nil\s*,\s*|false\s*,\s*)?|\b[A-Za-z_][A-Za-z0-9_]*\s*=\s*)(?=\")")
+    # (an assignment, not a string's own "NAME=" text: no quote right before the name)
+    r"(?:\breturn\s+(?:slurm\.ERROR\s*,\s*|nil\s*,\s*|false\s*,\s*)?|(?<!\")\b[A-Za-z_][A-Za-z0-9_]*\s*=\s*)(?=\")")
 _LUA_STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
 _LUA_OPERAND = re.compile(r"\s*(?:[A-Za-z_][A-Za-z0-9_.:]*(?:\([^()\n]*\))?|\([^()\n]*\))")
 _LUA_JOIN = re.compile(r"\s*\.\.\s*")

@@ -519,7 +519,7 @@ def test_create_persistent_refuses_a_bad_name_before_allocating(life, capsys, na
 
 def test_create_persistent_refuses_cache_type_and_other_access(life, capsys):
     me = pwd.getpwnam("bbuser")
-    for extra, why in ((["-T", "cache"], "not available yet"), (["-a", "ldbalance"], "persistent buffers are striped")):
+    for extra, why in ((["-T", "cache"], "cannot be a cache"), (["-a", "ldbalance"], "persistent buffers are striped")):
         code, out = cli(["--function", "create_persistent", "-t", "c1", "-u", str(me.pw_uid), "-C", "nvme:48",
                          *extra], life, capsys)
         assert code == 2 and why in out

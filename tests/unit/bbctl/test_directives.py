@@ -313,7 +313,23 @@ def check_late_comments(r: JobRequest) -> None:
     assert r.jobdw.capacity == GiB and r.stage_out == () and r.create_persistent == ()
 
 
+def check_cache(r: JobRequest) -> None:
+    assert (r.jobdw.type, r.jobdw.pfs, r.jobdw.access_modes, r.jobdw.capacity) == ("cache", "/lustre/project",
+                                                                                   ("striped",), 2**40)
+
+
+def check_cache_lua(r: JobRequest) -> None:
+    assert (r.jobdw.type, r.jobdw.pfs, r.jobdw.pool) == ("cache", "/pfs/me/run", "nvme")
+
+
+def check_cache_swap(r: JobRequest) -> None:
+    assert (r.jobdw.type, r.swap, r.persistent, len(r.stage_in)) == ("cache", 2**30, ("shared",), 1)
+
+
 TYPED: dict[str, Callable[[JobRequest], None]] = {
+    "cache_mode": check_cache,
+    "cache_mode_lua_form": check_cache_lua,
+    "cache_mode_with_swap_and_persistent": check_cache_swap,
     "published_forms_with_comments_hints_and_spacing": check_published,
     "comments_and_commented_out_directives_after_the_first_command": check_late_comments,
     "slurm_test35_repeated_key_and_double_slash": check_test35_repeated,

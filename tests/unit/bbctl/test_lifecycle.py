@@ -189,7 +189,7 @@ def test_create_persistent_checks_the_name_before_allocating(life, recorder, nam
 
 
 def test_create_persistent_refuses_cache_type_before_allocating(life, recorder):
-    with pytest.raises(BBError, match="not available yet"):
+    with pytest.raises(BBError, match="persistent buffer cannot be a cache"):
         life.create_persistent("cached", UID, GID, 2**30, None, buffer_type="cache")
     assert life.store.buffers() == [] and recorder.runs == []
 
@@ -546,3 +546,114 @@ def test_a_job_without_swap_passes_none_to_its_nodes(life, recorder, tmp_path):
     assert "swap" not in recorder.runs[-1]["extravars"]["bb_buffer"]
     life.teardown("42", job, hurry=True)
     assert "bb_client_swap" not in recorder.runs[-1]["extravars"]
+
+
+# --- cache buffers (jobdw type=cache pfs=DIR) ----------------------------------------------------------
+
+CACHE_LINE = "#DW jobdw capacity=1GiB type=cache pfs=/pfs/me/run"
+
+
+def test_a_cache_buffer_mounts_its_volume_beside_the_cache_the_job_sees(life, recorder, tmp_path):
+    job = script(tmp_path, CACHE_LINE)
+    [buffer] = life.setup("42", UID, GID, job)
+    assert buffer.meta["cache"] == "/pfs/me/run"
+    env = life.paths("42", job)
+    assert env["DW_JOB_STRIPED"] == env["DW_JOB_STRIPED_CACHE"] == env["BB_CACHE_DIR"] == "/mnt/bb/bbjob-42"
+    life.pre_run("42", job, ["cn1"])
+    mount = recorder.runs[-1]
+    assert mount["playbook"] == "buffer_mount.yml" and mount["nodes"] == ["cn1"]
+    bb = mount["extravars"]["bb_buffer"]
+    assert bb["mount_path"] == "/mnt/bb/bbjob-42-cache"
+    assert bb["cache"] == {"path": "/mnt/bb/bbjob-42", "lower": "/pfs/me/run"}
+    life.post_run("42", job)
+    assert recorder.runs[-1]["playbook"] == "buffer_unmount.yml"
+    assert recorder.runs[-1]["extravars"]["bb_buffer"]["cache"]["path"] == "/mnt/bb/bbjob-42"
+
+
+def test_a_cache_buffer_refuses_a_job_on_two_nodes_before_mounting(life, recorder, tmp_path):
+    job = script(tmp_path, CACHE_LINE)
+    life.setup("42", UID, GID, job)
+    with pytest.raises(BBError, match=r"a cache buffer .* serves one compute node, the job runs on 2"):
+        life.pre_run("42", job, ["cn1", "cn2"])
+    assert recorder.playbooks() == ["buffer_create.yml"]
+
+
+def test_stage_out_of_a_cache_buffer_writes_it_back_as_the_user(life, recorder, tmp_path):
+    job = script(tmp_path, CACHE_LINE)
+    life.setup("42", UID, GID, job)
+    life.pre_run("42", job, ["cn1"])
+    life.post_run("42", job)
+    assert life.stage_out("42", job) == 1
+    run = recorder.runs[-1]
+    assert run["playbook"] == "cache_writeback.yml" and run["stage"] == "stage-out"
+    assert run["extravars"]["bb_cache"] == {"lower": "/pfs/me/run"}
+    assert (run["extravars"]["bb_stage_uid"], run["extravars"]["bb_stage_gid"]) == (UID, GID)
+    assert run["extravars"]["bb_buffer"]["mount_path"] == str(life.stage_path("42"))
+    buffer = life.store.get("42")
+    assert buffer.state is BufferState.STAGED_OUT and buffer.stage_out_verified
+    assert life.teardown("42", job, hurry=False)
+    assert recorder.playbooks()[-1] == "buffer_destroy.yml"
+
+
+def test_a_failed_write_back_keeps_the_buffer_until_it_succeeds_or_hurry(life, recorder, tmp_path):
+    job = script(tmp_path, CACHE_LINE)
+    life.setup("42", UID, GID, job)
+    life.pre_run("42", job, ["cn1"])
+    life.post_run("42", job)
+    recorder.failing.add("cache_writeback.yml")
+    with pytest.raises(runner.StageFailed, match=r"cache_writeback\.yml broke"):
+        life.stage_out("42", job)
+    assert life.store.get("42").state is BufferState.FAILED
+    with pytest.raises(lc.Refused, match="its stage-out has not succeeded"):
+        life.teardown("42", job, hurry=False)
+    with pytest.raises(lc.Refused):  # the script gone: the record still says it is a cache
+        life.teardown("42", None, hurry=False)
+    recorder.failing.clear()
+    assert life.stage_out("42", job) == 1  # runs again from failed
+    assert life.store.get("42").state is BufferState.STAGED_OUT
+
+
+def test_teardown_of_a_cache_still_mounted_unmounts_the_cache_on_the_nodes(life, recorder, tmp_path):
+    job = script(tmp_path, CACHE_LINE)
+    life.setup("42", UID, GID, job)
+    life.pre_run("42", job, ["cn1"])
+    assert life.teardown("42", job, hurry=True)
+    run = recorder.runs[-1]
+    assert run["playbook"] == "buffer_destroy.yml" and run["nodes"] == ["cn1"]
+    assert run["extravars"]["bb_client_mount_path"] == "/mnt/bb/bbjob-42-cache"
+    assert run["extravars"]["bb_client_cache_path"] == "/mnt/bb/bbjob-42"
+
+
+def test_a_cache_job_stages_out_of_its_persistent_buffer_after_the_write_back(life, recorder, tmp_path):
+    life.create_persistent("shared", UID, GID, GiB, None)
+    job = script(tmp_path, CACHE_LINE, "#DW persistentdw name=shared",
+                 "#DW stage_out type=file source=$DW_PERSISTENT_STRIPED_shared/r destination=/pfs/me/r")
+    life.setup("42", UID, GID, job)
+    assert life.stage_out("42", job) == 2
+    assert recorder.playbooks()[-2:] == ["cache_writeback.yml", "stage_out.yml"]
+
+
+def test_setup_refuses_a_cache_job_asking_for_two_nodes_before_allocating(life, recorder, tmp_path):
+    job = script(tmp_path, CACHE_LINE)
+    with pytest.raises(BBError, match=r"\(type=cache\) serves one compute node, the job asks for up to 2"):
+        life.setup("42", UID, GID, job, swap_nodes=lambda: 2)
+    assert recorder.runs == [] and life.store.get("42") is None
+
+
+def test_setup_of_a_cache_job_goes_on_when_slurm_cannot_say_how_many_nodes(life, recorder, tmp_path):
+    def unknown() -> int:
+        raise BBError("scontrol show job 42: no such job")
+
+    [buffer] = life.setup("42", UID, GID, script(tmp_path, CACHE_LINE), swap_nodes=unknown)
+    assert buffer.meta["cache"] == "/pfs/me/run"
+    with pytest.raises(BBError, match="no such job"):  # swap needs the count: still an error there
+        life.setup("43", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB", "#DW swap 1GiB"), swap_nodes=unknown)
+
+
+def test_no_write_back_while_the_cache_is_still_mounted(life, recorder, tmp_path):
+    job = script(tmp_path, CACHE_LINE)
+    life.setup("42", UID, GID, job)
+    life.pre_run("42", job, ["cn1"])  # post-run failed or never ran: the job may still be writing
+    with pytest.raises(lc.Refused, match="its cache is still mounted on cn1"):
+        life.stage_out("42", job)
+    assert "cache_writeback.yml" not in recorder.playbooks() and life.store.get("42").state is BufferState.MOUNTED

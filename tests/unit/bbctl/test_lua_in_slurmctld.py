@@ -31,6 +31,7 @@ SCRIPTS = {
     "long_dotted": "#!/bin/bash\n#DW persistentdw name=" + "x." * 32 + "\n#DW persistentdw name=_a\n",
     "none": "#!/bin/bash\nhostname\n",
     "several_sets": "#!/bin/bash\n#BB_LUA jobdw capacity=17GiB pool=nvme\n",  # two sets of 9+1: files up to 9 GiB
+    "cache": "#!/bin/bash\n#BB_LUA jobdw capacity=1GiB pool=nvme type=cache pfs=/pfs/me/run\n#DW persistentdw name=p\n",
 }
 
 
@@ -70,10 +71,15 @@ def test_paths_are_bbctl_sites_job_environment(slurm_dir, name):
     expected = site.job_environment(
         config, "4711", jobdw=request.jobdw is not None,
         private=request.jobdw is not None and "private" in request.jobdw.access_modes,
-        persistent=request.persistent, max_file=max_file)
+        persistent=request.persistent, max_file=max_file,
+        cache=request.jobdw is not None and request.jobdw.type == "cache")
     lua_env = dict(line.split("=", 1) for line in written.splitlines())
     assert lua_env == expected
     assert (site.MAX_FILE_VARIABLE in lua_env) == (name == "several_sets")
+    cache_variables = {site.CACHE_VARIABLE, "BB_JOB_STRIPED_CACHE", site.CACHE_DIR_VARIABLE}
+    assert (cache_variables <= set(lua_env)) == (name == "cache")
+    if name == "cache":
+        assert {lua_env[v] for v in cache_variables} == {lua_env["DW_JOB_STRIPED"]} == {"/mnt/bb/bbjob-4711"}
 
 
 def test_pools_and_job_process_answer_without_forking(slurm_dir):
