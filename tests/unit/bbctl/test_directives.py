@@ -313,7 +313,21 @@ def check_late_comments(r: JobRequest) -> None:
     assert r.jobdw.capacity == GiB and r.stage_out == () and r.create_persistent == ()
 
 
+def check_presets(r: JobRequest) -> None:
+    [create] = r.create_persistent
+    assert (create.preset, create.tokens["preset"], create.tokens["capacity"]) == (
+        "archive-2.0", "preset=archive-2.0", "capacity=1TiB")
+    assert (r.jobdw.preset, r.jobdw.access_mode, sorted(r.jobdw.tokens)) == (
+        "fast", "striped,private", ["access_mode", "capacity", "preset"])  # the keys the line gave
+
+
+def check_preset_twice(r: JobRequest) -> None:
+    assert r.jobdw.preset == "fast" and r.jobdw.tokens["preset"] == "preset=fast"
+
+
 TYPED: dict[str, Callable[[JobRequest], None]] = {
+    "preset_on_jobdw_and_create_persistent": check_presets,
+    "preset_given_twice_alike": check_preset_twice,
     "published_forms_with_comments_hints_and_spacing": check_published,
     "comments_and_commented_out_directives_after_the_first_command": check_late_comments,
     "slurm_test35_repeated_key_and_double_slash": check_test35_repeated,
@@ -443,8 +457,8 @@ def test_cli_validates_scripts(tmp_path, capsys):
     assert "line 2: jobdw: 'capacity=10N': node counts" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("lua", [LUA_SCRIPT, LUA_VALIDATOR, REPO / "slurm" / "bbctl-layouts.lua"],
-                         ids=lambda path: path.name)
+@pytest.mark.parametrize("lua", [LUA_SCRIPT, LUA_VALIDATOR, REPO / "slurm" / "bbctl-layouts.lua",
+                                 REPO / "slurm" / "bbctl-policy.lua"], ids=lambda path: path.name)
 def test_lua_loads_only_its_own_installed_files(lua):
     # Forking is allowed only in the stages slurmscriptd forks (tests/unit/bbctl/test_lua_in_slurmctld.py
     # proves the in-slurmctld functions never do); the script loads only the files installed beside it.
@@ -452,7 +466,8 @@ def test_lua_loads_only_its_own_installed_files(lua):
     for call in (r"os\.exit", r"\brequire\s*[(\"']", r"\bdofile\b"):
         assert not re.search(call, source), f"{lua.name} must not use {call}"
     for loaded in re.findall(r"\bloadfile\(([^)]*)\)", source):
-        assert loaded in ("SITE_FILE", "DIRECTIVES_FILE", "DIRECTIVES_BYTECODE", "LAYOUTS_FILE", "LAYOUTS_BYTECODE"), \
+        assert loaded in ("SITE_FILE", "DIRECTIVES_FILE", "DIRECTIVES_BYTECODE", "LAYOUTS_FILE", "LAYOUTS_BYTECODE",
+                          "POLICY_FILE", "POLICY_BYTECODE"), \
             f"{lua.name} loads {loaded}"
 
 
