@@ -8,15 +8,18 @@ four files this script reads from the same directory:
   this script afresh for every call);
 - bbctl-layouts.lua: bbctl.layouts in Lua (how a pool holds a buffer), and its
   bytecode bbctl-layouts.luac, loaded only for jobs that ask for a buffer;
-- bbctl-site.lua: how to call bbctl, what job paths are made of (bbctl.site) and the
-  pools buffers are planned in (bbctl.pools, bbctl.layouts);
+- bbctl-policy.lua: bbctl.policy in Lua (presets, the site's limits), and its bytecode
+  bbctl-policy.luac, loaded only for jobs that ask for a buffer on a site with a policy;
+- bbctl-site.lua: how to call bbctl, what job paths are made of (bbctl.site), the
+  pools buffers are planned in (bbctl.pools, bbctl.layouts) and the site's policy
+  (bbctl.policy, users and groups resolved to numbers when it was written);
 - bbctl-pools.json: the pools answer, which bbctl keeps current by atomic rename
   (job_process also reads each pool's bricks there).
 
 Slurm's hooks come first, in the order of a job's life; the helpers they call
 follow. Three hooks run inside slurmctld with its locks held and never fork:
-slurm_bb_job_process (validates the directives and refuses a buffer its pool
-can never hold), slurm_bb_pools and slurm_bb_paths (the job's environment, a
+slurm_bb_job_process (validates the directives, applies the site's policy and
+refuses a buffer its pool can never hold), slurm_bb_pools and slurm_bb_paths (the job's environment, a
 pure function of the job id, the directives and bbctl-site.lua). The forked
 hooks (setup .. teardown) run bbctl and return slurm.ERROR with its last line
 of output when it fails. All 13 functions Slurm 24.05+ requires are defined;
@@ -31,16 +34,22 @@ local DIRECTIVES_FILE = script_dir .. "bbctl-directives.lua"
 local DIRECTIVES_BYTECODE = script_dir .. "bbctl-directives.luac"  -- the same, precompiled at install
 local LAYOUTS_FILE = script_dir .. "bbctl-layouts.lua"  -- bbctl.layouts in Lua: jobs asking for a buffer
 local LAYOUTS_BYTECODE = script_dir .. "bbctl-layouts.luac"
+local POLICY_FILE = script_dir .. "bbctl-policy.lua"  -- bbctl.policy in Lua: sites with a policy
+local POLICY_BYTECODE = script_dir .. "bbctl-policy.luac"
 local helpers = {}  -- defined below the hooks
 
 -- ---------------------------------------------------------------- inside slurmctld: no fork
 
-function slurm_bb_job_process(job_script)
+-- uid and gid: Slurm 23.02+ passes them (22.05 does not: the policy's user checks wait for setup).
+function slurm_bb_job_process(job_script, uid, gid)
     local ok, state = helpers.validate(job_script)
     if not ok then
         return slurm.ERROR, state
     end
-    local problem = (state.jobdw ~= nil or #state.creates > 0) and helpers.check_fits(state)
+    if state.jobdw == nil and #state.creates == 0 then
+        return slurm.SUCCESS
+    end
+    local problem = helpers.apply_policy(state, tonumber(uid), tonumber(gid)) or helpers.check_fits(state)
     if problem then
         return slurm.ERROR, problem
     end
@@ -63,6 +72,10 @@ function slurm_bb_paths(job_id, job_script, path_file)
     local ok, state = helpers.validate(job_script)
     if not ok then
         return slurm.ERROR, state
+    end
+    local preset_problem = helpers.has_preset(state) and helpers.expand_presets(site, state)
+    if preset_problem then
+        return slurm.ERROR, preset_problem
     end
     local max_file  -- BB_JOB_STRIPED_MAX_FILE, when a file holds less than the job's striped buffer
     if state.jobdw ~= nil and state.jobdw.striped then
@@ -257,6 +270,67 @@ function helpers.layouts()
                     "): run bbctl slurm-install"
     end
     return chunk()
+end
+
+-- bbctl-policy.lua (bytecode first): loaded only for jobs with a buffer on a site with a policy.
+function helpers.policy()
+    local chunk, problem = loadfile(POLICY_BYTECODE)
+    if chunk == nil then
+        chunk, problem = loadfile(POLICY_FILE)
+    end
+    if chunk == nil then
+        return nil, "burst buffer policy " .. POLICY_FILE .. " cannot be loaded (" .. tostring(problem) ..
+                    "): run bbctl slurm-install"
+    end
+    return chunk()
+end
+
+-- The site's policy from bbctl-site.lua; false when it sets none and the job names no preset
+-- (then bbctl-policy.lua need not be loaded: a preset= on such a site is refused by it), or
+-- when the site file carries no policy table at all (policy = false: the directives alone).
+local function site_policy(site, state)
+    if site.policy == nil then
+        return nil, "burst buffer site file " .. SITE_FILE .. " is older than burst_buffer.lua: run bbctl slurm-install"
+    end
+    return site.policy and (site.policy.defined or helpers.has_preset(state)) and site.policy
+end
+
+-- nil, or why the site's policy refuses the job's buffers (bbctl.policy.Policy.apply's words);
+-- their presets expanded in state. uid: nil when Slurm does not say (22.05).
+function helpers.apply_policy(state, uid, gid)
+    local site, problem = helpers.load_site()
+    if site == nil then
+        return problem
+    end
+    local rules, old = site_policy(site, state)
+    if not rules then
+        return old
+    end
+    local policy, missing = helpers.policy()
+    if policy == nil then
+        return missing
+    end
+    local default_pool = site.pools and site.pools[1] and site.pools[1].name
+    return policy.apply(rules, state, default_pool, uid, gid or uid, directives.shorten)
+end
+
+function helpers.has_preset(state)
+    for _, create in ipairs(state.creates) do
+        if create.preset ~= nil then
+            return true
+        end
+    end
+    return state.jobdw ~= nil and state.jobdw.preset ~= nil
+end
+
+-- nil, or why the job's presets cannot be expanded (bbctl.policy.Policy.expand); expanded in state.
+function helpers.expand_presets(site, state)
+    local rules, old = site_policy(site, state)
+    if not rules then
+        return old
+    end
+    local policy, missing = helpers.policy()
+    return missing or policy.expand(rules, state)
 end
 
 -- nil, or why the job cannot have the buffers it asks for: bbctl.layouts.check_fits's words for
