@@ -827,7 +827,8 @@ end
 
 -- capacity (bytes) and pool (nil: the default) of the buffers a job asks for, which
 -- bbctl-layouts.lua plans (bbctl.layouts); striped as bbctl.lifecycle builds them. preset and
--- tokens are for bbctl-policy.lua, which expands the preset before anything is planned.
+-- tokens are for bbctl-policy.lua, which expands the preset before anything is planned;
+-- state.presets says whether any line names one.
 local BUILDERS = {
     jobdw = function(where, values, state)
         local spec = GRAMMAR.directives.jobdw
@@ -841,6 +842,7 @@ local BUILDERS = {
                        capacity = values.capacity[2], pool = values.pool and values.pool[2],
                        striped = fs == "gluster" and modes.striped == true,
                        preset = values.preset and values.preset[2], tokens = tokens_of(values)}
+        state.presets = state.presets or values.preset ~= nil
     end,
     stage_in = build_stage,
     stage_out = build_stage,
@@ -852,6 +854,7 @@ local BUILDERS = {
             line = where.line, directive = where.directive, name = values.name[2], access = access,
             capacity = values.capacity[2], pool = values.pool and values.pool[2], striped = access == "striped",
             preset = values.preset and values.preset[2], tokens = tokens_of(values)}
+        state.presets = state.presets or values.preset ~= nil
     end,
     destroy_persistent = build_named,
     swap = function(where, values, state)

@@ -30,6 +30,7 @@ local script_dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local POOLS_FILE = script_dir .. "bbctl-pools.json"
 local POOLS_MISSING = "burst buffer pools file " .. POOLS_FILE .. " is missing: run bbctl pools (it writes the file)"
 local SITE_FILE = script_dir .. "bbctl-site.lua"
+local SITE_OLD = "burst buffer site file " .. SITE_FILE .. " is older than burst_buffer.lua: run bbctl slurm-install"
 local DIRECTIVES_FILE = script_dir .. "bbctl-directives.lua"
 local DIRECTIVES_BYTECODE = script_dir .. "bbctl-directives.luac"  -- the same, precompiled at install
 local LAYOUTS_FILE = script_dir .. "bbctl-layouts.lua"  -- bbctl.layouts in Lua: jobs asking for a buffer
@@ -49,7 +50,16 @@ function slurm_bb_job_process(job_script, uid, gid)
     if state.jobdw == nil and #state.creates == 0 then
         return slurm.SUCCESS
     end
-    local problem = helpers.apply_policy(state, tonumber(uid), tonumber(gid)) or helpers.check_fits(state)
+    local site, problem = helpers.load_site()  -- once: the policy and the pools' check both read it
+    if site == nil then
+        return slurm.ERROR, problem
+    end
+    local policy, rules
+    policy, problem, rules = helpers.policy(site, state)
+    if policy then
+        problem = helpers.apply_policy(policy, rules, site, state, tonumber(uid), tonumber(gid or uid))
+    end
+    problem = problem or helpers.check_fits(site, state)
     if problem then
         return slurm.ERROR, problem
     end
@@ -73,9 +83,12 @@ function slurm_bb_paths(job_id, job_script, path_file)
     if not ok then
         return slurm.ERROR, state
     end
-    local preset_problem = helpers.has_preset(state) and helpers.expand_presets(site, state)
-    if preset_problem then
-        return slurm.ERROR, preset_problem
+    if state.presets then  -- the job's environment follows what its presets set
+        local policy, preset_problem, rules = helpers.policy(site, state)
+        preset_problem = preset_problem or policy.expand(rules, state)
+        if preset_problem then
+            return slurm.ERROR, preset_problem
+        end
     end
     local max_file  -- BB_JOB_STRIPED_MAX_FILE, when a file holds less than the job's striped buffer
     if state.jobdw ~= nil and state.jobdw.striped then
@@ -259,89 +272,48 @@ function helpers.job_environment(site, job_id, state, max_file)
     return table.concat(lines)
 end
 
--- bbctl-layouts.lua (bytecode first, as the validator): loaded only for jobs with a buffer.
+-- A Lua file slurm-install put beside this script, its bytecode first (as the validator's), or
+-- nil and what to run: bbctl-layouts.lua (jobs with a buffer), bbctl-policy.lua.
+function helpers.load_installed(source, bytecode, what)
+    local chunk, problem = loadfile(bytecode)
+    if chunk == nil then
+        chunk, problem = loadfile(source)
+    end
+    if chunk == nil then
+        return nil, "burst buffer " .. what .. " " .. source .. " cannot be loaded (" .. tostring(problem) ..
+                    "): run bbctl slurm-install"
+    end
+    return chunk()
+end
+
 function helpers.layouts()
-    local chunk, problem = loadfile(LAYOUTS_BYTECODE)
-    if chunk == nil then
-        chunk, problem = loadfile(LAYOUTS_FILE)
-    end
-    if chunk == nil then
-        return nil, "burst buffer layouts " .. LAYOUTS_FILE .. " cannot be loaded (" .. tostring(problem) ..
-                    "): run bbctl slurm-install"
-    end
-    return chunk()
+    return helpers.load_installed(LAYOUTS_FILE, LAYOUTS_BYTECODE, "layouts")
 end
 
--- bbctl-policy.lua (bytecode first): loaded only for jobs with a buffer on a site with a policy.
-function helpers.policy()
-    local chunk, problem = loadfile(POLICY_BYTECODE)
-    if chunk == nil then
-        chunk, problem = loadfile(POLICY_FILE)
+-- bbctl-policy.lua and the rules bbctl-site.lua holds for it, for a job with a buffer on a site with
+-- a policy or with a preset=; nil when it needs neither, or nil and what is missing.
+function helpers.policy(site, state)
+    local rules = site.policy
+    if rules == nil then
+        return nil, SITE_OLD
+    elseif not (rules and (rules.defined or state.presets)) then  -- false: the directives alone
+        return nil
     end
-    if chunk == nil then
-        return nil, "burst buffer policy " .. POLICY_FILE .. " cannot be loaded (" .. tostring(problem) ..
-                    "): run bbctl slurm-install"
-    end
-    return chunk()
+    local policy, missing = helpers.load_installed(POLICY_FILE, POLICY_BYTECODE, "policy")
+    return policy, missing, rules
 end
 
--- The site's policy from bbctl-site.lua; false when it sets none and the job names no preset
--- (then bbctl-policy.lua need not be loaded: a preset= on such a site is refused by it), or
--- when the site file carries no policy table at all (policy = false: the directives alone).
-local function site_policy(site, state)
-    if site.policy == nil then
-        return nil, "burst buffer site file " .. SITE_FILE .. " is older than burst_buffer.lua: run bbctl slurm-install"
-    end
-    return site.policy and (site.policy.defined or helpers.has_preset(state)) and site.policy
-end
-
--- nil, or why the site's policy refuses the job's buffers (bbctl.policy.Policy.apply's words);
--- their presets expanded in state. uid: nil when Slurm does not say (22.05).
-function helpers.apply_policy(state, uid, gid)
-    local site, problem = helpers.load_site()
-    if site == nil then
-        return problem
-    end
-    local rules, old = site_policy(site, state)
-    if not rules then
-        return old
-    end
-    local policy, missing = helpers.policy()
-    if policy == nil then
-        return missing
-    end
+-- bbctl.policy.Policy.apply: nil, or why the policy refuses the job's buffers (presets expanded in state).
+function helpers.apply_policy(policy, rules, site, state, uid, gid)
     local default_pool = site.pools and site.pools[1] and site.pools[1].name
-    return policy.apply(rules, state, default_pool, uid, gid or uid, directives.shorten)
-end
-
-function helpers.has_preset(state)
-    for _, create in ipairs(state.creates) do
-        if create.preset ~= nil then
-            return true
-        end
-    end
-    return state.jobdw ~= nil and state.jobdw.preset ~= nil
-end
-
--- nil, or why the job's presets cannot be expanded (bbctl.policy.Policy.expand); expanded in state.
-function helpers.expand_presets(site, state)
-    local rules, old = site_policy(site, state)
-    if not rules then
-        return old
-    end
-    local policy, missing = helpers.policy()
-    return missing or policy.expand(rules, state)
+    return policy.apply(rules, state, default_pool, uid, gid, directives.shorten)
 end
 
 -- nil, or why the job cannot have the buffers it asks for: bbctl.layouts.check_fits's words for
 -- one its pool could never hold (its bricks counted in bbctl-pools.json), or what file is missing.
-function helpers.check_fits(state)
-    local site, problem = helpers.load_site()
-    if site == nil then
-        return problem
-    end
+function helpers.check_fits(site, state)
     if site.pools == nil then
-        return "burst buffer site file " .. SITE_FILE .. " is older than burst_buffer.lua: run bbctl slurm-install"
+        return SITE_OLD
     end
     local pools = helpers.read_file(POOLS_FILE)
     if pools == nil then

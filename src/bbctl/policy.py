@@ -249,6 +249,9 @@ class Policy:
 
         Users become uids, groups gids with their members' uids (bbctl-policy.lua reads them).
         """
+        if not self.defined:  # only a preset= is refused then: what that takes, nothing to parse beyond it
+            return {"defined": False, "messages": {"at_line": AT_LINE, "unknown_preset": REFUSALS["unknown_preset"]},
+                    "presets": {}, "preset_names": "none"}, []
         unknown: list[str] = []
         users = {str(uid): _lua_limit(limit) for uid, limit in
                  ((_lua_uid(directory, name, unknown), limit) for name, limit in self.users.items())

@@ -465,10 +465,12 @@ def test_lua_loads_only_its_own_installed_files(lua):
     source = lua.read_text(encoding="utf-8")
     for call in (r"os\.exit", r"\brequire\s*[(\"']", r"\bdofile\b"):
         assert not re.search(call, source), f"{lua.name} must not use {call}"
+    installed = ("SITE_FILE", "DIRECTIVES_FILE", "DIRECTIVES_BYTECODE", "LAYOUTS_FILE", "LAYOUTS_BYTECODE",
+                 "POLICY_FILE", "POLICY_BYTECODE")
     for loaded in re.findall(r"\bloadfile\(([^)]*)\)", source):
-        assert loaded in ("SITE_FILE", "DIRECTIVES_FILE", "DIRECTIVES_BYTECODE", "LAYOUTS_FILE", "LAYOUTS_BYTECODE",
-                          "POLICY_FILE", "POLICY_BYTECODE"), \
-            f"{lua.name} loads {loaded}"
+        assert loaded in (*installed, "source", "bytecode"), f"{lua.name} loads {loaded}"
+    for source_file, bytecode in re.findall(r"(?<!function )helpers\.load_installed\(([^,]*), ([^,]*),", source):
+        assert {source_file, bytecode} <= set(installed), f"{lua.name} loads {source_file}, {bytecode}"
 
 
 @pytest.mark.parametrize("size, suggestion", [
