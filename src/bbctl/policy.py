@@ -136,6 +136,8 @@ class SystemDirectory:
         except KeyError:
             return None
         members = {uid for uid in map(self.uid, entry.gr_mem) if uid is not None}
+        # Users whose primary group it is are not in gr_mem. Enumerating passwd is slow on a large
+        # directory (and empty where sssd does not enumerate): this runs at slurm-install only.
         members |= {user.pw_uid for user in pwd.getpwall() if user.pw_gid == entry.gr_gid}
         return entry.gr_gid, frozenset(members)
 

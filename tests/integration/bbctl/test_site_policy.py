@@ -42,7 +42,7 @@ POLICY = {
     "user_max_capacity": {"bbuser": "8GiB"},
     "pool_max_capacity": {"nvme": "16GiB"},
     "persistent_creators": {"users": ["root"]},
-    "presets": {"private": {"access_mode": "private"}, "fast": {"pool": "nvme", "access_mode": "striped"}},
+    "presets": {"both": {"access_mode": "striped,private"}, "fast": {"pool": "nvme", "access_mode": "striped"}},
 }
 POOL_LIMIT = "is more than pool nvme allows in one buffer: at most 16GiB (policy.pool_max_capacity.nvme)"
 USER_LIMIT = re.compile(r"'capacity=12GiB' is more than uid \d+ may have in one buffer: at most 8GiB "
@@ -127,7 +127,7 @@ def test_lua_refuses_a_buffer_above_the_pools_limit_at_sbatch(lua, user_dir):
 
 def test_lua_refuses_an_unknown_preset_at_sbatch_naming_the_sites(lua, user_dir):
     error = sbatch_error(write_job(user_dir, "job.sh", "#BB_LUA jobdw capacity=1GiB pool=nvme preset=fats\n"))
-    assert "line 2: jobdw: 'preset=fats': no preset fats; the site's presets: private, fast" in error, error
+    assert "line 2: jobdw: 'preset=fats': no preset fats; the site's presets: both, fast" in error, error
 
 
 def test_lua_applies_the_users_limit_before_anything_is_built(lua, user_dir):
@@ -144,11 +144,11 @@ def test_lua_lets_only_listed_users_create_persistent_buffers(lua, user_dir):
 
 def test_a_preset_gives_the_job_what_it_bundles(lua, user_dir):
     script = write_job(user_dir, "job.sh", """
-#BB_LUA jobdw capacity=4GiB pool=nvme preset=private
+#BB_LUA jobdw capacity=4GiB pool=nvme preset=both
 set -e
 echo mine > "$DW_JOB_PRIVATE/mine.txt"
 echo "private=$DW_JOB_PRIVATE"
-""")
+""")  # without the preset the buffer would be striped only: no $DW_JOB_PRIVATE
     job = submit(script)
     wait_torn_down(job, timeout=180)
     output = (user_dir / f"slurm-{job}.out").read_text()
@@ -166,7 +166,7 @@ def test_datawarp_refuses_a_buffer_above_the_pools_limit_at_sbatch(datawarp, use
 
 def test_datawarp_refuses_an_unknown_preset_at_sbatch(datawarp, user_dir):
     error = sbatch_error(write_job(user_dir, "job.sh", "#DW jobdw capacity=1GiB preset=fats\nhostname\n"))
-    assert "line 2: jobdw: 'preset=fats': no preset fats; the site's presets: private, fast" in error, error
+    assert "line 2: jobdw: 'preset=fats': no preset fats; the site's presets: both, fast" in error, error
 
 
 def test_datawarp_holds_a_job_above_the_users_limit_at_setup(datawarp, user_dir):
