@@ -114,6 +114,8 @@ class Lifecycle:
         ``pool``: the pool Slurm chose for buffers without pool= (default: the first configured);
         ``uid``/``gid``: who asks, when known (then the user's limit and persistent_creators apply too).
         """
+        if request.jobdw is None and not request.create_persistent:
+            return request  # no buffer to check (and no pools to read for a job that only uses one)
         who = self._identity(uid, gid)
         try:
             return self.site.policy.apply(request, default_pool=self.pool(pool).name, who=who)
