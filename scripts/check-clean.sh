@@ -15,6 +15,8 @@ for name in glusterd glusterfsd glusterfs slurmctld slurmd; do
   done
 done
 [ ! -e "$root" ] || problems+=("$root still exists")
+sudoers=/etc/sudoers.d/bbctl-testbed-bbops  # bbctl.testbed.ssh: the SSH user's become rights
+[ ! -e "$sudoers" ] || problems+=("$sudoers still exists")
 if [ "${#problems[@]}" -gt 0 ]; then
   printf 'check-clean: left behind: %s\n' "${problems[@]}" >&2
   exit 1

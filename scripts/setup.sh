@@ -9,6 +9,7 @@ APT_PACKAGES=(
   glusterfs-server glusterfs-client xfsprogs util-linux mount attr
   slurm-wlm slurm-client munge lua5.1
   rsync etcd-server fuse-overlayfs bubblewrap
+  openssh-server sudo
   python3-venv shellcheck
 )
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bbctl import host, operator_views, runner, site, slurm_install, status_text
+from bbctl import host, operator_views, reconcile, runner, site, slurm_install, status_text
 from bbctl.errors import BBError
 from bbctl.lifecycle import Lifecycle, nodes_from_file
 from bbctl.operator_views import describe
@@ -84,9 +84,20 @@ def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
     gc = subparsers.add_parser("gc", help="tear down buffers whose stage died mid-way")
     gc.add_argument("--older-than", type=float, default=3600, help="seconds without progress (default 3600)")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be torn down")
+    gc.add_argument("--repair", action="store_true", help="also repair the drift it reports (see reconcile)")
+    reconcile = subparsers.add_parser(
+        "reconcile", help="compare the state store with what the servers hold; --repair fixes the drift",
+        description="Surveys every storage server (volumes, brick directories), the stage host and the "
+                    "compute nodes (buffer mounts), read-only, and reports each difference from the state "
+                    "store: a record whose volume is gone or never came up, a volume, brick directory or "
+                    "mount no record holds. With --repair, each is torn down as a teardown would.")
+    reconcile.add_argument("--repair", action="store_true", help="tear down what drifted, release its bricks")
+    reconcile.add_argument("--older-than", type=float, default=600,
+                           help="seconds a setup or teardown may still be making or removing its volume "
+                                "(default 600)")
     install = subparsers.add_parser("slurm-install", help="install burst_buffer.lua and its files beside slurm.conf")
     install.add_argument("--dir", type=Path, help="directory of slurm.conf (default: the config's slurm_dir)")
-    for parser in (status, show, pools, gc, install, bbstat):
+    for parser in (status, show, pools, gc, reconcile, install, bbstat):
         parser.add_argument("--json", action="store_true", help="print JSON")
     _add_metrics(subparsers)
 
@@ -243,6 +254,19 @@ def _bbstat(life: Lifecycle, args: argparse.Namespace) -> Any:
     return status_text.render_buffer(view)
 
 
+def _reconcile(life: Lifecycle, args: argparse.Namespace) -> Any:
+    report = reconcile.reconcile(life, repair_drift=args.repair, older_than=args.older_than)
+    return report if args.json else reconcile.render(report)
+
+
+def _gc(life: Lifecycle, args: argparse.Namespace) -> dict[str, Any]:
+    """gc's teardowns, then the drift a survey finds (repaired with --repair, never in a dry run)."""
+    report = operator_views.gc(life, args.older_than, dry_run=args.dry_run)
+    report.update(reconcile.reconcile(life, repair_drift=args.repair and not args.dry_run,
+                                      older_than=args.older_than))
+    return report
+
+
 def _slurm_install(life: Lifecycle, args: argparse.Namespace) -> Any:
     """Install, then rewrite the pools file from the state store: job_process counts each pool's bricks there."""
     report = slurm_install.install(life.site, args.dir)
@@ -270,7 +294,8 @@ _HANDLERS: dict[str, Callable[[Lifecycle, argparse.Namespace], Any]] = {
     "bbstat": _bbstat,
     "metrics": _metrics,
     "pools": lambda life, a: (life.refresh_pools() if not a.datawarp else life.pools_document(datawarp=True)),
-    "gc": lambda life, a: operator_views.gc(life, a.older_than, dry_run=a.dry_run),
+    "gc": lambda life, a: _gc(life, a),
+    "reconcile": lambda life, a: _reconcile(life, a),
     "slurm-install": lambda life, a: _slurm_install(life, a),
 }
 

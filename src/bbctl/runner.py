@@ -48,7 +48,6 @@ ANSIBLE_ENV = {
     "ANSIBLE_NOCOWS": "1",
     "ANSIBLE_NOCOLOR": "1",
     "ANSIBLE_FORCE_COLOR": "0",
-    "ANSIBLE_HOST_KEY_CHECKING": "False",
     "ANSIBLE_DEPRECATION_WARNINGS": "False",
     "ANSIBLE_LOCALHOST_WARNING": "False",
     "ANSIBLE_INVENTORY_UNPARSED_WARNING": "False",
@@ -110,6 +109,7 @@ class StageRun:
     failures: list[str] = field(default_factory=list)
     files: int | None = None  # copied by bb_stage (None: the playbook copies nothing)
     bytes: int | None = None
+    results: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (host, result) of each ok task
 
     def output_tail(self) -> str:
         """The last line ansible-playbook printed (why it stopped before any task failed)."""
@@ -187,7 +187,8 @@ def run_stage(site: Site, key: str, stage: str, playbook: str, *, extravars: Map
             settings={"suppress_ansible_output": True, "pexpect_timeout": 0.2})
     return StageRun(stage=stage, status=result.status, rc=result.rc or 0,
                     seconds=time.monotonic() - started, run_dir=run_dir,
-                    failures=collector.failures, files=collector.files, bytes=collector.bytes)
+                    failures=collector.failures, files=collector.files, bytes=collector.bytes,
+                    results=collector.results)
 
 
 def _path_with_ansible(site: Site) -> str:
@@ -204,6 +205,7 @@ class _Events:
         self.failures: list[str] = []
         self.files: int | None = None  # summed over bb_stage's results, once there is one
         self.bytes: int | None = None
+        self.results: list[tuple[str, dict[str, Any]]] = []
 
     def _count(self, result: Mapping[str, Any]) -> None:
         if isinstance(result.get("files"), int) and isinstance(result.get("bytes"), int):
@@ -217,6 +219,7 @@ class _Events:
             self.on_event(f"task: {task}")
         elif kind == "runner_on_ok":
             result = data.get("res") or {}
+            self.results.append((host, result))
             if result.get("changed"):
                 self.on_event(f"  {host}: changed ({data.get('duration') or 0:.1f} s)")
         elif kind == "runner_item_on_ok":

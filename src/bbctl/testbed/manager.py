@@ -18,7 +18,7 @@ import yaml
 from bbctl import host, site
 from bbctl.collection import sizes
 from bbctl.errors import TestbedError
-from bbctl.testbed import slurm, storage
+from bbctl.testbed import slurm, ssh, storage
 from bbctl.testbed.config import GLUSTERD_PORT, TestbedConfig
 
 # Command -> the Debian package that provides it (scripts/setup.sh installs them).
@@ -135,6 +135,8 @@ def down(root: Path, progress: Progress = _quiet) -> None:
     config = TestbedConfig.load(root)
     for what in slurm.stop_slurm(config):
         progress(f"stopped {what}")
+    for what in ssh.stop(root):
+        progress(what)
     for target in storage.unmount_clients(config):
         progress(f"unmounted client {target}")
     for what in storage.stop_gluster_processes(config):

@@ -1,0 +1,242 @@
+"""Drift between the state store and the servers: found by a survey, reported, and on request repaired.
+
+Someone deletes a volume with the gluster CLI, a teardown dies after the volume went
+but before a brick directory did, a compute node keeps a mount after a failed
+post-run, a setup dies before its volume came up: the store and the machines then
+disagree, and the pools' free figures lie. ``survey`` reads what exists (the
+``buffer_survey`` playbook, read-only, over every storage server, the stage host and
+the compute nodes); ``compare`` lists each difference as a ``Drift``; ``repair``
+fixes them with the playbooks every teardown uses, so nothing is removed by a path
+that a normal teardown would not take.
+
+Only names bbctl makes (``bbjob-*``, ``bbp-*``) are ever looked at. Lustre buffers are
+not surveyed (no Lustre here: docs/LUSTRE.md); their records are left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bbctl import runner, slurmconf
+from bbctl import site as sitecfg
+from bbctl.errors import BBError
+from bbctl.state import Buffer, BufferState
+
+# A setup or teardown that is running now has a record in one of these states and may
+# not have made (or removed) its volume yet: only an old one is drift.
+MOVING = frozenset({BufferState.ALLOCATING, BufferState.CREATING, BufferState.DESTROYING})
+PREFIXES = (sitecfg.JOB_VOLUME_PREFIX, sitecfg.PERSISTENT_VOLUME_PREFIX)
+PRIVATE_SUFFIX = "-private"
+
+VOLUME_MISSING = "volume_missing"     # a record whose volume is not there (deleted, or never came up)
+ORPHAN_VOLUME = "orphan_volume"       # a volume no record holds
+STRAY_BRICK_DIR = "stray_brick_dir"   # a brick directory of no record and no volume
+STRAY_MOUNT = "stray_mount"           # a buffer mount of no record
+
+
+@dataclass(frozen=True)
+class Reality:
+    """What the survey found. Hosts are inventory names; brick roots are the pools' brick paths."""
+
+    volumes: Mapping[str, list[tuple[str, str]]]  # volume name -> [(server, brick root)]
+    brick_dirs: list[tuple[str, str, str]]        # (server, brick root, volume name)
+    mounts: list[tuple[str, str]]                 # (host, mount target)
+    answered: frozenset[str]                      # storage servers whose glusterd answered
+    unanswered: Mapping[str, str] = field(default_factory=dict)  # host -> why it did not
+
+
+@dataclass(frozen=True)
+class Drift:
+    kind: str
+    volume: str
+    key: str | None  # the record's key (volume_missing only)
+    where: tuple[str, ...]  # host:path of each piece
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "where": list(self.where)}
+
+
+def survey(life: Any) -> Reality:
+    """Run buffer_survey.yml over every storage server, the stage host and the compute nodes."""
+    site = life.site
+    run = runner.run_stage(
+        site, "reconcile", "survey", "buffer_survey.yml",
+        extravars={"bb_survey_mount_roots": [str(site.stage_root), str(site.mount_root)]},
+        hosts=["bb_storage", "bb_clients"], timeout=slurmconf.stage_timeout("setup", life._bb_settings),
+        cancel=life.cancel)
+    return reality_of(run.results, address_map(life.pools.values()), storage=storage_servers(life),
+                      failures=run.failures)
+
+
+def address_map(pools: Iterable[Any]) -> dict[str, str]:
+    """bb_gluster_host (what volume info names) -> inventory name, from the pools' bricks."""
+    return {brick.address: brick.server for pool in pools for brick in pool.bricks}
+
+
+def storage_servers(life: Any) -> frozenset[str]:
+    return frozenset(brick.server for pool in life.pools.values() for brick in pool.bricks)
+
+
+def reality_of(results: Iterable[tuple[str, Mapping[str, Any]]], addresses: Mapping[str, str], *,
+               storage: frozenset[str], failures: Iterable[str] = ()) -> Reality:
+    """Reality from buffer_survey's results, (host, result) in any order."""
+    volumes: dict[str, list[tuple[str, str]]] = {}
+    brick_dirs, mounts, answered = [], [], set()
+    for host, result in results:
+        if "brick_dirs" not in result:
+            continue  # not a buffer_survey result
+        if host in storage:
+            answered.add(host)
+            for volume in result.get("volumes", []):
+                volumes[volume["name"]] = [(addresses.get(b["host"], b["host"]), os.path.dirname(b["path"]))
+                                           for b in volume["bricks"]]
+        brick_dirs += [(host, d["root"], d["name"]) for d in result["brick_dirs"]]
+        mounts += [(host, m["target"]) for m in result["mounts"]]
+    unanswered = {}
+    for failure in failures:
+        host = failure.split(":", 1)[0]
+        unanswered[host] = failure
+        answered.discard(host)
+    return Reality(volumes=volumes, brick_dirs=brick_dirs, mounts=mounts, answered=frozenset(answered),
+                   unanswered=unanswered)
+
+
+def compare(buffers: Iterable[Buffer], reality: Reality, *, now: float, older_than: float) -> list[Drift]:
+    """Every difference between the live records and reality, records first, sorted within each kind."""
+    live = {sitecfg.volume_name(b.key): b for b in buffers if b.state is not BufferState.DESTROYED}
+    drifts = [d for b in live.values() if (d := _missing(b, reality, now=now, older_than=older_than))]
+    drifts += [Drift(ORPHAN_VOLUME, name, None, tuple(f"{s}:{r}/{name}" for s, r in bricks),
+                     "a volume no buffer record holds (made or left outside bbctl)")
+               for name, bricks in sorted(reality.volumes.items()) if name not in live]
+    drifts += _stray_dirs(live, reality)
+    drifts += [Drift(STRAY_MOUNT, name, None, (f"{host}:{target}",), "a buffer mount no buffer record holds")
+               for host, target in sorted(reality.mounts)
+               if (name := mounted_volume(target)) not in live]
+    return drifts
+
+
+def _missing(buffer: Buffer, reality: Reality, *, now: float, older_than: float) -> Drift | None:
+    name = sitecfg.volume_name(buffer.key)
+    servers = {brick.server for brick in buffer.bricks}
+    if buffer.fs != "gluster" or name in reality.volumes or not servers & reality.answered:
+        return None  # there, not ours to survey, or nobody could say
+    if buffer.state in MOVING and now - buffer.updated_at < older_than:
+        return None  # a stage may be making or removing it right now
+    if buffer.state in (BufferState.ALLOCATING, BufferState.CREATING, BufferState.FAILED):
+        detail = f"the record is {buffer.state.value} and its volume never came up or is gone"
+    else:
+        detail = f"the record is {buffer.state.value} but its volume is gone (deleted outside bbctl?)"
+    return Drift(VOLUME_MISSING, name, buffer.key, tuple(f"{b.server}:{b.path}/{name}" for b in buffer.bricks),
+                 detail)
+
+
+def _stray_dirs(live: Mapping[str, Buffer], reality: Reality) -> list[Drift]:
+    owned = {(b.server, b.path, name) for name, buffer in live.items() for b in buffer.bricks}
+    owned |= {(server, root, name) for name, bricks in reality.volumes.items() for server, root in bricks}
+    by_volume: dict[str, list[str]] = defaultdict(list)
+    for server, root, name in sorted(reality.brick_dirs):
+        if (server, root, name) not in owned:
+            by_volume[name].append(f"{server}:{root}/{name}")
+    return [Drift(STRAY_BRICK_DIR, name, None, tuple(where), "brick directories of no volume and no record")
+            for name, where in sorted(by_volume.items())]
+
+
+def mounted_volume(target: str) -> str:
+    name = os.path.basename(target.rstrip("/"))
+    return name.removesuffix(PRIVATE_SUFFIX)
+
+
+def repair(life: Any, drifts: list[Drift]) -> list[dict[str, Any]]:
+    """Fix each drift with the teardown playbook; [{volume, kind, repaired, error}] in drift order.
+
+    A record whose volume is missing is torn down as gc would (its bricks released); the
+    pieces of a volume no record holds are removed by one buffer_destroy.yml run per volume."""
+    outcomes = []
+    pieces: dict[str, list[Drift]] = defaultdict(list)
+    for drift in drifts:
+        if drift.kind == VOLUME_MISSING and drift.key is not None:
+            outcomes.append(_outcome(drift, lambda d=drift: life.destroy(d.key, stage="reconcile")))
+        else:
+            pieces[drift.volume].append(drift)
+    for name, found in pieces.items():
+        error = _error_of(lambda n=name, f=found: destroy_pieces(life, n, f))
+        outcomes += [{"volume": name, "kind": d.kind, "repaired": error is None, "error": error} for d in found]
+    return outcomes
+
+
+def _outcome(drift: Drift, action: Any) -> dict[str, Any]:
+    error = _error_of(action)
+    return {"volume": drift.volume, "kind": drift.kind, "repaired": error is None, "error": error}
+
+
+def _error_of(action: Any) -> str | None:
+    try:
+        action()
+    except BBError as exc:  # one failed repair must not stop the others; it is reported
+        return str(exc)
+    return None
+
+
+def destroy_pieces(life: Any, name: str, drifts: list[Drift]) -> None:
+    """One buffer_destroy.yml run for a volume no record holds: the volume, its brick directories
+    and its mounts on the stage host and the compute nodes (each place as the survey found it)."""
+    site = life.site
+    bricks, stage_targets, nodes, private = [], [], set(), False
+    for drift in drifts:
+        for piece in drift.where:
+            host, path = piece.split(":", 1)
+            if drift.kind != STRAY_MOUNT:
+                bricks.append({"host": host, "path": os.path.dirname(path), "device": ""})
+            elif host == runner.STAGE_HOST:
+                stage_targets.append(path)
+            else:
+                nodes.add(host)
+                private = private or path.endswith(PRIVATE_SUFFIX)
+    # The stage host mounts under stage_root; on a machine that is also a compute node it sees
+    # the node's mounts too, which the compute nodes' play removes.
+    stage_targets.sort(key=lambda path: not path.startswith(str(site.stage_root) + "/"))
+    buffer: dict[str, Any] = {"name": name, "fs": "gluster", "owner": 0, "group": 0, "layout": {},
+                              "bricks": bricks,
+                              "mount_path": stage_targets[0] if stage_targets else str(site.stage_root / name)}
+    more: dict[str, Any] = {"bb_stage_mounted": bool(stage_targets)}
+    if nodes:
+        more["bb_client_mount_path"] = str(site.mount_root / name)
+        if private:
+            buffer["private_mount_path"] = str(site.mount_root / (name + PRIVATE_SUFFIX))
+    run = runner.run_stage(site, "reconcile", "reconcile", "buffer_destroy.yml",
+                           extravars={"bb_buffer": buffer, **more}, hosts=sorted({b["host"] for b in bricks}),
+                           nodes=sorted(nodes), timeout=slurmconf.stage_timeout("teardown", life._bb_settings),
+                           cancel=life.cancel)
+    run.raise_for_failure()
+
+
+def reconcile(life: Any, *, repair_drift: bool, older_than: float) -> dict[str, Any]:
+    """Survey, compare and (with repair_drift) repair; the report ``bbctl reconcile --json`` prints."""
+    reality = survey(life)
+    drifts = compare(life.store.buffers(), reality, now=time.time(), older_than=older_than)
+    report: dict[str, Any] = {"drift": [d.to_dict() for d in drifts], "unanswered": dict(reality.unanswered),
+                              "repaired": []}
+    if repair_drift and drifts:
+        report["repaired"] = repair(life, drifts)
+        life.refresh_pools()
+    return report
+
+
+def render(report: Mapping[str, Any]) -> str:
+    """The report for people: one line per drift and per repair, or that there is none."""
+    lines = [f"unanswered: {host}: {why}" for host, why in sorted(report["unanswered"].items())]
+    lines += [f"{d['kind']} {d['volume']}{' (buffer ' + d['key'] + ')' if d['key'] else ''}: {d['detail']}; "
+              f"at {', '.join(d['where'])}" for d in report["drift"]]
+    lines += [f"repaired {r['kind']} {r['volume']}" if r["repaired"]
+              else f"NOT repaired {r['kind']} {r['volume']}: {r['error']}" for r in report["repaired"]]
+    if not report["drift"]:
+        lines.append("no drift: the state store matches the servers")
+    elif not report["repaired"]:
+        lines.append(f"{len(report['drift'])} drift(s); `bbctl reconcile --repair` tears them down")
+    return "\n".join(lines)

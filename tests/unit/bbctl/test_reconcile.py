@@ -1,0 +1,132 @@
+"""bbctl.reconcile's comparison of state records with a survey (the survey itself: tests/integration)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bbctl import reconcile
+from bbctl.pools import Brick
+from bbctl.reconcile import ORPHAN_VOLUME, STRAY_BRICK_DIR, STRAY_MOUNT, VOLUME_MISSING, Reality
+from bbctl.state import Buffer, BufferState
+
+NOW = 1_000_000.0
+ROOT = "/srv/bb/nvme0"
+
+
+def brick(server: str, root: str = ROOT) -> Brick:
+    return Brick(pool="nvme", server=server, address=f"{server}-ib", path=root, device="/dev/nvme0n1")
+
+
+def record(key: str, state: BufferState = BufferState.CREATED, *, servers=("s1", "s2"), fs="gluster",
+           age: float = 3600) -> Buffer:
+    return Buffer(key=key, owner_uid=1001, owner_gid=1001, pool="nvme", capacity=8 << 30, fs=fs, state=state,
+                  bricks=tuple(brick(s) for s in servers), created_at=NOW - age, updated_at=NOW - age)
+
+
+def reality(volumes=None, brick_dirs=(), mounts=(), answered=("s1", "s2", "s3")) -> Reality:
+    return Reality(volumes=volumes or {}, brick_dirs=list(brick_dirs), mounts=list(mounts),
+                   answered=frozenset(answered))
+
+
+def kinds(drifts) -> list[tuple[str, str]]:
+    return [(d.kind, d.volume) for d in drifts]
+
+
+def compare(buffers, found, older_than=600):
+    return reconcile.compare(buffers, found, now=NOW, older_than=older_than)
+
+
+def test_a_buffer_whose_volume_and_brick_dirs_exist_is_no_drift():
+    found = reality({"bbjob-7": [("s1", ROOT), ("s2", ROOT)]},
+                    brick_dirs=[("s1", ROOT, "bbjob-7"), ("s2", ROOT, "bbjob-7")],
+                    mounts=[("localhost", "/var/lib/bb/stage/bbjob-7"), ("node1", "/mnt/bb/bbjob-7-private")])
+    assert compare([record("7")], found) == []
+
+
+def test_a_volume_deleted_behind_bbctl_is_missing():
+    drifts = compare([record("7", BufferState.MOUNTED)], reality())
+    assert kinds(drifts) == [(VOLUME_MISSING, "bbjob-7")]
+    assert drifts[0].key == "7" and "deleted outside bbctl" in drifts[0].detail
+    assert drifts[0].where == (f"s1:{ROOT}/bbjob-7", f"s2:{ROOT}/bbjob-7")
+
+
+def test_nobody_answering_for_the_buffers_servers_is_no_evidence():
+    assert compare([record("7")], reality(answered=("s3",))) == []
+    assert kinds(compare([record("7")], reality(answered=("s2",)))) == [(VOLUME_MISSING, "bbjob-7")]
+
+
+@pytest.mark.parametrize("state", [BufferState.ALLOCATING, BufferState.CREATING, BufferState.DESTROYING])
+def test_a_stage_in_flight_may_still_be_making_its_volume(state):
+    assert compare([record("7", state, age=10)], reality()) == []
+    drifts = compare([record("7", state, age=700)], reality())
+    assert kinds(drifts) == [(VOLUME_MISSING, "bbjob-7")]
+
+
+def test_a_failed_setup_is_a_volume_that_never_came_up():
+    drifts = compare([record("7", BufferState.FAILED, age=1)], reality())
+    assert kinds(drifts) == [(VOLUME_MISSING, "bbjob-7")] and "never came up" in drifts[0].detail
+
+
+def test_destroyed_records_and_lustre_buffers_are_not_compared():
+    assert compare([record("7", BufferState.DESTROYED), record("8", fs="lustre")], reality()) == []
+
+
+def test_a_volume_no_record_holds_is_an_orphan_and_its_brick_dirs_go_with_it():
+    found = reality({"bbp-old": [("s1", ROOT), ("s3", ROOT)]},
+                    brick_dirs=[("s1", ROOT, "bbp-old"), ("s3", ROOT, "bbp-old")])
+    drifts = compare([], found)
+    assert kinds(drifts) == [(ORPHAN_VOLUME, "bbp-old")]
+    assert drifts[0].where == (f"s1:{ROOT}/bbp-old", f"s3:{ROOT}/bbp-old")
+
+
+def test_brick_dirs_of_no_volume_and_no_record_are_stray_one_drift_per_volume():
+    found = reality(brick_dirs=[("s2", ROOT, "bbjob-9"), ("s1", ROOT, "bbjob-9"), ("s1", "/srv/bb/nvme1", "bbp-x")])
+    drifts = compare([], found)
+    assert kinds(drifts) == [(STRAY_BRICK_DIR, "bbjob-9"), (STRAY_BRICK_DIR, "bbp-x")]
+    assert drifts[0].where == (f"s1:{ROOT}/bbjob-9", f"s2:{ROOT}/bbjob-9")
+
+
+def test_a_brick_dir_on_a_brick_the_record_does_not_hold_is_stray():
+    """Same name, other brick root: a leftover of an earlier buffer of the same key."""
+    found = reality({"bbjob-7": [("s1", ROOT), ("s2", ROOT)]},
+                    brick_dirs=[("s1", ROOT, "bbjob-7"), ("s1", "/srv/bb/nvme1", "bbjob-7")])
+    assert kinds(compare([record("7")], found)) == [(STRAY_BRICK_DIR, "bbjob-7")]
+
+
+def test_an_allocating_records_brick_dirs_are_its_own():
+    found = reality(brick_dirs=[("s1", ROOT, "bbjob-7")])
+    assert compare([record("7", BufferState.ALLOCATING, age=1)], found) == []
+
+
+def test_mounts_of_no_record_are_stray_private_ones_by_their_volume():
+    found = reality(mounts=[("node1", "/mnt/bb/bbjob-5"), ("node1", "/mnt/bb/bbjob-5-private"),
+                            ("node2", "/mnt/bb/bbjob-7")], volumes={"bbjob-7": [("s1", ROOT), ("s2", ROOT)]})
+    drifts = compare([record("7")], found)
+    assert kinds(drifts) == [(STRAY_MOUNT, "bbjob-5"), (STRAY_MOUNT, "bbjob-5")]
+    assert [d.where for d in drifts] == [("node1:/mnt/bb/bbjob-5",), ("node1:/mnt/bb/bbjob-5-private",)]
+
+
+def test_reality_of_maps_addresses_to_servers_and_drops_hosts_that_failed():
+    results = [
+        ("s1", {"volumes": [{"name": "bbjob-7", "bricks": [{"host": "s1-ib", "path": f"{ROOT}/bbjob-7"},
+                                                         {"host": "s2-ib", "path": f"{ROOT}/bbjob-7"}]}],
+                "brick_dirs": [{"root": ROOT, "name": "bbjob-7"}], "mounts": []}),
+        ("s2", {"volumes": [], "brick_dirs": [], "mounts": []}),
+        ("node1", {"volumes": [], "brick_dirs": [], "mounts": [{"target": "/mnt/bb/bbjob-7"}]}),
+        ("s1", {"changed": False}),  # another task's result
+    ]
+    found = reconcile.reality_of(results, {"s1-ib": "s1", "s2-ib": "s2"}, storage=frozenset({"s1", "s2", "s3"}),
+                                 failures=["s2: Read the volumes: glusterd is down"])
+    assert found.volumes == {"bbjob-7": [("s1", ROOT), ("s2", ROOT)]}
+    assert found.brick_dirs == [("s1", ROOT, "bbjob-7")] and found.mounts == [("node1", "/mnt/bb/bbjob-7")]
+    assert found.answered == frozenset({"s1"}) and "s2" in found.unanswered
+
+
+def test_render_names_each_drift_and_each_repair():
+    drift = reconcile.Drift(VOLUME_MISSING, "bbjob-7", "7", (f"s1:{ROOT}/bbjob-7",), "its volume is gone")
+    report = {"drift": [drift.to_dict()], "unanswered": {"s3": "s3: unreachable"},
+              "repaired": [{"volume": "bbjob-7", "kind": VOLUME_MISSING, "repaired": False, "error": "boom"}]}
+    text = reconcile.render(report)
+    assert "unanswered: s3" in text and "volume_missing bbjob-7 (buffer 7): its volume is gone" in text
+    assert "NOT repaired volume_missing bbjob-7: boom" in text
+    assert reconcile.render({"drift": [], "unanswered": {}, "repaired": []}).startswith("no drift")
