@@ -12,13 +12,16 @@ run, from source alone) before each call; only luaL_openlibs is missing from
 that figure.
 
 slurm_bb_job_process also reads bbctl-site.lua and bbctl-pools.json to plan the
-job's buffer against its pool (layouts.check_fits in Lua). slurm_bb_paths reads
+job's buffer against its pool (layouts.check_fits in Lua). The site has no policy
+unless --policy gives it SAMPLE_POLICY (limits, creators, presets: bbctl-policy.lua
+is then loaded for every job with a buffer); job_process gets a uid and gid, as
+Slurm 23.02+ passes them, so the policy's user checks run too. slurm_bb_paths reads
 bbctl-site.lua, parses the directives and appends the job's environment to the
 path file, as it does in slurmctld. The driver
 replaces io.popen and os.execute with functions that abort, so a figure here
 is also proof that none of the three forks.
 
-    .venv/bin/python benchmarks/lua_inslurmctld.py [--calls 10000]
+    .venv/bin/python benchmarks/lua_inslurmctld.py [--calls 10000] [--policy]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bbctl import policy
 from bbctl.layouts import MAX_DATA_BRICKS, TOO_BIG
 from bbctl.site import MAX_FILE_VARIABLE
 from bbctl.slurm_install import compile_lua, render_site_lua
@@ -44,7 +48,35 @@ SITE_VALUES = {"bbctl": "/usr/bin/false", "config": "/etc/bbctl/bbctl.yml", "mou
                          {"name": "nvme-small", "granularity": 274877906944, "striped_layout": "disperse"},
                          {"name": "lustre-ost", "granularity": 4398046511104, "striped_layout": "distribute"}]}
 LUA_FILES = (REPO / "slurm" / "burst_buffer.lua", REPO / "slurm" / "bbctl-directives.lua",
-             REPO / "slurm" / "bbctl-layouts.lua")
+             REPO / "slurm" / "bbctl-layouts.lua", REPO / "slurm" / "bbctl-policy.lua")
+# A site's policy as bbctl.yml writes it: the job below (2TiB in nvme, uid 1001) passes every check.
+SAMPLE_POLICY = {"max_capacity": "1TiB", "user_max_capacity": {"alice": "4TiB", "bob": "512GiB"},
+                 "group_max_capacity": {"cfd": "8TiB", "bio": "2TiB"}, "pool_max_capacity": {"nvme": "16TiB"},
+                 "persistent_creators": {"users": ["alice"], "groups": ["hpcadmin"]},
+                 "presets": {"fast": {"pool": "nvme", "access_mode": "striped"}, "private": {"access_mode": "private"}}}
+
+
+SAMPLE_USERS = {"alice": 1001, "bob": 1002}
+SAMPLE_GROUPS = {"cfd": (3001, frozenset({1001, 1002})), "bio": (3002, frozenset({1002})),
+                 "hpcadmin": (3003, frozenset())}
+
+
+class SampleDirectory:
+    """The users and groups SAMPLE_POLICY names, as bbctl slurm-install would resolve them."""
+
+    def uid(self, user: str) -> int | None:
+        return SAMPLE_USERS.get(user)
+
+    def group(self, group: str) -> tuple[int, frozenset[int]] | None:
+        return SAMPLE_GROUPS.get(group)
+
+
+def site_policy(sample: bool) -> dict:
+    """bbctl-site.lua's policy table: SAMPLE_POLICY's, or that of a site without one."""
+    settings = SAMPLE_POLICY if sample else {}
+    values, _unknown = policy.from_settings(settings, [pool["name"] for pool in SITE_VALUES["pools"]]).lua_values(
+        SampleDirectory())  # type: ignore[arg-type]  # lua_values asks only uid and group
+    return values
 TARGET_P99_MS = 1.0
 
 JOB_SCRIPT = """\
@@ -114,22 +146,23 @@ local function measure(name, call)
                         times[math.ceil(calls * 0.99)], times[calls], total / calls))
 end
 
-measure("job_process", function() return slurm_bb_job_process(job_script) end)
+measure("job_process", function() return slurm_bb_job_process(job_script, "1001", "1001") end)
 measure("pools", function() return slurm_bb_pools() end)
 measure("paths", function() return slurm_bb_paths("4242", job_script, path_file) end)
 -- slurmctld compiles the script into a fresh Lua state for every call: so does this row.
 measure("load + job_process", function()
     assert(loadfile(lua_script))()
-    return slurm_bb_job_process(job_script)
+    return slurm_bb_job_process(job_script, "1001", "1001")
 end)
 """
 
 
-def run(calls: int, compile_validator: bool = True) -> list[tuple[str, float, float, float, float]]:
+def run(calls: int, compile_validator: bool = True, sample_policy: bool = False,
+        ) -> list[tuple[str, float, float, float, float]]:
     """(function, median, p99, max, mean) in seconds for each measured function.
 
-    compile_validator: install the bytecode of the validator and of bbctl-layouts.lua beside them, as bbctl
-    slurm-install does.
+    compile_validator: install the bytecode of the validator, bbctl-layouts.lua and bbctl-policy.lua beside
+    them, as bbctl slurm-install does. sample_policy: the site has SAMPLE_POLICY (else no policy).
     """
     with tempfile.TemporaryDirectory(prefix="bb-lua-bench-") as tmp:
         work = Path(tmp)
@@ -137,10 +170,10 @@ def run(calls: int, compile_validator: bool = True) -> list[tuple[str, float, fl
         for source in LUA_FILES:
             shutil.copy(source, work / source.name)
         if compile_validator:
-            compile_lua(work / "bbctl-directives.lua")
-            compile_lua(work / "bbctl-layouts.lua")
+            for name in ("bbctl-directives.lua", "bbctl-layouts.lua", "bbctl-policy.lua"):
+                compile_lua(work / name)
         (work / "bbctl-pools.json").write_text(json.dumps(POOLS))
-        (work / "bbctl-site.lua").write_text(render_site_lua(SITE_VALUES))
+        (work / "bbctl-site.lua").write_text(render_site_lua({**SITE_VALUES, "policy": site_policy(sample_policy)}))
         (work / "job.sh").write_text(JOB_SCRIPT)
         (work / "path_file").write_text("")
         (work / "driver.lua").write_text(DRIVER)
@@ -166,13 +199,17 @@ def machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=10000, help="calls per function (default 10000)")
-    calls = parser.parse_args().calls
+    parser.add_argument("--policy", action="store_true", help="the site has SAMPLE_POLICY (default: no policy)")
+    args = parser.parse_args()
+    calls = args.calls
     if shutil.which("lua5.1") is None:
         sys.exit("lua5.1 is not installed (apt-get install lua5.1)")
-    rows = run(calls)
-    source_only = next(row for row in run(calls, compile_validator=False) if row[0].startswith("load"))
+    rows = run(calls, sample_policy=args.policy)
+    source_only = next(row for row in run(calls, compile_validator=False, sample_policy=args.policy)
+                       if row[0].startswith("load"))
     rows.append((source_only[0] + " (source)", *source_only[1:]))
-    print(f"burst_buffer.lua in slurmctld: {calls} calls each; {machine()}")
+    print(f"burst_buffer.lua in slurmctld: {calls} calls each, {'a' if args.policy else 'no'} site policy; "
+          f"{machine()}")
     print(f"job script: {JOB_SCRIPT.count(chr(10))} lines, {JOB_SCRIPT.count('#DW')} #DW lines")
     print(f"{'function':<31}{'median us':>11}{'p99 us':>9}{'max us':>9}{'mean us':>9}")
     worst = 0.0

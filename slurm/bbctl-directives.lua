@@ -10,7 +10,8 @@ the code mirrors its order of checks, and tests/unit/bbctl/test_lua_validator.py
 holds both to the same cases, message for message.
 
 Returns {validate = function(text) -> state (raises a Rejection), read_script =
-function(path) -> text or nil, problem, Rejection = the metatable of refusals}.
+function(path) -> text or nil, problem, Rejection = the metatable of refusals, shorten =
+function(text) -> text as messages quote it}.
 ]]
 
 
@@ -87,6 +88,15 @@ local GRAMMAR = {
         pool = {
             check = "name",
             expects = "a pool name",
+            first = "A-Za-z0-9",
+            rest = "A-Za-z0-9_.-",
+            max = 64,
+            describe = "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit",
+            pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        },
+        preset = {
+            check = "name",
+            expects = "a preset name",
             first = "A-Za-z0-9",
             rest = "A-Za-z0-9_.-",
             max = 64,
@@ -192,6 +202,7 @@ local GRAMMAR = {
                 pfs = "pfs_path",
                 optimization_strategy = "hint",
                 max_mds = "hint",
+                preset = "preset",
             },
             aliases = {
                 access = "access_mode",
@@ -223,8 +234,9 @@ local GRAMMAR = {
                 "pfs",
                 "optimization_strategy",
                 "max_mds",
+                "preset",
             },
-            allowed = "capacity=, pool=, access_mode=, type=, fs=, pfs=, optimization_strategy=, max_mds=, access=",
+            allowed = "capacity=, pool=, access_mode=, type=, fs=, pfs=, optimization_strategy=, max_mds=, preset=, access=",
             required_text = "capacity=",
             flags = {},
         },
@@ -303,6 +315,7 @@ local GRAMMAR = {
                 type = "buffer_type",
                 pool = "pool",
                 pfs = "pfs_path",
+                preset = "preset",
             },
             aliases = {
                 access_mode = "access",
@@ -338,8 +351,9 @@ local GRAMMAR = {
                 "type",
                 "pool",
                 "pfs",
+                "preset",
             },
-            allowed = "name=, capacity=, access=, type=, pool=, pfs=, access_mode=",
+            allowed = "name=, capacity=, access=, type=, pool=, pfs=, preset=, access_mode=",
             required_text = "name=, capacity=",
             flags = {},
         },
@@ -813,8 +827,19 @@ local function build_named(where, values, state)
     claim_name(where, values.name[2], state)
 end
 
+-- key -> its token as messages quote it, for each key the line gives (bbctl-policy.lua's refusals).
+local function tokens_of(values)
+    local tokens = {}
+    for key, pair in pairs(values) do
+        tokens[key] = shorten(pair[1])
+    end
+    return tokens
+end
+
 -- capacity (bytes) and pool (nil: the default) of the buffers a job asks for, which
--- bbctl-layouts.lua plans (bbctl.layouts); striped as bbctl.lifecycle builds them.
+-- bbctl-layouts.lua plans (bbctl.layouts); striped as bbctl.lifecycle builds them. preset and
+-- tokens are for bbctl-policy.lua, which expands the preset before anything is planned;
+-- state.presets says whether any line names one.
 local BUILDERS = {
     jobdw = function(where, values, state)
         local spec = GRAMMAR.directives.jobdw
@@ -824,19 +849,24 @@ local BUILDERS = {
             modes[area] = true
         end
         local fs = effective(spec, values, "fs")
-        state.jobdw = {line = where.line, access_mode = mode, modes = modes, fs = fs,
+        state.jobdw = {line = where.line, directive = where.directive, access_mode = mode, modes = modes, fs = fs,
                        capacity = values.capacity[2], pool = values.pool and values.pool[2],
                        striped = fs == "gluster" and modes.striped == true,
-                       cache = effective(spec, values, "type") == "cache"}
+                       cache = effective(spec, values, "type") == "cache",
+                       preset = values.preset and values.preset[2], tokens = tokens_of(values)}
+        state.presets = state.presets or values.preset ~= nil
     end,
     stage_in = build_stage,
     stage_out = build_stage,
     persistentdw = build_named,
     create_persistent = function(where, values, state)
         build_named(where, values, state)
+        local access = effective(GRAMMAR.directives.create_persistent, values, "access")
         state.creates[#state.creates + 1] = {
-            capacity = values.capacity[2], pool = values.pool and values.pool[2],
-            striped = effective(GRAMMAR.directives.create_persistent, values, "access") == "striped"}
+            line = where.line, directive = where.directive, name = values.name[2], access = access,
+            capacity = values.capacity[2], pool = values.pool and values.pool[2], striped = access == "striped",
+            preset = values.preset and values.preset[2], tokens = tokens_of(values)}
+        state.presets = state.presets or values.preset ~= nil
     end,
     destroy_persistent = build_named,
     swap = function(where, values, state)
@@ -1049,4 +1079,4 @@ local function read_script(path)
     return text
 end
 
-return {validate = validate_directives, read_script = read_script, Rejection = Rejection}
+return {validate = validate_directives, read_script = read_script, Rejection = Rejection, shorten = shorten}

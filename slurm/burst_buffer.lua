@@ -8,15 +8,18 @@ four files this script reads from the same directory:
   this script afresh for every call);
 - bbctl-layouts.lua: bbctl.layouts in Lua (how a pool holds a buffer), and its
   bytecode bbctl-layouts.luac, loaded only for jobs that ask for a buffer;
-- bbctl-site.lua: how to call bbctl, what job paths are made of (bbctl.site) and the
-  pools buffers are planned in (bbctl.pools, bbctl.layouts);
+- bbctl-policy.lua: bbctl.policy in Lua (presets, the site's limits), and its bytecode
+  bbctl-policy.luac, loaded only for jobs that ask for a buffer on a site with a policy;
+- bbctl-site.lua: how to call bbctl, what job paths are made of (bbctl.site), the
+  pools buffers are planned in (bbctl.pools, bbctl.layouts) and the site's policy
+  (bbctl.policy, users and groups resolved to numbers when it was written);
 - bbctl-pools.json: the pools answer, which bbctl keeps current by atomic rename
   (job_process also reads each pool's bricks there).
 
 Slurm's hooks come first, in the order of a job's life; the helpers they call
 follow. Three hooks run inside slurmctld with its locks held and never fork:
-slurm_bb_job_process (validates the directives and refuses a buffer its pool
-can never hold), slurm_bb_pools and slurm_bb_paths (the job's environment, a
+slurm_bb_job_process (validates the directives, applies the site's policy and
+refuses a buffer its pool can never hold), slurm_bb_pools and slurm_bb_paths (the job's environment, a
 pure function of the job id, the directives and bbctl-site.lua). The forked
 hooks (setup .. teardown) run bbctl and return slurm.ERROR with its last line
 of output when it fails. All 13 functions Slurm 24.05+ requires are defined;
@@ -27,20 +30,36 @@ local script_dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 local POOLS_FILE = script_dir .. "bbctl-pools.json"
 local POOLS_MISSING = "burst buffer pools file " .. POOLS_FILE .. " is missing: run bbctl pools (it writes the file)"
 local SITE_FILE = script_dir .. "bbctl-site.lua"
+local SITE_OLD = "burst buffer site file " .. SITE_FILE .. " is older than burst_buffer.lua: run bbctl slurm-install"
 local DIRECTIVES_FILE = script_dir .. "bbctl-directives.lua"
 local DIRECTIVES_BYTECODE = script_dir .. "bbctl-directives.luac"  -- the same, precompiled at install
 local LAYOUTS_FILE = script_dir .. "bbctl-layouts.lua"  -- bbctl.layouts in Lua: jobs asking for a buffer
 local LAYOUTS_BYTECODE = script_dir .. "bbctl-layouts.luac"
+local POLICY_FILE = script_dir .. "bbctl-policy.lua"  -- bbctl.policy in Lua: sites with a policy
+local POLICY_BYTECODE = script_dir .. "bbctl-policy.luac"
 local helpers = {}  -- defined below the hooks
 
 -- ---------------------------------------------------------------- inside slurmctld: no fork
 
-function slurm_bb_job_process(job_script)
+-- uid and gid: Slurm 23.02+ passes them (22.05 does not: the policy's user checks wait for setup).
+function slurm_bb_job_process(job_script, uid, gid)
     local ok, state = helpers.validate(job_script)
     if not ok then
         return slurm.ERROR, state
     end
-    local problem = (state.jobdw ~= nil or #state.creates > 0) and helpers.check_fits(state)
+    if state.jobdw == nil and #state.creates == 0 then
+        return slurm.SUCCESS
+    end
+    local site, problem = helpers.load_site()  -- once: the policy and the pools' check both read it
+    if site == nil then
+        return slurm.ERROR, problem
+    end
+    local policy, rules
+    policy, problem, rules = helpers.policy(site, state)
+    if policy then
+        problem = helpers.apply_policy(policy, rules, site, state, tonumber(uid), tonumber(gid or uid))
+    end
+    problem = problem or helpers.check_fits(site, state)
     if problem then
         return slurm.ERROR, problem
     end
@@ -63,6 +82,13 @@ function slurm_bb_paths(job_id, job_script, path_file)
     local ok, state = helpers.validate(job_script)
     if not ok then
         return slurm.ERROR, state
+    end
+    if state.presets then  -- the job's environment follows what its presets set
+        local policy, preset_problem, rules = helpers.policy(site, state)
+        preset_problem = preset_problem or policy.expand(rules, state)
+        if preset_problem then
+            return slurm.ERROR, preset_problem
+        end
     end
     local max_file  -- BB_JOB_STRIPED_MAX_FILE, when a file holds less than the job's striped buffer
     if state.jobdw ~= nil and state.jobdw.striped then
@@ -252,28 +278,48 @@ function helpers.job_environment(site, job_id, state, max_file)
     return table.concat(lines)
 end
 
--- bbctl-layouts.lua (bytecode first, as the validator): loaded only for jobs with a buffer.
-function helpers.layouts()
-    local chunk, problem = loadfile(LAYOUTS_BYTECODE)
+-- A Lua file slurm-install put beside this script, its bytecode first (as the validator's), or
+-- nil and what to run: bbctl-layouts.lua (jobs with a buffer), bbctl-policy.lua.
+function helpers.load_installed(source, bytecode, what)
+    local chunk, problem = loadfile(bytecode)
     if chunk == nil then
-        chunk, problem = loadfile(LAYOUTS_FILE)
+        chunk, problem = loadfile(source)
     end
     if chunk == nil then
-        return nil, "burst buffer layouts " .. LAYOUTS_FILE .. " cannot be loaded (" .. tostring(problem) ..
+        return nil, "burst buffer " .. what .. " " .. source .. " cannot be loaded (" .. tostring(problem) ..
                     "): run bbctl slurm-install"
     end
     return chunk()
 end
 
+function helpers.layouts()
+    return helpers.load_installed(LAYOUTS_FILE, LAYOUTS_BYTECODE, "layouts")
+end
+
+-- bbctl-policy.lua and the rules bbctl-site.lua holds for it, for a job with a buffer on a site with
+-- a policy or with a preset=; nil when it needs neither, or nil and what is missing.
+function helpers.policy(site, state)
+    local rules = site.policy
+    if rules == nil then
+        return nil, SITE_OLD
+    elseif not (rules and (rules.defined or state.presets)) then  -- false: the directives alone
+        return nil
+    end
+    local policy, missing = helpers.load_installed(POLICY_FILE, POLICY_BYTECODE, "policy")
+    return policy, missing, rules
+end
+
+-- bbctl.policy.Policy.apply: nil, or why the policy refuses the job's buffers (presets expanded in state).
+function helpers.apply_policy(policy, rules, site, state, uid, gid)
+    local default_pool = site.pools and site.pools[1] and site.pools[1].name
+    return policy.apply(rules, state, default_pool, uid, gid, directives.shorten)
+end
+
 -- nil, or why the job cannot have the buffers it asks for: bbctl.layouts.check_fits's words for
 -- one its pool could never hold (its bricks counted in bbctl-pools.json), or what file is missing.
-function helpers.check_fits(state)
-    local site, problem = helpers.load_site()
-    if site == nil then
-        return problem
-    end
+function helpers.check_fits(site, state)
     if site.pools == nil then
-        return "burst buffer site file " .. SITE_FILE .. " is older than burst_buffer.lua: run bbctl slurm-install"
+        return SITE_OLD
     end
     local pools = helpers.read_file(POOLS_FILE)
     if pools == nil then

@@ -25,9 +25,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bbctl import layouts, playbook_vars, runner, slurmconf
+from bbctl import layouts, playbook_vars, policy, runner, slurmconf
 from bbctl import site as sitecfg
 from bbctl.directives import (
+    CreatePersistent,
     DirectiveError,
     JobRequest,
     check_buffer_name,
@@ -75,8 +76,10 @@ def read_request(script: Path | str | None) -> JobRequest:
 
 class Lifecycle:
     def __init__(self, site: Site, *, say: Callable[[str], None] | None = None,
-                 cancel: runner.Cancel | None = None, store: StateStore | None = None) -> None:
+                 cancel: runner.Cancel | None = None, store: StateStore | None = None,
+                 directory: policy.Directory | None = None) -> None:
         self.site = site
+        self.directory = directory or policy.SystemDirectory()  # users and groups, for the site's policy
         self.say = say or (lambda _message: None)
         self.cancel = cancel
         self.store = store or open_store(site.state)
@@ -96,6 +99,34 @@ class Lifecycle:
         if name not in self.pools:
             raise BBError(f"no pool {name!r}; configured: {', '.join(self.pools)}", exit_code=2)
         return self.pools[name]
+
+    def request(self, script: Path | str | None) -> JobRequest:
+        """The directives of a job script with the site's presets expanded (read_request, Policy.expand)."""
+        try:
+            return self.site.policy.expand(read_request(script))
+        except policy.PolicyError as exc:
+            raise BBError(str(exc), exit_code=2) from None
+
+    def admit(self, request: JobRequest, *, pool: str | None = None, uid: int | None = None,
+              gid: int | None = None) -> JobRequest:
+        """``request`` with presets expanded if the site's policy allows it, else BBError (exit 2) saying why.
+
+        ``pool``: the pool Slurm chose for buffers without pool= (default: the first configured);
+        ``uid``/``gid``: who asks, when known (then the user's limit and persistent_creators apply too).
+        """
+        if request.jobdw is None and not request.create_persistent:
+            return request  # no buffer to check (and no pools to read for a job that only uses one)
+        who = self._identity(uid, gid)
+        try:
+            return self.site.policy.apply(request, default_pool=self.pool(pool).name, who=who)
+        except policy.PolicyError as exc:
+            raise BBError(str(exc), exit_code=2) from None
+
+    def _identity(self, uid: int | None, gid: int | None) -> policy.Identity | None:
+        """Who asks, for the policy; None when unknown, or when the site has no policy (no lookups then)."""
+        if uid is None or not self.site.policy.defined:
+            return None
+        return self.directory.identity(uid, uid if gid is None else gid)
 
     def refresh_pools(self) -> dict[str, Any]:
         """Rewrite the pools file burst_buffer.lua returns to Slurm (atomic rename)."""
@@ -124,8 +155,9 @@ class Lifecycle:
         ``slurm_books_swap``: the caller is Slurm's datawarp plugin, whose ``size`` includes its
         own booking for swap.
         """
-        key, request = sitecfg.job_key(job_id), read_request(script)
+        key = sitecfg.job_key(job_id)
         _refuse_root(uid)
+        request = self.admit(read_request(script), pool=pool, uid=uid, gid=gid)
         self._check_persistent_use(request, uid)
         made = []
         for destroy in request.destroy_persistent:
@@ -254,7 +286,7 @@ class Lifecycle:
         return layouts.of(buffer).data_bricks * self.pool(buffer.pool).granularity
 
     def paths(self, job_id: str, script: Path | str | None) -> dict[str, str]:
-        request = read_request(script)
+        request = self.request(script)
         jobdw = request.jobdw
         return sitecfg.job_environment(
             self.site, job_id, jobdw=jobdw is not None,
@@ -279,7 +311,7 @@ class Lifecycle:
 
     def pre_run(self, job_id: str, script: Path | str | None, nodes: Iterable[str]) -> None:
         """Mount the job's buffer and the persistent buffers it uses on its compute nodes."""
-        key, request, nodes = sitecfg.job_key(job_id), read_request(script), sorted(set(nodes))
+        key, request, nodes = sitecfg.job_key(job_id), self.request(script), sorted(set(nodes))
         if not nodes:
             raise BBError(f"job {key}: no compute nodes given to mount the buffer on", exit_code=2)
         for name in request.persistent:
@@ -384,13 +416,20 @@ class Lifecycle:
     # --- persistent buffers ------------------------------------------------------------------
     def create_persistent(self, name: str, uid: int, gid: int, capacity: int, pool: str | None, *,
                           buffer_type: str = "scratch") -> Buffer:
-        """A named buffer outside any job; the name and type pass the directive grammar first."""
+        """A named buffer outside any job; the name and type pass the directive grammar first, then the
+        site's policy (persistent_creators, the pool's and the user's limits)."""
         key = _persistent_key(name)
         try:
             check_buffer_type(buffer_type)
         except DirectiveError as exc:
             raise BBError(str(exc), exit_code=2) from None
         _refuse_root(uid)
+        asked = CreatePersistent(name=name, capacity=capacity, access="striped", type=buffer_type, pool=pool,
+                                 pfs=None, line=0)
+        try:
+            self.site.policy.check(asked, default_pool=self.pool(pool).name, who=self._identity(uid, gid))
+        except policy.PolicyError as exc:
+            raise BBError(str(exc), exit_code=2) from None
         return self.create(key, uid, gid, capacity, pool, "gluster", stage="create-persistent")
 
     def destroy_persistent(self, name: str, *, uid: int | None = None, hurry: bool = False) -> bool:

@@ -10,6 +10,7 @@ One YAML file (``--config``, else ``$BBCTL_CONFIG``, else /etc/bbctl/bbctl.yml):
     slurm_dir: /etc/slurm                 # burst_buffer.lua, bbctl-site.lua, bbctl-pools.json
     keep_runs: 200                        # ansible-runner dirs kept for finished buffers
     stage_workers: 32                     # copy threads per stage (bb_stage's default)
+    policy: {max_capacity: 1TiB}          # limits, persistent creators, presets (bbctl.policy)
 
 Settings that passed validation are cached in <work_dir>/site-cache/ (see
 _cached_settings).
@@ -22,6 +23,7 @@ through bbctl-site.lua, which ``bbctl slurm install`` writes from here).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -34,9 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bbctl import cache_file
+from bbctl import cache_file, policy
 from bbctl.collection import stage_threads
 from bbctl.errors import BBError
+from bbctl.policy import Policy
 
 if TYPE_CHECKING:
     from ansible.module_utils.errors import AnsibleValidationError
@@ -134,6 +137,52 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "stage_workers": {
         "type": positive_int, "default": stage_threads.DEFAULT_WORKERS,
         "description": "Copy threads per stage-in or stage-out (`bb_stage`'s `workers`)."},
+    "policy": {
+        "type": "dict", "default": {},
+        "description": "Site policy (bbctl.policy): the largest buffer a user or a pool allows, who may create "
+                       "persistent buffers, and presets. Refused requests fail at sbatch with a message naming "
+                       "the token and the setting; checks that need the user's identity run at sbatch only where "
+                       "Slurm passes it (burst_buffer/lua from Slurm 23.02), and always again at setup. Rerun "
+                       "`bbctl slurm-install` after changing it, or when group membership changes: sbatch reads "
+                       "users and groups resolved then.",
+        "options": {
+            "max_capacity": {
+                "type": "str",
+                "description": "The largest buffer (a size, e.g. 1TiB) one jobdw or create_persistent line of "
+                               "any user may ask for, unless user_max_capacity or group_max_capacity says "
+                               "otherwise. Unset: no limit."},
+            "user_max_capacity": {
+                "type": "dict", "default": {},
+                "description": "User name -> the largest buffer that user may ask for. Wins over the user's "
+                               "groups and max_capacity, in either direction."},
+            "group_max_capacity": {
+                "type": "dict", "default": {},
+                "description": "Group name -> the largest buffer its members may ask for (primary or "
+                               "supplementary group). A user in several listed groups gets the largest; "
+                               "wins over max_capacity, in either direction."},
+            "pool_max_capacity": {
+                "type": "dict", "default": {},
+                "description": "Pool name -> the largest buffer anyone may ask for in that pool, on top of the "
+                               "user's limit."},
+            "persistent_creators": {
+                "type": "dict",
+                "description": "Who may create persistent buffers (#BB create_persistent, dw_wlm_cli "
+                               "create_persistent, bbctl create-persistent). Unset: everyone; set: only these.",
+                "options": {
+                    "users": {"type": "list", "elements": "str", "default": [],
+                              "description": "User names allowed."},
+                    "groups": {"type": "list", "elements": "str", "default": [],
+                               "description": "Group names whose members are allowed."},
+                }},
+            "presets": {
+                "type": "dict", "default": {},
+                "description": "Preset name -> the keys `preset=NAME` on a jobdw or create_persistent line "
+                               "stands for: any of pool, access_mode, type, fs (values as on a jobdw line; "
+                               "create_persistent takes access_mode striped or private, and fs gluster). A "
+                               "key the line gives itself wins; the limits apply to the result. capacity= "
+                               "stays on the line: Slurm reads it there to book the space."},
+        },
+    },
 }
 
 
@@ -149,6 +198,7 @@ class Site:
     burst_buffer_conf: Path | None = None
     keep_runs: int = 200
     stage_workers: int = stage_threads.DEFAULT_WORKERS
+    policy: Policy = field(default_factory=Policy)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     # --- where bbctl keeps its own files -------------------------------------------
@@ -226,20 +276,43 @@ def _validated_settings(data: Any, where: Path) -> dict[str, Any]:
     if odd:  # ansible-core's validator fails on them with TypeError
         raise ConfigError(f"{where}: setting names are words, not {', '.join(odd)}; "
                           f"known: {', '.join(sorted(SETTINGS))}")
-    result = ArgumentSpecValidator(SETTINGS).validate(dict(data))
+    sections = _not_sections(SETTINGS, data)
+    if sections:
+        raise ConfigError(f"{where}: {'; '.join(f'{name}: expected a mapping of settings' for name in sections)}")
+    # A copy: the validator fills sub-option defaults into a section's default dict in place.
+    result = ArgumentSpecValidator(copy.deepcopy(SETTINGS)).validate(dict(data))
     if result.error_messages:
         problems = [_describe(error, result.unsupported_parameters) for error in result.errors]
         raise ConfigError(f"{where}: {'; '.join(problems)}")
     return result.validated_parameters
 
 
+def _not_sections(spec: Mapping[str, Any], data: Mapping[str, Any], within: str = "") -> list[str]:
+    """The sections (settings with options, e.g. policy) that data gives as something other than a
+    mapping: ansible-core's validator fails on them with TypeError instead of naming them."""
+    found = []
+    for name, setting in spec.items():
+        value = data.get(name)
+        if "options" not in setting or value is None:
+            continue
+        if not isinstance(value, Mapping):
+            found.append(within + name)
+        else:
+            found += _not_sections(setting["options"], value, f"{within}{name}.")
+    return found
+
+
 def _site(settings: Mapping[str, Any], data: Any, where: Path) -> Site:
     work_dir = Path(settings["work_dir"])
     optional = {key: Path(settings[key]) for key in ("slurm_dir", "burst_buffer_conf") if settings[key]}
+    try:
+        site_policy = policy.from_settings(settings["policy"], settings["pools"])
+    except policy.ConfigProblem as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     return Site(path=where, inventory=Path(settings["inventory"]),
                 state=settings["state"] or str(work_dir / "state.db"), pools=settings["pools"],
                 work_dir=work_dir, mount_root=Path(settings["mount_root"]), keep_runs=settings["keep_runs"],
-                stage_workers=settings["stage_workers"], raw=data, **optional)
+                stage_workers=settings["stage_workers"], policy=site_policy, raw=data, **optional)
 
 
 def _describe(error: AnsibleValidationError, unsupported: set[str]) -> str:
@@ -247,9 +320,15 @@ def _describe(error: AnsibleValidationError, unsupported: set[str]) -> str:
     ansible-core's own words, which name the setting and what it expected."""
     from ansible.module_utils.errors import UnsupportedError  # loaded by then: see _validated_settings
 
-    if isinstance(error, UnsupportedError):
-        return f"unknown setting(s) {', '.join(sorted(unsupported))}; known: {', '.join(sorted(SETTINGS))}"
-    return str(error)
+    if not isinstance(error, UnsupportedError):
+        return str(error)
+    top = sorted(name for name in unsupported if isinstance(name, str))
+    if top:
+        return f"unknown setting(s) {', '.join(top)}; known: {', '.join(sorted(SETTINGS))}"
+    # Within a section (policy): ansible-core reports the paths as tuples and lists the section's keys.
+    inner = sorted(".".join(name) for name in unsupported)
+    known = str(error).rpartition("Supported parameters include: ")[2].rstrip(".")
+    return f"unknown setting(s) {', '.join(inner)}; known there: {known}"
 
 
 def _settings_cache(data: Any) -> Path | None:

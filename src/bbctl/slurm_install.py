@@ -5,8 +5,10 @@
   fresh Lua state for every call, and bytecode loads about six times faster than the source
   compiles (docs/BENCHMARKS.md);
 - bbctl-layouts.lua: bbctl.layouts in Lua, for jobs that ask for a buffer, and its bytecode;
-- bbctl-site.lua: how to call bbctl, the values paths are computed from, and the pools
-  (granularity, striped_layout) that job_process and paths plan buffers with,
+- bbctl-policy.lua: bbctl.policy in Lua (presets, limits), for jobs that ask for a buffer, and its bytecode;
+- bbctl-site.lua: how to call bbctl, the values paths are computed from, the pools
+  (granularity, striped_layout) that job_process and paths plan buffers with, and the
+  site's policy with its users and groups resolved to numbers (rerun after membership changes),
   written from bbctl's configuration (bbctl.site, bbctl.pools and bbctl.layouts are the definitions);
 - bbctl-pools.json: the pools answer, rewritten by every bbctl allocation.
 """
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bbctl import host, layouts
+from bbctl import host, layouts, policy
 from bbctl import site as sitecfg
 from bbctl.collection import COLLECTION_ROOT
 from bbctl.directives.lua import lua_value
@@ -30,12 +32,14 @@ from bbctl.pools import Pool, load_pools, pools_document, write_pools_json
 LUA_SCRIPT = COLLECTION_ROOT / "slurm" / "burst_buffer.lua"
 LUA_VALIDATOR = COLLECTION_ROOT / "slurm" / "bbctl-directives.lua"
 LUA_LAYOUTS = COLLECTION_ROOT / "slurm" / "bbctl-layouts.lua"
-LUA_FILES = (LUA_SCRIPT, LUA_VALIDATOR, LUA_LAYOUTS)  # copied as they are
-LUA_COMPILED = (LUA_VALIDATOR, LUA_LAYOUTS)  # and these compiled beside them
+LUA_POLICY = COLLECTION_ROOT / "slurm" / "bbctl-policy.lua"
+LUA_FILES = (LUA_SCRIPT, LUA_VALIDATOR, LUA_LAYOUTS, LUA_POLICY)  # copied as they are
+LUA_COMPILED = (LUA_VALIDATOR, LUA_LAYOUTS, LUA_POLICY)  # and these compiled beside them
 LUAC = "luac5.1"  # the compiler of the Lua Slurm links (Debian's burst_buffer/lua: liblua5.1)
 
 
-def site_values(site: sitecfg.Site, pools: Mapping[str, Pool]) -> dict[str, Any]:
+def site_values(site: sitecfg.Site, pools: Mapping[str, Pool],
+                site_policy: dict[str, Any] | None = None) -> dict[str, Any]:
     """What burst_buffer.lua needs to know, from bbctl.site's, bbctl.pools' and bbctl.layouts' own definitions.
 
     ``pools`` in configuration order (the first is the default, as Lifecycle.pool has it), with what
@@ -43,6 +47,8 @@ def site_values(site: sitecfg.Site, pools: Mapping[str, Pool]) -> dict[str, Any]
     job's MAX_FILE_VARIABLE (layouts.Layout.file_limit) and, with each pool's bricks from
     bbctl-pools.json (current after every allocation), slurm_bb_job_process to refuse a buffer its
     pool can never hold (layouts.check_fits). Rerun ``bbctl slurm-install`` after changing pools.
+    ``site_policy``: bbctl.policy.Policy.lua_values of the site's policy (None: no policy table, so that
+    job_process answers for the directives and pools alone, as tests of those want).
     """
     mount = sitecfg.mount_path(site, "1")
     private = sitecfg.private_mount_path(site, "1")
@@ -60,6 +66,7 @@ def site_values(site: sitecfg.Site, pools: Mapping[str, Pool]) -> dict[str, Any]
         "too_big": layouts.TOO_BIG,
         "pools": [{"name": pool.name, "granularity": pool.granularity, "striped_layout": pool.striped_layout}
                   for pool in pools.values()],
+        "policy": site_policy or False,  # never absent: absent means a site file older than the policy
     }
 
 
@@ -88,7 +95,14 @@ def render_site_lua(values: Mapping[str, Any]) -> str:
     return f"-- Written by `bbctl slurm-install`; regenerate rather than edit.\nreturn {lua_value(dict(values))}\n"
 
 
-def install(site: sitecfg.Site, directory: Path | None = None) -> dict[str, Any]:
+def install(site: sitecfg.Site, directory: Path | None = None,
+            users: policy.Directory | None = None) -> dict[str, Any]:
+    """Install the Lua files into ``directory`` (default: the site's slurm_dir) and write bbctl-site.lua.
+
+    ``users``: where the policy's user and group names are looked up (default: this host's). The
+    result lists the files, and under ``unknown`` the names it does not know (left out: sbatch
+    cannot match them; setup looks them up again).
+    """
     target = directory or site.slurm_dir
     if target is None:
         raise BBError("where is slurm.conf? give --dir or set slurm_dir in the bbctl configuration", exit_code=2)
@@ -98,9 +112,13 @@ def install(site: sitecfg.Site, directory: Path | None = None) -> dict[str, Any]
     for source in LUA_COMPILED:
         compile_lua(target / source.name)
     pools = load_pools(site.raw, site.inventory)
-    (target / "bbctl-site.lua").write_text(render_site_lua(site_values(site, pools)))
+    site_policy, unknown = site.policy.lua_values(users or policy.SystemDirectory())
+    (target / "bbctl-site.lua").write_text(render_site_lua(site_values(site, pools, site_policy)))
     if not (target / "bbctl-pools.json").exists():
         write_pools_json(target / "bbctl-pools.json", pools_document(pools.values(), {}))
     names = ([source.name for source in LUA_FILES] + [bytecode_path(source).name for source in LUA_COMPILED]
              + ["bbctl-site.lua", "bbctl-pools.json"])
-    return {"installed": [str(target / name) for name in names]}
+    report: dict[str, Any] = {"installed": [str(target / name) for name in names]}
+    if unknown:
+        report["unknown"] = unknown
+    return report

@@ -5,7 +5,8 @@ Runs slurm_bb_job_process and slurm_bb_paths of an installed burst_buffer.lua on
 
 DIR holds case files named 1, 2, 3 ... (no gaps). For each, prints one line
 "<n>\t<job_process rc>\t<message>\t<paths rc>\t<message>" (messages escaped as
-in run_job_process.lua); the paths land in DIR/<n>.paths.
+in run_job_process.lua); the paths land in DIR/<n>.paths. A file DIR/<n>.who holding
+"UID GID" makes job_process get them, as Slurm 23.02+ passes them (as strings).
 ]]
 
 dofile((arg[0]:match("^(.*/)") or "./") .. "slurm_stub.lua")
@@ -29,7 +30,12 @@ while true do
         break
     end
     fh:close()
-    local rc, message = slurm_bb_job_process(path)
+    local who, uid, gid = io.open(path .. ".who", "r"), nil, nil
+    if who ~= nil then
+        uid, gid = who:read("*a"):match("^(%d+) (%d+)")
+        who:close()
+    end
+    local rc, message = slurm_bb_job_process(path, uid, gid)
     local paths = target .. "/" .. n .. ".paths"
     io.open(paths, "w"):close()
     local paths_rc, paths_message = slurm_bb_paths(job_id, path, paths)

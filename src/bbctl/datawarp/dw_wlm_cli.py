@@ -122,8 +122,9 @@ def _print_json(document: Any) -> int:
 
 
 def _job_process(life: Lifecycle, args: argparse.Namespace) -> int:
+    """Slurm gives job_process no uid: the policy's user checks wait for setup (Lifecycle.admit)."""
     try:
-        life.check_fits(read_request(args.job))
+        life.check_fits(life.admit(read_request(args.job)))
     except BBError as exc:
         print(exc, flush=True)  # the user sees it at submit: "burst_buffer/datawarp: <this line>"
         return 1

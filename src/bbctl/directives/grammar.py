@@ -39,6 +39,10 @@ KINDS: dict[str, dict[str, Any]] = {
     "size": {"check": "size", "expects": "a size such as 100GiB"},
     "pool": {"check": "name", "expects": "a pool name", "first": "A-Za-z0-9", "rest": "A-Za-z0-9_.-", "max": 64,
              "describe": "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"},
+    # A bundle of keys the site defines (bbctl.yml policy.presets); which names exist is the
+    # site's, checked by bbctl.policy after the grammar.
+    "preset": {"check": "name", "expects": "a preset name", "first": "A-Za-z0-9", "rest": "A-Za-z0-9_.-", "max": 64,
+               "describe": "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"},
     "buffer_name": {"check": "name", "expects": "a buffer name", "first": "A-Za-z_", "rest": "A-Za-z0-9_.-",
                     "max": 64,
                     "describe": "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or _"},
@@ -75,7 +79,8 @@ PERSISTENT_RULES = [
 GRAMMAR: dict[str, dict[str, Any]] = {
     "jobdw": {
         "keys": {"capacity": "size", "pool": "pool", "access_mode": "access_mode", "type": "buffer_type",
-                 "fs": "fs", "pfs": "pfs_path", "optimization_strategy": "hint", "max_mds": "hint"},
+                 "fs": "fs", "pfs": "pfs_path", "optimization_strategy": "hint", "max_mds": "hint",
+                 "preset": "preset"},
         "aliases": {"access": "access_mode"},
         "required": ["capacity"], "once": True, "slurm_reads": ["capacity", "pool"],
         "defaults": {"access_mode": "striped", "type": "scratch", "fs": "gluster"},
@@ -92,7 +97,7 @@ GRAMMAR: dict[str, dict[str, Any]] = {
     "persistentdw": {"keys": {"name": "buffer_name"}, "required": ["name"], "slurm_reads": ["name"]},
     "create_persistent": {
         "keys": {"name": "buffer_name", "capacity": "size", "access": "access", "type": "buffer_type",
-                 "pool": "pool", "pfs": "pfs_path"},
+                 "pool": "pool", "pfs": "pfs_path", "preset": "preset"},
         "aliases": {"access_mode": "access"},
         "required": ["name", "capacity"],
         "slurm_reads": ["name", "capacity", "pool", "type", "access_mode", "access"],

@@ -482,13 +482,17 @@ def _value(values: dict[str, tuple[str, object]], key: str, default: object = No
     return values[key][1] if key in values else default
 
 
+def _tokens(values: dict[str, tuple[str, object]]) -> dict[str, str]:
+    return {key: shorten(token) for key, (token, _value) in values.items()}
+
+
 def _build_jobdw(where: _Where, values: dict, state: _State) -> None:
     defaults = GRAMMAR["jobdw"]["defaults"]
     state.jobdw = JobDW(
         capacity=_value(values, "capacity"), pool=_value(values, "pool"),
         access_mode=_value(values, "access_mode", defaults["access_mode"]),
         type=_value(values, "type", defaults["type"]), fs=_value(values, "fs", defaults["fs"]),
-        pfs=_value(values, "pfs"), line=where.line)
+        pfs=_value(values, "pfs"), line=where.line, preset=_value(values, "preset"), tokens=_tokens(values))
 
 
 def _build_stage(where: _Where, values: dict, state: _State) -> None:
@@ -527,7 +531,7 @@ def _build_create(where: _Where, values: dict, state: _State) -> None:
     state.create.append(CreatePersistent(
         name=name, capacity=_value(values, "capacity"), access=_value(values, "access", defaults["access"]),
         type=_value(values, "type", defaults["type"]), pool=_value(values, "pool"), pfs=_value(values, "pfs"),
-        line=where.line))
+        line=where.line, preset=_value(values, "preset"), tokens=_tokens(values)))
 
 
 def _build_destroy(where: _Where, values: dict, state: _State) -> None:

@@ -2,12 +2,14 @@
 
 bbctl.directives.parser builds a JobRequest from a script; the stages of bbctl
 read it. Sizes are bytes, paths are normalised (bbctl.directives explains how),
-``line`` is the 1-based script line a directive starts on.
+``line`` is the 1-based script line a directive starts on; ``tokens`` maps each key the line
+gives (aliases under the key they mean) to its token as messages quote it (shortened).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,8 @@ class JobDW:
     fs: str
     pfs: str | None
     line: int
+    preset: str | None = None  # expanded by bbctl.policy.Policy.apply: keys not given come from it
+    tokens: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)  # given key -> its token
 
     @property
     def access_modes(self) -> tuple[str, ...]:
@@ -64,6 +68,8 @@ class CreatePersistent:
     pool: str | None
     pfs: str | None
     line: int
+    preset: str | None = None
+    tokens: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)

@@ -68,16 +68,25 @@ def error_classes(sources: dict[str, str]) -> tuple[set[str], set[str]]:
     return family, (own_init & family) - {"BBError"}
 
 
-def module_constants(sources: dict[str, str]) -> dict[str, str]:
-    """Module-level ``NAME = "text"`` (or parenthesised implicit concatenation) of every source."""
-    found: dict[str, str] = {}
+def module_constants(sources: dict[str, str]) -> dict[str, str | dict[str, str]]:
+    """Module-level ``NAME = "text"`` (or parenthesised implicit concatenation) of every source, and
+    ``NAME = {"key": "text", ...}`` tables of messages (their templates, by key)."""
+    found: dict[str, str | dict[str, str]] = {}
     for source in sources.values():
         for node in ast.parse(source).body:
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) \
-                    and isinstance(node.value.value, str):
-                for target in node.targets:
-                    if isinstance(target, ast.Name):
-                        found[target.id] = node.value.value
+            value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                text: str | dict[str, str] = value.value
+            elif isinstance(value, ast.Dict) and value.keys and all(
+                    isinstance(k, ast.Constant) and isinstance(v, ast.Constant) and isinstance(v.value, str)
+                    for k, v in zip(value.keys, value.values, strict=True)):
+                text = {k.value: v.value for k, v in zip(value.keys, value.values, strict=True)}  # type: ignore[union-attr]
+            else:
+                continue
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    found[target.id] = text
     return found
 
 
@@ -93,9 +102,9 @@ def python_reasons(source: str, where: str, family: set[str], own_init: set[str]
             if cls not in own_init:
                 unidentified.append(f"{at}: {cls}() without a message")
             continue
-        template = _template(call.args[0], constants)
-        if template is not None:
-            reasons.append(Reason(template, at))
+        templates = _templates(call.args[0], constants)
+        if templates is not None:
+            reasons += [Reason(template, at) for template in templates]
         elif not _relays(call.args[0]):
             unidentified.append(f"{at}: {cls}({ast.unparse(call.args[0])}, ...): write the message there")
     return reasons, unidentified
@@ -114,15 +123,29 @@ def _message_calls(tree: ast.AST, family: set[str], own_init: set[str]) -> Itera
                 yield cls, node
 
 
-def _template(node: ast.expr, constants: dict[str, str]) -> str | None:
+def _templates(node: ast.expr, constants: dict[str, str | dict[str, str]]) -> list[str] | None:
+    """The message templates node can make: a literal, an f-string, a constant's ``.format``, a
+    message table's entry ``.format`` (every entry when the key is a variable), a value (a local
+    name: its text is found where it was made) joined with ``+`` to one of these; None otherwise."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return node.value
+        return [node.value]
     if isinstance(node, ast.JoinedStr):
-        return "".join(part.value if isinstance(part, ast.Constant) else HOLE for part in node.values)
+        return ["".join(part.value if isinstance(part, ast.Constant) else HOLE for part in node.values)]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left = [HOLE] if isinstance(node.left, ast.Name) else _templates(node.left, constants)
+        right = _templates(node.right, constants)
+        return None if left is None or right is None else [a + b for a in left for b in right]
     if isinstance(node, ast.Call) and _name(node.func) == "format" and isinstance(node.func, ast.Attribute):
-        text = constants.get(_name(node.func.value))
-        if text is not None:
-            return re.sub(r"\{[^{}]*\}", HOLE, text)
+        owner = node.func.value
+        text = constants.get(_name(owner.value if isinstance(owner, ast.Subscript) else owner))
+        if isinstance(owner, ast.Subscript) and isinstance(text, dict):
+            key = owner.slice
+            texts = [text[key.value]] if isinstance(key, ast.Constant) and key.value in text else list(text.values())
+        elif isinstance(owner, ast.Name) and isinstance(text, str):
+            texts = [text]
+        else:
+            return None
+        return [re.sub(r"\{[^{}]*\}", HOLE, t) for t in texts]
     return None
 
 

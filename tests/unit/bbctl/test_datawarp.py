@@ -291,10 +291,23 @@ def test_job_process_refuses_bad_directives_with_the_message_on_stdout(tmp_path,
 
 def test_job_process_refuses_a_buffer_its_pool_could_never_hold(tmp_path, capsys):
     job = script(tmp_path, "#DW jobdw capacity=36GiB")
-    life = FakeLife({"check_fits": BBError("capacity=36GiB needs disperse 9+1, 10 bricks; ...", exit_code=2)})
+    admitted = object()  # the request as the site's policy made it (presets expanded)
+    life = FakeLife({"admit": admitted,
+                     "check_fits": BBError("capacity=36GiB needs disperse 9+1, 10 bricks; ...", exit_code=2)})
     code, out = cli(["--function", "job_process", "--job", str(job)], life, capsys)
     assert code == 1 and out.startswith("capacity=36GiB needs disperse 9+1")
-    assert life.calls[0][0] == "check_fits" and life.calls[0][1][0].jobdw.capacity == 36 * 2**30
+    assert [call[0] for call in life.calls] == ["admit", "check_fits"]
+    assert life.calls[0][1][0].jobdw.capacity == 36 * 2**30 and life.calls[0][2] == {}  # no uid: Slurm gives none
+    assert life.calls[1][1][0] is admitted
+
+
+def test_job_process_refuses_what_the_site_policy_refuses(tmp_path, capsys):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB preset=nosuch")
+    life = FakeLife({"admit": BBError("line 2: jobdw: 'preset=nosuch': no preset nosuch; the site's presets: "
+                                      "fast", exit_code=2)})
+    code, out = cli(["--function", "job_process", "--job", str(job)], life, capsys)
+    assert (code, out) == (1, "line 2: jobdw: 'preset=nosuch': no preset nosuch; the site's presets: fast\n")
+    assert [call[0] for call in life.calls] == ["admit"]
 
 
 def test_job_process_of_a_missing_script_fails(tmp_path, capsys):

@@ -326,10 +326,24 @@ def check_cache_swap(r: JobRequest) -> None:
     assert (r.jobdw.type, r.swap, r.persistent, len(r.stage_in)) == ("cache", 2**30, ("shared",), 1)
 
 
+def check_presets(r: JobRequest) -> None:
+    [create] = r.create_persistent
+    assert (create.preset, create.tokens["preset"], create.tokens["capacity"]) == (
+        "archive-2.0", "preset=archive-2.0", "capacity=1TiB")
+    assert (r.jobdw.preset, r.jobdw.access_mode, sorted(r.jobdw.tokens)) == (
+        "fast", "striped,private", ["access_mode", "capacity", "preset"])  # the keys the line gave
+
+
+def check_preset_twice(r: JobRequest) -> None:
+    assert r.jobdw.preset == "fast" and r.jobdw.tokens["preset"] == "preset=fast"
+
+
 TYPED: dict[str, Callable[[JobRequest], None]] = {
     "cache_mode": check_cache,
     "cache_mode_lua_form": check_cache_lua,
     "cache_mode_with_swap_and_persistent": check_cache_swap,
+    "preset_on_jobdw_and_create_persistent": check_presets,
+    "preset_given_twice_alike": check_preset_twice,
     "published_forms_with_comments_hints_and_spacing": check_published,
     "comments_and_commented_out_directives_after_the_first_command": check_late_comments,
     "slurm_test35_repeated_key_and_double_slash": check_test35_repeated,
@@ -459,17 +473,20 @@ def test_cli_validates_scripts(tmp_path, capsys):
     assert "line 2: jobdw: 'capacity=10N': node counts" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("lua", [LUA_SCRIPT, LUA_VALIDATOR, REPO / "slurm" / "bbctl-layouts.lua"],
-                         ids=lambda path: path.name)
+@pytest.mark.parametrize("lua", [LUA_SCRIPT, LUA_VALIDATOR, REPO / "slurm" / "bbctl-layouts.lua",
+                                 REPO / "slurm" / "bbctl-policy.lua"], ids=lambda path: path.name)
 def test_lua_loads_only_its_own_installed_files(lua):
     # Forking is allowed only in the stages slurmscriptd forks (tests/unit/bbctl/test_lua_in_slurmctld.py
     # proves the in-slurmctld functions never do); the script loads only the files installed beside it.
     source = lua.read_text(encoding="utf-8")
     for call in (r"os\.exit", r"\brequire\s*[(\"']", r"\bdofile\b"):
         assert not re.search(call, source), f"{lua.name} must not use {call}"
+    installed = ("SITE_FILE", "DIRECTIVES_FILE", "DIRECTIVES_BYTECODE", "LAYOUTS_FILE", "LAYOUTS_BYTECODE",
+                 "POLICY_FILE", "POLICY_BYTECODE")
     for loaded in re.findall(r"\bloadfile\(([^)]*)\)", source):
-        assert loaded in ("SITE_FILE", "DIRECTIVES_FILE", "DIRECTIVES_BYTECODE", "LAYOUTS_FILE", "LAYOUTS_BYTECODE"), \
-            f"{lua.name} loads {loaded}"
+        assert loaded in (*installed, "source", "bytecode"), f"{lua.name} loads {loaded}"
+    for source_file, bytecode in re.findall(r"(?<!function )helpers\.load_installed\(([^,]*), ([^,]*),", source):
+        assert {source_file, bytecode} <= set(installed), f"{lua.name} loads {source_file}, {bytecode}"
 
 
 @pytest.mark.parametrize("size, suggestion", [
