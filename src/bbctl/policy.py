@@ -421,9 +421,13 @@ def _preset_value(setting: str, kind_name: str, value: str) -> str:
         raise ConfigProblem(f"{setting}: {value!r}: give one of {' | '.join(kind['values'])}")
     if kind["check"] == "name" and not _name_re(kind).fullmatch(value):
         raise ConfigProblem(f"{setting}: {value!r}: give {kind['describe']}")
+    if kind_name == "buffer_type" and value == "cache":
+        # A cache is of one directory a job names: its pfs=DIR cannot come from a site-wide bundle.
+        raise ConfigProblem(f"{setting}: type=cache: a preset cannot make a cache buffer (it needs the job's "
+                            "own pfs=DIR): write type=cache pfs=DIR on the jobdw line")
     if kind_name == "buffer_type":
         try:
-            check_buffer_type(value)  # the grammar's rules on type= (cache: not yet)
+            check_buffer_type(value)  # the grammar's rules on type=
         except DirectiveError as exc:
             raise ConfigProblem(f"{setting}: {exc}") from None
     return value

@@ -71,7 +71,7 @@ def test_a_policy_reads_as_written():
     ({"presets": {"f": {"fs": "ceph"}}}, "policy.presets.f.fs: 'ceph': give one of gluster | lustre"),
     ({"presets": {"f": {"pool": "hdd"}}}, "policy.presets.f.pool: no pool 'hdd'; configured: nvme, ssd"),
     ({"presets": {"f": {"pool": "a b"}}}, "policy.presets.f.pool: 'a b': give 1 to 64 characters"),
-    ({"presets": {"f": {"type": "cache"}}}, "policy.presets.f.type: type=cache: a write-back cache"),
+    ({"presets": {"f": {"type": "cache"}}}, "policy.presets.f.type: type=cache: a preset cannot make a cache buffer"),
 ])
 def test_a_wrong_policy_setting_is_named(bad, message):
     assert message in problem(**bad)
