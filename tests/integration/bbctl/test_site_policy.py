@@ -96,7 +96,10 @@ def slurm_passes_uid_to_job_process() -> bool:
 
 
 def held_with(job: int, reason: re.Pattern[str], timeout: float = 180) -> dict[str, str]:
-    """The job's fields once its reason matches (setup refused it), then cancels it and waits it out."""
+    """The job's fields once its reason matches (setup refused it), then cancels it and waits it out.
+
+    `scontrol -o` writes the Reason's spaces as underscores: a space in the pattern matches either."""
+    reason = re.compile(reason.pattern.replace(" ", "[ _]"))
     deadline = time.monotonic() + timeout
     fields = job_fields(job)
     while not reason.search(fields.get("Reason", "")) and time.monotonic() < deadline:
