@@ -194,7 +194,7 @@ class EtcdStore:
             record_kvs, index_kvs, *held = _ranges(answer)
             index = self._pool_index(pool.name, index_kvs)
             if any(found and not index.holds(brick) for brick, found in zip(chosen, held, strict=True)):
-                index = self._rebuilt_index(pool.name)  # a brick key the index misses: trust the keys
+                index = self._repaired_index(pool.name)  # a brick key the index misses: trust the keys
         raise StateError(f"buffer {spec.key}: lost {MAX_CAS_ATTEMPTS} races for bricks in pool {pool.name!r}; retry")
 
     def _pool_index(self, pool: str, index_kvs: list[KeyValue]) -> PoolIndex:
@@ -202,6 +202,16 @@ class EtcdStore:
         if index_kvs:
             return PoolIndex.decode(index_kvs[0].value, index_kvs[0].mod_revision)
         return self._rebuilt_index(pool)
+
+    def _repaired_index(self, pool: str) -> PoolIndex:
+        """The index rebuilt from the brick keys and written back (if no one changed it meanwhile)."""
+        index = self._rebuilt_index(pool)
+        key = self._index_key(pool)
+        with contextlib.suppress(OutcomeUnknown):  # the next attempt reads whatever is there
+            answer = self._txn([_at(key, index.revision)], [_put(key, index.encode())])
+            if answer.get("succeeded"):
+                index.revision = int(answer["header"]["revision"])
+        return index
 
     def _rebuilt_index(self, pool: str) -> PoolIndex:
         """The brick keys as an index, at the revision of the index key read in the same snapshot."""
