@@ -3,7 +3,7 @@
 One YAML file (``--config``, else ``$BBCTL_CONFIG``, else /etc/bbctl/bbctl.yml)::
 
     inventory: /etc/bbctl/inventory.yml   # storage servers (bb_storage) and clients (bb_clients)
-    state: /var/lib/bbctl/state.db        # or http://etcd:2379
+    state: /var/lib/bbctl/state.db        # or http://etcd1:2379,http://etcd2:2379,...
     pools: {nvme: {granularity: 4GiB, hosts: all}}
     work_dir: /var/lib/bbctl              # runs/, stage/ mounts, bbctl.log
     mount_root: /mnt/bb                   # where compute nodes mount buffers

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bbctl.pools import Brick, NotEnoughBricks
-from bbctl.state import BufferState
+from bbctl.state import BufferState, StateError, open_store
 from bbctl.state.etcd import EtcdStore
 from bbctl.state.etcd_gateway import Gateway, OutcomeUnknown, b64
 from bbctl.state.etcd_index import PoolIndex
@@ -155,6 +155,14 @@ def test_a_member_refusing_connections_is_passed_over(etcd_endpoint):
     store = EtcdStore([f"http://127.0.0.1:{dead}", etcd_endpoint], prefix=f"/test-{uuid.uuid4().hex}")
     assert store.allocate(spec("7"), make_pool()).key == "7"
     assert store.get("7") is not None
+
+
+def test_open_store_takes_every_member_of_a_cluster():
+    store = open_store("http://10.0.0.1:2379, http://10.0.0.2:2379/")
+    assert isinstance(store, EtcdStore)
+    assert store.gateway.endpoints == ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+    with pytest.raises(StateError, match="write it as http://HOST:PORT"):
+        EtcdStore("http://10.0.0.1:2379,etcd2:2379")
 
 
 def test_no_member_answering_is_a_clear_error_within_the_timeout():
