@@ -279,10 +279,12 @@ class EtcdStore:
             puts: list[tuple[str, str | bytes]] = [(index_key, index.freeing(record.bricks).encode())]
             cut_later = False
             if self.history_jobs > 0:
+                entry = self._history_index_key(now, key)
                 if view.history is not None:  # the key's earlier life: its index entry goes with it
-                    doomed.append(self._history_index_key(json.loads(view.history.value)["finished_at"], key))
+                    earlier = self._history_index_key(json.loads(view.history.value)["finished_at"], key)
+                    doomed += [earlier] if earlier != entry else []  # a put and a delete of one key: refused
                 puts += [(self._history_key(key), json.dumps(timings.history_record(record.to_dict(), now))),
-                         (self._history_index_key(now, key), key)]
+                         (entry, key)]
                 cut, cut_later = self._history_cut(view, key, now, room=self.max_txn_ops - len(doomed) - len(puts))
                 doomed += cut
             compare = [_unchanged(view.record.key, [view.record]), _at(index_key, index.revision)]
@@ -318,7 +320,7 @@ class EtcdStore:
         and whether more must go than it can see or fit (then _cut_history runs after it)."""
         own = (self._history_index_key(json.loads(view.history.value)["finished_at"], key)
                if view.history is not None else None)
-        oldest = [k for k in view.oldest if k != own]
+        oldest = [k for k in view.oldest if k != own and not k.endswith(f"/{key}")]  # key's summary is kept
         cutoff = self._history_index_key(max(now - self.history_seconds, 0), "")
         too_old = next((n for n, k in enumerate(oldest) if k >= cutoff), len(oldest))
         size_after = view.size + (0 if own else 1)

@@ -11,10 +11,12 @@ that it has no leader is left for the next one, round and round with a short
 pause, until the call's deadline. A read is simply sent again. A write is
 not: once sent, a write that got no answer may still commit (etcd says
 "request timed out" for a proposal it has not yet seen through, and a member
-killed after applying a transaction never answers). Such a write raises
-OutcomeUnknown, and the caller reads again to see whether it landed: every
-store write is a compare-and-swap, so sending it again blindly could never
-give a brick twice, but could report a lost race for a write that won.
+killed after applying a transaction never answers; "leader changed" may
+come for a proposal that commits). Such a write, and any write a member
+answers with a retryable error, raises OutcomeUnknown, and the caller reads
+again to see whether it landed: every store write is a compare-and-swap, so
+sending it again blindly could never give a brick twice, but could report a
+lost race for a write that won.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class Gateway:
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
             self._drop(endpoint)
+            self._preferred = (index + 1) % len(self.endpoints)
             # A kept-alive connection the member closed while idle fails on send: nothing reached etcd.
             if write and sent:
                 raise OutcomeUnknown(f"etcd at {endpoint} took a write and gave no answer ({exc!r}); "
@@ -132,8 +135,11 @@ class Gateway:
             return json.loads(data), None
         detail = _error(data)
         if detail.get("code") in RETRYABLE_CODES or response.status in (502, 503, 504):
+            self._preferred = (index + 1) % len(self.endpoints)
             message = str(detail.get("error") or detail.get("message") or response.reason)
-            if write and "timed out" in message:  # proposed, not yet seen through: may still commit
+            # "request timed out", "leader changed": proposed, maybe committed; "no leader": maybe not,
+            # but telling them apart by etcd's wording is not worth a brick given twice.
+            if write:
                 raise OutcomeUnknown(f"etcd at {endpoint}: {message}; the write may have committed")
             return {}, message
         text = detail.get("error") or detail.get("message") or data.decode(errors="replace").strip()

@@ -487,6 +487,15 @@ def test_a_key_used_again_keeps_only_its_latest_history(backend, clock):
     assert store.history("p1")["owner_uid"] == 1002 and store.history("other") is not None
 
 
+def test_a_key_released_twice_in_the_same_instant_keeps_one_history(backend, clock):
+    store = backend.open(clock, history_jobs=2)
+    for uid in (1000, 1001):  # the clock does not move: both lives end at the same time
+        store.allocate(spec("p1", uid=uid), make_pool())
+        store.transition("p1", BufferState.ALLOCATING, BufferState.DESTROYED)
+        assert store.release("p1") is True
+    assert store.history("p1")["owner_uid"] == 1001
+
+
 def test_no_history_when_it_is_switched_off(backend, clock):
     store = backend.open(clock, history_jobs=0)
     store.allocate(spec("7"), make_pool())
