@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   glusterfs-server glusterfs-client xfsprogs util-linux mount attr
   slurm-wlm slurm-client munge lua5.1
-  rsync etcd-server fuse-overlayfs bubblewrap
+  rsync etcd-server sqlite3 fuse-overlayfs bubblewrap
   openssh-server sudo
   python3-venv shellcheck
 )

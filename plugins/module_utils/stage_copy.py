@@ -44,6 +44,13 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 O_CREATE = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def written_as(plan):
+    """The destination a user recognises, and the temporary name it is written through, if any."""
+    if plan.temp:
+        return "%s (through its temporary %s)" % (plan.destination, plan.temp)
+    return plan.destination
+
+
 def chunk_ranges(size, chunk_size):
     """(offset, length) pieces of a file; one piece (even an empty one) for a small file."""
     if chunk_size <= 0:
@@ -246,7 +253,7 @@ class Copier:
             if info.st_size > self.chunk_size:
                 os.ftruncate(copy.dst, info.st_size)
         except OSError as exc:
-            copy.error = "cannot write %s%s" % (copy.target, as_user(exc))
+            copy.error = "cannot write %s%s" % (written_as(copy.plan), as_user(exc))
 
     def copy_through_gfapi(self, copy):
         """A small file of a stage-in: read whole, then created, written and timed in one go."""

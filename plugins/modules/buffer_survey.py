@@ -15,7 +15,7 @@ version_added: "0.1.0"
 description:
   - Reads, on the host the task runs on, the three things a burst buffer leaves on a machine
     so that they can be compared with what the orchestrator's state store says should exist
-    (C(bbctl reconcile)): the GlusterFS volumes this server's glusterd knows, the brick
+    (C(bbctl reconcile)) - the GlusterFS volumes this server's glusterd knows, the brick
     directories on its brick roots, and the mounts under the buffer mount roots.
   - Only names that start with one of O(prefixes) are reported, so a site's other volumes
     and directories are never listed, and never offered for removal.
@@ -59,7 +59,7 @@ attributes:
     support: none
 notes:
   - A brick directory's C(volume_id) is its C(trusted.glusterfs.volume-id) attribute (null when
-    it has none: gluster never got to create the volume, or something else made it).
+    it has none - gluster never got to create the volume, or something else made it).
 seealso:
   - module: hpc.burstbuffer.gluster_brick_dir
   - module: hpc.burstbuffer.gluster_volume

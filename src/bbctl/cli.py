@@ -1,8 +1,9 @@
 """The bbctl command line: one subcommand per burst buffer stage, operator views, the test bed.
 
 Slurm's burst_buffer.lua and dw_wlm_cli call the stage commands; operators use
-status, show, pools and gc. Progress goes to stderr and to <work_dir>/bbctl.log;
-on failure the last line of stderr is the reason, fit to show to the job's owner.
+status, show, pools and gc; `config reference` prints the settings' reference.
+Progress goes to stderr and to <work_dir>/bbctl.log; on failure the last line of
+stderr is the reason, fit to show to the job's owner.
 
 Exit codes: 0 success; 1 the operation failed; 2 bad input (command line,
 directives, configuration); 3 nothing to show (test bed not up, no such buffer);
@@ -56,6 +57,15 @@ def _add_testbed(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _add_config(subparsers: argparse._SubParsersAction) -> None:
+    config = subparsers.add_parser("config", help="about bbctl.yml itself (needs no configuration)")
+    actions = config.add_subparsers(dest="action", required=True)
+    actions.add_parser("reference", help="print docs/CONFIGURATION.md, the settings' reference (Markdown)",
+                       description="Render the reference of every setting from its one definition "
+                                   "(bbctl.site.SETTINGS, bbctl.pools.POOL_SETTINGS): "
+                                   "bbctl config reference > docs/CONFIGURATION.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bbctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -65,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_stage_commands(subparsers, _size)
     commands.add_operator_commands(subparsers)
     _add_testbed(subparsers)
+    _add_config(subparsers)
     return parser
 
 
@@ -111,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "testbed":
             return _run_testbed(args)
+        if args.command == "config":
+            from bbctl import config_reference  # only here: no stage needs it
+
+            sys.stdout.write(config_reference.render())
+            return 0
         return commands.run(args)
     except BBError as exc:
         print(f"bbctl {args.command}: error: {exc}", file=sys.stderr)

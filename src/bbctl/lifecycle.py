@@ -466,9 +466,8 @@ class Lifecycle:
         if buffer is None:
             raise BBError(f"no buffer {key}: it was never set up, or is already torn down")
         if buffer.state not in set(states):
-            raise Refused(f"buffer {key} is {buffer.state.value}"
-                          + (f" ({buffer.last_error})" if buffer.last_error else "")
-                          + ", not ready for this stage")
+            error = f" ({buffer.last_error})" if buffer.last_error else ""
+            raise Refused(f"buffer {key} is {buffer.state.value}{error}, not ready for this stage")
         return buffer
 
     def _copy(self, key: str, specs: list[dict[str, str]], *, stage: str, playbook: str,

@@ -46,8 +46,27 @@ from bbctl.errors import BBError
 
 STORAGE_GROUP = "bb_storage"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_POOL_KEYS = {"granularity", "hosts", "striped_layout"}
 STRIPED_LAYOUTS = ("disperse", "distribute")  # how striped buffers are built (bbctl.layouts)
+# The keys of one pool under bbctl.yml's `pools:` (checked by build_pools, not by the argument-spec
+# validator: `pools` maps names of the site's choosing to these). docs/CONFIGURATION.md is generated
+# from this and bbctl.site.SETTINGS (`bbctl config reference`).
+POOL_SETTINGS: dict[str, dict[str, Any]] = {
+    "granularity": {
+        "type": "size", "required": True,
+        "description": "What one brick holds, and so the unit a buffer is allocated in: a buffer of capacity "
+                       "C takes ceil(C / granularity) bricks (striped buffers one more per disperse set). "
+                       "Give what a brick really holds after its filesystem's overhead (XFS takes about 3 %)."},
+    "hosts": {
+        "type": "'all' or list", "default": "all",
+        "description": "The `bb_storage` hosts whose bricks are in the pool. A brick entry may instead name "
+                       "its pool (`pool:` in its `bb_bricks` entry); a brick two pools claim must."},
+    "striped_layout": {
+        "type": "str", "default": "disperse", "choices": list(STRIPED_LAYOUTS),
+        "description": "How a striped buffer of 2 or more granules is built: `disperse` (erasure-coded, one "
+                       "redundancy brick per set of at most 16+1, a file can be as large as its set) or "
+                       "`distribute` (each file whole on one brick; faster for many small files)."},
+}
+_POOL_KEYS = set(POOL_SETTINGS)
 
 
 class PoolError(BBError):

@@ -80,17 +80,54 @@ def positive_int(value: Any) -> int:
 
 
 # The settings of bbctl.yml in the argument-spec language of the roles' meta/argument_specs.yml,
-# checked by ansible-core's own validator. `state` defaults to <work_dir>/state.db.
+# checked by ansible-core's own validator (which ignores `description`). This is the one
+# definition: docs/CONFIGURATION.md is generated from it (`bbctl config reference`, see
+# bbctl.config_reference), so every setting carries its description here. The keys of each
+# pool under `pools` are bbctl.pools.POOL_SETTINGS.
 SETTINGS: dict[str, dict[str, Any]] = {
-    "inventory": {"type": "path", "required": True},
-    "pools": {"type": "dict", "required": True},
-    "state": {"type": "str"},
-    "work_dir": {"type": "path", "default": "/var/lib/bbctl"},
-    "mount_root": {"type": "path", "default": "/mnt/bb"},
-    "slurm_dir": {"type": "path"},
-    "burst_buffer_conf": {"type": "path"},
-    "keep_runs": {"type": positive_int, "default": 200},
-    "stage_workers": {"type": positive_int, "default": stage_threads.DEFAULT_WORKERS},
+    "inventory": {
+        "type": "path", "required": True,
+        "description": "The Ansible inventory of the storage servers (group `bb_storage`, each with its "
+                       "`bb_bricks`) and the compute nodes (group `bb_clients`): the collection's, as "
+                       "`inventories/example/hosts.yml`. bbctl limits each run to the servers holding the "
+                       "buffer's bricks, the stage host (`localhost`) and the job's compute nodes."},
+    "pools": {
+        "type": "dict", "required": True,
+        "description": "The pools of bricks, by name as Slurm and `pool=` see them; the first is the default "
+                       "pool. Each pool is a mapping of the keys under Pools below."},
+    "state": {
+        "type": "str",
+        "description": "The state store: a path to an SQLite database (the default, `<work_dir>/state.db`), "
+                       "or an etcd v3 endpoint `http://HOST:PORT` or `https://...` (its JSON gateway; keys "
+                       "under `/bbctl`) for controllers that share one store."},
+    "work_dir": {
+        "type": "path", "default": "/var/lib/bbctl",
+        "description": "bbctl's own files: `runs/` (one ansible-runner directory per buffer and stage), "
+                       "`stage/` (buffers mounted on the stage host for staging), `bbctl.log`, `site-cache/` "
+                       "(these settings once validated) and, by default, `state.db`."},
+    "mount_root": {
+        "type": "path", "default": "/mnt/bb",
+        "description": "Where compute nodes mount buffers: `$DW_JOB_STRIPED` is `<mount_root>/bbjob-<job id>`. "
+                       "Made a shared mount point on each node so that containers see buffers come and go."},
+    "slurm_dir": {
+        "type": "path",
+        "description": "The directory of slurm.conf: `bbctl slurm-install` writes burst_buffer.lua and its "
+                       "files there, bbctl rewrites `bbctl-pools.json` there on every allocation, and "
+                       "`scontrol` is run with `SLURM_CONF=<slurm_dir>/slurm.conf`. Unset: no pools file is "
+                       "written (burst_buffer/datawarp reads the pools from `dw_wlm_cli`)."},
+    "burst_buffer_conf": {
+        "type": "path",
+        "description": "burst_buffer.conf, read for `StageInTimeout`, `StageOutTimeout` and `OtherTimeout` "
+                       "(a stage's playbook gets the stage's timeout less 10 %, or less 30 s when that is "
+                       "less, so that it fails with bbctl's message before Slurm kills it; Slurm's defaults "
+                       "where the file sets none). Unset: `<slurm_dir>/burst_buffer.conf`."},
+    "keep_runs": {
+        "type": positive_int, "default": 200,
+        "description": "Run directories under `<work_dir>/runs/` kept for buffers that are gone; older ones "
+                       "are pruned at each teardown."},
+    "stage_workers": {
+        "type": positive_int, "default": stage_threads.DEFAULT_WORKERS,
+        "description": "Copy threads per stage-in or stage-out (`bb_stage`'s `workers`)."},
 }
 
 
@@ -139,7 +176,7 @@ def load(path: Path | str | None = None) -> Site:
         text = where.read_text()
         data = yaml.safe_load(text) or {}
     except FileNotFoundError:
-        raise ConfigError(f"no bbctl configuration at {where}: write one (see docs/OPERATIONS.md) "
+        raise ConfigError(f"no bbctl configuration at {where}: write one (see docs/OPERATOR_GUIDE.md) "
                           f"or point --config / ${CONFIG_ENV} at it") from None
     except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError) as exc:  # RecursionError: deep nesting
         raise ConfigError(f"cannot read the bbctl configuration {where}: {exc}") from exc

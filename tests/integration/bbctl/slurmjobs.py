@@ -27,8 +27,8 @@ def use_plugin(name: str) -> None:
         subprocess.run([BBCTL, "testbed", "slurm", name], check=True, capture_output=True)
 
 
-def as_user(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["runuser", "-u", USER, "--", "env", f"SLURM_CONF={SLURM_CONF}", *argv],
+def as_user(*argv: str, cwd: Path | None = None, user: str = USER) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runuser", "-u", user, "--", "env", f"SLURM_CONF={SLURM_CONF}", *argv],
                           cwd=cwd, capture_output=True, text=True, check=False)
 
 
@@ -40,15 +40,15 @@ def write_job(directory: Path, name: str, body: str) -> Path:
     return path
 
 
-def submit(script: Path, *options: str) -> int:
+def submit(script: Path, *options: str, user: str = USER) -> int:
     done = as_user("sbatch", "--parsable", "-o", f"{script.parent}/slurm-%j.out", *options, str(script),
-                   cwd=script.parent)
+                   cwd=script.parent, user=user)
     assert done.returncode == 0, f"sbatch refused {script.name}: {done.stderr.strip()}"
     return int(done.stdout.strip().split(";")[0])
 
 
-def sbatch_error(script: Path) -> str:
-    done = as_user("sbatch", "--parsable", str(script), cwd=script.parent)
+def sbatch_error(script: Path, user: str = USER) -> str:
+    done = as_user("sbatch", "--parsable", str(script), cwd=script.parent, user=user)
     assert done.returncode != 0, f"sbatch accepted {script.name} as job {done.stdout.strip()}"
     return done.stderr
 
