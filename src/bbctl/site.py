@@ -98,8 +98,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "state": {
         "type": "str",
         "description": "The state store: a path to an SQLite database (the default, `<work_dir>/state.db`), "
-                       "or an etcd v3 endpoint `http://HOST:PORT` or `https://...` (its JSON gateway; keys "
-                       "under `/bbctl`) for controllers that share one store."},
+                       "or the etcd v3 members' client URLs `http://HOST:PORT` or `https://...`, several separated "
+                       "by commas (their JSON gateway; keys under `/bbctl`) for controllers that share one store."},
     "work_dir": {
         "type": "path", "default": "/var/lib/bbctl",
         "description": "bbctl's own files: `runs/` (one ansible-runner directory per buffer and stage), "

@@ -25,6 +25,8 @@ from bbctl.pools import Brick, Pool
 from bbctl.state.base import StateError
 
 VERSION = 1
+REBUILD = ("delete it (`etcdctl del <prefix>/pools/<pool>`, no bbctl running) and the next allocation rebuilds it "
+           "from the brick keys (docs/OPERATOR_GUIDE.md, \"The state store in etcd\")")
 _POPCOUNT = bytes(bin(n).count("1") for n in range(256))
 
 
@@ -43,13 +45,13 @@ class PoolIndex:
             header, servers, masks = zlib.decompress(value).split(b"\n", 2)
             meta = json.loads(header)
         except (zlib.error, ValueError) as exc:
-            raise StateError(f"an etcd pool index is not bbctl's ({exc}): see OPERATIONS, etcd layout") from exc
+            raise StateError(f"an etcd pool index is not bbctl's ({exc}): {REBUILD}") from exc
         if meta.get("v") != VERSION:
             raise StateError(f"an etcd pool index has layout version {meta.get('v')!r}, not {VERSION}: "
                              "written by another bbctl version; upgrade bbctl")
         names = servers.decode().split("\t") if servers else []
         if len(masks) != len(names) * meta["width"]:
-            raise StateError("an etcd pool index is cut short: rebuild it (see OPERATIONS, etcd layout)")
+            raise StateError(f"an etcd pool index is cut short: {REBUILD}")
         return cls(revision, meta["paths"], names, bytearray(masks), meta["width"])
 
     @classmethod
