@@ -235,15 +235,18 @@ class EtcdStore:
                    last_error: str | None = None, stage_out_verified: bool | None = None,
                    meta: Mapping[str, Any] | None = None) -> Buffer:
         wanted = expected_states(expected)
-        record = self._update_record(key, lambda current: moved(
-            current, wanted, new, self.clock(), last_error=last_error, stage_out_verified=stage_out_verified,
-            meta=meta), "change its state")
+        try:
+            record = self._update_record(key, lambda current: moved(
+                current, wanted, new, self.clock(), last_error=last_error, stage_out_verified=stage_out_verified,
+                meta=meta))
+        except _LostRaces:
+            raise StateError(f"buffer {key}: lost {MAX_CAS_ATTEMPTS} races to change its state; retry") from None
         if record is None:
             raise BufferNotFound(key)
         return record
 
-    def _update_record(self, key: str, change: Callable[[Buffer], Buffer], what: str) -> Buffer | None:
-        """change applied to key's record by compare-and-swap; None if there is no record."""
+    def _update_record(self, key: str, change: Callable[[Buffer], Buffer]) -> Buffer | None:
+        """change applied to key's record by compare-and-swap; None if there is no record; _LostRaces."""
         sent: set[bytes] = set()
         for _ in range(MAX_CAS_ATTEMPTS):
             kv = self._get_kv(key)
@@ -258,7 +261,7 @@ class EtcdStore:
                     return record
             except OutcomeUnknown:
                 sent.add(value.encode())
-        raise StateError(f"buffer {key}: lost {MAX_CAS_ATTEMPTS} races to {what}; retry")
+        raise _LostRaces
 
     # --- release and the history -------------------------------------------------------------
 
@@ -350,8 +353,11 @@ class EtcdStore:
     # --- stage timings -------------------------------------------------------------------------
 
     def start_stage(self, key: str, running: Running) -> bool:
-        return self._update_record(key, lambda record: replace(record, meta=merged_meta(
-            record.meta, {timings.STAGE_NOW: running.to_dict()})), "note its stage") is not None
+        try:
+            return self._update_record(key, lambda record: replace(record, meta=merged_meta(
+                record.meta, {timings.STAGE_NOW: running.to_dict()}))) is not None
+        except _LostRaces:
+            raise StateError(f"buffer {key}: lost {MAX_CAS_ATTEMPTS} races to note its stage; retry") from None
 
     def finish_stage(self, key: str, timing: StageTiming) -> bool:
         counters_key = self._counters_key(timing.stage)
@@ -412,6 +418,10 @@ class EtcdStore:
     def close(self) -> None:
         """This thread's connections closed (a later call opens new ones)."""
         self.gateway.close()
+
+
+class _LostRaces(Exception):
+    """Every compare-and-swap of one update lost to another writer (the caller says which update)."""
 
 
 @dataclass(frozen=True)
