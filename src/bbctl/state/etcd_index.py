@@ -26,7 +26,7 @@ from bbctl.state.base import StateError
 
 VERSION = 1
 REBUILD = ("delete it (`etcdctl del <prefix>/pools/<pool>`, no bbctl running) and the next allocation rebuilds it "
-           "from the brick keys (docs/OPERATOR_GUIDE.md, \"The state store in etcd\")")
+           "from the brick keys (docs/OPERATOR_GUIDE.md section 16)")
 _POPCOUNT = bytes(bin(n).count("1") for n in range(256))
 
 
