@@ -1,39 +1,58 @@
-"""Allocation latency over a big pool: 1,000 servers x 8 bricks.
+"""Allocation latency over a big pool: 1,000 servers x 8 bricks, every store side by side.
 
-Run: ``.venv/bin/python benchmarks/allocation.py [--iterations N] [--no-etcd]``
+Run: ``.venv/bin/python benchmarks/allocation.py [--cycles N] [--round M] [--write-doc]``
 
 Each cycle is what a setup and a teardown cost the store: one allocate (record
-+ bricks in one transaction) and one release. The pool is first partly filled
-by other buffers, so allocation reads a realistic set of bricks in use. SQLite
-runs on a file in a temporary directory on the local disk (synchronous=FULL,
-as in production); etcd is a throw-away server on free loopback ports, stopped
-by its pid at the end. Target (DESIGN.md): p99 <= 5 ms.
++ bricks in one transaction) and one release. Every store is first filled with
+the same 1,000 other buffers (1-4 bricks each, about 30% of the pool), so
+allocation sees a realistic set of bricks in use. Contenders, each on its own
+state, taking turns M cycles at a time (the order rotating each round) so that
+the machine's load falls on all of them alike:
+
+- SQLite: a file in a temporary directory on the local disk (WAL,
+  synchronous=FULL, as in production);
+- etcd, one member and three members on loopback (Debian's etcd-server,
+  bbctl.testbed.etcd: free ports, stopped by pid, data dirs removed), each
+  with the current layout (one index key per pool) and the one before it
+  (one key per brick, read whole by every allocation): that store's code is
+  loaded from git at OLD_LAYOUT_COMMIT, so both run in the same process
+  against the same members.
+
+Target (DESIGN.md): allocate + release p99 <= 5 ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import platform
 import random
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+
+from results_doc import write_section
 
 from bbctl.pools import Brick, Pool
-from bbctl.state import BufferSpec, EtcdStore, SQLiteStore, StateStore
+from bbctl.state import BufferSpec, SQLiteStore, StateStore
+from bbctl.state.etcd import EtcdStore
+from bbctl.testbed.etcd import EtcdCluster
 
 GiB = 1024**3
 SERVERS, BRICKS_PER_SERVER = 1000, 8
 BACKGROUND_BUFFERS = 1000  # each 1-4 bricks: about 30% of the pool in use
+OLD_LAYOUT_COMMIT = "46a32c3"  # the last etcd store that read one key per brick in use
+REPO = Path(__file__).resolve().parent.parent
+OPERATIONS = ("allocate", "release", "allocate + release")
+BEGIN, END = "<!-- allocation-results:begin -->", "<!-- allocation-results:end -->"
 
 
 def big_pool() -> Pool:
@@ -47,19 +66,26 @@ def fill(store: StateStore, pool: Pool, rng: random.Random) -> None:
         store.allocate(BufferSpec(f"bg{i}", 1000, 1000, rng.randint(1, 4) * pool.granularity), pool)
 
 
-def measure(store: StateStore, pool: Pool, iterations: int, rng: random.Random) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {"allocate": [], "release": [], "cycle": []}
-    for i in range(iterations):
-        spec = BufferSpec(f"job{i}", 1000, 1000, rng.randint(1, 8) * pool.granularity)
-        start = time.perf_counter()
-        store.allocate(spec, pool)
-        middle = time.perf_counter()
-        store.release(spec.key)
-        end = time.perf_counter()
-        times["allocate"].append(middle - start)
-        times["release"].append(end - middle)
-        times["cycle"].append(end - start)
-    return times
+@dataclass
+class Contender:
+    name: str
+    store: StateStore
+    rng: random.Random = field(default_factory=lambda: random.Random(42))
+    times: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPERATIONS})
+    done: int = 0
+
+    def run(self, pool: Pool, cycles: int) -> None:
+        for _ in range(cycles):
+            spec = BufferSpec(f"job{self.done}", 1000, 1000, self.rng.randint(1, 8) * pool.granularity)
+            self.done += 1
+            start = time.perf_counter()
+            self.store.allocate(spec, pool)
+            middle = time.perf_counter()
+            self.store.release(spec.key)
+            end = time.perf_counter()
+            self.times["allocate"].append(middle - start)
+            self.times["release"].append(end - middle)
+            self.times["allocate + release"].append(end - start)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -67,80 +93,93 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def report(name: str, times: dict[str, list[float]]) -> None:
-    for what, values in times.items():
-        print(f"| {name} | {what} | {len(values)} | {statistics.median(values) * 1e3:.2f} | "
-              f"{percentile(values, 0.99) * 1e3:.2f} | {max(values) * 1e3:.2f} |")
+def old_etcd_module() -> ModuleType:
+    """bbctl.state.etcd as it was at OLD_LAYOUT_COMMIT (it uses only bbctl.state.base, unchanged since)."""
+    source = subprocess.run(["git", "-C", str(REPO), "show", f"{OLD_LAYOUT_COMMIT}:src/bbctl/state/etcd.py"],
+                            check=True, capture_output=True, text=True).stdout
+    spec = importlib.util.spec_from_loader("bbctl_state_etcd_old_layout", loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    exec(compile(source, f"{OLD_LAYOUT_COMMIT}:src/bbctl/state/etcd.py", "exec"), module.__dict__)
+    return module
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
+def contenders(stack: ExitStack, tmp: Path, etcd: bool) -> list[Contender]:
+    found = [Contender("SQLite", SQLiteStore(tmp / "state.db"))]
+    if not etcd:
+        return found
+    old = old_etcd_module()
+    for members in (1, 3):
+        (tmp / f"etcd{members}").mkdir()
+        cluster = stack.enter_context(EtcdCluster(tmp / f"etcd{members}", members))
+        found.append(Contender(f"etcd {members}m, key per brick (old)",
+                               old.EtcdStore(cluster.endpoints[0], prefix="/old")))
+        found.append(Contender(f"etcd {members}m, index per pool (new)",
+                               EtcdStore(cluster.endpoints, prefix="/new")))
+    return found
 
 
-@contextmanager
-def etcd_server(root: Path) -> Iterator[str]:
-    """A throw-away etcd on free loopback ports, stopped by its pid (never by name)."""
-    client, peer = free_ports(2)
-    endpoint, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
-    argv = [shutil.which("etcd") or "/usr/bin/etcd", "--name", "bench", "--data-dir", str(root / "etcd"),
-            "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
-            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"bench={peer_url}"]
-    with (root / "etcd.log").open("w") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"etcd did not start:\n{(root / 'etcd.log').read_text()[-2000:]}")
-            try:
-                request = urllib.request.Request(f"{endpoint}/v3/kv/range", data=b'{"key":"AA=="}', method="POST")
-                urllib.request.urlopen(request, timeout=1).close()
-                break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.05)
-        yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def table(found: list[Contender]) -> list[str]:
+    lines = ["| store | operation | p50 | p95 | p99 | max |", "| --- | --- | --- | --- | --- | --- |"]
+    for contender in found:
+        for op in OPERATIONS:
+            values = contender.times[op]
+            figures = [statistics.median(values), percentile(values, 0.95), percentile(values, 0.99), max(values)]
+            cells = " | ".join(f"{v * 1e3:.2f}" for v in figures)
+            if op == "allocate + release":
+                cells = " | ".join(f"**{v * 1e3:.2f}**" for v in figures[:3]) + f" | {figures[3] * 1e3:.2f}"
+            lines.append(f"| {contender.name} | {op} | {cells} |")
+    return lines
 
 
-def run(name: str, store: StateStore, iterations: int) -> None:
-    rng = random.Random(42)
-    pool = big_pool()
-    fill(store, pool, rng)
-    report(name, measure(store, pool, iterations, rng))
+def ratios(found: list[Contender]) -> list[str]:
+    by_name = {c.name: c for c in found}
+    stat: dict[str, Callable[[list[float]], float]] = {
+        "p50": statistics.median, "p95": lambda v: percentile(v, 0.95), "p99": lambda v: percentile(v, 0.99)}
+    pairs = [(f"etcd {m}m, key per brick (old)", f"etcd {m}m, index per pool (new)", f"old / new, {m} member(s)")
+             for m in (1, 3)]
+    pairs += [(f"etcd {m}m, index per pool (new)", "SQLite", f"etcd {m}m new / SQLite") for m in (1, 3)]
+    lines = ["| ratio, allocate + release | p50 | p95 | p99 |", "| --- | --- | --- | --- |"]
+    for top, bottom, label in pairs:
+        if top in by_name and bottom in by_name:
+            a, b = by_name[top].times["allocate + release"], by_name[bottom].times["allocate + release"]
+            lines.append(f"| {label} | " + " | ".join(f"{f(a) / f(b):.1f}" for f in stat.values()) + " |")
+    return lines
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--cycles", type=int, default=2000, help="allocate + release cycles per store")
+    parser.add_argument("--round", type=int, default=50, help="cycles a store runs before the next takes its turn")
     parser.add_argument("--no-etcd", action="store_true", help="SQLite only")
+    parser.add_argument("--write-doc", action="store_true", help="replace the results in docs/BENCHMARKS.md")
     args = parser.parse_args()
-    print(f"{SERVERS} servers x {BRICKS_PER_SERVER} bricks, {BACKGROUND_BUFFERS} buffers already allocated; "
-          f"{args.iterations} cycles of allocate (1-8 bricks) + release")
-    print(f"machine: {platform.platform()}, Python {platform.python_version()}, "
-          f"{len(__import__('os').sched_getaffinity(0))} cores; {time.strftime('%Y-%m-%d %H:%M %Z')}")
-    print("\n| store | operation | n | p50 ms | p99 ms | max ms |\n| --- | --- | --- | --- | --- | --- |")
-    with tempfile.TemporaryDirectory(prefix="bbctl-bench-", dir="/var/tmp") as tmp:
-        store = SQLiteStore(Path(tmp) / "state.db")
-        run("SQLite", store, args.iterations)
-        store.close()
-        if not args.no_etcd:
-            with etcd_server(Path(tmp)) as endpoint:
-                run("etcd", EtcdStore(endpoint), args.iterations)
-    sys.stdout.flush()
+    started, load_before = time.gmtime(), os.getloadavg()
+    pool = big_pool()
+    with tempfile.TemporaryDirectory(prefix="bbctl-bench-", dir="/var/tmp") as tmp, ExitStack() as stack:
+        found = contenders(stack, Path(tmp), not args.no_etcd)
+        for contender in found:
+            fill(contender.store, pool, random.Random(7))
+        for turn in range(-(-args.cycles // args.round)):
+            for contender in found[turn % len(found):] + found[:turn % len(found)]:
+                contender.run(pool, min(args.round, args.cycles - contender.done))
+        for contender in found:
+            contender.store.close()
+    load_after = os.getloadavg()
+    lines = [
+        f"{time.strftime('%Y-%m-%d %H:%M', started)}-{time.strftime('%H:%M UTC', time.gmtime())}; "
+        f"{platform.node()}, {len(os.sched_getaffinity(0))} cores, Linux {platform.release()}, "
+        f"Python {platform.python_version()}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+        f"(other engineers' work on the same cores). `.venv/bin/python benchmarks/allocation.py --cycles "
+        f"{args.cycles} --round {args.round}`: {args.cycles} cycles per store, {args.round} at a time in turn; "
+        f"old layout from commit {OLD_LAYOUT_COMMIT}. Milliseconds:",
+        "", *table(found), "", *ratios(found)]
+    print("\n".join(lines))
+    if args.write_doc:
+        write_section(BEGIN, END, lines, "Allocation", REPO / "docs" / "BENCHMARKS.md")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,7 +3,7 @@
 One YAML file (``--config``, else ``$BBCTL_CONFIG``, else /etc/bbctl/bbctl.yml)::
 
     inventory: /etc/bbctl/inventory.yml   # storage servers (bb_storage) and clients (bb_clients)
-    state: /var/lib/bbctl/state.db        # or http://etcd:2379
+    state: /var/lib/bbctl/state.db        # or http://etcd1:2379,http://etcd2:2379,...
     pools: {nvme: {granularity: 4GiB, hosts: all}}
     work_dir: /var/lib/bbctl              # runs/, stage/ mounts, bbctl.log
     mount_root: /mnt/bb                   # where compute nodes mount buffers
@@ -107,8 +107,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "state": {
         "type": "str",
         "description": "The state store: a path to an SQLite database (the default, `<work_dir>/state.db`), "
-                       "or an etcd v3 endpoint `http://HOST:PORT` or `https://...` (its JSON gateway; keys "
-                       "under `/bbctl`) for controllers that share one store."},
+                       "or the etcd v3 members' client URLs `http://HOST:PORT` or `https://...`, several separated "
+                       "by commas (their JSON gateway; keys under `/bbctl`) for controllers that share one store."},
     "work_dir": {
         "type": "path", "default": "/var/lib/bbctl",
         "description": "bbctl's own files: `runs/` (one ansible-runner directory per buffer and stage), "

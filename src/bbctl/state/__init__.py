@@ -1,6 +1,7 @@
 """bbctl's state: buffer records and brick allocations, in SQLite (default) or etcd.
 
-``open_store("/var/lib/bbctl/state.db")`` or ``open_store("http://127.0.0.1:2379")``;
+``open_store("/var/lib/bbctl/state.db")`` or ``open_store("http://127.0.0.1:2379")`` (several etcd
+members: their URLs separated by commas);
 both give a StateStore (see base.py for the record and the rules).
 """
 
@@ -26,7 +27,7 @@ from bbctl.state.sqlite import DEFAULT_PATH, SQLiteStore
 
 
 def open_store(location: str | Path = DEFAULT_PATH) -> StateStore:
-    """An etcd store for an http(s):// endpoint, else a SQLite store at that path."""
+    """An etcd store for http(s):// endpoints (comma-separated), else a SQLite store at that path."""
     text = str(location)
     if text.startswith(("http://", "https://")):
         # Imported here: the HTTP client stack is a tenth of bbctl's start-up, and every

@@ -1,22 +1,18 @@
-"""One suite, two stores: every test runs against SQLite and against a real etcd.
+"""One suite, two stores: every test runs against SQLite, a real etcd, and a three-member etcd cluster.
 
-The etcd server is started here on free loopback ports with its own data
-directory, and stopped by its pid. If it cannot start, the etcd tests fail
-with etcd's own words: a missing etcd is a broken machine, not a skip.
+The etcd members are started here on free loopback ports with their own data
+directories (bbctl.testbed.etcd), and stopped by their pids. If one cannot
+start, the etcd tests fail with etcd's own words: a missing etcd is a broken
+machine, not a skip.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
-import os
 import queue
-import shutil
-import socket
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +33,7 @@ from bbctl.state import (
 )
 from bbctl.state.etcd import EtcdStore
 from bbctl.state.timings import MAX_TIMINGS, STAGE_NOW, TIMINGS, Running, StageTiming
+from bbctl.testbed.etcd import EtcdCluster, EtcdStartError
 
 GiB = 1024**3
 START = 1_700_000_000.0
@@ -63,68 +60,28 @@ def spec(key: str, bricks: int = 1, uid: int = 1000) -> BufferSpec:
     return BufferSpec(key=key, owner_uid=uid, owner_gid=uid, capacity=bricks * GiB, fs="gluster")
 
 
-# --- the etcd server ---------------------------------------------------------------
+# --- the etcd servers ---------------------------------------------------------------
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel says are free: bind all to port 0 at once so they differ."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+def etcd_cluster(root: Path, members: int) -> Iterator[EtcdCluster]:
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def wait_for_etcd(proc: subprocess.Popen, endpoint: str, log: Path, deadline: float) -> None:
-    """Poll until etcd answers a KV read (it has a leader), or fail with its log."""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"etcd exited with status {proc.returncode}:\n{log.read_text()[-2000:]}")
-        request = urllib.request.Request(f"{endpoint}/v3/kv/range", data=b'{"key": "AA=="}', method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=1):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.05)  # waiting for a server to start, not for a race to settle
-    pytest.fail(f"etcd did not answer on {endpoint} within 15 s:\n{log.read_text()[-2000:]}")
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """SIGTERM by pid, then SIGKILL; reap it."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        with EtcdCluster(root, members) as cluster:
+            yield cluster
+    except EtcdStartError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
 def etcd_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    executable = shutil.which("etcd") or "/usr/bin/etcd"
-    root = tmp_path_factory.mktemp("etcd")
-    client, peer = free_ports(2)
-    endpoint, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
-    argv = [executable, "--name", "bbctl-test", "--data-dir", str(root / "data"),
-            "--listen-client-urls", endpoint, "--advertise-client-urls", endpoint,
-            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"bbctl-test={peer_url}"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}  # flags only, no ambient config
-    log = root / "etcd.log"
-    try:
-        with log.open("w") as log_file:
-            proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env)
-    except OSError as exc:
-        pytest.fail(f"cannot start etcd ({executable}): {exc}")
-    try:
-        wait_for_etcd(proc, endpoint, log, time.monotonic() + 15)
-        yield endpoint
-    finally:
-        stop_process(proc)
+    """One member, shared by the session (each test has its own prefix)."""
+    for cluster in etcd_cluster(tmp_path_factory.mktemp("etcd"), 1):
+        yield cluster.endpoints[0]
+
+
+@pytest.fixture(scope="session")
+def etcd3_endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Three members on loopback, shared by the session: what an HA controller pair would use."""
+    for cluster in etcd_cluster(tmp_path_factory.mktemp("etcd3"), 3):
+        yield cluster.endpoints
 
 
 # --- both stores behind one fixture ------------------------------------------------
@@ -149,15 +106,15 @@ def sqlite_backend(path: Path) -> Backend:
     return Backend("sqlite", lambda clock=time.time, **options: SQLiteStore(path, clock=clock, **options), plant)
 
 
-def etcd_backend(endpoint: str) -> Backend:
+def etcd_backend(endpoint: str | list[str], name: str = "etcd") -> Backend:
     prefix = f"/test-{uuid.uuid4().hex}"  # each test its own namespace on the shared server
 
     def plant(pool: str, brick_id: str, buffer_key: str) -> None:
         store = EtcdStore(endpoint, prefix=prefix)
         store._call("/v3/kv/put", {"key": _b64(store._brick_key(pool, brick_id)), "value": _b64(buffer_key)})
 
-    return Backend("etcd", lambda clock=time.time, **options: EtcdStore(endpoint, prefix=prefix, clock=clock,
-                                                                       **options), plant)
+    return Backend(name, lambda clock=time.time, **options: EtcdStore(endpoint, prefix=prefix, clock=clock,
+                                                                     **options), plant)
 
 
 def _b64(text: str) -> str:
@@ -165,11 +122,18 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-@pytest.fixture(params=["sqlite", "etcd"])
+@pytest.fixture(params=["sqlite", "etcd", "etcd3"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
         return sqlite_backend(tmp_path / "state.db")
+    if request.param == "etcd3":  # all three members listed, each store starting at a different one
+        endpoints = request.getfixturevalue("etcd3_endpoints")
+        turn = next(_turns)
+        return etcd_backend([*endpoints[turn % 3:], *endpoints[:turn % 3]], "etcd3")
     return etcd_backend(request.getfixturevalue("etcd_endpoint"))
+
+
+_turns = itertools.count()
 
 
 @pytest.fixture
@@ -521,6 +485,15 @@ def test_a_key_used_again_keeps_only_its_latest_history(backend, clock):
     store.release("other")
     # two entries allowed: p1's latest and other's; p1's earlier lives left no index behind to cut it early
     assert store.history("p1")["owner_uid"] == 1002 and store.history("other") is not None
+
+
+def test_a_key_released_twice_in_the_same_instant_keeps_one_history(backend, clock):
+    store = backend.open(clock, history_jobs=2)
+    for uid in (1000, 1001):  # the clock does not move: both lives end at the same time
+        store.allocate(spec("p1", uid=uid), make_pool())
+        store.transition("p1", BufferState.ALLOCATING, BufferState.DESTROYED)
+        assert store.release("p1") is True
+    assert store.history("p1")["owner_uid"] == 1001
 
 
 def test_no_history_when_it_is_switched_off(backend, clock):
