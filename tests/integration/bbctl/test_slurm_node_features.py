@@ -97,8 +97,12 @@ def test_a_job_swaps_on_its_buffer_and_nothing_is_left_after(user_dir, plugin, d
     assert leftovers(f"bbjob-{job}") == []
 
 
-def test_a_namespace_started_before_pre_run_sees_the_buffer_come_and_go(user_dir, tmp_path):
-    use_plugin("lua")
+@pytest.mark.parametrize(("plugin", "jobdw"), [
+    ("lua", "#BB_LUA jobdw capacity=4GiB pool=nvme"),
+    ("datawarp", "#DW jobdw type=scratch capacity=4GiB access_mode=striped"),
+])
+def test_a_namespace_started_before_pre_run_sees_the_buffer_come_and_go(user_dir, tmp_path, plugin, jobdw):
+    use_plugin(plugin)
     root = mount_root()
     made = ModuleTask("hpc.burstbuffer.shared_mount_root", tmp_path)(path=str(root))  # as at node boot
     assert not made.get("failed"), made.get("msg")
@@ -108,8 +112,8 @@ def test_a_namespace_started_before_pre_run_sees_the_buffer_come_and_go(user_dir
         while os.readlink(f"/proc/{container.pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
             assert time.monotonic() < deadline, "unshare made no namespace"
             time.sleep(0.05)
-        job = submit(write_job(user_dir, "seen.sh", """
-#BB_LUA jobdw capacity=4GiB pool=nvme
+        job = submit(write_job(user_dir, "seen.sh", f"""
+{jobdw}
 echo "from the job" > "$DW_JOB_STRIPED/hello.txt"
 sleep 20
 """))
