@@ -16,6 +16,8 @@ __metaclass__ = type
 import errno
 import os
 
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.sizes import SizeError, parse_size
+
 
 class StageError(Exception):
     """A request that cannot be staged at all; the message says what was wrong and what to do."""
@@ -40,3 +42,15 @@ def failure_message(direction, failed, total, limit=10):
     shown = "; ".join("%s: %s" % (item["path"], item["reason"]) for item in failed[:limit])
     more = " (and %d more, see failed_files)" % (len(failed) - limit) if len(failed) > limit else ""
     return "stage-%s failed for %d of %d entries: %s%s" % (direction, len(failed), total, shown, more)
+
+
+def copy_preflight(params, verb):
+    """(chunk_size in bytes, None), or (None, the message): what a copying module (bb_stage,
+    cache_writeback) checks before it starts its worker. verb names the copy ("stage", "write back")."""
+    if params["uid"] == 0 or params["gid"] == 0:
+        return None, ("refusing to %s as uid %d gid %d: copies run as the job's user, never as root."
+                      % (verb, params["uid"], params["gid"]))
+    try:
+        return parse_size(params["chunk_size"]), None
+    except SizeError as exc:
+        return None, "chunk_size: %s" % exc

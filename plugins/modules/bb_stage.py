@@ -272,8 +272,11 @@ planned:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.copy_engine import DEFAULT_WORKERS, stage_as_user
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.sizes import SizeError, parse_size
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError, failure_message
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import (
+    StageError,
+    copy_preflight,
+    failure_message,
+)
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_progress import ProgressFile
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import StageRequest
 
@@ -307,13 +310,9 @@ def request_from(params):
 
 def run_stage(module, params):
     """Stage as the job's user; returns (result, error message or None)."""
-    if params["uid"] == 0 or params["gid"] == 0:
-        return dict(EMPTY_RESULT), ("refusing to stage as uid %d gid %d: copies run as the job's "
-                                    "user, never as root." % (params["uid"], params["gid"]))
-    try:
-        chunk_size = parse_size(params["chunk_size"])
-    except SizeError as exc:
-        return dict(EMPTY_RESULT), "chunk_size: %s" % exc
+    chunk_size, refused = copy_preflight(params, "stage")
+    if refused:
+        return dict(EMPTY_RESULT), refused
     progress = ProgressFile(params["progress_file"])
     last = {}
 

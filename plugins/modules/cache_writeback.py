@@ -146,8 +146,11 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.cache_overlay import SINCE, UPPER
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.cache_writeback import writeback_as_user
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.sizes import SizeError, parse_size
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError, failure_message
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import (
+    StageError,
+    copy_preflight,
+    failure_message,
+)
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_progress import ProgressFile
 
 ARGUMENT_SPEC = dict(
@@ -165,13 +168,9 @@ EMPTY_RESULT = dict(files=0, bytes=0, seconds=0.0, failed_files=[], not_copied=[
 
 def run(module, params):
     """Write back as the job's user; returns (result, error message or None)."""
-    if params["uid"] == 0 or params["gid"] == 0:
-        return dict(EMPTY_RESULT), ("refusing to write back as uid %d gid %d: copies run as the job's user, "
-                                    "never as root." % (params["uid"], params["gid"]))
-    try:
-        chunk_size = parse_size(params["chunk_size"])
-    except SizeError as exc:
-        return dict(EMPTY_RESULT), "chunk_size: %s" % exc
+    chunk_size, refused = copy_preflight(params, "write back")
+    if refused:
+        return dict(EMPTY_RESULT), refused
     progress = ProgressFile(params["progress_file"])
     try:
         result = writeback_as_user(os.path.join(params["buffer_dir"], UPPER), params["lower"], params["uid"],
