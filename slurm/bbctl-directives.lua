@@ -87,20 +87,20 @@ local GRAMMAR = {
         },
         pool = {
             check = "name",
-            expects = "a pool name",
             first = "A-Za-z0-9",
             rest = "A-Za-z0-9_.-",
             max = 64,
             describe = "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit",
+            expects = "a pool name",
             pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         },
         preset = {
             check = "name",
-            expects = "a preset name",
             first = "A-Za-z0-9",
             rest = "A-Za-z0-9_.-",
             max = 64,
             describe = "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit",
+            expects = "a preset name",
             pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         },
         buffer_name = {

@@ -344,7 +344,8 @@ def test_the_quota_stops_writes_through_a_fuse_mount(testbed, volume_name, ansib
     assert os.statvfs(mount_point).f_blocks * os.statvfs(mount_point).f_frsize == 10 * 1024**2
 
 
-# Run as an ordinary user with no capabilities: a gfapi client that tells the bricks it is root.
+# Run as an ordinary user with no capabilities: a gfapi client that tells the bricks it is root and
+# plants a file in a directory of the volume. argv: collections dir, host, volume, directory.
 CLAIM_ROOT = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
@@ -353,7 +354,7 @@ try:
     volume = Volume(sys.argv[2], sys.argv[3], timeout=5)
     volume.use_identity(0, 0, [])
     now = time.time_ns()
-    volume.create_file(volume.directory("/root-only"), "planted", b"x", 0o644, now, now)
+    volume.create_file(volume.directory(sys.argv[4]), "planted", b"x", 0o644, now, now)
 except (GfapiError, OSError) as error:
     sys.exit(f"refused: {error}")
 """
@@ -372,7 +373,7 @@ def test_only_allow_insecure_off_stops_a_user_who_claims_to_be_root(testbed, vol
 
     claimed = sh("setpriv", "--reuid=bbuser", "--regid=bbuser", "--clear-groups",
                  VENV_BIN / "python3", "-c", CLAIM_ROOT, REPO / "collections",
-                 testbed.first.host, name)
+                 testbed.first.host, name, "/root-only")
 
     planted = mount_point / "root-only" / "planted"
     if ports == "any":  # GlusterFS's default: the brick believes the uid the client sends
@@ -761,7 +762,7 @@ def holds(testbed, name, mount_point, limit, known_defect=None):
         # Gluster's quota is approximate (writes in flight land): far short of the 40 MiB over asked.
         assert not stopped or os.path.getsize(mount_point / "big") <= limit + 16 * MIB
         claimed = sh("setpriv", "--reuid=bbuser", "--regid=bbuser", "--clear-groups", VENV_BIN / "python3",
-                     "-c", CLAIM_ROOT, REPO / "collections", testbed.first.host, name)
+                     "-c", CLAIM_ROOT, REPO / "collections", testbed.first.host, name, "/root-only")
         assert "refused: glfs_init" in claimed.stderr, claimed.stderr
         assert not (mount_point / "root-only" / "planted").exists()
         os.unlink(mount_point / "big")

@@ -34,15 +34,17 @@ BUFFER_VARIABLES = {
 }
 PERSISTENT_VARIABLE_PREFIXES = ("DW_PERSISTENT_STRIPED_", "BB_PERSISTENT_STRIPED_")
 
+# A site-chosen name (a pool, a preset): the characters bbctl.yml's names may have.
+_SITE_NAME = {"check": "name", "first": "A-Za-z0-9", "rest": "A-Za-z0-9_.-", "max": 64,
+              "describe": "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"}
+
 # What a key's value is. "check" picks the validator; the rest parameterise it.
 KINDS: dict[str, dict[str, Any]] = {
     "size": {"check": "size", "expects": "a size such as 100GiB"},
-    "pool": {"check": "name", "expects": "a pool name", "first": "A-Za-z0-9", "rest": "A-Za-z0-9_.-", "max": 64,
-             "describe": "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"},
+    "pool": {**_SITE_NAME, "expects": "a pool name"},
     # A bundle of keys the site defines (bbctl.yml policy.presets); which names exist is the
     # site's, checked by bbctl.policy after the grammar.
-    "preset": {"check": "name", "expects": "a preset name", "first": "A-Za-z0-9", "rest": "A-Za-z0-9_.-", "max": 64,
-               "describe": "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit"},
+    "preset": {**_SITE_NAME, "expects": "a preset name"},
     "buffer_name": {"check": "name", "expects": "a buffer name", "first": "A-Za-z_", "rest": "A-Za-z0-9_.-",
                     "max": 64,
                     "describe": "1 to 64 characters of A-Z a-z 0-9 _ . -, starting with a letter or _"},

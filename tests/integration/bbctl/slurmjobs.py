@@ -62,6 +62,16 @@ def job_fields(job: int) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(.*?)(?= \w+=|$)", done.stdout.strip()))
 
 
+def reason_pattern(pattern: str) -> re.Pattern[str]:
+    """pattern for a job's Reason from job_fields: `scontrol -o` writes its spaces as underscores."""
+    return re.compile(pattern.replace(" ", "[ _]"))
+
+
+def said(reason: str, text: str) -> bool:
+    """Whether a Reason from job_fields holds text."""
+    return reason_pattern(" ".join(re.escape(word) for word in text.split(" "))).search(reason) is not None
+
+
 def wait_for(job: int, states: set[str], timeout: float = 120) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     fields: dict[str, str] = {}

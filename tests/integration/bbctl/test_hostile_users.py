@@ -32,6 +32,7 @@ from tests.integration.bbctl.slurmjobs import (
     bbctl,
     job_fields,
     leftovers,
+    said,
     sbatch_error,
     submit,
     use_plugin,
@@ -39,6 +40,7 @@ from tests.integration.bbctl.slurmjobs import (
     wait_torn_down,
     write_job,
 )
+from tests.integration.test_gluster_modules import CLAIM_ROOT
 
 pytestmark = pytest.mark.testbed
 OTHER = "bbother"
@@ -69,11 +71,6 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def said(reason: str, text: str) -> bool:
-    """Whether a job's Reason holds text (`scontrol -o` writes its spaces as underscores)."""
-    return text.replace(" ", "_") in reason
-
-
 def wait_reason(job: int, text: str, timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -85,21 +82,6 @@ def wait_reason(job: int, text: str, timeout: float = 120) -> str:
 
 def cancel(*jobs: int) -> None:
     subprocess.run(["scancel", "--hurry", *map(str, jobs)], env=ENV, check=False, capture_output=True)
-
-
-# Run as the second user with no capabilities: a gfapi client that tells the bricks it is root.
-CLAIM_ROOT = """
-import sys, time
-sys.path.insert(0, sys.argv[1])
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.gfapi import GfapiError, Volume
-try:
-    volume = Volume(sys.argv[2], sys.argv[3], timeout=5)
-    volume.use_identity(0, 0, [])
-    now = time.time_ns()
-    volume.create_file(volume.directory("/"), "planted", b"x", 0o644, now, now)
-except (GfapiError, OSError) as error:
-    sys.exit(f"refused: {error}")
-"""
 
 
 def test_a_second_user_can_neither_reach_nor_use_nor_destroy_the_first_users_buffers(user_dir, other_dir, other):
@@ -130,7 +112,7 @@ sleep 120
         # Straight to the bricks with libgfapi, claiming to be root: the privileged-port gate refuses.
         claimed = subprocess.run(["setpriv", f"--reuid={OTHER}", f"--regid={OTHER}", "--clear-groups",
                                   str(VENV_BIN / "python3"), "-c", CLAIM_ROOT, str(REPO / "collections"),
-                                  GLUSTER_HOST, f"bbjob-{job}"], capture_output=True, text=True, timeout=120)
+                                  GLUSTER_HOST, f"bbjob-{job}", "/"], capture_output=True, text=True, timeout=120)
         assert "refused: glfs_init" in claimed.stderr, claimed.stderr[-2000:]
         assert not Path(striped, "planted").exists()
         # The persistent buffer: use it, destroy it.

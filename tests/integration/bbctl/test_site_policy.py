@@ -25,6 +25,7 @@ from tests.integration.bbctl.slurmjobs import (
     bbctl,
     job_fields,
     leftovers,
+    reason_pattern,
     sbatch_error,
     submit,
     use_plugin,
@@ -96,10 +97,8 @@ def slurm_passes_uid_to_job_process() -> bool:
 
 
 def held_with(job: int, reason: re.Pattern[str], timeout: float = 180) -> dict[str, str]:
-    """The job's fields once its reason matches (setup refused it), then cancels it and waits it out.
-
-    `scontrol -o` writes the Reason's spaces as underscores: a space in the pattern matches either."""
-    reason = re.compile(reason.pattern.replace(" ", "[ _]"))
+    """The job's fields once its reason matches (setup refused it), then cancels it and waits it out."""
+    reason = reason_pattern(reason.pattern)
     deadline = time.monotonic() + timeout
     fields = job_fields(job)
     while not reason.search(fields.get("Reason", "")) and time.monotonic() < deadline:

@@ -47,21 +47,24 @@ POOLS = {
 }
 
 
-def write_config(directory: Path) -> site.Site:
-    """A site whose inventory holds POOLS' bricks, spread over ten servers."""
+def write_config(directory: Path, pools: dict[str, tuple[int, int, str]] | None = None,
+                 **settings: object) -> site.Site:
+    """A site whose inventory holds the bricks of pools ({name: (granularity, bricks, striped layout)},
+    POOLS by default), spread over ten servers; settings are more of bbctl.yml's (e.g. policy)."""
+    pools = POOLS if pools is None else pools
     hosts: dict[str, dict] = {f"s{n}": {"bb_bricks": []} for n in range(10)}
     number = 0
-    for name, (_granularity, count, _layout) in POOLS.items():
+    for name, (_granularity, count, _layout) in pools.items():
         for _ in range(count):
             hosts[f"s{number % 10}"]["bb_bricks"].append(
                 {"device": f"/dev/b{number}", "path": f"/bricks/b{number}", "pool": name})
             number += 1
     inventory = directory / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {"children": {"bb_storage": {"hosts": hosts}}}}))
-    pools = {name: {"granularity": granularity, "hosts": [], "striped_layout": layout}
-             for name, (granularity, _count, layout) in POOLS.items()}
-    return site.from_mapping({"inventory": str(inventory), "pools": pools, "work_dir": str(directory / "work"),
-                              "mount_root": "/mnt/bb", "slurm_dir": str(directory / "slurm")},
+    configured = {name: {"granularity": granularity, "hosts": [], "striped_layout": layout}
+                  for name, (granularity, _count, layout) in pools.items()}
+    return site.from_mapping({"inventory": str(inventory), "pools": configured, "work_dir": str(directory / "work"),
+                              "mount_root": "/mnt/bb", "slurm_dir": str(directory / "slurm"), **settings},
                              directory / "bbctl.yml")
 
 

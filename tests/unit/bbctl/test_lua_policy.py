@@ -17,12 +17,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
 from bbctl import lifecycle as lc
 from bbctl import policy, site, slurm_install
 from bbctl.directives import parse_job_script
 from bbctl.errors import BBError
+from tests.unit.bbctl.test_lua_layouts import write_config as write_site
 
 REPO = Path(__file__).resolve().parents[3]
 HARNESS = REPO / "tests" / "lua" / "run_job_hooks.lua"
@@ -74,20 +74,7 @@ class Directory:
 
 
 def write_config(directory: Path, site_policy: dict) -> site.Site:
-    hosts: dict[str, dict] = {f"s{n}": {"bb_bricks": []} for n in range(10)}
-    number = 0
-    for name, (_granularity, count, _layout) in POOLS.items():
-        for _ in range(count):
-            hosts[f"s{number % 10}"]["bb_bricks"].append(
-                {"device": f"/dev/b{number}", "path": f"/bricks/b{number}", "pool": name})
-            number += 1
-    inventory = directory / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"children": {"bb_storage": {"hosts": hosts}}}}))
-    pools = {name: {"granularity": granularity, "hosts": [], "striped_layout": layout}
-             for name, (granularity, _count, layout) in POOLS.items()}
-    return site.from_mapping({"inventory": str(inventory), "pools": pools, "work_dir": str(directory / "work"),
-                              "mount_root": "/mnt/bb", "slurm_dir": str(directory / "slurm"),
-                              "policy": site_policy}, directory / "bbctl.yml")
+    return write_site(directory, POOLS, policy=site_policy)
 
 
 def install(directory: Path, site_policy: dict) -> tuple[Path, lc.Lifecycle, dict]:
