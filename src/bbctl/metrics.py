@@ -35,12 +35,15 @@ from bbctl.state.timings import DURATION_BUCKETS, OUTCOMES, STAGE_NOW, format_bo
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 9841
 PREFIX = "bbctl_"
+# Seconds a scrape waits for an unreachable etcd: well inside Prometheus's default 10 s scrape timeout, so
+# that a store that is down is a scrape saying state_store_up 0, not a failed scrape.
+STORE_TIMEOUT = 3.0
 
 
 class StateCollector(Collector):
     """Every family, from one look at the state store per scrape."""
 
-    def __init__(self, site: Site, *, store_opener: Callable[[str], StateStore] = open_store) -> None:
+    def __init__(self, site: Site, *, store_opener: Callable[..., StateStore] = open_store) -> None:
         self.site = site
         self.open_store = store_opener
         self._pools: dict[str, Pool] | None = None
@@ -55,7 +58,7 @@ class StateCollector(Collector):
         up = GaugeMetricFamily(PREFIX + "state_store_up", "1 if the state store answered this scrape, else 0")
         try:
             # A store per scrape: SQLite connections stay in the thread that made them.
-            store = self.open_store(self.site.state)
+            store = self.open_store(self.site.state, timeout=STORE_TIMEOUT)
             try:
                 buffers = store.buffers()
                 counters = store.stage_counters()

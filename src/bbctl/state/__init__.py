@@ -26,15 +26,18 @@ from bbctl.state.base import (
 from bbctl.state.sqlite import DEFAULT_PATH, SQLiteStore
 
 
-def open_store(location: str | Path = DEFAULT_PATH) -> StateStore:
-    """An etcd store for http(s):// endpoints (comma-separated), else a SQLite store at that path."""
+def open_store(location: str | Path = DEFAULT_PATH, *, timeout: float = 10.0) -> StateStore:
+    """An etcd store for http(s):// endpoints (comma-separated), else a SQLite store at that path.
+
+    timeout: seconds an etcd call may spend trying the members before StateError (SQLite ignores it).
+    """
     text = str(location)
     if text.startswith(("http://", "https://")):
         # Imported here: the HTTP client stack is a tenth of bbctl's start-up, and every
         # Slurm stage of a SQLite site would pay it.
         from bbctl.state.etcd import EtcdStore
 
-        return EtcdStore(text)
+        return EtcdStore(text, timeout=timeout)
     return SQLiteStore(Path(text))
 
 
