@@ -40,7 +40,7 @@ fi
 if want integration || want molecule; then
   step "test bed up"
   trap 'step "test bed down"; bbctl testbed down' EXIT
-  bbctl testbed up
+  bbctl testbed up --slurm-cpus 16  # jobs wait for buffers, not for the two CPUs (tests/integration/bbctl/test_load.py)
   if want integration; then
     step "integration tests on the test bed"
     pytest -q tests/integration

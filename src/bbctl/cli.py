@@ -45,6 +45,9 @@ def _add_testbed(subparsers: argparse._SubParsersAction) -> None:
                     help="servers listen on PREFIX.1 .. PREFIX.N (default 127.1.1)")
     up.add_argument("--slurm", choices=SLURM_FLAVOURS, default="lua",
                     help="burst buffer plugin of the test Slurm, or none (default lua)")
+    up.add_argument("--slurm-cpus", type=int, default=0,
+                    help="CPUs of the test Slurm's node (default: this machine's; more lets a load test "
+                         "run many small jobs at once)")
     up.add_argument("--user", default="bbuser", help="unprivileged job owner (default bbuser)")
     switch = actions.add_parser("slurm", help="restart the test bed's Slurm with another burst buffer plugin")
     switch.add_argument("flavour", choices=SLURM_FLAVOURS)
@@ -92,7 +95,7 @@ def _run_testbed(args: argparse.Namespace) -> int:
         config = TestbedConfig(
             root=args.root, servers=args.servers, bricks_per_server=args.bricks_per_server,
             brick_size=args.brick_size, address_prefix=args.address_prefix, slurm=args.slurm,
-            user=args.user)
+            user=args.user, slurm_cpus=args.slurm_cpus)
         report = manager.up(config, progress=say)
     else:
         report = manager.status(TestbedConfig.load(args.root))

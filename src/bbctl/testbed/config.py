@@ -72,6 +72,9 @@ class TestbedConfig:
     address_prefix: str = "127.1.1"
     slurm: str = "lua"
     user: str = "bbuser"
+    # CPUs of the test Slurm's one compute node; 0 = this machine's. More than the machine has lets a
+    # load test run many small jobs at once (slurm.conf then says SlurmdParameters=config_overrides).
+    slurm_cpus: int = 0
     python: str = field(default_factory=lambda: sys.executable)
 
     def __post_init__(self) -> None:
@@ -82,6 +85,8 @@ class TestbedConfig:
         if self.brick_size < 300 * 1024**2:
             raise TestbedError(
                 f"--brick-size {sizes.format_size(self.brick_size)}: XFS needs at least 300MiB")
+        if not 0 <= self.slurm_cpus <= 4096:
+            raise TestbedError(f"--slurm-cpus {self.slurm_cpus}: choose 1 to 4096 (0: this machine's)")
         if self.slurm not in SLURM_FLAVOURS:
             raise TestbedError(f"--slurm {self.slurm}: choose one of {', '.join(SLURM_FLAVOURS)}")
         self._check_prefix()

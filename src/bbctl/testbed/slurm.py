@@ -64,6 +64,14 @@ def _render(template: str, **values: object) -> str:
     return string.Template(text).substitute({k: str(v) for k, v in values.items()})
 
 
+def _cpus(config: TestbedConfig) -> dict[str, object]:
+    """The node's CPUs and, when they exceed the machine's, the override that lets slurmd accept that."""
+    real = os.cpu_count() or 1
+    cpus = config.slurm_cpus or real
+    return {"cpus": cpus, "slurmd_parameters": "SlurmdParameters=config_overrides" if cpus > real
+            else "# SlurmdParameters: the node's CPUs are the machine's"}
+
+
 def write_config(config: TestbedConfig) -> None:
     d = config.slurm_dir
     for sub in ("etc", "state", "spool", "log"):
@@ -73,7 +81,7 @@ def write_config(config: TestbedConfig) -> None:
         "hostname": config.hostname, "slurmctld_port": SLURMCTLD_PORT,
         "slurmd_port": SLURMD_PORT, "munge_socket": _munge_paths(config)["socket"],
         "slurm_dir": d, "burst_buffer_type": f"burst_buffer/{flavour}",
-        "cpus": os.cpu_count() or 1, "bin_dir": Path(config.python).parent,
+        **_cpus(config), "bin_dir": Path(config.python).parent,
     }
     config.slurm_conf.write_text(_render("slurm.conf", **values))
     (d / "etc" / "burst_buffer.conf").write_text(

@@ -1,10 +1,11 @@
+import os
 from pathlib import Path
 
 import pytest
 
 from bbctl import host
 from bbctl.errors import TestbedError
-from bbctl.testbed import manager
+from bbctl.testbed import manager, slurm
 from bbctl.testbed.config import TestbedConfig
 
 
@@ -27,6 +28,7 @@ def test_nodes_and_paths_derive_from_root(tmp_path):
     ({"address_prefix": "127.0.0"}, "not 127.0.0"),
     ({"address_prefix": "127.1"}, "give three octets"),
     ({"slurm": "pbs"}, "--slurm pbs"),
+    ({"slurm_cpus": -1}, "--slurm-cpus -1"),
 ])
 def test_bad_shapes_are_refused_with_the_option_named(kwargs, message):
     with pytest.raises(TestbedError, match=message):
@@ -50,3 +52,11 @@ def test_missing_commands_name_their_debian_packages(tmp_path, monkeypatch):
     with pytest.raises(TestbedError, match="missing glusterd, munged: install the Debian packages "
                                            "glusterfs-server munge"):
         manager.preflight(TestbedConfig(root=tmp_path))
+
+
+@pytest.mark.parametrize(("asked", "overrides"), [(0, False), (10_000 // 10, True)])
+def test_the_slurm_node_gets_the_cpus_asked_and_slurmd_is_told_to_accept_more_than_real(asked, overrides):
+    values = slurm._cpus(TestbedConfig(root=Path("/nonexistent"), slurm_cpus=asked))
+    assert values["cpus"] == (asked or os.cpu_count())
+    assert (values["slurmd_parameters"] == "SlurmdParameters=config_overrides") is overrides
+    assert overrides or values["slurmd_parameters"].startswith("#")
