@@ -19,6 +19,7 @@ buffer in place.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +45,7 @@ from bbctl.state.timings import FAILED, Running, StageTiming, short_reason
 
 log = logging.getLogger("bbctl")
 GIB = 1024**3  # Slurm counts swap in GiB
+BRICK_POLL = 2.0  # seconds between allocation attempts while setup waits for bricks
 
 # Exit codes (bbctl --help lists them): 0 done, 1 failed, 2 bad input, 4 refused for now.
 EXIT_REFUSED = 4
@@ -217,10 +219,10 @@ class Lifecycle:
                 pool = self.pool(pool_name)
                 self._refuse_volume_clash(key)
                 layout = self.layout(capacity, pool, striped=striped and fs == "gluster")
-                existing = self.store.allocate(
+                existing = self._allocate(
                     BufferSpec(key=key, owner_uid=uid, owner_gid=gid, capacity=capacity, fs=fs,
                                bricks=layout.bricks,
-                               meta={layouts.META: layout.to_meta(), **(meta or {})}), pool)
+                               meta={layouts.META: layout.to_meta(), **(meta or {})}), pool, stage)
                 self.refresh_pools()
                 self.note(key, "setup", f"allocated {len(existing.bricks)} brick(s) of pool {pool.name} "
                            f"({layout.describe()}): " + ", ".join(b.id for b in existing.bricks))
@@ -231,6 +233,25 @@ class Lifecycle:
             if run.status != "successful":
                 self._roll_back(buffer, run)
             return self.store.transition(key, BufferState.CREATING, BufferState.CREATED)
+
+    def _allocate(self, spec: BufferSpec, pool: Pool, stage: str) -> Buffer:
+        """The store's allocation of spec's bricks, waiting up to ``site.brick_wait`` s for them.
+
+        Slurm admits a job when its own books say the pool has room; they run ahead of ours by the
+        bricks of buffers still being torn down and by striped buffers' redundancy bricks. Rather than
+        fail (Slurm would hold the job), wait for those bricks: NotEnoughBricks after the wait.
+        """
+        deadline = time.monotonic() + self.site.brick_wait
+        for attempt in itertools.count():
+            try:
+                return self.store.allocate(spec, pool)
+            except NotEnoughBricks as short:
+                if time.monotonic() >= deadline:
+                    raise
+                if attempt == 0:
+                    self.note(spec.key, stage, f"waiting up to {self.site.brick_wait} s: {short}")
+                time.sleep(BRICK_POLL)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def layout(capacity: int, pool: Pool, *, striped: bool) -> layouts.Layout:

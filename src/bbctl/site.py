@@ -9,6 +9,7 @@ One YAML file (``--config``, else ``$BBCTL_CONFIG``, else /etc/bbctl/bbctl.yml):
     mount_root: /mnt/bb                   # where compute nodes mount buffers
     slurm_dir: /etc/slurm                 # burst_buffer.lua, bbctl-site.lua, bbctl-pools.json
     keep_runs: 200                        # ansible-runner dirs kept for finished buffers
+    brick_wait: 120                       # seconds setup waits for bricks Slurm counts as free
     stage_workers: 32                     # copy threads per stage (bb_stage's default)
     policy: {max_capacity: 1TiB}          # limits, persistent creators, presets (bbctl.policy)
 
@@ -134,6 +135,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "type": positive_int, "default": 200,
         "description": "Run directories under `<work_dir>/runs/` kept for buffers that are gone; older ones "
                        "are pruned at each teardown."},
+    "brick_wait": {
+        "type": positive_int, "default": 120,
+        "description": "Seconds setup waits for free bricks when a pool has too few. Slurm admits a job on its "
+                       "own books, which lag bbctl's: a torn-down buffer's bricks are released a few seconds after "
+                       "Slurm frees its space, and a striped buffer's redundancy bricks are not in Slurm's books. "
+                       "Waiting keeps such a job pending in stage-in; after the wait setup fails and Slurm holds "
+                       "the job. Keep it well inside burst_buffer.conf's `OtherTimeout`."},
     "stage_workers": {
         "type": positive_int, "default": stage_threads.DEFAULT_WORKERS,
         "description": "Copy threads per stage-in or stage-out (`bb_stage`'s `workers`)."},
@@ -197,6 +205,7 @@ class Site:
     slurm_dir: Path | None = None
     burst_buffer_conf: Path | None = None
     keep_runs: int = 200
+    brick_wait: int = 120  # seconds
     stage_workers: int = stage_threads.DEFAULT_WORKERS
     policy: Policy = field(default_factory=Policy)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -312,7 +321,8 @@ def _site(settings: Mapping[str, Any], data: Any, where: Path) -> Site:
     return Site(path=where, inventory=Path(settings["inventory"]),
                 state=settings["state"] or str(work_dir / "state.db"), pools=settings["pools"],
                 work_dir=work_dir, mount_root=Path(settings["mount_root"]), keep_runs=settings["keep_runs"],
-                stage_workers=settings["stage_workers"], policy=site_policy, raw=data, **optional)
+                brick_wait=settings["brick_wait"], stage_workers=settings["stage_workers"], policy=site_policy,
+                raw=data, **optional)
 
 
 def _describe(error: AnsibleValidationError, unsupported: set[str]) -> str:

@@ -7,8 +7,10 @@ transitions, refusals, the pools file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -97,6 +99,36 @@ def test_setup_allocates_and_builds(life, recorder, config, tmp_path):
     assert sorted(run["hosts"]) == sorted(b.server for b in buffer.bricks)
     pools = json.loads(config.pools_json.read_text())["pools"]
     assert pools == [{"id": "nvme", "granularity": 4 * GiB, "quantity": 6, "free": 3}]
+
+
+def waiting_life(config, monkeypatch, seconds: int) -> lc.Lifecycle:
+    """A Lifecycle whose setup waits up to seconds for bricks, polling every 50 ms."""
+    monkeypatch.setattr(lc, "BRICK_POLL", 0.05)
+    return lc.Lifecycle(dataclasses.replace(config, brick_wait=seconds))
+
+
+def test_setup_waits_for_bricks_a_teardown_is_releasing(config, recorder, monkeypatch, tmp_path):
+    life = waiting_life(config, monkeypatch, 30)
+    life.setup("41", UID, GID, script(tmp_path, "#DW jobdw capacity=20GiB access_mode=private"))  # 5 of 6
+    job = script(tmp_path, "#DW jobdw capacity=8GiB access_mode=private")  # Slurm booked 2 of the 6
+    releasing = threading.Timer(0.5, lambda: lc.Lifecycle(config).teardown("41", None, hurry=False))
+    releasing.start()
+    began = time.monotonic()
+    [buffer] = life.setup("42", UID, GID, job)
+    releasing.join()
+    assert 0.5 <= time.monotonic() - began < 10
+    assert len(buffer.bricks) == 2 and buffer.state is BufferState.CREATED
+
+
+def test_setup_gives_up_after_its_wait_and_allocates_nothing(config, recorder, monkeypatch, tmp_path):
+    life = waiting_life(config, monkeypatch, 1)
+    life.setup("41", UID, GID, script(tmp_path, "#DW jobdw capacity=20GiB access_mode=private"))
+    began = time.monotonic()
+    with pytest.raises(BBError, match="not enough free bricks in pool 'nvme': 2 needed, 1 free"):
+        life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=8GiB access_mode=private"))
+    assert 1 <= time.monotonic() - began < 5
+    assert life.store.get("42") is None
+    assert json.loads(config.pools_json.read_text())["pools"][0]["free"] == 1
 
 
 def test_setup_again_builds_nothing_twice(life, recorder, tmp_path):

@@ -8,6 +8,8 @@ store handle, as another bbctl process would read it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bbctl import lifecycle as lc
@@ -129,7 +131,9 @@ def test_a_refused_teardown_is_a_failed_teardown_and_the_buffer_stays(life, reco
     assert reader(config).stage_counters()["teardown"]["failures:refused"] == 1
 
 
-def test_a_setup_that_finds_no_bricks_is_counted_though_no_record_holds_it(life, config, tmp_path):
+def test_a_setup_that_finds_no_bricks_is_counted_though_no_record_holds_it(life, config, tmp_path, monkeypatch):
+    monkeypatch.setattr(lc, "BRICK_POLL", 0.05)
+    life.site = dataclasses.replace(config, brick_wait=1)
     life.create("41", UID, GID, 5 * 4 * 2**30, None, "gluster", striped=False)  # 5 of the 6 bricks
     with pytest.raises(lc.BBError, match="not enough free bricks"):
         life.create("42", UID, GID, 2 * 4 * 2**30, None, "gluster", striped=False)
