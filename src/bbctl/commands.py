@@ -16,7 +16,8 @@ from typing import Any
 
 from bbctl import host, operator_views, reconcile, runner, site, slurm_install, status_text
 from bbctl.errors import BBError
-from bbctl.lifecycle import Lifecycle, nodes_from_file
+from bbctl.job_request import nodes_from_file
+from bbctl.lifecycle import Lifecycle
 from bbctl.operator_views import describe
 
 JOB_STAGES = ("setup", "stage-in", "real-size", "paths", "pre-run", "post-run", "stage-out", "teardown")

@@ -17,7 +17,8 @@ import yaml
 
 from bbctl import lifecycle as lc
 from bbctl import operator_views, runner, site
-from bbctl.errors import BBError
+from bbctl.errors import EXIT_REFUSED, BBError, Refused
+from bbctl.job_request import read_request
 from bbctl.state import BufferState
 
 GiB = 1024**3
@@ -255,9 +256,9 @@ def test_teardown_keeps_a_buffer_whose_stage_out_did_not_succeed(life, recorder,
     recorder.failing.add("stage_out.yml")
     with pytest.raises(runner.StageFailed):
         life.stage_out("42", job)
-    with pytest.raises(lc.Refused, match="stage-out has not succeeded") as refused:
+    with pytest.raises(Refused, match="stage-out has not succeeded") as refused:
         life.teardown("42", job, hurry=False)
-    assert refused.value.exit_code == lc.EXIT_REFUSED
+    assert refused.value.exit_code == EXIT_REFUSED
     assert life.store.get("42").state is BufferState.FAILED
     assert "buffer_destroy.yml" not in recorder.playbooks()
     assert life.teardown("42", job, hurry=True) is True  # hurry: the user's choice to discard
@@ -289,7 +290,7 @@ def test_a_buffer_whose_build_failed_is_not_staged_out(life, recorder, tmp_path)
     with pytest.raises(runner.StageFailed):
         life.setup("42", UID, GID, job)
     recorder.failing.clear()
-    with pytest.raises(lc.Refused, match="buffer 42 is failed"):
+    with pytest.raises(Refused, match="buffer 42 is failed"):
         life.stage_out("42", job)
     assert recorder.playbooks() == ["buffer_create.yml", "buffer_destroy.yml"]
 
@@ -374,7 +375,7 @@ def test_persistent_buffer_in_use_cannot_be_destroyed(life, recorder, tmp_path):
     user_job = script(tmp_path, "#DW persistentdw name=shared")
     life.setup("43", UID, GID, user_job)  # checks the buffer exists and is theirs; builds nothing
     life.pre_run("43", user_job, ["cn1"])
-    with pytest.raises(lc.Refused, match="in use by job"):
+    with pytest.raises(Refused, match="in use by job"):
         life.destroy_persistent("shared")
     life.post_run("43", user_job)
     assert recorder.playbooks()[-1] == "buffer_unmount.yml"
@@ -384,7 +385,7 @@ def test_persistent_buffer_in_use_cannot_be_destroyed(life, recorder, tmp_path):
 
 def test_another_users_persistent_buffer_is_refused(life, recorder, tmp_path):
     life.create_persistent("mine", UID, GID, GiB, None)
-    with pytest.raises(lc.Refused, match="only its owner"):
+    with pytest.raises(Refused, match="only its owner"):
         life.setup("44", 2002, 2002, script(tmp_path, "#DW persistentdw name=mine"))
 
 
@@ -452,11 +453,11 @@ def test_a_job_its_pool_could_never_hold_is_refused_before_allocating(life, reco
     job = script(tmp_path, "#DW jobdw capacity=24GiB")  # six granules striped: 6 + 1 bricks; the pool has six
     with pytest.raises(BBError, match=r"needs disperse 6\+1, 7 bricks; pool 'nvme' has 6 of 4GiB: "
                                       r"ask for at most 20GiB"):
-        life.check_fits(lc.read_request(job))
+        life.check_fits(read_request(job))
     with pytest.raises(BBError, match="ask for at most 20GiB"):
         life.setup("42", UID, GID, job)
     assert recorder.runs == [] and life.store.get("42") is None
-    life.check_fits(lc.read_request(script(tmp_path, "#DW jobdw capacity=24GiB access_mode=private")))
+    life.check_fits(read_request(script(tmp_path, "#DW jobdw capacity=24GiB access_mode=private")))
 
 
 @pytest.mark.parametrize(("line", "striped_layout", "expected"), [
@@ -604,9 +605,9 @@ def test_a_failed_write_back_keeps_the_buffer_until_it_succeeds_or_hurry(life, r
     with pytest.raises(runner.StageFailed, match=r"cache_writeback\.yml broke"):
         life.stage_out("42", job)
     assert life.store.get("42").state is BufferState.FAILED
-    with pytest.raises(lc.Refused, match="its stage-out has not succeeded"):
+    with pytest.raises(Refused, match="its stage-out has not succeeded"):
         life.teardown("42", job, hurry=False)
-    with pytest.raises(lc.Refused):  # the script gone: the record still says it is a cache
+    with pytest.raises(Refused):  # the script gone: the record still says it is a cache
         life.teardown("42", None, hurry=False)
     recorder.failing.clear()
     assert life.stage_out("42", job) == 1  # runs again from failed
@@ -654,6 +655,6 @@ def test_no_write_back_while_the_cache_is_still_mounted(life, recorder, tmp_path
     job = script(tmp_path, CACHE_LINE)
     life.setup("42", UID, GID, job)
     life.pre_run("42", job, ["cn1"])  # post-run failed or never ran: the job may still be writing
-    with pytest.raises(lc.Refused, match="its cache is still mounted on cn1"):
+    with pytest.raises(Refused, match="its cache is still mounted on cn1"):
         life.stage_out("42", job)
     assert "cache_writeback.yml" not in recorder.playbooks() and life.store.get("42").state is BufferState.MOUNTED

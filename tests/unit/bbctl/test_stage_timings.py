@@ -12,6 +12,7 @@ import pytest
 
 from bbctl import lifecycle as lc
 from bbctl import runner
+from bbctl.errors import Refused
 from bbctl.state import BufferState, SQLiteStore
 from bbctl.state.timings import STAGE_NOW, TIMINGS
 from tests.unit.bbctl.test_lifecycle import GID, UID, Recorder, make_config, script
@@ -121,7 +122,7 @@ def test_a_failed_setup_and_its_rollback_are_both_kept(life, recorder, config, t
 def test_a_refused_teardown_is_a_failed_teardown_and_the_buffer_stays(life, recorder, config, tmp_path):
     job = script(tmp_path, "#DW jobdw capacity=1GiB", STAGE_OUT)
     life.setup("42", UID, GID, job)
-    with pytest.raises(lc.Refused):
+    with pytest.raises(Refused):
         life.teardown("42", job, hurry=False)
     record = reader(config).get("42")
     assert record.state is BufferState.CREATED
