@@ -1,7 +1,9 @@
 """bbctl's start-up: a whole bbctl call that runs no playbook, for one or more checkouts side by side.
 
 Run: ``.venv/bin/python benchmarks/startup.py [--runs N] [CHECKOUT ...]`` (default: this
-checkout; give others, e.g. a ``git worktree`` of an older commit, to compare). Each call is a
+checkout; give others, e.g. a ``git worktree`` of an older commit or ``git archive main | tar -x
+-C DIR``, to compare: each call writes .pyc files under CHECKOUT/src, so give a copy of a tree
+that must stay untouched). Each call is a
 fresh Python running ``bbctl.cli.main`` from ``CHECKOUT/src`` against a throw-away site (a
 bbctl.yml, a two-server inventory and a job script with three ``#DW`` lines in a temporary
 directory), as Slurm calls it: ``status``, ``paths``, ``real-size``, plus ``paths`` with the

@@ -7,7 +7,8 @@ stderr is the reason, fit to show to the job's owner.
 
 Exit codes: 0 success; 1 the operation failed; 2 bad input (command line,
 directives, configuration); 3 nothing to show (test bed not up, no such buffer);
-4 refused for now (buffer busy or in use, stage-out not yet verified).
+4 refused for now (buffer busy or in use, stage-out not yet verified); 5 drift
+left (reconcile and gc: drift found and not repaired, or a repair failed).
 """
 
 from __future__ import annotations

@@ -11,13 +11,24 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bbctl import host, operator_views, reconcile, runner, site, slurm_install, status_text
 from bbctl.errors import BBError
-from bbctl.lifecycle import Lifecycle, nodes_from_file
+from bbctl.job_request import nodes_from_file
+from bbctl.lifecycle import Lifecycle
 from bbctl.operator_views import describe
+
+
+@dataclass(frozen=True)
+class Reported:
+    """A handler's result to print, with the exit code that goes with it (reconcile, gc: drift left)."""
+
+    result: Any
+    exit_code: int
+
 
 JOB_STAGES = ("setup", "stage-in", "real-size", "paths", "pre-run", "post-run", "stage-out", "teardown")
 
@@ -66,6 +77,14 @@ def add_stage_commands(subparsers: argparse._SubParsersAction, size_type: Callab
         parser.add_argument("--json", action="store_true", help="print JSON")
 
 
+# reconcile's and gc's exit codes in their --help: one text, so that the two cannot disagree.
+DRIFT_EXIT_CODES = (f"Exit codes: 0 no drift left (none found, or --repair repaired all of it); "
+                    f"{reconcile.EXIT_DRIFT} drift left (found without --repair, or a repair failed); "
+                    "1 failed (the survey could not run); 2 bad input. Hosts that did not answer are listed "
+                    "(unanswered) and are not drift.")
+GC_DRY_RUN_EXIT = f" A dry run repairs nothing: it exits {reconcile.EXIT_DRIFT} when it finds drift."
+
+
 def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
     status = subparsers.add_parser("status", help="pools with their use, buffers with the stage running now")
     show = subparsers.add_parser(
@@ -81,7 +100,11 @@ def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
     bbstat.add_argument("words", nargs=argparse.REMAINDER, help="what followed `scontrol show bbstat`")
     pools = subparsers.add_parser("pools", help="the pools JSON Slurm reads (rewritten from the state store)")
     pools.add_argument("--datawarp", action="store_true", help="with units, as dw_wlm_cli prints it")
-    gc = subparsers.add_parser("gc", help="tear down buffers whose stage died mid-way")
+    gc = subparsers.add_parser(
+        "gc", help="tear down buffers whose stage died mid-way",
+        description="Tears down buffers whose stage died mid-way (a stage-out's are held as failed, their "
+                    "data kept), then reports drift as reconcile does. " + DRIFT_EXIT_CODES
+                    + GC_DRY_RUN_EXIT)
     gc.add_argument("--older-than", type=float, default=3600, help="seconds without progress (default 3600)")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be torn down")
     gc.add_argument("--repair", action="store_true", help="also repair the drift it reports (see reconcile)")
@@ -90,7 +113,8 @@ def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Surveys every storage server (volumes, brick directories), the stage host and the "
                     "compute nodes (buffer mounts), read-only, and reports each difference from the state "
                     "store: a record whose volume is gone or never came up, a volume, brick directory or "
-                    "mount no record holds. With --repair, each is torn down as a teardown would.")
+                    "mount no record holds. With --repair, each is torn down as a teardown would. "
+                    + DRIFT_EXIT_CODES)
     reconcile.add_argument("--repair", action="store_true", help="tear down what drifted, release its bricks")
     reconcile.add_argument("--older-than", type=float, default=600,
                            help="seconds a setup or teardown may still be making or removing its volume "
@@ -129,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
         raise BBError(f"{args.command}: cancelled (SIGTERM)")
     if isinstance(result, int):
         return result
+    if isinstance(result, Reported):
+        _print(result.result, args.json)
+        return result.exit_code
     _print(result, args.json)
     return 0
 
@@ -254,17 +281,19 @@ def _bbstat(life: Lifecycle, args: argparse.Namespace) -> Any:
     return status_text.render_buffer(view)
 
 
-def _reconcile(life: Lifecycle, args: argparse.Namespace) -> Any:
+def _reconcile(life: Lifecycle, args: argparse.Namespace) -> Reported:
+    """The drift report; exit EXIT_DRIFT while some is left (reconcile.exit_code)."""
     report = reconcile.reconcile(life, repair_drift=args.repair, older_than=args.older_than)
-    return report if args.json else reconcile.render(report)
+    return Reported(report if args.json else reconcile.render(report), reconcile.exit_code(report))
 
 
-def _gc(life: Lifecycle, args: argparse.Namespace) -> dict[str, Any]:
-    """gc's teardowns, then the drift a survey finds (repaired with --repair, never in a dry run)."""
+def _gc(life: Lifecycle, args: argparse.Namespace) -> Reported:
+    """gc's teardowns, then the drift a survey finds (repaired with --repair, never in a dry run);
+    the exit code as reconcile's: EXIT_DRIFT while drift is left."""
     report = operator_views.gc(life, args.older_than, dry_run=args.dry_run)
     report.update(reconcile.reconcile(life, repair_drift=args.repair and not args.dry_run,
                                       older_than=args.older_than))
-    return report
+    return Reported(report, reconcile.exit_code(report))
 
 
 def _slurm_install(life: Lifecycle, args: argparse.Namespace) -> Any:

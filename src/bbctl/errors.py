@@ -1,5 +1,8 @@
 """Errors a user or operator can cause. Each carries a one-line reason."""
 
+# Exit codes (bbctl --help lists them): 0 done, 1 failed, 2 bad input, 4 refused for now.
+EXIT_REFUSED = 4
+
 
 class BBError(Exception):
     """A failure with a message fit to show as it is (no traceback).
@@ -14,6 +17,12 @@ class BBError(Exception):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
+
+
+class Refused(BBError):
+    """Not now: the buffer is busy, in use, or its data is not safe yet (exit 4)."""
+
+    exit_code = EXIT_REFUSED
 
 
 class TestbedError(BBError):

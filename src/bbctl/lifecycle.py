@@ -6,10 +6,9 @@ intent in the state store *before* acting, runs one playbook through
 ansible-runner, and records the outcome. Every step is idempotent: Slurm
 retries teardown, and an operator may rerun any stage.
 
-Every stage run for a buffer is timed into its record (Lifecycle.timed: the
-stage noted when it starts; start, seconds, outcome, reason, files and bytes
-when it ends; see bbctl.state.timings), which is what bbctl show, bbctl status,
-scontrol show bbstat and bbctl metrics report. Recording never fails a stage.
+Every stage run for a buffer is timed into its record (Lifecycle.timed, see
+bbctl.stage_meter). What a job's directives ask beyond a plain buffer (swap,
+cache, what Slurm booked, node counts) is checked by bbctl.job_request.
 
 Data safety: teardown refuses (without hurry) to destroy a buffer whose
 requested stage-out has not been verified; a failed stage-out leaves the
@@ -19,61 +18,30 @@ buffer in place.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from bbctl import layouts, playbook_vars, policy, runner, slurmconf
+from bbctl import allocation, layouts, playbook_vars, policy, runner, slurmconf, stage_meter
+from bbctl import job_request as job
 from bbctl import site as sitecfg
-from bbctl.directives import (
-    CreatePersistent,
-    DirectiveError,
-    JobRequest,
-    check_buffer_name,
-    check_buffer_type,
-    parse_job_script,
-)
-from bbctl.errors import BBError
-from bbctl.playbook_vars import CACHE, PRIVATE, SWAP, SWAP_NODES
-from bbctl.pools import NotEnoughBricks, Pool, bricks_needed, load_pools, pools_document, write_pools_json
+from bbctl.directives import CreatePersistent, DirectiveError, JobRequest, check_buffer_type
+from bbctl.errors import BBError, Refused
+from bbctl.playbook_vars import CACHE, PRIVATE, SWAP
+from bbctl.pools import Pool, load_pools, pools_document, write_pools_json
 from bbctl.site import Site
-from bbctl.state import Buffer, BufferSpec, BufferState, StateError, StateStore, open_store
-from bbctl.state.timings import FAILED, Running, StageTiming, short_reason
+from bbctl.stage_meter import StageMeter
+from bbctl.state import Buffer, BufferSpec, BufferState, StateStore, open_store
 
 log = logging.getLogger("bbctl")
-GIB = 1024**3  # Slurm counts swap in GiB
-BRICK_POLL = 2.0  # seconds between allocation attempts while setup waits for bricks
-
-# Exit codes (bbctl --help lists them): 0 done, 1 failed, 2 bad input, 4 refused for now.
-EXIT_REFUSED = 4
+BUILD_RESERVE = 60  # seconds of a setup's budget kept for building the volume when it waits for bricks
 USER_META = "user:"  # meta key prefix on a persistent buffer: a job that uses it
 STAGE_MOUNTED = "stage_mounted"  # meta: mounted on the stage host (teardown must unmount it there)
 FAILED_STAGE = "failed_stage"  # meta: the stage whose failure put the buffer in state failed
 BUILT = (BufferState.CREATED, BufferState.STAGED_IN, BufferState.MOUNTED, BufferState.STAGED_OUT,
          BufferState.STAGING_OUT)
-
-
-class Refused(BBError):
-    """Not now: the buffer is busy, in use, or its data is not safe yet (exit 4)."""
-
-    exit_code = EXIT_REFUSED
-
-
-def read_request(script: Path | str | None) -> JobRequest:
-    """The directives of a job script (a path; Slurm may pass a memfd under /proc)."""
-    if script is None:
-        return JobRequest()
-    try:
-        text = Path(script).read_text(errors="replace")
-    except OSError as exc:
-        raise BBError(f"cannot read the job script {script}: {exc.strerror}") from exc
-    try:
-        return parse_job_script(text)
-    except DirectiveError as exc:
-        raise BBError(str(exc), exit_code=2) from exc
 
 
 class Lifecycle:
@@ -105,7 +73,7 @@ class Lifecycle:
     def request(self, script: Path | str | None) -> JobRequest:
         """The directives of a job script with the site's presets expanded (read_request, Policy.expand)."""
         try:
-            return self.site.policy.expand(read_request(script))
+            return self.site.policy.expand(job.read_request(script))
         except policy.PolicyError as exc:
             raise BBError(str(exc), exit_code=2) from None
 
@@ -158,8 +126,8 @@ class Lifecycle:
         own booking for swap.
         """
         key = sitecfg.job_key(job_id)
-        _refuse_root(uid)
-        request = self.admit(read_request(script), pool=pool, uid=uid, gid=gid)
+        job.refuse_root(uid)
+        request = self.admit(job.read_request(script), pool=pool, uid=uid, gid=gid)
         self._check_persistent_use(request, uid)
         made = []
         for destroy in request.destroy_persistent:
@@ -168,38 +136,18 @@ class Lifecycle:
             made.append(self.create(create.name, uid, gid, create.capacity, create.pool or pool, "gluster",
                                     striped=create.access == "striped", stage="create-persistent"))
         if request.jobdw is not None:
-            if callable(swap_nodes) and (request.swap or is_cache(request)):
-                swap_nodes = _node_count(swap_nodes, required=bool(request.swap))
-            _refuse_cache_on_nodes(key, request, swap_nodes)
-            booked = self._booked_for_persistent(request, pool)
+            if callable(swap_nodes) and (request.swap or job.is_cache(request)):
+                swap_nodes = job.node_count(swap_nodes, required=bool(request.swap))
+            job.refuse_cache_on_nodes(key, request, swap_nodes)
+            booked = job.booked_for_persistent(request, lambda name: self.pool(name or pool))
             if slurm_books_swap:
-                booked += self._booked_for_swap(request, request.jobdw.pool or pool, swap_nodes)
+                booked += job.booked_for_swap(request, lambda: self.pool(request.jobdw.pool or pool), swap_nodes)
             capacity = max(request.jobdw.capacity, (size or 0) - booked)
-            swap = swap_meta(key, request, swap_nodes)
-            meta = {**swap, **cache_meta(request)}
-            made.append(self.create(key, uid, gid, capacity + swap_bytes(swap), request.jobdw.pool or pool,
+            swap = job.swap_meta(key, request, swap_nodes)
+            meta = {**swap, **job.cache_meta(request)}
+            made.append(self.create(key, uid, gid, capacity + job.swap_bytes(swap), request.jobdw.pool or pool,
                                     request.jobdw.fs, striped="striped" in request.jobdw.access_modes, meta=meta))
         return made
-
-    def _booked_for_swap(self, request: JobRequest, pool: str | None, nodes: Any) -> int:
-        """What Slurm 22.05's datawarp plugin adds to a job's size for ``swap N``: N times the job's
-        (maximum) node count, counted in bytes although N is GiB, rounded up to the pool's
-        granularity; one granule for any swap that fits in one. The lua plugin books nothing."""
-        if not request.swap or not isinstance(nodes, int) or nodes < 1:
-            return 0
-        granularity = self.pool(pool).granularity
-        return bricks_needed((request.swap // GIB) * nodes, granularity) * granularity
-
-    def _booked_for_persistent(self, request: JobRequest, pool: str | None) -> int:
-        """What Slurm's lua plugin adds to a job's size for its create_persistent lines (whole granules).
-
-        It sums capacity= over every directive line; the rest of the size is the job buffer's.
-        """
-        booked = 0
-        for create in request.create_persistent:
-            granularity = self.pool(create.pool or pool).granularity
-            booked += bricks_needed(create.capacity, granularity) * granularity
-        return booked
 
     def create(self, key: str, uid: int, gid: int, capacity: int, pool_name: str | None,
                fs: str, *, striped: bool = True, stage: str = "setup",
@@ -215,11 +163,12 @@ class Lifecycle:
                 raise Refused(f"buffer {key} exists and belongs to uid {existing.owner_uid}")
             return existing
         with self.timed(key, stage) as meter:
+            waited = 0.0  # seconds spent waiting for bricks: the build gets the rest of the stage's time
             if existing is None:
                 pool = self.pool(pool_name)
                 self._refuse_volume_clash(key)
                 layout = self.layout(capacity, pool, striped=striped and fs == "gluster")
-                existing = self._allocate(
+                existing, waited = self._allocate(
                     BufferSpec(key=key, owner_uid=uid, owner_gid=gid, capacity=capacity, fs=fs,
                                bricks=layout.bricks,
                                meta={layouts.META: layout.to_meta(), **(meta or {})}), pool, stage)
@@ -229,29 +178,26 @@ class Lifecycle:
                 meter.started()  # the record exists now
             buffer = self.store.transition(key, (BufferState.ALLOCATING, BufferState.CREATING, BufferState.FAILED),
                                            BufferState.CREATING, last_error="")
-            run = meter.ran(self._run(buffer, "setup", "buffer_create.yml", extra={}))
+            run = meter.ran(self._run(buffer, "setup", "buffer_create.yml", extra={},
+                                      spent=waited))
             if run.status != "successful":
                 self._roll_back(buffer, run)
             return self.store.transition(key, BufferState.CREATING, BufferState.CREATED)
 
-    def _allocate(self, spec: BufferSpec, pool: Pool, stage: str) -> Buffer:
-        """The store's allocation of spec's bricks, waiting up to ``site.brick_wait`` s for them.
+    def _allocate(self, spec: BufferSpec, pool: Pool, stage: str) -> tuple[Buffer, float]:
+        """(record, seconds waited): spec's bricks, waiting in turn for them when Slurm's books ran ahead
+        of ours (bbctl.allocation), up to ``brick_wait`` and never into the time the build needs."""
+        wait = min(self.site.brick_wait, max(0, self._stage_timeout(stage) - BUILD_RESERVE))
 
-        Slurm admits a job when its own books say the pool has room; they run ahead of ours by the
-        bricks of buffers still being torn down and by striped buffers' redundancy bricks. Rather than
-        fail (Slurm would hold the job), wait for those bricks: NotEnoughBricks after the wait.
-        """
-        deadline = time.monotonic() + self.site.brick_wait
-        for attempt in itertools.count():
-            try:
-                return self.store.allocate(spec, pool)
-            except NotEnoughBricks as short:
-                if time.monotonic() >= deadline:
-                    raise
-                if attempt == 0:
-                    self.note(spec.key, stage, f"waiting up to {self.site.brick_wait} s: {short}")
-                time.sleep(BRICK_POLL)
-        raise AssertionError("unreachable")
+        def waiting(short: BBError) -> None:
+            self.note(spec.key, stage, f"waiting up to {wait} s for bricks: {short}")
+
+        return allocation.allocate(self.store, spec, pool, lock=self.site.work_dir / "allocation.lock",
+                                   wait=wait, on_wait=waiting)
+
+    def _stage_timeout(self, stage: str) -> int:
+        """Seconds a stage's playbook may take: Slurm's timeout for it less bbctl's margin (bbctl.slurmconf)."""
+        return slurmconf.stage_timeout(_timeout_stage(stage), self._bb_settings)
 
     @staticmethod
     def layout(capacity: int, pool: Pool, *, striped: bool) -> layouts.Layout:
@@ -288,7 +234,7 @@ class Lifecycle:
                               "choose another name", exit_code=2)
 
     def stage_in(self, job_id: str, script: Path | str | None) -> int:
-        job_key, request = sitecfg.job_key(job_id), read_request(script)
+        job_key, request = sitecfg.job_key(job_id), job.read_request(script)
         if not request.stage_in:
             return 0
         for key, specs in playbook_vars.stage_specs(self.site, job_key, request.stage_in).items():
@@ -341,15 +287,15 @@ class Lifecycle:
             self._mount(persistent, nodes, stage="pre-run", job_key=key)
         if request.jobdw is not None:
             buffer = self._require(key, BUILT)
-            _check_swap_nodes(buffer, nodes)
-            _check_cache_nodes(buffer, nodes)
+            job.check_swap_nodes(buffer, nodes)
+            job.check_cache_nodes(buffer, nodes)
             private = "private" in request.jobdw.access_modes
             buffer = self.store.transition(key, BUILT, buffer.state, meta={"nodes": nodes, PRIVATE: private})
             self._mount(buffer, nodes, stage="pre-run", job_key=key)
             self.store.transition(key, BUILT, BufferState.MOUNTED)
 
     def post_run(self, job_id: str, script: Path | str | None) -> None:
-        key, request = sitecfg.job_key(job_id), read_request(script)
+        key, request = sitecfg.job_key(job_id), job.read_request(script)
         buffer = self.store.get(key)
         if buffer is not None and buffer.meta.get("nodes"):
             self._unmount(buffer, buffer.meta["nodes"], stage="post-run", job_key=key)
@@ -359,8 +305,8 @@ class Lifecycle:
             self._release_persistent_use(name, key)
 
     def stage_out(self, job_id: str, script: Path | str | None) -> int:
-        job_key, request = sitecfg.job_key(job_id), read_request(script)
-        if is_cache(request):  # its stage_out lines can only be a persistent buffer's
+        job_key, request = sitecfg.job_key(job_id), job.read_request(script)
+        if job.is_cache(request):  # its stage_out lines can only be a persistent buffer's
             return self.write_back(job_key, request) + self._stage_out_lines(job_key, request, own=False)
         if not request.stage_out:
             return 0
@@ -416,7 +362,7 @@ class Lifecycle:
     def teardown(self, job_id: str, script: Path | str | None, *, hurry: bool) -> bool:
         """Destroy the job's buffer; True if there was one. Unknown job: success, nothing to do."""
         key = sitecfg.job_key(job_id)
-        request = _request_or_empty(script)
+        request = job.request_or_empty(script)
         for name in request.persistent:
             self._release_persistent_use(name, key)
         buffer = self.store.get(key)
@@ -424,7 +370,7 @@ class Lifecycle:
             self.note(key, "teardown", "no buffer recorded: nothing to tear down")
             return False
         with self.timed(key, "teardown"):
-            writes_out = request.stage_out or is_cache(request) or buffer.meta.get(CACHE)
+            writes_out = request.stage_out or job.is_cache(request) or buffer.meta.get(CACHE)
             if not hurry and writes_out and not buffer.stage_out_verified and buffer.state is not \
                     BufferState.ALLOCATING:
                 raise Refused(f"buffer {key}: its stage-out has not succeeded, so it is kept "
@@ -439,12 +385,12 @@ class Lifecycle:
                           buffer_type: str = "scratch") -> Buffer:
         """A named buffer outside any job; the name and type pass the directive grammar first, then the
         site's policy (persistent_creators, the pool's and the user's limits)."""
-        key = _persistent_key(name)
+        key = job.persistent_key(name)
         try:
             check_buffer_type(buffer_type)
         except DirectiveError as exc:
             raise BBError(str(exc), exit_code=2) from None
-        _refuse_root(uid)
+        job.refuse_root(uid)
         asked = CreatePersistent(name=name, capacity=capacity, access="striped", type=buffer_type, pool=pool,
                                  pfs=None, line=0)
         try:
@@ -458,7 +404,7 @@ class Lifecycle:
 
         Every name a record was ever created under passes the grammar (it only grew), so checking
         the name first never leaves a buffer that cannot be destroyed."""
-        key = _persistent_key(name)
+        key = job.persistent_key(name)
         buffer = self.store.get(key)
         if buffer is None:
             return False
@@ -473,25 +419,9 @@ class Lifecycle:
         return True
 
     # --- stage timings --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def timed(self, key: str, stage: str, *, job_key: str | None = None) -> Iterator[StageMeter]:
-        """Record the stage run within on key's record: its start now, its timing and outcome at the end.
-
-        A store that cannot record (gone away, lost races) is logged and never fails the stage."""
-        meter = StageMeter(self, key, stage, job="" if job_key in (None, key) else str(job_key))
-        meter.started()
-        try:
-            yield meter
-        except BaseException as exc:
-            meter.finish(exc)
-            raise
-        meter.finish(None)
-
-    def record(self, key: str, stage: str, what: Callable[[], object]) -> None:
-        try:
-            what()
-        except StateError as exc:
-            self.note(key, stage, f"could not record the stage's timing: {exc}")
+    def timed(self, key: str, stage: str, *, job_key: str | None = None) -> AbstractContextManager[StageMeter]:
+        """Record the stage run within on key's record (bbctl.stage_meter.timed); never fails the stage."""
+        return stage_meter.timed(self.store, self.note, key, stage, job_key=job_key)
 
     # --- shared steps --------------------------------------------------------------------------
     def destroy(self, key: str, *, stage: str) -> None:
@@ -581,7 +511,8 @@ class Lifecycle:
 
     def _run(self, buffer: Buffer, stage: str, playbook: str, *, extra: dict[str, Any],
              nodes: Iterable[str] = (), stages: list[dict[str, str]] | None = None,
-             job_key: str | None = None, more: dict[str, Any] | None = None) -> runner.StageRun:
+             job_key: str | None = None, more: dict[str, Any] | None = None,
+             spent: float = 0.0) -> runner.StageRun:
         """One playbook run for ``buffer``, recorded (run dir, log lines, progress) under the key of the
         job it serves (``job_key``; the buffer's own key for a run that serves no job)."""
         key = job_key or buffer.key
@@ -600,7 +531,7 @@ class Lifecycle:
             run = runner.run_stage(
                 self.site, key, stage, playbook, extravars=extravars,
                 hosts=sorted({b.server for b in buffer.bricks}), nodes=nodes,
-                timeout=slurmconf.stage_timeout(_timeout_stage(stage), self._bb_settings),
+                timeout=max(1, self._stage_timeout(stage) - int(spent)),
                 on_event=note, cancel=self.cancel)
         self.note(key, stage, f"{run.status} in {run.seconds:.1f} s")
         return run
@@ -616,146 +547,11 @@ class Lifecycle:
         return buffer
 
 
-class StageMeter:
-    """One stage of one buffer being timed (Lifecycle.timed): its start, its run, its outcome."""
-
-    def __init__(self, life: Lifecycle, key: str, stage: str, *, job: str = "") -> None:
-        self.life, self.key, self.stage, self.job = life, key, stage, job
-        self.start = time.time()
-        self._clock = time.monotonic()
-        self.runs: list[runner.StageRun] = []
-
-    def started(self) -> None:
-        """Note the stage on the record (again, once setup has made the record)."""
-        running = Running(self.stage, self.start, self.job)
-        self.life.record(self.key, self.stage, lambda: self.life.store.start_stage(self.key, running))
-
-    def ran(self, run: runner.StageRun) -> runner.StageRun:
-        self.runs.append(run)
-        return run
-
-    def finish(self, failure: BaseException | None) -> None:
-        files = [n for n in (getattr(r, "files", None) for r in self.runs) if n is not None]
-        copied = [n for n in (getattr(r, "bytes", None) for r in self.runs) if n is not None]
-        timing = StageTiming(
-            stage=self.stage, start=self.start, seconds=time.monotonic() - self._clock, job=self.job,
-            files=sum(files) if files else None, bytes=sum(copied) if copied else None,
-            **({} if failure is None else {"outcome": FAILED, "reason": short_reason(str(failure) or
-                                                                                    type(failure).__name__),
-                                           "kind": failure_kind(failure, self.runs)}))
-        self.life.record(self.key, self.stage, lambda: self.life.store.finish_stage(self.key, timing))
-
-
-def failure_kind(failure: BaseException, runs: list[runner.StageRun]) -> str:
-    """The few-valued kind of a stage's failure (a metrics label): see bbctl.state.timings.KINDS."""
-    if isinstance(failure, runner.StageFailed) and runs:
-        return {"timeout": "timeout", "canceled": "cancelled"}.get(runs[-1].status, "task_failed")
-    if isinstance(failure, runner.StageFailed):
-        return "task_failed"
-    if isinstance(failure, Refused):
-        return "refused"
-    if isinstance(failure, NotEnoughBricks):
-        return "no_space"
-    if isinstance(failure, StateError):
-        return "state"
-    if isinstance(failure, KeyboardInterrupt):
-        return "cancelled"
-    if isinstance(failure, BBError) and failure.exit_code == 2:
-        return "bad_input"
-    return "error"
-
-
-def swap_meta(key: str, request: JobRequest, nodes: Any) -> dict[str, int]:
-    """The state meta of a job buffer that holds swap: bytes per node, and for how many nodes."""
-    if not request.swap:
-        return {}
-    if not isinstance(nodes, int) or nodes < 1:
-        raise BBError(f"job {key} asks for swap ({request.swap // GIB} GiB per node) but its node count is "
-                      "unknown: give setup the number of nodes (bbctl setup --swap-nodes N)", exit_code=2)
-    return {SWAP: request.swap, SWAP_NODES: nodes}
-
-
-def is_cache(request: JobRequest) -> bool:
-    """The job buffer is a write-back cache of pfs=DIR (jobdw type=cache)."""
-    return request.jobdw is not None and request.jobdw.type == "cache"
-
-
-def cache_meta(request: JobRequest) -> dict[str, str]:
-    """The state meta of a cache buffer: the directory it caches."""
-    return {CACHE: request.jobdw.pfs} if is_cache(request) and request.jobdw.pfs else {}
-
-
-def _node_count(count: Callable[[], int], *, required: bool) -> int | None:
-    """The job's (most) nodes from ``count``; None when it cannot tell and nothing requires it."""
-    try:
-        return count()
-    except BBError:
-        if required:
-            raise
-        return None
-
-
-def _refuse_cache_on_nodes(key: str, request: JobRequest, nodes: Any) -> None:
-    """Refuse at setup, before anything is allocated, a cache job that asks for more than one node
-    (pre-run checks the nodes it really got)."""
-    if is_cache(request) and isinstance(nodes, int) and nodes > 1:
-        raise BBError(f"job {key}: a cache buffer (type=cache) serves one compute node, the job asks for up to "
-                      f"{nodes}: submit it with -N 1, or use type=scratch with stage_in and stage_out lines",
-                      exit_code=2)
-
-
-def _check_cache_nodes(buffer: Buffer, nodes: list[str]) -> None:
-    """Refuse, before mounting, a cache buffer for more than one node: fuse-overlayfs mounts on several
-    nodes over one shared upper directory would each keep their own view and corrupt it."""
-    if buffer.meta.get(CACHE) and len(nodes) > 1:
-        raise BBError(f"buffer {buffer.key}: a cache buffer (type=cache) serves one compute node, the job runs on "
-                      f"{len(nodes)}: run it on one node (sbatch -N 1), or use type=scratch with stage_in and "
-                      "stage_out lines", exit_code=2)
-
-
-def swap_bytes(meta: dict[str, int]) -> int:
-    """The space swap takes in the buffer: its size on each node times the nodes."""
-    return meta.get(SWAP, 0) * meta.get(SWAP_NODES, 0)
-
-
-def _check_swap_nodes(buffer: Buffer, nodes: list[str]) -> None:
-    """Refuse, before mounting, a job on more nodes than setup made room for swap on."""
-    sized = buffer.meta.get(SWAP_NODES)
-    if buffer.meta.get(SWAP) and sized is not None and len(nodes) > sized:
-        raise BBError(f"buffer {buffer.key}: swap was sized at setup for {sized} node(s), the job runs on "
-                      f"{len(nodes)}: the buffer has no room for the others' swap files")
-
-
 def stage_out_failed(buffer: Buffer | None) -> bool:
     """The buffer failed in stage-out: its data has not left, and is kept."""
     return (buffer is not None and buffer.state is BufferState.FAILED
             and buffer.meta.get(FAILED_STAGE) == "stage-out")
 
 
-def _refuse_root(uid: int) -> None:
-    if uid == 0:
-        raise BBError("root cannot own a burst buffer: data is staged with the owner's identity", exit_code=2)
-
-
-def _persistent_key(name: str) -> str:
-    """The state key of a persistent buffer, by the grammar's rule for names (a job id never passes)."""
-    try:
-        return check_buffer_name(name)
-    except DirectiveError as exc:
-        raise BBError(str(exc), exit_code=2) from None
-
-
 def _timeout_stage(stage: str) -> str:
     return stage if stage in slurmconf.STAGE_TIMEOUT_KEYS else "teardown"
-
-
-def _request_or_empty(script: Path | str | None) -> JobRequest:
-    """Teardown must finish even when the script is gone or its directives no longer parse."""
-    try:
-        return read_request(script)
-    except BBError:
-        return JobRequest()
-
-
-def nodes_from_file(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]

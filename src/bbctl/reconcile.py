@@ -11,6 +11,10 @@ that a normal teardown would not take.
 
 Only names bbctl makes (``bbjob-*``, ``bbp-*``) are ever looked at. Lustre buffers are
 not surveyed (no Lustre here: docs/LUSTRE.md); their records are left alone.
+
+``exit_code`` is what ``bbctl reconcile`` and ``bbctl gc`` (which reports the same drift)
+exit with: 0 when no drift is left, EXIT_DRIFT when some was found and not repaired, so
+that a monitoring check can run either.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ VOLUME_MISSING = "volume_missing"     # a record whose volume is not there (dele
 ORPHAN_VOLUME = "orphan_volume"       # a volume no record holds
 STRAY_BRICK_DIR = "stray_brick_dir"   # a brick directory of no record and no volume
 STRAY_MOUNT = "stray_mount"           # a buffer mount of no record
+
+# Exit code of a report with drift left (bbctl --help): found and not repaired, or a repair failed.
+EXIT_DRIFT = 5
 
 
 @dataclass(frozen=True)
@@ -226,6 +233,20 @@ def reconcile(life: Any, *, repair_drift: bool, older_than: float) -> dict[str, 
         report["repaired"] = repair(life, drifts)
         life.refresh_pools()
     return report
+
+
+def unrepaired(report: Mapping[str, Any]) -> int:
+    """How many drifts of a ``reconcile`` report are left: found and not repaired (without
+    repair_drift, all of them; ``repaired`` holds one outcome per drift found)."""
+    return len(report["drift"]) - sum(1 for outcome in report["repaired"] if outcome["repaired"])
+
+
+def exit_code(report: Mapping[str, Any]) -> int:
+    """0 when a report leaves no drift (none found, or every one repaired), else EXIT_DRIFT.
+
+    Hosts that did not answer (``unanswered``) are not drift and do not change it: a record none
+    of whose servers answered is not judged, so a check should also look at ``unanswered``."""
+    return EXIT_DRIFT if unrepaired(report) else 0
 
 
 def render(report: Mapping[str, Any]) -> str:

@@ -137,11 +137,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
                        "are pruned at each teardown."},
     "brick_wait": {
         "type": positive_int, "default": 120,
-        "description": "Seconds setup waits for free bricks when a pool has too few. Slurm admits a job on its "
-                       "own books, which lag bbctl's: a torn-down buffer's bricks are released a few seconds after "
-                       "Slurm frees its space, and a striped buffer's redundancy bricks are not in Slurm's books. "
-                       "Waiting keeps such a job pending in stage-in; after the wait setup fails and Slurm holds "
-                       "the job. Keep it well inside burst_buffer.conf's `OtherTimeout`."},
+        "description": "Seconds setup waits for free bricks when a pool has too few (bbctl.allocation). Slurm "
+                       "admits a job on its own books, which run ahead of bbctl's: a torn-down buffer's bricks "
+                       "come free seconds after Slurm frees its space, and a striped buffer's redundancy bricks "
+                       "are not in Slurm's books. Waiting setups take turns (a later, smaller one does not take "
+                       "the bricks an earlier one waits for) and the job stays pending in stage-in; after the wait "
+                       "setup fails and Slurm holds the job. Never more than setup's playbook timeout less 60 s "
+                       "(kept for the build)."},
     "stage_workers": {
         "type": positive_int, "default": stage_threads.DEFAULT_WORKERS,
         "description": "Copy threads per stage-in or stage-out (`bb_stage`'s `workers`)."},

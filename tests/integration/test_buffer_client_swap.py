@@ -5,35 +5,23 @@ mount and the swap area are each planned, in that order, and nothing changes. Un
 runs for real on a directory standing in for a mounted buffer, holding a swap area made by
 buffer_swap: the role turns it off and removes it before the (no-op) unmount and removes the
 then empty mount point. Clean-up turns off and detaches, by name, every loop device backed
-by a file under the test's directory, and removes the directory.
+by a file under the test's directory, and removes the directory (tests/integration/swap_scratch.py).
 """
 
 import json
 import os
 import shutil
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.integration.module_task import LOCALHOST, REPO, VENV_BIN, ModuleTask
+from tests.integration.swap_scratch import loops_under, scratch_dir, sh
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("losetup", "mkswap", "swapon")),
     reason="needs root and util-linux (losetup, mkswap, swapon)")
-
-
-def sh(*argv, check=True):
-    return subprocess.run(argv, capture_output=True, text=True, check=check,
-                          env=dict(os.environ, LANG="C", LC_ALL="C"))
-
-
-def loops_under(directory):
-    out = sh("losetup", "--list", "--json", "--output", "NAME,BACK-FILE").stdout
-    entries = json.loads(out)["loopdevices"] if out.strip() else []
-    return [entry["name"] for entry in entries if (entry.get("back-file") or "").startswith(f"{directory}/")]
 
 
 def task_results(stdout):
@@ -48,17 +36,8 @@ def task_results(stdout):
 
 @pytest.fixture
 def workdir():
-    path = Path(tempfile.mkdtemp(prefix="bb-client-swap-", dir="/var/tmp"))
-    try:
+    with scratch_dir("bb-client-swap-") as path:
         yield path
-    finally:
-        for device in loops_under(path):
-            sh("swapoff", device, check=False)
-            sh("losetup", "--detach", device, check=False)
-        for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
-            if line.split()[4].startswith(f"{path}/"):
-                sh("umount", line.split()[4], check=False)
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def playbook(workdir, name, buffer, *flags):

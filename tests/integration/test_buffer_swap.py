@@ -3,40 +3,25 @@
 No test bed: a temporary directory in /var/tmp stands in for the buffer's mount (a small
 tmpfs mounted on one for the full-buffer case). A finalizer turns off and detaches every
 loop device backed by a file under that directory, by the device names losetup shows for
-it, unmounts what the test mounted and removes the directory, whatever the test did. No
-other loop device or swap area is touched.
+it, unmounts what the test mounted and removes the directory, whatever the test did
+(tests/integration/swap_scratch.py). No other loop device or swap area is touched.
 """
 
-import json
 import os
 import shutil
 import stat
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.integration.module_task import ModuleTask
+from tests.integration.swap_scratch import loops_under, scratch_dir, sh
 
 SIZE = 64 * 1024**2
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("losetup", "mkswap", "swapon", "fallocate")),
     reason="needs root and util-linux (losetup, mkswap, swapon, fallocate)")
-
-
-def sh(*argv, check=True):
-    return subprocess.run(argv, capture_output=True, text=True, check=check,
-                          env=dict(os.environ, LANG="C", LC_ALL="C"))
-
-
-def loops_under(directory):
-    """Names of the loop devices whose backing file is under directory."""
-    out = sh("losetup", "--list", "--json", "--output", "NAME,BACK-FILE").stdout
-    entries = json.loads(out)["loopdevices"] if out.strip() else []
-    prefix = str(directory) + "/"
-    return [entry["name"] for entry in entries if (entry.get("back-file") or "").startswith(prefix)]
 
 
 def active_swaps():
@@ -47,37 +32,24 @@ def active_swaps():
 class FakeBuffer:
     """A directory standing in for a buffer's mount, and buffer_swap runs on it."""
 
-    def __init__(self):
-        self.dir = Path(tempfile.mkdtemp(prefix="bb-swap-", dir="/var/tmp"))
+    def __init__(self, directory: Path):
+        self.dir = directory
         self.mount = self.dir / "bb-job42"
         self.mount.mkdir()
         self.swap_file = str(self.mount / ".swap" / "node1")
         self.task = ModuleTask("hpc.burstbuffer.buffer_swap", self.dir)
-        self.mounted = []
 
     def run(self, check=False, **args):
         return self.task(check, **{"path": self.swap_file, **args})
 
     def mount_tmpfs(self, size):
-        sh("mount", "-t", "tmpfs", "-o", f"size={size}", "bb-swap-test", str(self.mount))
-        self.mounted.append(str(self.mount))
-
-    def cleanup(self):
-        for device in loops_under(self.dir):
-            sh("swapoff", device, check=False)
-            sh("losetup", "--detach", device, check=False)
-        for target in reversed(self.mounted):
-            sh("umount", target, check=False)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        sh("mount", "-t", "tmpfs", "-o", f"size={size}", "bb-swap-test", str(self.mount))  # released with dir
 
 
 @pytest.fixture
 def buffer():
-    made = FakeBuffer()
-    try:
-        yield made
-    finally:
-        made.cleanup()
+    with scratch_dir("bb-swap-") as directory:
+        yield FakeBuffer(directory)
 
 
 def test_present_makes_an_active_swap_area_and_a_second_run_changes_nothing(buffer):

@@ -26,7 +26,8 @@ from bbctl.commands import log_to_file, on_sigterm, slurm_env, slurm_node_count,
 from bbctl.datawarp.program import LifecycleFactory, Parser, fail, leading_config
 from bbctl.datawarp.sessions import configurations_document, instances_document, sessions_document
 from bbctl.errors import BBError
-from bbctl.lifecycle import Lifecycle, nodes_from_file, read_request
+from bbctl.job_request import nodes_from_file, read_request
+from bbctl.lifecycle import Lifecycle
 
 NO_SESSION = "No matching session"  # data_in/data_out: Slurm takes this reply as success
 TOKEN_NOT_FOUND = "token not found"  # teardown: likewise

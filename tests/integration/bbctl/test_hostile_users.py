@@ -35,22 +35,15 @@ from tests.integration.bbctl.slurmjobs import (
     said,
     sbatch_error,
     submit,
-    use_plugin,
     wait_for,
     wait_torn_down,
     write_job,
 )
 from tests.integration.test_gluster_modules import CLAIM_ROOT
 
-pytestmark = pytest.mark.testbed
+pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("lua_slurm")]
 OTHER = "bbother"
 GLUSTER_HOST = "127.1.1.1"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def lua_slurm(testbed):
-    use_plugin("lua")
-    return testbed
 
 
 @pytest.fixture(scope="module")

@@ -30,21 +30,14 @@ from tests.integration.bbctl.slurmjobs import (
     leftovers,
     scontrol,
     submit,
-    use_plugin,
     wait_for,
     wait_torn_down,
     write_job,
 )
 
-pytestmark = pytest.mark.testbed
+pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("lua_slurm")]
 JOB_STAGES = ["setup", "stage-in", "pre-run", "post-run", "stage-out", "teardown"]
 FILES = {"a.txt": b"alpha\n", "sub/b.dat": bytes(range(256)) * 64, "sub/deeper/c.txt": b"gamma\n"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def lua_slurm(testbed):
-    use_plugin("lua")
-    return testbed
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import pytest
 
 from bbctl import site as sitecfg
 from bbctl.lifecycle import Lifecycle
+from bbctl.reconcile import EXIT_DRIFT
 from bbctl.state import BufferSpec, BufferState
 from tests.conftest import TESTBED_ROOT
 from tests.integration.bbctl.slurmjobs import BBCTL_CONFIG, GLUSTERD_SOCKET, bbctl, leftovers, volumes
@@ -39,9 +40,10 @@ def brick(node: int, k: int, name: str) -> str:
     return f"127.1.1.{node}:{TESTBED_ROOT}/node{node}/bricks/nvme{k}/{name}"
 
 
-def reconcile(*flags: str) -> dict:
+def reconcile(*flags: str, exit_code: int = 0) -> dict:
+    """The report of bbctl reconcile --json, which exits 0 without drift left, EXIT_DRIFT with some."""
     done = bbctl("reconcile", "--json", "--older-than", "0", *flags)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == exit_code, done.stderr[-3000:] + done.stdout[-3000:]
     return json.loads(done.stdout)
 
 
@@ -80,7 +82,7 @@ def test_drift_is_reported_then_repaired(life, testbed):
         life.store.transition(never, BufferState.ALLOCATING, BufferState.CREATING)
         time.sleep(0.1)
 
-        report = reconcile()
+        report = reconcile(exit_code=EXIT_DRIFT)
         found = {(d["kind"], d["volume"]) for d in report["drift"]}
         assert found == {("volume_missing", sitecfg.volume_name(deleted)), ("orphan_volume", orphan),
                          ("stray_mount", orphan), ("stray_brick_dir", stray),
@@ -88,7 +90,7 @@ def test_drift_is_reported_then_repaired(life, testbed):
         assert report["repaired"] == [] and orphan in volumes() and mount.is_mount()  # a report changes nothing
         # gc reports the same drift beside what it tears down itself (a dry run: nothing of either).
         gc = bbctl("gc", "--json", "--dry-run", "--older-than", "0")
-        assert gc.returncode == 0, gc.stderr[-2000:]
+        assert gc.returncode == EXIT_DRIFT, gc.stderr[-2000:]  # drift left: a dry run repairs nothing
         gc_report = json.loads(gc.stdout)
         assert {(d["kind"], d["volume"]) for d in gc_report["drift"]} == found
         assert gc_report["stale_buffers"] == [never] and gc_report["repaired"] == []

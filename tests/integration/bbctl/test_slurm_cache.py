@@ -23,19 +23,12 @@ from tests.integration.bbctl.slurmjobs import (
     leftovers,
     sbatch_error,
     submit,
-    use_plugin,
     wait_for,
     wait_torn_down,
     write_job,
 )
 
-pytestmark = pytest.mark.testbed
-
-
-@pytest.fixture(scope="module", autouse=True)
-def lua_slurm(testbed):
-    use_plugin("lua")
-    return testbed
+pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("lua_slurm")]
 
 
 def cache_script(user_dir, pfs, directive: str, tail: str = "sleep 8\n"):

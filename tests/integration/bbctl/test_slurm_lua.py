@@ -25,20 +25,12 @@ from tests.integration.bbctl.slurmjobs import (
     sbatch_error,
     scontrol,
     submit,
-    use_plugin,
     wait_for,
     wait_torn_down,
     write_job,
 )
 
-pytestmark = pytest.mark.testbed
-
-
-@pytest.fixture(scope="module", autouse=True)
-def lua_slurm(testbed):
-    """This module needs the lua plugin; switch the test bed to it if another one runs."""
-    use_plugin("lua")
-    return testbed
+pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("lua_slurm")]
 
 
 def owner_of(path: Path) -> str:

@@ -31,13 +31,12 @@ from tests.integration.bbctl.slurmjobs import (
     leftovers,
     sbatch_error,
     submit,
-    use_plugin,
     wait_for,
     wait_torn_down,
     write_job,
 )
 
-pytestmark = pytest.mark.testbed
+pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("lua_slurm")]
 
 GiB = 1024**3
 FULL = ("Disk quota exceeded", "No space left on device")  # what a full buffer should answer; never a hang
@@ -54,12 +53,6 @@ def full_or_known_eio(error: str) -> None:
     if EIO in error and not any(reason in error for reason in FULL):
         pytest.xfail(f"a dispersed buffer filled to its exact limit answered EIO (known, issue 10): {error}")
     assert any(reason in error for reason in FULL), error
-
-
-@pytest.fixture(scope="module", autouse=True)
-def lua_slurm(testbed):
-    use_plugin("lua")
-    return testbed
 
 
 def run(user_dir: Path, name: str, body: str, timeout: float) -> int:
@@ -165,7 +158,6 @@ head -c 1G "$DW_JOB_STRIPED/data" | sha256sum > {out}/first
     assert (out / "first").read_text() == (out / "before").read_text()  # what was there survives
     assert (out / "after").read_text() != (out / "before").read_text()  # and the append landed
     assert leftovers(f"bbjob-{job}") == []
-
 
 
 # ------------------------------------------------------------------ the largest file, and what a pool can hold

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bbctl import cli, commands
+from bbctl import cli, commands, reconcile, runner
 from bbctl.errors import BBError
 
 GiB = 1024**3
@@ -148,3 +148,47 @@ def test_parse_num_nodes(shown, nodes):
 def test_parse_num_nodes_without_the_field_says_so():
     with pytest.raises(BBError, match="shows no NumNodes: cannot size the job's swap"):
         commands.parse_num_nodes("JobId=42 JobName=x", "42")
+
+
+@pytest.fixture
+def volume_gone(config_file, monkeypatch, capsys) -> Path:
+    """A persistent buffer whose volume a survey does not find (deleted behind bbctl's back)."""
+    assert bbctl(config_file, "create-persistent", "--name", "keep", "--uid", "1001", "--gid", "1001",
+                 "--capacity", "1GiB") == 0
+    capsys.readouterr()
+    nothing = reconcile.Reality(volumes={}, brick_dirs=[], mounts=[], answered=frozenset({"s1", "s2"}))
+    monkeypatch.setattr(reconcile, "survey", lambda _life: nothing)
+    return config_file
+
+
+def test_reconcile_exits_5_while_drift_is_left_and_0_once_repaired(volume_gone, capsys):
+    assert bbctl(volume_gone, "reconcile", "--json") == reconcile.EXIT_DRIFT == 5
+    assert [d["kind"] for d in json.loads(capsys.readouterr().out)["drift"]] == [reconcile.VOLUME_MISSING]
+    assert bbctl(volume_gone, "reconcile") == 5
+    assert "1 drift(s)" in capsys.readouterr().out
+    assert bbctl(volume_gone, "reconcile", "--repair", "--json") == 0
+    assert [r["repaired"] for r in json.loads(capsys.readouterr().out)["repaired"]] == [True]
+    assert bbctl(volume_gone, "reconcile", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["drift"] == []
+
+
+def test_reconcile_exits_5_when_a_repair_fails(volume_gone, capsys):
+    runner.run_stage.failing.add("buffer_destroy.yml")
+    assert bbctl(volume_gone, "reconcile", "--repair", "--json") == 5
+    assert [r["repaired"] for r in json.loads(capsys.readouterr().out)["repaired"]] == [False]
+
+
+def test_gc_exits_as_reconcile_does_for_the_drift_it_reports(volume_gone, capsys):
+    assert bbctl(volume_gone, "gc", "--dry-run", "--older-than", "0") == 5  # a dry run repairs nothing
+    report = json.loads(capsys.readouterr().out)
+    assert report["dry_run"] and [d["kind"] for d in report["drift"]] == [reconcile.VOLUME_MISSING]
+    assert bbctl(volume_gone, "gc", "--repair", "--older-than", "0") == 0
+    assert bbctl(volume_gone, "gc", "--older-than", "0") == 0  # nothing left
+
+
+def test_reconcile_and_gc_help_give_the_exit_codes(capsys):
+    for command in ("reconcile", "gc"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        shown = " ".join(capsys.readouterr().out.split())
+        assert "Exit codes: 0 no drift left" in shown and "5 drift left" in shown

@@ -22,8 +22,8 @@ import yaml
 from bbctl import site
 from bbctl.datawarp import dw_wlm_cli, sessions
 from bbctl.datawarp import dwstat as dwstat_program
-from bbctl.errors import BBError
-from bbctl.lifecycle import Lifecycle, Refused
+from bbctl.errors import BBError, Refused
+from bbctl.lifecycle import Lifecycle
 from bbctl.state import BufferSpec, BufferState, SQLiteStore
 from bbctl.state.timings import Running, StageTiming
 

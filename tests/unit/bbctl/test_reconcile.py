@@ -130,3 +130,30 @@ def test_render_names_each_drift_and_each_repair():
     assert "unanswered: s3" in text and "volume_missing bbjob-7 (buffer 7): its volume is gone" in text
     assert "NOT repaired volume_missing bbjob-7: boom" in text
     assert reconcile.render({"drift": [], "unanswered": {}, "repaired": []}).startswith("no drift")
+
+
+def report_of(drifts: int, repaired: tuple[bool, ...] = ()) -> dict:
+    drift = [reconcile.Drift(ORPHAN_VOLUME, f"bbp-o{n}", None, (f"s1:{ROOT}/bbp-o{n}",), "x").to_dict()
+             for n in range(drifts)]
+    outcomes = [{"volume": f"bbp-o{n}", "kind": ORPHAN_VOLUME, "repaired": ok, "error": None if ok else "boom"}
+                for n, ok in enumerate(repaired)]
+    return {"drift": drift, "unanswered": {}, "repaired": outcomes}
+
+
+@pytest.mark.parametrize(("drifts", "repaired", "code"), [
+    (0, (), 0),                                   # no drift
+    (2, (), reconcile.EXIT_DRIFT),                # reported, not repaired (no --repair, or gc's dry run)
+    (2, (True, True), 0),                         # --repair repaired every one
+    (2, (True, False), reconcile.EXIT_DRIFT),     # --repair left one
+    (1, (False,), reconcile.EXIT_DRIFT),
+])
+def test_the_exit_code_says_whether_drift_is_left(drifts, repaired, code):
+    report = report_of(drifts, repaired)
+    assert reconcile.exit_code(report) == code
+    assert reconcile.unrepaired(report) == drifts - sum(repaired)
+
+
+def test_hosts_that_did_not_answer_are_not_drift():
+    report = {**report_of(0), "unanswered": {"s3": "s3: unreachable"}}
+    assert reconcile.exit_code(report) == 0
+    assert reconcile.EXIT_DRIFT not in (0, 1, 2, 3, 4)  # distinct from every other exit code of bbctl

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,18 @@ def test_a_cached_entry_without_every_setting_is_validated_again(config, validat
     del stored["value"]["stage_workers"]
     cache_of(config).write_text(json.dumps(stored))
     assert site.load(config).stage_workers == 32 and len(validations) == 2
+
+
+def test_a_cached_file_changed_into_a_wrong_one_is_refused_as_without_a_cache(config, validations):
+    site.load(config)
+    write_config(config, "keep_runs: 0\n")
+    with pytest.raises(site.ConfigError) as cached:
+        site.load(config)
+    shutil.rmtree(cache_of(config).parent)
+    with pytest.raises(site.ConfigError) as uncached:
+        site.load(config)
+    assert str(cached.value) == str(uncached.value) and "keep_runs" in str(cached.value)
+    assert validations == [config, config, config]
 
 
 def test_mistakes_are_never_cached(config, validations, capsys):

@@ -13,7 +13,8 @@ import dataclasses
 import pytest
 
 from bbctl import lifecycle as lc
-from bbctl import runner
+from bbctl import allocation, runner
+from bbctl.errors import Refused
 from bbctl.state import BufferState, SQLiteStore
 from bbctl.state.timings import STAGE_NOW, TIMINGS
 from tests.unit.bbctl.test_lifecycle import GID, UID, Recorder, make_config, script
@@ -123,7 +124,7 @@ def test_a_failed_setup_and_its_rollback_are_both_kept(life, recorder, config, t
 def test_a_refused_teardown_is_a_failed_teardown_and_the_buffer_stays(life, recorder, config, tmp_path):
     job = script(tmp_path, "#DW jobdw capacity=1GiB", STAGE_OUT)
     life.setup("42", UID, GID, job)
-    with pytest.raises(lc.Refused):
+    with pytest.raises(Refused):
         life.teardown("42", job, hurry=False)
     record = reader(config).get("42")
     assert record.state is BufferState.CREATED
@@ -132,7 +133,7 @@ def test_a_refused_teardown_is_a_failed_teardown_and_the_buffer_stays(life, reco
 
 
 def test_a_setup_that_finds_no_bricks_is_counted_though_no_record_holds_it(life, config, tmp_path, monkeypatch):
-    monkeypatch.setattr(lc, "BRICK_POLL", 0.05)
+    monkeypatch.setattr(allocation, "POLL", 0.05)
     life.site = dataclasses.replace(config, brick_wait=1)
     life.create("41", UID, GID, 5 * 4 * 2**30, None, "gluster", striped=False)  # 5 of the 6 bricks
     with pytest.raises(lc.BBError, match="not enough free bricks"):
