@@ -10,6 +10,8 @@ stage: a store that cannot record is told to whoever runs bbctl, and the stage g
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -49,7 +51,7 @@ class StageMeter:
 
     def started(self) -> None:
         """Note the stage on the record (again, once setup has made the record)."""
-        running = Running(self.stage, self.start, self.job)
+        running = Running(self.stage, self.start, self.job, pid=os.getpid(), host=socket.gethostname())
         self._record(lambda: self.store.start_stage(self.key, running))
 
     def ran(self, run: runner.StageRun) -> runner.StageRun:

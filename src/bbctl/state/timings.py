@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-STAGE_NOW = "stage_now"  # meta: the stage running now: {"stage", "start", "job"}
+STAGE_NOW = "stage_now"  # meta: the stage running now: {"stage", "start", "job", "pid", "host"}
 TIMINGS = "timings"  # meta: finished stages, oldest first
 MAX_TIMINGS = 32  # a record keeps its newest 32 timings (a job has 6 to 8; retries add some)
 MAX_REASON = 160  # characters of a failure's reason kept
@@ -77,11 +77,17 @@ class Running:
     stage: str
     start: float
     job: str = ""
+    # The bbctl process running it, and where: an operator (or a fault test) can find it, and tell a
+    # stage that still runs from one whose process died.
+    pid: int = 0
+    host: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"stage": self.stage, "start": round(self.start, 3)}
         if self.job:
             data["job"] = self.job
+        if self.pid:
+            data.update(pid=self.pid, host=self.host)
         return data
 
 

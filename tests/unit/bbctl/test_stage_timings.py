@@ -9,11 +9,13 @@ store handle, as another bbctl process would read it.
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 
 import pytest
 
-from bbctl import lifecycle as lc
 from bbctl import allocation, runner
+from bbctl import lifecycle as lc
 from bbctl.errors import Refused
 from bbctl.state import BufferState, SQLiteStore
 from bbctl.state.timings import STAGE_NOW, TIMINGS
@@ -166,4 +168,5 @@ def test_a_running_stage_is_visible_to_other_processes(life, config, recorder, t
     monkeypatch.setattr(runner, "run_stage", look)
     life.stage_in("42", job)
     assert seen["stage"] == "stage-in" and seen["start"] > 0
+    assert seen["pid"] == os.getpid() and seen["host"] == socket.gethostname()  # who runs it, and where
     assert STAGE_NOW not in reader(config).get("42").meta
