@@ -8,7 +8,11 @@ seconds after Slurm has freed its space. So Slurm can start a setup for which to
 right now. Failing it would make Slurm hold the job (priority 0) although its space is only moments
 or one running job away; setup waits instead, up to a bound.
 
-Waiting setups take turns: every allocation of this controller first holds ``<work_dir>/allocation.lock``
+A job buffer's setup waits only briefly (``brick_wait``); then it leaves its build to the job's stage-in
+(``defer``), which Slurm gives StageInTimeout (hours, where setup has OtherTimeout, minutes): the job waits
+pending in stage-in, as Slurm shows a job staging in, and runs when bricks come free.
+
+Waiting allocations take turns: every allocation of this controller first holds ``<work_dir>/allocation.lock``
 (an flock), so a setup that waits for three bricks is not overtaken, brick by brick, by one-brick jobs
 admitted after it. Allocations normally hold it for milliseconds. Two controllers sharing an etcd store
 each have their own turn; the store alone still guarantees that no brick is given twice.
@@ -17,11 +21,13 @@ each have their own turn; the store alone still guarantees that no brick is give
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from bbctl.pools import NotEnoughBricks, Pool
 from bbctl.state import Buffer, BufferSpec, StateStore
@@ -71,3 +77,42 @@ def _turn(lock: Path, deadline: float) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)  # releases the flock
+
+
+# --- a job buffer whose build waits for stage-in --------------------------------------------------
+# When setup finds too few bricks (Slurm's books ran ahead of ours), it leaves the arguments of the
+# buffer's build here and succeeds; the job's stage-in (StageInTimeout, hours where setup has minutes)
+# builds it once bricks are free, and teardown removes the note of a job cancelled while it waited.
+
+def _deferred_path(work_dir: Path, key: str) -> Path:
+    return work_dir / "deferred" / f"{key}.json"
+
+
+def defer(work_dir: Path, key: str, build: dict[str, Any]) -> None:
+    """Note key's build (Lifecycle.create's keyword arguments, JSON values) for stage-in: atomic, root-only."""
+    path = _deferred_path(work_dir, key)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(build, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def deferred(work_dir: Path, key: str) -> dict[str, Any] | None:
+    """key's deferred build, or None."""
+    try:
+        return json.loads(_deferred_path(work_dir, key).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def forget(work_dir: Path, key: str) -> bool:
+    """Remove key's deferred build; True if there was one."""
+    try:
+        _deferred_path(work_dir, key).unlink()
+        return True
+    except FileNotFoundError:
+        return False

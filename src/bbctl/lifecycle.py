@@ -30,13 +30,13 @@ from bbctl import site as sitecfg
 from bbctl.directives import CreatePersistent, DirectiveError, JobRequest, check_buffer_type
 from bbctl.errors import BBError, Refused
 from bbctl.playbook_vars import CACHE, PRIVATE, SWAP
-from bbctl.pools import Pool, load_pools, pools_document, write_pools_json
+from bbctl.pools import NotEnoughBricks, Pool, load_pools, pools_document, write_pools_json
 from bbctl.site import Site
 from bbctl.stage_meter import StageMeter
 from bbctl.state import Buffer, BufferSpec, BufferState, StateStore, open_store
 
 log = logging.getLogger("bbctl")
-BUILD_RESERVE = 60  # seconds of a setup's budget kept for building the volume when it waits for bricks
+BUILD_RESERVE = 60  # seconds of a build's budget kept for building the volume when it waits for bricks
 USER_META = "user:"  # meta key prefix on a persistent buffer: a job that uses it
 STAGE_MOUNTED = "stage_mounted"  # meta: mounted on the stage host (teardown must unmount it there)
 FAILED_STAGE = "failed_stage"  # meta: the stage whose failure put the buffer in state failed
@@ -144,26 +144,37 @@ class Lifecycle:
                 booked += job.booked_for_swap(request, lambda: self.pool(request.jobdw.pool or pool), swap_nodes)
             capacity = max(request.jobdw.capacity, (size or 0) - booked)
             swap = job.swap_meta(key, request, swap_nodes)
-            meta = {**swap, **job.cache_meta(request)}
-            made.append(self.create(key, uid, gid, capacity + job.swap_bytes(swap), request.jobdw.pool or pool,
-                                    request.jobdw.fs, striped="striped" in request.jobdw.access_modes, meta=meta))
+            build = {"key": key, "uid": uid, "gid": gid, "capacity": capacity + job.swap_bytes(swap),
+                     "pool_name": request.jobdw.pool or pool, "fs": request.jobdw.fs,
+                     "striped": "striped" in request.jobdw.access_modes,
+                     "meta": {**swap, **job.cache_meta(request)}}
+            try:
+                made.append(self.create(**build))
+            except NotEnoughBricks as short:  # Slurm's books ran ahead of ours: build it in stage-in
+                allocation.defer(self.site.work_dir, key, build)
+                self.note(key, "setup", f"{short}; the buffer will be built by stage-in once bricks are free")
         return made
 
     def create(self, key: str, uid: int, gid: int, capacity: int, pool_name: str | None,
                fs: str, *, striped: bool = True, stage: str = "setup",
-               meta: dict[str, Any] | None = None) -> Buffer:
+               meta: dict[str, Any] | None = None, budget: int | None = None,
+               wait: float | None = None) -> Buffer:
         """Allocate bricks, build the file system and mount it on the stage host. Idempotent.
 
         ``striped``: files spread over all bricks (bbctl.layouts), as DataWarp's access_mode=striped.
         ``stage``: what the timing is recorded as (setup, or create-persistent).
+        ``budget``: seconds for waiting for bricks and building (default: the stage's playbook timeout);
+        ``wait``: the most of it spent waiting for bricks (default ``brick_wait``; never into the last
+        BUILD_RESERVE s): NotEnoughBricks when too few came free.
         """
         existing = self.store.get(key)
         if existing is not None and existing.state in BUILT:
             if existing.owner_uid != uid:
                 raise Refused(f"buffer {key} exists and belongs to uid {existing.owner_uid}")
             return existing
+        budget = self._stage_timeout(stage) if budget is None else budget
         with self.timed(key, stage) as meter:
-            waited = 0.0  # seconds spent waiting for bricks: the build gets the rest of the stage's time
+            waited = 0.0  # seconds spent waiting for bricks: the build gets the rest of the budget
             if existing is None:
                 pool = self.pool(pool_name)
                 self._refuse_volume_clash(key)
@@ -171,7 +182,8 @@ class Lifecycle:
                 existing, waited = self._allocate(
                     BufferSpec(key=key, owner_uid=uid, owner_gid=gid, capacity=capacity, fs=fs,
                                bricks=layout.bricks,
-                               meta={layouts.META: layout.to_meta(), **(meta or {})}), pool, stage)
+                               meta={layouts.META: layout.to_meta(), **(meta or {})}), pool, stage,
+                    wait=min(self.site.brick_wait if wait is None else wait, max(0, budget - BUILD_RESERVE)))
                 self.refresh_pools()
                 self.note(key, "setup", f"allocated {len(existing.bricks)} brick(s) of pool {pool.name} "
                            f"({layout.describe()}): " + ", ".join(b.id for b in existing.bricks))
@@ -179,18 +191,16 @@ class Lifecycle:
             buffer = self.store.transition(key, (BufferState.ALLOCATING, BufferState.CREATING, BufferState.FAILED),
                                            BufferState.CREATING, last_error="")
             run = meter.ran(self._run(buffer, "setup", "buffer_create.yml", extra={},
-                                      spent=waited))
+                                      timeout=max(1, budget - int(waited))))
             if run.status != "successful":
                 self._roll_back(buffer, run)
             return self.store.transition(key, BufferState.CREATING, BufferState.CREATED)
 
-    def _allocate(self, spec: BufferSpec, pool: Pool, stage: str) -> tuple[Buffer, float]:
-        """(record, seconds waited): spec's bricks, waiting in turn for them when Slurm's books ran ahead
-        of ours (bbctl.allocation), up to ``brick_wait`` and never into the time the build needs."""
-        wait = min(self.site.brick_wait, max(0, self._stage_timeout(stage) - BUILD_RESERVE))
-
+    def _allocate(self, spec: BufferSpec, pool: Pool, stage: str, *, wait: float) -> tuple[Buffer, float]:
+        """(record, seconds waited): spec's bricks, waiting in turn up to ``wait`` s when Slurm's books ran
+        ahead of ours (bbctl.allocation)."""
         def waiting(short: BBError) -> None:
-            self.note(spec.key, stage, f"waiting up to {wait} s for bricks: {short}")
+            self.note(spec.key, stage, f"waiting up to {wait:.0f} s for bricks: {short}")
 
         return allocation.allocate(self.store, spec, pool, lock=self.site.work_dir / "allocation.lock",
                                    wait=wait, on_wait=waiting)
@@ -235,6 +245,7 @@ class Lifecycle:
 
     def stage_in(self, job_id: str, script: Path | str | None) -> int:
         job_key, request = sitecfg.job_key(job_id), job.read_request(script)
+        self._build_deferred(job_key)
         if not request.stage_in:
             return 0
         for key, specs in playbook_vars.stage_specs(self.site, job_key, request.stage_in).items():
@@ -244,6 +255,21 @@ class Lifecycle:
         if request.jobdw is not None:
             self.store.transition(job_key, BUILT, BufferState.STAGED_IN)
         return len(request.stage_in)
+
+    def _build_deferred(self, job_key: str) -> None:
+        """Build the job buffer setup left to stage-in (bbctl.allocation.defer), waiting for its bricks up
+        to half of stage-in's time (the other half for the build and the copy)."""
+        build = allocation.deferred(self.site.work_dir, job_key)
+        if build is None:
+            return
+        budget = self._stage_timeout("stage-in") // 2
+        self.create(**build, budget=budget, wait=budget)
+        allocation.forget(self.site.work_dir, job_key)
+
+    def has_buffer(self, job_id: str) -> bool:
+        """Whether the job has a buffer of its own: recorded, or left by setup for stage-in to build."""
+        key = sitecfg.job_key(job_id)
+        return self.store.get(key) is not None or allocation.deferred(self.site.work_dir, key) is not None
 
     def real_size(self, job_id: str) -> int:
         """Bytes the job's buffer really has (whole data bricks, not redundancy), 0 without one."""
@@ -365,6 +391,8 @@ class Lifecycle:
         request = job.request_or_empty(script)
         for name in request.persistent:
             self._release_persistent_use(name, key)
+        if allocation.forget(self.site.work_dir, key):
+            self.note(key, "teardown", "the build setup left to stage-in is forgotten")
         buffer = self.store.get(key)
         if buffer is None:
             self.note(key, "teardown", "no buffer recorded: nothing to tear down")
@@ -512,7 +540,7 @@ class Lifecycle:
     def _run(self, buffer: Buffer, stage: str, playbook: str, *, extra: dict[str, Any],
              nodes: Iterable[str] = (), stages: list[dict[str, str]] | None = None,
              job_key: str | None = None, more: dict[str, Any] | None = None,
-             spent: float = 0.0) -> runner.StageRun:
+             timeout: int | None = None) -> runner.StageRun:
         """One playbook run for ``buffer``, recorded (run dir, log lines, progress) under the key of the
         job it serves (``job_key``; the buffer's own key for a run that serves no job)."""
         key = job_key or buffer.key
@@ -531,7 +559,7 @@ class Lifecycle:
             run = runner.run_stage(
                 self.site, key, stage, playbook, extravars=extravars,
                 hosts=sorted({b.server for b in buffer.bricks}), nodes=nodes,
-                timeout=max(1, self._stage_timeout(stage) - int(spent)),
+                timeout=self._stage_timeout(stage) if timeout is None else timeout,
                 on_event=note, cancel=self.cancel)
         self.note(key, stage, f"{run.status} in {run.seconds:.1f} s")
         return run

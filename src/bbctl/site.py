@@ -9,7 +9,7 @@ One YAML file (``--config``, else ``$BBCTL_CONFIG``, else /etc/bbctl/bbctl.yml):
     mount_root: /mnt/bb                   # where compute nodes mount buffers
     slurm_dir: /etc/slurm                 # burst_buffer.lua, bbctl-site.lua, bbctl-pools.json
     keep_runs: 200                        # ansible-runner dirs kept for finished buffers
-    brick_wait: 120                       # seconds setup waits for bricks Slurm counts as free
+    brick_wait: 10                        # seconds setup waits for bricks Slurm counts as free
     stage_workers: 32                     # copy threads per stage (bb_stage's default)
     policy: {max_capacity: 1TiB}          # limits, persistent creators, presets (bbctl.policy)
 
@@ -136,14 +136,15 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "description": "Run directories under `<work_dir>/runs/` kept for buffers that are gone; older ones "
                        "are pruned at each teardown."},
     "brick_wait": {
-        "type": positive_int, "default": 120,
-        "description": "Seconds setup waits for free bricks when a pool has too few (bbctl.allocation). Slurm "
-                       "admits a job on its own books, which run ahead of bbctl's: a torn-down buffer's bricks "
-                       "come free seconds after Slurm frees its space, and a striped buffer's redundancy bricks "
-                       "are not in Slurm's books. Waiting setups take turns (a later, smaller one does not take "
-                       "the bricks an earlier one waits for) and the job stays pending in stage-in; after the wait "
-                       "setup fails and Slurm holds the job. Never more than setup's playbook timeout less 60 s "
-                       "(kept for the build)."},
+        "type": positive_int, "default": 10,
+        "description": "Seconds setup (and create_persistent) waits for free bricks when a pool has too few "
+                       "(bbctl.allocation). Slurm admits a job on its own books, which run ahead of bbctl's: a "
+                       "striped buffer's redundancy bricks are not in them, and a torn-down buffer's bricks come "
+                       "free seconds after Slurm frees its space. After the wait a job buffer's build is left to "
+                       "the job's stage-in, which waits up to half of StageInTimeout for bricks, so the job stays "
+                       "pending in stage-in and runs when they come free; a persistent buffer's creation fails. "
+                       "Waiting builds take turns: a later, smaller one does not take the bricks an earlier one "
+                       "waits for."},
     "stage_workers": {
         "type": positive_int, "default": stage_threads.DEFAULT_WORKERS,
         "description": "Copy threads per stage-in or stage-out (`bb_stage`'s `workers`)."},
@@ -207,7 +208,7 @@ class Site:
     slurm_dir: Path | None = None
     burst_buffer_conf: Path | None = None
     keep_runs: int = 200
-    brick_wait: int = 120  # seconds
+    brick_wait: int = 10  # seconds
     stage_workers: int = stage_threads.DEFAULT_WORKERS
     policy: Policy = field(default_factory=Policy)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)

@@ -163,7 +163,7 @@ def _has_session(life: Lifecycle, args: argparse.Namespace) -> bool:
 
     "No matching session" is success to Slurm: it must never stand for staging skipped.
     """
-    return life.store.get(site.job_key(args.token)) is not None or bool(read_request(args.job).persistent)
+    return life.has_buffer(args.token) or bool(read_request(args.job).persistent)
 
 
 def _real_size(life: Lifecycle, args: argparse.Namespace) -> int:

@@ -69,6 +69,10 @@ class FakeLife:
         self.calls: list[tuple[str, tuple, dict]] = []
         self.returns = returns or {}
         self.store = SimpleNamespace(get=lambda key: object() if key in existing else None)
+        self.existing = existing
+
+    def has_buffer(self, job_id: str) -> bool:  # a question, not a stage: not recorded in calls
+        return job_id in self.existing
 
     def __getattr__(self, name: str):
         def record(*args: Any, **kwargs: Any) -> Any:

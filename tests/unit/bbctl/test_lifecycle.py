@@ -122,15 +122,46 @@ def test_setup_waits_for_bricks_a_teardown_is_releasing(config, recorder, monkey
     assert recorder.runs[-1]["timeout"] <= 90 - 1  # the build gets what is left of OtherTimeout's 90 s
 
 
-def test_setup_gives_up_after_its_wait_and_allocates_nothing(config, recorder, monkeypatch, tmp_path):
+STAGE_IN_LINE = "#DW stage_in type=file source=/pfs/a destination=$DW_JOB_STRIPED/a"
+
+
+def test_setup_short_of_bricks_leaves_the_build_to_stage_in(config, recorder, monkeypatch, tmp_path):
     life = waiting_life(config, monkeypatch, 1)
-    life.setup("41", UID, GID, script(tmp_path, "#DW jobdw capacity=20GiB access_mode=private"))
-    began = time.monotonic()
-    with pytest.raises(BBError, match="not enough free bricks in pool 'nvme': 2 needed, 1 free"):
-        life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=8GiB access_mode=private"))
-    assert 0.9 <= time.monotonic() - began < 5
-    assert life.store.get("42") is None
-    assert json.loads(config.pools_json.read_text())["pools"][0]["free"] == 1
+    life.setup("41", UID, GID, script(tmp_path, "#DW jobdw capacity=24GiB access_mode=private"))  # all 6
+    assert life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=4GiB")) == []
+    assert life.store.get("42") is None and life.has_buffer("42") and not life.has_buffer("43")
+    assert json.loads(config.pools_json.read_text())["pools"][0]["free"] == 0  # nothing more taken
+    assert recorder.playbooks() == ["buffer_create.yml"]  # job 41's only
+
+
+def test_stage_in_builds_the_deferred_buffer_once_bricks_come_free_then_stages(config, recorder, monkeypatch,
+                                                                               tmp_path):
+    life = waiting_life(config, monkeypatch, 1)
+    life.setup("41", UID, GID, script(tmp_path, "#DW jobdw capacity=24GiB access_mode=private"))
+    job = script(tmp_path, "#DW jobdw capacity=4GiB", STAGE_IN_LINE)
+    life.setup("42", UID, GID, job)
+    threading.Timer(1.2, lambda: lc.Lifecycle(config).teardown("41", None, hurry=False)).start()
+    assert life.stage_in("42", job) == 1
+    assert recorder.playbooks()[-3:] == ["buffer_destroy.yml", "buffer_create.yml", "stage_in.yml"]
+    build = recorder.runs[-2]
+    assert build["key"] == "42" and build["timeout"] < life._stage_timeout("stage-in") // 2
+    assert life.store.get("42").state is BufferState.STAGED_IN and not life.has_buffer("43")
+    life.stage_in("42", job)  # again: nothing left to build
+    assert recorder.playbooks().count("buffer_create.yml") == 2
+
+
+def test_a_deferred_build_that_never_gets_bricks_fails_stage_in_with_the_shortage(config, recorder, monkeypatch,
+                                                                                  tmp_path):
+    life = waiting_life(config, monkeypatch, 1)
+    life.setup("41", UID, GID, script(tmp_path, "#DW jobdw capacity=24GiB access_mode=private"))
+    job = script(tmp_path, "#DW jobdw capacity=4GiB", STAGE_IN_LINE)
+    life.setup("42", UID, GID, job)
+    monkeypatch.setattr(lc.Lifecycle, "_stage_timeout", lambda self, stage: 4)
+    with pytest.raises(BBError, match="not enough free bricks in pool 'nvme': 1 needed, 0 free"):
+        life.stage_in("42", job)
+    assert life.store.get("42") is None and life.has_buffer("42")  # Slurm holds it; teardown forgets it
+    assert life.teardown("42", job, hurry=False) is False
+    assert not life.has_buffer("42")
 
 
 def test_setup_again_builds_nothing_twice(life, recorder, tmp_path):
