@@ -123,6 +123,14 @@ def _print_status(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in commands.DETACHED:
+        from bbctl import detach
+
+        return detach.run_detached(lambda: _main(args))
+    return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "testbed":
             return _run_testbed(args)

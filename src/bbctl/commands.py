@@ -30,6 +30,8 @@ class Reported:
     exit_code: int
 
 
+# Commands that must run to their end even if Slurm kills the script that started them (bbctl.detach).
+DETACHED = frozenset({"teardown"})
 JOB_STAGES = ("setup", "stage-in", "real-size", "paths", "pre-run", "post-run", "stage-out", "teardown")
 
 
@@ -162,7 +164,13 @@ def run(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def on_sigterm(action: Callable[[], None]) -> Iterator[None]:
-    """Slurm ends a stage that runs out of time with SIGTERM: stop the playbook, then report."""
+    """Slurm ends a stage that runs out of time with SIGTERM: stop the playbook, then report.
+
+    A teardown run by bbctl.detach ignores SIGTERM on purpose: it stays deaf.
+    """
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
     previous = signal.signal(signal.SIGTERM, lambda _sig, _frame: action())
     try:
         yield

@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bbctl import host, runner, site
+from bbctl import detach, host, runner, site
 from bbctl.collection import sizes
-from bbctl.commands import log_to_file, on_sigterm, slurm_env, slurm_node_count, slurm_nodes
+from bbctl.commands import DETACHED, log_to_file, on_sigterm, slurm_env, slurm_node_count, slurm_nodes
 from bbctl.datawarp.program import LifecycleFactory, Parser, fail, leading_config
 from bbctl.datawarp.sessions import configurations_document, instances_document, sessions_document
 from bbctl.errors import BBError
@@ -289,6 +289,12 @@ def main(argv: Sequence[str] | None = None, *, lifecycle: LifecycleFactory = ope
         config, args = parse_dw_wlm_cli(sys.argv[1:] if argv is None else argv)
     except BBError as exc:  # already names the function (or is Slurm's "invalid function")
         return fail(str(exc), exc.exit_code)
+    if args.function in DETACHED and lifecycle is open_lifecycle:  # unit tests' recording Lifecycle runs here
+        return detach.run_detached(lambda: _run(lifecycle, config, args))
+    return _run(lifecycle, config, args)
+
+
+def _run(lifecycle: LifecycleFactory, config: Path | None, args: argparse.Namespace) -> int:
     try:
         life = lifecycle(config)
         code = FUNCTIONS[args.function](life, args)

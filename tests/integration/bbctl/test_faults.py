@@ -1,0 +1,245 @@
+"""Faults injected for real at a named moment of a job's life (issue 11's fault matrix).
+
+Each test submits a job as the unprivileged user through burst_buffer/lua, waits for the moment in
+bbctl's log or record, injects the fault on the test bed (a glusterd killed or stopped, bbctl killed,
+slurmctld restarted, the stage host's mount taken away, a brick filled), and then checks what the
+matrix asks: the job either runs, or ends held with a reason that names the cause; no stage waits
+past its timeout; the user's data on the "PFS" is untouched (checksums before and after); and once
+the fault is gone, ``bbctl gc --repair`` leaves no volume, brick directory, mount or record.
+The figures (how many runs, what held) are in docs/RELIABILITY.md, "Faults".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bbctl import host
+from bbctl.testbed import slurm as testbed_slurm
+from bbctl.testbed import storage
+from bbctl.testbed.config import TestbedConfig
+from tests.conftest import TESTBED_ROOT
+from tests.integration.bbctl.slurmjobs import (
+    ENV,
+    bbctl,
+    job_fields,
+    leftovers,
+    submit,
+    wait_for,
+    wait_torn_down,
+    write_job,
+)
+
+pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("lua_slurm")]
+
+LOG = TESTBED_ROOT / "bbctl" / "bbctl.log"
+
+
+def log_line(job: int, pattern: str, timeout: float = 180) -> str:
+    """The first line of bbctl's log for job matching pattern (a regex), waiting for it."""
+    wanted = re.compile(rf" {job} {pattern}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in LOG.read_text(errors="replace").splitlines():
+            if wanted.search(line):
+                return line
+        time.sleep(0.2)
+    raise AssertionError(f"job {job}: no log line {pattern!r} within {timeout:.0f} s")
+
+
+def held(job: int, timeout: float = 300) -> dict[str, str]:
+    """Wait until Slurm holds the job (pending, priority 0) and return its fields."""
+    deadline = time.monotonic() + timeout
+    fields: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        fields = job_fields(job)
+        if fields.get("JobState") == "PENDING" and fields.get("Priority") == "0":
+            return fields
+        assert fields.get("JobState") not in ("COMPLETED", "FAILED"), f"job {job} was not held: {fields}"
+        time.sleep(1)
+    raise AssertionError(f"job {job} was not held within {timeout:.0f} s: {fields.get('JobState')} "
+                         f"({fields.get('Reason')})")
+
+
+def cancel_and_check_nothing_left(job: int) -> None:
+    subprocess.run(["scancel", str(job)], env=ENV, check=True)
+    wait_torn_down(job, timeout=300)
+    repaired = bbctl("gc", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert leftovers(f"bbjob-{job}") == []
+    assert bbctl("show", str(job)).returncode == 3 or json.loads(bbctl("show", str(job)).stdout)["torn_down"]
+
+
+def tree(root: Path, files: int, size: int) -> dict[str, str]:
+    """files files of size bytes under root, owned by the user: {relative path: sha256}."""
+    root.mkdir()
+    owner = root.parent.stat()
+    sums = {}
+    for n in range(files):
+        data = hashlib.sha256(str(n).encode()).digest() * (size // 32)
+        path = root / f"f{n:05d}"
+        path.write_bytes(data)
+        os.chown(path, owner.st_uid, owner.st_gid)
+        sums[path.name] = hashlib.sha256(data).hexdigest()
+    os.chown(root, owner.st_uid, owner.st_gid)
+    return sums
+
+
+def sums_of(root: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.iterdir()}
+
+
+def config() -> TestbedConfig:
+    return TestbedConfig.load(TESTBED_ROOT)
+
+
+def node(index: int):
+    return config().nodes[index - 1]
+
+
+def glusterd_pid(index: int) -> int:
+    pid = host.read_pid(node(index).pid_file)
+    assert pid, f"glusterd of node {index} is not running"
+    return pid
+
+
+def restart_glusterd(index: int) -> None:
+    storage.start_glusterd(node(index))
+    storage.ensure_peers(config().nodes)
+
+
+def stage_pid(job: int, stage: str, timeout: float = 180) -> int:
+    """The pid of the bbctl process running job's stage, from its record's stage_now."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shown = bbctl("show", str(job))
+        now = json.loads(shown.stdout).get("stage_now") if shown.returncode == 0 else None
+        if now and now.get("stage") == stage and now.get("pid"):
+            return int(now["pid"])
+        time.sleep(0.2)
+    raise AssertionError(f"job {job}: {stage} never showed its pid")
+
+
+STRIPED_JOB = """\
+#BB_LUA jobdw capacity=8GiB pool=nvme access_mode=striped type=scratch
+hostname
+"""
+
+
+def test_glusterd_killed_during_setup_holds_the_job_and_gc_leaves_nothing(user_dir):
+    job = submit(write_job(user_dir, "job.sh", STRIPED_JOB))  # disperse 2+1: a brick on every server
+    log_line(job, r"setup: allocated")
+    os.kill(glusterd_pid(3), signal.SIGKILL)
+    try:
+        fields = held(job)
+        assert "setup" in fields["Reason"], fields["Reason"]
+    finally:
+        restart_glusterd(3)
+    cancel_and_check_nothing_left(job)
+
+
+def test_glusterd_stopped_5_s_during_setup_is_waited_out_and_the_job_runs(user_dir):
+    job = submit(write_job(user_dir, "job.sh", STRIPED_JOB))
+    log_line(job, r"setup: allocated")
+    pid = glusterd_pid(3)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(5)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert wait_for(job, {"COMPLETED", "PENDING"}, timeout=300)["JobState"] == "COMPLETED", job_fields(job)
+    wait_torn_down(job, timeout=180)
+    assert leftovers(f"bbjob-{job}") == []
+
+
+def test_bbctl_killed_during_stage_in_holds_the_job_and_leaves_the_source_as_it_was(user_dir):
+    source = user_dir / "in"
+    before = tree(source, 1500, 4096)  # many small files into a dispersed buffer: stage-in takes a while
+    job = submit(write_job(user_dir, "job.sh", f"""\
+#BB_LUA jobdw capacity=8GiB pool=nvme access_mode=striped type=scratch
+#BB_LUA stage_in type=directory source={source} destination=$DW_JOB_STRIPED/in
+hostname
+"""))
+    os.kill(stage_pid(job, "stage-in"), signal.SIGKILL)
+    fields = held(job)
+    assert "data_in" in fields["Reason"], fields["Reason"]
+    assert sums_of(source) == before
+    cancel_and_check_nothing_left(job)
+
+
+def test_slurmctld_restarted_during_stage_in_the_job_still_ends(user_dir):
+    source = user_dir / "in"
+    before = tree(source, 1500, 4096)
+    job = submit(write_job(user_dir, "job.sh", f"""\
+#BB_LUA jobdw capacity=8GiB pool=nvme access_mode=striped type=scratch
+#BB_LUA stage_in type=directory source={source} destination=$DW_JOB_STRIPED/in
+ls $DW_JOB_STRIPED/in | wc -l > {user_dir}/count
+"""))
+    stage_pid(job, "stage-in")
+    testbed = config()
+    os.kill(host.read_pid(testbed.slurm_dir / "slurmctld.pid"), signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while host.read_pid(testbed.slurm_dir / "slurmctld.pid") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    testbed_slurm.start_slurm(testbed)
+    ended = wait_for(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=600)
+    assert ended["JobState"] == "COMPLETED", ended
+    assert (user_dir / "count").read_text().strip() == "1500"
+    assert sums_of(source) == before
+    wait_torn_down(job, timeout=180)
+    assert leftovers(f"bbjob-{job}") == []
+
+
+def test_the_stage_hosts_mount_gone_mid_copy_ends_the_stage_and_leaves_nothing(user_dir):
+    source = user_dir / "in"
+    before = tree(source, 1500, 4096)
+    job = submit(write_job(user_dir, "job.sh", f"""\
+#BB_LUA jobdw capacity=8GiB pool=nvme access_mode=striped type=scratch
+#BB_LUA stage_in type=directory source={source} destination=$DW_JOB_STRIPED/in
+ls $DW_JOB_STRIPED/in | wc -l > {user_dir}/count
+"""))
+    stage_pid(job, "stage-in")
+    mount = TESTBED_ROOT / "bbctl" / "stage" / f"bbjob-{job}"
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+    fields = wait_for(job, {"COMPLETED", "PENDING"}, timeout=300)
+    if fields["JobState"] == "PENDING":  # the stage failed: held, with the reason
+        fields = held(job)
+        assert "data_in" in fields["Reason"], fields["Reason"]
+        cancel_and_check_nothing_left(job)
+    else:  # the copy went on through libgfapi: then every file must have arrived
+        assert (user_dir / "count").read_text().strip() == "1500"
+        wait_torn_down(job, timeout=180)
+        assert leftovers(f"bbjob-{job}") == []
+    assert sums_of(source) == before
+
+
+def test_a_brick_full_during_stage_in_holds_the_job_with_the_reason(user_dir):
+    source = user_dir / "in"
+    before = tree(source, 8, 4 * 1024 * 1024)
+    job = submit(write_job(user_dir, "job.sh", f"""\
+#BB_LUA jobdw capacity=4GiB pool=nvme access_mode=striped type=scratch
+#BB_LUA stage_in type=directory source={source} destination=$DW_JOB_STRIPED/in
+hostname
+"""))
+    line = log_line(job, r"setup: allocated 1 brick\(s\)")
+    server, brick = re.search(r": (bbnode\d+):(\S+)", line).groups()
+    filler = Path(brick) / ".filler"  # beside the buffer's brick directory, on the brick's XFS
+    free = os.statvfs(brick)
+    subprocess.run(["fallocate", "-l", str(max(free.f_bavail * free.f_frsize - 8 * 1024 * 1024, 0)),
+                    str(filler)], check=True)
+    try:
+        fields = held(job)
+        assert "data_in" in fields["Reason"], fields["Reason"]
+        assert re.search(r"No space|quota|ENOSPC|EDQUOT", fields["Reason"], re.I), fields["Reason"]
+        assert sums_of(source) == before
+    finally:
+        filler.unlink()
+    cancel_and_check_nothing_left(job)

@@ -1,0 +1,87 @@
+"""bbctl.detach: a teardown outlives the script Slurm kills, with real processes and signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bbctl import commands, detach
+
+REPO = Path(__file__).resolve().parents[3]
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from bbctl import detach
+
+def work():
+    print("working", flush=True)
+    time.sleep(float(sys.argv[2]))
+    Path(sys.argv[1]).write_text("finished")
+    print("done")  # after the caller died: must not break the work
+    return 7
+
+sys.exit(detach.run_detached(work))
+"""
+
+
+def start(marker: Path, seconds: float) -> subprocess.Popen[str]:
+    """A process as Slurm starts a stage script: in a process group of its own, output piped."""
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(marker), str(seconds)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+
+
+def wait_for(path: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_caller_gets_the_work_s_exit_code_and_output(tmp_path):
+    proc = start(tmp_path / "marker", 0.1)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 7, err
+    assert out.splitlines() == ["working", "done"]
+    assert (tmp_path / "marker").read_text() == "finished"
+
+
+def test_killing_the_callers_process_group_does_not_stop_the_work(tmp_path):
+    proc = start(tmp_path / "marker", 1.5)
+    assert proc.stdout.readline() == "working\n"  # the work has started
+    os.killpg(proc.pid, signal.SIGKILL)  # what slurmscriptd does to a script it terminates
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "marker").exists()
+    assert wait_for(tmp_path / "marker", 30), "the detached work was killed with its caller"
+
+
+def test_sigterm_to_the_caller_and_its_group_is_ignored_by_the_work(tmp_path):
+    proc = start(tmp_path / "marker", 1.0)
+    assert proc.stdout.readline() == "working\n"
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert wait_for(tmp_path / "marker", 30)
+
+
+def test_a_command_that_ignores_sigterm_stays_deaf_inside_on_sigterm():
+    cancelled = []
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with commands.on_sigterm(lambda: cancelled.append(True)):
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert cancelled == []
+
+
+def test_teardown_is_the_detached_command():
+    assert commands.DETACHED == {"teardown"} and detach.IGNORED == (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
