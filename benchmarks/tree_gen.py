@@ -46,7 +46,7 @@ class Made:
 
 
 def weighted(rng: random.Random, choices: list[tuple[int, int]]) -> int:
-    values, weights = zip(*choices)
+    values, weights = zip(*choices, strict=True)
     return rng.choices(values, weights)[0]
 
 

@@ -12,6 +12,7 @@ parts live in a file each, by subject:
 - stage_plan.py: walk the source, compare with the destination: the skip rule that makes a
   stage resumable, stage-out's temporary names, symlinks that may not lead out of the buffer.
 - stage_copy.py: carry the plan out: directories, files in chunks, links, directory times.
+- stage_hardlinks.py: hard links kept as links: the rule for a group, and making the links.
 - stage_gfapi.py: small new files of a stage-in straight into a GlusterFS volume (gfapi.py).
 - stage_threads.py: the crew of threads the planner and the copier share (concurrent.futures).
 - stage_progress.py: progress counters and the progress file bbctl reads.
@@ -72,7 +73,8 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
     try:
         plan = Planner(request, crew, buffer_dev).run()
         result = {"files": len(plan.files), "bytes": plan.bytes, "complete": plan.complete,
-                  "links": len(plan.links), "directories": sum(not d.exists for d in plan.dirs)}
+                  "links": len(plan.links), "hardlinks": len(plan.hardlinks), "hardlinks_copied": 0,
+                  "directories": sum(not d.exists for d in plan.dirs)}
         if dry_run:
             result["planned"] = plan.summary()
         else:
@@ -82,6 +84,7 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
                             progress, fast)
             copier.run()
             result.update(files=copier.copied, bytes=copier.copied_bytes, links=copier.links,
+                          hardlinks=copier.hardlinker.made, hardlinks_copied=copier.hardlinker.copied,
                           directories=copier.created_dirs,
                           gfapi_files=fast.files if fast else 0, gfapi_unused=why_not)
             if report is not None:

@@ -2,7 +2,7 @@
 # Copyright: hpc.burstbuffer developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Carrying out a plan: directories, then files in chunks and links, then directory times.
+"""Carrying out a plan: directories, then files in chunks, hard links and symlinks, then directory times.
 
 Why it copies as it does (figures in docs/BENCHMARKS.md, "Staging"):
 
@@ -33,6 +33,8 @@ import stat
 import threading
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError, as_user, describe_error
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_hardlinks import HardLinker
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_plan import FilePlan
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_progress import Progress
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import O_READ, is_inside
 
@@ -135,6 +137,8 @@ class Copier:
         self.copied_bytes = 0
         self.links = 0
         self.created_dirs = 0
+        self.failed_destinations = set()  # files that failed: their hard links fail too
+        self.hardlinker = HardLinker(self)
         self.local = threading.local()
         self.pipes = []
         self.splice = hasattr(os, "splice")
@@ -144,6 +148,7 @@ class Copier:
         runnable = [f for f in self.plan.files if not under_any(f.destination, failed_dirs)]
         self.crew.map_unordered(self.run_chunk, chunk_tasks(order_files(runnable, self.chunk_size),
                                                             self.chunk_size))
+        self.hardlinker.run(self.plan.hardlinks, failed_dirs)
         links = [link for link in self.plan.links if not under_any(link.destination, failed_dirs)]
         self.crew.map_unordered(self.make_link, links)
         self.finish_directories(failed_dirs)
@@ -151,9 +156,23 @@ class Copier:
             for fd in pipe:
                 close_quietly(fd)
 
-    def record_failure(self, path, reason):
+    def record_failure(self, path, reason, destination=None):
         with self.lock:
             self.plan.fail(path, reason)
+            if destination is not None:
+                self.failed_destinations.add(destination)
+
+    @staticmethod
+    def under_failed(path, failed_dirs):
+        return under_any(path, failed_dirs)
+
+    def copy_whole(self, source, destination, size, replace, temp):
+        """One file copied in this thread, all its pieces (a hard link the kernel cannot make)."""
+        plan = FilePlan(source, destination, size, replace, temp, temp is not None and os.path.lexists(temp))
+        pieces = chunk_ranges(size, self.chunk_size)
+        copy = FileCopy(plan, len(pieces))
+        for offset, length in pieces:
+            self.run_chunk((copy, offset, length))
 
     # directories ------------------------------------------------------------------------------
 
@@ -261,14 +280,15 @@ class Copier:
         try:
             info, data = read_small(plan)
         except OSError as exc:
-            self.record_failure(plan.source, "cannot read%s" % as_user(exc))
+            self.record_failure(plan.source, "cannot read%s" % as_user(exc), plan.destination)
         except StageError as exc:
-            self.record_failure(plan.source, str(exc))
+            self.record_failure(plan.source, str(exc), plan.destination)
         else:
             try:
                 self.fast.write(plan.destination, data, info, self.local)
             except OSError as exc:
-                self.record_failure(plan.source, "cannot write %s%s" % (plan.destination, as_user(exc)))
+                self.record_failure(plan.source, "cannot write %s%s" % (plan.destination, as_user(exc)),
+                                    plan.destination)
             else:
                 with self.lock:
                     self.copied += 1
@@ -353,7 +373,7 @@ class Copier:
         if error is not None:
             if copy.dst is not None:
                 unlink_quietly(copy.target)
-            self.record_failure(plan.source, error)
+            self.record_failure(plan.source, error, plan.destination)
             self.progress.add(files=1)
             return
         with self.lock:
