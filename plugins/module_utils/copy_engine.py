@@ -72,6 +72,7 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
     crew = Crew(workers)
     try:
         plan = Planner(request, crew, buffer_dev).run()
+        plan_done = time.monotonic()
         result = {"files": len(plan.files), "bytes": plan.bytes, "complete": plan.complete,
                   "links": len(plan.links), "hardlinks": len(plan.hardlinks), "hardlinks_copied": 0,
                   "directories": sum(not d.exists for d in plan.dirs)}
@@ -92,9 +93,24 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
     finally:
         crew.close()
         os.umask(umask)
-    result.update(seconds=round(time.monotonic() - start, 3), failed_files=plan.failed,
-                  not_copied=plan.not_copied)
+    result.update(seconds=round(time.monotonic() - start, 3), plan_seconds=round(plan_done - start, 3),
+                  peak_rss_kib=peak_rss_kib(), failed_files=plan.failed, not_copied=plan.not_copied)
     return result
+
+
+def peak_rss_kib():
+    """This process's peak resident memory (VmHWM, KiB), or None where /proc does not say.
+
+    In the forked worker it includes what the worker shares with its parent (the module's
+    Python, about 30 MiB), so a stage's own cost is this less the parent's."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def buffer_device(buffer_root):

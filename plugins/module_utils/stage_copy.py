@@ -31,6 +31,7 @@ import os
 import posixpath
 import stat
 import threading
+from collections import namedtuple
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError, as_user, describe_error
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_hardlinks import HardLinker
@@ -83,20 +84,28 @@ def order_files(files, chunk_size):
 
 
 def chunk_tasks(files, chunk_size):
-    """(FileCopy, offset, length) for every piece; the pieces of large files round-robin.
+    """A Piece for every piece of a large file, round-robin, then the small files' FilePlans.
 
     One file's pieces are written under that file's inode lock in the kernel, so pieces of
-    different files in flight at once go faster than many pieces of one file.
+    different files in flight at once go faster than many pieces of one file. A small file is
+    its own task: its FileCopy (about 300 bytes with its lock) is made when a thread takes it,
+    so a stage of 200,000 small files never holds 200,000 of them (docs/BENCHMARKS.md, "Trees
+    as users have them").
     """
-    per_file = []
+    large = []
+    small = []
     for plan in files:
+        if plan.size <= chunk_size:
+            small.append(plan)
+            continue
         pieces = chunk_ranges(plan.size, chunk_size)
         copy = FileCopy(plan, len(pieces))
-        per_file.append([(copy, offset, length) for offset, length in pieces])
-    large = [tasks for tasks in per_file if len(tasks) > 1]
-    small = [tasks[0] for tasks in per_file if len(tasks) == 1]
+        large.append([Piece(copy, offset, length) for offset, length in pieces])
     rounds = itertools.zip_longest(*large)
     return [task for batch in rounds for task in batch if task is not None] + small
+
+
+Piece = namedtuple("Piece", ["copy", "offset", "length"])  # of a FileCopy shared by its pieces
 
 
 class FileCopy:
@@ -172,7 +181,7 @@ class Copier:
         pieces = chunk_ranges(size, self.chunk_size)
         copy = FileCopy(plan, len(pieces))
         for offset, length in pieces:
-            self.run_chunk((copy, offset, length))
+            self.run_chunk(Piece(copy, offset, length))
 
     # directories ------------------------------------------------------------------------------
 
@@ -226,7 +235,11 @@ class Copier:
     # files --------------------------------------------------------------------------------------
 
     def run_chunk(self, task):
-        copy, offset, length = task
+        """One Piece of a large file, or a small file's FilePlan (one piece, made here)."""
+        if isinstance(task, Piece):
+            copy, offset, length = task
+        else:
+            copy, offset, length = FileCopy(task, 1), 0, task.size
         if self.fast is not None and self.fast.takes(copy.plan):
             self.copy_through_gfapi(copy)
             return

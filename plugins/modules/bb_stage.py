@@ -231,6 +231,17 @@ seconds:
   returned: always
   type: float
   sample: 4.8
+plan_seconds:
+  description: Of RV(seconds), those spent planning (walking source and destination).
+  returned: when the stage ran
+  type: float
+  sample: 0.6
+peak_rss_kib:
+  description: Peak resident memory of the copy worker in KiB (VmHWM; includes the about 30 MiB
+    it shares with the module's Python). The plan holds every entry to copy, so it grows with them.
+  returned: when the stage ran
+  type: int
+  sample: 65536
 directories:
   description: Directories created (in check mode, that would be created).
   returned: always
