@@ -6,7 +6,8 @@ DIR is a directory on the filesystem to measure (for the local figures in docs/B
 XFS image of our own on a loop device; for a GlusterFS buffer, a directory of its FUSE mount:
 then the engine writes small files through libgfapi, as a stage-in does). For each size it
 generates one tree with ``tree_gen.py`` (1 KiB files, every feature, owned by bbuser) in
-DIR/src-N, then copies it to DIR/dst as bbuser, the tools alternating and their order rotating
+SRC/src-N (``--source-root``, default DIR: the parallel filesystem's side), then copies it to
+DIR/dst as bbuser, the tools alternating and their order rotating
 each round: the engine through ``copy_engine.stage_as_user`` (its forked worker reports how long
 planning took and its peak RSS), ``cp -a`` and ``rsync -aH`` through ``setpriv``. Sources are read
 once beforehand (warm page cache for all) and ``sync`` runs before each copy, whose time includes
@@ -75,9 +76,9 @@ def warm(source: Path) -> None:
     subprocess.run(["tar", "-cf", "/dev/null", "-C", str(source), "."], check=True)  # reads everything
 
 
-def measure(root: Path, files: int, rounds: int, workers: int, per_dir: int) -> dict:
+def measure(root: Path, files: int, rounds: int, workers: int, per_dir: int, sources: Path) -> dict:
     owner = pwd.getpwnam(USER)
-    source = root / f"src-{files}-{per_dir}"
+    source = sources / f"src-{files}-{per_dir}"
     if not source.exists():
         tree_gen.generate(source, files, size=1024, seed=1, per_dir=per_dir, owner=(owner.pw_uid, owner.pw_gid))
     destination = root / "dst"
@@ -123,6 +124,7 @@ def table(results: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, required=True, help="a directory on the filesystem to measure")
+    parser.add_argument("--source-root", type=Path, help="where the sources are made (default: --root)")
     parser.add_argument("--files", type=int, nargs="+", default=[10_000, 200_000])
     parser.add_argument("--per-dir", type=int, nargs="+", default=[100], help="files per leaf directory")
     parser.add_argument("--rounds", type=int, default=3)
@@ -130,16 +132,19 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated sources")
     args = parser.parse_args()
     owner = pwd.getpwnam(USER)
-    os.chown(args.root, owner.pw_uid, owner.pw_gid)
+    sources = args.source_root or args.root
+    for directory in {args.root, sources}:
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chown(directory, owner.pw_uid, owner.pw_gid)
     results = []
     try:
         for files in args.files:
             for per_dir in args.per_dir:
-                results.append(measure(args.root, files, args.rounds, args.workers, per_dir))
+                results.append(measure(args.root, files, args.rounds, args.workers, per_dir, sources))
                 print(json.dumps(results[-1]), flush=True)
     finally:
         if not args.keep:
-            for path in args.root.glob("src-*"):
+            for path in sources.glob("src-*"):
                 shutil.rmtree(path, ignore_errors=True)
     print(f"\n{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d')}, workers {args.workers}, {args.rounds} rounds\n")
