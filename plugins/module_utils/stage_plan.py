@@ -89,7 +89,6 @@ class Planner:
         self.lock = threading.Lock()
         self.groups = {}  # (st_dev, st_ino) -> [LinkMember]: files with more than one name
 
-
     @property
     def outward(self):
         return self.request.direction == "out"
