@@ -12,6 +12,7 @@ parts live in a file each, by subject:
 - stage_plan.py: walk the source, compare with the destination: the skip rule that makes a
   stage resumable, stage-out's temporary names, symlinks that may not lead out of the buffer.
 - stage_copy.py: carry the plan out: directories, files in chunks, links, directory times.
+- stage_hardlinks.py: hard links kept as links: the rule for a group, and making the links.
 - stage_gfapi.py: small new files of a stage-in straight into a GlusterFS volume (gfapi.py).
 - stage_threads.py: the crew of threads the planner and the copier share (concurrent.futures).
 - stage_progress.py: progress counters and the progress file bbctl reads.
@@ -71,8 +72,10 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
     crew = Crew(workers)
     try:
         plan = Planner(request, crew, buffer_dev).run()
+        plan_done = time.monotonic()
         result = {"files": len(plan.files), "bytes": plan.bytes, "complete": plan.complete,
-                  "links": len(plan.links), "directories": sum(not d.exists for d in plan.dirs)}
+                  "links": len(plan.links), "hardlinks": len(plan.hardlinks), "hardlinks_copied": 0,
+                  "directories": sum(not d.exists for d in plan.dirs)}
         if dry_run:
             result["planned"] = plan.summary()
         else:
@@ -82,6 +85,7 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
                             progress, fast)
             copier.run()
             result.update(files=copier.copied, bytes=copier.copied_bytes, links=copier.links,
+                          hardlinks=copier.hardlinker.made, hardlinks_copied=copier.hardlinker.copied,
                           directories=copier.created_dirs,
                           gfapi_files=fast.files if fast else 0, gfapi_unused=why_not)
             if report is not None:
@@ -89,9 +93,24 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
     finally:
         crew.close()
         os.umask(umask)
-    result.update(seconds=round(time.monotonic() - start, 3), failed_files=plan.failed,
-                  not_copied=plan.not_copied)
+    result.update(seconds=round(time.monotonic() - start, 3), plan_seconds=round(plan_done - start, 3),
+                  peak_rss_kib=peak_rss_kib(), failed_files=plan.failed, not_copied=plan.not_copied)
     return result
+
+
+def peak_rss_kib():
+    """This process's peak resident memory (VmHWM, KiB), or None where /proc does not say.
+
+    In the forked worker it includes what the worker shares with its parent (the module's
+    Python, about 30 MiB), so a stage's own cost is this less the parent's."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def buffer_device(buffer_root):

@@ -10,9 +10,9 @@ process: a file is created by handle in its parent directory (no lookup of the
 path), written and given its times: three calls instead of six, and no kernel
 round trips.
 
-Only what stage-in needs: the calls below, in the versions GlusterFS 10.3
-exports as default (ctypes binds those). Identity: gfapi sends the bricks the
-uid, gid and groups set with ``glfs_setfsuid``/``glfs_setfsgid``/
+Only what stage-in needs (new small files, and hard links to them: ``Volume.link``):
+the calls below, in the versions GlusterFS 10.3 exports as default (ctypes binds
+those). Identity: gfapi sends the bricks the uid, gid and groups set with ``glfs_setfsuid``/``glfs_setfsgid``/
 ``glfs_setfsgroups`` for the calling thread; the copy worker runs as the job's
 user and sets the same per thread, so files are created and checked as the user.
 """
@@ -22,6 +22,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import ctypes
+import errno
 import os
 import platform
 import threading
@@ -118,6 +119,7 @@ class Api:
                                            ctypes.c_size_t, ctypes.c_long)
             self.h_setattrs = _bind(lib, "glfs_h_setattrs", ci, vp, vp, ctypes.POINTER(Stat), ci)
             self.h_unlink = _bind(lib, "glfs_h_unlink", ci, vp, vp, cp)
+            self.h_link = _bind(lib, "glfs_h_link", ci, vp, vp, vp, cp)
             self.h_close = _bind(lib, "glfs_h_close", ci, vp)
             self.h_open = _bind(lib, "glfs_h_open", vp, vp, vp, ci)
             self.write = _bind(lib, "glfs_write", ctypes.c_ssize_t, vp, vp, ctypes.c_size_t, ci)
@@ -232,6 +234,36 @@ class Volume:
             raise
         finally:
             api.h_close(handle)
+
+    def link(self, leader_parent, leader_name, parent, name):
+        """A new name ``name`` in directory handle ``parent`` for the regular file ``leader_name`` of
+        directory handle ``leader_parent`` (glfs_h_link), checked afterwards: a lookup of the new
+        name must find the leader's inode, else the name is removed and EIO raised. Raises
+        OSError with the errno of the call that failed (EEXIST: the name is taken)."""
+        api = self.api
+        leader_raw, raw = leader_name.encode("utf-8", "surrogateescape"), name.encode("utf-8", "surrogateescape")
+        leader, leader_stat = self._lookup(leader_parent, leader_raw, leader_name)
+        try:
+            if leader_stat.st_mode & 0o170000 != 0o100000:
+                raise OSError(errno.EIO, "%s is no longer a regular file" % leader_name, leader_name)
+            if api.h_link(self.fs, leader, parent, raw) != 0:
+                _raise(name=name)
+            made, made_stat = self._lookup(parent, raw, name)
+            api.h_close(made)
+            if made_stat.st_ino != leader_stat.st_ino:
+                api.h_unlink(self.fs, parent, raw)
+                raise OSError(errno.EIO, "verification failed: not a link of %s" % leader_name, name)
+        finally:
+            api.h_close(leader)
+
+    def _lookup(self, parent, raw, name):
+        """(handle, Stat) of ``raw`` in directory handle ``parent``, never following a symlink;
+        the caller closes the handle."""
+        attributes = Stat()
+        handle = self.api.h_lookupat(self.fs, parent, raw, ctypes.addressof(attributes), 0)
+        if not handle:
+            _raise(name=name)
+        return handle, attributes
 
     def _set_times(self, handle, mode, atime_ns, mtime_ns, name):
         attributes = Stat()

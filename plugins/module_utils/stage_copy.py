@@ -2,7 +2,7 @@
 # Copyright: hpc.burstbuffer developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Carrying out a plan: directories, then files in chunks and links, then directory times.
+"""Carrying out a plan: directories, then files in chunks, hard links and symlinks, then directory times.
 
 Why it copies as it does (figures in docs/BENCHMARKS.md, "Staging"):
 
@@ -31,8 +31,11 @@ import os
 import posixpath
 import stat
 import threading
+from collections import namedtuple
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError, as_user, describe_error
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_hardlinks import HardLinker
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_plan import FilePlan
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_progress import Progress
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import O_READ, is_inside
 
@@ -81,20 +84,28 @@ def order_files(files, chunk_size):
 
 
 def chunk_tasks(files, chunk_size):
-    """(FileCopy, offset, length) for every piece; the pieces of large files round-robin.
+    """A Piece for every piece of a large file, round-robin, then the small files' FilePlans.
 
     One file's pieces are written under that file's inode lock in the kernel, so pieces of
-    different files in flight at once go faster than many pieces of one file.
+    different files in flight at once go faster than many pieces of one file. A small file is
+    its own task: its FileCopy (about 300 bytes with its lock) is made when a thread takes it,
+    so a stage of 200,000 small files never holds 200,000 of them (docs/BENCHMARKS.md, "Trees
+    as users have them").
     """
-    per_file = []
+    large = []
+    small = []
     for plan in files:
+        if plan.size <= chunk_size:
+            small.append(plan)
+            continue
         pieces = chunk_ranges(plan.size, chunk_size)
         copy = FileCopy(plan, len(pieces))
-        per_file.append([(copy, offset, length) for offset, length in pieces])
-    large = [tasks for tasks in per_file if len(tasks) > 1]
-    small = [tasks[0] for tasks in per_file if len(tasks) == 1]
+        large.append([Piece(copy, offset, length) for offset, length in pieces])
     rounds = itertools.zip_longest(*large)
     return [task for batch in rounds for task in batch if task is not None] + small
+
+
+Piece = namedtuple("Piece", ["copy", "offset", "length"])  # of a FileCopy shared by its pieces
 
 
 class FileCopy:
@@ -135,6 +146,8 @@ class Copier:
         self.copied_bytes = 0
         self.links = 0
         self.created_dirs = 0
+        self.failed_destinations = set()  # files that failed: their hard links fail too
+        self.hardlinker = HardLinker(self)
         self.local = threading.local()
         self.pipes = []
         self.splice = hasattr(os, "splice")
@@ -144,6 +157,7 @@ class Copier:
         runnable = [f for f in self.plan.files if not under_any(f.destination, failed_dirs)]
         self.crew.map_unordered(self.run_chunk, chunk_tasks(order_files(runnable, self.chunk_size),
                                                             self.chunk_size))
+        self.hardlinker.run(self.plan.hardlinks, failed_dirs)
         links = [link for link in self.plan.links if not under_any(link.destination, failed_dirs)]
         self.crew.map_unordered(self.make_link, links)
         self.finish_directories(failed_dirs)
@@ -151,9 +165,23 @@ class Copier:
             for fd in pipe:
                 close_quietly(fd)
 
-    def record_failure(self, path, reason):
+    def record_failure(self, path, reason, destination=None):
         with self.lock:
             self.plan.fail(path, reason)
+            if destination is not None:
+                self.failed_destinations.add(destination)
+
+    @staticmethod
+    def under_failed(path, failed_dirs):
+        return under_any(path, failed_dirs)
+
+    def copy_whole(self, source, destination, size, replace, temp):
+        """One file copied in this thread, all its pieces (a hard link the kernel cannot make)."""
+        plan = FilePlan(source, destination, size, replace, temp, temp is not None and os.path.lexists(temp))
+        pieces = chunk_ranges(size, self.chunk_size)
+        copy = FileCopy(plan, len(pieces))
+        for offset, length in pieces:
+            self.run_chunk(Piece(copy, offset, length))
 
     # directories ------------------------------------------------------------------------------
 
@@ -207,7 +235,11 @@ class Copier:
     # files --------------------------------------------------------------------------------------
 
     def run_chunk(self, task):
-        copy, offset, length = task
+        """One Piece of a large file, or a small file's FilePlan (one piece, made here)."""
+        if isinstance(task, Piece):
+            copy, offset, length = task
+        else:
+            copy, offset, length = FileCopy(task, 1), 0, task.size
         if self.fast is not None and self.fast.takes(copy.plan):
             self.copy_through_gfapi(copy)
             return
@@ -261,14 +293,15 @@ class Copier:
         try:
             info, data = read_small(plan)
         except OSError as exc:
-            self.record_failure(plan.source, "cannot read%s" % as_user(exc))
+            self.record_failure(plan.source, "cannot read%s" % as_user(exc), plan.destination)
         except StageError as exc:
-            self.record_failure(plan.source, str(exc))
+            self.record_failure(plan.source, str(exc), plan.destination)
         else:
             try:
                 self.fast.write(plan.destination, data, info, self.local)
             except OSError as exc:
-                self.record_failure(plan.source, "cannot write %s%s" % (plan.destination, as_user(exc)))
+                self.record_failure(plan.source, "cannot write %s%s" % (plan.destination, as_user(exc)),
+                                    plan.destination)
             else:
                 with self.lock:
                     self.copied += 1
@@ -353,7 +386,7 @@ class Copier:
         if error is not None:
             if copy.dst is not None:
                 unlink_quietly(copy.target)
-            self.record_failure(plan.source, error)
+            self.record_failure(plan.source, error, plan.destination)
             self.progress.add(files=1)
             return
         with self.lock:

@@ -7,9 +7,10 @@
 Why: on a FUSE mount each small file costs about six round trips to the bricks (lookup,
 create, write, setattr, flush, release); through libgfapi a file is created by handle in its
 parent, written and given its times in three brick calls. Only new files of at most BLOCK
-bytes go this way; directories, larger files, replacements and every stage-out go through
-the mount, and so does everything when libgfapi or the volume cannot be reached (the
-result says why). The worker stays the job's user; gfapi is told that identity per thread.
+bytes go this way, and new hard links of a stage's files; directories, larger files,
+replacements and every stage-out go through the mount, and so does everything when
+libgfapi or the volume cannot be reached (the result says why). The worker stays the job's
+user; gfapi is told that identity per thread.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -47,18 +48,38 @@ class GfapiWriter:
     def takes(plan):
         return plan.size <= BLOCK and plan.temp is None and not plan.replace
 
+    @staticmethod
+    def takes_link(link):
+        """A hard link of a stage-in to a new name (a name to replace goes through the mount)."""
+        return link.temp is None and not link.replace
+
     def write(self, destination, data, info, local):
+        self.identify(local)
+        parent, name = posixpath.split(destination)
+        self.volume.create_file(self.directory(parent), name, data, stat.S_IMODE(info.st_mode), info.st_atime_ns,
+                                info.st_mtime_ns)
+
+    def link(self, leader, destination, local):
+        """destination as a hard link of leader (both paths as the request names them), as the user."""
+        self.identify(local)
+        leader_parent, leader_name = posixpath.split(leader)
+        parent, name = posixpath.split(destination)
+        self.volume.link(self.directory(leader_parent), leader_name, self.directory(parent), name)
+
+    def identify(self, local):
         if not getattr(local, "gfapi_identity", False):
             self.volume.use_identity(*self.identity)
             local.gfapi_identity = True
-        parent, name = posixpath.split(destination)
+
+    def directory(self, parent):
+        """The gfapi handle of a destination directory, looked up once per directory (10,000 files
+        spend no time here)."""
         handle = self.handles.get(parent)
-        if handle is None:  # once per directory: 10,000 files spend no time here
+        if handle is None:
             below = os.path.relpath(parent, self.buffer_root)
             handle = self.volume.directory(posixpath.normpath(posixpath.join(self.root_in_volume, below)))
             self.handles[parent] = handle
-        self.volume.create_file(handle, name, data, stat.S_IMODE(info.st_mode), info.st_atime_ns,
-                                info.st_mtime_ns)
+        return handle
 
 
 def gfapi_target(request, use_gfapi=True, mountinfo=None):

@@ -13,6 +13,8 @@ plan). Why it decides as it does:
 - A stage-out file is written under a temporary name next to its destination
   (``temp_name``) and renamed into place when complete; the name is the same every run,
   so a rerun replaces a leftover instead of adding one.
+- Hard links: a source file with more than one name is planned once all names are found
+  (stage_hardlinks.py): its first name copied, the others linked to it.
 - Symlinks are planned as symlinks, never followed. A stage-out source must resolve inside
   the buffer and every entry must be on the buffer's own filesystem (same ``st_dev``); a
   stage-in destination must resolve inside the buffer.
@@ -30,6 +32,7 @@ import threading
 from collections import deque, namedtuple
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError, as_user, describe_error
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_hardlinks import LinkMember, plan_groups
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import (
     O_DIR,
     O_READ,
@@ -47,7 +50,7 @@ FilePlan = namedtuple("FilePlan", ["source", "destination", "size", "replace", "
 DirPlan = namedtuple("DirPlan", ["source", "destination", "mode", "atime_ns", "mtime_ns", "exists",
                                  "keep_attributes"])
 LinkPlan = namedtuple("LinkPlan", ["source", "destination", "target", "atime_ns", "mtime_ns", "replace"])
-DestEntry = namedtuple("DestEntry", ["kind", "size", "mtime_ns", "target"])
+DestEntry = namedtuple("DestEntry", ["kind", "size", "mtime_ns", "target", "dev", "ino"], defaults=(0, 0))
 
 
 class Plan:
@@ -57,6 +60,7 @@ class Plan:
         self.dirs = []
         self.files = []
         self.links = []
+        self.hardlinks = []  # stage_hardlinks.HardLinkPlan: made after every file
         self.complete = 0
         self.failed = []
         self.not_copied = []
@@ -83,6 +87,7 @@ class Planner:
         self.buffer_dev = buffer_dev
         self.plan = Plan()
         self.lock = threading.Lock()
+        self.groups = {}  # (st_dev, st_ino) -> [LinkMember]: files with more than one name
 
     @property
     def outward(self):
@@ -91,7 +96,19 @@ class Planner:
     def run(self):
         for source, destination in self.pairs():
             self.add_pair(source, destination)
+        self.plan_hardlinks()
         return self.plan
+
+    def plan_hardlinks(self):
+        """Once every name is known: each multiply-linked file's first name copied, the rest linked."""
+        leaders, links, complete = plan_groups(
+            self.groups, lambda m: is_complete(m.size, m.mtime_ns, m.existing))
+        for leader in leaders:
+            self.plan.files.append(FilePlan(leader.source, leader.destination, leader.size,
+                                            leader.existing is not None, leader.temp, leader.temp_exists))
+        self.plan.hardlinks.extend(links)
+        self.plan.complete += complete
+        self.groups = {}
 
     def pairs(self):
         request = self.request
@@ -195,6 +212,11 @@ class Planner:
         if existing is not None and existing.kind == "dir":
             with self.lock:
                 self.plan.fail(source, "destination %s is a directory" % destination)
+            return
+        if info.st_nlink > 1:  # a name of a hard-link group: planned when all are found
+            member = LinkMember(source, destination, info.st_size, info.st_mtime_ns, existing, temp, temp_exists)
+            with self.lock:
+                self.groups.setdefault((info.st_dev, info.st_ino), []).append(member)
             return
         complete = is_complete(info.st_size, info.st_mtime_ns, existing)
         with self.lock:
@@ -336,7 +358,7 @@ def dest_entry(info, path=None):
     if stat.S_ISDIR(mode):
         return DestEntry("dir", 0, info.st_mtime_ns, None)
     if stat.S_ISREG(mode):
-        return DestEntry("file", info.st_size, info.st_mtime_ns, None)
+        return DestEntry("file", info.st_size, info.st_mtime_ns, None, info.st_dev, info.st_ino)
     if stat.S_ISLNK(mode):
         target = None
         if path is not None:

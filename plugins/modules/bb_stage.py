@@ -24,6 +24,11 @@ description:
   - Parallel over files (round-robin across directories, which matters on FUSE mounts) and over
     chunks of large files. Mode, mtime and atime are preserved; symlinks are copied as
     symlinks and never followed.
+  - Hard links stay hard links - the names of one source file that the request stages (one
+    tree, or all pairs of a list) become names of one file at the destination - the first name
+    (by destination path) copied, the others linked to it once it is complete, each link checked
+    (and made under the temporary name on stage-out). Names of that file outside the request are
+    neither copied nor linked to; a name whose other names are all outside is copied as a file.
   - Resumable and idempotent - a destination file with the source's size and mtime is
     complete and skipped, so running the stage again copies only what is missing.
   - Stage-out writes each file under a temporary name (C(.NAME.bb-stage.tmp)) in its
@@ -148,9 +153,11 @@ attributes:
 notes:
   - Check mode walks the sources and destinations as the job's user and reports what would be
     copied (RV(files), RV(bytes), RV(complete), RV(planned)) without writing anything.
-  - Hard links are copied as separate files; sockets, FIFOs and device files are not copied
-    and are listed in RV(not_copied). Files get the job's uid and primary gid (or the
-    directory's group where it is set-group-id); source ownership, extended attributes and
+  - Where the destination file system cannot make a link (another file system, or the file has
+    all the names it allows) the name is copied as a separate file and counted in
+    RV(hardlinks_copied). Sockets, FIFOs and device files are not copied and are listed in
+    RV(not_copied). Holes in sparse files are written as zeros. Files get the job's uid and
+    primary gid (or the directory's group where it is set-group-id); source ownership, extended attributes and
     ACLs are not copied.
   - In stage-out destinations, names ending in C(.bb-stage.tmp) belong to the stage - a file
     of that name left by an interrupted stage-out is replaced by the next run.
@@ -208,8 +215,8 @@ files:
   sample: 10000
 complete:
   description:
-    - Files (and symlinks) already complete at the destination (same size and mtime), not copied
-      again.
+    - Files (and symlinks, and hard links already linked) complete at the destination (same size and
+      mtime), not copied again.
     - Not called C(skipped) - Ansible reads a true C(skipped) in a result as a skipped task.
   returned: always
   type: int
@@ -224,6 +231,17 @@ seconds:
   returned: always
   type: float
   sample: 4.8
+plan_seconds:
+  description: Of RV(seconds), those spent planning (walking source and destination).
+  returned: when the stage ran
+  type: float
+  sample: 0.6
+peak_rss_kib:
+  description: Peak resident memory of the copy worker in KiB (VmHWM; includes the about 30 MiB
+    it shares with the module's Python). The plan holds every entry to copy, so it grows with them.
+  returned: when the stage ran
+  type: int
+  sample: 65536
 directories:
   description: Directories created (in check mode, that would be created).
   returned: always
@@ -231,6 +249,17 @@ directories:
   sample: 41
 links:
   description: Symlinks created (copied as symlinks, never followed).
+  returned: always
+  type: int
+  sample: 0
+hardlinks:
+  description: Hard links made (names linked to a copied file of the same stage, see the description).
+  returned: always
+  type: int
+  sample: 0
+hardlinks_copied:
+  description: Names of a hard-linked file copied as separate files because the destination could
+    not link them (another file system, or too many links); included in RV(files).
   returned: always
   type: int
   sample: 0
@@ -297,7 +326,7 @@ ARGUMENT_SPEC = dict(
 )
 
 LISTED = 1000  # at most this many entries of failed_files and not_copied are returned
-EMPTY_RESULT = dict(files=0, complete=0, bytes=0, seconds=0.0, directories=0, links=0,
+EMPTY_RESULT = dict(files=0, complete=0, bytes=0, seconds=0.0, directories=0, links=0, hardlinks=0, hardlinks_copied=0,
                     failed_files=[], not_copied=[])
 
 
@@ -331,7 +360,7 @@ def run_stage(module, params):
         progress.final(last)
     error = None
     if result["failed_files"]:
-        total = result["files"] + result["links"] + len(result["failed_files"])
+        total = result["files"] + result["links"] + result["hardlinks"] + len(result["failed_files"])
         error = failure_message(params["direction"], result["failed_files"], total)
     for name in ("failed_files", "not_copied"):  # the counts are in msg; keep the result small
         result[name] = result[name][:LISTED]
@@ -344,7 +373,7 @@ def main():
                                         ("type", "directory", ["destination"])])
     params = module.params
     result, error = run_stage(module, params)
-    changed = bool(result["files"] or result["directories"] or result["links"])
+    changed = bool(result["files"] or result["directories"] or result["links"] or result["hardlinks"])
     if error is not None:
         module.fail_json(msg=error, changed=changed, **result)
     module.exit_json(changed=changed, **result)

@@ -373,3 +373,77 @@ def test_small_files_staged_through_gfapi_into_a_dispersed_volume_are_whole_on_e
         assert (staged["gfapi_files"], staged["gfapi_unused"]) == (200, None)
         mount_volume(name, job_mount, owner)
         assert snapshot(job_mount / "small") == snapshot(source)
+
+
+def inode_groups(root):
+    """Sorted lists of the relative names of each inode with two or more names under root."""
+    inodes = {}
+    for path in root.rglob("*"):
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode):
+            inodes.setdefault(info.st_ino, []).append(str(path.relative_to(root)))
+    return sorted(sorted(names) for names in inodes.values() if len(names) > 1)
+
+
+def test_hard_links_stay_links_into_gluster_through_gfapi_and_out_again(buffer, job_dir, user_dir, owner, bb_stage):
+    """A pair of small files (created and linked through libgfapi), a triple of a 3 MiB file (its
+    first name through the mount, its links through libgfapi) and a name whose other name is
+    outside the tree (copied alone); then out again through temporary names, and a rerun."""
+    tree = user_dir / "linked"
+    write(tree / "one", b"pair\n")
+    os.link(tree / "one", tree / "two")
+    write(tree / "a" / "big", os.urandom(3 * MiB + 1))
+    (tree / "b").mkdir()
+    os.link(tree / "a" / "big", tree / "b" / "big again")
+    os.link(tree / "a" / "big", tree / "big \udcff")
+    write(user_dir / "outside", b"other name outside the tree\n")
+    os.link(user_dir / "outside", tree / "alone")
+    as_owner(user_dir, owner)
+    groups = [["a/big", "b/big again", "big \udcff"], ["one", "two"]]
+
+    staged = job_dir / "linked"
+    stage_in = job(owner, direction="in", type="directory", source=str(tree), destination=str(staged),
+                   buffer_root=str(buffer), chunk_size="1MiB")
+    copied = bb_stage(**stage_in)
+    assert not copied.get("failed"), copied.get("msg")
+    assert (copied["files"], copied["hardlinks"], copied["hardlinks_copied"]) == (3, 3, 0)
+    assert (copied["gfapi_files"], copied["gfapi_unused"]) == (2, None)
+    assert inode_groups(staged) == groups
+    assert os.stat(staged / "alone").st_nlink == 1
+    assert snapshot(staged) == snapshot(tree)
+
+    again = bb_stage(**stage_in)
+    assert (again["changed"], again["files"], again["hardlinks"], again["complete"]) == (False, 0, 0, 6)
+
+    results = user_dir / "results"
+    out = bb_stage(**job(owner, direction="out", type="directory", source=str(staged), destination=str(results),
+                         buffer_root=str(buffer), verify=True, chunk_size="1MiB"))
+    assert not out.get("failed"), out.get("msg")
+    assert (out["files"], out["hardlinks"]) == (3, 3)
+    assert inode_groups(results) == groups
+    assert snapshot(results) == snapshot(tree)
+    assert not [p for p in results.rglob("*") if p.name.endswith(".bb-stage.tmp")]
+
+
+def test_a_generated_tree_goes_in_and_out_of_gluster_as_rsync_ah_would_copy_it(buffer, job_dir, user_dir, owner,
+                                                                                bb_stage):
+    """benchmarks/tree_gen.py's tree (2,000 files: links, symlinks in and out, odd names and modes,
+    sparse, empty and read-only directories) staged in and out again; tree_check.py compares each
+    copy with the source, owners included (all bbuser's)."""
+    import sys
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import tree_check
+    import tree_gen
+
+    source = user_dir / "generated"
+    tree_gen.generate(source, 2000, size=1024, seed=11, owner=(owner.pw_uid, owner.pw_gid))
+    staged, results = job_dir / "generated", user_dir / "generated-out"
+    stage_in = bb_stage(**job(owner, direction="in", type="directory", source=str(source), destination=str(staged),
+                              buffer_root=str(buffer)))
+    assert not stage_in.get("failed"), stage_in.get("msg")
+    assert stage_in["hardlinks"] > 0 and stage_in["gfapi_unused"] is None
+    assert [str(d) for d in tree_check.compare(tree_check.snapshot(source), tree_check.snapshot(staged))] == []
+    stage_out = bb_stage(**job(owner, direction="out", type="directory", source=str(staged),
+                               destination=str(results), buffer_root=str(buffer)))
+    assert not stage_out.get("failed"), stage_out.get("msg")
+    assert [str(d) for d in tree_check.compare(tree_check.snapshot(source), tree_check.snapshot(results))] == []

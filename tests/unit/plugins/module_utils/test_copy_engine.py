@@ -295,11 +295,12 @@ def test_interleave_by_directory_round_robins():
 def test_chunk_tasks_put_pieces_of_large_files_first_and_round_robin():
     files = sc.order_files([plan("/b/s1", 5), plan("/b/big", 30), plan("/b/mid", 20), plan("/b/s2", 0)], 10)
     tasks = sc.chunk_tasks(files, 10)
-    assert [(t[0].plan.destination, t[1], t[2]) for t in tasks] == [
-        ("/b/big", 0, 10), ("/b/mid", 0, 10), ("/b/big", 10, 10), ("/b/mid", 10, 10),
-        ("/b/big", 20, 10), ("/b/s1", 0, 5), ("/b/s2", 0, 0)]
-    pieces = [t for t in tasks if t[0].plan.destination == "/b/big"]
-    assert len({id(t[0]) for t in pieces}) == 1 and pieces[0][0].remaining == 3
+    pieces = [t for t in tasks if isinstance(t, sc.Piece)]
+    assert [(t.copy.plan.destination, t.offset, t.length) for t in pieces] == [
+        ("/b/big", 0, 10), ("/b/mid", 0, 10), ("/b/big", 10, 10), ("/b/mid", 10, 10), ("/b/big", 20, 10)]
+    assert tasks[len(pieces):] == [files[2], files[3]]  # small files whole, their FileCopy made when run
+    big = [t for t in pieces if t.copy.plan.destination == "/b/big"]
+    assert len({id(t.copy) for t in big}) == 1 and big[0].copy.remaining == 3
 
 
 def test_failure_message_names_files_and_counts_the_rest():

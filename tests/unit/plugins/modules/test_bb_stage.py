@@ -24,7 +24,7 @@ class Module:
 
 def result(**overrides):
     base = {"files": 3, "complete": 0, "bytes": 30, "seconds": 0.1, "directories": 1, "links": 0,
-            "failed_files": [], "not_copied": []}
+            "hardlinks": 0, "hardlinks_copied": 0, "failed_files": [], "not_copied": []}
     return {**base, **overrides}
 
 
@@ -114,6 +114,13 @@ def test_failed_files_fail_the_task_and_are_named(engine):
     outcome, error = bb_stage.run_stage(Module(), params(direction="out"))
     assert error == "stage-out failed for 1 of 3 entries: /bb/job1/out/a: copy failed: No space left on device"
     assert outcome["failed_files"] == failed
+
+
+def test_hard_links_count_among_the_entries_a_failure_is_out_of(engine):
+    failed = [{"path": "/bb/job1/out/b", "reason": "not linked: its first name /pfs/out/a was not staged"}]
+    engine.answer = result(files=0, links=1, hardlinks=2, failed_files=failed)
+    _outcome, error = bb_stage.run_stage(Module(), params(direction="out"))
+    assert error.startswith("stage-out failed for 1 of 4 entries: /bb/job1/out/b: not linked")
 
 
 def test_progress_lines_and_one_final_line(engine, tmp_path):

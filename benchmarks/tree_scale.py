@@ -1,0 +1,155 @@
+"""Trees as users have them, at scale: bb_stage's engine against ``cp -a`` and ``rsync -aH``.
+
+Run as root: ``.venv/bin/python benchmarks/tree_scale.py --root DIR [--files 10000 200000] [--rounds 3]``
+
+DIR is a directory on the filesystem to measure (for the local figures in docs/BENCHMARKS.md, an
+XFS image of our own on a loop device; for a GlusterFS buffer, a directory of its FUSE mount:
+then the engine writes small files through libgfapi, as a stage-in does). For each size it
+generates one tree with ``tree_gen.py`` (1 KiB files, every feature, owned by bbuser) in
+SRC/src-N (``--source-root``, default DIR: the parallel filesystem's side), then copies it to
+DIR/dst as bbuser, the tools alternating and their order rotating
+each round: the engine through ``copy_engine.stage_as_user`` (its forked worker reports how long
+planning took and its peak RSS), ``cp -a`` and ``rsync -aH`` through ``setpriv``. Sources are read
+once beforehand (warm page cache for all) and ``sync`` runs before each copy, whose time includes
+nothing but the copy. Each tool's last copy is checked with ``tree_check.py`` against the source
+(cp -a keeps hard links too; the checker fails the run on any difference). A plan-only run (check
+mode) gives the worker's peak RSS for planning alone.
+
+Prints a Markdown table (medians) and the raw figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import pwd
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "collections"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import tree_check  # noqa: E402
+import tree_gen  # noqa: E402
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine  # noqa: E402
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import StageRequest  # noqa: E402
+
+USER = "bbuser"
+
+
+def as_user(*argv: object) -> list[str]:
+    return ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", *[str(a) for a in argv]]
+
+
+def engine(source: Path, destination: Path, workers: int, dry_run: bool = False) -> dict:
+    """The stage's result: seconds, plan_seconds, peak_rss_kib (the worker's), files, hardlinks."""
+    owner = pwd.getpwnam(USER)
+    request = StageRequest("in", "directory", str(source), str(destination), str(destination.parent))
+    result = copy_engine.stage_as_user(request, owner.pw_uid, owner.pw_gid, workers=workers, dry_run=dry_run)
+    if result["failed_files"]:
+        raise RuntimeError(f"the engine failed: {result['failed_files'][:3]}")
+    return result
+
+
+def run_tool(tool: str, source: Path, destination: Path, workers: int) -> dict:
+    """{seconds, ...} of one copy of source to destination (which must not exist)."""
+    subprocess.run(["sync"], check=True)
+    start = time.monotonic()
+    if tool == "bb_stage":
+        result = engine(source, destination, workers)
+        return {"seconds": time.monotonic() - start, "plan_seconds": result["plan_seconds"],
+                "peak_rss_kib": result["peak_rss_kib"]}
+    argv = {"cp -a": ["cp", "-a", source, destination],
+            "rsync -aH": ["rsync", "-aH", f"{source}/", f"{destination}/"]}[tool]
+    subprocess.run(as_user(*argv), check=True)
+    return {"seconds": time.monotonic() - start}
+
+
+def warm(source: Path) -> None:
+    subprocess.run(["tar", "-cf", "/dev/null", "-C", str(source), "."], check=True)  # reads everything
+
+
+def measure(root: Path, files: int, rounds: int, workers: int, per_dir: int, sources: Path) -> dict:
+    owner = pwd.getpwnam(USER)
+    source = sources / f"src-{files}-{per_dir}"
+    if not source.exists():
+        tree_gen.generate(source, files, size=1024, seed=1, per_dir=per_dir, owner=(owner.pw_uid, owner.pw_gid))
+    destination = root / "dst"
+    warm(source)
+    tools = ["bb_stage", "cp -a", "rsync -aH"]
+    runs: dict[str, list[dict]] = {tool: [] for tool in tools}
+    shutil.rmtree(destination, ignore_errors=True)
+    plan_only = engine(source, destination, workers, dry_run=True)
+    for number in range(rounds):
+        for tool in tools[number % 3:] + tools[:number % 3]:
+            shutil.rmtree(destination, ignore_errors=True)
+            runs[tool].append(run_tool(tool, source, destination, workers))
+            if number == rounds - 1:
+                differences = tree_check.compare(tree_check.snapshot(source), tree_check.snapshot(destination))
+                if differences:
+                    raise RuntimeError(f"{tool}: {len(differences)} differences, first {differences[0]}")
+    shutil.rmtree(destination, ignore_errors=True)
+    return {"files": files, "per_dir": per_dir, "entries": sum(1 for _ in tree_check.walk(str(source))),
+            "plan_only": {k: plan_only[k] for k in ("plan_seconds", "peak_rss_kib", "files", "hardlinks")},
+            "runs": runs}
+
+
+def table(results: list[dict]) -> list[str]:
+    lines = ["| files (per dir) | tool | median s | entries/s | vs bb_stage | plan s | worker peak RSS |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for case in results:
+        ours = statistics.median(r["seconds"] for r in case["runs"]["bb_stage"])
+        for tool, runs in case["runs"].items():
+            seconds = statistics.median(r["seconds"] for r in runs)
+            plan = statistics.median(r["plan_seconds"] for r in runs) if "plan_seconds" in runs[0] else None
+            rss = max(r["peak_rss_kib"] for r in runs) if "peak_rss_kib" in runs[0] else None
+            plan_text = "" if plan is None else f"{plan:.2f}"
+            rss_text = "" if rss is None else f"{rss / 1024:.0f} MiB"
+            lines.append(f"| {case['files']:,} ({case['per_dir']}) | {tool} | {seconds:.2f} | "
+                         f"{case['entries'] / seconds:,.0f} | {seconds / ours:.2f}x | {plan_text} | {rss_text} |")
+        only = case["plan_only"]
+        lines.append(f"| {case['files']:,} ({case['per_dir']}) | bb_stage, plan only (check mode) | "
+                     f"{only['plan_seconds']:.2f} | | | {only['plan_seconds']:.2f} | "
+                     f"{only['peak_rss_kib'] / 1024:.0f} MiB |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=Path, required=True, help="a directory on the filesystem to measure")
+    parser.add_argument("--source-root", type=Path, help="where the sources are made (default: --root)")
+    parser.add_argument("--files", type=int, nargs="+", default=[10_000, 200_000])
+    parser.add_argument("--per-dir", type=int, nargs="+", default=[100], help="files per leaf directory")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=copy_engine.DEFAULT_WORKERS)
+    parser.add_argument("--keep", action="store_true", help="keep the generated sources")
+    args = parser.parse_args()
+    owner = pwd.getpwnam(USER)
+    sources = args.source_root or args.root
+    for directory in {args.root, sources}:
+        directory.mkdir(parents=True, exist_ok=True)
+        os.chown(directory, owner.pw_uid, owner.pw_gid)
+    results = []
+    try:
+        for files in args.files:
+            for per_dir in args.per_dir:
+                results.append(measure(args.root, files, args.rounds, args.workers, per_dir, sources))
+                print(json.dumps(results[-1]), flush=True)
+    finally:
+        if not args.keep:
+            for path in sources.glob("src-*"):
+                shutil.rmtree(path, ignore_errors=True)
+    print(f"\n{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d')}, workers {args.workers}, {args.rounds} rounds\n")
+    print("\n".join(table(results)))
+
+
+if __name__ == "__main__":
+    main()
