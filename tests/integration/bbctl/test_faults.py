@@ -230,7 +230,7 @@ def test_a_brick_full_during_stage_in_holds_the_job_with_the_reason(user_dir):
 hostname
 """))
     line = log_line(job, r"setup: allocated 1 brick\(s\)")
-    server, brick = re.search(r": (bbnode\d+):(\S+)", line).groups()
+    _server, brick = re.search(r": (bbnode\d+):(\S+)", line).groups()
     filler = Path(brick) / ".filler"  # beside the buffer's brick directory, on the brick's XFS
     free = os.statvfs(brick)
     subprocess.run(["fallocate", "-l", str(max(free.f_bavail * free.f_frsize - 8 * 1024 * 1024, 0)),

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from bbctl import commands, detach
+from bbctl import commands
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -81,7 +81,3 @@ def test_a_command_that_ignores_sigterm_stays_deaf_inside_on_sigterm():
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert cancelled == []
-
-
-def test_teardown_is_the_detached_command():
-    assert commands.DETACHED == {"teardown"} and detach.IGNORED == (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

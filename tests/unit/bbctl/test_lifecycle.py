@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bbctl import lifecycle as lc
 from bbctl import allocation, operator_views, runner, site
+from bbctl import lifecycle as lc
 from bbctl.errors import EXIT_REFUSED, BBError, Refused
 from bbctl.job_request import read_request
 from bbctl.state import BufferState
