@@ -51,7 +51,8 @@ def settings(text: str) -> dict[str, str]:
 
 def template(name: str) -> dict[str, str]:
     text = resources.files("bbctl.testbed").joinpath("templates", name).read_text()
-    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    # A line that is a whole placeholder (${slurmd_parameters}) is filled in at up; it has no key here.
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
 
 
 @pytest.mark.parametrize("plugin", ["lua", "datawarp"])
