@@ -32,8 +32,8 @@ from tests.integration.bbctl.slurmjobs import (
     bbctl,
     job_fields,
     leftovers,
+    said,
     submit,
-    wait_for,
     wait_torn_down,
     write_job,
 )
@@ -48,7 +48,8 @@ def log_line(job: int, pattern: str, timeout: float = 180) -> str:
     wanted = re.compile(rf" {job} {pattern}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for line in LOG.read_text(errors="replace").splitlines():
+        text = LOG.read_text(errors="replace") if LOG.exists() else ""  # a fresh test bed has no log yet
+        for line in text.splitlines():
             if wanted.search(line):
                 return line
         time.sleep(0.2)
@@ -66,6 +67,20 @@ def held(job: int, timeout: float = 300) -> dict[str, str]:
         assert fields.get("JobState") not in ("COMPLETED", "FAILED"), f"job {job} was not held: {fields}"
         time.sleep(1)
     raise AssertionError(f"job {job} was not held within {timeout:.0f} s: {fields.get('JobState')} "
+                         f"({fields.get('Reason')})")
+
+
+def ended(job: int, timeout: float = 600) -> dict[str, str]:
+    """Wait until the job completed, failed or is held (pending with priority 0): its fields then."""
+    deadline = time.monotonic() + timeout
+    fields: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        fields = job_fields(job)
+        state = fields.get("JobState")
+        if state in ("COMPLETED", "FAILED", "CANCELLED") or (state == "PENDING" and fields.get("Priority") == "0"):
+            return fields
+        time.sleep(1)
+    raise AssertionError(f"job {job} neither ended nor was held within {timeout:.0f} s: {fields.get('JobState')} "
                          f"({fields.get('Reason')})")
 
 
@@ -128,6 +143,15 @@ def stage_pid(job: int, stage: str, timeout: float = 180) -> int:
     raise AssertionError(f"job {job}: {stage} never showed its pid")
 
 
+def copying(job: int, stage: str = "stage-in", timeout: float = 180) -> None:
+    """Until job's stage-in (or stage-out) has copied something (its progress file is written)."""
+    progress = TESTBED_ROOT / "bbctl" / "runs" / str(job) / f"{stage}.progress"
+    deadline = time.monotonic() + timeout
+    while not (progress.exists() and progress.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert progress.exists(), f"job {job}: {stage} never started copying"
+
+
 STRIPED_JOB = """\
 #BB_LUA jobdw capacity=8GiB pool=nvme access_mode=striped type=scratch
 hostname
@@ -155,7 +179,8 @@ def test_glusterd_stopped_5_s_during_setup_is_waited_out_and_the_job_runs(user_d
         time.sleep(5)
     finally:
         os.kill(pid, signal.SIGCONT)
-    assert wait_for(job, {"COMPLETED", "PENDING"}, timeout=300)["JobState"] == "COMPLETED", job_fields(job)
+    fields = ended(job)
+    assert fields["JobState"] == "COMPLETED", fields
     wait_torn_down(job, timeout=180)
     assert leftovers(f"bbjob-{job}") == []
 
@@ -190,8 +215,8 @@ ls $DW_JOB_STRIPED/in | wc -l > {user_dir}/count
     while host.read_pid(testbed.slurm_dir / "slurmctld.pid") and time.monotonic() < deadline:
         time.sleep(0.5)
     testbed_slurm.start_slurm(testbed)
-    ended = wait_for(job, {"COMPLETED", "FAILED", "CANCELLED"}, timeout=600)
-    assert ended["JobState"] == "COMPLETED", ended
+    fields = ended(job)
+    assert fields["JobState"] == "COMPLETED", fields
     assert (user_dir / "count").read_text().strip() == "1500"
     assert sums_of(source) == before
     wait_torn_down(job, timeout=180)
@@ -206,12 +231,11 @@ def test_the_stage_hosts_mount_gone_mid_copy_ends_the_stage_and_leaves_nothing(u
 #BB_LUA stage_in type=directory source={source} destination=$DW_JOB_STRIPED/in
 ls $DW_JOB_STRIPED/in | wc -l > {user_dir}/count
 """))
-    stage_pid(job, "stage-in")
+    copying(job)
     mount = TESTBED_ROOT / "bbctl" / "stage" / f"bbjob-{job}"
     subprocess.run(["umount", "-l", str(mount)], check=True)
-    fields = wait_for(job, {"COMPLETED", "PENDING"}, timeout=300)
+    fields = ended(job)
     if fields["JobState"] == "PENDING":  # the stage failed: held, with the reason
-        fields = held(job)
         assert "data_in" in fields["Reason"], fields["Reason"]
         cancel_and_check_nothing_left(job)
     else:  # the copy went on through libgfapi: then every file must have arrived
@@ -238,8 +262,46 @@ hostname
     try:
         fields = held(job)
         assert "data_in" in fields["Reason"], fields["Reason"]
-        assert re.search(r"No space|quota|ENOSPC|EDQUOT", fields["Reason"], re.I), fields["Reason"]
+        assert said(fields["Reason"], "No space left on device"), fields["Reason"]
         assert sums_of(source) == before
     finally:
         filler.unlink()
     cancel_and_check_nothing_left(job)
+
+
+def test_bbctl_killed_during_stage_out_keeps_the_buffer_never_half_replaces_and_a_rerun_finishes(user_dir):
+    out = user_dir / "out"
+    before = tree(out, 1500, 4096)  # what the "PFS" holds before: each file must stay whole, old or new
+    script = write_job(user_dir, "job.sh", f"""\
+#BB_LUA jobdw capacity=8GiB pool=nvme access_mode=striped type=scratch
+#BB_LUA stage_out type=directory source=$DW_JOB_STRIPED/out destination={out}
+mkdir "$DW_JOB_STRIPED/out"
+for f in {out}/*; do tr 'a-z' 'A-Z' < "$f" > "$DW_JOB_STRIPED/out/${{f##*/}}"; done
+""")
+    job = submit(script)
+    new = {name: hashlib.sha256((out / name).read_bytes().upper()).hexdigest() for name in before}
+    pid = stage_pid(job, "stage-out", timeout=600)
+    copying(job, "stage-out")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 300
+    fields = job_fields(job)
+    while "slurm_bb_data_out" not in fields.get("Reason", "") and time.monotonic() < deadline:
+        time.sleep(1)
+        fields = job_fields(job)
+    assert fields["JobState"] == "STAGE_OUT" and "data_out" in fields["Reason"], fields
+    assert not json.loads(bbctl("show", str(job)).stdout)["torn_down"], "the job's results must be kept"
+    temporaries = [p.name for p in out.iterdir() if p.name not in before]
+    assert all(re.fullmatch(r"\..+\.bb-stage\.tmp", name) for name in temporaries), temporaries
+    for name in before:  # every file whole: the old one, or the new one
+        assert sums_of_one(out / name) in (before[name], new[name]), f"{name} is half-replaced"
+
+    rerun = bbctl("stage-out", "--job-id", str(job), "--script", str(script))  # the operator's way on
+    assert rerun.returncode == 0, rerun.stderr
+    assert sums_of(out) == new, "after the rerun: every file new, no temporary left"
+    subprocess.run(["scancel", "--hurry", str(job)], env=ENV, check=True)
+    wait_torn_down(job, timeout=300)
+    assert leftovers(f"bbjob-{job}") == []
+
+
+def sums_of_one(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
