@@ -12,7 +12,8 @@ Two phases, both through the real burst_buffer/lua plugin, jobs submitted as the
 1. throughput: ``--jobs`` jobs submitted back to back, each asking for a striped buffer of 1 or 2
    granules (2: disperse 2+1, three bricks) and staging in its own 64 KiB file, which the job checks
    against its checksum. Reported: total time, jobs per minute, submit-to-running median / p95 / max
-   (Slurm's SubmitTime to StartTime), how many waited for space, the most buffers at once, brick
+   (Slurm's SubmitTime to StartTime), how many setups found too few bricks although Slurm had
+   admitted the job (bbctl.allocation: setup waits, then leaves the build to stage-in), the most buffers at once, brick
    overlaps seen (must be none), jobs that were held or failed (must be none), `scontrol ping`
    throughout, volumes left that no record explains.
 2. queue: ``--queued`` held jobs with buffers sit in the queue; then 100 probe jobs with a buffer and
@@ -68,7 +69,7 @@ def throughput(jobs: int, max_granules: int, timeout: float) -> dict:
         "submit_to_running": load.percentiles(starts),
         "completed": sum(seen.state == "COMPLETED" for seen in run.jobs.values()),
         "checked_ok": sum(ok.values()), "strange": run.strange_reasons(), "overlaps": watcher.overlaps,
-        "most_buffers": watcher.most_buffers, "waited": len(run.waited_for_space()),
+        "most_buffers": watcher.most_buffers, "short_at_setup": len(run.short_at_setup()),
         "ping_failures": sum(not up for _, up in watcher.pings), "ping_max": max(pings, default=0.0),
         "unexplained_volumes": load.gluster_matches_store(),
     }
@@ -150,11 +151,11 @@ def report(result: dict, queued: dict | None) -> list[str]:
         f"{datetime.now():%Y-%m-%d %H:%M} UTC, {platform.node()}, Debian 12, {_cpus()} cores, load average "
         f"{_load()} at the end (other work shared the machine).", "",
         "| jobs | total s | jobs/min | submit-to-running median / p95 / max s | completed / data checked | "
-        "waited for space | most buffers at once | overlaps | held or failed | ping failures / max s |",
+        "setup short of bricks | most buffers at once | overlaps | held or failed | ping failures / max s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| {result['jobs']} | {result['seconds']:.0f} | {result['per_minute']:.1f} | "
         f"{s2r.get('median', 0):.0f} / {s2r.get('p95', 0):.0f} / {s2r.get('max', 0):.0f} | "
-        f"{result['completed']} / {result['checked_ok']} | {result['waited']} | {result['most_buffers']} | "
+        f"{result['completed']} / {result['checked_ok']} | {result['short_at_setup']} | {result['most_buffers']} | "
         f"{len(result['overlaps'])} | {len(result['strange'])} | {result['ping_failures']} / "
         f"{result['ping_max']:.2f} |",
     ]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbctl import host, operator_views, reconcile, runner, site, slurm_install, status_text
+from bbctl import host, operator_views, reconcile, runner, site, slurm_install, slurmconf, status_text
 from bbctl.errors import BBError
 from bbctl.job_request import nodes_from_file
 from bbctl.lifecycle import Lifecycle
@@ -368,12 +368,5 @@ def parse_num_nodes(text: str, job_id: str) -> int:
 
 
 def slurm_env(settings: site.Site) -> dict[str, str]:
-    """The environment for Slurm's commands: SLURM_CONF names the site's slurm.conf when slurm_dir has one.
-
-    burst_buffer.lua's children and dw_wlm_cli inherit slurmctld's environment, which need not
-    hold SLURM_CONF (Slurm 23.02+ does not promise it); the site configuration knows where it is.
-    """
-    env = dict(host.C_LOCALE)
-    if settings.slurm_dir is not None and (settings.slurm_dir / "slurm.conf").is_file():
-        env["SLURM_CONF"] = str(settings.slurm_dir / "slurm.conf")
-    return env
+    """The environment for Slurm's commands with the site's slurm.conf (bbctl.slurmconf.slurm_env)."""
+    return slurmconf.slurm_env(settings.slurm_dir)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
-from bbctl import layouts
+from bbctl import layouts, slurmconf
 from bbctl import site as sitecfg
 from bbctl.errors import BBError
 from bbctl.lifecycle import FAILED_STAGE, Lifecycle, stage_out_failed
@@ -88,6 +89,8 @@ def gc(life: Lifecycle, older_than: float, *, dry_run: bool) -> dict[str, Any]:
     torn = [b.key for b in orphans.stale_buffers if b.state is not BufferState.STAGING_OUT]
     # Failed to come up or to go away (never a failed stage-out: its data has not left).
     torn += [b.key for b in orphans.failed_buffers if not stage_out_failed(b)]
+    forgotten, kept = abandoned(life, older_than)
+    torn += forgotten
     if not dry_run:
         for key in held:
             life.store.transition(
@@ -97,8 +100,46 @@ def gc(life: Lifecycle, older_than: float, *, dry_run: bool) -> dict[str, Any]:
             life.note(key, "gc", "stage-out without progress: held as failed, data kept")
         for key in torn:
             life.destroy(key, stage="gc")
-    return {"stale_buffers": torn, "held_buffers": held,
+    return {"stale_buffers": torn, "held_buffers": held, "abandoned_kept": kept,
             "stray_bricks": [a.brick_id for a in orphans.stray_bricks], "dry_run": dry_run}
+
+
+# States of a built job buffer that holds nothing a stage-out still owes the user: it never ran.
+NOTHING_OWED = (BufferState.CREATED, BufferState.STAGED_IN)
+JOB_RAN = (BufferState.MOUNTED, BufferState.STAGED_OUT)  # built, and the job may have written results
+
+
+def abandoned(life: Lifecycle, older_than: float) -> tuple[list[str], list[str]]:
+    """(keys to tear down, keys kept): built job buffers, quiet for ``older_than`` s, whose job slurmctld
+    no longer has. No teardown will ever come for them (a teardown killed with its script, before
+    bbctl.detach; a controller restored from an old state). Torn down when the job never ran or its
+    stage-out was verified; otherwise kept and listed: its results may not have left."""
+    now, torn, kept = time.time(), [], []
+    for buffer in life.store.buffers():
+        if not buffer.key.isdigit() or buffer.state not in (*NOTHING_OWED, *JOB_RAN):
+            continue  # persistent buffers, and buffers in flight or failed (the rules above)
+        if now - buffer.updated_at <= older_than or _stage_alive(buffer.meta.get(STAGE_NOW)):
+            continue
+        if slurmconf.job_known(life.site.slurm_dir, buffer.key) is not False:
+            continue  # Slurm has it (its teardown will come) or did not answer
+        (torn if buffer.state in NOTHING_OWED or buffer.stage_out_verified else kept).append(buffer.key)
+    return torn, kept
+
+
+def _stage_alive(running: Any) -> bool:
+    """A stage is recorded as running, by a process that exists here or on another host (not ours to judge)."""
+    if not isinstance(running, dict):
+        return False
+    pid, where = running.get("pid"), running.get("host")
+    if not pid or where != socket.gethostname():
+        return bool(running)  # no pid recorded (an older bbctl) or another controller: assume alive
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 def copy_progressed(site: Site, key: str, stage: str, within: float) -> bool:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from bbctl import host
+
 # burst_buffer.conf key and Slurm's default (seconds), per bbctl stage.
 STAGE_TIMEOUT_KEYS = {
     "setup": ("OtherTimeout", 300),
@@ -36,6 +38,27 @@ def read_settings(path: Path | None) -> dict[str, str]:
         if match:
             settings[match.group(1).lower()] = match.group(2)
     return settings
+
+
+def slurm_env(slurm_dir: Path | None) -> dict[str, str]:
+    """The environment for Slurm's commands: SLURM_CONF names <slurm_dir>/slurm.conf when there is one.
+
+    burst_buffer.lua's children and dw_wlm_cli inherit slurmctld's environment, which need not
+    hold SLURM_CONF (Slurm 23.02+ does not promise it); the site configuration knows where it is.
+    """
+    env = dict(host.C_LOCALE)
+    if slurm_dir is not None and (slurm_dir / "slurm.conf").is_file():
+        env["SLURM_CONF"] = str(slurm_dir / "slurm.conf")
+    return env
+
+
+def job_known(slurm_dir: Path | None, job_id: str) -> bool | None:
+    """Whether slurmctld still has the job (pending, running or recently ended): False once it has
+    purged it (MinJobAge after it ended) or never had it; None when scontrol gives no answer."""
+    proc = host.run(["scontrol", "-o", "show", "job", job_id], check=False, env=slurm_env(slurm_dir))
+    if proc.returncode == 0:
+        return True
+    return False if "Invalid job id" in proc.stderr + proc.stdout else None
 
 
 def stage_timeout(stage: str, settings: dict[str, str]) -> int:

@@ -215,8 +215,12 @@ class LoadRun:
                 for job, seen in self.jobs.items()
                 if any(s == "PENDING" and r not in WAITING_REASONS for s, r in seen.seen)}
 
-    def waited_for_space(self) -> list[int]:
-        return [job for job, seen in self.jobs.items() if ("PENDING", "BurstBufferResources") in seen.seen]
+    def short_at_setup(self) -> list[int]:
+        """Jobs whose setup found too few free bricks although Slurm had admitted them (bbctl.allocation):
+        setup waited and, if still short, left the build to stage-in."""
+        log = SLURMCTLD_LOG.parents[2] / "bbctl" / "bbctl.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return sorted({int(m[1]) for m in re.finditer(r" (\d+) setup: waiting up to", text)} & set(self.jobs))
 
     def cleanup(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -305,3 +305,18 @@ for f in {out}/*; do tr 'a-z' 'A-Z' < "$f" > "$DW_JOB_STRIPED/out/${{f##*/}}"; d
 
 def sums_of_one(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_gc_tears_down_a_built_buffer_whose_job_slurm_does_not_have(user_dir):
+    """The safety net for a teardown that never came: slurmctld is asked about the job itself."""
+    owner = user_dir.stat()
+    script = write_job(user_dir, "orphan.sh", "#BB_LUA jobdw capacity=4GiB pool=nvme\nhostname\n")
+    made = bbctl("setup", "--job-id", "990001", "--uid", str(owner.st_uid), "--gid", str(owner.st_gid),
+                 "--script", str(script))
+    assert made.returncode == 0, made.stderr
+    assert bbctl("gc", "--older-than", "3600").returncode == 0
+    assert bbctl("show", "990001").returncode == 0, "a recent buffer must be left alone"
+    report = bbctl("gc", "--older-than", "0")
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert json.loads(report.stdout)["stale_buffers"] == ["990001"]
+    assert leftovers("bbjob-990001") == []

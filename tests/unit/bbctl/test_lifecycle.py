@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,11 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bbctl import allocation, operator_views, runner, site
+from bbctl import allocation, operator_views, runner, site, slurmconf
 from bbctl import lifecycle as lc
 from bbctl.errors import EXIT_REFUSED, BBError, Refused
 from bbctl.job_request import read_request
 from bbctl.state import BufferState
+from bbctl.state.timings import Running
 
 GiB = 1024**3
 UID, GID = 1001, 1001
@@ -199,6 +202,55 @@ def test_a_failed_roll_back_leaves_a_failed_record_that_gc_destroys(life, record
     life.store.clock = lambda: real_clock() + 3600
     assert operator_views.gc(life, 600, dry_run=False)["stale_buffers"] == ["42"]
     assert life.store.get("42") is None and life.store.allocated_brick_ids("nvme") == set()
+
+
+def age(life: lc.Lifecycle, key: str, seconds: float) -> None:
+    """Make key's record look seconds older (its last change then)."""
+    buffer = life.store.get(key)
+    life.store._db.execute("UPDATE buffers SET updated_at = ? WHERE key = ?", (buffer.updated_at - seconds, key))
+
+
+@pytest.mark.parametrize(("known", "torn"), [(False, ["42"]), (True, []), (None, [])])
+def test_gc_tears_down_a_built_buffer_only_once_slurm_has_forgotten_its_job(life, recorder, tmp_path, monkeypatch,
+                                                                           known, torn):
+    asked = []
+    monkeypatch.setattr(slurmconf, "job_known", lambda _dir, job: asked.append(job) or known)
+    life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB"))
+    assert operator_views.gc(life, 600, dry_run=False)["stale_buffers"] == []  # recent: Slurm is not asked
+    assert asked == []
+    age(life, "42", 3600)
+    report = operator_views.gc(life, 600, dry_run=False)
+    assert asked == ["42"] and report["stale_buffers"] == torn and report["abandoned_kept"] == []
+    assert (life.store.get("42") is None) == bool(torn)
+
+
+def test_gc_keeps_a_forgotten_jobs_buffer_whose_results_may_not_have_left(life, recorder, tmp_path, monkeypatch):
+    monkeypatch.setattr(slurmconf, "job_known", lambda _dir, _job: False)
+    job = script(tmp_path, "#DW jobdw capacity=1GiB")
+    life.setup("42", UID, GID, job)
+    life.pre_run("42", job, ["node1"])  # the job ran: its buffer may hold results
+    age(life, "42", 3600)
+    report = operator_views.gc(life, 600, dry_run=False)
+    assert report["stale_buffers"] == [] and report["abandoned_kept"] == ["42"]
+    assert life.store.get("42") is not None
+
+
+def test_gc_leaves_a_buffer_whose_stage_process_still_runs(life, recorder, tmp_path, monkeypatch):
+    monkeypatch.setattr(slurmconf, "job_known", lambda _dir, _job: False)
+    life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB"))
+    life.store.start_stage("42", Running("stage-in", time.time(), pid=os.getpid(), host=socket.gethostname()))
+    age(life, "42", 3600)
+    assert operator_views.gc(life, 600, dry_run=False)["stale_buffers"] == []
+    life.store.start_stage("42", Running("stage-in", time.time(), pid=dead_pid(), host=socket.gethostname()))
+    age(life, "42", 3600)
+    assert operator_views.gc(life, 600, dry_run=False)["stale_buffers"] == ["42"]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def test_setup_gives_the_job_buffer_what_slurm_booked_beyond_the_persistent_ones(life, recorder, tmp_path):
