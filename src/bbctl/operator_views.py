@@ -110,19 +110,23 @@ JOB_RAN = (BufferState.MOUNTED, BufferState.STAGED_OUT)  # built, and the job ma
 
 
 def abandoned(life: Lifecycle, older_than: float) -> tuple[list[str], list[str]]:
-    """(keys to tear down, keys kept): built job buffers, quiet for ``older_than`` s, whose job slurmctld
-    no longer has. No teardown will ever come for them (a teardown killed with its script, before
-    bbctl.detach; a controller restored from an old state). Torn down when the job never ran or its
-    stage-out was verified; otherwise kept and listed: its results may not have left."""
+    """(keys to tear down, keys kept): built job buffers, quiet for ``older_than`` s with no live stage,
+    for which no teardown will come: slurmctld no longer has the job (a controller restored from an old
+    state), or the job has ended with its buffer shown in teardown (a teardown Slurm killed as it
+    started it, before bbctl could detach, and never retries). Torn down when Slurm asked for it, when
+    the job never ran, or when its stage-out was verified; otherwise kept and listed: its results may
+    not have left."""
     now, torn, kept = time.time(), [], []
     for buffer in life.store.buffers():
         if not buffer.key.isdigit() or buffer.state not in (*NOTHING_OWED, *JOB_RAN):
             continue  # persistent buffers, and buffers in flight or failed (the rules above)
         if now - buffer.updated_at <= older_than or _stage_alive(buffer.meta.get(STAGE_NOW)):
             continue
-        if slurmconf.job_known(life.site.slurm_dir, buffer.key) is not False:
-            continue  # Slurm has it (its teardown will come) or did not answer
-        (torn if buffer.state in NOTHING_OWED or buffer.stage_out_verified else kept).append(buffer.key)
+        fields = slurmconf.job_fields(life.site.slurm_dir, buffer.key)
+        if fields is None or (fields and not slurmconf.teardown_lost(fields)):
+            continue  # Slurm did not answer, or has the job and its teardown will come
+        owed = fields == {} and buffer.state not in NOTHING_OWED and not buffer.stage_out_verified
+        (kept if owed else torn).append(buffer.key)
     return torn, kept
 
 

@@ -52,13 +52,23 @@ def slurm_env(slurm_dir: Path | None) -> dict[str, str]:
     return env
 
 
-def job_known(slurm_dir: Path | None, job_id: str) -> bool | None:
-    """Whether slurmctld still has the job (pending, running or recently ended): False once it has
-    purged it (MinJobAge after it ended) or never had it; None when scontrol gives no answer."""
+ENDED = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                   "DEADLINE", "BOOT_FAIL"})
+
+
+def job_fields(slurm_dir: Path | None, job_id: str) -> dict[str, str] | None:
+    """slurmctld's fields of the job (JobState, BurstBufferState, ...): {} once it has purged the job
+    (or never had it), None when scontrol gives no answer."""
     proc = host.run(["scontrol", "-o", "show", "job", job_id], check=False, env=slurm_env(slurm_dir))
-    if proc.returncode == 0:
-        return True
-    return False if "Invalid job id" in proc.stderr + proc.stdout else None
+    if proc.returncode != 0:
+        return {} if "Invalid job id" in proc.stderr + proc.stdout else None
+    return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
+
+
+def teardown_lost(fields: dict[str, str]) -> bool:
+    """The job has ended and Slurm shows its buffer in teardown: Slurm started a teardown and will not
+    start another (Slurm 22.05 never retries one it killed, e.g. a job cancelled in stage-in)."""
+    return fields.get("JobState") in ENDED and fields.get("BurstBufferState") == "teardown"
 
 
 def stage_timeout(stage: str, settings: dict[str, str]) -> int:

@@ -210,11 +210,16 @@ def age(life: lc.Lifecycle, key: str, seconds: float) -> None:
     life.store._db.execute("UPDATE buffers SET updated_at = ? WHERE key = ?", (buffer.updated_at - seconds, key))
 
 
-@pytest.mark.parametrize(("known", "torn"), [(False, ["42"]), (True, []), (None, [])])
-def test_gc_tears_down_a_built_buffer_only_once_slurm_has_forgotten_its_job(life, recorder, tmp_path, monkeypatch,
-                                                                           known, torn):
+RUNNING = {"JobState": "RUNNING", "BurstBufferState": "running"}
+LOST = {"JobState": "CANCELLED", "BurstBufferState": "teardown"}  # job 9 of the fault run, as scontrol showed it
+
+
+@pytest.mark.parametrize(("slurm", "torn"), [({}, ["42"]), (LOST, ["42"]), (RUNNING, []), (None, []),
+                                             ({"JobState": "CANCELLED", "BurstBufferState": "complete"}, [])])
+def test_gc_tears_down_a_built_buffer_only_when_no_teardown_will_come(life, recorder, tmp_path, monkeypatch,
+                                                                      slurm, torn):
     asked = []
-    monkeypatch.setattr(slurmconf, "job_known", lambda _dir, job: asked.append(job) or known)
+    monkeypatch.setattr(slurmconf, "job_fields", lambda _dir, job: asked.append(job) or slurm)
     life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB"))
     assert operator_views.gc(life, 600, dry_run=False)["stale_buffers"] == []  # recent: Slurm is not asked
     assert asked == []
@@ -225,18 +230,18 @@ def test_gc_tears_down_a_built_buffer_only_once_slurm_has_forgotten_its_job(life
 
 
 def test_gc_keeps_a_forgotten_jobs_buffer_whose_results_may_not_have_left(life, recorder, tmp_path, monkeypatch):
-    monkeypatch.setattr(slurmconf, "job_known", lambda _dir, _job: False)
+    monkeypatch.setattr(slurmconf, "job_fields", lambda _dir, _job: {})
     job = script(tmp_path, "#DW jobdw capacity=1GiB")
     life.setup("42", UID, GID, job)
     life.pre_run("42", job, ["node1"])  # the job ran: its buffer may hold results
-    age(life, "42", 3600)
+    age(life, "42", 3600)  # and Slurm has forgotten it: nobody asked for its teardown
     report = operator_views.gc(life, 600, dry_run=False)
     assert report["stale_buffers"] == [] and report["abandoned_kept"] == ["42"]
     assert life.store.get("42") is not None
 
 
 def test_gc_leaves_a_buffer_whose_stage_process_still_runs(life, recorder, tmp_path, monkeypatch):
-    monkeypatch.setattr(slurmconf, "job_known", lambda _dir, _job: False)
+    monkeypatch.setattr(slurmconf, "job_fields", lambda _dir, _job: LOST)
     life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB"))
     life.store.start_stage("42", Running("stage-in", time.time(), pid=os.getpid(), host=socket.gethostname()))
     age(life, "42", 3600)
