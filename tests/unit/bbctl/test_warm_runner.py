@@ -149,7 +149,7 @@ def test_requests_are_names_only(warm):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
 def test_only_its_own_user_may_talk_to_it(warm):
-    config, _server = warm
+    config, server = warm
     directory = config.warm_runner_socket.parent
     os.chmod(directory, 0o755)
     os.chmod(config.warm_runner_socket, 0o777)
@@ -163,10 +163,12 @@ def test_only_its_own_user_may_talk_to_it(warm):
                 os.setgid(65534)
                 os.setuid(65534)
                 with socket.socket(socket.AF_UNIX) as sock:
-                    sock.settimeout(10)
+                    sock.settimeout(60)
                     sock.connect(config.warm_runner_socket.name)
                     sock.sendall(protocol.Request("setup", "4711", "20261206T000000-setup").line())
                     os.write(write_end, sock.recv(4096))
+            except BaseException as exc:  # said to the parent: a failure here must show its cause
+                os.write(write_end, repr(exc).encode())
             finally:
                 os._exit(0)
         os.close(write_end)
@@ -175,7 +177,7 @@ def test_only_its_own_user_may_talk_to_it(warm):
     finally:
         os.chmod(config.warm_runner_socket, 0o600)
         os.chmod(directory, 0o700)
-    assert b"refused" in answer and b"only uid" in answer
+    assert b"refused" in answer and b"only uid" in answer, (answer, server.text())
 
 
 def test_without_a_runner_or_when_told_not_to_bbctl_runs_ansible_runner(tmp_path, monkeypatch):
