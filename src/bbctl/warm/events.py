@@ -46,13 +46,13 @@ class StreamEvents(CallbackBase):
         host = result.host.get_name()
         started = self._started.get(host)
         duration = self.clock() - started if started is not None else None
-        self._send(kind, host=host, task=result.task.get_name(), res=result.result, duration=duration, **extra)
+        self._send(kind, host=host, task=task_name(result.task), res=result.result, duration=duration, **extra)
 
     def v2_playbook_on_task_start(self, task: Any, is_conditional: bool) -> None:
-        self._send("playbook_on_task_start", task=task.get_name(), name=task.get_name())
+        self._send("playbook_on_task_start", task=task_name(task), name=task.get_name())
 
     def v2_playbook_on_handler_task_start(self, task: Any) -> None:
-        self._send("playbook_on_task_start", task=task.get_name(), name=task.get_name())
+        self._send("playbook_on_task_start", task=task_name(task), name=task.get_name())
 
     def v2_runner_on_start(self, host: Any, task: Any) -> None:
         self._started[host.get_name()] = self.clock()
@@ -71,3 +71,8 @@ class StreamEvents(CallbackBase):
 
     def v2_runner_on_unreachable(self, result: Any) -> None:
         self._result("runner_on_unreachable", result)
+
+
+def task_name(task: Any) -> str:
+    """The task's own name, without its role's (ansible-runner's ``task`` field: bbctl's messages quote it)."""
+    return str(task.name or task.action)

@@ -78,6 +78,9 @@ def prepare_environment() -> None:
     from bbctl.runner import ANSIBLE_ENV
 
     os.environ.update(ANSIBLE_ENV)
+    # What ansible-runner adds to every run it starts, that changes how a playbook runs (the rest names
+    # its own callback, artifacts and fact cache): the ansible-runner path never checks SSH host keys.
+    os.environ["ANSIBLE_HOST_KEY_CHECKING"] = "False"
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH") or SYSTEM_PATH])
     os.chdir(PLAYBOOKS)
 
@@ -85,6 +88,12 @@ def prepare_environment() -> None:
 def warm_ansible() -> None:
     """Import what a playbook run imports and load the plugins bbctl's stages use (their
     configuration definitions are YAML parsed on first use: 0.2 s of a cold run)."""
+    if "ansible.constants" in sys.modules:  # ansible-core read its settings before they were set
+        raise BBError("ansible-core was imported before the warm runner set its environment")
+    # bbctl imported the collection's module_utils as a plain package (bbctl.collection); ansible-core's
+    # collection loader must own ``ansible_collections`` or it finds none of the collection's roles.
+    for name in [name for name in sys.modules if name.split(".")[0] == "ansible_collections"]:
+        del sys.modules[name]
     from ansible.cli.playbook import PlaybookCLI  # noqa: F401 - the import is the point
     from ansible.executor import playbook_executor, task_queue_manager  # noqa: F401
     from ansible.plugins import loader

@@ -216,3 +216,36 @@ def test_it_tells_systemd_when_it_is_warm_and_stops_on_sigterm(tmp_path):
             server.stop()
     assert server.process.returncode == 0
     assert not config.warm_runner_socket.exists()
+
+
+def test_a_collection_playbook_gives_the_same_run_on_both_paths(warm, tmp_path, monkeypatch):
+    """post-run's buffer_unmount.yml (the buffer_client role, its argument validation, buffer_mount) for a
+    buffer never mounted on this host: nothing to do, the same way through the warm runner and ansible-runner."""
+    config, _server = warm
+    buffer = {"name": "bbjob-4711", "fs": "gluster", "capacity": "1073741824", "owner": 1000, "group": 1000,
+              "bricks": [{"host": "localhost", "path": "/nonexistent/brick", "device": "/dev/null"}],
+              "layout": {}, "mount_path": str(tmp_path / "mnt" / "bbjob-4711")}
+
+    def post_run() -> tuple[runner.StageRun, list[str]]:
+        seen: list[str] = []
+        return runner.run_stage(config, "4711", "post-run", "buffer_unmount.yml", extravars={"bb_buffer": buffer},
+                                hosts=["localhost"], nodes=["localhost"], timeout=120, on_event=seen.append), seen
+
+    warm_run, warm_seen = post_run()
+    monkeypatch.setenv(protocol.DISABLE_ENV, "0")
+    cold_run, cold_seen = post_run()
+    assert (warm_run.status, ran_warm(warm_run)) == ("successful", True), warm_run.failures
+    assert (cold_run.status, ran_warm(cold_run)) == ("successful", False), cold_run.failures
+    assert warm_seen == cold_seen and "task: Unmount the buffer" in " ".join(warm_seen)
+    assert [(host, result.get("changed")) for host, result in warm_run.results] == \
+        [(host, result.get("changed")) for host, result in cold_run.results]
+
+
+def test_ansible_core_resolves_the_same_settings_on_both_paths(warm, monkeypatch):
+    config, _server = warm
+    warm_run, _seen = run(config, "settings.yml")
+    monkeypatch.setenv(protocol.DISABLE_ENV, "0")
+    cold_run, _seen = run(config, "settings.yml")
+    assert ran_warm(warm_run) and not ran_warm(cold_run)
+    assert warm_run.results[0][1]["msg"] == cold_run.results[0][1]["msg"]
+    assert "False" in str(warm_run.results[0][1]["msg"]["config"])  # ansible-runner's host key checking
