@@ -3,11 +3,14 @@
 Run (as root, no test bed needed): ``.venv/bin/python benchmarks/stage_floor.py [--rounds N] [--write-doc]``
 
 Each call is what Slurm pays per stage before any work: a fresh Python (as ``bbctl``)
-that loads the site and runs bbctl.runner.run_stage of one no-op module task
-(benchmarks/noop_stage.yml, ``ansible.builtin.ping``) on localhost (local connection,
-this virtualenv's Python). Two contenders, alternating call by call after a warm-up
-call each: ``BBCTL_WARM_RUNNER=0`` (ansible-runner, as every stage ran before) and the
-warm runner (``bbctl warm-runner`` started by this script on a socket of its own).
+that loads the site and runs bbctl.runner.run_stage on localhost (local connection,
+this virtualenv's Python) of one no-op module task (benchmarks/noop_stage.yml,
+``ansible.builtin.ping``), or of post-run's buffer_unmount.yml for a buffer that is not
+mounted (the buffer_client role: its argument validation, its skipped tasks, one
+buffer_mount that finds nothing to unmount). Two contenders each, alternating call by
+call after a warm-up call each: ``BBCTL_WARM_RUNNER=0`` (ansible-runner, as every stage
+ran before) and the warm runner (``bbctl warm-runner`` started by this script on a
+socket of its own).
 A throw-away site under a temporary directory. Prints medians, min and max of the
 wall time, the ratio of the medians, and the load average (the machine is shared).
 """
@@ -35,11 +38,20 @@ STAGE = f"""
 import sys
 from pathlib import Path
 from bbctl import runner, site
-run = runner.run_stage(site.load(Path(sys.argv[1])), "floor", "floor", {str(NOOP)!r}, extravars={{}},
-                       hosts=["localhost"], timeout=60)
+config = site.load(Path(sys.argv[1]))
+if sys.argv[2] == "noop":
+    run = runner.run_stage(config, "floor", "floor", {str(NOOP)!r}, extravars={{}}, hosts=["localhost"], timeout=60)
+else:  # post-run of a buffer not mounted here: the buffer_client role (its validation, its skipped tasks), one module
+    buffer = {{"name": "bbjob-1", "fs": "gluster", "capacity": "1073741824", "owner": 0, "group": 0, "layout": {{}},
+              "bricks": [{{"host": "localhost", "path": "/nonexistent", "device": "/dev/null"}}],
+              "mount_path": str(config.work_dir / "mnt" / "bbjob-1")}}
+    run = runner.run_stage(config, "1", "post-run", "buffer_unmount.yml", extravars={{"bb_buffer": buffer}},
+                           hosts=["localhost"], nodes=["localhost"], timeout=60)
 sys.exit(0 if run.status == "successful" else 1)
 """
 MAIN = "import sys; from bbctl.cli import main; sys.exit(main())"
+WHICH = {"noop": "no-op stage (`noop_stage.yml`: one `ping`)",
+         "post-run": "post-run of a buffer not mounted here (`buffer_unmount.yml`)"}
 BEGIN, END = "<!-- stage-floor-results:begin -->", "<!-- stage-floor-results:end -->"
 
 
@@ -71,9 +83,9 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
-def one_stage(config: Path, warm: bool) -> float:
+def one_stage(config: Path, warm: bool, which: str = "noop") -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", STAGE, str(config)], check=True,
+    subprocess.run([sys.executable, "-c", STAGE, str(config), which], check=True,
                    env=environment(**({} if warm else {"BBCTL_WARM_RUNNER": "0"})))
     return time.perf_counter() - start
 
@@ -88,51 +100,54 @@ def main() -> int:
         config = make_site(root)
         server = start_runner(config, root / "warm-runner.log")
         try:
-            cold, warm = [], []
-            one_stage(config, warm=False)
-            one_stage(config, warm=True)  # the AnsiballZ cache of ping, as every stage after a runner's first
+            times: dict[tuple[str, bool], list[float]] = {(which, warm): [] for which in WHICH for warm in (0, 1)}
+            for which in WHICH:  # warm-up: the AnsiballZ payloads, as every stage after a runner's first
+                one_stage(config, False, which)
+                one_stage(config, True, which)
             loads = [os.getloadavg()[0]]
             for n in range(args.rounds):
-                cold.append(one_stage(config, warm=False))
-                warm.append(one_stage(config, warm=True))
-                print(f"round {n + 1}: ansible-runner {cold[-1]:.3f} s, warm runner {warm[-1]:.3f} s", file=sys.stderr)
+                for which in WHICH:
+                    for warm in (False, True):
+                        times[which, warm].append(one_stage(config, warm, which))
+                said = [f"{which} {'warm' if warm else 'ansible-runner'} {values[-1]:.3f} s"
+                        for (which, warm), values in times.items()]
+                print(f"round {n + 1}: {', '.join(said)}", file=sys.stderr)
             loads.append(os.getloadavg()[0])
-            served = (root / "warm-runner.log").read_text().count("floor floor (noop_stage.yml): successful")
+            served = (root / "warm-runner.log").read_text().count(": successful, rc 0")
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    if served != args.rounds + 1:
-        raise SystemExit(f"the warm runner ran {served} stages, not {args.rounds + 1}: some fell back")
-    report = render(cold, warm, args.rounds, loads)
+    if served != len(WHICH) * (args.rounds + 1):
+        raise SystemExit(f"the warm runner ran {served} stages, not {len(WHICH) * (args.rounds + 1)}: some fell back")
+    report = render(times, args.rounds, loads)
     print(report)
     if args.write_doc:
         results_doc.write_section(BEGIN, END, [report], "The floor of one stage, warm or not")
     return 0
 
 
-def render(cold: list[float], warm: list[float], rounds: int, loads: list[float]) -> str:
+def render(times: dict[tuple[str, bool], list[float]], rounds: int, loads: list[float]) -> str:
     machine = (f"{platform.node()}, {os.cpu_count()} cores, Linux {platform.release()}, "
                f"Python {platform.python_version()}")
-
-    def row(label: str, values: list[float]) -> str:
-        return (f"| {label} | {statistics.median(values):.3f} s | {min(values):.3f} s | "
-                f"{max(values):.3f} s |")
-
-    return "\n".join([
+    lines = [
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine}; load average {loads[0]:.1f} at the "
         f"start, {loads[1]:.1f} at the end. `.venv/bin/python benchmarks/stage_floor.py --rounds {rounds}`: "
         f"{rounds} calls each, alternating.",
         "",
-        "| one no-op stage on localhost (a fresh Python running `run_stage`) | median | min | max |",
+        "| one stage on localhost (a fresh Python running `run_stage`) | median | min | max |",
         "| --- | --- | --- | --- |",
-        row("ansible-runner (`BBCTL_WARM_RUNNER=0`)", cold),
-        row("warm runner", warm),
-        "",
-        f"**Warm / ansible-runner (medians): {statistics.median(warm) / statistics.median(cold):.2f}**; "
-        f"{statistics.median(cold) - statistics.median(warm):.3f} s less per stage.",
-    ])
+    ]
+    for (which, warm), values in times.items():
+        label = f"{WHICH[which]}, {'warm runner' if warm else 'ansible-runner (`BBCTL_WARM_RUNNER=0`)'}"
+        lines.append(f"| {label} | {statistics.median(values):.3f} s | {min(values):.3f} s | {max(values):.3f} s |")
+    lines.append("")
+    for which, label in WHICH.items():
+        cold, warm = statistics.median(times[which, False]), statistics.median(times[which, True])
+        lines.append(f"**{label}: warm / ansible-runner (medians) {warm / cold:.2f}**, {cold - warm:.3f} s less "
+                     f"per stage.  ")
+    return "\n".join(lines).rstrip()
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ def listen(path: Path) -> socket.socket:
         listener.bind(str(path))
     finally:
         os.umask(old_umask)
-    listener.listen(64)
+    listener.listen(256)  # Slurm may start 128 stage-ins at once (burst_buffer/lua's cap)
     listener.settimeout(ACCEPT_POLL_SECONDS)
     return listener
 
