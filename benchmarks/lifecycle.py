@@ -238,6 +238,7 @@ def render(raw: list[float], setups: list[float], teardowns: list[float], floors
     ]
     if warm:
         med_warm, med_warm_floor = statistics.median(warm_stack), statistics.median(warm["floor"])
+        lines += [""]
         lines.append(
             f"**With the warm runner: bbctl / raw {med_warm / med_raw:.2f}** (target at most 1.3); floor "
             f"(raw + two no-op stages) / raw {(med_raw + med_warm_floor) / med_raw:.2f}; "

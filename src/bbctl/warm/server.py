@@ -35,6 +35,7 @@ from bbctl.site import Site
 from bbctl.warm import protocol, stage
 
 ACCEPT_POLL_SECONDS = 1.0
+CHECK_SECONDS = 1.0  # how often the code under the runner is compared with what it loaded
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -46,7 +47,7 @@ def serve(site: Site, *, socket_path: Path | None = None, playbook_dirs: list[Pa
     notify = os.environ.pop("NOTIFY_SOCKET", None)  # systemd's, for this process: not for the modules it runs
     prepare_environment()
     warm_ansible()
-    fingerprint = code_fingerprint()
+    code = CodeWatch()
     listener = listen(path)
     bound = os.lstat(path).st_ino
     stop = _stop_on_signals()
@@ -61,7 +62,7 @@ def serve(site: Site, *, socket_path: Path | None = None, playbook_dirs: list[Pa
             except (TimeoutError, InterruptedError):
                 continue
             with conn:
-                if code_fingerprint() != fingerprint:
+                if code.changed():
                     _refuse(conn, "the warm runner's code changed since it started; it restarts")
                     _log("the code under the runner changed: exiting so that a fresh one starts")
                     return 75
@@ -107,6 +108,23 @@ def warm_ansible() -> None:
     for plugins, name in ((loader.action_loader, "ansible.builtin.normal"), (loader.strategy_loader, "linear"),
                           (loader.strategy_loader, "free")):
         plugins.get(name, class_only=True)
+
+
+class CodeWatch:
+    """Whether the code under the runner changed since it was loaded, looked at no more than once
+    every CHECK_SECONDS: a burst of stages is not slowed by a file walk each, and a stage that
+    starts within that second of a change runs with the code the runner loaded."""
+
+    def __init__(self) -> None:
+        self.loaded = code_fingerprint()
+        self.checked = float("-inf")
+
+    def changed(self) -> bool:
+        now = time.monotonic()
+        if now - self.checked < CHECK_SECONDS:
+            return False
+        self.checked = now
+        return code_fingerprint() != self.loaded
 
 
 def code_fingerprint() -> tuple:
