@@ -249,3 +249,16 @@ def test_ansible_core_resolves_the_same_settings_on_both_paths(warm, monkeypatch
     assert ran_warm(warm_run) and not ran_warm(cold_run)
     assert warm_run.results[0][1]["msg"] == cold_run.results[0][1]["msg"]
     assert "False" in str(warm_run.results[0][1]["msg"]["config"])  # ansible-runner's host key checking
+
+
+def test_the_free_strategy_over_two_hosts_reports_both(warm, monkeypatch):
+    config, _server = warm
+    seen: dict[bool, runner.StageRun] = {}
+    for warm_path in (True, False):
+        monkeypatch.setenv(protocol.DISABLE_ENV, "1" if warm_path else "0")
+        seen[warm_path] = runner.run_stage(config, "4711", "teardown", str(warm_server.PLAYBOOKS / "free.yml"),
+                                           extravars={}, hosts=["local2"], timeout=120)
+    assert ran_warm(seen[True]) and not ran_warm(seen[False])
+    for run_ in seen.values():
+        assert run_.status == "successful"
+        assert sorted(host for host, _result in run_.results) == ["local2", "localhost"]

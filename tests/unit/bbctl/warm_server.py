@@ -20,10 +20,11 @@ MAIN = "import sys; from bbctl.cli import main; sys.exit(main())"
 
 
 def local_site(root: Path) -> site.Site:
-    """A site whose only host is the stage host (localhost, local connection, this Python)."""
+    """A site of the stage host and one storage server, both this machine (local connection, this Python)."""
     root.mkdir(parents=True, exist_ok=True)
     inventory = root / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"all": {"children": {"bb_storage": {"hosts": {}}}}}))
+    second = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}  # a storage server
+    inventory.write_text(yaml.safe_dump({"all": {"children": {"bb_storage": {"hosts": {"local2": second}}}}}))
     config = root / "bbctl.yml"
     config.write_text(yaml.safe_dump({"inventory": str(inventory), "pools": {"nvme": {}},
                                       "work_dir": str(root / "work"),
