@@ -68,6 +68,8 @@ def supervise(conn: socket.socket, runs_dir: Path, inventory: Path, playbook_dir
     pid = os.fork()
     if pid == 0:
         _playbook_process(conn, stage, inventory, artifacts, supervisor)  # never returns
+    with contextlib.suppress(OSError):  # also here: _stop may need the group before the child made it
+        os.setpgid(pid, pid)
     started = time.monotonic()
     status, rc = _watch(conn, pid, deadline=started + stage.timeout)
     log(f"{request.key} {request.stage} ({stage.playbook.name}): {status}, rc {rc}, "
@@ -140,8 +142,9 @@ def _stop(pid: int) -> None:
         if os.waitpid(pid, os.WNOHANG)[0]:
             return
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+    for kill in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError):
+            kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
 
 
