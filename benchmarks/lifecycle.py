@@ -19,6 +19,11 @@ that runs one ansible-runner run (bbctl's runner: same environment, inventory
 and guard) of one no-op module task (benchmarks/noop_stage.yml) on one server.
 Raw + two such stages is the best any design of "one ansible-runner run of one
 module task per stage" could reach here; the rest of bbctl's time is its own.
+
+``--warm-runner``: also the same stack and floor through the warm runner (bbctl.warm),
+which this script starts (``bbctl warm-runner`` on the site's socket, the benchmarks
+directory's playbooks allowed) and stops; the ansible-runner contenders then run with
+``BBCTL_WARM_RUNNER=0``. All contenders alternate within each round.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import os
 import platform
 import pwd
+import signal
 import statistics
 import subprocess
 import sys
@@ -82,28 +88,48 @@ def raw_cycle(round_no: int, uid: int) -> float:
     return time.perf_counter() - start
 
 
-def bbctl(*args: str) -> float:
+def environment(warm: bool) -> dict[str, str]:
+    """bbctl's environment for one contender: BBCTL_WARM_RUNNER=0 keeps a stage off the warm runner."""
+    return {**os.environ, "BBCTL_WARM_RUNNER": "1" if warm else "0"}
+
+
+def bbctl(*args: str, warm: bool = False) -> float:
     start = time.perf_counter()
     done = subprocess.run([str(BIN / "bbctl"), "--config", str(CONFIG), *args], capture_output=True, text=True,
-                          check=False)
+                          check=False, env=environment(warm))
     if done.returncode != 0:
         raise SystemExit(f"bbctl {args[0]} failed: {done.stderr.strip().splitlines()[-1]}")
     return time.perf_counter() - start
 
 
-def stack_cycle(round_no: int, uid: int, script: Path) -> tuple[float, float]:
-    job = str(JOB_BASE + round_no)
-    setup = bbctl("setup", "--job-id", job, "--uid", str(uid), "--gid", str(uid), "--script", str(script))
-    teardown = bbctl("teardown", "--job-id", job, "--script", str(script))
+def stack_cycle(round_no: int, uid: int, script: Path, warm: bool = False) -> tuple[float, float]:
+    job = str(JOB_BASE + 2 * round_no + warm)
+    setup = bbctl("setup", "--job-id", job, "--uid", str(uid), "--gid", str(uid), "--script", str(script), warm=warm)
+    teardown = bbctl("teardown", "--job-id", job, "--script", str(script), warm=warm)
     return setup, teardown
 
 
-def floor_cycle() -> float:
-    """Two fresh Pythons, each running one ansible-runner run of one no-op module task."""
+def floor_cycle(warm: bool = False) -> float:
+    """Two fresh Pythons, each running one run_stage of one no-op module task."""
     start = time.perf_counter()
     for _stage in ("setup", "teardown"):
-        subprocess.run([sys.executable, __file__, "--floor-stage"], check=True)
+        subprocess.run([sys.executable, __file__, "--floor-stage"], check=True, env=environment(warm))
     return time.perf_counter() - start
+
+
+def start_warm_runner() -> subprocess.Popen[bytes]:
+    """``bbctl warm-runner`` on the test bed site's socket, allowed to run noop_stage.yml; ready when it returns."""
+    log = ROOT / "bbctl" / "warm-runner.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as out:
+        server = subprocess.Popen([str(BIN / "bbctl"), "--config", str(CONFIG), "warm-runner", "--playbooks",
+                                   str(REPO / "benchmarks")], stdout=out, stderr=out)
+    deadline = time.monotonic() + 60
+    while b"ready on" not in log.read_bytes():
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the warm runner did not start: {log.read_text()}")
+        time.sleep(0.05)
+    return server
 
 
 def floor_stage() -> int:
@@ -122,6 +148,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--write-doc", action="store_true", help="replace the section in docs/BENCHMARKS.md")
+    parser.add_argument("--warm-runner", action="store_true",
+                        help="also run the stack and the floor through the warm runner (started and stopped here)")
     parser.add_argument("--floor-stage", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_stage:
@@ -129,24 +157,37 @@ def main() -> int:
     started_here = not testbed_up()
     if started_here:
         subprocess.run([str(BIN / "bbctl"), "testbed", "up"], check=True, capture_output=True)
+    server = start_warm_runner() if args.warm_runner else None
     try:
         uid = pwd.getpwnam("bbuser").pw_uid
         script = ROOT / "bbctl" / "bench-job.sh"
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(f"#!/bin/bash\n#BB_LUA jobdw capacity={CAPACITY_GIB}GiB pool=nvme\n")
         raw, setups, teardowns, floors = [], [], [], []
+        warm: dict[str, list[float]] = {"setup": [], "teardown": [], "floor": []}
         for n in range(args.rounds):
             raw.append(raw_cycle(n, uid))
             setup, teardown = stack_cycle(n, uid, script)
             setups.append(setup)
             teardowns.append(teardown)
             floors.append(floor_cycle())
-            print(f"round {n + 1}: raw {raw[-1]:.2f} s, bbctl setup {setup:.2f} s + teardown {teardown:.2f} s, "
-                  f"two no-op stages {floors[-1]:.2f} s", file=sys.stderr)
+            line = (f"round {n + 1}: raw {raw[-1]:.2f} s, bbctl setup {setup:.2f} s + teardown {teardown:.2f} s, "
+                    f"two no-op stages {floors[-1]:.2f} s")
+            if server:
+                setup, teardown = stack_cycle(n, uid, script, warm=True)
+                warm["setup"].append(setup)
+                warm["teardown"].append(teardown)
+                warm["floor"].append(floor_cycle(warm=True))
+                line += (f"; warm runner: setup {setup:.2f} s + teardown {teardown:.2f} s, two no-op stages "
+                         f"{warm['floor'][-1]:.2f} s")
+            print(line, file=sys.stderr)
     finally:
+        if server:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
         if started_here:
             subprocess.run([str(BIN / "bbctl"), "testbed", "down"], check=True, capture_output=True)
-    report = render(raw, setups, teardowns, floors, args.rounds)
+    report = render(raw, setups, teardowns, floors, args.rounds, warm if server else None)
     print(report)
     if args.write_doc:
         write_section(REPO / "docs" / "BENCHMARKS.md", report)
@@ -156,7 +197,8 @@ def main() -> int:
 BEGIN, END = "<!-- lifecycle-results:begin -->", "<!-- lifecycle-results:end -->"
 
 
-def render(raw: list[float], setups: list[float], teardowns: list[float], floors: list[float], rounds: int) -> str:
+def render(raw: list[float], setups: list[float], teardowns: list[float], floors: list[float], rounds: int,
+           warm: dict[str, list[float]] | None = None) -> str:
     stack = [s + t for s, t in zip(setups, teardowns, strict=True)]
     med_raw, med_stack, med_floor = statistics.median(raw), statistics.median(stack), statistics.median(floors)
     machine = (f"{platform.node()}, {os.cpu_count()} cores, Linux {platform.release()}, "
@@ -165,10 +207,12 @@ def render(raw: list[float], setups: list[float], teardowns: list[float], floors
     def row(label: str, values: list[float]) -> str:
         return f"| {label} | {statistics.median(values):.2f} s | {min(values):.2f} s | {max(values):.2f} s |"
 
-    return "\n".join([
+    flag = " --warm-runner" if warm else ""
+    lines = [
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine}; load average "
-        f"{os.getloadavg()[0]:.1f} at the end. `.venv/bin/python benchmarks/lifecycle.py --rounds {rounds}`: "
-        f"{rounds} rounds, raw, bbctl and the no-op stages alternating.",
+        f"{os.getloadavg()[0]:.1f} at the end. `.venv/bin/python benchmarks/lifecycle.py --rounds {rounds}{flag}`: "
+        f"{rounds} rounds, raw, bbctl and the no-op stages alternating"
+        f"{', each through ansible-runner and through the warm runner' if warm else ''}.",
         "",
         "| | median | min | max |",
         "| --- | --- | --- | --- |",
@@ -177,11 +221,29 @@ def render(raw: list[float], setups: list[float], teardowns: list[float], floors
         row("bbctl teardown", teardowns),
         row("bbctl setup + teardown", stack),
         row("two no-op stages (one ansible-runner run of one `ping` each)", floors),
+    ]
+    if warm:
+        warm_stack = [s + t for s, t in zip(warm["setup"], warm["teardown"], strict=True)]
+        lines += [
+            row("bbctl setup, warm runner", warm["setup"]),
+            row("bbctl teardown, warm runner", warm["teardown"]),
+            row("bbctl setup + teardown, warm runner", warm_stack),
+            row("two no-op stages, warm runner", warm["floor"]),
+        ]
+    lines += [
         "",
         f"**Ratio (medians) bbctl / raw: {med_stack / med_raw:.2f}** (target at most 1.5). "
         f"Floor of the design, (raw + two no-op stages) / raw: {(med_raw + med_floor) / med_raw:.2f}; "
         f"bbctl above that floor: {med_stack - med_raw - med_floor:.2f} s for both stages.",
-    ])
+    ]
+    if warm:
+        med_warm, med_warm_floor = statistics.median(warm_stack), statistics.median(warm["floor"])
+        lines += [""]
+        lines.append(
+            f"**With the warm runner: bbctl / raw {med_warm / med_raw:.2f}** (target at most 1.3); floor "
+            f"(raw + two no-op stages) / raw {(med_raw + med_warm_floor) / med_raw:.2f}; "
+            f"{med_stack - med_warm:.2f} s less for both stages than through ansible-runner.")
+    return "\n".join(lines)
 
 
 def write_section(doc: Path, block: str) -> None:

@@ -70,6 +70,18 @@ def _add_config(subparsers: argparse._SubParsersAction) -> None:
                                    "bbctl config reference > docs/CONFIGURATION.md")
 
 
+def _add_warm_runner(subparsers: argparse._SubParsersAction) -> None:
+    warm = subparsers.add_parser(
+        "warm-runner", help="run stages with ansible-core kept warm, until SIGTERM (a root service)",
+        description="Listen on the site's warm_runner_socket and run each stage bbctl sends there in a fork "
+                    "of this process, ansible-core already imported (docs/OPERATOR_GUIDE.md, \"The warm "
+                    "runner\"). Stages run through ansible-runner whenever it is not running.")
+    warm.add_argument("--socket", type=Path, help="the socket (default: the site's warm_runner_socket)")
+    warm.add_argument("--playbooks", type=Path, action="append", default=[], metavar="DIR",
+                      help="another directory whose playbooks it may run, besides the collection's "
+                           "(benchmarks, tests); repeatable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bbctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_operator_commands(subparsers)
     _add_testbed(subparsers)
     _add_config(subparsers)
+    _add_warm_runner(subparsers)
     return parser
 
 
@@ -139,6 +152,10 @@ def _main(args: argparse.Namespace) -> int:
 
             sys.stdout.write(config_reference.render())
             return 0
+        if args.command == "warm-runner":
+            from bbctl.warm import server  # only here: it imports ansible-core, which no stage call should
+
+            return server.serve(site.load(args.config), socket_path=args.socket, playbook_dirs=args.playbooks)
         return commands.run(args)
     except BBError as exc:
         print(f"bbctl {args.command}: error: {exc}", file=sys.stderr)

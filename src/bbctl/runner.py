@@ -1,4 +1,9 @@
-"""ansible-runner, one run per (buffer, stage): the only way bbctl reaches the collection.
+"""One playbook run per (buffer, stage): the only way bbctl reaches the collection.
+
+A stage runs in the warm runner (bbctl.warm: a resident process with ansible-core
+imported, the same playbook, inventory, variables and environment) when one answers
+on the site's ``warm_runner_socket``; otherwise, and always when it does not answer,
+through ansible-runner as one fresh ansible-playbook.
 
 Each run gets a fresh private_data_dir under ``<work_dir>/runs/<key>/`` (so the
 artifacts of every stage of a job stay side by side for an operator), an
@@ -31,6 +36,8 @@ from bbctl import playbook_guard
 from bbctl.collection import COLLECTION_ROOT, COLLECTIONS_PATH, PLAYBOOKS, sizes
 from bbctl.errors import BBError
 from bbctl.site import Site
+from bbctl.warm import client as warm_client
+from bbctl.warm import protocol
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 # A loop reports each failed item, then a summary ("One or more items failed") we skip.
@@ -161,11 +168,8 @@ def inventory_sources(site: Site, run_dir: Path, *, nodes: Iterable[str] = ()) -
 def run_stage(site: Site, key: str, stage: str, playbook: str, *, extravars: Mapping[str, Any],
               hosts: Iterable[str], nodes: Iterable[str] = (), timeout: int,
               on_event: Callable[[str], None] = lambda _m: None, cancel: Cancel | None = None) -> StageRun:
-    """Run playbooks/<playbook> for one stage of one buffer and wait for it."""
-    # Imported here, not with the module: stages without a playbook (paths, real-size) and the
-    # operator views start faster without it.
-    import ansible_runner
-
+    """Run playbooks/<playbook> for one stage of one buffer and wait for it: through the warm runner
+    when one answers on the site's socket (bbctl.warm), else through ansible-runner."""
     started = time.monotonic()
     run_dir = site.runs_dir / key / f"{time.strftime('%Y%m%dT%H%M%S')}-{stage}"
     suffix = 1
@@ -176,19 +180,40 @@ def run_stage(site: Site, key: str, stage: str, playbook: str, *, extravars: Map
     nodes = list(nodes)
     limit = ",".join([*hosts, STAGE_HOST, *nodes])
     collector = _Events(on_event)
+    inventory = inventory_sources(site, run_dir, nodes=nodes)
+    warm = warm_client.run(site.warm_runner_socket, protocol.Request(stage=stage, key=key, run=run_dir.name), run_dir,
+                           playbook=playbook, limit=limit, timeout=timeout, extravars=dict(extravars),
+                           inventory=site.inventory, on_event=collector, cancel=cancel or (lambda: False))
+    if warm is not None:
+        if warm.lost:
+            collector.failures.append(f"{STAGE_HOST}: {stage}: {warm.lost}")
+        status, rc = warm.status, warm.rc
+    else:
+        status, rc = _run_ansible_runner(run_dir, playbook, inventory, limit, extravars, site, timeout, collector,
+                                         cancel)
+    return StageRun(stage=stage, status=status, rc=rc, seconds=time.monotonic() - started, run_dir=run_dir,
+                    failures=collector.failures, files=collector.files, bytes=collector.bytes,
+                    results=collector.results)
+
+
+def _run_ansible_runner(run_dir: Path, playbook: str, inventory: list[str], limit: str, extravars: Mapping[str, Any],
+                        site: Site, timeout: int, collector: _Events, cancel: Cancel | None) -> tuple[str, int]:
+    """The stage as one ansible-runner run (a fresh ansible-playbook): how every stage ran before the
+    warm runner, and how it runs whenever the warm runner does not take it."""
+    # Imported here, not with the module: stages without a playbook (paths, real-size), the operator
+    # views and stages the warm runner takes start faster without it.
+    import ansible_runner
+
     with pty_closed_without_settling():
         result = ansible_runner.run(
             private_data_dir=str(run_dir), project_dir=str(PLAYBOOKS), playbook=playbook,
-            inventory=inventory_sources(site, run_dir, nodes=nodes), limit=limit,
+            inventory=inventory, limit=limit,
             extravars=dict(extravars), envvars={**ANSIBLE_ENV, "PATH": _path_with_ansible(site)}, timeout=timeout,
             quiet=True, event_handler=collector, cancel_callback=cancel or (lambda: False),
             # pexpect_timeout: how often the cancel callback is polled (default 5 s; Slurm's
             # SIGKILL may follow its SIGTERM sooner).
             settings={"suppress_ansible_output": True, "pexpect_timeout": 0.2})
-    return StageRun(stage=stage, status=result.status, rc=result.rc or 0,
-                    seconds=time.monotonic() - started, run_dir=run_dir,
-                    failures=collector.failures, files=collector.files, bytes=collector.bytes,
-                    results=collector.results)
+    return result.status, result.rc or 0
 
 
 def _path_with_ansible(site: Site) -> str:

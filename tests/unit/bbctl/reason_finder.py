@@ -235,7 +235,7 @@ def missing_from(reasons: Iterable[Reason], rows: Iterable[tuple[str, ...]]) -> 
 # grammar (its refusals come at sbatch, from grammar.MESSAGES; the user guide's directive section).
 PYTHON_SKIPPED = ("src/bbctl/testbed/", "src/bbctl/directives/", "src/bbctl/metrics.py",
                   "src/bbctl/operator_views.py", "src/bbctl/status_text.py", "src/bbctl/slurm_install.py",
-                  "src/bbctl/config_reference.py", "src/bbctl/reconcile.py")
+                  "src/bbctl/config_reference.py", "src/bbctl/reconcile.py", "src/bbctl/warm/server.py")
 LUA_FILES = ("slurm/burst_buffer.lua", "slurm/bbctl-layouts.lua")
 
 
