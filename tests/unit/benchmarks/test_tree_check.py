@@ -12,16 +12,9 @@ import tree_gen
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine as ce
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_rules as sr
 
-OLD = 1_600_000_000_123_456_789
+from tests.unit.plugins.module_utils.test_copy_engine import OLD, write
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing an owner needs root")
-
-
-def write(path, data=b"x", mode=0o644, mtime_ns=OLD):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    path.chmod(mode)
-    os.utime(path, ns=(mtime_ns, mtime_ns))
-    return path
 
 
 @pytest.fixture

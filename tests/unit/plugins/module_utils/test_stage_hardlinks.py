@@ -19,16 +19,9 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_plan 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_rules as sr
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_threads as st
 
+from tests.unit.plugins.module_utils.test_copy_engine import OLD, write
+
 MiB = 1024 * 1024
-OLD = 1_600_000_000_123_456_789
-
-
-def write(path, data=b"x", mode=0o644, mtime_ns=OLD):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    path.chmod(mode)
-    os.utime(path, ns=(mtime_ns, mtime_ns))
-    return path
 
 
 def groups_of(root):
