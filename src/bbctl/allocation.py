@@ -109,6 +109,11 @@ def deferred(work_dir: Path, key: str) -> dict[str, Any] | None:
         return None
 
 
+def deferred_keys(work_dir: Path) -> list[str]:
+    """Keys of every deferred build noted under work_dir."""
+    return sorted(path.stem for path in (work_dir / "deferred").glob("*.json"))
+
+
 def forget(work_dir: Path, key: str) -> bool:
     """Remove key's deferred build; True if there was one."""
     try:

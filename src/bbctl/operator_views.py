@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bbctl import layouts, slurmconf
+from bbctl import allocation, layouts, slurmconf
 from bbctl import site as sitecfg
 from bbctl.errors import BBError
 from bbctl.lifecycle import FAILED_STAGE, Lifecycle, stage_out_failed
@@ -91,7 +91,11 @@ def gc(life: Lifecycle, older_than: float, *, dry_run: bool) -> dict[str, Any]:
     torn += [b.key for b in orphans.failed_buffers if not stage_out_failed(b)]
     forgotten, kept = abandoned(life, older_than)
     torn += forgotten
+    lapsed = lapsed_builds(life)
     if not dry_run:
+        for key in lapsed:
+            allocation.forget(life.site.work_dir, key)
+            life.note(key, "gc", "forgot the build setup left to a stage-in that will never come")
         for key in held:
             life.store.transition(
                 key, BufferState.STAGING_OUT, BufferState.FAILED, meta={FAILED_STAGE: "stage-out"},
@@ -100,7 +104,7 @@ def gc(life: Lifecycle, older_than: float, *, dry_run: bool) -> dict[str, Any]:
             life.note(key, "gc", "stage-out without progress: held as failed, data kept")
         for key in torn:
             life.destroy(key, stage="gc")
-    return {"stale_buffers": torn, "held_buffers": held, "abandoned_kept": kept,
+    return {"stale_buffers": torn, "held_buffers": held, "abandoned_kept": kept, "lapsed_builds": lapsed,
             "stray_bricks": [a.brick_id for a in orphans.stray_bricks], "dry_run": dry_run}
 
 
@@ -128,6 +132,17 @@ def abandoned(life: Lifecycle, older_than: float) -> tuple[list[str], list[str]]
         owed = fields == {} and buffer.state not in NOTHING_OWED and not buffer.stage_out_verified
         (kept if owed else torn).append(buffer.key)
     return torn, kept
+
+
+def lapsed_builds(life: Lifecycle) -> list[str]:
+    """Deferred builds (bbctl.allocation.defer) whose job has ended or that slurmctld no longer has: no
+    stage-in will build them and no teardown forget them. They hold no brick; this keeps the notes few."""
+    lapsed = []
+    for key in allocation.deferred_keys(life.site.work_dir):
+        fields = slurmconf.job_fields(life.site.slurm_dir, key)
+        if fields == {} or (fields and fields.get("JobState") in slurmconf.ENDED):
+            lapsed.append(key)
+    return lapsed
 
 
 def _stage_alive(running: Any) -> bool:

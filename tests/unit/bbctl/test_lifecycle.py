@@ -229,6 +229,19 @@ def test_gc_tears_down_a_built_buffer_only_when_no_teardown_will_come(life, reco
     assert (life.store.get("42") is None) == bool(torn)
 
 
+@pytest.mark.parametrize(("slurm", "forgotten"), [({}, True), ({"JobState": "CANCELLED"}, True),
+                                                  ({"JobState": "PENDING"}, False), (None, False)])
+def test_gc_forgets_a_deferred_build_whose_job_has_ended(config, recorder, monkeypatch, tmp_path, slurm, forgotten):
+    monkeypatch.setattr(slurmconf, "job_fields", lambda _dir, _job: slurm)
+    life = waiting_life(config, monkeypatch, 1)
+    life.setup("41", UID, GID, script(tmp_path, "#DW jobdw capacity=24GiB access_mode=private"))
+    life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=4GiB"))
+    assert life.has_buffer("42") and life.store.get("42") is None
+    report = operator_views.gc(life, 600, dry_run=False)
+    assert report["lapsed_builds"] == (["42"] if forgotten else [])
+    assert life.has_buffer("42") is not forgotten
+
+
 def test_gc_keeps_a_forgotten_jobs_buffer_whose_results_may_not_have_left(life, recorder, tmp_path, monkeypatch):
     monkeypatch.setattr(slurmconf, "job_fields", lambda _dir, _job: {})
     job = script(tmp_path, "#DW jobdw capacity=1GiB")
