@@ -1,6 +1,6 @@
 """Allocating a buffer's bricks when Slurm's books run ahead of ours: wait in turn instead of failing.
 
-Slurm admits a job when its own books say the pool has room (SLURM.md: the plugin adds the job's
+Slurm admits a job when its own books say the pool has room (Slurm 22.05's burst_buffer/lua adds the job's
 size to the pool's used space at admission and learns the truth from ``slurm_bb_pools`` only every
 so often). Our books differ in two ways: a striped buffer of k granules takes k + 1 bricks (the
 redundancy brick of its disperse set, bbctl.layouts), and a torn-down buffer's bricks come free a few
