@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import results_doc  # benchmarks/, beside this script
+import stage_floor  # benchmarks/, beside this script: the warm runner's start
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -124,12 +125,7 @@ def start_warm_runner() -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         server = subprocess.Popen([str(BIN / "bbctl"), "--config", str(CONFIG), "warm-runner", "--playbooks",
                                    str(REPO / "benchmarks")], stdout=out, stderr=out)
-    deadline = time.monotonic() + 60
-    while b"ready on" not in log.read_bytes():
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the warm runner did not start: {log.read_text()}")
-        time.sleep(0.05)
-    return server
+    return stage_floor.wait_ready(server, log)
 
 
 def floor_stage() -> int:

@@ -29,7 +29,6 @@ import argparse
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -125,11 +124,7 @@ def _submit_times(since: datetime) -> dict[int, int]:
 
 
 def _us(values: list[int]) -> dict[str, float]:
-    ordered = sorted(values)
-    if not ordered:
-        return {}
-    return {"n": len(ordered), "median": statistics.median(ordered),
-            "p99": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))], "max": ordered[-1]}
+    return {"n": len(values), **load.percentiles(values, tail=99)} if values else {}
 
 
 def _cancel(jobs: list[int]) -> None:

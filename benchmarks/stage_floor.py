@@ -69,7 +69,13 @@ def start_runner(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         server = subprocess.Popen([sys.executable, "-c", MAIN, "--config", str(config), "warm-runner",
                                    "--playbooks", str(NOOP.parent)], stdout=out, stderr=out, env=environment())
-    deadline = time.monotonic() + 60
+    return wait_ready(server, log)
+
+
+def wait_ready(server: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> subprocess.Popen[bytes]:
+    """server, once the warm runner it is has logged "ready on" into log; SystemExit if it died or took
+    longer than timeout s (benchmarks/lifecycle.py starts its runner this way too)."""
+    deadline = time.monotonic() + timeout
     while b"ready on" not in log.read_bytes():
         if server.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"the warm runner did not start: {log.read_text()}")

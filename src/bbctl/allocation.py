@@ -21,6 +21,7 @@ each have their own turn; the store alone still guarantees that no brick is give
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import time
@@ -48,15 +49,16 @@ def allocate(store: StateStore, spec: BufferSpec, pool: Pool, *, lock: Path, wai
     with _turn(lock, deadline) as ours:
         if not ours:  # a waiter ahead held the turn all along: one last try, then the shortage
             return store.allocate(spec, pool), time.monotonic() - began
-        while True:
+        for attempt in itertools.count():
             try:
                 return store.allocate(spec, pool), time.monotonic() - began
             except NotEnoughBricks as short:
                 if time.monotonic() + POLL > deadline:
                     raise
-                if time.monotonic() - began < POLL:
+                if attempt == 0:
                     on_wait(short)
                 time.sleep(POLL)
+    raise AssertionError("itertools.count() ended")
 
 
 @contextmanager

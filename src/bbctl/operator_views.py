@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bbctl import allocation, layouts, slurmconf
+from bbctl import allocation, host, layouts, slurmconf
 from bbctl import site as sitecfg
 from bbctl.errors import BBError
 from bbctl.lifecycle import FAILED_STAGE, Lifecycle, stage_out_failed
@@ -140,7 +140,7 @@ def lapsed_builds(life: Lifecycle) -> list[str]:
     lapsed = []
     for key in allocation.deferred_keys(life.site.work_dir):
         fields = slurmconf.job_fields(life.site.slurm_dir, key)
-        if fields == {} or (fields and fields.get("JobState") in slurmconf.ENDED):
+        if fields is not None and (not fields or fields.get("JobState") in slurmconf.ENDED):
             lapsed.append(key)
     return lapsed
 
@@ -152,13 +152,7 @@ def _stage_alive(running: Any) -> bool:
     pid, where = running.get("pid"), running.get("host")
     if not pid or where != socket.gethostname():
         return bool(running)  # no pid recorded (an older bbctl) or another controller: assume alive
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    return host.pid_alive(int(pid))
 
 
 def copy_progressed(site: Site, key: str, stage: str, within: float) -> bool:

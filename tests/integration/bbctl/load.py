@@ -1,7 +1,7 @@
 """Many burst-buffer jobs through the test bed's Slurm at once, watched from outside.
 
 The one load harness of the reliability test (tests/integration/bbctl/test_load.py, issue 11's 50 jobs)
-and the load benchmark (benchmarks/load.py: 130 jobs with stage-in, hook times under a queue of 750).
+and the load benchmark (benchmarks/load.py: 130 jobs with stage-in, submit RPC times under a queue of 750).
 
 ``LoadRun`` submits jobs as the unprivileged user and, while they run, a ``Watcher`` thread samples
 once a second:
@@ -44,7 +44,6 @@ SLURMCTLD_LOG = BBCTL_CONFIG.parent / "slurm" / "log" / "slurmctld.log"
 WAITING_REASONS = {"None", "Priority", "Resources", "BurstBufferResources", "BurstBufferStageIn",
                    "BeginTime", "Dependency"}
 JOB_LINE = re.compile(r"(\w+)=(.*?)(?= \w+=|$)")
-HOOK_LINE = re.compile(r"^\[(\S+)\] .*?(slurm_bb_\w+) ran for usec=(\d+)")
 
 
 @dataclass
@@ -242,27 +241,13 @@ def _records_of(jobs: Iterable[int]) -> list[str]:
         store.close()
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
-    """median, p95 and max of values (seconds); empty dict for no values."""
+def percentiles(values: list[float], tail: int = 95) -> dict[str, float]:
+    """median, p<tail> (nearest rank) and max of values; empty dict for no values."""
     if not values:
         return {}
     ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"median": statistics.median(ordered), "p95": p95, "max": ordered[-1]}
-
-
-def hook_times(since: datetime, until: datetime) -> dict[str, list[int]]:
-    """burst_buffer.lua calls slurmctld logged between two times: {function: [microseconds]}.
-
-    Slurm logs "<function> ran for usec=N" (DebugFlags=BurstBuffer) around each call it makes in
-    slurmctld itself; the time includes a fresh Lua state and loading the script.
-    """
-    found: dict[str, list[int]] = {}
-    for line in SLURMCTLD_LOG.read_text(errors="replace").splitlines():
-        match = HOOK_LINE.match(line)
-        if match and since <= datetime.fromisoformat(match[1]) <= until:
-            found.setdefault(match[2], []).append(int(match[3]))
-    return found
+    high = ordered[min(len(ordered) - 1, round(tail / 100 * (len(ordered) - 1)))]
+    return {"median": statistics.median(ordered), f"p{tail}": high, "max": ordered[-1]}
 
 
 def gluster_matches_store() -> list[str]:

@@ -90,7 +90,8 @@ def cancel_and_check_nothing_left(job: int) -> None:
     repaired = bbctl("gc", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert leftovers(f"bbjob-{job}") == []
-    assert bbctl("show", str(job)).returncode == 3 or json.loads(bbctl("show", str(job)).stdout)["torn_down"]
+    shown = bbctl("show", str(job))
+    assert shown.returncode == 3 or json.loads(shown.stdout)["torn_down"]
 
 
 def tree(root: Path, files: int, size: int) -> dict[str, str]:
@@ -109,7 +110,7 @@ def tree(root: Path, files: int, size: int) -> dict[str, str]:
 
 
 def sums_of(root: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.iterdir()}
+    return {p.name: sums_of_one(p) for p in root.iterdir()}
 
 
 def config() -> TestbedConfig:

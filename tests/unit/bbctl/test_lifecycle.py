@@ -128,10 +128,18 @@ def test_setup_waits_for_bricks_a_teardown_is_releasing(config, recorder, monkey
 STAGE_IN_LINE = "#DW stage_in type=file source=/pfs/a destination=$DW_JOB_STRIPED/a"
 
 
-def test_setup_short_of_bricks_leaves_the_build_to_stage_in(config, recorder, monkeypatch, tmp_path):
+def deferred_job(config, monkeypatch, tmp_path, *lines: str) -> tuple[lc.Lifecycle, Path, list]:
+    """(life, job 42's script, what its setup returned): job 41 takes all six bricks, so job 42's setup
+    (a 4 GiB buffer, its directives' other lines) waits 1 s and leaves its build to stage-in."""
     life = waiting_life(config, monkeypatch, 1)
-    life.setup("41", UID, GID, script(tmp_path, "#DW jobdw capacity=24GiB access_mode=private"))  # all 6
-    assert life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=4GiB")) == []
+    life.setup("41", UID, GID, script(tmp_path, "#DW jobdw capacity=24GiB access_mode=private"))
+    job = script(tmp_path, "#DW jobdw capacity=4GiB", *lines)
+    return life, job, life.setup("42", UID, GID, job)
+
+
+def test_setup_short_of_bricks_leaves_the_build_to_stage_in(config, recorder, monkeypatch, tmp_path):
+    life, _job, made = deferred_job(config, monkeypatch, tmp_path)
+    assert made == []
     assert life.store.get("42") is None and life.has_buffer("42") and not life.has_buffer("43")
     assert json.loads(config.pools_json.read_text())["pools"][0]["free"] == 0  # nothing more taken
     assert recorder.playbooks() == ["buffer_create.yml"]  # job 41's only
@@ -139,10 +147,7 @@ def test_setup_short_of_bricks_leaves_the_build_to_stage_in(config, recorder, mo
 
 def test_stage_in_builds_the_deferred_buffer_once_bricks_come_free_then_stages(config, recorder, monkeypatch,
                                                                                tmp_path):
-    life = waiting_life(config, monkeypatch, 1)
-    life.setup("41", UID, GID, script(tmp_path, "#DW jobdw capacity=24GiB access_mode=private"))
-    job = script(tmp_path, "#DW jobdw capacity=4GiB", STAGE_IN_LINE)
-    life.setup("42", UID, GID, job)
+    life, job, _made = deferred_job(config, monkeypatch, tmp_path, STAGE_IN_LINE)
     threading.Timer(1.2, lambda: lc.Lifecycle(config).teardown("41", None, hurry=False)).start()
     assert life.stage_in("42", job) == 1
     assert recorder.playbooks()[-3:] == ["buffer_destroy.yml", "buffer_create.yml", "stage_in.yml"]
@@ -155,10 +160,7 @@ def test_stage_in_builds_the_deferred_buffer_once_bricks_come_free_then_stages(c
 
 def test_a_deferred_build_that_never_gets_bricks_fails_stage_in_with_the_shortage(config, recorder, monkeypatch,
                                                                                   tmp_path):
-    life = waiting_life(config, monkeypatch, 1)
-    life.setup("41", UID, GID, script(tmp_path, "#DW jobdw capacity=24GiB access_mode=private"))
-    job = script(tmp_path, "#DW jobdw capacity=4GiB", STAGE_IN_LINE)
-    life.setup("42", UID, GID, job)
+    life, job, _made = deferred_job(config, monkeypatch, tmp_path, STAGE_IN_LINE)
     monkeypatch.setattr(lc.Lifecycle, "_stage_timeout", lambda self, stage: 4)
     with pytest.raises(BBError, match="not enough free bricks in pool 'nvme': 1 needed, 0 free"):
         life.stage_in("42", job)
@@ -233,9 +235,7 @@ def test_gc_tears_down_a_built_buffer_only_when_no_teardown_will_come(life, reco
                                                   ({"JobState": "PENDING"}, False), (None, False)])
 def test_gc_forgets_a_deferred_build_whose_job_has_ended(config, recorder, monkeypatch, tmp_path, slurm, forgotten):
     monkeypatch.setattr(slurmconf, "job_fields", lambda _dir, _job: slurm)
-    life = waiting_life(config, monkeypatch, 1)
-    life.setup("41", UID, GID, script(tmp_path, "#DW jobdw capacity=24GiB access_mode=private"))
-    life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=4GiB"))
+    life, _job, _made = deferred_job(config, monkeypatch, tmp_path)
     assert life.has_buffer("42") and life.store.get("42") is None
     report = operator_views.gc(life, 600, dry_run=False)
     assert report["lapsed_builds"] == (["42"] if forgotten else [])
