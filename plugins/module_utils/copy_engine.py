@@ -48,7 +48,7 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_plan import 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_progress import Progress
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import check_request
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_threads import DEFAULT_WORKERS, Crew
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.user_worker import run_as_user
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.user_worker import WorkerDied, run_as_user
 
 
 # --- one stage in this process ---------------------------------------------------------------
@@ -132,10 +132,22 @@ def stage_as_user(request, uid, gid, workers=DEFAULT_WORKERS, chunk_size=DEFAULT
     ``report`` receives the worker's progress snapshots. ``use_gfapi``: a stage-in to a
     GlusterFS mount writes small files through libgfapi; only then does the worker keep
     the one capability that needs.
+
+    If a worker writing through libgfapi dies of a signal (a crash in the C library), the stage
+    runs again through the mount (a stage is safe to run again: files land under temporary names
+    and are renamed when whole), and ``gfapi_unused`` says why.
     """
     via = None if dry_run else gfapi_target(request, use_gfapi)
 
-    def work(send_progress):
-        return stage(request, workers, chunk_size, verify, dry_run, report=send_progress, gfapi_via=via)
+    def work_via(target):
+        return lambda send_progress: stage(request, workers, chunk_size, verify, dry_run,
+                                           report=send_progress, gfapi_via=target)
 
-    return run_as_user(uid, gid, work, report, keep_net_bind=via is not None)
+    try:
+        return run_as_user(uid, gid, work_via(via), report, keep_net_bind=via is not None)
+    except WorkerDied as exc:
+        if via is None or exc.signal is None:
+            raise
+        result = run_as_user(uid, gid, work_via(None), report)
+        result["gfapi_unused"] = "%s; staged again through the mount" % exc
+        return result

@@ -35,6 +35,7 @@ INIT_TIMEOUT = 15.0  # glfs_init blocks for good when the bricks refuse this cli
 # on the bricks only when they let go: a second later, at contention, at flush or at fini.
 DELAYED_POST_OP = (b"type cluster/disperse", b"type cluster/replicate")
 VOLFILE_LIMIT = 1 << 20
+VOLFILE_ATTEMPTS = 4  # the graph can change between asking the volfile's length and copying it
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 SPECIAL_BITS = 0o6000  # set-user-id, set-group-id
 SET_ATTR_MODE, SET_ATTR_ATIME, SET_ATTR_MTIME = 0x1, 0x10, 0x20  # GFAPI_SET_ATTR_*
@@ -147,18 +148,27 @@ class Volume:
         self._connect(server, timeout)
         self.lock = threading.Lock()
         self.directories = {}
-        self.close_each_file = any(name in self._volfile() for name in DELAYED_POST_OP)
+        volfile = self._volfile()
+        self.close_each_file = any(name in volfile for name in DELAYED_POST_OP)
 
     def _volfile(self):
-        """The client graph this process runs (bytes), as glusterd sent it."""
-        size = 64 * 1024
-        while size <= VOLFILE_LIMIT:
-            buffer = ctypes.create_string_buffer(size)
+        """The client graph this process runs (bytes), as glusterd sent it.
+
+        glfs_get_volfile copies as many bytes as it is offered, not the volfile's length
+        (GlusterFS 10.3 api/src/glfs.c): a 64 KiB buffer for a 3 KiB volfile read past the end
+        of gfapi's copy and killed the copy worker with SIGSEGV, once in a few hundred stage-ins
+        under load. So it is asked the length first (a short buffer gets the shortfall,
+        negated) and offered exactly that; if the graph changed in between, it is asked again."""
+        size = 0
+        for _attempt in range(VOLFILE_ATTEMPTS):
+            buffer = ctypes.create_string_buffer(size) if size else None
             got = self.api.get_volfile(self.fs, buffer, size)
-            if got >= 0:
-                return buffer.raw[:got]
-            size = max(-got, size * 2)  # a negative answer is the size it needs
-        raise GfapiError("the client volfile of %s is over %d bytes" % (self.name, VOLFILE_LIMIT))
+            if got == size:
+                return buffer.raw if buffer else b""
+            size = size - got if got < 0 else size  # too short: got is size less the volfile's length
+            if size > VOLFILE_LIMIT:
+                raise GfapiError("the client volfile of %s is over %d bytes" % (self.name, VOLFILE_LIMIT))
+        raise GfapiError("the client volfile of %s kept changing while it was read" % self.name)
 
     def _connect(self, server, timeout):
         # glfs_init never returns when the bricks refuse the client (an unprivileged port

@@ -17,6 +17,8 @@ The security-critical part of staging, kept short to be read alone. The promises
   alone, nothing is inheritable. Otherwise none.
 - The child is killed when its parent dies (PR_SET_PDEATHSIG): a module killed by a
   timeout does not leave a copier running as the user.
+- A child that dies of a signal (libgfapi is C, run through ctypes) is reported with the
+  Python frames it was in (faulthandler, into a file root opened before the fork).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -24,15 +26,27 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import contextlib
+import faulthandler
 import json
 import os
 import pwd
 import signal
+import tempfile
 import threading
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import linux_process
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.linux_process import CAP_NET_BIND_SERVICE
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError
+
+CRASH_FRAMES = 3  # innermost Python frames a crash report quotes
+
+
+class WorkerDied(StageError):
+    """The worker ended without a result; ``signal`` is the signal number that ended it, or None."""
+
+    def __init__(self, message, signal_number=None):
+        super(WorkerDied, self).__init__(message)
+        self.signal = signal_number
 
 
 def run_as_user(uid, gid, work, report=None, keep_net_bind=False):
@@ -41,15 +55,32 @@ def run_as_user(uid, gid, work, report=None, keep_net_bind=False):
     The child sends JSON lines through a pipe: what it passes to ``send_progress`` (handed on
     to ``report``), then one result (what ``work`` returned) or error (a StageError here).
     keep_net_bind: the child keeps CAP_NET_BIND_SERVICE (see drop_privileges).
+    Raises WorkerDied when the child ends without a result (killed, or crashed in C code:
+    the message then names the Python frames it was in), StageError for its error.
     """
     refuse_root(uid, gid)
-    read_end, write_end = os.pipe()
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, checked by the integration tests
-        os.close(read_end)
-        _child(write_end, uid, gid, work, keep_net_bind, parent)
-    os.close(write_end)
+    with tempfile.TemporaryFile(prefix="bb-worker-crash.") as crash:
+        read_end, write_end = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, checked by the integration tests
+            os.close(read_end)
+            _child(write_end, uid, gid, work, keep_net_bind, parent, crash)
+        os.close(write_end)
+        final = _read_messages(read_end, report)
+        _pid, status = os.waitpid(pid, 0)
+        if final is None:
+            crash.seek(0)
+            raise WorkerDied("the copy worker (uid %d) died %s without a result%s"
+                             % (uid, describe_status(status), crash_frames(crash.read())),
+                             os.WTERMSIG(status) if os.WIFSIGNALED(status) else None)
+    if "error" in final:
+        raise StageError(final["error"])
+    return final["result"]
+
+
+def _read_messages(read_end, report):
+    """The child's last message other than progress (None if it sent none); progress goes to report."""
     final = None
     with os.fdopen(read_end, "rb") as pipe:
         for line in pipe:
@@ -59,18 +90,29 @@ def run_as_user(uid, gid, work, report=None, keep_net_bind=False):
                     report(message["progress"])
             else:
                 final = message
-    _pid, status = os.waitpid(pid, 0)
-    if final is None:
-        raise StageError("the copy worker (uid %d) died %s without a result"
-                         % (uid, describe_status(status)))
-    if "error" in final:
-        raise StageError(final["error"])
-    return final["result"]
+    return final
 
 
-def _child(write_end, uid, gid, work, keep_net_bind, parent):  # pragma: no cover
+def crash_frames(dump):
+    """' (in create_file at gfapi.py:250, ...)': the innermost frames of the thread that crashed,
+    from faulthandler's dump (bytes); '' when there is none."""
+    text = dump.decode("utf-8", "replace")
+    current = text.rfind("Current thread")
+    if current < 0:
+        return ""
+    frames = []
+    for line in text[current:].splitlines()[1:]:
+        words = line.strip().split()
+        if len(words) < 5 or words[0] != "File":  # 'File "/p/gfapi.py", line 250 in create_file'
+            break
+        frames.append("%s at %s:%s" % (words[-1], os.path.basename(words[1].strip('",')), words[3]))
+    return " (in %s)" % ", ".join(frames[:CRASH_FRAMES]) if frames else ""
+
+
+def _child(write_end, uid, gid, work, keep_net_bind, parent, crash):  # pragma: no cover
     """The worker: drop privileges first, then work; exits without returning (gfapi's
     threads and connections end with the process: glfs_fini can take seconds)."""
+    faulthandler.enable(file=crash, all_threads=True)
     code = 0
     lock = threading.Lock()
 

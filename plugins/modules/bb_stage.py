@@ -270,7 +270,9 @@ gfapi_files:
   sample: 10000
 gfapi_unused:
   description: Why libgfapi was not used for this stage-in; null when it was, and for stage-out
-    (it writes outside the buffer, through the file system there).
+    (it writes outside the buffer, through the file system there). When the worker writing through
+    libgfapi died of a signal (a crash in the C library), the stage ran again through the mount and
+    this names the signal and the Python frames the worker was in.
   returned: when something was copied
   type: str
   sample: the buffer is not a GlusterFS mount, or gfapi is off

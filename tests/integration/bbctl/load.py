@@ -43,6 +43,7 @@ SLURMCTLD_LOG = BBCTL_CONFIG.parent / "slurm" / "log" / "slurmctld.log"
 # Reasons a job may show while it waits its turn; anything else (held, failed stage) is a finding.
 WAITING_REASONS = {"None", "Priority", "Resources", "BurstBufferResources", "BurstBufferStageIn",
                    "BeginTime", "Dependency"}
+STUCK = 60.0  # s a job may show a reason outside WAITING_REASONS before the run counts as failed
 JOB_LINE = re.compile(r"(\w+)=(.*?)(?= \w+=|$)")
 
 
@@ -193,13 +194,25 @@ class LoadRun:
             self.jobs[job] = JobSeen(job)
             self.markers[job] = self.directory / f"ok-{i}"
 
-    def wait(self, watcher: Watcher, timeout: float) -> None:
-        """Until every job has finished and bbctl holds no record of any of them (or timeout s)."""
+    def wait(self, watcher: Watcher, timeout: float, stuck: float = STUCK) -> None:
+        """Until every job has finished and bbctl holds no record of any of them. AssertionError after
+        timeout s, or as soon as a job has shown a reason no waiting job shows (a held job, a failed
+        stage) for ``stuck`` s: such a job never runs by itself, so waiting on is time lost."""
         deadline = time.monotonic() + timeout
+        strange_since: dict[int, float] = {}
         while time.monotonic() < deadline and watcher.is_alive():
             if all(seen.state in FINISHED for seen in self.jobs.values()) and not _records_of(self.jobs):
                 self.ended = time.time()
                 return
+            now = time.monotonic()
+            for job, seen in self.jobs.items():
+                if seen.state == "PENDING" and seen.seen and seen.seen[-1][1] not in WAITING_REASONS:
+                    strange_since.setdefault(job, now)
+                else:
+                    strange_since.pop(job, None)
+            held = {job: self.jobs[job].seen[-1] for job, since in strange_since.items() if now - since >= stuck}
+            if held:
+                raise AssertionError(f"jobs stuck for {stuck:.0f} s with a reason no waiting job shows: {held}")
             time.sleep(2)
         late = {job: seen.seen[-1:] for job, seen in self.jobs.items() if seen.state not in FINISHED}
         raise AssertionError(f"not finished within {timeout:.0f} s: {late}")
@@ -222,6 +235,11 @@ class LoadRun:
         return sorted({int(m[1]) for m in re.finditer(r" (\d+) setup: waiting up to", text)} & set(self.jobs))
 
     def cleanup(self) -> None:
+        """Cancel the jobs still in the queue (a failed run must not hold bricks for the next test)
+        and remove the run's files."""
+        unfinished = [str(job) for job, seen in self.jobs.items() if seen.state not in FINISHED]
+        if unfinished:
+            subprocess.run(["scancel", "--hurry", *unfinished], env=ENV, check=False, capture_output=True)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

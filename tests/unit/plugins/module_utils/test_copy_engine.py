@@ -777,6 +777,70 @@ def test_a_worker_killed_by_a_signal_is_reported(user_tree, monkeypatch):
 
 
 @needs_root
+def test_a_worker_that_crashes_in_c_code_names_the_python_frames_it_was_in(user_tree, monkeypatch):
+    top, owner = user_tree
+
+    def crash_in_c(*_args, **_kwargs):
+        ctypes.string_at(0)  # a NULL read in C: SIGSEGV, as a fault inside libgfapi would be
+
+    monkeypatch.setattr(ce, "stage", crash_in_c)
+    with pytest.raises(uw.WorkerDied, match=r"died of signal SIGSEGV without a result \(in string_at at "
+                                            r"__init__\.py:\d+, crash_in_c at test_copy_engine\.py:\d+") as died:
+        ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
+                         owner.pw_uid, owner.pw_gid)
+    assert died.value.signal == signal.SIGSEGV
+
+
+@needs_root
+def test_a_gfapi_worker_that_crashes_is_followed_by_a_stage_through_the_mount(user_tree, monkeypatch):
+    top, owner = user_tree
+    monkeypatch.setattr(ce, "gfapi_target", lambda _request, _use: ("127.1.1.1", "bbjob-1", str(top / "buffer")))
+
+    def crash_with_gfapi(*_args, gfapi_via=None, **_kwargs):
+        if gfapi_via is not None:
+            ctypes.string_at(0)
+        return {"via": gfapi_via, "caps": capabilities()}
+
+    monkeypatch.setattr(ce, "stage", crash_with_gfapi)
+    result = ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
+                              owner.pw_uid, owner.pw_gid)
+    assert result["via"] is None and result["caps"] == [0, 0, 0]
+    assert "died of signal SIGSEGV" in result["gfapi_unused"]
+    assert result["gfapi_unused"].endswith("staged again through the mount")
+
+
+@needs_root
+def test_a_worker_killed_without_gfapi_is_not_run_again(user_tree, monkeypatch):
+    top, owner = user_tree
+    runs = top / "runs"
+
+    def die(*_args, **_kwargs):
+        with open(runs, "a") as log:
+            log.write("run\n")
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    monkeypatch.setattr(ce, "stage", die)
+    with pytest.raises(uw.WorkerDied, match="SIGSEGV"):
+        ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
+                         owner.pw_uid, owner.pw_gid, use_gfapi=False)
+    assert runs.read_text() == "run\n"
+
+
+def test_crash_frames_quotes_the_innermost_frames_of_the_crashing_thread():
+    dump = (b"Fatal Python error: Segmentation fault\n\nThread 0x7f01 (most recent call first):\n"
+            b'  File "/usr/lib/python3.11/threading.py", line 324 in wait\n\n'
+            b"Current thread 0x7f02 (most recent call first):\n"
+            b'  File "/x/module_utils/gfapi.py", line 223 in create_file\n'
+            b'  File "/x/module_utils/stage_gfapi.py", line 58 in write\n'
+            b'  File "/x/module_utils/stage_copy.py", line 90 in copy_small\n'
+            b'  File "/x/module_utils/stage_copy.py", line 70 in run\n\nExtension modules: x (total: 1)\n')
+    assert uw.crash_frames(dump) == (" (in create_file at gfapi.py:223, write at stage_gfapi.py:58, "
+                                     "copy_small at stage_copy.py:90)")
+    assert uw.crash_frames(b"") == ""
+    assert uw.crash_frames(b"Fatal Python error: Segmentation fault\n\n<no Python frame>\n") == ""
+
+
+@needs_root
 def test_the_worker_dies_with_its_parent(user_tree, monkeypatch, tmp_path):
     """A module killed by a timeout (SIGKILL) must not leave its copier running as the user."""
     top, owner = user_tree
@@ -952,10 +1016,15 @@ class ClientApi:
         return call
 
     def get_volfile(self, fs, buffer, size):
+        """As GlusterFS 10's glfs_get_volfile: too short a buffer gets len minus the volfile's length;
+        otherwise it copies ``len`` bytes, however long the volfile is (past its end: a crash)."""
+        self.calls.append(("get_volfile", size))
         if size < len(self.volfile):
-            return -len(self.volfile)  # glfs_get_volfile: the size it needs, negated
-        ctypes.memmove(buffer, self.volfile, len(self.volfile))
-        return len(self.volfile)
+            return size - len(self.volfile)
+        if size > len(self.volfile):
+            raise AssertionError(f"glfs_get_volfile would read {size - len(self.volfile)} bytes past the volfile")
+        ctypes.memmove(buffer, self.volfile, size)
+        return size
 
     def write(self, fd, start, count, flags):
         self.calls.append(("write", ctypes.string_at(start, count)))
@@ -971,7 +1040,28 @@ DISPERSED = b"volume v-disperse-0\n    type cluster/disperse\n" + b"#" * 100_000
     (b"volume v-replicate-0\n    type cluster/replicate\nend-volume\n", True),
 ])
 def test_files_are_closed_one_by_one_only_where_translators_delay_their_post_op(volfile, each):
-    assert gfapi.Volume("127.1.1.1", "v", api=ClientApi(volfile)).close_each_file is each
+    api = ClientApi(volfile)
+    assert gfapi.Volume("127.1.1.1", "v", api=api).close_each_file is each
+    # glfs_get_volfile copies as many bytes as it is offered: it is asked its length, then exactly that
+    assert [c for c in api.calls if c[0] == "get_volfile"] == [("get_volfile", 0), ("get_volfile", len(volfile))]
+
+
+def test_a_volfile_that_grows_between_asking_its_length_and_copying_it_is_asked_for_again():
+    api = ClientApi(b"short volfile\n")
+
+    def grow(*_args):
+        api.volfile = DISPERSED
+    volume = gfapi.Volume.__new__(gfapi.Volume)
+    volume.api, volume.fs, volume.name = api, 0xF5, "v"
+    real = api.get_volfile
+
+    def first_then_grow(fs, buffer, size):
+        answer = real(fs, buffer, size)
+        if size == 0:
+            grow()
+        return answer
+    api.get_volfile = first_then_grow
+    assert volume._volfile() == DISPERSED
 
 
 def test_on_a_dispersed_volume_each_file_is_written_through_an_fd_and_closed_before_its_times():
