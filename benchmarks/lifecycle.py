@@ -89,24 +89,30 @@ def raw_cycle(round_no: int, uid: int) -> float:
     return time.perf_counter() - start
 
 
-def environment(warm: bool) -> dict[str, str]:
-    """bbctl's environment for one contender: BBCTL_WARM_RUNNER=0 keeps a stage off the warm runner."""
-    return {**os.environ, "BBCTL_WARM_RUNNER": "1" if warm else "0"}
+def environment(warm: bool, code: Path | None = None) -> dict[str, str]:
+    """bbctl's environment for one contender: BBCTL_WARM_RUNNER=0 keeps a stage off the warm runner;
+    ``code``, another checkout, runs its bbctl and its collection instead of this one's."""
+    env = {**os.environ, "BBCTL_WARM_RUNNER": "1" if warm else "0"}
+    if code is not None:
+        env.update(PYTHONPATH=str(code / "src"), BBCTL_COLLECTION_ROOT=str(code))
+    return env
 
 
-def bbctl(*args: str, warm: bool = False) -> float:
+def bbctl(*args: str, warm: bool = False, code: Path | None = None) -> float:
     start = time.perf_counter()
     done = subprocess.run([str(BIN / "bbctl"), "--config", str(CONFIG), *args], capture_output=True, text=True,
-                          check=False, env=environment(warm))
+                          check=False, env=environment(warm, code))
     if done.returncode != 0:
         raise SystemExit(f"bbctl {args[0]} failed: {done.stderr.strip().splitlines()[-1]}")
     return time.perf_counter() - start
 
 
-def stack_cycle(round_no: int, uid: int, script: Path, warm: bool = False) -> tuple[float, float]:
-    job = str(JOB_BASE + 2 * round_no + warm)
-    setup = bbctl("setup", "--job-id", job, "--uid", str(uid), "--gid", str(uid), "--script", str(script), warm=warm)
-    teardown = bbctl("teardown", "--job-id", job, "--script", str(script), warm=warm)
+def stack_cycle(round_no: int, uid: int, script: Path, warm: bool = False,
+                code: Path | None = None, contender: int = 0) -> tuple[float, float]:
+    job = str(JOB_BASE + 10 * round_no + (2 + contender if code else warm))
+    setup = bbctl("setup", "--job-id", job, "--uid", str(uid), "--gid", str(uid), "--script", str(script),
+                  warm=warm, code=code)
+    teardown = bbctl("teardown", "--job-id", job, "--script", str(script), warm=warm, code=code)
     return setup, teardown
 
 
@@ -146,6 +152,9 @@ def main() -> int:
     parser.add_argument("--write-doc", action="store_true", help="replace the section in docs/BENCHMARKS.md")
     parser.add_argument("--warm-runner", action="store_true",
                         help="also run the stack and the floor through the warm runner (started and stopped here)")
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT", action="append", default=[],
+                        help="also run the stack from another checkout (its src/ and collection), alternating: "
+                             "a change's cost side by side (repeatable)")
     parser.add_argument("--floor-stage", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_stage:
@@ -161,6 +170,7 @@ def main() -> int:
         script.write_text(f"#!/bin/bash\n#BB_LUA jobdw capacity={CAPACITY_GIB}GiB pool=nvme\n")
         raw, setups, teardowns, floors = [], [], [], []
         warm: dict[str, list[float]] = {"setup": [], "teardown": [], "floor": []}
+        other: dict[Path, list[float]] = {checkout: [] for checkout in args.against}
         for n in range(args.rounds):
             raw.append(raw_cycle(n, uid))
             setup, teardown = stack_cycle(n, uid, script)
@@ -176,6 +186,10 @@ def main() -> int:
                 warm["floor"].append(floor_cycle(warm=True))
                 line += (f"; warm runner: setup {setup:.2f} s + teardown {teardown:.2f} s, two no-op stages "
                          f"{warm['floor'][-1]:.2f} s")
+            for index, checkout in enumerate(args.against):
+                setup, teardown = stack_cycle(n, uid, script, code=checkout.resolve(), contender=index)
+                other[checkout].append(setup + teardown)
+                line += f"; {checkout}: setup {setup:.2f} s + teardown {teardown:.2f} s"
             print(line, file=sys.stderr)
     finally:
         if server:
@@ -184,6 +198,8 @@ def main() -> int:
         if started_here:
             subprocess.run([str(BIN / "bbctl"), "testbed", "down"], check=True, capture_output=True)
     report = render(raw, setups, teardowns, floors, args.rounds, warm if server else None)
+    for checkout, theirs in other.items():
+        report += against_lines(checkout, theirs, raw, setups, teardowns)
     print(report)
     if args.write_doc:
         write_section(REPO / "docs" / "BENCHMARKS.md", report)
@@ -240,6 +256,16 @@ def render(raw: list[float], setups: list[float], teardowns: list[float], floors
             f"(raw + two no-op stages) / raw {(med_raw + med_warm_floor) / med_raw:.2f}; "
             f"{med_stack - med_warm:.2f} s less for both stages than through ansible-runner.")
     return "\n".join(lines)
+
+
+def against_lines(checkout: Path, other: list[float], raw: list[float], setups: list[float],
+                  teardowns: list[float]) -> str:
+    """The other checkout's setup + teardown beside this one's (medians, and each one's ratio to raw)."""
+    mine = statistics.median(s + t for s, t in zip(setups, teardowns, strict=True))
+    theirs, med_raw = statistics.median(other), statistics.median(raw)
+    return (f"\n\nAgainst {checkout} in the same rounds: setup + teardown {theirs:.2f} s median "
+            f"(min {min(other):.2f}, max {max(other):.2f}), {theirs / med_raw:.2f}x raw; this checkout "
+            f"{mine:.2f} s, {mine / med_raw:.2f}x raw: this / that {mine / theirs:.3f}.")
 
 
 def write_section(doc: Path, block: str) -> None:

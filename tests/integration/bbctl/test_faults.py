@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,8 @@ from bbctl.testbed import storage
 from bbctl.testbed.config import TestbedConfig
 from tests.conftest import TESTBED_ROOT
 from tests.integration.bbctl.slurmjobs import (
+    BBCTL,
+    BBCTL_CONFIG,
     ENV,
     bbctl,
     job_fields,
@@ -321,3 +324,156 @@ def test_gc_tears_down_a_built_buffer_whose_job_slurm_does_not_have(user_dir):
     assert report.returncode == 0, report.stdout + report.stderr
     assert json.loads(report.stdout)["stale_buffers"] == ["990001"]
     assert leftovers("bbjob-990001") == []
+
+
+# --- the rest of the matrix: a brick process stopped, slurmctld restarted in stage-out, a playbook timed
+# out in create, a storage server down at teardown -------------------------------------------------------
+
+STAGE_OUT_JOB = """\
+#BB_LUA jobdw capacity=8GiB pool=nvme access_mode=striped type=scratch
+#BB_LUA stage_out type=directory source=$DW_JOB_STRIPED/out destination={out}
+mkdir "$DW_JOB_STRIPED/out"
+for f in {out}/*; do tr 'a-z' 'A-Z' < "$f" > "$DW_JOB_STRIPED/out/${{f##*/}}"; done
+"""
+
+
+def stage_out_job(user_dir: Path) -> tuple[int, Path, dict[str, str], dict[str, str]]:
+    """(job, its output directory, sums before, sums the stage-out must leave): a striped job that
+    rewrites 1,500 small files of the "PFS" in upper case and stages them back over the old ones."""
+    out = user_dir / "out"
+    before = tree(out, 1500, 4096)
+    job = submit(write_job(user_dir, "job.sh", STAGE_OUT_JOB.format(out=out)))
+    new = {name: hashlib.sha256((out / name).read_bytes().upper()).hexdigest() for name in before}
+    return job, out, before, new
+
+
+def each_whole(out: Path, before: dict[str, str], new: dict[str, str]) -> None:
+    """Every file of out is the old one or the new one, never a mixture or a part."""
+    for name in before:
+        assert sums_of_one(out / name) in (before[name], new[name]), f"{name} is half-replaced"
+
+
+def brick_pid(volume: str, server: int) -> int:
+    """The pid of volume's brick process (glusterfsd) on test-bed server ``server``, as glusterd reports it."""
+    done = subprocess.run(["gluster", "--mode=script", f"--glusterd-sock={node(1).socket}", "volume", "status",
+                           volume, "--xml"], capture_output=True, text=True, check=True)
+    for brick in ET.fromstring(done.stdout).iter("node"):
+        if brick.findtext("hostname") == node(server).address and brick.findtext("pid", "-1") not in ("-1", "N/A"):
+            return int(brick.findtext("pid"))
+    raise AssertionError(f"{volume} has no running brick on server {server}: {done.stdout}")
+
+
+def test_a_brick_process_stopped_during_stage_out_delays_it_and_the_job_still_completes(user_dir):
+    """SIGSTOP, not a kill: the brick answers nothing, so the client waits out network.ping-timeout
+    (42 s) before it goes on with the other two bricks of the 2+1 set."""
+    job, out, before, new = stage_out_job(user_dir)
+    stage_pid(job, "stage-out", timeout=600)
+    copying(job, "stage-out")
+    brick = brick_pid(f"bbjob-{job}", 3)
+    os.kill(brick, signal.SIGSTOP)
+    try:
+        fields = ended(job, timeout=600)
+        each_whole(out, before, new)
+    finally:
+        os.kill(brick, signal.SIGCONT)
+    assert fields["JobState"] == "COMPLETED", fields
+    assert sums_of(out) == new
+    wait_torn_down(job, timeout=300)
+    assert leftovers(f"bbjob-{job}") == []
+    assert not host.pid_alive(brick), "the stopped brick process outlived its volume"
+
+
+def test_a_brick_process_stopped_during_teardown_is_waited_for_and_nothing_is_left(user_dir):
+    job = submit(write_job(user_dir, "job.sh", STRIPED_JOB.replace("hostname", "sleep 15")))
+    deadline = time.monotonic() + 300
+    while job_fields(job).get("JobState") != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(1)
+    brick = brick_pid(f"bbjob-{job}", 3)
+    os.kill(brick, signal.SIGSTOP)
+    try:
+        log_line(job, "teardown", timeout=120)
+        time.sleep(10)  # teardown meets the stopped brick
+    finally:
+        os.kill(brick, signal.SIGCONT)
+    wait_torn_down(job, timeout=300)
+    bbctl("gc", "--repair")
+    assert leftovers(f"bbjob-{job}") == []
+    deadline = time.monotonic() + 30
+    while host.pid_alive(brick) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not host.pid_alive(brick), "the stopped brick process outlived its volume"
+
+
+def restart_slurmctld() -> None:
+    testbed = config()
+    os.kill(host.read_pid(testbed.slurm_dir / "slurmctld.pid"), signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while host.read_pid(testbed.slurm_dir / "slurmctld.pid") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    testbed_slurm.start_slurm(testbed)
+
+
+def test_slurmctld_restarted_during_stage_out_the_job_completes_with_every_file_new(user_dir):
+    job, out, before, new = stage_out_job(user_dir)
+    stage_pid(job, "stage-out", timeout=600)
+    restart_slurmctld()
+    fields = ended(job)
+    each_whole(out, before, new)
+    assert fields["JobState"] == "COMPLETED", fields
+    assert sums_of(out) == new
+    wait_torn_down(job, timeout=180)
+    assert leftovers(f"bbjob-{job}") == []
+
+
+def test_a_create_that_outlives_its_playbook_timeout_fails_setup_and_teardown_leaves_nothing(user_dir, tmp_path):
+    """OtherTimeout=20 gives setup's playbook 18 s; glusterd of one server stopped for 40 s holds the
+    volume create (glusterd locks every peer) past it. The create may still finish on the servers
+    after ansible-runner gave up: teardown and gc must find and remove what it made."""
+    conf = tmp_path / "burst_buffer.conf"
+    conf.write_text("StageInTimeout=3600\nStageOutTimeout=3600\nOtherTimeout=20\n")
+    short = tmp_path / "bbctl.yml"
+    short.write_text(BBCTL_CONFIG.read_text() + f"burst_buffer_conf: {conf}\n")
+    owner = user_dir.stat()
+    script = write_job(user_dir, "timeout.sh", STRIPED_JOB)
+    setup = subprocess.Popen([BBCTL, "--config", str(short), "setup", "--job-id", "990101", "--uid",
+                              str(owner.st_uid), "--gid", str(owner.st_gid), "--script", str(script)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    log_line(990101, r"setup: allocated")
+    glusterd = glusterd_pid(3)
+    os.kill(glusterd, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        _out, err = setup.communicate(timeout=120)
+        took = time.monotonic() - started
+    finally:
+        os.kill(glusterd, signal.SIGCONT)
+    assert setup.returncode != 0, "setup cannot have succeeded with a server's glusterd stopped"
+    assert took < 20, f"setup ran {took:.0f} s, past OtherTimeout"
+    assert "timed out" in err or "timeout" in err, err
+    torn = bbctl("teardown", "--job-id", "990101", "--script", str(script))
+    assert torn.returncode == 0, torn.stdout + torn.stderr
+    repaired = bbctl("gc", "--repair", "--older-than", "0")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert leftovers("bbjob-990101") == []
+    assert bbctl("show", "990101").returncode == 3
+
+
+def test_a_storage_server_down_at_teardown_leaves_the_buffer_to_gc_which_removes_it_once_it_is_back(user_dir):
+    job = submit(write_job(user_dir, "job.sh", STRIPED_JOB.replace("hostname", "sleep 10")))
+    deadline = time.monotonic() + 300
+    while job_fields(job).get("JobState") != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(1)
+    brick = brick_pid(f"bbjob-{job}", 3)
+    os.kill(glusterd_pid(3), signal.SIGKILL)  # server 3 gone: its glusterd and its brick
+    os.kill(brick, signal.SIGKILL)
+    try:
+        fields = ended(job)
+        assert fields["JobState"] == "COMPLETED", fields
+        teardown = log_line(job, r"teardown: (error|failed)", timeout=300)
+        assert "bbnode3" in teardown or "127.1.1.3" in teardown, teardown
+        assert json.loads(bbctl("show", str(job)).stdout)["torn_down"] is False
+    finally:
+        restart_glusterd(3)
+    repaired = bbctl("gc", "--repair", "--older-than", "0")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert leftovers(f"bbjob-{job}") == []
