@@ -277,7 +277,8 @@ def row(run: dict) -> str:
               for name, record in run["benchmarks"].items() if record["status"] != "ok"]
     host = run["machine"]
     cells = [run["date"][:16].replace("T", " "), f"`{run['commit']}`{'+' if run.get('dirty') else ''}", run["mode"],
-             f"{host['hostname']}, {host['cores']} cores", f"{run['seconds'] / 60:.1f}",
+             f"{host['hostname']}, {host['cores']} cores", "-".join(f"{x:.1f}" for x in run["load"]),
+             f"{run['seconds'] / 60:.1f}",
              f"{len(run['benchmarks']) - len(failed)}/{len(run['benchmarks'])}", ", ".join(failed) or "-",
              *(cell(run, column) for column in COLUMNS)]
     return "| " + " | ".join(cells) + " |"
@@ -285,7 +286,8 @@ def row(run: dict) -> str:
 
 def history_section(runs: list[dict], rows: int = ROWS) -> list[str]:
     """The Markdown of the section: how to run, the table of the last ``rows`` runs (oldest first), the legend."""
-    header = ["run (UTC)", "commit", "mode", "machine", "min", "ok", "failed (exit)", *(c.header for c in COLUMNS)]
+    header = ["run (UTC)", "commit", "mode", "machine", "load", "min", "ok", "failed (exit)",
+              *(c.header for c in COLUMNS)]
     legend = "; ".join(f"**{c.header}**: `{c.benchmark}.py`, {c.means}" for c in COLUMNS)
     return [
         "Run every benchmark with `.venv/bin/python benchmarks/run_all.py` as root (`--quick`: fewer rounds and "
@@ -294,7 +296,8 @@ def history_section(runs: list[dict], rows: int = ROWS) -> list[str]:
         "(`--table-only` rewrites it alone). Compare a row with rows of the same mode and machine.",
         "",
         f"The last {min(rows, len(runs))} of {len(runs)} runs, newest last (commit `+`: with uncommitted changes; "
-        "min: minutes for the whole run; -: not run, or no such figure):",
+        "load: 1-min load average before and after, the machine may be shared; min: minutes for the whole run; "
+        "-: not run, or no such figure):",
         "",
         "| " + " | ".join(header) + " |",
         "|" + " --- |" * len(header),

@@ -93,7 +93,7 @@ def test_the_table_shows_figures_failures_and_missing_figures():
     by_header = [dict(zip(header, r, strict=True)) for r in rows]
     assert by_header[0]["SQLite p99 ms"] == "7.88" and by_header[0]["etcd 3m p99 ms"] == "26.1"
     assert by_header[0]["paths CPU ms"] == "167"
-    assert by_header[0]["failed (exit)"] == "-" and by_header[0]["ok"] == "2/2"
+    assert by_header[0]["failed (exit)"] == "-" and by_header[0]["ok"] == "2/2" and by_header[0]["load"] == "1.0-2.0"
     assert by_header[1]["failed (exit)"] == "allocation (1)" and by_header[1]["ok"] == "1/2"
     assert by_header[1]["SQLite p99 ms"] == "-" and by_header[1]["paths CPU ms"] == "-"
     assert by_header[2]["failed (exit)"] == "lua_inslurmctld (timeout)"
