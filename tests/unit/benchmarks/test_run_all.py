@@ -5,6 +5,7 @@ import json
 import re
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import results_doc  # benchmarks/, on the path by this directory's conftest
@@ -173,3 +174,59 @@ def test_figures_are_written_rounded_and_only_when_asked(tmp_path):
     assert json.loads(path.read_text()) == {"p99_ms": 7.884, "runs": 3, "missing": None}
     results_doc.write_figures(None, {"p99_ms": 1.0})  # no --json: nothing written, no error
     assert run_all.read_figures(tmp_path / "absent.json") == {}
+
+
+def test_every_registered_benchmark_exists_and_writes_figures():
+    names = {bench.name for bench in run_all.REGISTRY}
+    for bench in run_all.REGISTRY:
+        source = Path(bench.command[-1])
+        assert source.name == f"{bench.name}.py" and source.exists()
+        assert "add_json_option(parser)" in source.read_text() and "write_figures(" in source.read_text()
+    assert {column.benchmark for column in run_all.COLUMNS} <= names
+
+
+@pytest.fixture
+def calls(tmp_path, monkeypatch):
+    """A fake bbctl (exit 5 for ``testbed up`` with FAIL_UP set) and no bed left over; both it and the
+    benchmarks of ``logged`` append what ran to the file this returns."""
+    log = tmp_path / "calls"
+    fake = tmp_path / "bbctl"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n[ "$2" = up ] && [ -n "$FAIL_UP" ] && exit 5\nexit 0\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(run_all, "BBCTL", fake)
+    monkeypatch.setattr(run_all, "BEDS", (tmp_path / "no-bed",))
+    return log
+
+
+def logged(name: str, log: Path, group: str, testbed: tuple[str, ...] = (), code: int = 0) -> run_all.Benchmark:
+    program = f"open({str(log)!r}, 'a').write({name!r} + '\\n'); raise SystemExit({code})"
+    return run_all.Benchmark(name, (sys.executable, "-c", program), group=group, testbed=testbed)
+
+
+def test_groups_run_in_order_and_each_test_bed_shape_comes_up_and_down(tmp_path, calls):
+    benches = [logged("bed1", calls, run_all.TESTBED, code=2), logged("big", calls, run_all.TESTBED, ("--bricks", "8")),
+               logged("own", calls, run_all.GLUSTER), logged("bed2", calls, run_all.TESTBED),
+               logged("here", calls, run_all.LOCAL)]
+    results = run_all.run_benchmarks(benches, True, tmp_path, 60, say=lambda _: None)
+    assert calls.read_text().splitlines() == ["here", "own", "testbed up", "bed1", "bed2", "testbed down",
+                                              "testbed up --bricks 8", "big", "testbed down"]
+    assert results["bed1"]["exit_code"] == 2 and results["bed2"]["status"] == "ok"
+
+
+def test_a_test_bed_that_does_not_come_up_is_still_taken_down(tmp_path, calls, monkeypatch):
+    monkeypatch.setenv("FAIL_UP", "1")
+    results = run_all.run_benchmarks([logged("bed1", calls, run_all.TESTBED)], True, tmp_path, 60,
+                                     say=lambda _: None)
+    assert calls.read_text().splitlines() == ["testbed up", "testbed down"]
+    assert results["bed1"]["status"] == "failed" and "bbctl testbed up failed (exit 5" in results["bed1"]["reason"]
+
+
+def test_a_bed_already_there_is_left_alone(tmp_path, calls, monkeypatch):
+    (tmp_path / "someone-elses").mkdir()
+    monkeypatch.setattr(run_all, "BEDS", (tmp_path / "someone-elses",))
+    benches = [logged("here", calls, run_all.LOCAL), logged("own", calls, run_all.GLUSTER),
+               logged("bed1", calls, run_all.TESTBED)]
+    results = run_all.run_benchmarks(benches, True, tmp_path, 60, say=lambda _: None)
+    assert calls.read_text().splitlines() == ["here"]
+    assert results["own"]["status"] == results["bed1"]["status"] == "failed"
+    assert "someone-elses exists" in results["bed1"]["reason"]
