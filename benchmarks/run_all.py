@@ -15,6 +15,11 @@ recorded with its exit code and the run goes on; the runner exits 1 if any faile
 - testbed: staging and lifecycle on ``bbctl testbed up``'s default shape, then load on a test bed of
   its own shape: the runner brings each shape up, runs its benchmarks and takes it down (also on failure).
 
+How long ``--quick`` takes: the local group 3.7 minutes (2026-12-06, 2 cores at load 8-13; allocation is
+2.5 of them); the other two about 20 minutes more (estimated from docs/BENCHMARKS.md, not yet run: layouts
+and brick_fill about 3 each, two test beds up and down, staging 2.5, lifecycle 1, load about 6). A full run
+takes hours (staging 20 minutes, allocation 10, all eight layouts, tree_scale at 200,000 files, load's 50 jobs).
+
 ``--skip-testbed`` leaves out the last two groups. If a test bed (or the layouts' bed) already exists when
 they would start, they are recorded as failed and nothing of it is touched: the runner takes down only
 what it brought up.
