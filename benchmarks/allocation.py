@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from results_doc import write_section
+from results_doc import add_json_option, write_figures, write_section
 
 from bbctl.pools import Brick, Pool
 from bbctl.state import BufferSpec, SQLiteStore, StateStore
@@ -148,12 +148,25 @@ def ratios(found: list[Contender]) -> list[str]:
     return lines
 
 
+def figures(found: list[Contender]) -> dict[str, float]:
+    """Allocate + release in ms per store: {sqlite_p50_ms, sqlite_p99_ms, etcd1m_new_p99_ms, etcd3m_old_p50_ms, ...}."""
+    result = {}
+    for contender in found:
+        slug = contender.name.split(",")[0].replace(" ", "").lower()
+        if "(" in contender.name:
+            slug += "_" + contender.name.rsplit("(", 1)[1].rstrip(")")
+        values = contender.times["allocate + release"]
+        result |= {f"{slug}_p50_ms": statistics.median(values) * 1e3, f"{slug}_p99_ms": percentile(values, 0.99) * 1e3}
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=2000, help="allocate + release cycles per store")
     parser.add_argument("--round", type=int, default=50, help="cycles a store runs before the next takes its turn")
     parser.add_argument("--no-etcd", action="store_true", help="SQLite only")
     parser.add_argument("--write-doc", action="store_true", help="replace the results in docs/BENCHMARKS.md")
+    add_json_option(parser)
     args = parser.parse_args()
     started, load_before = time.gmtime(), os.getloadavg()
     pool = big_pool()
@@ -176,6 +189,7 @@ def main() -> int:
         f"old layout from commit {OLD_LAYOUT_COMMIT}. Milliseconds:",
         "", *table(found), "", *ratios(found)]
     print("\n".join(lines))
+    write_figures(args.json, figures(found))
     if args.write_doc:
         write_section(BEGIN, END, lines, "Allocation", REPO / "docs" / "BENCHMARKS.md")
     return 0

@@ -81,11 +81,24 @@ def render(rows: list[tuple[str, dict]], quota: int, started: str) -> list[str]:
     return lines
 
 
+def figures(rows: list[tuple[str, dict]]) -> dict[str, float]:
+    """Per brick mount options (old: OLD_OPTIONS, new: BRICK_MOUNT_OPTIONS): {old_fills, old_edquot_fills,
+    old_min_fill_pct, new_...}; a clean fill ends in EDQUOT ("Disk quota exceeded"), near 100 %."""
+    found = {}
+    for slug, options in (("old", OLD_OPTIONS), ("new", block_devices.BRICK_MOUNT_OPTIONS)):
+        fills = [row for used, row in rows if used == options]
+        found |= {f"{slug}_fills": len(fills),
+                  f"{slug}_edquot_fills": sum("quota exceeded" in row["error"] for row in fills),
+                  f"{slug}_min_fill_pct": min((row["share"] * 100 for row in fills), default=None)}
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quota-share", type=float, default=0.92, help="of the data bricks' free space")
     parser.add_argument("--write-doc", action="store_true", help="replace the results in docs/BENCHMARKS.md")
+    results_doc.add_json_option(parser)
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     bed = Bed(1024**3)
@@ -105,6 +118,7 @@ def main() -> None:
         shutil.rmtree(layouts.ROOT, ignore_errors=True)
     lines = render(rows, quota, started)
     print("\n".join(lines))
+    results_doc.write_figures(args.json, figures(rows))
     if args.write_doc:
         results_doc.write_section(BEGIN, END, lines, "Filling a dispersed buffer: brick mount options")
 

@@ -146,6 +146,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="500 files, 8 MiB, 2 rounds")
     parser.add_argument("--write", action="store_true", help="write the results into docs/BENCHMARKS.md")
+    results_doc.add_json_option(parser)
     args = parser.parse_args()
     if args.quick:
         args.files, args.big, args.rounds = 500, 8 * MiB, 2
@@ -178,9 +179,26 @@ def main() -> int:
             shutil.rmtree(path, ignore_errors=True)
     table = report(results, args)
     print("\n".join(table))
+    results_doc.write_figures(args.json, figures(results))
     if args.write:
         results_doc.write_section(BEGIN, END, table, "Cache buffers against plain ones")
     return 0
+
+
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each phase's median seconds over the rounds."""
+    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+
+
+def figures(results: dict[str, list[dict[str, float]]]) -> dict[str, float]:
+    """Medians in s: {plain_job_s, plain_total_s, cache_job_s, cache_total_s}, and cache_total_ratio
+    (cache / plain, whole job: below 1 the cache wins)."""
+    found = {}
+    for kind, runs in results.items():
+        phases = medians(runs)
+        found |= {f"{kind}_job_s": phases["job"], f"{kind}_total_s": sum(phases.values())}
+    found["cache_total_ratio"] = found["cache_total_s"] / found["plain_total_s"]
+    return found
 
 
 def report(results: dict[str, list[dict[str, float]]], args) -> list[str]:
@@ -189,7 +207,7 @@ def report(results: dict[str, list[dict[str, float]]], args) -> list[str]:
              f"under {args.pfs_root}; medians of {args.rounds} rounds (seconds)", "",
              "| buffer | phases | job | total |", "| --- | --- | --- | --- |"]
     for kind, runs in results.items():
-        phases = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+        phases = medians(runs)
         shown = ", ".join(f"{name} {seconds:.2f}" for name, seconds in phases.items() if name != "job")
         lines.append(f"| {kind} | {shown} | {phases['job']:.2f} | {sum(phases.values()):.2f} |")
     return lines

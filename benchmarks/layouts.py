@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -342,6 +343,18 @@ def gib(nbytes: int) -> str:
     return f"{nbytes / 1024**3:.2f}"
 
 
+def figures(rows: list[dict]) -> dict[str, float]:
+    """Per layout ("disperse 4+1 (shipped)" becomes disperse_4_1): {..._write1_mb_s, ..._read1_mb_s, ..._small_s,
+    ..._fill_many_pct} (one writer's MB/s, cp -r of the small files in s, the many-file fill's bytes as % of
+    the quota)."""
+    found = {}
+    for r in rows:
+        slug = re.sub(r"\W+", "_", r["layout"].replace(" (shipped)", "")).strip("_").lower()
+        found |= {f"{slug}_write1_mb_s": r["write1"], f"{slug}_read1_mb_s": r["read1"], f"{slug}_small_s": r["small_s"],
+                  f"{slug}_fill_many_pct": r["many files"].written / r["capacity"] * 100}
+    return found
+
+
 def render(rows: list[dict], args: argparse.Namespace, started: str) -> list[str]:
     brick = sizes.format_size(args.brick_size)
     lines = [f"Measured {started} by `benchmarks/layouts.py{' --quick' if args.quick else ''}` on {brick} "
@@ -379,6 +392,7 @@ def main() -> None:
     parser.add_argument("--brick-size", type=sizes.parse_size, default=None, help="default 2GiB (1GiB with --quick)")
     parser.add_argument("--only", action="append", help="measure only this layout (repeatable)")
     parser.add_argument("--write-doc", action="store_true", help="replace the results in docs/BENCHMARKS.md")
+    results_doc.add_json_option(parser)
     args = parser.parse_args()
     args.brick_size = args.brick_size or (1024**3 if args.quick else 2 * 1024**3)
     args.rounds = 1 if args.quick else 3
@@ -400,6 +414,7 @@ def main() -> None:
         shutil.rmtree(ROOT, ignore_errors=True)
     lines = render(rows, args, started)
     print("\n".join(lines))
+    results_doc.write_figures(args.json, figures(rows))
     if args.write_doc:
         write_section(lines)
 

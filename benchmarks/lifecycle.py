@@ -156,6 +156,7 @@ def main() -> int:
                         help="also run the stack from another checkout (its src/ and collection), alternating: "
                              "a change's cost side by side (repeatable)")
     parser.add_argument("--floor-stage", action="store_true", help=argparse.SUPPRESS)
+    results_doc.add_json_option(parser)
     args = parser.parse_args()
     if args.floor_stage:
         return floor_stage()
@@ -201,12 +202,29 @@ def main() -> int:
     for checkout, theirs in other.items():
         report += against_lines(checkout, theirs, raw, setups, teardowns)
     print(report)
+    results_doc.write_figures(args.json, figures(raw, setups, teardowns, floors, warm if server else None))
     if args.write_doc:
         write_section(REPO / "docs" / "BENCHMARKS.md", report)
     return 0
 
 
 BEGIN, END = "<!-- lifecycle-results:begin -->", "<!-- lifecycle-results:end -->"
+
+
+def figures(raw: list[float], setups: list[float], teardowns: list[float], floors: list[float],
+            warm: dict[str, list[float]] | None = None) -> dict[str, float]:
+    """Medians in s and the ratios the section quotes: {raw_s, setup_s, teardown_s, stack_s, floor_s,
+    stack_raw_ratio (target <= 1.5), floor_raw_ratio, above_floor_s}, with --warm-runner also warm_stack_s,
+    warm_stack_raw_ratio."""
+    med = statistics.median
+    stack = med([s + t for s, t in zip(setups, teardowns, strict=True)])
+    found = {"raw_s": med(raw), "setup_s": med(setups), "teardown_s": med(teardowns), "stack_s": stack,
+             "floor_s": med(floors), "stack_raw_ratio": stack / med(raw),
+             "floor_raw_ratio": (med(raw) + med(floors)) / med(raw), "above_floor_s": stack - med(raw) - med(floors)}
+    if warm:
+        warm_stack = med([s + t for s, t in zip(warm["setup"], warm["teardown"], strict=True)])
+        found |= {"warm_stack_s": warm_stack, "warm_stack_raw_ratio": warm_stack / med(raw)}
+    return found
 
 
 def render(raw: list[float], setups: list[float], teardowns: list[float], floors: list[float], rounds: int,

@@ -140,6 +140,22 @@ def _cancel(jobs: list[int]) -> None:
     raise SystemExit("the held jobs did not end within 600 s of scancel")
 
 
+def figures(result: dict, queued: dict | None) -> dict[str, float]:
+    """{jobs, total_s, jobs_per_min, submit_to_running_median_s, submit_to_running_p95_s, completed, checked_ok,
+    overlaps, held_or_failed}, with the queue phase also {submit_buffer_median_us, submit_buffer_p99_us,
+    submit_plain_median_us, submit_plain_p99_us} (slurmctld's usec= of each submit RPC)."""
+    s2r = result["submit_to_running"]
+    found = {"jobs": result["jobs"], "total_s": result["seconds"], "jobs_per_min": result["per_minute"],
+             "submit_to_running_median_s": s2r.get("median"), "submit_to_running_p95_s": s2r.get("p95"),
+             "completed": result["completed"], "checked_ok": result["checked_ok"],
+             "overlaps": len(result["overlaps"]), "held_or_failed": len(result["strange"])}
+    if queued:
+        for name, key in (("buffer", "with_buffer"), ("plain", "plain")):
+            found |= {f"submit_{name}_median_us": queued[key].get("median"),
+                      f"submit_{name}_p99_us": queued[key].get("p99")}
+    return found
+
+
 def report(result: dict, queued: dict | None) -> list[str]:
     s2r = result["submit_to_running"]
     lines = [
@@ -182,11 +198,13 @@ def main() -> int:
     parser.add_argument("--queued", type=int, default=750, help="held jobs for the queue phase (0: skip it)")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--write-doc", action="store_true")
+    results_doc.add_json_option(parser)
     args = parser.parse_args()
     result = throughput(args.jobs, args.max_granules, args.timeout)
     queued = queue(args.queued) if args.queued else None
     lines = report(result, queued)
     print("\n".join(lines))
+    results_doc.write_figures(args.json, figures(result, queued))
     for key in ("strange", "overlaps", "unexplained_volumes"):
         if result[key]:
             print(f"{key}: {result[key]}")

@@ -1,7 +1,10 @@
-"""Writing a benchmark's results into docs/BENCHMARKS.md between its markers (one helper for every benchmark)."""
+"""Writing a benchmark's results into docs/BENCHMARKS.md between its markers, and its headline figures as
+JSON for benchmarks/run_all.py (one helper for every benchmark)."""
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
@@ -17,3 +20,17 @@ def write_section(begin: str, end: str, lines: list[str], heading: str, doc: Pat
     else:
         text = text.rstrip("\n") + f"\n\n## {heading}\n\n" + block + "\n"
     doc.write_text(text)
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """``--json PATH``: where the benchmark also writes its headline figures (benchmarks/run_all.py reads them)."""
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="also write the headline figures to PATH as one JSON object (for run_all.py)")
+
+
+def write_figures(path: Path | None, figures: dict[str, float | int | str | None]) -> None:
+    """Write ``figures`` (name -> number; each name ends in its unit: _ms, _s, _us, _ratio, ...) to path as
+    one JSON object, floats to 4 significant digits (more is noise here); nothing when path is None."""
+    if path is not None:
+        rounded = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in figures.items()}
+        path.write_text(json.dumps(rounded, indent=1, sort_keys=True) + "\n")

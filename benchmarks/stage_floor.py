@@ -100,6 +100,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--write-doc", action="store_true", help="replace the section in docs/BENCHMARKS.md")
+    results_doc.add_json_option(parser)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bbctl-stage-floor-"))
     try:
@@ -129,9 +130,21 @@ def main() -> int:
         raise SystemExit(f"the warm runner ran {served} stages, not {len(WHICH) * (args.rounds + 1)}: some fell back")
     report = render(times, args.rounds, loads)
     print(report)
+    results_doc.write_figures(args.json, figures(times))
     if args.write_doc:
         results_doc.write_section(BEGIN, END, [report], "The floor of one stage, warm or not")
     return 0
+
+
+def figures(times: dict[tuple[str, bool], list[float]]) -> dict[str, float]:
+    """Medians in s and warm / ansible-runner: {noop_ansible_runner_s, noop_warm_s, noop_warm_ratio,
+    post_run_ansible_runner_s, post_run_warm_s, post_run_warm_ratio}."""
+    found = {}
+    for which in WHICH:
+        cold, warm = statistics.median(times[which, False]), statistics.median(times[which, True])
+        slug = which.replace("-", "_")
+        found |= {f"{slug}_ansible_runner_s": cold, f"{slug}_warm_s": warm, f"{slug}_warm_ratio": warm / cold}
+    return found
 
 
 def render(times: dict[tuple[str, bool], list[float]], rounds: int, loads: list[float]) -> str:

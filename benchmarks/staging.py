@@ -423,7 +423,23 @@ def write_section(lines: list[str], layout: str) -> None:
 
 # --- the run ------------------------------------------------------------------------------------
 
-def run(args: argparse.Namespace) -> list[str]:
+def figures(results: dict[str, dict[str, Timing]], sizes: dict[str, int], dd_rate: float) -> dict[str, float]:
+    """Medians per case (a)-(d): {a_bb_stage_s, a_cp_ratio, a_rsync_ratio, ..., a_dd_pct, dd_mb_s}; a ratio is
+    the tool's seconds / bb_stage's (above 1 bb_stage is faster), a_dd_pct bb_stage's MB/s as % of dd's."""
+    found = {"dd_mb_s": dd_rate}
+    for case, timings in results.items():
+        slug, bb = case[1], median(timings["bb_stage"].seconds)
+        found[f"{slug}_bb_stage_s"] = bb
+        for tool, key in (("cp -r", "cp_ratio"), ("rsync -a", "rsync_ratio")):
+            if tool in timings:
+                found[f"{slug}_{key}"] = median(timings[tool].seconds) / bb
+    if "(a) 4 x 256 MiB" in results:
+        found["a_dd_pct"] = sizes["(a) 4 x 256 MiB"] / found["a_bb_stage_s"] / 1e6 / dd_rate * 100
+    return found
+
+
+def run(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
+    """The report's lines and the headline figures (figures())."""
     rounds = 2 if args.quick else 5
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = os.getloadavg()
@@ -480,7 +496,7 @@ def run(args: argparse.Namespace) -> list[str]:
         lines += ["", *study_table(study)]
     if by_workers:
         lines += ["", *workers_table(by_workers)]
-    return lines
+    return lines, figures(results, sizes, dd_rate)
 
 
 def run_study(bench: Bench, vol: Volume, source: Path, rounds: int) -> dict[str, dict[str, Timing]]:
@@ -527,13 +543,15 @@ def main() -> None:
     parser.add_argument("--layout", choices=sorted(LAYOUT_WORDS), default="distribute",
                         help="the volume: plain distribute (default) or disperse 2+1 with quota, as a striped "
                              "buffer of two granules (bbctl.layouts)")
+    results_doc.add_json_option(parser)
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: it creates a GlusterFS volume and copies as the job owner")
     if not GLUSTERD_SOCKET.exists():
         sys.exit(f"the test bed is not up ({GLUSTERD_SOCKET} is missing): `bbctl testbed up` builds it")
-    lines = run(args)
+    lines, found = run(args)
     print("\n".join(lines))
+    results_doc.write_figures(args.json, found)
     if not args.no_write:
         write_section(lines, args.layout)
         log(f"written to {BENCHMARKS_MD.relative_to(REPO)}")

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import results_doc  # benchmarks/, beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 MAIN = "import sys; from bbctl.cli import main; sys.exit(main())"
 INVENTORY = """all:
@@ -122,14 +124,29 @@ def report(checkouts: list[Path], runs: int, results: dict[tuple[str, Path], lis
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def figures(checkout: Path, results: dict[tuple[str, Path], list[tuple[float, float]]]) -> dict[str, float]:
+    """The first checkout's medians in ms: {paths_wall_ms, paths_cpu_ms, status_..., real_size_...,
+    paths_uncached_...} ("settings cache removed first" is uncached)."""
+    found = {}
+    for (name, where), samples in results.items():
+        if where == checkout:
+            slug = name.removeprefix("bbctl ").replace(", settings cache removed first", "_uncached").replace("-", "_")
+            found[f"{slug}_wall_ms"] = statistics.median(wall for wall, _ in samples) * 1e3
+            found[f"{slug}_cpu_ms"] = statistics.median(cpu for _, cpu in samples) * 1e3
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkouts", nargs="*", type=Path, default=[REPO], help="checkouts to compare")
     parser.add_argument("--runs", type=int, default=30, help="timed calls per checkout and call (default 30)")
+    results_doc.add_json_option(parser)
     args = parser.parse_args()
     checkouts = [checkout.resolve() for checkout in args.checkouts]
     with tempfile.TemporaryDirectory(prefix="bb-startup-") as root:
-        report(checkouts, args.runs, run(checkouts, args.runs, Path(root)))
+        results = run(checkouts, args.runs, Path(root))
+    report(checkouts, args.runs, results)
+    results_doc.write_figures(args.json, figures(checkouts[0], results))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "collections"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import results_doc  # noqa: E402
 import tree_check  # noqa: E402
 import tree_gen  # noqa: E402
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine  # noqa: E402
@@ -121,6 +122,21 @@ def table(results: list[dict]) -> list[str]:
     return lines
 
 
+def figures(results: list[dict]) -> dict[str, float]:
+    """Per tree, medians: {f10000_bb_stage_s, f10000_cp_a_ratio, f10000_rsync_ratio, f10000_peak_rss_mib}
+    (a ratio is the tool's seconds / bb_stage's: above 1 the engine is faster; ``_d50`` after the file
+    count when a leaf directory holds other than 100 files)."""
+    found = {}
+    for case in results:
+        slug = f"f{case['files']}" + ("" if case["per_dir"] == 100 else f"_d{case['per_dir']}")
+        seconds = {tool: statistics.median(r["seconds"] for r in runs) for tool, runs in case["runs"].items()}
+        found |= {f"{slug}_bb_stage_s": seconds["bb_stage"],
+                  f"{slug}_cp_a_ratio": seconds["cp -a"] / seconds["bb_stage"],
+                  f"{slug}_rsync_ratio": seconds["rsync -aH"] / seconds["bb_stage"],
+                  f"{slug}_peak_rss_mib": max(r["peak_rss_kib"] for r in case["runs"]["bb_stage"]) / 1024}
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=Path, required=True, help="a directory on the filesystem to measure")
@@ -130,6 +146,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=copy_engine.DEFAULT_WORKERS)
     parser.add_argument("--keep", action="store_true", help="keep the generated sources")
+    results_doc.add_json_option(parser)
     args = parser.parse_args()
     owner = pwd.getpwnam(USER)
     sources = args.source_root or args.root
@@ -149,6 +166,7 @@ def main() -> None:
     print(f"\n{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d')}, workers {args.workers}, {args.rounds} rounds\n")
     print("\n".join(table(results)))
+    results_doc.write_figures(args.json, figures(results))
 
 
 if __name__ == "__main__":
