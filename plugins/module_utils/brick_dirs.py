@@ -86,24 +86,42 @@ def owned_message(owned, waited):
             "delete the volume first (hpc.burstbuffer.gluster_volume with state: absent)")
 
 
-def wait_until_unowned(read_volumes, dirs, timeout, sleep=time.sleep, clock=time.monotonic):
+def wait_until_unowned(read_volumes, dirs, timeout, sleep=time.sleep, clock=time.monotonic, read_peers=None):
     """Ask glusterd until no volume owns any of dirs, for up to timeout seconds.
 
     read_volumes() returns the volumes glusterd knows. Lets every server start its
-    part of a teardown while the first server is still stopping the volume."""
+    part of a teardown while the first server is still stopping the volume.
+    read_peers() (parse_pool_list's shape), when given, ends the wait early with a
+    BrickDirError while a peer is disconnected: glusterd deletes no volume then ("Some of
+    the peers are down"), so waiting would only run into the teardown's timeout."""
     deadline = clock() + timeout
     while True:
-        try:
-            volumes = read_volumes()
-        except GlusterError as error:
-            raise BrickDirError(
-                f"cannot ask glusterd whether {dirs[0]['path']} still belongs to a volume "
-                f"({error}); start glusterd, give glusterd_socket, or set check_volumes: false "
-                "if no glusterd runs here any more") from None
-        owned = owners(volumes, dirs)
+        owned = owners(_ask(read_volumes, dirs), dirs)
         if not owned or clock() >= deadline:
             return owned
+        down = [] if read_peers is None else disconnected(_ask(read_peers, dirs))
+        if down:
+            path, volume = next(iter(owned.items()))
+            raise BrickDirError(
+                f"{path} belongs to volume {volume['name']}, which glusterd will not delete while "
+                f"peer(s) {', '.join(down)} are disconnected; start glusterd there (or detach the "
+                "peer), then tear the buffer down again (bbctl gc --repair)")
         sleep(POLL_INTERVAL)
+
+
+def disconnected(peers):
+    """Hostnames of the peers (parse_pool_list's shape) this glusterd has lost."""
+    return [peer["hostname"] for peer in peers if not peer["local"] and not peer["connected"]]
+
+
+def _ask(read, dirs):
+    try:
+        return read()
+    except GlusterError as error:
+        raise BrickDirError(
+            f"cannot ask glusterd whether {dirs[0]['path']} still belongs to a volume "
+            f"({error}); start glusterd, give glusterd_socket, or set check_volumes: false "
+            "if no glusterd runs here any more") from None
 
 
 def remove(dirs):

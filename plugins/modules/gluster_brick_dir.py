@@ -24,7 +24,8 @@ description:
     C(trusted.glusterfs.volume-id) and asks glusterd (C(gluster volume info)) whether a volume
     with that id exists, or has a brick on this host at this path. With O(wait_timeout) it asks
     again until the volume is gone, so every server can start its part of a teardown while
-    another server is still stopping and deleting the volume.
+    another server is still stopping and deleting the volume. It stops waiting, and refuses,
+    while a peer of this glusterd is disconnected: glusterd deletes no volume then.
   - Refuses anything that does not look like a brick directory (no volume-id attribute and no
     C(.glusterfs) directory), a symbolic link, a mount point (a brick root itself) and C(/).
     All paths are checked before any is removed; one refusal removes nothing.
@@ -158,7 +159,7 @@ def refuse_owned(module, dirs):
     cli = GlusterCli(module, params["glusterd_socket"])
     wait = 0 if module.check_mode else max(params["wait_timeout"], 0)
     started = time.monotonic()
-    owned = wait_until_unowned(cli.volumes, dirs, wait)
+    owned = wait_until_unowned(cli.volumes, dirs, wait, read_peers=cli.pool)
     if owned and not (module.check_mode and params["wait_timeout"] > 0):
         raise BrickDirError(owned_message(owned, wait))
     return round(time.monotonic() - started, 1)

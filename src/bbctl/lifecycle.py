@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -36,6 +37,7 @@ from bbctl.stage_meter import StageMeter
 from bbctl.state import Buffer, BufferSpec, BufferState, StateStore, open_store
 
 log = logging.getLogger("bbctl")
+ROLLBACK_MIN = 10  # seconds: a setup's rollback is not started with less of its budget left
 BUILD_RESERVE = 60  # seconds of a build's budget kept for building the volume when it waits for bricks
 USER_META = "user:"  # meta key prefix on a persistent buffer: a job that uses it
 STAGE_MOUNTED = "stage_mounted"  # meta: mounted on the stage host (teardown must unmount it there)
@@ -173,6 +175,7 @@ class Lifecycle:
                 raise Refused(f"buffer {key} exists and belongs to uid {existing.owner_uid}")
             return existing
         budget = self._stage_timeout(stage) if budget is None else budget
+        deadline = time.monotonic() + budget  # building and any rollback end by then: Slurm's kill comes next
         with self.timed(key, stage) as meter:
             waited = 0.0  # seconds spent waiting for bricks: the build gets the rest of the budget
             if existing is None:
@@ -193,7 +196,7 @@ class Lifecycle:
             run = meter.ran(self._run(buffer, "setup", "buffer_create.yml", extra={},
                                       timeout=max(1, budget - int(waited))))
             if run.status != "successful":
-                self._roll_back(buffer, run)
+                self._roll_back(buffer, run, left=deadline - time.monotonic())
             return self.store.transition(key, BufferState.CREATING, BufferState.CREATED)
 
     def _allocate(self, spec: BufferSpec, pool: Pool, stage: str, *, wait: float) -> tuple[Buffer, float]:
@@ -225,13 +228,21 @@ class Lifecycle:
             self.layout(jobdw.capacity, self.pool(jobdw.pool or pool),
                         striped=jobdw.fs == "gluster" and "striped" in jobdw.access_modes)
 
-    def _roll_back(self, buffer: Buffer, run: runner.StageRun) -> None:
-        """A buffer that did not come up holds no brick: destroy what was built, release, raise run's failure."""
+    def _roll_back(self, buffer: Buffer, run: runner.StageRun, *, left: float) -> None:
+        """A buffer that did not come up holds no brick: destroy what was built, release, raise run's failure.
+
+        ``left``: seconds of the stage's budget still unspent; the rollback gets them, and none is tried
+        with less than ROLLBACK_MIN (a build that timed out has spent it all: Slurm would kill the
+        rollback half-way). The buffer is then left failed, for the job's teardown or bbctl gc."""
         try:
             self._failed(buffer, run)
         except runner.StageFailed as failure:
+            if left < ROLLBACK_MIN:
+                self.note(buffer.key, "setup", f"no time left to roll back ({max(left, 0):.0f} s of the stage's "
+                                               "timeout); the job's teardown or bbctl gc will")
+                raise failure from None
             try:
-                self.destroy(buffer.key, stage="setup")
+                self.destroy(buffer.key, stage="setup", timeout=int(left))
             except BBError as exc:  # left failed: gc destroys it later
                 self.note(buffer.key, "setup", f"could not roll back ({exc}); bbctl gc will")
             raise failure from None
@@ -452,16 +463,17 @@ class Lifecycle:
         return stage_meter.timed(self.store, self.note, key, stage, job_key=job_key)
 
     # --- shared steps --------------------------------------------------------------------------
-    def destroy(self, key: str, *, stage: str) -> None:
+    def destroy(self, key: str, *, stage: str, timeout: int | None = None) -> None:
         """Unmount everywhere, delete the file system, release the bricks. Idempotent.
 
-        Timed as ``stage`` (gc), or as rollback when a setup undoes what it built."""
+        Timed as ``stage`` (gc), or as rollback when a setup undoes what it built; ``timeout``: seconds
+        for its playbook (default: the stage's)."""
         if self.store.get(key) is None:
             return
         with self.timed(key, "rollback" if stage in ("setup", "create-persistent") else stage):
-            self._destroy(key, stage=stage)
+            self._destroy(key, stage=stage, timeout=timeout)
 
-    def _destroy(self, key: str, *, stage: str) -> None:
+    def _destroy(self, key: str, *, stage: str, timeout: int | None = None) -> None:
         buffer = self.store.get(key)
         if buffer is None:
             return
@@ -481,7 +493,8 @@ class Lifecycle:
             extra = {"mount_path": str(self.stage_path(key))}
             if buffer.meta.get(PRIVATE):
                 extra["private_mount_path"] = str(sitecfg.private_mount_path(self.site, key))
-            run = self._run(buffer, stage, "buffer_destroy.yml", nodes=nodes, extra=extra, more=more)
+            run = self._run(buffer, stage, "buffer_destroy.yml", nodes=nodes, extra=extra, more=more,
+                            timeout=timeout)
             if run.status != "successful":
                 self._failed(buffer, run)
             self.store.transition(key, BufferState.DESTROYING, BufferState.DESTROYED)

@@ -82,13 +82,17 @@ def gc(life: Lifecycle, older_than: float, *, dry_run: bool) -> dict[str, Any]:
 
     A buffer whose stage-out died is never torn down here (its data has not left): it is
     held as failed, for a stage-out run again or a teardown with hurry. A stage-out whose
-    copy still reports progress is alive, however old its record."""
+    copy still reports progress is alive, however old its record; so is any buffer whose
+    record names a running stage process (``stage_now``), whatever ``older_than`` says."""
     orphans = life.store.orphans(older_than)
-    held = [b.key for b in orphans.stale_buffers if b.state is BufferState.STAGING_OUT
+    # A stage still running (a teardown Slurm retries, a setup's rollback) is its own: never taken from it.
+    stale = [b for b in orphans.stale_buffers if not _stage_alive(b.meta.get(STAGE_NOW))]
+    held = [b.key for b in stale if b.state is BufferState.STAGING_OUT
             and not copy_progressed(life.site, b.key, "stage-out", older_than)]
-    torn = [b.key for b in orphans.stale_buffers if b.state is not BufferState.STAGING_OUT]
+    torn = [b.key for b in stale if b.state is not BufferState.STAGING_OUT]
     # Failed to come up or to go away (never a failed stage-out: its data has not left).
-    torn += [b.key for b in orphans.failed_buffers if not stage_out_failed(b)]
+    torn += [b.key for b in orphans.failed_buffers if not stage_out_failed(b)
+             and not _stage_alive(b.meta.get(STAGE_NOW))]
     forgotten, kept = abandoned(life, older_than)
     torn += forgotten
     lapsed = lapsed_builds(life)

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import time
 import xml.etree.ElementTree as ET
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,10 @@ def log_line(job: int, pattern: str, timeout: float = 180) -> str:
                 return line
         time.sleep(0.2)
     raise AssertionError(f"job {job}: no log line {pattern!r} within {timeout:.0f} s")
+
+
+def _log_time(line: str) -> datetime:
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
 
 
 def held(job: int, timeout: float = 300) -> dict[str, str]:
@@ -384,19 +389,23 @@ def test_a_brick_process_stopped_during_stage_out_delays_it_and_the_job_still_co
 
 
 def test_a_brick_process_stopped_during_teardown_is_waited_for_and_nothing_is_left(user_dir):
-    job = submit(write_job(user_dir, "job.sh", STRIPED_JOB.replace("hostname", "sleep 15")))
+    """Stopped as teardown starts (the stage host's unmount, then the volume's stop and delete), for
+    20 s: teardown waits for it and then leaves nothing, the brick process included. (Stopped earlier,
+    while the job runs, it holds the compute node's unmount in post-run until it answers again:
+    104 s here; docs/RELIABILITY.md.)"""
+    job = submit(write_job(user_dir, "job.sh", STRIPED_JOB))
     deadline = time.monotonic() + 300
-    while job_fields(job).get("JobState") != "RUNNING" and time.monotonic() < deadline:
-        time.sleep(1)
+    while job_fields(job).get("JobState") not in ("RUNNING", "COMPLETING", "COMPLETED") \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
     brick = brick_pid(f"bbjob-{job}", 3)
+    log_line(job, r"teardown: buffer_destroy\.yml", timeout=300)
     os.kill(brick, signal.SIGSTOP)
     try:
-        log_line(job, "teardown", timeout=120)
-        time.sleep(10)  # teardown meets the stopped brick
+        time.sleep(20)
     finally:
         os.kill(brick, signal.SIGCONT)
     wait_torn_down(job, timeout=300)
-    bbctl("gc", "--repair")
     assert leftovers(f"bbjob-{job}") == []
     deadline = time.monotonic() + 30
     while host.pid_alive(brick) and time.monotonic() < deadline:
@@ -435,20 +444,20 @@ def test_a_create_that_outlives_its_playbook_timeout_fails_setup_and_teardown_le
     short.write_text(BBCTL_CONFIG.read_text() + f"burst_buffer_conf: {conf}\n")
     owner = user_dir.stat()
     script = write_job(user_dir, "timeout.sh", STRIPED_JOB)
+    started = time.monotonic()
     setup = subprocess.Popen([BBCTL, "--config", str(short), "setup", "--job-id", "990101", "--uid",
                               str(owner.st_uid), "--gid", str(owner.st_gid), "--script", str(script)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     log_line(990101, r"setup: allocated")
     glusterd = glusterd_pid(3)
     os.kill(glusterd, signal.SIGSTOP)
-    started = time.monotonic()
     try:
         _out, err = setup.communicate(timeout=120)
         took = time.monotonic() - started
     finally:
         os.kill(glusterd, signal.SIGCONT)
     assert setup.returncode != 0, "setup cannot have succeeded with a server's glusterd stopped"
-    assert took < 20, f"setup ran {took:.0f} s, past OtherTimeout"
+    assert took < 20, f"setup ran {took:.1f} s, past OtherTimeout: {err}"
     assert "timed out" in err or "timeout" in err, err
     torn = bbctl("teardown", "--job-id", "990101", "--script", str(script))
     assert torn.returncode == 0, torn.stdout + torn.stderr
@@ -469,8 +478,13 @@ def test_a_storage_server_down_at_teardown_leaves_the_buffer_to_gc_which_removes
     try:
         fields = ended(job)
         assert fields["JobState"] == "COMPLETED", fields
-        teardown = log_line(job, r"teardown: (error|failed)", timeout=300)
-        assert "bbnode3" in teardown or "127.1.1.3" in teardown, teardown
+        started = log_line(job, r"teardown: buffer_destroy\.yml")
+        failed = log_line(job, r"teardown: failed in")
+        took = (_log_time(failed) - _log_time(started)).total_seconds()
+        assert took < 60, f"a teardown that cannot succeed took {took:.0f} s to say so"
+        said_why = "\n".join(line for line in LOG.read_text(errors="replace").splitlines()
+                             if f" {job} teardown:" in line and "FAILED" in line)
+        assert "Some of the peers are down" in said_why and "127.1.1.3 are disconnected" in said_why, said_why
         assert json.loads(bbctl("show", str(job)).stdout)["torn_down"] is False
     finally:
         restart_glusterd(3)

@@ -192,6 +192,29 @@ def test_a_failed_build_is_rolled_back_and_holds_no_brick(life, recorder, tmp_pa
     assert life.teardown("42", job, hurry=False) is False  # Slurm's teardown later: nothing left to do
 
 
+def test_a_rollback_gets_what_is_left_of_the_setups_timeout(life, recorder, tmp_path):
+    recorder.failing.add("buffer_create.yml")
+    with pytest.raises(runner.StageFailed):
+        life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB"))
+    build, rollback = recorder.runs
+    assert build["timeout"] == 90 and 85 <= rollback["timeout"] <= 90  # OtherTimeout 100 less 10 %, less the build
+
+
+def test_a_build_that_spent_the_setups_timeout_is_left_for_teardown_not_rolled_back(life, recorder, tmp_path,
+                                                                                   monkeypatch):
+    """A create that timed out has used the whole budget: a rollback then would outlive Slurm's timeout
+    (found on the test bed: 18 s build + 18 s rollback under OtherTimeout=20)."""
+    monkeypatch.setattr(lc, "ROLLBACK_MIN", 1000)
+    job = script(tmp_path, "#DW jobdw capacity=1GiB")
+    recorder.failing.add("buffer_create.yml")
+    with pytest.raises(runner.StageFailed, match=r"buffer_create\.yml broke"):
+        life.setup("42", UID, GID, job)
+    assert recorder.playbooks() == ["buffer_create.yml"]
+    assert life.store.get("42").state is BufferState.FAILED
+    assert life.teardown("42", job, hurry=False) is True  # the job's teardown takes it
+    assert recorder.playbooks() == ["buffer_create.yml", "buffer_destroy.yml"] and life.store.get("42") is None
+
+
 def test_a_failed_roll_back_leaves_a_failed_record_that_gc_destroys(life, recorder, config, tmp_path):
     job = script(tmp_path, "#DW jobdw capacity=1GiB")
     recorder.failing.update({"buffer_create.yml", "buffer_destroy.yml"})
@@ -262,6 +285,19 @@ def test_gc_leaves_a_buffer_whose_stage_process_still_runs(life, recorder, tmp_p
     life.store.start_stage("42", Running("stage-in", time.time(), pid=dead_pid(), host=socket.gethostname()))
     age(life, "42", 3600)
     assert operator_views.gc(life, 600, dry_run=False)["stale_buffers"] == ["42"]
+
+
+def test_gc_leaves_a_failed_buffer_whose_teardown_slurm_retries_while_it_runs(life, recorder, tmp_path):
+    """Found on the test bed: gc --older-than 0 destroyed a buffer under a teardown Slurm was retrying;
+    that teardown then failed on a brick directory gc had just removed."""
+    recorder.failing.update({"buffer_create.yml", "buffer_destroy.yml"})
+    with pytest.raises(runner.StageFailed):
+        life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB"))
+    recorder.failing.clear()
+    life.store.start_stage("42", Running("teardown", time.time(), pid=os.getpid(), host=socket.gethostname()))
+    assert operator_views.gc(life, 0, dry_run=False)["stale_buffers"] == []
+    life.store.start_stage("42", Running("teardown", time.time(), pid=dead_pid(), host=socket.gethostname()))
+    assert operator_views.gc(life, 0, dry_run=False)["stale_buffers"] == ["42"]
 
 
 def dead_pid() -> int:

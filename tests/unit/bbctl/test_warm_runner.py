@@ -7,6 +7,7 @@ which path ran the stage (warm or ansible-runner).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -165,10 +166,8 @@ def test_only_its_own_user_may_talk_to_it(warm):
                 with socket.socket(socket.AF_UNIX) as sock:
                     sock.settimeout(60)
                     sock.connect(config.warm_runner_socket.name)
-                    try:
+                    with contextlib.suppress(BrokenPipeError):  # it may refuse and close before reading a word
                         sock.sendall(protocol.Request("setup", "4711", "20261206T000000-setup").line())
-                    except BrokenPipeError:  # the runner may refuse and close before reading a word
-                        pass
                     os.write(write_end, sock.recv(4096))  # its refusal is still there to read
             except BaseException as exc:  # said to the parent: a failure here must show its cause
                 os.write(write_end, repr(exc).encode())

@@ -126,6 +126,29 @@ def test_wait_gives_up_at_the_timeout_and_names_the_owner():
     assert "delete the volume first" in message
 
 
+def peers(*connected):
+    return [{"hostname": "localhost", "local": True, "connected": True}] + [
+        {"hostname": f"10.0.0.{n}", "local": False, "connected": up} for n, up in enumerate(connected, 2)]
+
+
+def test_a_disconnected_peer_ends_the_wait_at_once_naming_it():
+    """glusterd deletes no volume while a peer is down: waiting would only meet the teardown's timeout."""
+    dirs = [{"path": "/srv/b/gv-exp1", "volume_id": GV_EXP1}]
+    glusterd, clock = Glusterd(volumes()), Clock()
+    with pytest.raises(gbd.BrickDirError, match=r"/srv/b/gv-exp1 belongs to volume gv-exp1, which glusterd will "
+                                                r"not delete while peer\(s\) 10\.0\.0\.3 are disconnected"):
+        gbd.wait_until_unowned(glusterd.volumes, dirs, 300, clock.sleep, clock, read_peers=lambda: peers(True, False))
+    assert clock.now == 0
+
+
+def test_connected_peers_do_not_end_the_wait():
+    dirs = [{"path": "/srv/b/gv-exp1", "volume_id": GV_EXP1}]
+    glusterd, clock = Glusterd(volumes(), volumes(), []), Clock()
+    assert gbd.wait_until_unowned(glusterd.volumes, dirs, 60, clock.sleep, clock,
+                                  read_peers=lambda: peers(True, True)) == {}
+    assert gbd.disconnected(peers(True, False, False)) == ["10.0.0.3", "10.0.0.4"]
+
+
 def test_no_wait_asks_once():
     dirs = [{"path": "/srv/b/gv-exp1", "volume_id": GV_EXP1}]
     glusterd, clock = Glusterd(volumes(), []), Clock()
