@@ -25,7 +25,7 @@ description:
     with that id exists, or has a brick on this host at this path. With O(wait_timeout) it asks
     again until the volume is gone, so every server can start its part of a teardown while
     another server is still stopping and deleting the volume. It stops waiting, and refuses,
-    while a peer of this glusterd is disconnected: glusterd deletes no volume then.
+    while a peer of this glusterd is disconnected, since glusterd deletes no volume then.
   - Refuses anything that does not look like a brick directory (no volume-id attribute and no
     C(.glusterfs) directory), a symbolic link, a mount point (a brick root itself) and C(/).
     All paths are checked before any is removed; one refusal removes nothing.
