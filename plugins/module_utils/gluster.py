@@ -48,7 +48,11 @@ ERRNO_VOLUME_MISSING = 30806
 # a command that meets another one's lock fails at once and may simply be tried again.
 _LOCK_CONTENTION = ("another transaction is in progress", "locking failed on",
                     "please try again after some time")
-LOCK_RETRY_DELAYS = (0.5, 1, 1, 2, 2, 3, 3, 4, 4, 5)
+# A quota command's staging mounts the volume on glusterd's host (an "aux mount"); under load that
+# mount can fail to connect (seen in 1 of 130 jobs at once on the test bed, "Transport endpoint is
+# not connected"). The command then did nothing, so it may be tried again like a lock contention.
+_AUX_MOUNT_FAILED = ("failed to start aux mount",)
+RETRY_DELAYS = (0.5, 1, 1, 2, 2, 3, 3, 4, 4, 5)
 
 
 class GlusterError(CommandError):
@@ -177,6 +181,13 @@ def plain_text_error(text):
 def is_lock_contention(text):
     lowered = (text or "").lower()
     return any(pattern in lowered for pattern in _LOCK_CONTENTION)
+
+
+def is_transient(text):
+    """A failure that changed nothing and may pass when tried again: another transaction's
+    cluster lock, or a quota command's aux mount that did not come up."""
+    lowered = (text or "").lower()
+    return is_lock_contention(text) or any(pattern in lowered for pattern in _AUX_MOUNT_FAILED)
 
 
 def cli_message(root):
@@ -322,19 +333,18 @@ def gluster_text(done):
 
 
 # Other tasks and people share glusterd: a command that meets the cluster lock is tried again.
-LOCK_RETRY = Retry(when=lambda _rc, out, err: is_lock_contention(out) or is_lock_contention(err),
-                   delays=LOCK_RETRY_DELAYS)
+TRANSIENT_RETRY = Retry(when=lambda _rc, out, err: is_transient(out) or is_transient(err), delays=RETRY_DELAYS)
 
 
 class GlusterCli:
-    """The gluster CLI through a CommandRunner: C locale, check mode, cluster lock retries."""
+    """The gluster CLI through a CommandRunner: C locale, check mode, retries of transient failures."""
 
     def __init__(self, module, glusterd_socket=None, sleep=time.sleep):
         self.module = module
         self.socket = glusterd_socket
         self.sleep = sleep
         self.binary = module.get_bin_path(GLUSTER, required=True)
-        self.runner = CommandRunner(module, retry=LOCK_RETRY, sleep=sleep,
+        self.runner = CommandRunner(module, retry=TRANSIENT_RETRY, sleep=sleep,
                                     binaries={GLUSTER: self.binary})
 
     def output(self, argv):

@@ -114,6 +114,15 @@ def test_lock_contention_is_recognised_and_nothing_else_is():
     assert not g.is_lock_contention(fixture("volume_start_ok.xml"))
 
 
+def test_a_quota_aux_mount_that_did_not_come_up_is_transient_and_nothing_else_new_is():
+    """error_quota_aux_mount.xml: glusterd 10.3's answer to ``volume quota bbjob-28 list /`` in the
+    130-job load run (2026-12-06), its aux mount failing with "Transport endpoint is not connected"."""
+    assert g.is_transient(fixture("error_quota_aux_mount.xml"))
+    assert g.is_transient(fixture("error_lock_contention.xml"))
+    assert not g.is_lock_contention(fixture("error_quota_aux_mount.xml"))
+    assert not g.is_transient(fixture("error_create_brick_in_use.xml"))
+
+
 def test_successful_answers_carry_their_message():
     assert g.cli_message(g.parse_cli_xml(fixture("peer_probe_self.xml"))) == (
         "Probe on localhost not needed")
@@ -467,9 +476,18 @@ def test_the_cli_retries_while_another_transaction_holds_the_lock(gluster_module
     assert slept == [0.5, 1]
 
 
+def test_the_cli_asks_the_quota_again_when_its_aux_mount_did_not_come_up(gluster_module):
+    failed = (0, fixture("error_quota_aux_mount.xml"), "")
+    listed = (0, fixture("quota_list_root_8gib.xml"), "")
+    module = gluster_module([failed, listed])
+    slept = []
+    assert g.GlusterCli(module, None, sleep=slept.append).quota_limit("gv-q") == 8 * 1024**3
+    assert len(module.calls) == 2 and slept == [0.5]
+
+
 def test_the_cli_gives_up_on_the_lock_after_its_delays(gluster_module):
     lock = (0, fixture("error_lock_contention.xml"), "")
-    module = gluster_module([lock] * (len(g.LOCK_RETRY_DELAYS) + 1))
+    module = gluster_module([lock] * (len(g.RETRY_DELAYS) + 1))
     cli = g.GlusterCli(module, None, sleep=lambda _delay: None)
     with pytest.raises(g.GlusterError, match="Another transaction is in progress"):
         cli.execute(g.volume_start_argv(None, "gv-rec"))
