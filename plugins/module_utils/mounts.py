@@ -81,9 +81,19 @@ def read_mountinfo(path=MOUNTINFO):
         return parse_mountinfo(handle.read())
 
 
-def normalise_path(path):
-    """Absolute, symlink-free path as the kernel reports it, even if it does not exist yet."""
-    return os.path.realpath(os.path.abspath(path))
+def normalise_path(path, mountinfo=None):
+    """Absolute, symlink-free path as the kernel reports it, even if it does not exist yet.
+
+    A path the kernel shows as a mount point is never looked up itself (only its parent is):
+    a lookup of a FUSE mount whose daemon no longer answers blocks for good, and with it the
+    unmount that would free it (seen on the test bed: a glusterfs stage mount under load).
+    ``mountinfo``: read_mountinfo()'s entries (read here when None)."""
+    absolute = os.path.abspath(path)
+    beside = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
+    entries = read_mountinfo() if mountinfo is None else mountinfo
+    if any(entry.target == beside for entry in entries):
+        return beside
+    return os.path.realpath(absolute)
 
 
 def mount_at(entries, path):

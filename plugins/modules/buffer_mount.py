@@ -215,8 +215,13 @@ def dir_is_empty(path):
         return False
 
 
-def read_state(path):
+def read_state(path, look_inside=True):
+    """What is at path. ``look_inside`` False (unmounting): a mount point is not looked at, only
+    the kernel's mount table, since a FUSE mount whose daemon hangs would hang this module
+    (and every later teardown) in the kernel; its attributes are then unknown (None)."""
     mount = mount_at(read_mountinfo(), path)
+    if mount is not None and not look_inside:
+        return BufferState(path=path, mount=mount, exists=True, is_dir=True, empty=None, root=None)
     return BufferState(
         path=path, mount=mount, exists=os.path.lexists(path), is_dir=os.path.isdir(path),
         empty=dir_is_empty(path), root=root_attributes(path) if mount else None)
@@ -382,7 +387,7 @@ def main():
 
 
 def run(runner, params):
-    state = read_state(params["path"])
+    state = read_state(params["path"], look_inside=params["state"] == "mounted")
     ensure = ensure_mounted if params["state"] == "mounted" else ensure_unmounted
     mounted, after = ensure(runner, params, state)
     mount = state.mount

@@ -1,8 +1,10 @@
 """buffer_mount planners: (state read, params) -> commands, refusals, owner/mode steps."""
 
+import os
 from pathlib import Path
 
 import pytest
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import mounts
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import CommandError
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import parse_mountinfo_line
 from ansible_collections.hpc.burstbuffer.plugins.modules import buffer_mount as bm
@@ -175,3 +177,31 @@ def test_executor_does_not_retry_other_commands(fake_module):
     with pytest.raises(CommandError, match="chown 1001 /x failed"):
         bm.buffer_runner(module, retries=5, delay=0.001).change(["chown", "1001", "/x"])
     assert len(module.calls) == 1
+
+
+# --- a mount whose FUSE daemon no longer answers ------------------------------------------------
+
+def at(path):
+    return parse_mountinfo_line(f"79 27 0:50 / {path} rw - fuse.glusterfs 127.1.1.2:/bbjob-21 rw")
+
+
+# Any lookup of such a mount point blocks in the kernel for good (fuse_get_req): unmounting must
+# need nothing but the mount table (found on the test bed, a stage mount under 130 jobs at once).
+
+def test_unmounting_reads_only_the_mount_table_never_the_mount_point(monkeypatch):
+    gone = "/nonexistent/bb/stage/bbjob-21"  # any look at it would fail here, as it would hang there
+    monkeypatch.setattr(bm, "read_mountinfo", lambda: [at(gone)])
+    state = bm.read_state(gone, look_inside=False)
+    assert (state.mount.target, state.exists, state.root) == (gone, True, None)
+    with pytest.raises(FileNotFoundError):
+        bm.read_state(gone)  # mounting must look inside: owner and mode are set on its root
+
+
+def test_a_mount_point_is_normalised_without_being_looked_up(monkeypatch, tmp_path):
+    mounted = str(tmp_path / "stage" / "bbjob-21")
+    looked = []
+    real = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda p, **kw: looked.append(p) or real(p, **kw))
+    assert mounts.normalise_path(mounted, mountinfo=[at(mounted)]) == mounted
+    assert looked == [str(tmp_path / "stage")]
+    assert mounts.normalise_path(mounted, mountinfo=[]) == mounted and looked[-1] == mounted
