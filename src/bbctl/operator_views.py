@@ -19,7 +19,7 @@ from bbctl import site as sitecfg
 from bbctl.errors import BBError
 from bbctl.lifecycle import FAILED_STAGE, Lifecycle, stage_out_failed
 from bbctl.site import Site
-from bbctl.state import Buffer, BufferState
+from bbctl.state import Buffer, BufferState, ServerHealth
 from bbctl.state.timings import STAGE_NOW, TIMINGS, sorted_timings
 
 
@@ -29,6 +29,30 @@ def status(life: Lifecycle) -> dict[str, Any]:
     now = time.time()
     return {"pools": pools, "buffers": [dict(describe(b, life.site, now=now), max_file=max_file(life, b))
                                         for b in life.store.buffers()]}
+
+
+def servers(life: Lifecycle) -> dict[str, Any]:
+    """Every storage server of the pools, and any other the store keeps health for (gone from the inventory)::
+
+        {"servers": [{"name", "state": "usable" | "failing" | "drained", "failures", "last_error",
+                      "last_error_at", "reason", "since", "bricks", "bricks_in_use", "buffers": [keys]}],
+         "server_fail_limit": N}
+    """
+    health = life.store.servers()
+    bricks: dict[str, int] = {}
+    for pool in life.pools.values():
+        for brick in pool.bricks:
+            bricks[brick.server] = bricks.get(brick.server, 0) + 1
+    in_use: dict[str, list[str]] = {}
+    for buffer in life.store.buffers():
+        for brick in buffer.bricks:
+            in_use.setdefault(brick.server, []).append(buffer.key)
+    rows = []
+    for name in sorted(set(bricks) | set(health)):
+        server = health.get(name) or ServerHealth(name)
+        rows.append({**server.to_dict(), "state": server.unusable or "usable", "bricks": bricks.get(name, 0),
+                     "bricks_in_use": len(in_use.get(name, [])), "buffers": sorted(set(in_use.get(name, [])))})
+    return {"servers": rows, "server_fail_limit": life.site.server_fail_limit}
 
 
 def max_file(life: Lifecycle, buffer: Buffer) -> int | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bbctl.state.base import (
+    DRAINED,
+    FAILING,
     IN_FLIGHT,
     RELEASABLE,
     BrickAllocation,
@@ -19,9 +21,11 @@ from bbctl.state.base import (
     BufferSpec,
     BufferState,
     Orphans,
+    ServerHealth,
     StateConflict,
     StateError,
     StateStore,
+    UnknownServer,
 )
 from bbctl.state.sqlite import DEFAULT_PATH, SQLiteStore
 
@@ -43,6 +47,8 @@ def open_store(location: str | Path = DEFAULT_PATH, *, timeout: float = 10.0) ->
 
 __all__ = [
     "DEFAULT_PATH",
+    "DRAINED",
+    "FAILING",
     "IN_FLIGHT",
     "RELEASABLE",
     "BrickAllocation",
@@ -53,8 +59,10 @@ __all__ = [
     "BufferState",
     "Orphans",
     "SQLiteStore",
+    "ServerHealth",
     "StateConflict",
     "StateError",
     "StateStore",
+    "UnknownServer",
     "open_store",
 ]
