@@ -133,7 +133,8 @@ def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
     action.add_argument("--drain", metavar="NAME", help="take the server out of the pools by hand")
     action.add_argument("--resume", metavar="NAME",
                         help="give the server back to the pools (failing or drained), its failure count cleared")
-    servers.add_argument("--reason", default="", help="why it is drained (with --drain), shown by bbctl servers")
+    servers.add_argument("--reason", default="", metavar="TEXT",
+                         help="why it is drained (with --drain), shown by bbctl servers")
     install = subparsers.add_parser("slurm-install", help="install burst_buffer.lua and its files beside slurm.conf")
     install.add_argument("--dir", type=Path, help="directory of slurm.conf (default: the config's slurm_dir)")
     for parser in (status, show, pools, gc, reconcile, install, bbstat, servers):
@@ -318,14 +319,8 @@ def _gc(life: Lifecycle, args: argparse.Namespace) -> Reported:
 
 
 def _servers(life: Lifecycle, args: argparse.Namespace) -> Any:
-    """The servers' table, after a drain or a resume when one is asked (exit 2 for a reason without --drain)."""
-    if args.reason and not args.drain:
-        raise BBError("--reason goes with --drain NAME", exit_code=2)
-    if args.drain:
-        life.drain_server(args.drain, args.reason)
-    elif args.resume:
-        life.resume_server(args.resume)
-    report = operator_views.servers(life)
+    """The servers' table, after a drain or a resume when one is asked."""
+    report = operator_views.servers_command(life, drain=args.drain, resume=args.resume, reason=args.reason)
     return report if args.json else status_text.render_servers(report)
 
 

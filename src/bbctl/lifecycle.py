@@ -34,7 +34,7 @@ from bbctl.playbook_vars import CACHE, PRIVATE, SWAP
 from bbctl.pools import NotEnoughBricks, Pool, load_pools, pools_document, write_pools_json
 from bbctl.site import Site
 from bbctl.stage_meter import StageMeter
-from bbctl.state import Buffer, BufferSpec, BufferState, ServerHealth, StateStore, UnknownServer, open_store
+from bbctl.state import Buffer, BufferSpec, BufferState, StateStore, open_store
 
 log = logging.getLogger("bbctl")
 ROLLBACK_MIN = 10  # seconds: a setup's rollback is not started with less of its budget left
@@ -119,26 +119,6 @@ class Lifecycle:
     def storage_servers(self) -> list[str]:
         """The servers of the pools' bricks, by name: the servers bbctl allocates on."""
         return sorted({brick.server for pool in self.pools.values() for brick in pool.bricks})
-
-    def drain_server(self, name: str, reason: str = "") -> ServerHealth:
-        """Take name out of the pools by hand (UnknownServer, exit 2, for a name no pool has)."""
-        server = self.store.drain_server(self._known_server(name), reason)
-        log.warning("storage server %s drained: %s", name, server.reason)
-        self.refresh_pools()
-        return server
-
-    def resume_server(self, name: str) -> ServerHealth:
-        """Give name back to the pools, its failure count cleared (UnknownServer, exit 2)."""
-        server = self.store.resume_server(self._known_server(name))
-        log.warning("storage server %s resumed: its bricks are offered again", name)
-        self.refresh_pools()
-        return server
-
-    def _known_server(self, name: str) -> str:
-        known = self.storage_servers()
-        if name not in known:
-            raise UnknownServer(name, known)
-        return name
 
     def _record_health(self, key: str, buffer: Buffer, run: runner.StageRun) -> None:
         """Count run's failures on the buffer's storage servers, reset the count of those it succeeded on.

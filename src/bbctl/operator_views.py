@@ -7,6 +7,7 @@ that died mid-way); the stages themselves live in bbctl.lifecycle.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import socket
@@ -22,6 +23,8 @@ from bbctl.site import Site
 from bbctl.state import Buffer, BufferState, ServerHealth
 from bbctl.state.timings import STAGE_NOW, TIMINGS, sorted_timings
 
+log = logging.getLogger("bbctl")
+
 
 def status(life: Lifecycle) -> dict[str, Any]:
     """Pools (refreshing the file Slurm reads) with their bytes, and every buffer, described."""
@@ -29,6 +32,49 @@ def status(life: Lifecycle) -> dict[str, Any]:
     now = time.time()
     return {"pools": pools, "buffers": [dict(describe(b, life.site, now=now), max_file=max_file(life, b))
                                         for b in life.store.buffers()]}
+
+
+class UnknownServer(BBError):
+    """An operator named a server no pool has (exit 2: bad input)."""
+
+    exit_code = 2
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"no storage server {name!r} in any pool; known: {', '.join(known) or 'none'}")
+
+
+def drain_server(life: Lifecycle, name: str, reason: str = "") -> ServerHealth:
+    """Take name out of the pools by hand, and rewrite the pools file; UnknownServer for a name no pool has."""
+    server = life.store.drain_server(_known_server(life, name), reason)
+    log.warning("storage server %s drained: %s", name, server.reason)
+    life.refresh_pools()
+    return server
+
+
+def resume_server(life: Lifecycle, name: str) -> ServerHealth:
+    """Give name back to the pools, its failure count cleared, and rewrite the pools file; UnknownServer."""
+    server = life.store.resume_server(_known_server(life, name))
+    log.warning("storage server %s resumed: its bricks are offered again", name)
+    life.refresh_pools()
+    return server
+
+
+def _known_server(life: Lifecycle, name: str) -> str:
+    known = life.storage_servers()
+    if name not in known:
+        raise UnknownServer(name, known)
+    return name
+
+
+def servers_command(life: Lifecycle, *, drain: str | None, resume: str | None, reason: str) -> dict[str, Any]:
+    """`bbctl servers`: the drain or resume asked, then the servers view (BBError, exit 2: --reason alone)."""
+    if reason and not drain:
+        raise BBError("--reason goes with --drain NAME", exit_code=2)
+    if drain:
+        drain_server(life, drain, reason)
+    elif resume:
+        resume_server(life, resume)
+    return servers(life)
 
 
 def servers(life: Lifecycle) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from bbctl.state.base import (
     StateConflict,
     StateError,
     StateStore,
-    UnknownServer,
 )
 from bbctl.state.sqlite import DEFAULT_PATH, SQLiteStore
 
@@ -63,6 +62,5 @@ __all__ = [
     "StateConflict",
     "StateError",
     "StateStore",
-    "UnknownServer",
     "open_store",
 ]

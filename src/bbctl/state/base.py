@@ -137,16 +137,6 @@ FAILING = "failing"
 DRAINED = "drained"
 
 
-class UnknownServer(StateError):
-    """An operator named a server no pool has (exit 2: bad input)."""
-
-    exit_code = 2
-
-    def __init__(self, name: str, known: Collection[str]) -> None:
-        super().__init__(f"no storage server {name!r} in the inventory's bb_storage group; known: "
-                         f"{', '.join(sorted(known)) or 'none'}")
-
-
 @dataclass(frozen=True)
 class ServerHealth:
     """What the store keeps about one storage server (one record per server, shared by every controller).

@@ -12,8 +12,9 @@ import pytest
 
 from bbctl import allocation, cli, runner
 from bbctl import lifecycle as lc
+from bbctl.operator_views import UnknownServer, drain_server, resume_server
 from bbctl.pools import NotEnoughBricks
-from bbctl.state import FAILING, UnknownServer
+from bbctl.state import FAILING
 from tests.unit.bbctl.test_lifecycle import GID, UID, config, script
 
 __all__ = ["config"]
@@ -110,7 +111,7 @@ def test_a_limit_of_zero_never_marks_a_server(config, fake):
 
 
 def test_setup_never_builds_on_an_unusable_server(life, fake, tmp_path):
-    life.drain_server("bbnode2", "disk swap")
+    drain_server(life, "bbnode2", "disk swap")
     [buffer] = life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=8GiB"))  # 2 + 1 bricks
     assert "bbnode2" not in {b.server for b in buffer.bricks} and len(buffer.bricks) == 3
     assert "bbnode2" not in fake.runs[-1]["hosts"]
@@ -118,7 +119,7 @@ def test_setup_never_builds_on_an_unusable_server(life, fake, tmp_path):
 
 def test_a_striped_buffer_that_only_unusable_servers_could_hold_is_refused_naming_them(life, fake, tmp_path,
                                                                                        caplog):
-    life.drain_server("bbnode1", "")
+    drain_server(life, "bbnode1", "")
     life.store.record_runs({"bbnode2": "bbnode2: x: y"}, [], limit=1)
     with pytest.raises(NotEnoughBricks, match=r"3 needed, 2 free \(4 more on unusable server\(s\) "
                                               r"bbnode1, bbnode2: `bbctl servers` says why\)"):
@@ -137,7 +138,7 @@ def test_teardown_still_works_on_a_buffer_of_an_unusable_server(life, fake, tmp_
     job = script(tmp_path, "#DW jobdw capacity=4GiB")
     [buffer] = life.setup("44", UID, GID, job)
     [server] = {b.server for b in buffer.bricks}
-    life.drain_server(server, "")
+    drain_server(life, server, "")
     assert life.teardown("44", job, hurry=False)
     assert life.store.get("44") is None
     assert fake.runs[-1]["playbook"] == "buffer_destroy.yml" and fake.runs[-1]["hosts"] == [server]
@@ -147,17 +148,19 @@ def test_resume_gives_the_bricks_back_and_clears_the_count(life, config, fake):
     life.store.record_runs({"bbnode3": "bbnode3: x: y"}, [], limit=1)
     life.refresh_pools()
     assert pools_file(config)["quantity"] == 4
-    server = life.resume_server("bbnode3")
+    server = resume_server(life, "bbnode3")
     assert (server.unusable, server.failures) == ("", 0)
     assert pools_file(config)["quantity"] == 6
 
 
 def test_an_unknown_server_is_refused_naming_the_known_ones(life):
-    with pytest.raises(UnknownServer, match=r"no storage server 'bbnode9'.*known: bbnode1, bbnode2, bbnode3") as err:
-        life.drain_server("bbnode9")
+    known = r"no storage server 'bbnode9' in any pool; known: bbnode1, bbnode2, bbnode3"
+    with pytest.raises(UnknownServer, match=known) as err:
+        drain_server(life, "bbnode9")
     assert err.value.exit_code == 2
     with pytest.raises(UnknownServer):
-        life.resume_server("bbnode9")
+        resume_server(life, "bbnode9")
+    assert life.store.servers() == {}, "nothing recorded for it"
 
 
 # --- bbctl servers ---------------------------------------------------------------------------------
@@ -185,8 +188,7 @@ def test_bbctl_servers_lists_drains_and_resumes(config_file, capsys):
 
 def test_bbctl_servers_exit_codes(config_file, capsys):
     assert bbctl(config_file, "servers", "--drain", "s9") == 2
-    assert capsys.readouterr().err.strip().endswith("no storage server 's9' in the inventory's bb_storage "
-                                                     "group; known: s1, s2")
+    assert capsys.readouterr().err.strip().endswith("no storage server 's9' in any pool; known: s1, s2")
     assert bbctl(config_file, "servers", "--reason", "why") == 2
     with pytest.raises(SystemExit) as usage:  # argparse: one action at a time
         bbctl(config_file, "servers", "--drain", "s1", "--resume", "s2")
