@@ -1,7 +1,7 @@
 """The bbctl command line: one subcommand per burst buffer stage, operator views, the test bed.
 
 Slurm's burst_buffer.lua and dw_wlm_cli call the stage commands; operators use
-status, show, pools and gc; `config reference` prints the settings' reference.
+status, show, pools, servers and gc; `config reference` prints the settings' reference.
 Progress goes to stderr and to <work_dir>/bbctl.log; on failure the last line of
 stderr is the reason, fit to show to the job's owner.
 

@@ -121,9 +121,23 @@ def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
     reconcile.add_argument("--older-than", type=float, default=600,
                            help="seconds a setup or teardown may still be making or removing its volume "
                                 "(default 600)")
+    servers = subparsers.add_parser(
+        "servers", help="storage servers: usable, failing or drained; --drain and --resume take one out and back",
+        description="Lists every storage server of the pools with its consecutive failed runs, whether bbctl "
+                    "offers its bricks, and the buffers on it. A server becomes unusable (failing) after "
+                    "server_fail_limit consecutive failed runs, or when drained: no new buffer gets its bricks "
+                    "and the pools Slurm reads leave them out; buffers already on it are untouched. "
+                    "Exit codes: 0 done; 2 an unknown server (the known ones are named); 1 the state store "
+                    "failed.")
+    action = servers.add_mutually_exclusive_group()
+    action.add_argument("--drain", metavar="NAME", help="take the server out of the pools by hand")
+    action.add_argument("--resume", metavar="NAME",
+                        help="give the server back to the pools (failing or drained), its failure count cleared")
+    servers.add_argument("--reason", default="", metavar="TEXT",
+                         help="why it is drained (with --drain), shown by bbctl servers")
     install = subparsers.add_parser("slurm-install", help="install burst_buffer.lua and its files beside slurm.conf")
     install.add_argument("--dir", type=Path, help="directory of slurm.conf (default: the config's slurm_dir)")
-    for parser in (status, show, pools, gc, reconcile, install, bbstat):
+    for parser in (status, show, pools, gc, reconcile, install, bbstat, servers):
         parser.add_argument("--json", action="store_true", help="print JSON")
     _add_metrics(subparsers)
 
@@ -304,6 +318,12 @@ def _gc(life: Lifecycle, args: argparse.Namespace) -> Reported:
     return Reported(report, reconcile.exit_code(report))
 
 
+def _servers(life: Lifecycle, args: argparse.Namespace) -> Any:
+    """The servers' table, after a drain or a resume when one is asked."""
+    report = operator_views.servers_command(life, drain=args.drain, resume=args.resume, reason=args.reason)
+    return report if args.json else status_text.render_servers(report)
+
+
 def _slurm_install(life: Lifecycle, args: argparse.Namespace) -> Any:
     """Install, then rewrite the pools file from the state store: job_process counts each pool's bricks there."""
     report = slurm_install.install(life.site, args.dir)
@@ -331,6 +351,7 @@ _HANDLERS: dict[str, Callable[[Lifecycle, argparse.Namespace], Any]] = {
     "bbstat": _bbstat,
     "metrics": _metrics,
     "pools": lambda life, a: (life.refresh_pools() if not a.datawarp else life.pools_document(datawarp=True)),
+    "servers": _servers,
     "gc": lambda life, a: _gc(life, a),
     "reconcile": lambda life, a: _reconcile(life, a),
     "slurm-install": lambda life, a: _slurm_install(life, a),

@@ -63,6 +63,7 @@ class StateCollector(Collector):
                 buffers = store.buffers()
                 counters = store.stage_counters()
                 allocated = {name: store.allocated_brick_ids(name) for name in self.pools}
+                unusable = {name for name, server in store.servers().items() if server.unusable}
             finally:
                 store.close()
         except StateError:
@@ -71,7 +72,7 @@ class StateCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        yield from pool_families(pools_document(self.pools.values(), allocated)["pools"])
+        yield from pool_families(pools_document(self.pools.values(), allocated, unusable=unusable)["pools"])
         yield from buffer_families([b.state for b in buffers],
                                    [b.meta.get(STAGE_NOW) for b in buffers])
         yield from stage_families(counters)

@@ -7,6 +7,7 @@ that died mid-way); the stages themselves live in bbctl.lifecycle.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import socket
@@ -19,8 +20,10 @@ from bbctl import site as sitecfg
 from bbctl.errors import BBError
 from bbctl.lifecycle import FAILED_STAGE, Lifecycle, stage_out_failed
 from bbctl.site import Site
-from bbctl.state import Buffer, BufferState
+from bbctl.state import Buffer, BufferState, ServerHealth
 from bbctl.state.timings import STAGE_NOW, TIMINGS, sorted_timings
+
+log = logging.getLogger("bbctl")
 
 
 def status(life: Lifecycle) -> dict[str, Any]:
@@ -29,6 +32,73 @@ def status(life: Lifecycle) -> dict[str, Any]:
     now = time.time()
     return {"pools": pools, "buffers": [dict(describe(b, life.site, now=now), max_file=max_file(life, b))
                                         for b in life.store.buffers()]}
+
+
+class UnknownServer(BBError):
+    """An operator named a server no pool has (exit 2: bad input)."""
+
+    exit_code = 2
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"no storage server {name!r} in any pool; known: {', '.join(known) or 'none'}")
+
+
+def drain_server(life: Lifecycle, name: str, reason: str = "") -> ServerHealth:
+    """Take name out of the pools by hand, and rewrite the pools file; UnknownServer for a name no pool has."""
+    server = life.store.drain_server(_known_server(life, name), reason)
+    log.warning("storage server %s drained: %s", name, server.reason)
+    life.refresh_pools()
+    return server
+
+
+def resume_server(life: Lifecycle, name: str) -> ServerHealth:
+    """Give name back to the pools, its failure count cleared, and rewrite the pools file; UnknownServer."""
+    server = life.store.resume_server(_known_server(life, name))
+    log.warning("storage server %s resumed: its bricks are offered again", name)
+    life.refresh_pools()
+    return server
+
+
+def _known_server(life: Lifecycle, name: str) -> str:
+    known = life.storage_servers()
+    if name not in known:
+        raise UnknownServer(name, known)
+    return name
+
+
+def servers_command(life: Lifecycle, *, drain: str | None, resume: str | None, reason: str) -> dict[str, Any]:
+    """`bbctl servers`: the drain or resume asked, then the servers view (BBError, exit 2: --reason alone)."""
+    if reason and not drain:
+        raise BBError("--reason goes with --drain NAME", exit_code=2)
+    if drain:
+        drain_server(life, drain, reason)
+    elif resume:
+        resume_server(life, resume)
+    return servers(life)
+
+
+def servers(life: Lifecycle) -> dict[str, Any]:
+    """Every storage server of the pools, and any other the store keeps health for (gone from the inventory)::
+
+        {"servers": [{"name", "state": "usable" | "failing" | "drained", "failures", "last_error",
+                      "last_error_at", "reason", "since", "bricks", "bricks_in_use", "buffers": [keys]}],
+         "server_fail_limit": N}
+    """
+    health = life.store.servers()
+    bricks: dict[str, int] = {}
+    for pool in life.pools.values():
+        for brick in pool.bricks:
+            bricks[brick.server] = bricks.get(brick.server, 0) + 1
+    in_use: dict[str, list[str]] = {}
+    for buffer in life.store.buffers():
+        for brick in buffer.bricks:
+            in_use.setdefault(brick.server, []).append(buffer.key)
+    rows = []
+    for name in sorted(set(bricks) | set(health)):
+        server = health.get(name) or ServerHealth(name)
+        rows.append({**server.to_dict(), "state": server.unusable or "usable", "bricks": bricks.get(name, 0),
+                     "bricks_in_use": len(in_use.get(name, [])), "buffers": sorted(set(in_use.get(name, [])))})
+    return {"servers": rows, "server_fail_limit": life.site.server_fail_limit}
 
 
 def max_file(life: Lifecycle, buffer: Buffer) -> int | None:

@@ -74,13 +74,20 @@ class PoolError(BBError):
 
 
 class NotEnoughBricks(BBError):
-    """A pool has fewer free bricks than a buffer needs."""
+    """A pool has fewer free bricks than a buffer needs.
 
-    def __init__(self, pool: str, needed: int, free: int) -> None:
+    ``held_back``: free bricks on unusable servers (not counted in ``free``), ``servers``: those servers.
+    """
+
+    def __init__(self, pool: str, needed: int, free: int, *, held_back: int = 0,
+                 servers: Collection[str] = ()) -> None:
+        unusable = (f" ({held_back} more on unusable server(s) {', '.join(sorted(servers))}: "
+                    "`bbctl servers` says why)" if held_back else "")
         super().__init__(
-            f"not enough free bricks in pool {pool!r}: {needed} needed, {free} free; "
+            f"not enough free bricks in pool {pool!r}: {needed} needed, {free} free{unusable}; "
             "ask for less capacity or wait for other buffers to be torn down")
         self.pool, self.needed, self.free = pool, needed, free
+        self.held_back, self.servers = held_back, sorted(servers)
 
 
 @dataclass(frozen=True)
@@ -117,29 +124,39 @@ class Pool:
     def quantity(self) -> int:
         return len(self.bricks)
 
-    def free_bricks(self, allocated_ids: Collection[str]) -> list[Brick]:
-        return [brick for brick in self.bricks if brick.id not in allocated_ids]
+    def usable_bricks(self, unusable: Collection[str] = ()) -> list[Brick]:
+        """The bricks not on an unusable server (bbctl.state.base.ServerHealth): what the pool offers."""
+        return [brick for brick in self.bricks if brick.server not in unusable]
 
-    def choose(self, allocated_ids: Collection[str], n: int) -> list[Brick]:
-        """Exactly ``allocate_bricks(self.free_bricks(allocated_ids), n)``; allocated_ids is a set."""
+    def free_bricks(self, allocated_ids: Collection[str], unusable: Collection[str] = ()) -> list[Brick]:
+        return [brick for brick in self.usable_bricks(unusable) if brick.id not in allocated_ids]
+
+    def choose(self, allocated_ids: Collection[str], n: int, unusable: Collection[str] = ()) -> list[Brick]:
+        """Exactly ``allocate_bricks(self.free_bricks(allocated_ids, unusable), n)``; allocated_ids is a set."""
         in_use = Counter(self._server_of[i] for i in allocated_ids if i in self._server_of)
-        return self.choose_by_usage(in_use, lambda _servers: allocated_ids, n)
+        return self.choose_by_usage(in_use, lambda _servers: allocated_ids, n, unusable=unusable)
 
     def choose_by_usage(self, in_use: Mapping[str, int], taken_on: Callable[[list[str]], Collection[str]],
-                        n: int) -> list[Brick]:
-        """The same choice from counts of bricks in use per server.
+                        n: int, *, unusable: Collection[str] = ()) -> list[Brick]:
+        """The same choice from counts of bricks in use per server, never on an unusable server.
 
         taken_on(servers) gives the ids in use on the few servers chosen. This
         costs O(servers) plus their bricks instead of O(bricks): at 1,000
         servers x 8 bricks that is what keeps an allocation within milliseconds.
+        NotEnoughBricks names the free bricks the unusable servers hold back.
         """
         by_free: dict[int, list[str]] = {}  # free count -> servers, in name order
-        total = 0
+        total = held_back = 0
         for server, bricks in self._by_server.items():
             free = len(bricks) - in_use.get(server, 0)
-            if free > 0:
+            if free > 0 and server in unusable:
+                held_back += free
+            elif free > 0:
                 by_free.setdefault(free, []).append(server)
                 total += free
+        if held_back and n > total:
+            raise NotEnoughBricks(self.name, n, total, held_back=held_back,
+                                  servers=[s for s in unusable if s in self._by_server])
         _check_request(self.name, n, total)
         # Least-loaded first, ties by name; round one takes one brick from each of
         # the first n servers, so no server beyond those can be needed.
@@ -339,11 +356,13 @@ def _pool_of(host: str, entry: Mapping[str, Any], members: Mapping[str, set[str]
 # --- what Slurm reads ------------------------------------------------------------
 
 def pools_document(pools: Iterable[Pool], allocated: Mapping[str, Collection[str]], *,
-                   datawarp: bool = False) -> dict[str, list[dict[str, Any]]]:
+                   datawarp: bool = False, unusable: Collection[str] = ()) -> dict[str, list[dict[str, Any]]]:
     """Slurm's pools JSON; quantity and free count bricks (granules), granularity is bytes.
 
     allocated maps pool name -> ids of its bricks in use. The datawarp plugin
-    also wants ``"units": "bytes"``.
+    also wants ``"units": "bytes"``. Bricks of unusable servers are left out of
+    both counts, so Slurm stops offering them (and its used space, quantity
+    less free, counts only buffers on usable servers).
     """
     entries = []
     for pool in pools:
@@ -351,8 +370,8 @@ def pools_document(pools: Iterable[Pool], allocated: Mapping[str, Collection[str
         entry: dict[str, Any] = {"id": pool.name}
         if datawarp:
             entry["units"] = "bytes"
-        entry.update(granularity=pool.granularity, quantity=pool.quantity,
-                     free=len(pool.free_bricks(in_use)))
+        entry.update(granularity=pool.granularity, quantity=len(pool.usable_bricks(unusable)),
+                     free=len(pool.free_bricks(in_use, unusable)))
         entries.append(entry)
     return {"pools": entries}
 

@@ -118,6 +118,17 @@ class StageRun:
     bytes: int | None = None
     results: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (host, result) of each ok task
 
+    def failed_hosts(self) -> dict[str, str]:
+        """Host -> its first failure ("host: task: message"), from failures (a host name holds no ": ")."""
+        hosts: dict[str, str] = {}
+        for failure in self.failures:
+            hosts.setdefault(failure.split(": ", 1)[0], failure)
+        return hosts
+
+    def ok_hosts(self) -> set[str]:
+        """The hosts on which at least one task succeeded."""
+        return {host for host, _result in self.results}
+
     def output_tail(self) -> str:
         """The last line ansible-playbook printed (why it stopped before any task failed)."""
         for stdout in sorted(self.run_dir.glob("artifacts/*/stdout")):

@@ -10,6 +10,7 @@ One YAML file (``--config``, else ``$BBCTL_CONFIG``, else /etc/bbctl/bbctl.yml):
     slurm_dir: /etc/slurm                 # burst_buffer.lua, bbctl-site.lua, bbctl-pools.json
     keep_runs: 200                        # ansible-runner dirs kept for finished buffers
     brick_wait: 10                        # seconds setup waits for bricks Slurm counts as free
+    server_fail_limit: 3                  # consecutive failed runs that make a storage server unusable
     stage_workers: 32                     # copy threads per stage (bb_stage's default)
     policy: {max_capacity: 1TiB}          # limits, persistent creators, presets (bbctl.policy)
 
@@ -89,6 +90,22 @@ def positive_int(value: Any) -> int:
     return number
 
 
+def whole_number(value: Any) -> int:
+    """An argument-spec type: a whole number, 0 or more (YAML's true/false are not numbers here)."""
+    from ansible.module_utils.common.validation import check_type_int  # see _validated_settings
+
+    expected = f"expected a whole number, 0 or more, not {value!r}"
+    if isinstance(value, bool):
+        raise TypeError(expected)
+    try:
+        number = check_type_int(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: YAML's .inf
+        raise TypeError(expected) from None
+    if number < 0:
+        raise ValueError(expected)
+    return number
+
+
 # The settings of bbctl.yml in the argument-spec language of the roles' meta/argument_specs.yml,
 # checked by ansible-core's own validator (which ignores `description`). This is the one
 # definition: docs/CONFIGURATION.md is generated from it (`bbctl config reference`, see
@@ -145,6 +162,15 @@ SETTINGS: dict[str, dict[str, Any]] = {
                        "pending in stage-in and runs when they come free; a persistent buffer's creation fails. "
                        "Waiting builds take turns: a later, smaller one does not take the bricks an earlier one "
                        "waits for."},
+    "server_fail_limit": {
+        "type": whole_number, "default": 3,
+        "description": "Consecutive failed playbook runs on one storage server after which bbctl marks it "
+                       "unusable (`failing`): no new buffer gets a brick on it, and the pools Slurm reads "
+                       "(`bbctl pools`, `scontrol show burst`) stop counting its bricks. A run that fails on a "
+                       "compute node or the stage host counts against no server; a successful run on the "
+                       "server resets its count. `bbctl servers` lists the servers, `bbctl servers --resume "
+                       "NAME` returns one (docs/OPERATOR_GUIDE.md, \"Draining and returning a storage "
+                       "server\"). 0: never mark one."},
     "stage_workers": {
         "type": positive_int, "default": stage_threads.DEFAULT_WORKERS,
         "description": "Copy threads per stage-in or stage-out (`bb_stage`'s `workers`)."},
@@ -215,6 +241,7 @@ class Site:
     burst_buffer_conf: Path | None = None
     keep_runs: int = 200
     brick_wait: int = 10  # seconds
+    server_fail_limit: int = 3  # consecutive failed runs; 0: never mark a server unusable
     stage_workers: int = stage_threads.DEFAULT_WORKERS
     policy: Policy = field(default_factory=Policy)
     warm_runner_socket: Path = Path("/run/bbctl/warm-runner.sock")
@@ -331,7 +358,8 @@ def _site(settings: Mapping[str, Any], data: Any, where: Path) -> Site:
     return Site(path=where, inventory=Path(settings["inventory"]),
                 state=settings["state"] or str(work_dir / "state.db"), pools=settings["pools"],
                 work_dir=work_dir, mount_root=Path(settings["mount_root"]), keep_runs=settings["keep_runs"],
-                brick_wait=settings["brick_wait"], stage_workers=settings["stage_workers"], policy=site_policy,
+                brick_wait=settings["brick_wait"], server_fail_limit=settings["server_fail_limit"],
+                stage_workers=settings["stage_workers"], policy=site_policy,
                 warm_runner_socket=Path(settings["warm_runner_socket"]), raw=data, **optional)
 
 

@@ -46,6 +46,25 @@ def render_status(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_servers(report: Mapping[str, Any]) -> str:
+    """`bbctl servers`: one line per storage server, then why each unusable one is so."""
+    rows = [(s["name"], s["state"].upper() if s["state"] != "usable" else s["state"], s["failures"],
+             f"{s['bricks_in_use']}/{s['bricks']}", len(s["buffers"]),
+             when(s["last_error_at"]) if s["last_error_at"] else "-") for s in report["servers"]]
+    if not rows:
+        return "no storage servers"
+    lines = [columns(("SERVER", "STATE", "FAILURES", "BRICKS IN USE", "BUFFERS", "LAST ERROR AT"), rows)]
+    for s in report["servers"]:
+        if s["state"] != "usable":
+            lines.append(f"{s['name']}: {s['state']} since {when(s['since'])}: {s['reason']}")
+        elif s["failures"]:
+            lines.append(f"{s['name']}: last error: {s['last_error']}")
+    limit = report["server_fail_limit"]
+    lines.append(f"server_fail_limit: {limit}" + (" (never marked unusable)" if not limit else
+                                                  " consecutive failed runs mark a server unusable"))
+    return "\n".join(lines)
+
+
 def render_buffer(view: Mapping[str, Any]) -> str:
     """One buffer (or what the history kept of one): a summary line, the stage now, its stage timings."""
     if view.get("torn_down"):

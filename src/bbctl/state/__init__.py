@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bbctl.state.base import (
+    DRAINED,
+    FAILING,
     IN_FLIGHT,
     RELEASABLE,
     BrickAllocation,
@@ -19,6 +21,7 @@ from bbctl.state.base import (
     BufferSpec,
     BufferState,
     Orphans,
+    ServerHealth,
     StateConflict,
     StateError,
     StateStore,
@@ -43,6 +46,8 @@ def open_store(location: str | Path = DEFAULT_PATH, *, timeout: float = 10.0) ->
 
 __all__ = [
     "DEFAULT_PATH",
+    "DRAINED",
+    "FAILING",
     "IN_FLIGHT",
     "RELEASABLE",
     "BrickAllocation",
@@ -53,6 +58,7 @@ __all__ = [
     "BufferState",
     "Orphans",
     "SQLiteStore",
+    "ServerHealth",
     "StateConflict",
     "StateError",
     "StateStore",

@@ -131,6 +131,35 @@ class BrickAllocation:
     buffer_key: str
 
 
+# Why a storage server is unusable (ServerHealth.unusable): marked by bbctl after server_fail_limit
+# consecutive failed runs, or by an operator (`bbctl servers --drain`). Slurm's words: a drained node.
+FAILING = "failing"
+DRAINED = "drained"
+
+
+@dataclass(frozen=True)
+class ServerHealth:
+    """What the store keeps about one storage server (one record per server, shared by every controller).
+
+    A server with no record is healthy: records appear with its first failure or drain.
+    """
+
+    name: str  # inventory host name, as Brick.server
+    failures: int = 0  # consecutive failed playbook runs on it; a successful run resets it
+    last_error: str = ""  # the latest failure's message ("host: task: message")
+    last_error_at: float = 0.0  # when (epoch seconds); 0: never failed
+    unusable: str = ""  # "" (usable), FAILING or DRAINED: no new brick on it is allocated
+    reason: str = ""  # why it is unusable, for `bbctl servers`
+    since: float = 0.0  # when it became unusable
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServerHealth:
+        return cls(**data)
+
+
 @dataclass(frozen=True)
 class Orphans:
     stale_buffers: list[Buffer] = field(default_factory=list)
@@ -185,6 +214,21 @@ class StateStore(Protocol):
 
     def orphans(self, older_than: float) -> Orphans:
         """IN_FLIGHT records not updated for older_than seconds, and stray bricks."""
+
+    def servers(self) -> dict[str, ServerHealth]:
+        """Every storage server with a health record, by name (a server without one is healthy)."""
+
+    def record_runs(self, failed: Mapping[str, str], succeeded: Collection[str], *, limit: int) -> list[ServerHealth]:
+        """One atomic update of servers' health after a playbook run: each of failed (name -> message) counts one
+        more consecutive failure, and becomes unusable (FAILING) at ``limit`` of them (0: never); each of
+        succeeded has its count reset (an unusable server stays so: an operator returns it). Returns the
+        servers this call made unusable."""
+
+    def drain_server(self, name: str, reason: str) -> ServerHealth:
+        """Mark name unusable by an operator (DRAINED, with reason); a failing server becomes drained."""
+
+    def resume_server(self, name: str) -> ServerHealth:
+        """Make name usable again, its failure count cleared (its last error kept, for the record)."""
 
     def close(self) -> None: ...
 
@@ -241,6 +285,40 @@ def check_releasable(buffer: Buffer) -> None:
     if buffer.state not in RELEASABLE:
         raise StateConflict(buffer.key, buffer.state,
                             f"{describe(RELEASABLE)}; destroy it before releasing its bricks")
+
+
+def unusable_servers(health: Mapping[str, ServerHealth]) -> frozenset[str]:
+    """The names of the servers no new brick may be allocated on."""
+    return frozenset(name for name, server in health.items() if server.unusable)
+
+
+def counted_failure(current: ServerHealth | None, name: str, error: str, now: float, limit: int) -> ServerHealth:
+    """current after one more failed run; FAILING once failures reach limit (0: never)."""
+    server = current or ServerHealth(name)
+    failures = server.failures + 1
+    server = replace(server, failures=failures, last_error=error, last_error_at=now)
+    if limit and failures >= limit and not server.unusable:
+        server = replace(server, unusable=FAILING, since=now,
+                         reason=f"{failures} consecutive failed runs (server_fail_limit {limit}); last: {error}")
+    return server
+
+
+def counted_success(current: ServerHealth | None, name: str) -> ServerHealth | None:
+    """current after a successful run: its count reset (None: nothing to record, it had no record)."""
+    if current is None:
+        return None
+    return replace(current, failures=0)
+
+
+def drained(current: ServerHealth | None, name: str, reason: str, now: float) -> ServerHealth:
+    server = current or ServerHealth(name)
+    since = server.since if server.unusable == DRAINED else now
+    return replace(server, unusable=DRAINED, reason=reason or "drained by an operator", since=since)
+
+
+def resumed(current: ServerHealth | None, name: str) -> ServerHealth:
+    server = current or ServerHealth(name)
+    return replace(server, failures=0, unusable="", reason="", since=0.0)
 
 
 def find_orphans(records: list[Buffer], allocations: list[BrickAllocation], older_than: float,

@@ -9,6 +9,7 @@ Layout under a prefix (default ``/bbctl``)::
     <prefix>/history-by-time/<finished at, 17.6f>/<key>
                                         the history's index by age, for cutting it to its bounds
     <prefix>/counters/<stage>           JSON of that stage's counters, only ever incremented
+    <prefix>/servers/<name>             JSON of a storage server's health (bbctl.state.base.ServerHealth)
 
 An allocation is two round trips: one read of the record's key and the
 pool's index, then one transaction that succeeds only if the record does not
@@ -22,6 +23,12 @@ indexes, the history's oldest entries) and one transaction (record and brick
 keys deleted, index rewritten, history kept and cut), compared on the
 record's and the index's revisions. State changes compare the record's
 mod_revision.
+
+An allocation reads the servers' health in its first snapshot and never
+offers a brick of an unusable server; it does not compare on them (every
+failure counted would then restart the allocations in flight), so a drain
+committed during an allocation's few milliseconds may miss that one
+allocation: `bbctl servers` lists the buffers on a server.
 
 The brick keys say who holds what (``bbctl gc``'s stray bricks, the status
 views); the index is what the allocator reads instead of them, always
@@ -62,14 +69,20 @@ from bbctl.state.base import (
     BufferSpec,
     BufferState,
     Orphans,
+    ServerHealth,
     StateError,
     check_key,
     check_releasable,
+    counted_failure,
+    counted_success,
+    drained,
     expected_states,
     find_orphans,
     merged_meta,
     moved,
     new_record,
+    resumed,
+    unusable_servers,
 )
 from bbctl.state.etcd_gateway import Gateway, KeyValue, OutcomeUnknown, b64, kvs, prefix_end
 from bbctl.state.etcd_index import PoolIndex
@@ -156,6 +169,9 @@ class EtcdStore:
     def _counters_key(self, stage: str) -> str:
         return f"{self.prefix}/counters/{stage}"
 
+    def _server_key(self, name: str) -> str:
+        return f"{self.prefix}/servers/{name}"
+
     # --- allocation ----------------------------------------------------------------------
 
     def allocate(self, spec: BufferSpec, pool: Pool) -> Buffer:
@@ -166,14 +182,16 @@ class EtcdStore:
                              "in one transaction: raise etcd's --max-txn-ops or the pool's granularity")
         record_key, index_key = self._buffer_key(spec.key), self._index_key(pool.name)
         sent: set[bytes] = set()  # records of transactions whose outcome is unknown
-        record_kvs, index_kvs = self._snapshot({"key": b64(record_key)}, {"key": b64(index_key)})
+        record_kvs, index_kvs, server_kvs = self._snapshot({"key": b64(record_key)}, {"key": b64(index_key)},
+                                                           self._range_prefix(self._server_key("")))
+        unusable = unusable_servers(self._health(server_kvs))
         index = self._pool_index(pool.name, index_kvs)
         for _ in range(MAX_CAS_ATTEMPTS):
             if record_kvs:
                 if record_kvs[0].value in sent:  # an earlier attempt did commit
                     return Buffer.from_dict(json.loads(record_kvs[0].value))
                 raise BufferExists(spec.key)
-            chosen = index.choose(pool, needed)
+            chosen = index.choose(pool, needed, unusable)
             record = new_record(spec, pool, chosen, self.clock())
             value = json.dumps(record.to_dict())
             brick_keys = [self._brick_key(pool.name, brick.id) for brick in chosen]
@@ -415,9 +433,70 @@ class EtcdStore:
             allocations.append(BrickAllocation(pool, brick_id, kv.value.decode()))
         return find_orphans(records, allocations, older_than, self.clock())
 
+    # --- storage servers' health -------------------------------------------------------------
+
+    def servers(self) -> dict[str, ServerHealth]:
+        (found,) = self._snapshot(self._range_prefix(self._server_key("")))
+        return self._health(found)
+
+    def _health(self, found: Sequence[KeyValue]) -> dict[str, ServerHealth]:
+        return {server.name: server for server in (ServerHealth.from_dict(json.loads(kv.value)) for kv in found)}
+
+    def record_runs(self, failed: Mapping[str, str], succeeded: Collection[str], *, limit: int) -> list[ServerHealth]:
+        names = sorted(set(failed) | set(succeeded))
+        marked: list[ServerHealth] = []
+
+        def change(current: dict[str, ServerHealth]) -> dict[str, ServerHealth]:
+            marked.clear()
+            now, changed = self.clock(), {}
+            for name in names:
+                was = current.get(name)
+                if name in failed:
+                    changed[name] = counted_failure(was, name, failed[name], now, limit)
+                    if changed[name].unusable and not (was and was.unusable):
+                        marked.append(changed[name])
+                elif (server := counted_success(was, name)) is not None and server != was:
+                    changed[name] = server
+            return changed
+
+        self._update_servers(names, change)
+        return list(marked)
+
+    def drain_server(self, name: str, reason: str) -> ServerHealth:
+        changed = self._update_servers([name], lambda current: {
+            name: drained(current.get(name), name, reason, self.clock())})
+        return changed[name]
+
+    def resume_server(self, name: str) -> ServerHealth:
+        return self._update_servers([name], lambda current: {name: resumed(current.get(name), name)})[name]
+
+    def _update_servers(self, names: Sequence[str], change: _HealthChange) -> dict[str, ServerHealth]:
+        """change applied to the named servers' health by compare-and-swap; what it wrote."""
+        sent: dict[str, bytes] = {}  # the values of a transaction whose outcome is unknown
+        for _ in range(MAX_CAS_ATTEMPTS):
+            found = self._snapshot(*({"key": b64(self._server_key(name))} for name in names)) if names else []
+            by_key = {self._server_key(name): kvs_ for name, kvs_ in zip(names, found, strict=True)}
+            if sent and all(by_key[k] and by_key[k][0].value == v for k, v in sent.items()):
+                return {name: ServerHealth.from_dict(json.loads(sent[self._server_key(name)]))
+                        for name in names if self._server_key(name) in sent}  # an earlier attempt did commit
+            changed = change(self._health([kv for kvs_ in found for kv in kvs_]))
+            if not changed:
+                return {}
+            puts = {self._server_key(name): json.dumps(server.to_dict()) for name, server in changed.items()}
+            try:
+                if self._txn([_unchanged(k, by_key[k]) for k in puts], [_put(k, v) for k, v in puts.items()]
+                             ).get("succeeded"):
+                    return changed
+            except OutcomeUnknown:
+                sent = {k: v.encode() for k, v in puts.items()}
+        raise StateError(f"servers {', '.join(names)}: lost {MAX_CAS_ATTEMPTS} races to record their health; retry")
+
     def close(self) -> None:
         """This thread's connections closed (a later call opens new ones)."""
         self.gateway.close()
+
+
+_HealthChange = Callable[[dict[str, ServerHealth]], dict[str, ServerHealth]]  # the servers' health read -> to write
 
 
 class _LostRaces(Exception):

@@ -83,9 +83,9 @@ class PoolIndex:
     def ids(self) -> set[str]:
         return self.ids_on(self.servers)
 
-    def choose(self, pool: Pool, n: int) -> list[Brick]:
+    def choose(self, pool: Pool, n: int, unusable: Collection[str] = ()) -> list[Brick]:
         """Pool.choose_by_usage on this index: the same choice SQLite makes from the same bricks in use."""
-        return pool.choose_by_usage(self.in_use(), self.ids_on, n)
+        return pool.choose_by_usage(self.in_use(), self.ids_on, n, unusable=unusable)
 
     def holds(self, brick: Brick) -> bool:
         return f"{brick.server}:{brick.path}" in self.ids_on([brick.server])

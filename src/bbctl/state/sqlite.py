@@ -29,19 +29,25 @@ from bbctl.state.base import (
     BufferSpec,
     BufferState,
     Orphans,
+    ServerHealth,
     StateError,
     check_key,
     check_releasable,
+    counted_failure,
+    counted_success,
+    drained,
     expected_states,
     find_orphans,
     merged_meta,
     moved,
     new_record,
+    resumed,
+    unusable_servers,
 )
 from bbctl.state.timings import Running, StageTiming
 
 DEFAULT_PATH = Path("/var/lib/bbctl/state.db")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _COLUMNS = ("key, owner_uid, owner_gid, pool, capacity, fs, state, bricks, created_at, updated_at, "
             "last_error, stage_out_verified, meta")
 _SCHEMA = """
@@ -82,6 +88,11 @@ CREATE TABLE IF NOT EXISTS stage_counters (
     name TEXT NOT NULL,              -- runs:ok, seconds, bytes, le:30, failures:timeout, ...
     value REAL NOT NULL,
     PRIMARY KEY (stage, name)
+);
+-- Storage servers' health (schema 4): consecutive failures, unusable or not (bbctl.state.base.ServerHealth).
+CREATE TABLE IF NOT EXISTS servers (
+    name TEXT PRIMARY KEY,
+    health TEXT NOT NULL             -- JSON, ServerHealth.to_dict
 );
 """
 
@@ -166,7 +177,10 @@ class SQLiteStore:
             # Counted by SQLite, not walked in Python: the pool may hold thousands of bricks.
             in_use = dict(db.execute("SELECT server, count(*) FROM allocations WHERE pool = ? GROUP BY server",
                                      (pool.name,)))
-            chosen = pool.choose_by_usage(in_use, lambda servers: _taken_on(db, pool.name, servers), needed)
+            # Read in the same transaction: a drain committed before this allocation is always respected.
+            unusable = unusable_servers(_health(db))
+            chosen = pool.choose_by_usage(in_use, lambda servers: _taken_on(db, pool.name, servers), needed,
+                                          unusable=unusable)
             record = new_record(spec, pool, chosen, self.clock())
             db.execute(f"INSERT INTO buffers ({_COLUMNS}) VALUES ({', '.join('?' * 13)})", _row(record))
             db.executemany("INSERT INTO allocations (brick_id, pool, server, buffer_key) VALUES (?, ?, ?, ?)",
@@ -273,8 +287,52 @@ class SQLiteStore:
                            db.execute("SELECT brick_id, pool, buffer_key FROM allocations ORDER BY brick_id")]
         return find_orphans(records, allocations, older_than, self.clock())
 
+    # --- storage servers' health --------------------------------------------------------------
+
+    def servers(self) -> dict[str, ServerHealth]:
+        with self._read() as db:
+            return _health(db)
+
+    def record_runs(self, failed: Mapping[str, str], succeeded: Collection[str], *, limit: int) -> list[ServerHealth]:
+        now = self.clock()
+        marked = []
+        with self._write() as db:
+            current = _health(db)
+            for name, error in sorted(failed.items()):
+                server = counted_failure(current.get(name), name, error, now, limit)
+                if server.unusable and not current.get(name, ServerHealth(name)).unusable:
+                    marked.append(server)
+                _put_health(db, server)
+            for name in sorted(set(succeeded) - set(failed)):
+                server = counted_success(current.get(name), name)
+                if server is not None and server != current[name]:
+                    _put_health(db, server)
+        return marked
+
+    def drain_server(self, name: str, reason: str) -> ServerHealth:
+        return self._change_server(name, lambda current: drained(current, name, reason, self.clock()))
+
+    def resume_server(self, name: str) -> ServerHealth:
+        return self._change_server(name, lambda current: resumed(current, name))
+
+    def _change_server(self, name: str, change: Callable[[ServerHealth | None], ServerHealth]) -> ServerHealth:
+        with self._write() as db:
+            server = change(_health(db).get(name))
+            _put_health(db, server)
+        return server
+
     def close(self) -> None:
         self._db.close()
+
+
+def _health(db: sqlite3.Connection) -> dict[str, ServerHealth]:
+    return {name: ServerHealth.from_dict(json.loads(health))
+            for name, health in db.execute("SELECT name, health FROM servers ORDER BY name")}
+
+
+def _put_health(db: sqlite3.Connection, server: ServerHealth) -> None:
+    db.execute("INSERT OR REPLACE INTO servers (name, health) VALUES (?, ?)",
+               (server.name, json.dumps(server.to_dict())))
 
 
 def _taken_on(db: sqlite3.Connection, pool: str, servers: list[str]) -> set[str]:

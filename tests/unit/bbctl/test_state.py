@@ -547,7 +547,7 @@ def test_a_schema_2_database_gains_the_history_and_counters(tmp_path, clock):
     store.allocate(spec("7"), make_pool())
     store.close()
     upgraded = SQLiteStore(path, clock=clock)
-    assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert upgraded._db.execute("PRAGMA user_version").fetchone()[0] == 4
     upgraded.finish_stage("7", timing("setup", clock.now, 2.0))
     upgraded.transition("7", BufferState.ALLOCATING, BufferState.DESTROYED)
     upgraded.release("7")

@@ -240,3 +240,12 @@ def test_a_member_killed_during_a_burst_of_allocations_loses_none_and_gives_none
         index = PoolIndex.decode(survivor._get_raw(survivor._index_key("nvme")).value, 0)
         assert index.ids() == set(granted)
     assert [p.name for p in Path(tmp_path).iterdir() if p.is_dir()] == [], "data directories left behind"
+
+
+def test_a_failure_count_whose_answer_is_lost_is_counted_once(store, monkeypatch):
+    monkeypatch.setattr(store.gateway, "call", LoseAnswers(store.gateway, 1))
+    assert store.record_runs({"s01": "s01: x: y"}, [], limit=2) == []
+    assert store.servers()["s01"].failures == 1
+    monkeypatch.setattr(store.gateway, "call", LoseAnswers(store.gateway, 1))
+    [marked] = store.record_runs({"s01": "s01: x: y"}, [], limit=2)
+    assert marked.failures == 2 and store.servers()["s01"] == marked

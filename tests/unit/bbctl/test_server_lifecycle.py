@@ -1,0 +1,205 @@
+"""Storage servers' health through the stages and the command line: which failures count, the limit, the
+pools file, allocation around unusable servers, `bbctl servers` (playbook runs faked, SQLite store)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from bbctl import allocation, cli, runner
+from bbctl import lifecycle as lc
+from bbctl.operator_views import UnknownServer, drain_server, resume_server
+from bbctl.pools import NotEnoughBricks
+from bbctl.state import FAILING
+from tests.unit.bbctl.test_lifecycle import GID, UID, config, script
+
+__all__ = ["config"]
+GiB = 1024**3
+
+
+class FailOn:
+    """Stands in for runner.run_stage: each run fails on the hosts in `hosts` (a set the test changes)."""
+
+    def __init__(self) -> None:
+        self.hosts: set[str] = set()
+        self.runs: list[dict] = []
+
+    def __call__(self, config, key, stage, playbook, *, extravars, hosts, nodes=(), timeout, on_event, cancel):
+        self.runs.append({"stage": stage, "playbook": playbook, "hosts": list(hosts), "nodes": list(nodes)})
+        failures = [f"{host}: a task: {playbook} broke on {host}" for host in sorted(self.hosts)]
+        return runner.StageRun(stage=stage, status="failed" if failures else "successful", rc=2 if failures else 0,
+                               seconds=0.1, run_dir=config.runs_dir / key, failures=failures)
+
+
+@pytest.fixture
+def fake(monkeypatch) -> FailOn:
+    faking = FailOn()
+    monkeypatch.setattr(runner, "run_stage", faking)
+    return faking
+
+
+@pytest.fixture
+def life(config, fake) -> lc.Lifecycle:
+    return lc.Lifecycle(config)
+
+
+def pools_file(config) -> dict:
+    [pool] = json.loads(config.pools_json.read_text())["pools"]
+    return pool
+
+
+def persistent(life: lc.Lifecycle, name: str, gib: int = 4):
+    return life.create_persistent(name, UID, GID, gib * GiB, None)
+
+
+def test_a_failed_run_counts_only_against_the_buffers_storage_servers(life, fake):
+    buffer = persistent(life, "keep")  # one 4 GiB brick
+    [server] = [b.server for b in buffer.bricks]
+    fake.hosts = {server, "localhost", "cn1", "bbnode-not-ours"}
+    with pytest.raises(runner.StageFailed):
+        life.pre_run("9", script_with_persistent(life), ["cn1"])
+    health = life.store.servers()
+    assert set(health) == {server}, "the stage host, a compute node and other servers are no failure of its"
+    assert health[server].failures == 1 and f"{server}: a task:" in health[server].last_error
+
+
+def script_with_persistent(life: lc.Lifecycle) -> Path:
+    return script(life.site.work_dir.parent, "#DW persistentdw name=keep")
+
+
+def test_a_successful_run_resets_the_count(life, fake):
+    buffer = persistent(life, "keep")
+    [server] = [b.server for b in buffer.bricks]
+    life.store.record_runs({server: "earlier"}, [], limit=3)
+    life.pre_run("9", script_with_persistent(life), ["cn1"])
+    assert life.store.servers()[server].failures == 0
+
+
+def test_the_limit_makes_a_server_unusable_says_so_and_slurm_stops_counting_its_bricks(
+        config, fake, caplog):
+    life = lc.Lifecycle(dataclasses.replace(config, server_fail_limit=2))
+    buffer = persistent(life, "keep", gib=12)  # 3 data + 1 redundancy bricks: two on bbnode1, one on each other
+    assert sorted(b.server for b in buffer.bricks) == ["bbnode1", "bbnode1", "bbnode2", "bbnode3"]
+    assert (pools_file(config)["quantity"], pools_file(config)["free"]) == (6, 2)
+    fake.hosts = {"bbnode1"}
+    with pytest.raises(runner.StageFailed):
+        life.pre_run("9", script_with_persistent(life), ["cn1"])
+    assert life.store.servers()["bbnode1"].unusable == ""
+    with caplog.at_level(logging.INFO, logger="bbctl"), pytest.raises(runner.StageFailed):
+        life.pre_run("10", script_with_persistent(life), ["cn1"])
+    server = life.store.servers()["bbnode1"]
+    assert server.unusable == FAILING and server.failures == 2
+    assert any("storage server bbnode1 is now unusable: 2 consecutive failed runs (server_fail_limit 2)" in r.message
+               and "broke on bbnode1" in r.message for r in caplog.records)
+    # Slurm sees the pool without bbnode1's two bricks (both in use by keep): 4 bricks, 2 free
+    assert (pools_file(config)["quantity"], pools_file(config)["free"]) == (4, 2)
+    assert life.pools_document(datawarp=True)["pools"][0]["quantity"] == 4
+
+
+def test_a_limit_of_zero_never_marks_a_server(config, fake):
+    life = lc.Lifecycle(dataclasses.replace(config, server_fail_limit=0))
+    persistent(life, "keep")
+    fake.hosts = {"bbnode1", "bbnode2", "bbnode3"}
+    for job_id in ("9", "10", "11", "12"):
+        with pytest.raises(runner.StageFailed):
+            life.pre_run(job_id, script_with_persistent(life), ["cn1"])
+    assert not life.unusable_servers()
+
+
+def test_setup_never_builds_on_an_unusable_server(life, fake, tmp_path):
+    drain_server(life, "bbnode2", "disk swap")
+    [buffer] = life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=8GiB"))  # 2 + 1 bricks
+    assert "bbnode2" not in {b.server for b in buffer.bricks} and len(buffer.bricks) == 3
+    assert "bbnode2" not in fake.runs[-1]["hosts"]
+
+
+def test_a_striped_buffer_that_only_unusable_servers_could_hold_is_refused_naming_them(life, fake, tmp_path,
+                                                                                       caplog):
+    drain_server(life, "bbnode1", "")
+    life.store.record_runs({"bbnode2": "bbnode2: x: y"}, [], limit=1)
+    with pytest.raises(NotEnoughBricks, match=r"3 needed, 2 free \(4 more on unusable server\(s\) "
+                                              r"bbnode1, bbnode2: `bbctl servers` says why\)"):
+        life.create_persistent("big", UID, GID, 8 * GiB, None)  # striped: 2 data + 1 redundancy
+    assert life.store.buffers() == []
+    # a job's setup leaves the build to stage-in, with the same words in bbctl's log
+    life.site = dataclasses.replace(life.site, brick_wait=1)
+    with caplog.at_level(logging.INFO, logger="bbctl"):
+        assert life.setup("43", UID, GID, script(tmp_path, "#DW jobdw capacity=8GiB")) == []
+    assert allocation.deferred(life.site.work_dir, "43") is not None
+    assert any("on unusable server(s) bbnode1, bbnode2" in r.message and "built by stage-in" in r.message
+               for r in caplog.records)
+
+
+def test_teardown_still_works_on_a_buffer_of_an_unusable_server(life, fake, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=4GiB")
+    [buffer] = life.setup("44", UID, GID, job)
+    [server] = {b.server for b in buffer.bricks}
+    drain_server(life, server, "")
+    assert life.teardown("44", job, hurry=False)
+    assert life.store.get("44") is None
+    assert fake.runs[-1]["playbook"] == "buffer_destroy.yml" and fake.runs[-1]["hosts"] == [server]
+
+
+def test_resume_gives_the_bricks_back_and_clears_the_count(life, config, fake):
+    life.store.record_runs({"bbnode3": "bbnode3: x: y"}, [], limit=1)
+    life.refresh_pools()
+    assert pools_file(config)["quantity"] == 4
+    server = resume_server(life, "bbnode3")
+    assert (server.unusable, server.failures) == ("", 0)
+    assert pools_file(config)["quantity"] == 6
+
+
+def test_an_unknown_server_is_refused_naming_the_known_ones(life):
+    known = r"no storage server 'bbnode9' in any pool; known: bbnode1, bbnode2, bbnode3"
+    with pytest.raises(UnknownServer, match=known) as err:
+        drain_server(life, "bbnode9")
+    assert err.value.exit_code == 2
+    with pytest.raises(UnknownServer):
+        resume_server(life, "bbnode9")
+    assert life.store.servers() == {}, "nothing recorded for it"
+
+
+# --- bbctl servers ---------------------------------------------------------------------------------
+
+def bbctl(config_file: Path, *args: str) -> int:
+    return cli.main(["--config", str(config_file), *args])
+
+
+def test_bbctl_servers_lists_drains_and_resumes(config_file, capsys):
+    """config_file (conftest): servers s1 and s2, one 1 GiB brick each."""
+    assert bbctl(config_file, "servers", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(s["name"], s["state"], s["failures"], s["bricks"]) for s in listed["servers"]] == [
+        ("s1", "usable", 0, 1), ("s2", "usable", 0, 1)]
+    assert listed["server_fail_limit"] == 3
+    assert bbctl(config_file, "servers", "--drain", "s2", "--reason", "new disk") == 0
+    text = capsys.readouterr().out
+    assert "s2      DRAINED" in text and "s2: drained since" in text and ": new disk" in text
+    assert bbctl(config_file, "pools") == 0
+    [pool] = json.loads(capsys.readouterr().out)["pools"]
+    assert (pool["quantity"], pool["free"]) == (1, 1)
+    assert bbctl(config_file, "servers", "--resume", "s2", "--json") == 0
+    assert [s["state"] for s in json.loads(capsys.readouterr().out)["servers"]] == ["usable", "usable"]
+
+
+def test_bbctl_servers_exit_codes(config_file, capsys):
+    assert bbctl(config_file, "servers", "--drain", "s9") == 2
+    assert capsys.readouterr().err.strip().endswith("no storage server 's9' in any pool; known: s1, s2")
+    assert bbctl(config_file, "servers", "--reason", "why") == 2
+    with pytest.raises(SystemExit) as usage:  # argparse: one action at a time
+        bbctl(config_file, "servers", "--drain", "s1", "--resume", "s2")
+    assert usage.value.code == 2
+
+
+def test_bbctl_servers_lists_the_buffers_on_each(config_file, tmp_path, capsys):
+    job = tmp_path / "job.sh"
+    job.write_text("#!/bin/bash\n#DW jobdw capacity=1GiB\n")
+    assert bbctl(config_file, "setup", "--job-id", "7", "--uid", "1001", "--gid", "1001", "--script", str(job)) == 0
+    capsys.readouterr()
+    assert bbctl(config_file, "servers", "--json") == 0
+    rows = {s["name"]: s for s in json.loads(capsys.readouterr().out)["servers"]}
+    assert rows["s1"]["buffers"] == ["7"] and rows["s1"]["bricks_in_use"] == 1 and rows["s2"]["buffers"] == []
