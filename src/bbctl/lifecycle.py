@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from bbctl import allocation, layouts, playbook_vars, policy, runner, slurmconf, stage_meter
+from bbctl import allocation, layouts, playbook_vars, policy, runner, server_health, slurmconf, stage_meter
 from bbctl import job_request as job
 from bbctl import site as sitecfg
 from bbctl.directives import CreatePersistent, DirectiveError, JobRequest, check_buffer_type
@@ -119,27 +119,6 @@ class Lifecycle:
     def storage_servers(self) -> list[str]:
         """The servers of the pools' bricks, by name: the servers bbctl allocates on."""
         return sorted({brick.server for pool in self.pools.values() for brick in pool.bricks})
-
-    def _record_health(self, key: str, buffer: Buffer, run: runner.StageRun) -> None:
-        """Count run's failures on the buffer's storage servers, reset the count of those it succeeded on.
-
-        A failure of a compute node or of the stage host is no storage server's. A run that timed out or
-        was cancelled blames only the hosts whose tasks failed. Bookkeeping never fails the stage.
-        """
-        storage = {brick.server for brick in buffer.bricks}
-        failed = {host: message for host, message in run.failed_hosts().items() if host in storage}
-        succeeded = storage if run.status == "successful" else run.ok_hosts() & storage
-        if not failed and not succeeded:
-            return
-        try:
-            marked = self.store.record_runs(failed, succeeded - set(failed), limit=self.site.server_fail_limit)
-            for server in marked:
-                self.note(key, run.stage, f"storage server {server.name} is now unusable: {server.reason}; "
-                                          f"no new buffer gets its bricks until `bbctl servers --resume {server.name}`")
-            if marked:
-                self.refresh_pools()
-        except BBError as exc:  # StateError, or the pools file not written
-            log.warning("%s %s: could not record the storage servers' health: %s", key, run.stage, exc)
 
     def note(self, key: str, stage: str, message: str) -> None:
         """Log a line about key's stage and tell whoever runs bbctl (say)."""
@@ -605,7 +584,7 @@ class Lifecycle:
                 timeout=self._stage_timeout(stage) if timeout is None else timeout,
                 on_event=note, cancel=self.cancel)
         self.note(key, stage, f"{run.status} in {run.seconds:.1f} s")
-        self._record_health(key, buffer, run)
+        server_health.record(self, key, buffer, run)
         return run
 
     def _failed(self, buffer: Buffer, run: runner.StageRun) -> Buffer:

@@ -1,0 +1,44 @@
+"""Storage servers' health, counted from each playbook run (issue 11 item 2).
+
+A run that fails on a storage server of the buffer's bricks counts one failure for it; a run that
+succeeds there resets its count. After ``server_fail_limit`` failures in a row the state store marks
+the server unusable (``failing``): allocation skips its bricks and the pools Slurm reads no longer
+count them, until an operator runs ``bbctl servers --resume NAME`` (docs/OPERATOR_GUIDE.md,
+section 13). A compute node's or the stage host's failure is no storage server's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from bbctl import runner
+from bbctl.errors import BBError
+from bbctl.state import Buffer
+
+if TYPE_CHECKING:
+    from bbctl.lifecycle import Lifecycle
+
+log = logging.getLogger("bbctl")
+
+
+def record(life: Lifecycle, key: str, buffer: Buffer, run: runner.StageRun) -> None:
+    """Count run's failures on buffer's storage servers, reset the count of those it succeeded on.
+
+    A run that timed out or was cancelled blames only the hosts whose tasks failed. Bookkeeping
+    never fails the stage: a state store or pools file that cannot be written is logged.
+    """
+    storage = {brick.server for brick in buffer.bricks}
+    failed = {host: message for host, message in run.failed_hosts().items() if host in storage}
+    succeeded = storage if run.status == "successful" else run.ok_hosts() & storage
+    if not failed and not succeeded:
+        return
+    try:
+        marked = life.store.record_runs(failed, succeeded - set(failed), limit=life.site.server_fail_limit)
+        for server in marked:
+            life.note(key, run.stage, f"storage server {server.name} is now unusable: {server.reason}; "
+                                      f"no new buffer gets its bricks until `bbctl servers --resume {server.name}`")
+        if marked:
+            life.refresh_pools()
+    except BBError as exc:  # StateError, or the pools file not written
+        log.warning("%s %s: could not record the storage servers' health: %s", key, run.stage, exc)
