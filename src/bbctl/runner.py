@@ -270,6 +270,8 @@ class _Events:
             if kind == "runner_on_failed" and result.get("results"):
                 return False  # a loop's summary: its items were reported one by one
             message = str(result.get("msg") or result.get("stderr") or "failed").strip()
+            if kind == "runner_on_unreachable":  # the host itself is gone (bbctl.server_health blames it)
+                message = f"unreachable: {message}"
             self.failures.append(f"{host}: {task}: {message}")
             self.on_event(f"  {host}: FAILED: {message}")
         return False  # nothing downstream needs the event on disk twice

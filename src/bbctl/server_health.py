@@ -21,6 +21,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bbctl")
 
+# A server whose own glusterd cannot be asked, or that Ansible cannot reach, is the cause of a run's
+# failure; what the other servers of the buffer report in the same run ("Some of the peers are down",
+# "peer(s) 127.1.1.3 are disconnected") follows from it. Counting those would mark every server of
+# the buffer failing when one is down (seen on the test bed: three teardown attempts, three servers).
+OWN_FAULT = ("please check if gluster daemon is operational", "unreachable")
+
+
+def blamed(failed: dict[str, str]) -> dict[str, str]:
+    """The failures to count (host -> message): those of hosts at fault themselves when there are
+    any, else all of them."""
+    own = {host: message for host, message in failed.items() if any(p in message.lower() for p in OWN_FAULT)}
+    return own or failed
+
 
 def record(life: Lifecycle, key: str, buffer: Buffer, run: runner.StageRun) -> None:
     """Count run's failures on buffer's storage servers, reset the count of those it succeeded on.
@@ -29,7 +42,7 @@ def record(life: Lifecycle, key: str, buffer: Buffer, run: runner.StageRun) -> N
     never fails the stage: a state store or pools file that cannot be written is logged.
     """
     storage = {brick.server for brick in buffer.bricks}
-    failed = {host: message for host, message in run.failed_hosts().items() if host in storage}
+    failed = blamed({host: message for host, message in run.failed_hosts().items() if host in storage})
     succeeded = storage if run.status == "successful" else run.ok_hosts() & storage
     if not failed and not succeeded:
         return

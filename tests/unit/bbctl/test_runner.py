@@ -50,6 +50,14 @@ def test_failures_name_host_task_and_message_and_loop_items_replace_the_summary(
     assert handler.seen[0] == "task: Copy"  # type: ignore[attr-defined]
 
 
+def test_an_unreachable_host_says_so_in_its_failure():
+    """bbctl.server_health blames a host that is gone, not the peers that report it missing."""
+    handler = events(("runner_on_unreachable", {"host": "s3", "task": "Stop", "res": {
+        "msg": "Failed to connect to the host via ssh: connect to host s3 port 22: No route to host"}}))
+    assert handler.failures == ["s3: Stop: unreachable: Failed to connect to the host via ssh: connect to host s3 "
+                                "port 22: No route to host"]
+
+
 def test_a_changed_result_is_reported_with_its_duration():
     handler = events(("runner_on_ok", {"host": "s1", "task": "Create", "duration": 2.25, "res": {"changed": True}}))
     assert handler.seen == ["  s1: changed (2.2 s)"]  # type: ignore[attr-defined]

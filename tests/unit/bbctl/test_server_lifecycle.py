@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bbctl import allocation, cli, runner
+from bbctl import allocation, cli, runner, server_health
 from bbctl import lifecycle as lc
 from bbctl.operator_views import UnknownServer, drain_server, resume_server
 from bbctl.pools import NotEnoughBricks
@@ -203,3 +203,16 @@ def test_bbctl_servers_lists_the_buffers_on_each(config_file, tmp_path, capsys):
     assert bbctl(config_file, "servers", "--json") == 0
     rows = {s["name"]: s for s in json.loads(capsys.readouterr().out)["servers"]}
     assert rows["s1"]["buffers"] == ["7"] and rows["s1"]["bricks_in_use"] == 1 and rows["s2"]["buffers"] == []
+
+
+def test_a_server_that_is_down_is_blamed_and_the_peers_that_report_it_are_not():
+    """The storage-server-down fault (tests/integration/bbctl/test_faults.py): each server failed."""
+    failed = {
+        "bbnode1": "bbnode1: Stop and delete: gluster volume delete bbjob-23: Some of the peers are down",
+        "bbnode2": "bbnode2: Remove: ... which glusterd will not delete while peer(s) 127.1.1.3 are disconnected",
+        "bbnode3": "bbnode3: Remove: cannot ask glusterd whether ... still belongs to a volume (Connection failed. "
+                   "Please check if gluster daemon is operational.)"}
+    assert server_health.blamed(failed) == {"bbnode3": failed["bbnode3"]}
+    assert server_health.blamed({"s1": "s1: Mount: UNREACHABLE! ssh: connect to host s1"}) != {}
+    others = {"s1": "s1: a task: broke", "s2": "s2: a task: broke"}
+    assert server_health.blamed(others) == others  # nobody at fault by their own words: all are counted
