@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 from bbctl import host
 from bbctl.collection import block_devices
@@ -129,7 +130,34 @@ def stop_gluster_processes(config: TestbedConfig) -> list[str]:
         for pid_file in sorted(config.root.glob("node*/run/**/*.pid")):
             if host.stop_pid_file(pid_file, grace=5):
                 stopped.append(f"{pid_file.stem} of {pid_file.relative_to(config.root).parts[0]}")
+    for pid in forgotten_daemons(config.root):
+        host.stop_pid(pid, grace=5)
+        stopped.append(f"glusterfs {pid} (its pid file under {config.root} was removed)")
     return stopped
+
+
+def forgotten_daemons(root: Path, proc: Path = Path("/proc")) -> list[int]:
+    """Gluster processes started with a pid file under the test bed's root that no longer exists.
+
+    A glusterd that comes back after missing a volume's stop starts that volume's self-heal
+    daemon, and when the volume is then deleted it removes the pid file but leaves the daemon
+    running (GlusterFS 10.3). Its command line still names the pid file it was given: that
+    path, under this test bed's root, is what marks it as the test bed's."""
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or Path(argv[0].decode(errors="replace")).name not in ("glusterfs", "glusterfsd"):
+            continue
+        pid_file = next((argv[i + 1].decode(errors="replace") for i, arg in enumerate(argv[:-1])
+                         if arg == b"-p"), None)
+        if pid_file and Path(pid_file).is_relative_to(root) and not Path(pid_file).exists():
+            found.append(int(entry.name))
+    return found
 
 
 def unmount_clients(config: TestbedConfig) -> list[str]:
