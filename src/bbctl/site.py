@@ -76,32 +76,25 @@ class ConfigError(BBError):
 
 def positive_int(value: Any) -> int:
     """An argument-spec type: a whole number above 0 (YAML's true/false are not numbers here)."""
-    from ansible.module_utils.common.validation import check_type_int  # see _validated_settings
-
-    expected = f"expected a whole number above 0, not {value!r}"
-    if isinstance(value, bool):
-        raise TypeError(expected)
-    try:
-        number = check_type_int(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: YAML's .inf
-        raise TypeError(expected) from None
-    if number < 1:
-        raise ValueError(expected)
-    return number
+    return _whole_number_from(value, 1, f"expected a whole number above 0, not {value!r}")
 
 
 def whole_number(value: Any) -> int:
     """An argument-spec type: a whole number, 0 or more (YAML's true/false are not numbers here)."""
+    return _whole_number_from(value, 0, f"expected a whole number, 0 or more, not {value!r}")
+
+
+def _whole_number_from(value: Any, least: int, expected: str) -> int:
+    """value as an int of at least ``least``; TypeError or ValueError saying ``expected`` otherwise."""
     from ansible.module_utils.common.validation import check_type_int  # see _validated_settings
 
-    expected = f"expected a whole number, 0 or more, not {value!r}"
     if isinstance(value, bool):
         raise TypeError(expected)
     try:
         number = check_type_int(value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: YAML's .inf
         raise TypeError(expected) from None
-    if number < 0:
+    if number < least:
         raise ValueError(expected)
     return number
 

@@ -248,12 +248,7 @@ def test_slurmctld_restarted_during_stage_in_the_job_still_ends(user_dir):
 ls $DW_JOB_STRIPED/in | wc -l > {user_dir}/count
 """))
     stage_pid(job, "stage-in")
-    testbed = config()
-    os.kill(host.read_pid(testbed.slurm_dir / "slurmctld.pid"), signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while host.read_pid(testbed.slurm_dir / "slurmctld.pid") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    testbed_slurm.start_slurm(testbed)
+    restart_slurmctld()
     fields = ended(job)
     assert fields["JobState"] == "COMPLETED", fields
     assert (user_dir / "count").read_text().strip() == "1500"
