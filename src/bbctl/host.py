@@ -7,6 +7,7 @@ daemon we started wrote.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +98,18 @@ def stop_pid_file(pid_file: Path, *, grace: float = 10.0) -> bool:
         stop_pid(pid, grace=grace)
     pid_file.unlink(missing_ok=True)
     return pid is not None
+
+
+@contextmanager
+def exclusive(lock: Path) -> Iterator[None]:
+    """Hold an flock on lock (made 0600 if missing) for the block, waiting as long as another holds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def address_in_use(host: str, port: int) -> bool:

@@ -25,7 +25,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from bbctl import allocation, layouts, playbook_vars, policy, runner, server_health, slurmconf, stage_meter
+from bbctl import allocation, host, layouts, playbook_vars, policy, runner, server_health, slurmconf, stage_meter
 from bbctl import job_request as job
 from bbctl import site as sitecfg
 from bbctl.directives import CreatePersistent, DirectiveError, JobRequest, check_buffer_type
@@ -38,6 +38,7 @@ from bbctl.state import Buffer, BufferSpec, BufferState, StateStore, open_store
 
 log = logging.getLogger("bbctl")
 ROLLBACK_MIN = 10  # seconds: a setup's rollback is not started with less of its budget left
+ROLLBACK_STAGES = ("setup", "create-persistent")  # a destroy run by these stages is their rollback
 BUILD_RESERVE = 60  # seconds of a build's budget kept for building the volume when it waits for bricks
 USER_META = "user:"  # meta key prefix on a persistent buffer: a job that uses it
 STAGE_MOUNTED = "stage_mounted"  # meta: mounted on the stage host (teardown must unmount it there)
@@ -479,10 +480,16 @@ class Lifecycle:
         for its playbook (default: the stage's)."""
         if self.store.get(key) is None:
             return
-        with self.timed(key, "rollback" if stage in ("setup", "create-persistent") else stage):
+        with self.timed(key, "rollback" if stage in ROLLBACK_STAGES else stage):
             self._destroy(key, stage=stage, timeout=timeout)
 
     def _destroy(self, key: str, *, stage: str, timeout: int | None = None) -> None:
+        # One destroyer at a time: Slurm's teardown may start while a stage's guardian (bbctl.guard)
+        # or gc tears the same buffer down; the second finds the record gone.
+        with host.exclusive(self.site.runs_dir / key / "destroy.lock"):
+            self._destroy_now(key, stage=stage, timeout=timeout)
+
+    def _destroy_now(self, key: str, *, stage: str, timeout: int | None) -> None:
         buffer = self.store.get(key)
         if buffer is None:
             return
@@ -502,8 +509,10 @@ class Lifecycle:
             extra = {"mount_path": str(self.stage_path(key))}
             if buffer.meta.get(PRIVATE):
                 extra["private_mount_path"] = str(sitecfg.private_mount_path(self.site, key))
+            # A rollback's run is not counted: the failed build was, once, and a rollback that succeeds
+            # on a server must not reset the failure that made it necessary.
             run = self._run(buffer, stage, "buffer_destroy.yml", nodes=nodes, extra=extra, more=more,
-                            timeout=timeout)
+                            timeout=timeout, count_health=stage not in ROLLBACK_STAGES)
             if run.status != "successful":
                 self._failed(buffer, run)
             self.store.transition(key, BufferState.DESTROYING, BufferState.DESTROYED)
@@ -562,9 +571,10 @@ class Lifecycle:
     def _run(self, buffer: Buffer, stage: str, playbook: str, *, extra: dict[str, Any],
              nodes: Iterable[str] = (), stages: list[dict[str, str]] | None = None,
              job_key: str | None = None, more: dict[str, Any] | None = None,
-             timeout: int | None = None) -> runner.StageRun:
+             timeout: int | None = None, count_health: bool = True) -> runner.StageRun:
         """One playbook run for ``buffer``, recorded (run dir, log lines, progress) under the key of the
-        job it serves (``job_key``; the buffer's own key for a run that serves no job)."""
+        job it serves (``job_key``; the buffer's own key for a run that serves no job), and counted in
+        its storage servers' health (bbctl.server_health) unless ``count_health`` is false."""
         key = job_key or buffer.key
         self.note(key, stage, f"{playbook} for buffer {buffer.key} ...")
         extravars: dict[str, Any] = {"bb_buffer": playbook_vars.buffer_vars(buffer, extra), **(more or {})}
@@ -584,7 +594,8 @@ class Lifecycle:
                 timeout=self._stage_timeout(stage) if timeout is None else timeout,
                 on_event=note, cancel=self.cancel)
         self.note(key, stage, f"{run.status} in {run.seconds:.1f} s")
-        server_health.record(self, key, buffer, run)
+        if count_health:
+            server_health.record(self, key, buffer, run)
         return run
 
     def _failed(self, buffer: Buffer, run: runner.StageRun) -> Buffer:

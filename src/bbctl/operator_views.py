@@ -156,13 +156,13 @@ def gc(life: Lifecycle, older_than: float, *, dry_run: bool) -> dict[str, Any]:
     record names a running stage process (``stage_now``), whatever ``older_than`` says."""
     orphans = life.store.orphans(older_than)
     # A stage still running (a teardown Slurm retries, a setup's rollback) is its own: never taken from it.
-    stale = [b for b in orphans.stale_buffers if not _stage_alive(b.meta.get(STAGE_NOW))]
+    stale = [b for b in orphans.stale_buffers if not stage_alive(b.meta.get(STAGE_NOW))]
     held = [b.key for b in stale if b.state is BufferState.STAGING_OUT
             and not copy_progressed(life.site, b.key, "stage-out", older_than)]
     torn = [b.key for b in stale if b.state is not BufferState.STAGING_OUT]
     # Failed to come up or to go away (never a failed stage-out: its data has not left).
     torn += [b.key for b in orphans.failed_buffers if not stage_out_failed(b)
-             and not _stage_alive(b.meta.get(STAGE_NOW))]
+             and not stage_alive(b.meta.get(STAGE_NOW))]
     forgotten, kept = abandoned(life, older_than)
     torn += forgotten
     lapsed = lapsed_builds(life)
@@ -185,6 +185,8 @@ def gc(life: Lifecycle, older_than: float, *, dry_run: bool) -> dict[str, Any]:
 # States of a built job buffer that holds nothing a stage-out still owes the user: it never ran.
 NOTHING_OWED = (BufferState.CREATED, BufferState.STAGED_IN)
 JOB_RAN = (BufferState.MOUNTED, BufferState.STAGED_OUT)  # built, and the job may have written results
+# ... and with a setup that died mid-way (a guardian's view: bbctl.guard): never ran either.
+NEVER_RAN = (BufferState.ALLOCATING, BufferState.CREATING, *NOTHING_OWED)
 
 
 def abandoned(life: Lifecycle, older_than: float) -> tuple[list[str], list[str]]:
@@ -198,14 +200,24 @@ def abandoned(life: Lifecycle, older_than: float) -> tuple[list[str], list[str]]
     for buffer in life.store.buffers():
         if not buffer.key.isdigit() or buffer.state not in (*NOTHING_OWED, *JOB_RAN):
             continue  # persistent buffers, and buffers in flight or failed (the rules above)
-        if now - buffer.updated_at <= older_than or _stage_alive(buffer.meta.get(STAGE_NOW)):
+        if now - buffer.updated_at <= older_than or stage_alive(buffer.meta.get(STAGE_NOW)):
             continue
-        fields = slurmconf.job_fields(life.site.slurm_dir, buffer.key)
-        if fields is None or (fields and not slurmconf.teardown_lost(fields)):
-            continue  # Slurm did not answer, or has the job and its teardown will come
-        owed = fields == {} and buffer.state not in NOTHING_OWED and not buffer.stage_out_verified
-        (kept if owed else torn).append(buffer.key)
+        verdict = teardown_verdict(life, buffer)
+        if verdict is not None:
+            (torn if verdict else kept).append(buffer.key)
     return torn, kept
+
+
+def teardown_verdict(life: Lifecycle, buffer: Buffer) -> bool | None:
+    """For a job buffer no stage is working on: None while Slurm has the job in hand (its teardown will
+    come) or gives no answer; True when no teardown will come and the buffer is to be torn down (Slurm
+    asked for the teardown, or slurmctld no longer has the job and the buffer owes the user nothing);
+    False when slurmctld no longer has the job and its results may not have left (kept for an operator)."""
+    fields = slurmconf.job_fields(life.site.slurm_dir, buffer.key)
+    if fields is None or (fields and not slurmconf.teardown_lost(fields)):
+        return None
+    owed = fields == {} and buffer.state not in NEVER_RAN and not buffer.stage_out_verified
+    return not owed
 
 
 def lapsed_builds(life: Lifecycle) -> list[str]:
@@ -219,7 +231,7 @@ def lapsed_builds(life: Lifecycle) -> list[str]:
     return lapsed
 
 
-def _stage_alive(running: Any) -> bool:
+def stage_alive(running: Any) -> bool:
     """A stage is recorded as running, by a process that exists here or on another host (not ours to judge)."""
     if not isinstance(running, dict):
         return False

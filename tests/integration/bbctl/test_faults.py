@@ -113,8 +113,7 @@ def cancel_and_check_nothing_left(job: int) -> None:
     repaired = bbctl("gc", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert leftovers(f"bbjob-{job}") == []
-    shown = bbctl("show", str(job))
-    assert shown.returncode == 3 or json.loads(shown.stdout)["torn_down"]
+    assert torn_down(str(job))
 
 
 def tree(root: Path, files: int, size: int) -> dict[str, str]:
@@ -354,6 +353,39 @@ def test_gc_tears_down_a_built_buffer_whose_job_slurm_does_not_have(user_dir):
     assert report.returncode == 0, report.stdout + report.stderr
     assert json.loads(report.stdout)["stale_buffers"] == ["990001"]
     assert leftovers("bbjob-990001") == []
+
+
+def test_a_stage_killed_with_its_process_group_is_torn_down_by_its_guardian(user_dir):
+    """What Slurm does to a cancelled job's scripts (SIGKILL to each script's process group), for a job
+    whose teardown will never come (slurmctld does not have it): the stage's guardian tears it down."""
+    owner, job = user_dir.stat(), "990002"
+    tree(user_dir / "in", 1500, 4096)
+    script = write_job(user_dir, "orphan.sh", f"""\
+#BB_LUA jobdw capacity=4GiB pool=nvme
+#BB_LUA stage_in type=directory source={user_dir / "in"} destination=$DW_JOB_STRIPED/in
+hostname
+""")
+    made = bbctl("setup", "--job-id", job, "--uid", str(owner.st_uid), "--gid", str(owner.st_gid),
+                 "--script", str(script))
+    assert made.returncode == 0, made.stderr
+    stage = subprocess.Popen([BBCTL, "--config", str(BBCTL_CONFIG), "stage-in", "--job-id", job, "--script",
+                              str(script)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    copying(int(job))
+    os.killpg(stage.pid, signal.SIGKILL)
+    stage.communicate(timeout=10)  # its output ends with it: the guardian does not hold it
+    log_line(int(job), "guard: stage-in was killed", timeout=30)
+    log_line(int(job), "guard: .*tearing down", timeout=60)
+    deadline = time.monotonic() + 180
+    while not torn_down(job) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert torn_down(job), bbctl("show", job).stdout
+    assert leftovers(f"bbjob-{job}") == []
+
+
+def torn_down(key: str) -> bool:
+    shown = bbctl("show", key)
+    return shown.returncode == 3 or json.loads(shown.stdout)["torn_down"]
 
 
 # --- the rest of the matrix: a brick process stopped, slurmctld restarted in stage-out, a playbook timed

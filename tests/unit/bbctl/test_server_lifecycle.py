@@ -216,3 +216,28 @@ def test_a_server_that_is_down_is_blamed_and_the_peers_that_report_it_are_not():
     assert server_health.blamed({"s1": "s1: Mount: UNREACHABLE! ssh: connect to host s1"}) != {}
     others = {"s1": "s1: a task: broke", "s2": "s2: a task: broke"}
     assert server_health.blamed(others) == others  # nobody at fault by their own words: all are counted
+
+
+class FailCreate(FailOn):
+    """The create fails on `hosts`; every other playbook (the rollback's destroy) succeeds everywhere."""
+
+    def __call__(self, config, key, stage, playbook, **kwargs):
+        if playbook == "buffer_create.yml":
+            return super().__call__(config, key, stage, playbook, **kwargs)
+        hosts, self.hosts = self.hosts, set()
+        try:
+            return super().__call__(config, key, stage, playbook, **kwargs)
+        finally:
+            self.hosts = hosts
+
+
+def test_a_failed_setup_counts_once_and_its_rollback_is_not_counted(config, monkeypatch, tmp_path):
+    faking = FailCreate()
+    monkeypatch.setattr(runner, "run_stage", faking)
+    life = lc.Lifecycle(config)
+    faking.hosts = {"bbnode1"}
+    with pytest.raises(runner.StageFailed):
+        life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=8GiB"))
+    assert [r["playbook"] for r in faking.runs] == ["buffer_create.yml", "buffer_destroy.yml"]
+    health = life.store.servers()
+    assert health["bbnode1"].failures == 1, "the rollback that succeeded there must not reset the create's failure"
