@@ -108,7 +108,7 @@ def watch(life: Lifecycle, key: str, stage: str, *, poll: float = POLL, grace: f
     """What became of job buffer key after its stage was killed:
     ``gone`` (torn down by Slurm or anyone), ``torn down`` (by this guardian), ``kept`` (slurmctld
     forgot the job and its results may not have left: gc lists it), ``left`` (Slurm still had it in
-    hand after watch_for seconds)."""
+    hand after watch_for seconds, or the site's configuration file is gone)."""
     from bbctl.operator_views import stage_alive, teardown_verdict  # only once a stage was killed
     from bbctl.state.timings import STAGE_NOW
 
@@ -117,6 +117,8 @@ def watch(life: Lifecycle, key: str, stage: str, *, poll: float = POLL, grace: f
     end = clock() + watch_for
     while clock() < end:
         sleep(poll)
+        if not life.site.path.exists():
+            return "left"  # the site was taken away (a test bed brought down): nothing left to guard
         buffer = life.store.get(key)
         if buffer is None:
             return "gone"

@@ -80,8 +80,9 @@ def test_a_stage_killed_with_its_process_group_leaves_its_guardian_watching(conf
 class Life:
     """A Lifecycle as watch uses it: a record that may vanish, notes, destroy recorded."""
 
-    def __init__(self, buffer: object | None) -> None:
+    def __init__(self, buffer: object | None, site: Path = REPO / "README.md") -> None:
         self.buffer = buffer
+        self.site = SimpleNamespace(path=site)
         self.notes: list[str] = []
         self.destroyed: list[tuple[str, str]] = []
         self.store = SimpleNamespace(get=lambda _key: self.buffer)
@@ -171,3 +172,10 @@ def test_only_the_stages_slurm_may_kill_mid_way_are_guarded():
     assert set(JOB_STAGES) >= guard.GUARDED_COMMANDS
     assert not guard.GUARDED_COMMANDS & DETACHED  # a teardown detaches instead
     assert set(guard.GUARDED_FUNCTIONS.values()) == guard.GUARDED_COMMANDS
+
+
+def test_a_site_taken_away_ends_the_watch(slurm, tmp_path):
+    slurm.answers += [None] * 10
+    life, clock = Life(SimpleNamespace(meta={}), site=tmp_path / "gone.yml"), Clock()
+    assert watch(life, clock) == "left"
+    assert clock.now == 5 and life.destroyed == []
