@@ -513,6 +513,8 @@ class Lifecycle:
             # on a server must not reset the failure that made it necessary.
             run = self._run(buffer, stage, "buffer_destroy.yml", nodes=nodes, extra=extra, more=more,
                             timeout=timeout, count_health=stage not in ROLLBACK_STAGES)
+            if nodes:
+                server_health.drain_not_unmounted(self, key, run, nodes, more["bb_client_mount_path"])
             if run.status != "successful":
                 self._failed(buffer, run)
             self.store.transition(key, BufferState.DESTROYING, BufferState.DESTROYED)
@@ -532,8 +534,10 @@ class Lifecycle:
 
     def _unmount(self, buffer: Buffer, nodes: list[str], *, stage: str, job_key: str) -> None:
         with self.timed(buffer.key, stage, job_key=job_key) as meter:
+            paths = playbook_vars.client_paths(self.site, buffer)
             run = meter.ran(self._run(buffer, stage, "buffer_unmount.yml", nodes=nodes, job_key=job_key,
-                                      extra=playbook_vars.client_paths(self.site, buffer)))
+                                      extra=paths))
+            server_health.drain_not_unmounted(self, job_key, run, nodes, paths["mount_path"])
             run.raise_for_failure()
 
     def _release_persistent_use(self, name: str, job_key: str) -> None:

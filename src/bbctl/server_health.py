@@ -1,10 +1,16 @@
-"""Storage servers' health, counted from each playbook run (issue 11 item 2).
+"""Storage servers' health, counted from each playbook run, and compute nodes drained in Slurm where a
+buffer could not be unmounted (issue 11 item 2).
 
 A run that fails on a storage server of the buffer's bricks counts one failure for it; a run that
 succeeds there resets its count. After ``server_fail_limit`` failures in a row the state store marks
 the server unusable (``failing``): allocation skips its bricks and the pools Slurm reads no longer
 count them, until an operator runs ``bbctl servers --resume NAME`` (docs/OPERATOR_GUIDE.md,
 section 13). A compute node's or the stage host's failure is no storage server's.
+
+A compute node on which a run did not unmount a buffer (post-run or teardown failed there, or the run
+timed out before the node had unmounted: a busy mount, or a FUSE client waiting on a brick that does
+not answer) is drained in Slurm with ``drain_nodes`` (default on): the mount is the node's, and the
+next job there would meet it. Slurm does the same to a node whose epilog fails.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from bbctl import runner
+from bbctl import runner, slurmconf
 from bbctl.errors import BBError
 from bbctl.state import Buffer
 
@@ -55,3 +61,37 @@ def record(life: Lifecycle, key: str, buffer: Buffer, run: runner.StageRun) -> N
             life.refresh_pools()
     except BBError as exc:  # StateError, or the pools file not written
         log.warning("%s %s: could not record the storage servers' health: %s", key, run.stage, exc)
+
+
+def not_unmounted(run: runner.StageRun, nodes: list[str], mount_path: str) -> list[str]:
+    """The nodes of an unmounting run that failed or timed out on which mount_path was not reported
+    unmounted (hpc.burstbuffer.buffer_mount's ``mounted: false`` for that path): those that failed, or
+    for a run that timed out, those that had not got there. A run cancelled (Slurm's SIGTERM) blames no
+    node, nor does a failure on no node (ansible-playbook that never ran a task: ours)."""
+    if run.status not in ("failed", "timeout"):
+        return []
+    unmounted = {host for host, result in run.results
+                 if result.get("path") == mount_path and result.get("mounted") is False}
+    suspects = set(nodes) - unmounted
+    if run.status == "failed":
+        suspects &= set(run.failed_hosts())
+    return sorted(suspects)
+
+
+def drain_not_unmounted(life: Lifecycle, key: str, run: runner.StageRun, nodes: list[str],
+                        mount_path: str) -> list[str]:
+    """Drain in Slurm the nodes on which run did not unmount mount_path (not_unmounted), if the site
+    drains nodes; the nodes drained. Never fails the stage: a drain Slurm refuses is logged."""
+    culprits = not_unmounted(run, nodes, mount_path)
+    if not culprits or not life.site.drain_nodes:
+        return []
+    cause = "timed out" if run.status == "timeout" else "failed"
+    reason = f"bbctl: job {key} {run.stage}: unmount of {mount_path} {cause}"
+    try:
+        slurmconf.drain(life.site.slurm_dir, culprits, reason)
+    except BBError as exc:
+        log.warning("%s %s: could not drain %s: %s", key, run.stage, ",".join(culprits), exc)
+        return []
+    life.note(key, run.stage, f"drained {', '.join(culprits)} in Slurm ({reason}); `scontrol update "
+                              f"NodeName={','.join(culprits)} State=RESUME` once the mount is gone")
+    return culprits

@@ -11,6 +11,7 @@ One YAML file (``--config``, else ``$BBCTL_CONFIG``, else /etc/bbctl/bbctl.yml):
     keep_runs: 200                        # ansible-runner dirs kept for finished buffers
     brick_wait: 10                        # seconds setup waits for bricks Slurm counts as free
     server_fail_limit: 3                  # consecutive failed runs that make a storage server unusable
+    drain_nodes: true                     # drain a compute node where a buffer could not be unmounted
     stage_workers: 32                     # copy threads per stage (bb_stage's default)
     policy: {max_capacity: 1TiB}          # limits, persistent creators, presets (bbctl.policy)
 
@@ -164,6 +165,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
                        "server resets its count. `bbctl servers` lists the servers, `bbctl servers --resume "
                        "NAME` returns one (docs/OPERATOR_GUIDE.md, \"Draining and returning a storage "
                        "server\"). 0: never mark one."},
+    "drain_nodes": {
+        "type": "bool", "default": True,
+        "description": "Drain, in Slurm, a compute node on which a buffer could not be unmounted (post-run or "
+                       "teardown failed there, or its playbook timed out before the node had unmounted): a hung "
+                       "or busy mount is the node's, and the next job there would meet it. The reason names "
+                       "the job and the cause; `scontrol update NodeName=N State=RESUME` returns the node once "
+                       "it is clean (docs/OPERATOR_GUIDE.md, \"A compute node bbctl drained\")."},
     "stage_workers": {
         "type": positive_int, "default": stage_threads.DEFAULT_WORKERS,
         "description": "Copy threads per stage-in or stage-out (`bb_stage`'s `workers`)."},
@@ -235,6 +243,7 @@ class Site:
     keep_runs: int = 200
     brick_wait: int = 10  # seconds
     server_fail_limit: int = 3  # consecutive failed runs; 0: never mark a server unusable
+    drain_nodes: bool = True  # drain a compute node where a buffer could not be unmounted
     stage_workers: int = stage_threads.DEFAULT_WORKERS
     policy: Policy = field(default_factory=Policy)
     warm_runner_socket: Path = Path("/run/bbctl/warm-runner.sock")
@@ -352,6 +361,7 @@ def _site(settings: Mapping[str, Any], data: Any, where: Path) -> Site:
                 state=settings["state"] or str(work_dir / "state.db"), pools=settings["pools"],
                 work_dir=work_dir, mount_root=Path(settings["mount_root"]), keep_runs=settings["keep_runs"],
                 brick_wait=settings["brick_wait"], server_fail_limit=settings["server_fail_limit"],
+                drain_nodes=settings["drain_nodes"],
                 stage_workers=settings["stage_workers"], policy=site_policy,
                 warm_runner_socket=Path(settings["warm_runner_socket"]), raw=data, **optional)
 

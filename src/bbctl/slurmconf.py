@@ -65,6 +65,13 @@ def job_fields(slurm_dir: Path | None, job_id: str) -> dict[str, str] | None:
     return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
 
 
+def drain(slurm_dir: Path | None, nodes: list[str], reason: str) -> None:
+    """Drain nodes in Slurm with reason (``scontrol update``: running jobs finish, no new one starts);
+    BBError if scontrol refuses or does not answer."""
+    host.run(["scontrol", "update", f"NodeName={','.join(nodes)}", "State=DRAIN", f"Reason={reason}"],
+             env=slurm_env(slurm_dir), timeout=30)
+
+
 def teardown_lost(fields: dict[str, str]) -> bool:
     """The job has ended and Slurm shows its buffer in teardown: Slurm started a teardown and will not
     start another (Slurm 22.05 never retries one it killed, e.g. a job cancelled in stage-in)."""

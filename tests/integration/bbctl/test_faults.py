@@ -39,6 +39,7 @@ from tests.integration.bbctl.slurmjobs import (
     leftovers,
     said,
     submit,
+    wait_for,
     wait_torn_down,
     write_job,
 )
@@ -557,3 +558,35 @@ def test_a_storage_server_down_at_teardown_leaves_the_buffer_to_gc_which_removes
     assert "operational" in health["bbnode3"]["last_error"], health["bbnode3"]
     assert "Some of the peers are down" not in health["bbnode1"]["last_error"], health["bbnode1"]
     assert "disconnected" not in health["bbnode2"]["last_error"], health["bbnode2"]
+
+
+def node_fields(name: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "-o", "show", "node", name], env=ENV, capture_output=True, text=True,
+                         check=True).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out)) | {"Reason": out.split("Reason=", 1)[-1].strip()}
+
+
+def test_a_node_where_post_run_cannot_unmount_is_drained_naming_the_job(user_dir):
+    """A process left in the buffer on the compute node (outside the job: Slurm cannot end it) keeps
+    the mount busy; post-run fails there, and bbctl drains the node as Slurm drains one whose epilog
+    fails. Returned, the node runs the job's teardown and nothing is left."""
+    job = submit(write_job(user_dir, "job.sh", "#BB_LUA jobdw capacity=4GiB pool=nvme\nsleep 15\n"))
+    fields = wait_for(job, {"RUNNING"}, timeout=180)
+    node = fields["NodeList"]
+    mount = Path(json.loads(bbctl("show", str(job)).stdout)["mount_path"])
+    holder = subprocess.Popen(["sleep", "600"], cwd=mount)  # ours: ended by pid below
+    try:
+        deadline = time.monotonic() + 240
+        while "DRAIN" not in node_fields(node).get("State", "") and time.monotonic() < deadline:
+            time.sleep(1)
+        drained = node_fields(node)
+        assert "DRAIN" in drained["State"], drained
+        assert drained["Reason"].startswith(f"bbctl: job {job} post-run: unmount of {mount} failed"), drained
+    finally:
+        holder.kill()
+        holder.wait()
+        subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], env=ENV, check=False)
+    assert "DRAIN" not in node_fields(node)["State"]
+    subprocess.run(["scancel", "--hurry", str(job)], env=ENV, check=True)
+    wait_torn_down(job, timeout=300)
+    assert leftovers(f"bbjob-{job}") == []

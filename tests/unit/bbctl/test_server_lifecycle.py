@@ -12,6 +12,7 @@ import pytest
 
 from bbctl import allocation, cli, runner, server_health
 from bbctl import lifecycle as lc
+from bbctl.errors import BBError
 from bbctl.operator_views import UnknownServer, drain_server, resume_server
 from bbctl.pools import NotEnoughBricks
 from bbctl.state import FAILING
@@ -241,3 +242,76 @@ def test_a_failed_setup_counts_once_and_its_rollback_is_not_counted(config, monk
     assert [r["playbook"] for r in faking.runs] == ["buffer_create.yml", "buffer_destroy.yml"]
     health = life.store.servers()
     assert health["bbnode1"].failures == 1, "the rollback that succeeded there must not reset the create's failure"
+
+
+# --- compute nodes drained where a buffer was not unmounted ----------------------------------------
+
+def unmount_run(status: str, *, failed: tuple[str, ...] = (), unmounted: tuple[str, ...] = ()) -> runner.StageRun:
+    results = [(node, {"path": "/mnt/bb/9", "mounted": False}) for node in unmounted]
+    results.append(("cn9", {"path": "/mnt/bb/other", "mounted": False}))  # another path says nothing
+    return runner.StageRun(stage="post-run", status=status, rc=2, seconds=1.0, run_dir=Path("/nonexistent"),
+                           failures=[f"{n}: Unmount: target is busy" for n in failed], results=results)
+
+
+def test_the_nodes_blamed_are_those_that_did_not_unmount():
+    nodes = ["cn1", "cn2", "cn3", "cn9"]
+    # cn1 failed on the unmount; cn2 unmounted, then failed removing the directory: its mount is gone
+    assert server_health.not_unmounted(unmount_run("failed", failed=("cn1", "cn2"), unmounted=("cn2",)),
+                                       nodes, "/mnt/bb/9") == ["cn1"]
+    # timed out: every node that had not reported the path unmounted
+    assert server_health.not_unmounted(unmount_run("timeout", unmounted=("cn1", "cn2")), nodes,
+                                       "/mnt/bb/9") == ["cn3", "cn9"]
+    assert server_health.not_unmounted(unmount_run("canceled"), nodes, "/mnt/bb/9") == []
+    assert server_health.not_unmounted(unmount_run("failed"), nodes, "/mnt/bb/9") == [], \
+        "a run that failed on no node (ansible-playbook itself) blames none"
+
+
+@pytest.fixture
+def drained(monkeypatch) -> list[tuple[list[str], str]]:
+    calls: list[tuple[list[str], str]] = []
+    monkeypatch.setattr(lc.server_health.slurmconf, "drain", lambda _dir, nodes, reason: calls.append((nodes, reason)))
+    return calls
+
+
+def test_a_post_run_that_fails_on_a_node_drains_it_naming_the_job(life, fake, drained, tmp_path):
+    life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=4GiB"))
+    life.pre_run("42", script(tmp_path, "#DW jobdw capacity=4GiB"), ["cn1", "cn2"])
+    fake.hosts = {"cn2"}
+    with pytest.raises(runner.StageFailed, match="cn2"):
+        life.post_run("42", script(tmp_path, "#DW jobdw capacity=4GiB"))
+    [(nodes, reason)] = drained
+    assert nodes == ["cn2"]
+    assert reason.startswith("bbctl: job 42 post-run: unmount of ") and reason.endswith(" failed")
+
+
+def test_a_site_that_does_not_drain_only_fails_the_stage(config, fake, drained, tmp_path):
+    life = lc.Lifecycle(dataclasses.replace(config, drain_nodes=False))
+    life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=4GiB"))
+    life.pre_run("42", script(tmp_path, "#DW jobdw capacity=4GiB"), ["cn1"])
+    fake.hosts = {"cn1"}
+    with pytest.raises(runner.StageFailed):
+        life.post_run("42", script(tmp_path, "#DW jobdw capacity=4GiB"))
+    assert drained == []
+
+
+def test_a_drain_slurm_refuses_is_logged_and_the_stage_fails_with_its_own_cause(life, fake, monkeypatch,
+                                                                              tmp_path, caplog):
+    def refuse(_dir, _nodes, _reason):
+        raise BBError("scontrol update NodeName=cn1: Invalid node name specified")
+
+    monkeypatch.setattr(lc.server_health.slurmconf, "drain", refuse)
+    life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=4GiB"))
+    life.pre_run("42", script(tmp_path, "#DW jobdw capacity=4GiB"), ["cn1"])
+    fake.hosts = {"cn1"}
+    with caplog.at_level(logging.WARNING, logger="bbctl"), pytest.raises(runner.StageFailed, match="cn1: a task"):
+        life.post_run("42", script(tmp_path, "#DW jobdw capacity=4GiB"))
+    assert any("could not drain cn1" in r.message for r in caplog.records)
+
+
+def test_a_teardown_that_fails_on_a_node_drains_it(life, fake, drained, tmp_path):
+    life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=4GiB"))
+    life.pre_run("42", script(tmp_path, "#DW jobdw capacity=4GiB"), ["cn1"])
+    fake.hosts = {"cn1"}  # post-run never ran (the job was cancelled): teardown unmounts the node
+    with pytest.raises(runner.StageFailed):
+        life.teardown("42", script(tmp_path, "#DW jobdw capacity=4GiB"), hurry=True)
+    assert [nodes for nodes, _reason in drained] == [["cn1"]]
