@@ -44,12 +44,15 @@ def blamed(failed: dict[str, str]) -> dict[str, str]:
 def record(life: Lifecycle, key: str, buffer: Buffer, run: runner.StageRun) -> None:
     """Count run's failures on buffer's storage servers, reset the count of those it succeeded on.
 
-    A run that timed out or was cancelled blames only the hosts whose tasks failed. Bookkeeping
-    never fails the stage: a state store or pools file that cannot be written is logged.
+    A run that timed out or was cancelled blames only the hosts whose tasks failed, and resets no
+    count: a server that hung on a later task had its earlier tasks succeed (its hang is counted by
+    nobody: the task hanging is often another server's, waiting on it). Bookkeeping never fails the
+    stage: a state store or pools file that cannot be written is logged.
     """
     storage = {brick.server for brick in buffer.bricks}
     failed = blamed({host: message for host, message in run.failed_hosts().items() if host in storage})
-    succeeded = storage if run.status == "successful" else run.ok_hosts() & storage
+    succeeded = (storage if run.status == "successful" else
+                 run.ok_hosts() & storage if run.status == "failed" else set())
     if not failed and not succeeded:
         return
     try:

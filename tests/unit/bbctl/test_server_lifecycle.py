@@ -315,3 +315,15 @@ def test_a_teardown_that_fails_on_a_node_drains_it(life, fake, drained, tmp_path
     with pytest.raises(runner.StageFailed):
         life.teardown("42", script(tmp_path, "#DW jobdw capacity=4GiB"), hurry=True)
     assert [nodes for nodes, _reason in drained] == [["cn1"]]
+
+
+def test_a_run_that_timed_out_resets_no_server(life, monkeypatch):
+    buffer = persistent(life, "keep")
+    [server] = [b.server for b in buffer.bricks]
+    life.store.record_runs({server: "earlier"}, [], limit=3)
+    hung = runner.StageRun(stage="pre-run", status="timeout", rc=254, seconds=30.0, run_dir=Path("/nonexistent"),
+                           results=[(server, {"changed": False})])  # an early task went through, then it hung
+    server_health.record(life, "9", buffer, hung)
+    assert life.store.servers()[server].failures == 1
+    server_health.record(life, "9", buffer, dataclasses.replace(hung, status="failed"))
+    assert life.store.servers()[server].failures == 0, "a failed run still resets the servers that did their part"
