@@ -514,7 +514,7 @@ class Lifecycle:
             run = self._run(buffer, stage, "buffer_destroy.yml", nodes=nodes, extra=extra, more=more,
                             timeout=timeout, count_health=stage not in ROLLBACK_STAGES)
             if nodes:
-                server_health.drain_not_unmounted(self, key, run, nodes, more["bb_client_mount_path"])
+                server_health.drain_stuck(self, key, run, nodes, more["bb_client_mount_path"])
             if run.status != "successful":
                 self._failed(buffer, run)
             self.store.transition(key, BufferState.DESTROYING, BufferState.DESTROYED)
@@ -528,8 +528,10 @@ class Lifecycle:
 
     def _mount(self, buffer: Buffer, nodes: list[str], *, stage: str, job_key: str) -> None:
         with self.timed(buffer.key, stage, job_key=job_key) as meter:
+            paths = playbook_vars.client_paths(self.site, buffer)
             run = meter.ran(self._run(buffer, stage, "buffer_mount.yml", nodes=nodes, job_key=job_key,
-                                      extra=playbook_vars.client_paths(self.site, buffer)))
+                                      extra=paths))
+            server_health.drain_stuck(self, job_key, run, nodes, paths["mount_path"], mounting=True)
             run.raise_for_failure()
 
     def _unmount(self, buffer: Buffer, nodes: list[str], *, stage: str, job_key: str) -> None:
@@ -537,7 +539,7 @@ class Lifecycle:
             paths = playbook_vars.client_paths(self.site, buffer)
             run = meter.ran(self._run(buffer, stage, "buffer_unmount.yml", nodes=nodes, job_key=job_key,
                                       extra=paths))
-            server_health.drain_not_unmounted(self, job_key, run, nodes, paths["mount_path"])
+            server_health.drain_stuck(self, job_key, run, nodes, paths["mount_path"])
             run.raise_for_failure()
 
     def _release_persistent_use(self, name: str, job_key: str) -> None:

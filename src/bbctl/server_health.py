@@ -9,8 +9,9 @@ section 13). A compute node's or the stage host's failure is no storage server's
 
 A compute node on which a run did not unmount a buffer (post-run or teardown failed there, or the run
 timed out before the node had unmounted: a busy mount, or a FUSE client waiting on a brick that does
-not answer) is drained in Slurm with ``drain_nodes`` (default on): the mount is the node's, and the
-next job there would meet it. Slurm does the same to a node whose epilog fails.
+not answer), or on which pre-run's mount hung until the playbook's timeout, is drained in Slurm with
+``drain_nodes`` (default on): the mount is the node's, and the next job there would meet it. Slurm
+does the same to a node whose epilog fails.
 """
 
 from __future__ import annotations
@@ -66,35 +67,37 @@ def record(life: Lifecycle, key: str, buffer: Buffer, run: runner.StageRun) -> N
         log.warning("%s %s: could not record the storage servers' health: %s", key, run.stage, exc)
 
 
-def not_unmounted(run: runner.StageRun, nodes: list[str], mount_path: str) -> list[str]:
-    """The nodes of an unmounting run that failed or timed out on which mount_path was not reported
-    unmounted (hpc.burstbuffer.buffer_mount's ``mounted: false`` for that path): those that failed, or
-    for a run that timed out, those that had not got there. A run cancelled (Slurm's SIGTERM) blames no
-    node, nor does a failure on no node (ansible-playbook that never ran a task: ours)."""
-    if run.status not in ("failed", "timeout"):
+def stuck_nodes(run: runner.StageRun, nodes: list[str], mount_path: str, *, mounting: bool) -> list[str]:
+    """The nodes a mounting (``mounting``) or unmounting run left in a state they must not stay in: those
+    on which the run timed out before hpc.burstbuffer.buffer_mount reported mount_path done (``mounted``
+    true, or false), and for an unmount also those it failed on that had not unmounted (the mount is
+    still there). A mount that failed cleanly leaves nothing on the node: Slurm holds the job, the node
+    is fine. A run cancelled (Slurm's SIGTERM) blames no node, nor does a failure on no node
+    (ansible-playbook that never ran a task: ours)."""
+    if run.status != "timeout" and (mounting or run.status != "failed"):
         return []
-    unmounted = {host for host, result in run.results
-                 if result.get("path") == mount_path and result.get("mounted") is False}
-    suspects = set(nodes) - unmounted
+    done = {host for host, result in run.results
+            if result.get("path") == mount_path and result.get("mounted") is mounting}
+    suspects = set(nodes) - done
     if run.status == "failed":
         suspects &= set(run.failed_hosts())
     return sorted(suspects)
 
 
-def drain_not_unmounted(life: Lifecycle, key: str, run: runner.StageRun, nodes: list[str],
-                        mount_path: str) -> list[str]:
-    """Drain in Slurm the nodes on which run did not unmount mount_path (not_unmounted), if the site
-    drains nodes; the nodes drained. Never fails the stage: a drain Slurm refuses is logged."""
-    culprits = not_unmounted(run, nodes, mount_path)
+def drain_stuck(life: Lifecycle, key: str, run: runner.StageRun, nodes: list[str], mount_path: str, *,
+                mounting: bool = False) -> list[str]:
+    """Drain in Slurm the nodes run left stuck (stuck_nodes), if the site drains nodes; the nodes
+    drained. Never fails the stage: a drain Slurm refuses is logged."""
+    culprits = stuck_nodes(run, nodes, mount_path, mounting=mounting)
     if not culprits or not life.site.drain_nodes:
         return []
     cause = "timed out" if run.status == "timeout" else "failed"
-    reason = f"bbctl: job {key} {run.stage}: unmount of {mount_path} {cause}"
+    reason = f"bbctl: job {key} {run.stage}: {'mount' if mounting else 'unmount'} of {mount_path} {cause}"
     try:
         slurmconf.drain(life.site.slurm_dir, culprits, reason)
     except BBError as exc:
         log.warning("%s %s: could not drain %s: %s", key, run.stage, ",".join(culprits), exc)
         return []
     life.note(key, run.stage, f"drained {', '.join(culprits)} in Slurm ({reason}); `scontrol update "
-                              f"NodeName={','.join(culprits)} State=RESUME` once the mount is gone")
+                              f"NodeName={','.join(culprits)} State=RESUME` once the node is clean")
     return culprits

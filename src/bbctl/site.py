@@ -168,8 +168,9 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "drain_nodes": {
         "type": "bool", "default": True,
         "description": "Drain, in Slurm, a compute node on which a buffer could not be unmounted (post-run or "
-                       "teardown failed there, or its playbook timed out before the node had unmounted): a hung "
-                       "or busy mount is the node's, and the next job there would meet it. The reason names "
+                       "teardown failed there, or its playbook timed out before the node had unmounted) or on "
+                       "which pre-run's mount hung until its timeout: a hung or busy mount is the node's, and "
+                       "the next job there would meet it. The reason names "
                        "the job and the cause; `scontrol update NodeName=N State=RESUME` returns the node once "
                        "it is clean (docs/OPERATOR_GUIDE.md, \"A compute node bbctl drained\")."},
     "stage_workers": {

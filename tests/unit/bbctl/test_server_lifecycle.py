@@ -12,6 +12,7 @@ import pytest
 
 from bbctl import allocation, cli, runner, server_health
 from bbctl import lifecycle as lc
+from bbctl import site as sitecfg
 from bbctl.errors import BBError
 from bbctl.operator_views import UnknownServer, drain_server, resume_server
 from bbctl.pools import NotEnoughBricks
@@ -246,24 +247,31 @@ def test_a_failed_setup_counts_once_and_its_rollback_is_not_counted(config, monk
 
 # --- compute nodes drained where a buffer was not unmounted ----------------------------------------
 
-def unmount_run(status: str, *, failed: tuple[str, ...] = (), unmounted: tuple[str, ...] = ()) -> runner.StageRun:
-    results = [(node, {"path": "/mnt/bb/9", "mounted": False}) for node in unmounted]
-    results.append(("cn9", {"path": "/mnt/bb/other", "mounted": False}))  # another path says nothing
+def mount_run(status: str, *, failed: tuple[str, ...] = (), done: tuple[str, ...] = (),
+              mounted: bool = False) -> runner.StageRun:
+    results = [(node, {"path": "/mnt/bb/9", "mounted": mounted}) for node in done]
+    results.append(("cn9", {"path": "/mnt/bb/other", "mounted": mounted}))  # another path says nothing
     return runner.StageRun(stage="post-run", status=status, rc=2, seconds=1.0, run_dir=Path("/nonexistent"),
                            failures=[f"{n}: Unmount: target is busy" for n in failed], results=results)
 
 
-def test_the_nodes_blamed_are_those_that_did_not_unmount():
+def test_the_nodes_blamed_are_those_left_stuck():
     nodes = ["cn1", "cn2", "cn3", "cn9"]
+
+    def stuck(run: runner.StageRun, *, mounting: bool = False) -> list[str]:
+        return server_health.stuck_nodes(run, nodes, "/mnt/bb/9", mounting=mounting)
+
     # cn1 failed on the unmount; cn2 unmounted, then failed removing the directory: its mount is gone
-    assert server_health.not_unmounted(unmount_run("failed", failed=("cn1", "cn2"), unmounted=("cn2",)),
-                                       nodes, "/mnt/bb/9") == ["cn1"]
+    assert stuck(mount_run("failed", failed=("cn1", "cn2"), done=("cn2",))) == ["cn1"]
     # timed out: every node that had not reported the path unmounted
-    assert server_health.not_unmounted(unmount_run("timeout", unmounted=("cn1", "cn2")), nodes,
-                                       "/mnt/bb/9") == ["cn3", "cn9"]
-    assert server_health.not_unmounted(unmount_run("canceled"), nodes, "/mnt/bb/9") == []
-    assert server_health.not_unmounted(unmount_run("failed"), nodes, "/mnt/bb/9") == [], \
-        "a run that failed on no node (ansible-playbook itself) blames none"
+    assert stuck(mount_run("timeout", done=("cn1", "cn2"))) == ["cn3", "cn9"]
+    assert stuck(mount_run("canceled")) == []
+    assert stuck(mount_run("failed")) == [], "a run that failed on no node (ansible-playbook itself) blames none"
+    # mounting: a mount that failed cleanly leaves the node as it was; one that hung is the node's
+    assert stuck(mount_run("failed", failed=("cn1",), mounted=True), mounting=True) == []
+    assert stuck(mount_run("timeout", done=("cn1", "cn2", "cn3"), mounted=True), mounting=True) == ["cn9"]
+    assert stuck(mount_run("timeout", done=("cn1", "cn2", "cn3")), mounting=True) == nodes, \
+        "a node that reported the path not mounted has not mounted it"
 
 
 @pytest.fixture
@@ -327,3 +335,17 @@ def test_a_run_that_timed_out_resets_no_server(life, monkeypatch):
     assert life.store.servers()[server].failures == 1
     server_health.record(life, "9", buffer, dataclasses.replace(hung, status="failed"))
     assert life.store.servers()[server].failures == 0, "a failed run still resets the servers that did their part"
+
+
+def test_a_pre_run_that_times_out_drains_the_nodes_that_had_not_mounted(life, monkeypatch, drained, tmp_path):
+    life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=4GiB"))
+    mount_path = str(sitecfg.mount_path(life.site, "42"))
+
+    def hangs_on_cn2(config, key, stage, playbook, **kwargs):
+        return runner.StageRun(stage=stage, status="timeout", rc=254, seconds=60.0, run_dir=config.runs_dir / key,
+                               results=[("cn1", {"path": mount_path, "mounted": True})])
+
+    monkeypatch.setattr(runner, "run_stage", hangs_on_cn2)
+    with pytest.raises(runner.StageFailed, match="timed out"):
+        life.pre_run("42", script(tmp_path, "#DW jobdw capacity=4GiB"), ["cn1", "cn2"])
+    assert drained == [(["cn2"], f"bbctl: job 42 pre-run: mount of {mount_path} timed out")]
