@@ -44,7 +44,7 @@ import time
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_copy import BLOCK, DEFAULT_CHUNK_SIZE, Copier
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError, as_user
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_gfapi import gfapi_target, gfapi_writer
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_plan import Planner
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_plan import TEMP_SUFFIX, Planner
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_progress import Progress
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import check_request
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_threads import DEFAULT_WORKERS, Crew
@@ -53,14 +53,18 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.user_worker import
 
 # --- one stage in this process ---------------------------------------------------------------
 def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verify=False,
-          dry_run=False, report=None, gfapi_via=None):
+          dry_run=False, report=None, gfapi_via=None, discard=False):
     """Stage ``request`` in the current process (as whoever runs it); returns the result dict.
 
     ``report`` receives progress snapshots (dicts) at most every PROGRESS_INTERVAL seconds.
     ``gfapi_via``: gfapi_target()'s answer; small files then bypass the FUSE mount.
+    ``discard``: copy nothing; remove the temporary files an interrupted stage-out left in the
+    destination (``discarded``: how many; in a dry run, how many there are).
     Raises StageError when the request cannot be staged at all; per-file failures are in
     ``failed_files``.
     """
+    if discard and request.direction != "out":
+        raise StageError("discard removes what an interrupted stage-out left: direction must be out.")
     if workers < 1:
         raise StageError("workers is %d: use at least 1." % workers)
     if chunk_size < BLOCK:
@@ -76,7 +80,10 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
         result = {"files": len(plan.files), "bytes": plan.bytes, "complete": plan.complete,
                   "links": len(plan.links), "hardlinks": len(plan.hardlinks), "hardlinks_copied": 0,
                   "directories": sum(not d.exists for d in plan.dirs)}
-        if dry_run:
+        if discard:
+            result.update(files=0, bytes=0, links=0, hardlinks=0, directories=0,
+                          discarded=discard_temporaries(plan, dry_run))
+        elif dry_run:
             result["planned"] = plan.summary()
         else:
             progress = Progress(len(plan.files), plan.bytes, report)
@@ -96,6 +103,29 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
     result.update(seconds=round(time.monotonic() - start, 3), plan_seconds=round(plan_done - start, 3),
                   peak_rss_kib=peak_rss_kib(), failed_files=plan.failed, not_copied=plan.not_copied)
     return result
+
+
+def discard_temporaries(plan, dry_run=False):
+    """Remove the temporary names (stage_plan.temp_name) that plan's stage-out would write through and
+    that an interrupted run left; how many there were. Only names the plan gives as temporaries, each
+    ending in TEMP_SUFFIX, are touched: a user's file of a like name is a destination, never a temporary.
+    A temporary that cannot be removed is a failed file."""
+    temps = [f.temp for f in plan.files if f.temp and f.replace_temp]
+    temps += [link.temp for link in plan.hardlinks if link.temp]
+    found = 0
+    for temp in temps:
+        if not temp.endswith(TEMP_SUFFIX) or not os.path.lexists(temp):
+            continue
+        found += 1
+        if dry_run:
+            continue
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            found -= 1
+        except OSError as exc:
+            plan.fail(temp, "cannot remove this temporary file%s" % as_user(exc))
+    return found
 
 
 def peak_rss_kib():
@@ -126,7 +156,7 @@ def buffer_device(buffer_root):
 # --- as the job's user: a forked worker (user_worker.py) --------------------------------------
 
 def stage_as_user(request, uid, gid, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE,
-                  verify=False, dry_run=False, report=None, use_gfapi=True):
+                  verify=False, dry_run=False, report=None, use_gfapi=True, discard=False):
     """Run ``stage`` in a forked worker that is uid/gid; the caller (root) only reads its results.
 
     ``report`` receives the worker's progress snapshots. ``use_gfapi``: a stage-in to a
@@ -137,11 +167,11 @@ def stage_as_user(request, uid, gid, workers=DEFAULT_WORKERS, chunk_size=DEFAULT
     runs again through the mount (a stage is safe to run again: files land under temporary names
     and are renamed when whole), and ``gfapi_unused`` says why.
     """
-    via = None if dry_run else gfapi_target(request, use_gfapi)
+    via = None if dry_run or discard else gfapi_target(request, use_gfapi)
 
     def work_via(target):
         return lambda send_progress: stage(request, workers, chunk_size, verify, dry_run,
-                                           report=send_progress, gfapi_via=target)
+                                           report=send_progress, gfapi_via=target, discard=discard)
 
     try:
         return run_as_user(uid, gid, work_via(via), report, keep_net_bind=via is not None)

@@ -134,6 +134,15 @@ options:
         RV(gfapi_unused) says why. Not used with O(verify) (read back through the mount).
     type: bool
     default: true
+  discard:
+    description:
+      - Copy nothing. Remove, as the job's user, the temporary files (C(.NAME.bb-stage.tmp))
+        an interrupted stage-out of the same request left in its destinations, and return how
+        many in RV(discarded). For a stage-out that will not be run again (its job torn down
+        with hurry). Only the names the stage itself would write through are removed.
+      - Requires O(direction=out). In check mode, counts them without removing any.
+    type: bool
+    default: false
   progress_file:
     description:
       - A file to which the module appends progress as JSON lines (C(files_done),
@@ -208,6 +217,11 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+discarded:
+  description: With O(discard), the temporary files removed (in check mode, found).
+  returned: when O(discard) is true
+  type: int
+  sample: 12
 files:
   description: Regular files copied (in check mode, that would be copied).
   returned: always
@@ -324,6 +338,7 @@ ARGUMENT_SPEC = dict(
     chunk_size=dict(type="str", default="64MiB"),
     verify=dict(type="bool", default=False),
     gfapi=dict(type="bool", default=True),
+    discard=dict(type="bool", default=False),
     progress_file=dict(type="path"),
 )
 
@@ -355,7 +370,7 @@ def run_stage(module, params):
         result = stage_as_user(request_from(params), params["uid"], params["gid"],
                                workers=params["workers"], chunk_size=chunk_size,
                                verify=params["verify"], dry_run=module.check_mode, report=report,
-                               use_gfapi=params["gfapi"])
+                               use_gfapi=params["gfapi"], discard=params["discard"])
     except (StageError, OSError) as exc:
         return dict(EMPTY_RESULT), to_native(exc)
     if last and params["progress_file"]:
@@ -375,7 +390,8 @@ def main():
                                         ("type", "directory", ["destination"])])
     params = module.params
     result, error = run_stage(module, params)
-    changed = bool(result["files"] or result["directories"] or result["links"] or result["hardlinks"])
+    changed = bool(result["files"] or result["directories"] or result["links"] or result["hardlinks"]
+                   or result.get("discarded"))
     if error is not None:
         module.fail_json(msg=error, changed=changed, **result)
     module.exit_json(changed=changed, **result)

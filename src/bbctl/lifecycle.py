@@ -426,8 +426,34 @@ class Lifecycle:
                               f"(state {buffer.state.value}"
                               f"{': ' + buffer.last_error if buffer.last_error else ''}); "
                               "rerun stage-out, or tear down with hurry to discard the data")
+            if request.stage_out and not buffer.stage_out_verified and (
+                    buffer.state is BufferState.STAGING_OUT or stage_out_failed(buffer)):
+                self._discard_stage_out(key, request)
             self._destroy(key, stage="teardown")
         return True
+
+    def _discard_stage_out(self, job_key: str, request: JobRequest) -> None:
+        """Before a teardown with hurry of a job whose stage-out was interrupted: remove, as the user, the
+        temporaries (``.NAME.bb-stage.tmp``) it left in the user's destinations. Never fails the
+        teardown (hurry discards the data anyway): what is left is named in bbctl.log."""
+        for key, specs in playbook_vars.stage_specs(self.site, job_key, request.stage_out).items():
+            buffer = self.store.get(key)
+            if buffer is None:
+                continue
+            if not buffer.meta.get(STAGE_MOUNTED):  # recorded first: the destroy then unmounts it
+                buffer = self.store.transition(key, {buffer.state}, buffer.state, meta={STAGE_MOUNTED: True})
+            run = self._run(buffer, "teardown", "stage_out.yml", extra={"mount_path": str(self.stage_path(key))},
+                            stages=specs, job_key=job_key, more={"bb_stage_discard": True},
+                            timeout=max(1, self._stage_timeout("teardown") // 2))
+            if run.status == "successful":
+                removed = sum(int(item.get("discarded") or 0) for _host, result in run.results
+                              for item in result.get("results") or [result])  # a loop's result holds its items
+                self.note(job_key, "teardown", f"removed {removed} temporary file(s) the interrupted stage-out "
+                                               "left in the destinations")
+            else:
+                self.note(job_key, "teardown", f"could not remove the interrupted stage-out's temporary files "
+                                               f"(.NAME.bb-stage.tmp, the user's to delete): {run.status}; "
+                                               f"{'; '.join(run.failures) or run.output_tail()}")
 
     # --- persistent buffers ------------------------------------------------------------------
     def create_persistent(self, name: str, uid: int, gid: int, capacity: int, pool: str | None, *,

@@ -337,6 +337,25 @@ for f in {out}/*; do tr 'a-z' 'A-Z' < "$f" > "$DW_JOB_STRIPED/out/${{f##*/}}"; d
     assert leftovers(f"bbjob-{job}") == []
 
 
+def test_scancel_hurry_after_a_killed_stage_out_leaves_no_temporary_in_the_destination(user_dir):
+    """The user gives up on the results: the teardown removes, as the user, the temporaries the
+    killed stage-out left beside their files, and every file stays whole (old or new)."""
+    job, out, before, new = stage_out_job(user_dir)
+    pid = stage_pid(job, "stage-out", timeout=600)
+    copying(job, "stage-out")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 300
+    while "data_out" not in job_fields(job).get("Reason", "") and time.monotonic() < deadline:
+        time.sleep(1)
+    assert any(p.name.endswith(".bb-stage.tmp") for p in out.iterdir()), "the kill left no temporary to remove"
+    subprocess.run(["scancel", "--hurry", str(job)], env=ENV, check=True)
+    wait_torn_down(job, timeout=300)
+    assert sorted(p.name for p in out.iterdir()) == sorted(before), "only the user's files are left"
+    each_whole(out, before, new)
+    assert log_line(job, r"teardown: removed \d+ temporary file\(s\)", timeout=5)
+    assert leftovers(f"bbjob-{job}") == []
+
+
 def sums_of_one(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

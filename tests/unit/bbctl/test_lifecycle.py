@@ -433,6 +433,8 @@ def test_teardown_keeps_a_buffer_whose_stage_out_did_not_succeed(life, recorder,
     assert "buffer_destroy.yml" not in recorder.playbooks()
     assert life.teardown("42", job, hurry=True) is True  # hurry: the user's choice to discard
     assert life.store.get("42") is None
+    # the interrupted stage-out's temporaries were asked to go first; that it failed did not stop the teardown
+    assert recorder.playbooks()[-2:] == ["stage_out.yml", "buffer_destroy.yml"]
 
 
 STAGE_OUT = "#DW stage_out type=file source=$DW_JOB_STRIPED/out.dat destination=/pfs/out.dat"
@@ -828,3 +830,27 @@ def test_no_write_back_while_the_cache_is_still_mounted(life, recorder, tmp_path
     with pytest.raises(Refused, match="its cache is still mounted on cn1"):
         life.stage_out("42", job)
     assert "cache_writeback.yml" not in recorder.playbooks() and life.store.get("42").state is BufferState.MOUNTED
+
+
+def test_a_teardown_with_hurry_first_removes_what_an_interrupted_stage_out_left(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB", STAGE_OUT)
+    life.setup("42", UID, GID, job)
+    life.store.transition("42", BufferState.CREATED, BufferState.STAGING_OUT)  # a stage-out killed mid-copy
+    assert life.teardown("42", job, hurry=True) is True
+    discard, destroy = recorder.runs[-2:]
+    assert (discard["playbook"], discard["stage"], destroy["playbook"]) == ("stage_out.yml", "teardown",
+                                                                           "buffer_destroy.yml")
+    assert discard["extravars"]["bb_stage_discard"] is True
+    assert discard["extravars"]["bb_stages"][0]["destination"] == "/pfs/out.dat"
+    assert discard["extravars"]["bb_stage_uid"] == UID
+    assert destroy["extravars"]["bb_stage_mounted"] is True, "the stage host's mount is recorded: destroy unmounts it"
+
+
+@pytest.mark.parametrize("stage_out_ran", [False, True])
+def test_no_discard_when_no_stage_out_was_interrupted(life, recorder, tmp_path, stage_out_ran):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB", STAGE_OUT)
+    life.setup("42", UID, GID, job)
+    if stage_out_ran:
+        life.stage_out("42", job)  # verified: nothing of ours is left in the destination
+    life.teardown("42", job, hurry=True)
+    assert [r for r in recorder.runs if r["extravars"].get("bb_stage_discard")] == []

@@ -1081,3 +1081,43 @@ def test_a_file_whose_close_fails_is_removed_and_named():
         volume.create_file(0xD1, "f.txt", b"abc", 0o640, OLD, OLD)
     assert raised.value.filename == "f.txt"
     assert [c[0] for c in api.calls] == ["h_creat", "h_open", "write", "close", "h_unlink", "h_close"]
+
+
+# --- discard: what an interrupted stage-out left, removed before a teardown with hurry ------------
+
+@pytest.fixture
+def interrupted(buffer, tmp_path):
+    """A stage-out killed mid-way: results in the buffer, its temporaries (and a user's look-alike) in out."""
+    write(buffer / "results" / "a", b"new a")
+    write(buffer / "results" / "sub" / "b", b"new b")
+    os.link(buffer / "results" / "a", buffer / "results" / "a2")  # a hard-link group: a2 goes through a temp
+    out = tmp_path / "out"
+    write(out / "a", b"the old a")  # not yet replaced
+    write(out / ".a.bb-stage.tmp", b"new")  # part of a copy
+    write(out / "sub" / ".b.bb-stage.tmp", b"n")
+    write(out / ".a2.bb-stage.tmp", b"new a")
+    write(out / ".mine.bb-stage.tmp", b"the user's own file, named like ours: no file of the stage is 'mine'")
+    return out
+
+
+def test_discard_removes_only_the_stages_temporaries_and_copies_nothing(buffer, interrupted):
+    before = tree_of(interrupted)
+    result = ce.stage(request("out", "directory", buffer / "results", interrupted, buffer), discard=True)
+    assert result["discarded"] == 3 and result["failed_files"] == []
+    assert (result["files"], result["bytes"], result["directories"]) == (0, 0, 0)
+    left = tree_of(interrupted)
+    assert set(before) - set(left) == {".a.bb-stage.tmp", "sub/.b.bb-stage.tmp", ".a2.bb-stage.tmp"}
+    files = {k: v for k, v in left.items() if v[0] != "dir"}  # (removing a name touches its directory)
+    assert {k: v for k, v in before.items() if k in files} == files, "nothing else changed"
+
+
+def test_discard_in_a_dry_run_counts_and_removes_nothing(buffer, interrupted):
+    before = tree_of(interrupted)
+    result = ce.stage(request("out", "directory", buffer / "results", interrupted, buffer), discard=True,
+                      dry_run=True)
+    assert result["discarded"] == 3 and tree_of(interrupted) == before
+
+
+def test_discard_is_for_stage_out_only(buffer, tmp_path):
+    with pytest.raises(se.StageError, match="direction must be out"):
+        ce.stage(request("in", "directory", tmp_path, buffer / "in", buffer), discard=True)

@@ -13,7 +13,7 @@ from ansible_collections.hpc.burstbuffer.plugins.modules import bb_stage
 def params(**overrides):
     base = {"direction": "in", "type": "directory", "source": "/pfs/in", "destination": "/bb/job1/in",
             "buffer_root": "/bb/job1", "uid": 1001, "gid": 1001, "workers": 32, "chunk_size": "64MiB",
-            "verify": False, "gfapi": True, "progress_file": None, "buffer_variables": {}}
+            "verify": False, "gfapi": True, "discard": False, "progress_file": None, "buffer_variables": {}}
     return {**base, **overrides}
 
 
