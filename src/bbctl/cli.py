@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from bbctl import commands, guard, site
+from bbctl import commands, site
 from bbctl.collection import sizes
 from bbctl.errors import BBError
 from bbctl.testbed.config import DEFAULT_ROOT, SLURM_FLAVOURS, TestbedConfig
@@ -140,9 +140,6 @@ def main(argv: list[str] | None = None) -> int:
         from bbctl import detach
 
         return detach.run_detached(lambda: _main(args))
-    if args.command in guard.GUARDED_COMMANDS:
-        with guard.guarded(args.job_id, args.command, args.config):
-            return _main(args)
     return _main(args)
 
 

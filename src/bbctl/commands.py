@@ -9,6 +9,7 @@ import logging
 import re
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -110,6 +111,17 @@ def add_operator_commands(subparsers: argparse._SubParsersAction) -> None:
     gc.add_argument("--older-than", type=float, default=3600, help="seconds without progress (default 3600)")
     gc.add_argument("--dry-run", action="store_true", help="only list what would be torn down")
     gc.add_argument("--repair", action="store_true", help="also repair the drift it reports (see reconcile)")
+    sweep = subparsers.add_parser(
+        "sweep", help="tear down the job buffers whose teardown Slurm lost (run it as a service: --every)",
+        description="Tears down the job buffers whose teardown Slurm lost: Slurm 22.05 kills every script of "
+                    "a job it cancels, sometimes the teardown it has just started among them, and never "
+                    "starts another. A buffer is taken when slurmctld shows its job ended at least --grace "
+                    "seconds ago with the buffer in teardown, no stage of bbctl's runs for it, and no "
+                    "teardown has run since the job ended. With --every, runs until SIGTERM (a systemd "
+                    "service: docs/OPERATOR_GUIDE.md, section 13).")
+    sweep.add_argument("--every", type=float, help="sweep every SECONDS until SIGTERM (default: once)")
+    sweep.add_argument("--grace", type=float, default=operator_views.SWEEP_GRACE,
+                       help=f"seconds since the job ended (default {operator_views.SWEEP_GRACE:.0f})")
     reconcile = subparsers.add_parser(
         "reconcile", help="compare the state store with what the servers hold; --repair fixes the drift",
         description="Surveys every storage server (volumes, brick directories), the stage host and the "
@@ -318,6 +330,16 @@ def _gc(life: Lifecycle, args: argparse.Namespace) -> Reported:
     return Reported(report, reconcile.exit_code(report))
 
 
+def _sweep(life: Lifecycle, args: argparse.Namespace) -> Any:
+    """One sweep (the buffers torn down), or one every --every seconds until SIGTERM."""
+    if args.every is None:
+        return {"torn_down": operator_views.sweep(life, grace=args.grace)}
+    stopped = threading.Event()
+    with on_sigterm(stopped.set):
+        operator_views.sweep_every(life, args.every, stop=stopped.is_set)
+    return 0
+
+
 def _servers(life: Lifecycle, args: argparse.Namespace) -> Any:
     """The servers' table, after a drain or a resume when one is asked."""
     report = operator_views.servers_command(life, drain=args.drain, resume=args.resume, reason=args.reason)
@@ -353,6 +375,7 @@ _HANDLERS: dict[str, Callable[[Lifecycle, argparse.Namespace], Any]] = {
     "pools": lambda life, a: (life.refresh_pools() if not a.datawarp else life.pools_document(datawarp=True)),
     "servers": _servers,
     "gc": lambda life, a: _gc(life, a),
+    "sweep": _sweep,
     "reconcile": lambda life, a: _reconcile(life, a),
     "slurm-install": lambda life, a: _slurm_install(life, a),
 }

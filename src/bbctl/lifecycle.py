@@ -510,8 +510,8 @@ class Lifecycle:
             self._destroy(key, stage=stage, timeout=timeout)
 
     def _destroy(self, key: str, *, stage: str, timeout: int | None = None) -> None:
-        # One destroyer at a time: Slurm's teardown may start while a stage's guardian (bbctl.guard)
-        # or gc tears the same buffer down; the second finds the record gone.
+        # One destroyer at a time: Slurm's teardown may start late while bbctl sweep or gc tears the
+        # same buffer down; the second finds the record gone.
         with host.exclusive(self.site.runs_dir / key / "destroy.lock"):
             self._destroy_now(key, stage=stage, timeout=timeout)
 

@@ -12,6 +12,7 @@ import os
 import pwd
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,8 +186,6 @@ def gc(life: Lifecycle, older_than: float, *, dry_run: bool) -> dict[str, Any]:
 # States of a built job buffer that holds nothing a stage-out still owes the user: it never ran.
 NOTHING_OWED = (BufferState.CREATED, BufferState.STAGED_IN)
 JOB_RAN = (BufferState.MOUNTED, BufferState.STAGED_OUT)  # built, and the job may have written results
-# ... and with a setup that died mid-way (a guardian's view: bbctl.guard): never ran either.
-NEVER_RAN = (BufferState.ALLOCATING, BufferState.CREATING, *NOTHING_OWED)
 
 
 def abandoned(life: Lifecycle, older_than: float) -> tuple[list[str], list[str]]:
@@ -216,8 +215,60 @@ def teardown_verdict(life: Lifecycle, buffer: Buffer) -> bool | None:
     fields = slurmconf.job_fields(life.site.slurm_dir, buffer.key)
     if fields is None or (fields and not slurmconf.teardown_lost(fields)):
         return None
-    owed = fields == {} and buffer.state not in NEVER_RAN and not buffer.stage_out_verified
+    owed = fields == {} and buffer.state not in NOTHING_OWED and not buffer.stage_out_verified
     return not owed
+
+
+SWEEP_GRACE = 20.0  # s after the job ended: Slurm starts its teardown within a second or two
+
+
+def sweep(life: Lifecycle, *, grace: float = SWEEP_GRACE, now: float | None = None) -> list[str]:
+    """Tear down the job buffers whose teardown Slurm lost; the keys torn down.
+
+    Slurm 22.05 SIGKILLs every script it is running for a job it cancels, and the teardown it has
+    just queued for that job can be one of them, killed before bbctl runs ("teardown for JobId=N
+    terminated by slurmctld"); it never starts another. Seen in CI (2026-12-06) for a job cancelled
+    in stage-in and for one cancelled while held. Such a buffer is known by: slurmctld shows the job
+    ended at least ``grace`` s ago with its buffer in teardown, no stage of ours is running for it,
+    and no teardown has run for it since the job ended (one that ran and failed is Slurm's: it
+    retries it). One ``scontrol`` call for all jobs; ``bbctl sweep --every`` runs this as a service.
+    """
+    buffers = [b for b in life.store.buffers() if b.key.isdigit() and not stage_alive(b.meta.get(STAGE_NOW))]
+    jobs = slurmconf.jobs_fields(life.site.slurm_dir) if buffers else None
+    if not jobs:
+        return []
+    now = time.time() if now is None else now
+    torn = []
+    for buffer in buffers:
+        fields = jobs.get(buffer.key)
+        ended = slurmconf.end_time(fields) if fields else None
+        if fields is None or not slurmconf.teardown_lost(fields) or ended is None or now - ended < grace:
+            continue
+        if any(t.get("stage") == "teardown" and float(t.get("start") or 0) >= ended - 1
+               for t in buffer.meta.get(TIMINGS) or []):
+            continue  # a teardown ran since the job ended: Slurm has it in hand
+        life.note(buffer.key, "sweep", f"the job ended {now - ended:.0f} s ago and Slurm's teardown never ran "
+                                       "(Slurm killed it as it started, and never retries one): tearing down")
+        try:
+            life.destroy(buffer.key, stage="sweep")  # timed as sweep: a teardown timing is Slurm's
+        except BBError as exc:
+            life.note(buffer.key, "sweep", f"teardown failed: {exc}; the next sweep or bbctl gc tries again")
+            continue
+        torn.append(buffer.key)
+    return torn
+
+
+def sweep_every(life: Lifecycle, seconds: float, *, stop: Callable[[], bool] = lambda: False) -> None:
+    """sweep() every ``seconds`` until stop() (bbctl sweep --every, a site service): a state store or
+    Slurm that does not answer is logged and tried again next time."""
+    while not stop():
+        try:
+            sweep(life)
+        except BBError as exc:
+            log.warning("sweep: %s", exc)
+        deadline = time.monotonic() + seconds
+        while not stop() and time.monotonic() < deadline:
+            time.sleep(min(1.0, seconds))
 
 
 def lapsed_builds(life: Lifecycle) -> list[str]:

@@ -9,6 +9,7 @@ operator or the next teardown can act on, instead of being killed mid-write.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 
 from bbctl import host
@@ -63,6 +64,30 @@ def job_fields(slurm_dir: Path | None, job_id: str) -> dict[str, str] | None:
     if proc.returncode != 0:
         return {} if "Invalid job id" in proc.stderr + proc.stdout else None
     return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
+
+
+def jobs_fields(slurm_dir: Path | None) -> dict[str, dict[str, str]] | None:
+    """slurmctld's fields of every job it has, by job id (one ``scontrol`` call); None when it gives
+    no answer."""
+    proc = host.run(["scontrol", "-o", "show", "job"], check=False, env=slurm_env(slurm_dir))
+    if proc.returncode != 0:
+        return None
+    # One line per job, except that a job's burst buffer directives keep their newlines.
+    records = re.split(r"^(?=JobId=)", proc.stdout, flags=re.MULTILINE)
+    jobs = {}
+    for record in records:
+        fields = dict(re.findall(r"(\w+)=(\S*)", record))
+        if fields.get("JobId"):
+            jobs[fields["JobId"]] = fields
+    return jobs
+
+
+def end_time(fields: dict[str, str]) -> float | None:
+    """When the job ended (its EndTime, slurmctld's local time) as epoch seconds; None if it has not."""
+    try:
+        return datetime.strptime(fields.get("EndTime", ""), "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:
+        return None  # "Unknown", or a job that has not ended
 
 
 def drain(slurm_dir: Path | None, nodes: list[str], reason: str) -> None:

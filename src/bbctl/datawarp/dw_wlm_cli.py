@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bbctl import detach, guard, host, runner, site
+from bbctl import detach, host, runner, site
 from bbctl.collection import sizes
 from bbctl.commands import DETACHED, log_to_file, on_sigterm, slurm_env, slurm_node_count, slurm_nodes
 from bbctl.datawarp.program import LifecycleFactory, Parser, fail, leading_config
@@ -291,9 +291,6 @@ def main(argv: Sequence[str] | None = None, *, lifecycle: LifecycleFactory = ope
         return fail(str(exc), exc.exit_code)
     if args.function in DETACHED and lifecycle is open_lifecycle:  # unit tests' recording Lifecycle runs here
         return detach.run_detached(lambda: _run(lifecycle, config, args))
-    if args.function in guard.GUARDED_FUNCTIONS and lifecycle is open_lifecycle:
-        with guard.guarded(args.token, guard.GUARDED_FUNCTIONS[args.function], config):
-            return _run(lifecycle, config, args)
     return _run(lifecycle, config, args)
 
 

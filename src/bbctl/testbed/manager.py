@@ -97,8 +97,9 @@ def up(config: TestbedConfig, progress: Progress = _quiet) -> dict[str, object]:
         slurm.start_munged(config)
         slurm.write_config(config)
         slurm.start_slurm(config)
+        slurm.start_sweeper(config)
         progress(f"slurm ({config.slurm}) up; SLURM_CONF={config.slurm_conf}; "
-                 f"job owner {user.pw_name} (uid {user.pw_uid})")
+                 f"job owner {user.pw_name} (uid {user.pw_uid}); bbctl sweep every {slurm.SWEEP_EVERY} s")
     return status(config)
 
 
@@ -116,6 +117,7 @@ def switch_slurm(root: Path, flavour: str, progress: Progress = _quiet) -> dict[
         slurm.start_munged(config)
         slurm.write_config(config)
         slurm.start_slurm(config)
+        slurm.start_sweeper(config)
         progress(f"slurm ({flavour}) up; SLURM_CONF={config.slurm_conf}")
     return status(config)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import pwd
 import string
+import subprocess
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -132,10 +134,28 @@ def slurm_status(config: TestbedConfig) -> dict[str, object]:
     }
 
 
+SWEEP_EVERY = 10  # s between the test bed's sweeps (a site's service: 30)
+
+
+def start_sweeper(config: TestbedConfig) -> None:
+    """`bbctl sweep --every`, the service that tears down buffers whose teardown Slurm lost (as a
+    site runs it under systemd: docs/OPERATOR_GUIDE.md); its pid file and log under root."""
+    pid_file = config.root / "bbctl-sweep.pid"
+    if host.running_pid(pid_file):
+        return
+    bbctl = Path(sys.executable).parent / "bbctl"
+    with (config.root / "bbctl-sweep.log").open("ab") as log:
+        proc = subprocess.Popen([str(bbctl), "--config", str(config.bbctl_config), "sweep", "--every",
+                                 str(SWEEP_EVERY)], env=slurm_env(config), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    pid_file.write_text(f"{proc.pid}\n")
+
+
 def stop_slurm(config: TestbedConfig) -> list[str]:
-    """Stop slurmd, slurmctld and munged by the pid files they wrote under root."""
+    """Stop bbctl's sweeper, slurmd, slurmctld and munged by the pid files under root."""
     stopped = []
-    for name, pid_file in (("slurmd", _daemon(config, "slurmd")),
+    for name, pid_file in (("bbctl sweep", config.root / "bbctl-sweep.pid"),
+                           ("slurmd", _daemon(config, "slurmd")),
                            ("slurmctld", _daemon(config, "slurmctld")),
                            ("munged", _munge_paths(config)["pid"])):
         if host.stop_pid_file(pid_file):

@@ -85,15 +85,47 @@ def wait_for(job: int, states: set[str], timeout: float = 120) -> dict[str, str]
 
 
 def wait_torn_down(job: int, timeout: float = 120) -> None:
-    """Until Slurm has finished the job and bbctl holds no record of its buffer."""
+    """Until Slurm has finished the job and bbctl holds no record of its buffer.
+
+    A teardown Slurm 22.05 lost (it killed the one it started as it cancelled the job) is done by the
+    test bed's `bbctl sweep`; Slurm then keeps the buffer's space in its books until slurmctld
+    restarts (it requeues the teardown then, which finds nothing to do), so this restarts it: the
+    tests after see the whole pool."""
     wait_for(job, FINISHED, timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         gone = bbctl("show", str(job)).returncode == 3
-        if gone and job_fields(job).get("BurstBufferState") in (None, "", "complete"):
+        state = job_fields(job).get("BurstBufferState")
+        if gone and state in (None, "", "complete"):
+            return
+        if gone and state == "teardown" and swept(job):
+            release_lost_allocation(job, deadline)
             return
         time.sleep(0.5)
     raise AssertionError(f"job {job}: its buffer was not torn down within {timeout:.0f} s")
+
+
+def swept(job: int) -> bool:
+    """bbctl sweep tore job's buffer down (Slurm lost its teardown)."""
+    log = TESTBED_ROOT / "bbctl" / "bbctl.log"
+    return f" {job} sweep: the job ended" in log.read_text(errors="replace")
+
+
+def release_lost_allocation(job: int, deadline: float) -> None:
+    """Restart slurmctld so that it drops the allocation of a job whose teardown it lost."""
+    from bbctl import host
+    from bbctl.testbed import slurm as testbed_slurm
+    from bbctl.testbed.config import TestbedConfig
+
+    testbed = TestbedConfig.load(TESTBED_ROOT)
+    pid_file = testbed.slurm_dir / "slurmctld.pid"
+    os.kill(host.read_pid(pid_file), 15)
+    while host.read_pid(pid_file) and time.monotonic() < deadline + 60:
+        time.sleep(0.5)
+    testbed_slurm.start_slurm(testbed)
+    while job_fields(job).get("BurstBufferState") not in (None, "", "complete") and time.monotonic() < deadline + 120:
+        time.sleep(0.5)
+    assert job_fields(job).get("BurstBufferState") in (None, "", "complete"), job_fields(job)
 
 
 def bbctl(*args: str) -> subprocess.CompletedProcess[str]:
