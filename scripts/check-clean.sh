@@ -14,6 +14,10 @@ for name in glusterd glusterfsd glusterfs slurmctld slurmd; do
     [ "$state" = Z ] || [ "$state" = X ] || problems+=("$name pid $pid still runs")
   done
 done
+# the test bed's bbctl sweep service (bbctl.testbed.slurm.start_sweeper), known by its configuration
+for pid in $(pgrep -f -- "--config $root/bbctl.yml sweep" || true); do
+  problems+=("bbctl sweep pid $pid still runs")
+done
 [ ! -e "$root" ] || problems+=("$root still exists")
 sudoers=/etc/sudoers.d/bbctl-testbed-bbops  # bbctl.testbed.ssh: the SSH user's become rights
 [ ! -e "$sudoers" ] || problems+=("$sudoers still exists")
