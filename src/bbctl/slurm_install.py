@@ -38,6 +38,11 @@ LUA_COMPILED = (LUA_VALIDATOR, LUA_LAYOUTS, LUA_POLICY)  # and these compiled be
 LUAC = "luac5.1"  # the compiler of the Lua Slurm links (Debian's burst_buffer/lua: liblua5.1)
 
 
+def bbctl_program() -> Path:
+    """The bbctl of this Python (its venv's bin): the one Slurm's hooks and the test bed's services run."""
+    return Path(sys.executable).parent / "bbctl"
+
+
 def site_values(site: sitecfg.Site, pools: Mapping[str, Pool],
                 site_policy: dict[str, Any] | None = None) -> dict[str, Any]:
     """What burst_buffer.lua needs to know, from bbctl.site's, bbctl.pools' and bbctl.layouts' own definitions.
@@ -53,7 +58,7 @@ def site_values(site: sitecfg.Site, pools: Mapping[str, Pool],
     mount = sitecfg.mount_path(site, "1")
     private = sitecfg.private_mount_path(site, "1")
     return {
-        "bbctl": str(Path(sys.executable).parent / "bbctl"),
+        "bbctl": str(bbctl_program()),
         "config": str(site.path.resolve()),
         "mount_root": str(site.mount_root),
         "job_volume_prefix": sitecfg.JOB_VOLUME_PREFIX,

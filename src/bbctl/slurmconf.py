@@ -63,7 +63,12 @@ def job_fields(slurm_dir: Path | None, job_id: str) -> dict[str, str] | None:
     proc = host.run(["scontrol", "-o", "show", "job", job_id], check=False, env=slurm_env(slurm_dir))
     if proc.returncode != 0:
         return {} if "Invalid job id" in proc.stderr + proc.stdout else None
-    return dict(re.findall(r"(\w+)=(\S*)", proc.stdout))
+    return _fields(proc.stdout)
+
+
+def _fields(text: str) -> dict[str, str]:
+    """KEY=VALUE words of scontrol's output (a later key wins)."""
+    return dict(re.findall(r"(\w+)=(\S*)", text))
 
 
 def jobs_fields(slurm_dir: Path | None) -> dict[str, dict[str, str]] | None:
@@ -76,7 +81,7 @@ def jobs_fields(slurm_dir: Path | None) -> dict[str, dict[str, str]] | None:
     records = re.split(r"^(?=JobId=)", proc.stdout, flags=re.MULTILINE)
     jobs = {}
     for record in records:
-        fields = dict(re.findall(r"(\w+)=(\S*)", record))
+        fields = _fields(record)
         if fields.get("JobId"):
             jobs[fields["JobId"]] = fields
     return jobs

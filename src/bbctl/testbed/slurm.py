@@ -12,7 +12,6 @@ import os
 import pwd
 import string
 import subprocess
-import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -143,11 +142,11 @@ def start_sweeper(config: TestbedConfig) -> None:
     pid_file = config.root / "bbctl-sweep.pid"
     if host.running_pid(pid_file):
         return
-    bbctl = Path(sys.executable).parent / "bbctl"
     with (config.root / "bbctl-sweep.log").open("ab") as log:
-        proc = subprocess.Popen([str(bbctl), "--config", str(config.bbctl_config), "sweep", "--every",
-                                 str(SWEEP_EVERY)], env=slurm_env(config), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        argv = [str(slurm_install.bbctl_program()), "--config", str(config.bbctl_config), "sweep",
+                "--every", str(SWEEP_EVERY)]
+        proc = subprocess.Popen(argv, env=slurm_env(config), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     pid_file.write_text(f"{proc.pid}\n")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -94,13 +95,13 @@ def wait_torn_down(job: int, timeout: float = 120) -> None:
     wait_for(job, FINISHED, timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        gone = bbctl("show", str(job)).returncode == 3
-        state = job_fields(job).get("BurstBufferState")
-        if gone and state in (None, "", "complete"):
-            return
-        if gone and state == "teardown" and swept(job):
-            release_lost_allocation(job, deadline)
-            return
+        if bbctl("show", str(job)).returncode == 3:  # gone from bbctl: what does Slurm say?
+            state = job_fields(job).get("BurstBufferState")
+            if state in (None, "", "complete"):
+                return
+            if state == "teardown" and swept(job):
+                release_lost_allocation(job)
+                return
         time.sleep(0.5)
     raise AssertionError(f"job {job}: its buffer was not torn down within {timeout:.0f} s")
 
@@ -111,19 +112,26 @@ def swept(job: int) -> bool:
     return f" {job} sweep: the job ended" in log.read_text(errors="replace")
 
 
-def release_lost_allocation(job: int, deadline: float) -> None:
-    """Restart slurmctld so that it drops the allocation of a job whose teardown it lost."""
+def restart_slurmctld() -> None:
+    """Stop the test bed's slurmctld (SIGTERM, by its pid file) and start it again."""
     from bbctl import host
     from bbctl.testbed import slurm as testbed_slurm
     from bbctl.testbed.config import TestbedConfig
 
     testbed = TestbedConfig.load(TESTBED_ROOT)
     pid_file = testbed.slurm_dir / "slurmctld.pid"
-    os.kill(host.read_pid(pid_file), 15)
-    while host.read_pid(pid_file) and time.monotonic() < deadline + 60:
+    os.kill(host.read_pid(pid_file), signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while host.read_pid(pid_file) and time.monotonic() < deadline:
         time.sleep(0.5)
     testbed_slurm.start_slurm(testbed)
-    while job_fields(job).get("BurstBufferState") not in (None, "", "complete") and time.monotonic() < deadline + 120:
+
+
+def release_lost_allocation(job: int, timeout: float = 120) -> None:
+    """Restart slurmctld so that it drops the allocation of a job whose teardown it lost."""
+    restart_slurmctld()
+    deadline = time.monotonic() + timeout
+    while job_fields(job).get("BurstBufferState") not in (None, "", "complete") and time.monotonic() < deadline:
         time.sleep(0.5)
     assert job_fields(job).get("BurstBufferState") in (None, "", "complete"), job_fields(job)
 

@@ -26,7 +26,6 @@ import pytest
 
 from bbctl import host
 from bbctl.errors import BBError
-from bbctl.testbed import slurm as testbed_slurm
 from bbctl.testbed import storage
 from bbctl.testbed.config import TestbedConfig
 from tests.conftest import TESTBED_ROOT
@@ -37,6 +36,7 @@ from tests.integration.bbctl.slurmjobs import (
     bbctl,
     job_fields,
     leftovers,
+    restart_slurmctld,
     said,
     submit,
     wait_for,
@@ -460,15 +460,6 @@ def test_a_brick_process_stopped_during_teardown_is_waited_for_and_nothing_is_le
     while host.pid_alive(brick) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not host.pid_alive(brick), "the stopped brick process outlived its volume"
-
-
-def restart_slurmctld() -> None:
-    testbed = config()
-    os.kill(host.read_pid(testbed.slurm_dir / "slurmctld.pid"), signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while host.read_pid(testbed.slurm_dir / "slurmctld.pid") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    testbed_slurm.start_slurm(testbed)
 
 
 def test_slurmctld_restarted_during_stage_out_the_job_completes_with_every_file_new(user_dir):
