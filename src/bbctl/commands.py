@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import logging
-import re
 import signal
 import sys
 import threading
@@ -382,33 +381,22 @@ _HANDLERS: dict[str, Callable[[Lifecycle, argparse.Namespace], Any]] = {
 
 
 def slurm_nodes(settings: site.Site, job_id: str) -> list[str]:
-    """The job's compute nodes, from Slurm's scontrol (told the site's slurm.conf, see slurm_env)."""
-    env = slurm_env(settings)
-    proc = host.run(["scontrol", "show", "job", site.job_key(job_id)], check=False, env=env)
-    if proc.returncode != 0:
-        raise BBError(f"scontrol show job {job_id}: {proc.stderr.strip() or proc.stdout.strip()}")
-    fields = dict(token.split("=", 1) for token in proc.stdout.split() if "=" in token)
-    node_list = fields.get("NodeList", "")
+    """The job's compute nodes, from slurmctld (slurmconf.job: JSON, which a job's own name or paths
+    cannot forge; told the site's slurm.conf, see slurm_env)."""
+    node_list = slurmconf.job(settings.slurm_dir, site.job_key(job_id)).nodes
     if node_list in ("", "(null)"):
         raise BBError(f"job {job_id} has no nodes yet (NodeList={node_list or 'empty'})")
-    names = host.run(["scontrol", "show", "hostnames", node_list], env=env)
+    names = host.run(["scontrol", "show", "hostnames", node_list], env=slurm_env(settings))
     return names.stdout.split()
 
 
 def slurm_node_count(settings: site.Site, job_id: str) -> int:
-    """How many nodes the job may run on (the most it asked for), from scontrol: what Slurm's
-    datawarp plugin multiplies swap by; a pending job shows NumNodes=MIN or MIN-MAX."""
-    proc = host.run(["scontrol", "show", "job", site.job_key(job_id)], check=False, env=slurm_env(settings))
-    if proc.returncode != 0:
-        raise BBError(f"scontrol show job {job_id}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return parse_num_nodes(proc.stdout, job_id)
-
-
-def parse_num_nodes(text: str, job_id: str) -> int:
-    match = re.search(r"\bNumNodes=(\d+)(?:-(\d+))?", text)
-    if match is None:
-        raise BBError(f"scontrol show job {job_id} shows no NumNodes: cannot size the job's swap")
-    return int(match.group(2) or match.group(1))
+    """How many nodes the job may run on (the most it asked for), from slurmctld: what Slurm's
+    datawarp plugin multiplies swap by."""
+    count = slurmconf.job(settings.slurm_dir, site.job_key(job_id)).node_count
+    if count < 1:
+        raise BBError(f"slurmctld shows no node count for job {job_id}: cannot size the job's swap")
+    return count
 
 
 def slurm_env(settings: site.Site) -> dict[str, str]:

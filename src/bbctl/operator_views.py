@@ -195,28 +195,45 @@ def abandoned(life: Lifecycle, older_than: float) -> tuple[list[str], list[str]]
     started it, before bbctl could detach, and never retries). Torn down when Slurm asked for it, when
     the job never ran, or when its stage-out was verified; otherwise kept and listed: its results may
     not have left."""
-    now, torn, kept = time.time(), [], []
+    now, torn, kept, jobs = time.time(), [], [], _Jobs(life)
     for buffer in life.store.buffers():
         if not buffer.key.isdigit() or buffer.state not in (*NOTHING_OWED, *JOB_RAN):
             continue  # persistent buffers, and buffers in flight or failed (the rules above)
         if now - buffer.updated_at <= older_than or stage_alive(buffer.meta.get(STAGE_NOW)):
             continue
-        verdict = teardown_verdict(life, buffer)
+        verdict = teardown_verdict(buffer, jobs.get())
         if verdict is not None:
             (torn if verdict else kept).append(buffer.key)
     return torn, kept
 
 
-def teardown_verdict(life: Lifecycle, buffer: Buffer) -> bool | None:
+def teardown_verdict(buffer: Buffer, jobs: dict[str, slurmconf.SlurmJob] | None) -> bool | None:
     """For a job buffer no stage is working on: None while Slurm has the job in hand (its teardown will
     come) or gives no answer; True when no teardown will come and the buffer is to be torn down (Slurm
     asked for the teardown, or slurmctld no longer has the job and the buffer owes the user nothing);
-    False when slurmctld no longer has the job and its results may not have left (kept for an operator)."""
-    fields = slurmconf.job_fields(life.site.slurm_dir, buffer.key)
-    if fields is None or (fields and not slurmconf.teardown_lost(fields)):
+    False when slurmctld no longer has the job and its results may not have left (kept for an operator).
+    ``jobs``: slurmconf.jobs()'s answer."""
+    if jobs is None:
         return None
-    owed = fields == {} and buffer.state not in NOTHING_OWED and not buffer.stage_out_verified
+    job = jobs.get(buffer.key)
+    if job is not None and not job.teardown_lost:
+        return None
+    owed = job is None and buffer.state not in NOTHING_OWED and not buffer.stage_out_verified
     return not owed
+
+
+class _Jobs:
+    """slurmconf.jobs(), asked once and only if needed (it lists the whole queue)."""
+
+    def __init__(self, life: Lifecycle) -> None:
+        self.life = life
+        self.asked = False
+        self.answer: dict[str, slurmconf.SlurmJob] | None = None
+
+    def get(self) -> dict[str, slurmconf.SlurmJob] | None:
+        if not self.asked:
+            self.answer, self.asked = slurmconf.jobs(self.life.site.slurm_dir), True
+        return self.answer
 
 
 SWEEP_GRACE = 20.0  # s after the job ended: Slurm starts its teardown within a second or two
@@ -231,19 +248,19 @@ def sweep(life: Lifecycle, *, grace: float = SWEEP_GRACE, now: float | None = No
     in stage-in and for one cancelled while held. Such a buffer is known by: slurmctld shows the job
     ended at least ``grace`` s ago with its buffer in teardown, no stage of ours is running for it,
     and no teardown has run for it since the job ended (one that ran and failed is Slurm's: it
-    retries it). One ``scontrol`` call for all jobs; ``bbctl sweep --every`` runs this as a service.
+    retries it). One ``squeue --json`` call for all jobs; ``bbctl sweep --every`` runs this as a service.
     """
     buffers = [b for b in life.store.buffers() if b.key.isdigit() and not stage_alive(b.meta.get(STAGE_NOW))]
-    jobs = slurmconf.jobs_fields(life.site.slurm_dir) if buffers else None
+    jobs = slurmconf.jobs(life.site.slurm_dir) if buffers else None
     if not jobs:
         return []
     now = time.time() if now is None else now
     torn = []
     for buffer in buffers:
-        fields = jobs.get(buffer.key)
-        ended = slurmconf.end_time(fields) if fields else None
-        if fields is None or not slurmconf.teardown_lost(fields) or ended is None or now - ended < grace:
+        job = jobs.get(buffer.key)
+        if job is None or not job.teardown_lost or job.end_time is None or now - job.end_time < grace:
             continue
+        ended = job.end_time
         if any(t.get("stage") == "teardown" and float(t.get("start") or 0) >= ended - 1
                for t in buffer.meta.get(TIMINGS) or []):
             continue  # a teardown ran since the job ended: Slurm has it in hand
@@ -274,10 +291,11 @@ def sweep_every(life: Lifecycle, seconds: float, *, stop: Callable[[], bool] = l
 def lapsed_builds(life: Lifecycle) -> list[str]:
     """Deferred builds (bbctl.allocation.defer) whose job has ended or that slurmctld no longer has: no
     stage-in will build them and no teardown forget them. They hold no brick; this keeps the notes few."""
-    lapsed = []
+    lapsed, jobs = [], _Jobs(life)
     for key in allocation.deferred_keys(life.site.work_dir):
-        fields = slurmconf.job_fields(life.site.slurm_dir, key)
-        if fields is not None and (not fields or fields.get("JobState") in slurmconf.ENDED):
+        answer = jobs.get()
+        job = answer.get(key) if answer is not None else None
+        if answer is not None and (job is None or job.ended):
             lapsed.append(key)
     return lapsed
 

@@ -1,4 +1,4 @@
-"""Stage timeouts, from Slurm's burst_buffer.conf.
+"""What bbctl asks Slurm: stage timeouts from burst_buffer.conf, and jobs from slurmctld (squeue --json).
 
 Slurm kills a stage script when its timeout runs out (SIGTERM, then SIGKILL to
 the process group). bbctl gives ansible-runner a little less, so a stage that
@@ -8,11 +8,14 @@ operator or the next teardown can act on, instead of being killed mid-write.
 
 from __future__ import annotations
 
+import json
 import re
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bbctl import host
+from bbctl.errors import BBError
 
 # burst_buffer.conf key and Slurm's default (seconds), per bbctl stage.
 STAGE_TIMEOUT_KEYS = {
@@ -57,42 +60,78 @@ ENDED = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "
                    "DEADLINE", "BOOT_FAIL"})
 
 
-def job_fields(slurm_dir: Path | None, job_id: str) -> dict[str, str] | None:
-    """slurmctld's fields of the job (JobState, BurstBufferState, ...): {} once it has purged the job
-    (or never had it), None when scontrol gives no answer."""
-    proc = host.run(["scontrol", "-o", "show", "job", job_id], check=False, env=slurm_env(slurm_dir))
-    if proc.returncode != 0:
-        return {} if "Invalid job id" in proc.stderr + proc.stdout else None
-    return _fields(proc.stdout)
+@dataclass(frozen=True)
+class SlurmJob:
+    """One job as slurmctld reports it (``squeue --json``): its JobState (PENDING, RUNNING,
+    COMPLETED, ...), its BurstBufferState (pending, staging-in, ..., teardown, complete) and, once it
+    has ended, its EndTime in epoch seconds (None before); its nodes as a Slurm hostlist ("" before it
+    has any) and the most nodes it may run on (a pending job asked for MIN-MAX: MAX)."""
+
+    job_id: str
+    state: str
+    bb_state: str
+    end_time: float | None
+    nodes: str = ""
+    node_count: int = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    @property
+    def teardown_lost(self) -> bool:
+        """The job has ended and Slurm shows its buffer in teardown: Slurm started a teardown and will
+        not start another (Slurm 22.05 never retries one it killed, e.g. a job cancelled in stage-in)."""
+        return self.ended and self.bb_state == "teardown"
 
 
-def _fields(text: str) -> dict[str, str]:
-    """KEY=VALUE words of scontrol's output (a later key wins)."""
-    return dict(re.findall(r"(\w+)=(\S*)", text))
+def jobs(slurm_dir: Path | None) -> dict[str, SlurmJob] | None:
+    """Every job slurmctld has (finished ones until MinJobAge), by job id: one ``squeue --json`` call
+    (Slurm 22.05 ignores squeue's filters with --json); None when slurmctld gives no answer.
 
-
-def jobs_fields(slurm_dir: Path | None) -> dict[str, dict[str, str]] | None:
-    """slurmctld's fields of every job it has, by job id (one ``scontrol`` call); None when it gives
-    no answer."""
-    proc = host.run(["scontrol", "-o", "show", "job"], check=False, env=slurm_env(slurm_dir))
+    Why JSON and not ``scontrol -o show job``: that text is KEY=VALUE words, and a job's own name,
+    paths and directives may hold spaces, newlines and "JobId=..." of their own. A user could then
+    write a record for another user's job (found 2026-12-06): ``bbctl sweep`` would have torn down a
+    running job's buffer on the word of a neighbouring job's name."""
+    proc = host.run(["squeue", "--json"], check=False, env=slurm_env(slurm_dir))
     if proc.returncode != 0:
         return None
-    # One line per job, except that a job's burst buffer directives keep their newlines.
-    records = re.split(r"^(?=JobId=)", proc.stdout, flags=re.MULTILINE)
-    jobs = {}
-    for record in records:
-        fields = _fields(record)
-        if fields.get("JobId"):
-            jobs[fields["JobId"]] = fields
-    return jobs
-
-
-def end_time(fields: dict[str, str]) -> float | None:
-    """When the job ended (its EndTime, slurmctld's local time) as epoch seconds; None if it has not."""
     try:
-        return datetime.strptime(fields.get("EndTime", ""), "%Y-%m-%dT%H:%M:%S").timestamp()
-    except ValueError:
-        return None  # "Unknown", or a job that has not ended
+        listed = json.loads(proc.stdout)["jobs"]
+        return {str(job["job_id"]): _slurm_job(job) for job in listed}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None  # not the shape Slurm's openapi plugins write
+
+
+def job(slurm_dir: Path | None, job_id: str) -> SlurmJob:
+    """The job job_id as slurmctld reports it (jobs()); BBError naming the job when slurmctld gives no
+    answer or does not have it."""
+    answer = jobs(slurm_dir)
+    if answer is None:
+        raise BBError(f"squeue --json gave no answer about job {job_id} (is slurmctld up, and slurm_dir right?)")
+    if job_id not in answer:
+        raise BBError(f"slurmctld has no job {job_id}")
+    return answer[job_id]
+
+
+def _slurm_job(job: dict) -> SlurmJob:
+    state = str(_plain(job.get("job_state")) or "")
+    end = _plain(job.get("end_time"))
+    ended = state in ENDED and isinstance(end, int) and end > 0
+    counts = [_plain(job.get(key)) for key in ("node_count", "max_nodes")]
+    return SlurmJob(str(job["job_id"]), state, str(job.get("burst_buffer_state") or ""),
+                    float(end) if ended else None, str(job.get("nodes") or ""),
+                    max((n for n in counts if isinstance(n, int)), default=0))
+
+
+def _plain(value: Any) -> Any:
+    """A field's value in any openapi version: 22.05 writes ``"COMPLETED"`` and ``1796569150``; later
+    versions write a list of flags (the state first) and ``{"set": true, "number": ...}``."""
+    if isinstance(value, list):
+        return value[0] if value else None
+    if isinstance(value, dict):
+        return value.get("number") if value.get("set", True) and not value.get("infinite") else None
+    return value
 
 
 def drain(slurm_dir: Path | None, nodes: list[str], reason: str) -> None:
@@ -100,12 +139,6 @@ def drain(slurm_dir: Path | None, nodes: list[str], reason: str) -> None:
     BBError if scontrol refuses or does not answer."""
     host.run(["scontrol", "update", f"NodeName={','.join(nodes)}", "State=DRAIN", f"Reason={reason}"],
              env=slurm_env(slurm_dir), timeout=30)
-
-
-def teardown_lost(fields: dict[str, str]) -> bool:
-    """The job has ended and Slurm shows its buffer in teardown: Slurm started a teardown and will not
-    start another (Slurm 22.05 never retries one it killed, e.g. a job cancelled in stage-in)."""
-    return fields.get("JobState") in ENDED and fields.get("BurstBufferState") == "teardown"
 
 
 def stage_timeout(stage: str, settings: dict[str, str]) -> int:

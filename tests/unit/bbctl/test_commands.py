@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bbctl import cli, commands, reconcile, runner
+from bbctl import cli, commands, reconcile, runner, site, slurmconf
 from bbctl.errors import BBError
+from tests.unit.bbctl.test_sweep import squeue
 
 GiB = 1024**3
 
@@ -136,18 +138,41 @@ def test_setup_asks_slurm_for_the_node_count_only_for_swap(config_file, tmp_path
     assert json.loads(capsys.readouterr().out)["buffers"][0]["capacity"] == 2 * GiB
 
 
-@pytest.mark.parametrize(("shown", "nodes"), [
-    ("JobId=42 JobName=x\n   NumNodes=4 NumCPUs=4 NumTasks=4", 4),
-    ("   NumNodes=2-6 NumCPUs=2", 6),  # pending with -N 2-6: Slurm books swap for the most
-    ("   NumNodes=3-3 NumCPUs=3", 3),
+@pytest.mark.parametrize(("listed", "count"), [
+    ({"node_count": 4, "max_nodes": 0}, 4),  # running on 4 (22.05 leaves max_nodes 0 when not asked)
+    ({"node_count": 2, "max_nodes": 6}, 6),  # pending with -N 2-6: Slurm books swap for the most
+    ({"node_count": {"set": True, "infinite": False, "number": 3}, "max_nodes": {"set": False}}, 3),
 ])
-def test_parse_num_nodes(shown, nodes):
-    assert commands.parse_num_nodes(shown, "42") == nodes
+def test_the_node_count_is_the_most_nodes_the_job_may_use(monkeypatch, config_file, listed, count):
+    job = {"job_id": 42, "job_state": "PENDING", "name": "x NumNodes=999 NodeList=victim", **listed}
+    monkeypatch.setattr(slurmconf.host, "run", squeue([job]))
+    assert commands.slurm_node_count(site.load(config_file), "42") == count
 
 
-def test_parse_num_nodes_without_the_field_says_so():
-    with pytest.raises(BBError, match="shows no NumNodes: cannot size the job's swap"):
-        commands.parse_num_nodes("JobId=42 JobName=x", "42")
+def test_without_a_node_count_or_a_job_swap_cannot_be_sized(monkeypatch, config_file):
+    monkeypatch.setattr(slurmconf.host, "run", squeue([{"job_id": 42, "job_state": "PENDING"}]))
+    with pytest.raises(BBError, match="slurmctld shows no node count for job 42: cannot size the job's swap"):
+        commands.slurm_node_count(site.load(config_file), "42")
+    with pytest.raises(BBError, match="slurmctld has no job 43"):
+        commands.slurm_node_count(site.load(config_file), "43")
+
+
+def test_a_jobs_nodes_come_from_slurms_json_not_from_its_name(monkeypatch, config_file):
+    job = {"job_id": 42, "job_state": "RUNNING", "nodes": "node[1-2]",
+           "name": "x\nJobId=42 NodeList=victim[1-999]", "standard_output": "/tmp/o NodeList=victim"}
+    listing = squeue([job])
+    asked = []
+
+    def run(argv, **kwargs):
+        if argv[0] == "squeue":
+            return listing(argv, **kwargs)
+        asked.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "node1\nnode2\n", "")
+
+    monkeypatch.setattr(slurmconf.host, "run", run)
+    monkeypatch.setattr(commands.host, "run", run)
+    assert commands.slurm_nodes(site.load(config_file), "42") == ["node1", "node2"]
+    assert asked == [["scontrol", "show", "hostnames", "node[1-2]"]]
 
 
 @pytest.fixture

@@ -235,16 +235,16 @@ def age(life: lc.Lifecycle, key: str, seconds: float) -> None:
     life.store._db.execute("UPDATE buffers SET updated_at = ? WHERE key = ?", (buffer.updated_at - seconds, key))
 
 
-RUNNING = {"JobState": "RUNNING", "BurstBufferState": "running"}
-LOST = {"JobState": "CANCELLED", "BurstBufferState": "teardown"}  # job 9 of the fault run, as scontrol showed it
+RUNNING = {"42": slurmconf.SlurmJob("42", "RUNNING", "running", None)}
+LOST = {"42": slurmconf.SlurmJob("42", "CANCELLED", "teardown", 1.0)}  # job 9 of the fault run, as Slurm showed it
 
 
 @pytest.mark.parametrize(("slurm", "torn"), [({}, ["42"]), (LOST, ["42"]), (RUNNING, []), (None, []),
-                                             ({"JobState": "CANCELLED", "BurstBufferState": "complete"}, [])])
+                                             ({"42": slurmconf.SlurmJob("42", "CANCELLED", "complete", 1.0)}, [])])
 def test_gc_tears_down_a_built_buffer_only_when_no_teardown_will_come(life, recorder, tmp_path, monkeypatch,
                                                                       slurm, torn):
     asked = []
-    monkeypatch.setattr(slurmconf, "job_fields", lambda _dir, job: asked.append(job) or slurm)
+    monkeypatch.setattr(slurmconf, "jobs", lambda _dir: asked.append("42") or slurm)
     life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB"))
     assert operator_views.gc(life, 600, dry_run=False)["stale_buffers"] == []  # recent: Slurm is not asked
     assert asked == []
@@ -254,10 +254,11 @@ def test_gc_tears_down_a_built_buffer_only_when_no_teardown_will_come(life, reco
     assert (life.store.get("42") is None) == bool(torn)
 
 
-@pytest.mark.parametrize(("slurm", "forgotten"), [({}, True), ({"JobState": "CANCELLED"}, True),
-                                                  ({"JobState": "PENDING"}, False), (None, False)])
+@pytest.mark.parametrize(("slurm", "forgotten"), [
+    ({}, True), ({"42": slurmconf.SlurmJob("42", "CANCELLED", "", 1.0)}, True),
+    ({"42": slurmconf.SlurmJob("42", "PENDING", "pending", None)}, False), (None, False)])
 def test_gc_forgets_a_deferred_build_whose_job_has_ended(config, recorder, monkeypatch, tmp_path, slurm, forgotten):
-    monkeypatch.setattr(slurmconf, "job_fields", lambda _dir, _job: slurm)
+    monkeypatch.setattr(slurmconf, "jobs", lambda _dir: slurm)
     life, _job, _made = deferred_job(config, monkeypatch, tmp_path)
     assert life.has_buffer("42") and life.store.get("42") is None
     report = operator_views.gc(life, 600, dry_run=False)
@@ -266,7 +267,7 @@ def test_gc_forgets_a_deferred_build_whose_job_has_ended(config, recorder, monke
 
 
 def test_gc_keeps_a_forgotten_jobs_buffer_whose_results_may_not_have_left(life, recorder, tmp_path, monkeypatch):
-    monkeypatch.setattr(slurmconf, "job_fields", lambda _dir, _job: {})
+    monkeypatch.setattr(slurmconf, "jobs", lambda _dir: {})
     job = script(tmp_path, "#DW jobdw capacity=1GiB")
     life.setup("42", UID, GID, job)
     life.pre_run("42", job, ["node1"])  # the job ran: its buffer may hold results
@@ -277,7 +278,7 @@ def test_gc_keeps_a_forgotten_jobs_buffer_whose_results_may_not_have_left(life, 
 
 
 def test_gc_leaves_a_buffer_whose_stage_process_still_runs(life, recorder, tmp_path, monkeypatch):
-    monkeypatch.setattr(slurmconf, "job_fields", lambda _dir, _job: LOST)
+    monkeypatch.setattr(slurmconf, "jobs", lambda _dir: LOST)
     life.setup("42", UID, GID, script(tmp_path, "#DW jobdw capacity=1GiB"))
     life.store.start_stage("42", Running("stage-in", time.time(), pid=os.getpid(), host=socket.gethostname()))
     age(life, "42", 3600)

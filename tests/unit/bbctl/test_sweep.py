@@ -3,11 +3,11 @@ slurmctld's answers given)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import time
-from datetime import datetime
 
 import pytest
 
@@ -22,9 +22,8 @@ __all__ = ["config", "recorder"]
 NOW = time.time()
 
 
-def ended(seconds_ago: float, bb_state: str = "teardown", state: str = "CANCELLED") -> dict[str, str]:
-    end = datetime.fromtimestamp(NOW - seconds_ago).strftime("%Y-%m-%dT%H:%M:%S")
-    return {"JobId": "42", "JobState": state, "BurstBufferState": bb_state, "EndTime": end}
+def ended(seconds_ago: float, bb_state: str = "teardown", state: str = "CANCELLED") -> slurmconf.SlurmJob:
+    return slurmconf.SlurmJob("42", state, bb_state, NOW - seconds_ago if state in slurmconf.ENDED else None)
 
 
 @pytest.fixture
@@ -36,14 +35,14 @@ def life(config, recorder, tmp_path) -> lc.Lifecycle:
 
 @pytest.fixture
 def slurm(monkeypatch) -> dict:
-    """What `scontrol show job` answers: {"jobs": {...} or None}; how often it was asked."""
+    """What `squeue --json` answers: {"jobs": {...} or None}; how often it was asked."""
     answer: dict = {"jobs": {}, "asked": 0}
 
-    def jobs_fields(_slurm_dir):
+    def jobs(_slurm_dir):
         answer["asked"] += 1
         return answer["jobs"]
 
-    monkeypatch.setattr(slurmconf, "jobs_fields", jobs_fields)
+    monkeypatch.setattr(slurmconf, "jobs", jobs)
     return answer
 
 
@@ -61,8 +60,7 @@ def test_a_teardown_slurm_lost_is_done(life, slurm, recorder):
 @pytest.mark.parametrize(("why", "fields"), [
     ("the job ended 5 s ago: Slurm's teardown may not have started", ended(5)),
     ("Slurm shows no teardown: a held or pending job", ended(60, bb_state="staged-in", state="PENDING")),
-    ("a job that has not ended", {"JobId": "42", "JobState": "RUNNING", "BurstBufferState": "running",
-                                  "EndTime": "Unknown"}),
+    ("a job that has not ended", slurmconf.SlurmJob("42", "RUNNING", "running", None)),
 ])
 def test_a_buffer_slurm_still_has_in_hand_is_left(life, slurm, why, fields):
     slurm["jobs"] = {"42": fields}
@@ -117,25 +115,51 @@ def test_sweep_every_runs_until_stopped_and_survives_a_failing_sweep(life, monke
     assert "sweep: state store unreachable" in caplog.text
 
 
-def test_end_time_is_read_from_slurms_local_time():
-    assert slurmconf.end_time(ended(60)) == pytest.approx(NOW - 60, abs=1)
-    assert slurmconf.end_time({"EndTime": "Unknown"}) is None
-    assert slurmconf.end_time({}) is None
+def squeue(jobs: list[dict], returncode: int = 0):
+    text = json.dumps({"meta": {}, "errors": [], "jobs": jobs})
+    return lambda argv, **_kw: subprocess.CompletedProcess(argv, returncode, text, "")
 
 
-SCONTROL = (  # scontrol -o show job: one line a job, but a job's directives keep their newlines
-    "JobId=40 JobName=job3.sh JobState=CANCELLED EndTime=2026-12-06T12:31:03 "
-    "BurstBuffer=#BB_LUA jobdw capacity=1GiB pool=nvme\n"
-    "#BB_LUA stage_in type=file source=/tmp/secret destination=$DW_JOB_STRIPED/secret "
-    "BurstBufferState=teardown Power=\n"
-    "JobId=48 JobName=job5.sh JobState=COMPLETED EndTime=2026-12-06T12:33:10 BurstBufferState=complete Power=\n")
+# squeue --json of Slurm 22.05.8 (openapi v0.0.38), fields cut to those read; job 40's name, output path and
+# directives are a hostile user's: under `scontrol -o show job` they made a record for job 7.
+FORGED = "x\nJobId=7 JobState=CANCELLED EndTime=2026-01-01T00:00:00 BurstBufferState=teardown"
+SQUEUE_2205 = [
+    {"job_id": 7, "job_state": "RUNNING", "burst_buffer_state": "running", "end_time": 1828105224,
+     "name": "victim.sh", "burst_buffer": "#BB_LUA jobdw capacity=1GiB"},
+    {"job_id": 40, "job_state": "CANCELLED", "burst_buffer_state": "teardown", "end_time": 1796569150,
+     "name": FORGED, "standard_output": "/home/u/ JobId=7 " + FORGED,
+     "burst_buffer": "#BB_LUA jobdw capacity=1GiB\n#BB_LUA stage_in type=file source=/tmp/a destination=" + FORGED},
+    {"job_id": 48, "job_state": "PENDING", "burst_buffer_state": "pending", "end_time": 0},
+]
 
 
-def test_every_jobs_fields_are_read_though_its_directives_span_lines(monkeypatch):
-    monkeypatch.setattr(slurmconf.host, "run", lambda argv, **_kw: subprocess.CompletedProcess(argv, 0, SCONTROL, ""))
-    jobs = slurmconf.jobs_fields(None)
-    assert set(jobs) == {"40", "48"}
-    assert (jobs["40"]["JobState"], jobs["40"]["BurstBufferState"]) == ("CANCELLED", "teardown")
-    assert jobs["48"]["BurstBufferState"] == "complete"
-    monkeypatch.setattr(slurmconf.host, "run", lambda argv, **_kw: subprocess.CompletedProcess(argv, 1, "", "down"))
-    assert slurmconf.jobs_fields(None) is None
+def test_jobs_are_read_from_squeue_json_and_a_jobs_own_text_cannot_forge_another(monkeypatch):
+    monkeypatch.setattr(slurmconf.host, "run", squeue(SQUEUE_2205))
+    jobs = slurmconf.jobs(None)
+    assert set(jobs) == {"7", "40", "48"}
+    assert jobs["7"] == slurmconf.SlurmJob("7", "RUNNING", "running", None)
+    assert not jobs["7"].teardown_lost, "job 40's name and paths must not speak for job 7"
+    assert jobs["40"] == slurmconf.SlurmJob("40", "CANCELLED", "teardown", 1796569150.0)
+    assert jobs["40"].teardown_lost
+    assert jobs["48"].end_time is None and not jobs["48"].ended
+
+
+def test_later_openapi_shapes_are_read_too(monkeypatch):
+    later = [{"job_id": 9, "job_state": ["COMPLETED", "REQUEUED"], "burst_buffer_state": "teardown",
+              "end_time": {"set": True, "infinite": False, "number": 1796569150}},
+             {"job_id": 10, "job_state": ["RUNNING"], "burst_buffer_state": "running",
+              "end_time": {"set": True, "infinite": True, "number": 0}}]
+    monkeypatch.setattr(slurmconf.host, "run", squeue(later))
+    jobs = slurmconf.jobs(None)
+    assert jobs["9"] == slurmconf.SlurmJob("9", "COMPLETED", "teardown", 1796569150.0)
+    assert jobs["10"].state == "RUNNING" and jobs["10"].end_time is None
+
+
+@pytest.mark.parametrize("answer", [
+    subprocess.CompletedProcess([], 1, "", "slurm_load_jobs error: Unable to contact slurm controller"),
+    subprocess.CompletedProcess([], 0, "squeue: unrecognized option '--json'", ""),
+    subprocess.CompletedProcess([], 0, json.dumps({"errors": []}), ""),
+], ids=["slurmctld down", "not JSON", "no jobs list"])
+def test_no_answer_from_squeue_is_none(monkeypatch, answer):
+    monkeypatch.setattr(slurmconf.host, "run", lambda argv, **_kw: answer)
+    assert slurmconf.jobs(None) is None
