@@ -33,8 +33,9 @@ C_LOCALE = {"LANG": "C", "LC_ALL": "C", "LC_MESSAGES": "C"}
 Completed = namedtuple("Completed", ["argv", "rc", "out", "err", "attempts"])
 
 # when(rc, out, err): worth trying again; delays: seconds to wait before each retry;
-# gave_up(argv, attempts): the message when the last attempt still met ``when`` (None: the
-# command is judged as usual); only: the programs (argv[0]) it applies to (None: every one).
+# gave_up(argv, attempts): the message when the last attempt still met ``when`` (None, or a
+# gave_up that returns None: the command is judged as usual); only: the programs (argv[0]) it
+# applies to (None: every one).
 Retry = namedtuple("Retry", ["when", "delays", "gave_up", "only"], defaults=[None, None])
 
 _RUNNER_RETRY = object()  # change()/read() without retry=: the runner's own policy
@@ -149,8 +150,9 @@ class CommandRunner:
             if delays:
                 self.sleep(delays.pop(0))
                 continue
-            if retry.gave_up is not None:
-                raise CommandError(retry.gave_up(argv, attempts), done.argv, rc, out, err)
+            message = retry.gave_up(argv, attempts) if retry.gave_up is not None else None
+            if message is not None:
+                raise CommandError(message, done.argv, rc, out, err)
             return done
 
     @staticmethod

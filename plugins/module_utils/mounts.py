@@ -34,6 +34,12 @@ MOUNTINFO = "/proc/self/mountinfo"
 # Transient EBUSY from umount/mount: a process still has a file open or its
 # cwd inside, or a FUSE daemon has not finished tearing down. Worth retrying.
 _BUSY_PATTERNS = ("target is busy", "device is busy", "device or resource busy")
+# All mount.glusterfs says when its client reached no brick: glusterd or the bricks not answering
+# yet, or every privileged source port of the host taken (seen with 130 jobs at once, 2026-12-06:
+# the client then binds an unprivileged one, which bricks that accept only privileged ports refuse,
+# "Request received from non-privileged port"). Worth retrying: closed connections free their
+# ports within TCP's 60 s TIME_WAIT. A mount that fails for good fails as late as the retries end.
+_GLUSTER_UNREACHED = "Mount failed. Check the log file"
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 # optional: the optional fields (propagation: "shared:N", "master:N", "propagate_from:N",
@@ -141,6 +147,21 @@ def busy_message(argv, attempts):
     return (f"{' '.join(argv)}: still busy after {attempts} attempts: a process has a file or "
             f"its working directory under {argv[-1]}; stop it (`fuser -vm {argv[-1]}` names it) "
             "and try again.")
+
+
+def failed_busy_or_unreached(rc, out, err):
+    return rc != 0 and (is_busy(err) or _GLUSTER_UNREACHED in out + err)
+
+
+def mount_retry(retries, delay):
+    """The Retry of buffer_mount: mount while busy or while a GlusterFS client reaches no brick,
+    umount while busy (then busy_message), waiting backoff_delays(retries, delay); a mount that
+    still fails is judged by its own words."""
+    def gave_up(argv, attempts):
+        return busy_message(argv, attempts) if argv[0] == "umount" else None
+
+    return Retry(when=failed_busy_or_unreached, delays=backoff_delays(retries, delay), gave_up=gave_up,
+                 only=("mount", "umount"))
 
 
 def busy_retry(retries, delay, only=None):

@@ -77,12 +77,14 @@ options:
   retries:
     description:
       - How many times to retry C(umount) (and C(mount)) while it fails with "target is busy",
-        waiting O(delay) seconds, then twice as long each time (at most 30 s per wait).
+        and a GlusterFS C(mount) while its client reaches no brick (C(Mount failed), glusterd or
+        the bricks not answering yet, or no privileged source port free on a host with many
+        clients), waiting O(delay) seconds, then twice as long each time (at most 30 s per wait).
     type: int
     default: 5
   delay:
     description:
-      - Seconds before the first retry on busy.
+      - Seconds before the first retry.
     type: float
     default: 1.0
   remove_dir:
@@ -182,9 +184,9 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner imp
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import (
     MountError,
     attribute_commands,
-    busy_retry,
     mount_argv,
     mount_at,
+    mount_retry,
     normalise_path,
     parse_mode,
     read_mountinfo,
@@ -296,8 +298,9 @@ def root_commands(path, root, params):
 # --- acting ----------------------------------------------------------------------------
 
 def buffer_runner(module, retries, delay):
-    """The module's CommandRunner: mount and umount are retried while the target is busy."""
-    return CommandRunner(module, retry=busy_retry(retries, delay, only=("mount", "umount")))
+    """The module's CommandRunner: mount and umount are retried while the target is busy, and a
+    GlusterFS mount while its client reaches no brick (mounts.mount_retry)."""
+    return CommandRunner(module, retry=mount_retry(retries, delay))
 
 
 def verify_mounted(path, params):

@@ -172,6 +172,25 @@ def test_executor_retries_busy_then_gives_up_with_advice(fake_module):
     assert len(module.calls) == 3
 
 
+GLUSTER_MOUNT = ["mount", "-t", "glusterfs", "127.1.1.1:/bbjob-2", PATH]
+UNREACHED = (1, "", "Mount failed. Check the log file  for more details.")  # mount.glusterfs, all it says
+
+
+def test_a_glusterfs_mount_whose_client_reached_no_brick_is_retried_until_it_mounts(fake_module):
+    """Seen with 130 jobs at once (2026-12-06): every privileged source port taken, the bricks refused
+    the client; a mount a few seconds later succeeds."""
+    module = fake_module([UNREACHED, UNREACHED, (0, "", "")])
+    done = bm.buffer_runner(module, retries=5, delay=0.001).change(GLUSTER_MOUNT)
+    assert (done.rc, done.attempts, len(module.calls)) == (0, 3, 3)
+
+
+def test_a_glusterfs_mount_that_never_reaches_a_brick_fails_in_its_own_words(fake_module):
+    module = fake_module([UNREACHED] * 3)
+    with pytest.raises(CommandError, match=r"bbjob-2 .* failed \(rc 1, 3 attempts\): Mount failed"):
+        bm.buffer_runner(module, retries=2, delay=0.001).change(GLUSTER_MOUNT)
+    assert len(module.calls) == 3
+
+
 def test_executor_does_not_retry_other_commands(fake_module):
     module = fake_module([(1, "", "chown: invalid user")])
     with pytest.raises(CommandError, match="chown 1001 /x failed"):
