@@ -131,6 +131,7 @@ class Mount:
     source: str
     target: Path
     fstype: str
+    minor: int = 0  # of its device: a FUSE mount's connection number under /sys/fs/fuse/connections
 
 
 def mounts(mountinfo: str | None = None) -> list[Mount]:
@@ -138,7 +139,7 @@ def mounts(mountinfo: str | None = None) -> list[Mount]:
     mountinfo text given; parsed by the collection's module_utils (one parser)."""
     entries = (collection.mounts.read_mountinfo() if mountinfo is None
                else collection.mounts.parse_mountinfo(mountinfo))
-    return [Mount(entry.source, Path(entry.target), entry.fstype) for entry in entries]
+    return [Mount(entry.source, Path(entry.target), entry.fstype, int(entry.minor)) for entry in entries]
 
 
 def mount_at(target: Path) -> Mount | None:
@@ -146,10 +147,42 @@ def mount_at(target: Path) -> Mount | None:
     return found[-1] if found else None
 
 
-def umount(target: Path) -> None:
-    """Unmount target, lazily if busy: the test bed must never be left mounted."""
-    if run(["umount", str(target)], check=False).returncode != 0:
-        run(["umount", "-l", str(target)])
+UMOUNT_WAIT = 20.0  # s: an unmount takes well under a second unless its FUSE daemon hangs
+FUSECTL = Path("/sys/fs/fuse/connections")
+
+
+def umount(target: Path, fuse_connection: int | None = None) -> bool:
+    """Unmount target, lazily if busy: the test bed must never be left mounted. True when the
+    mount's FUSE daemon no longer answered.
+
+    Such a mount blocks umount in the kernel (fuse_get_req) for good (seen after a load run was
+    stopped mid-job, 2026-12-06): after UMOUNT_WAIT s it is unmounted lazily and, given its
+    connection (the mount's device minor), that FUSE connection is aborted, so that nothing stays
+    blocked on it."""
+    try:
+        if run(["umount", str(target)], check=False, timeout=UMOUNT_WAIT).returncode == 0:
+            return False
+        hung = False
+    except BBError:
+        hung = True
+    run(["umount", "-l", str(target)])
+    if hung and fuse_connection is not None:
+        abort_fuse_connection(fuse_connection)
+    return hung
+
+
+def abort_fuse_connection(number: int) -> None:
+    """Abort FUSE connection ``number`` (fusectl; mounted for the purpose when it is not, as here)."""
+    mounted_here = not os.path.ismount(FUSECTL)
+    if mounted_here:
+        run(["mount", "-t", "fusectl", "none", str(FUSECTL)])
+    try:
+        (FUSECTL / str(number) / "abort").write_text("1")
+    except FileNotFoundError:
+        pass  # gone already
+    finally:
+        if mounted_here:
+            run(["umount", str(FUSECTL)], check=False)
 
 
 # --- loop devices ------------------------------------------------------------

@@ -161,14 +161,36 @@ def forgotten_daemons(root: Path, proc: Path = Path("/proc")) -> list[int]:
 
 
 def unmount_clients(config: TestbedConfig) -> list[str]:
-    """Unmount every glusterfs client mount served by a test-bed address, wherever it is."""
+    """Unmount every glusterfs client mount served by a test-bed address, wherever it is; the client
+    of a mount that hung is ended (by its pid: the glusterfs process started for that mount point)."""
     prefix = config.address_prefix + "."
     done = []
     for mount in reversed(host.mounts()):
         if mount.fstype.startswith("fuse.glusterfs") and mount.source.startswith(prefix):
-            host.umount(mount.target)
-            done.append(str(mount.target))
+            if host.umount(mount.target, fuse_connection=mount.minor):
+                for pid in fuse_clients(mount.target):
+                    host.stop_pid(pid, grace=5)
+                done.append(f"{mount.target} (hung: unmounted lazily, its FUSE connection aborted)")
+            else:
+                done.append(str(mount.target))
     return done
+
+
+def fuse_clients(target: Path, proc: Path = Path("/proc")) -> list[int]:
+    """Pids of the glusterfs clients whose command line ends with mount point target."""
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        argv = [arg for arg in argv if arg]
+        if argv and Path(argv[0].decode(errors="replace")).name == "glusterfs" and \
+                argv[-1].decode(errors="replace") == str(target):
+            found.append(int(entry.name))
+    return found
 
 
 def remove_bricks(config: TestbedConfig) -> list[str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+from bbctl import host
 from bbctl.testbed import storage
 
 
@@ -26,3 +28,35 @@ def test_a_daemon_whose_pid_file_under_the_root_is_gone_is_the_test_beds_and_not
     process(proc, 14, "/usr/bin/python3", "-p", str(root / "gone.pid"))  # not gluster
     (proc / "self").mkdir()
     assert storage.forgotten_daemons(root, proc) == [11]
+
+
+def test_the_client_of_a_hung_mount_is_found_by_its_mount_point_only(tmp_path):
+    proc = tmp_path / "proc"
+    target = Path("/var/lib/bbctl-testbed/mnt/bbjob-7")
+    client = ["/usr/sbin/glusterfs", "--process-name", "fuse", "--volfile-server=127.1.1.3", "--volfile-id=/bbjob-7"]
+    process(proc, 21, *client, str(target))
+    process(proc, 22, *client, str(target) + "-private")  # another mount of the job's
+    process(proc, 23, "/usr/sbin/glusterfsd", "-s", "127.1.1.3", str(target))  # not a client
+    process(proc, 24, "/usr/bin/sleep", str(target))
+    assert storage.fuse_clients(target, proc) == [21]
+
+
+def test_a_hung_unmount_is_made_lazily_and_its_fuse_connection_aborted(monkeypatch, tmp_path):
+    """A FUSE mount whose daemon no longer answers blocks `umount` in the kernel for good (seen after a
+    load run stopped mid-job): `testbed down` waited 120 s, failed, and left the mount."""
+    ran, aborted = [], []
+
+    def run(argv, **kwargs):
+        ran.append(argv)
+        if argv == ["umount", "/mnt/hung"]:
+            raise host.BBError("umount /mnt/hung: no answer within 20 s")
+        return subprocess.CompletedProcess(argv, 0 if "/mnt/ok" in argv else 32, "", "")
+
+    monkeypatch.setattr(host, "run", run)
+    monkeypatch.setattr(host, "abort_fuse_connection", aborted.append)
+    assert host.umount(Path("/mnt/ok"), fuse_connection=57) is False
+    assert host.umount(Path("/mnt/busy"), fuse_connection=58) is False  # busy: lazily, nothing aborted
+    assert host.umount(Path("/mnt/hung"), fuse_connection=59) is True
+    assert ran == [["umount", "/mnt/ok"], ["umount", "/mnt/busy"], ["umount", "-l", "/mnt/busy"],
+                   ["umount", "/mnt/hung"], ["umount", "-l", "/mnt/hung"]]
+    assert aborted == [59]
