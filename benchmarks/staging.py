@@ -11,13 +11,15 @@ round) so that load from other users of the machine falls on all of them alike; 
 read once beforehand (warm page cache for all) and ``sync`` runs before every timed copy.
 
 Cases: (a) 4 x 256 MiB files, (b) 10,000 x 4 KiB files in 40 directories, (c) a mixed tree,
-(d) case (b) staged back out of the buffer (full run only); plus ``dd`` of one 256 MiB file
-through the same mount as the throughput reference for (a). The full run also measures
+each staged in; (d), (e), (f): (b), (c) and (a) staged back out of the buffer onto an XFS file
+system of its own on a loop device (standing in for the parallel filesystem); plus ``dd`` of one
+256 MiB file into the mount, and out of it onto the XFS, as the throughput references of (a)
+and (f). The full run also measures
 volume options and worker counts for the small-file case. The results go into
 docs/BENCHMARKS.md, section "Staging", between its markers (``--no-write`` prints only).
 
 Everything it creates is removed at the end: volume stopped and deleted, mount unmounted,
-brick directories and source files removed.
+brick directories and source files removed, the XFS unmounted and its loop device detached.
 """
 
 from __future__ import annotations
@@ -193,6 +195,26 @@ def volume(top: Path, layout: str = "distribute") -> Iterator[Volume]:
             shutil.rmtree(root / name, ignore_errors=True)
 
 
+@contextmanager
+def xfs_scratch(top: Path, size: str = "6G") -> Iterator[Path]:
+    """An XFS file system of its own on a loop device, mounted at top/pfs and given to the job owner:
+    where stage-out writes, as the parallel filesystem would take it."""
+    image, mount = top / "pfs.img", top / "pfs"
+    mount.mkdir()
+    sh("truncate", "-s", size, image)
+    sh("mkfs.xfs", "-q", "-f", image)
+    device = sh("losetup", "--find", "--show", image).stdout.strip()
+    try:
+        sh("mount", device, mount)
+        try:
+            os.chown(mount, *pwd_ids())
+            yield mount
+        finally:
+            sh("umount", mount, check=False)
+    finally:
+        sh("losetup", "--detach", device, check=False)
+
+
 def settle(mount: Path, timeout: float = 60.0) -> None:
     """Wait until the fresh mount takes writes twice, 2 s apart: glusterd sends the client the volfiles of
     the quota and options set just before (a graph switch) after the mount, and the new graph's first brick
@@ -285,6 +307,9 @@ def dd(source: Path, destination: Path) -> None:
     sh(*as_user("dd", f"if={source / 'file0'}", f"of={destination / 'file0'}", "bs=1M"))
 
 
+DD = "dd (1 file)"
+
+
 def pwd_ids() -> tuple[int, int]:
     owner = pwd.getpwnam(USER)
     return owner.pw_uid, owner.pw_gid
@@ -363,7 +388,8 @@ def spread(values: list[float]) -> str:
     return f"{median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def main_table(results: dict[str, dict[str, Timing]], sizes: dict[str, int], dd_rate: float) -> list[str]:
+def main_table(results: dict[str, dict[str, Timing]], sizes: dict[str, int], dd_rates: dict[str, float]
+               ) -> list[str]:
     rows = ["| case | tool | runs | seconds, median (min-max) | MB/s | bb_stage is |",
             "| --- | --- | --- | --- | --- | --- |"]
     for case, timings in results.items():
@@ -372,7 +398,7 @@ def main_table(results: dict[str, dict[str, Timing]], sizes: dict[str, int], dd_
             seconds = median(timing.seconds)
             rate = sizes[case] / seconds / 1e6
             if tool == "bb_stage":
-                versus = f"{rate / dd_rate * 100:.0f}% of dd" if case.startswith("(a)") else ""
+                versus = f"{rate / dd_rates[case] * 100:.0f}% of dd" if case in dd_rates else ""
             else:
                 versus = f"{ratio(seconds, bb)} faster" if seconds >= bb else f"{ratio(bb, seconds)} slower"
             rows.append(f"| {case} | {tool} | {len(timing.seconds)} | {spread(timing.seconds)} | {rate:.0f} | "
@@ -423,19 +449,25 @@ def write_section(lines: list[str], layout: str) -> None:
 
 # --- the run ------------------------------------------------------------------------------------
 
-def figures(results: dict[str, dict[str, Timing]], sizes: dict[str, int], dd_rate: float) -> dict[str, float]:
-    """Medians per case (a)-(d): {a_bb_stage_s, a_cp_ratio, a_rsync_ratio, ..., a_dd_pct, dd_mb_s}; a ratio is
-    the tool's seconds / bb_stage's (above 1 bb_stage is faster), a_dd_pct bb_stage's MB/s as % of dd's."""
-    found = {"dd_mb_s": dd_rate}
+def figures(results: dict[str, dict[str, Timing]], sizes: dict[str, int], dd_rates: dict[str, float]
+            ) -> dict[str, float]:
+    """Medians per case (a)-(f): {a_bb_stage_s, a_cp_ratio, a_rsync_ratio, ..., a_dd_pct, f_dd_pct, dd_mb_s,
+    dd_out_mb_s}; a ratio is the tool's seconds / bb_stage's (above 1 bb_stage is faster), X_dd_pct
+    bb_stage's MB/s as % of dd's in the same direction."""
+    found = {"dd_mb_s": dd_rates.get(LARGE_IN, 0.0), "dd_out_mb_s": dd_rates.get(LARGE_OUT, 0.0)}
     for case, timings in results.items():
         slug, bb = case[1], median(timings["bb_stage"].seconds)
         found[f"{slug}_bb_stage_s"] = bb
         for tool, key in (("cp -r", "cp_ratio"), ("rsync -a", "rsync_ratio")):
             if tool in timings:
                 found[f"{slug}_{key}"] = median(timings[tool].seconds) / bb
-    if "(a) 4 x 256 MiB" in results:
-        found["a_dd_pct"] = sizes["(a) 4 x 256 MiB"] / found["a_bb_stage_s"] / 1e6 / dd_rate * 100
+    for case, rate in dd_rates.items():
+        found[f"{case[1]}_dd_pct"] = sizes[case] / found[f"{case[1]}_bb_stage_s"] / 1e6 / rate * 100
     return found
+
+
+LARGE_IN, SMALL_IN, MIXED_IN = "(a) 4 x 256 MiB", "(b) 10,000 x 4 KiB in 40 dirs", "(c) mixed: 5,102 files, 390 MiB"
+SMALL_OUT, MIXED_OUT, LARGE_OUT = "(d) (b) staged out to XFS", "(e) (c) staged out to XFS", "(f) (a) staged out to XFS"
 
 
 def run(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
@@ -448,55 +480,62 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
         top.chmod(0o755)
         log("making the source data ...")
         sources = make_sources(top / "src")
-        sizes = {"(a) 4 x 256 MiB": tree_bytes(sources["large"]),
-                 "(b) 10,000 x 4 KiB in 40 dirs": tree_bytes(sources["small"]),
-                 "(c) mixed: 5,102 files, 390 MiB": tree_bytes(sources["mixed"]),
-                 "(d) (b) staged out to local disk": tree_bytes(sources["small"])}
-        with volume(top, args.layout) as vol:
+        sizes = {LARGE_IN: tree_bytes(sources["large"]), SMALL_IN: tree_bytes(sources["small"]),
+                 MIXED_IN: tree_bytes(sources["mixed"]), SMALL_OUT: tree_bytes(sources["small"]),
+                 MIXED_OUT: tree_bytes(sources["mixed"]), LARGE_OUT: tree_bytes(sources["large"])}
+        with volume(top, args.layout) as vol, xfs_scratch(top) as pfs:
             vol.set_options(recommended(args.layout))
-            bench = Bench(vol, top / "out")
-            (top / "out").mkdir()
-            os.chown(top / "out", *pwd_ids())
+            bench = Bench(vol, pfs)
             tools = {"bb_stage": bb_stage(vol.mount), "bb_stage, FUSE mount only": bb_stage(vol.mount, use_gfapi=False),
                      "cp -r": cp, "rsync -a": rsync}
             results: dict[str, dict[str, Timing]] = {}
+            dd_rates: dict[str, float] = {}
             log("(a) large files")
-            results["(a) 4 x 256 MiB"] = bench.compare("(a)", sources["large"], {**tools, "dd (1 file)": dd},
-                                                       rounds)
-            dd_rate = 256 * MiB / median(results["(a) 4 x 256 MiB"].pop("dd (1 file)").seconds) / 1e6
+            results[LARGE_IN] = bench.compare("(a)", sources["large"], {**tools, DD: dd}, rounds)
+            dd_rates[LARGE_IN] = 256 * MiB / median(results[LARGE_IN].pop(DD).seconds) / 1e6
             log("(b) small files")
-            results["(b) 10,000 x 4 KiB in 40 dirs"] = bench.compare(
+            results[SMALL_IN] = bench.compare(
                 "(b)", sources["small"], tools, rounds, keep=True, only_first={"rsync -a": 1 if args.quick else 3})
             log("(c) mixed tree")
-            results["(c) mixed: 5,102 files, 390 MiB"] = bench.compare("(c)", sources["mixed"], tools, rounds,
-                                                                        only_first={"rsync -a": 1 if args.quick else 3})
-            if not args.quick:
-                log("(d) stage-out of (b)")
-                staged = vol.mount / "staged-small"
-                bb_stage(vol.mount)(sources["small"], staged)
-                out_tools = {"bb_stage": bb_stage(vol.mount, "out"), "cp -r": cp, "rsync -a": rsync}
-                results["(d) (b) staged out to local disk"] = bench.compare(
-                    "(d)", staged, out_tools, 3, inward=False)
+            results[MIXED_IN] = bench.compare("(c)", sources["mixed"], tools, rounds,
+                                              only_first={"rsync -a": 1 if args.quick else 3})
+            out_tools = {"bb_stage": bb_stage(vol.mount, "out"),
+                         "bb_stage, FUSE mount only": bb_stage(vol.mount, "out", use_gfapi=False),
+                         "cp -r": cp, "rsync -a": rsync}
+            out_rounds = 2 if args.quick else 3
+            for case, kind, letter in ((SMALL_OUT, "small", "d"), (MIXED_OUT, "mixed", "e"), (LARGE_OUT, "large", "f")):
+                if args.quick and letter != "d":
+                    continue
+                log(f"({letter}) {kind} staged out")
+                staged = vol.mount / f"staged-{kind}"
+                bb_stage(vol.mount)(sources[kind], staged)
+                extra = {DD: dd} if kind == "large" else {}
+                results[case] = bench.compare(f"({letter})", staged, {**out_tools, **extra}, out_rounds, inward=False)
+                if extra:
+                    dd_rates[case] = 256 * MiB / median(results[case].pop(DD).seconds) / 1e6
             study: dict[str, dict[str, Timing]] = {}
             by_workers: dict[str, dict[int, Timing]] = {}
             if not args.quick:
                 study = run_study(bench, vol, sources["small"], 4)
                 vol.set_options(recommended(args.layout))
                 by_workers = run_workers(bench, vol, sources, 3)
+    references = f"dd of one 256 MiB file (bs=1M) into the mount: **{dd_rates[LARGE_IN]:.0f} MB/s**"
+    if LARGE_OUT in dd_rates:
+        references += f", out of it onto the XFS: **{dd_rates[LARGE_OUT]:.0f} MB/s**"
     lines = [f"{started}; {machine()}.",
              f"Load average (1/5/15 min) {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f} at the "
              f"start, {os.getloadavg()[0]:.1f} at the end (the machine is shared). "
              f"{'Quick run' if args.quick else 'Full run'}: `.venv/bin/python benchmarks/staging.py"
              f"{' --quick' if args.quick else ''}{' --layout disperse' if args.layout == 'disperse' else ''}`; "
-             f"volume: {args.layout} over 3 bricks; bb_stage with {copy_engine.DEFAULT_WORKERS} workers, "
-             f"64 MiB chunks; volume options {', '.join(f'`{k} {v}`' for k, v in recommended(args.layout).items())}; "
-             f"dd of one 256 MiB file (bs=1M) through the same mount: **{dd_rate:.0f} MB/s**.",
-             "", *main_table(results, sizes, dd_rate)]
+             f"volume: {args.layout} over 3 bricks; stage-out onto XFS on a loop device; bb_stage with "
+             f"{copy_engine.DEFAULT_WORKERS} workers, 64 MiB chunks; volume options "
+             f"{', '.join(f'`{k} {v}`' for k, v in recommended(args.layout).items())}; {references}.",
+             "", *main_table(results, sizes, dd_rates)]
     if study:
         lines += ["", *study_table(study)]
     if by_workers:
         lines += ["", *workers_table(by_workers)]
-    return lines, figures(results, sizes, dd_rate)
+    return lines, figures(results, sizes, dd_rates)
 
 
 def run_study(bench: Bench, vol: Volume, source: Path, rounds: int) -> dict[str, dict[str, Timing]]:
@@ -538,7 +577,7 @@ def run_workers(bench: Bench, vol: Volume, sources: dict[str, Path], rounds: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="2 rounds, cases (a)-(c) only, no option or worker study (about 3 minutes)")
+                        help="2 rounds, cases (a)-(d) only, no option or worker study (about 4 minutes)")
     parser.add_argument("--no-write", action="store_true", help="print the results, leave docs/BENCHMARKS.md")
     parser.add_argument("--layout", choices=sorted(LAYOUT_WORDS), default="distribute",
                         help="the volume: plain distribute (default) or disperse 2+1 with quota, as a striped "

@@ -20,11 +20,15 @@ def test_staging_ratios_are_the_tools_seconds_over_bb_stages():
     timing = staging.Timing
     results = {"(a) 4 x 256 MiB": {"bb_stage": timing([1.0, 2.0, 1.5]), "cp -r": timing([3.0])},
                "(b) 10,000 x 4 KiB in 40 dirs": {"bb_stage": timing([4.0]), "cp -r": timing([8.0]),
-                                                 "rsync -a": timing([30.0])}}
-    found = staging.figures(results, {"(a) 4 x 256 MiB": 1024 * 2**20}, dd_rate=700.0)
+                                                 "rsync -a": timing([30.0])},
+               staging.LARGE_OUT: {"bb_stage": timing([2.0]), "cp -r": timing([2.5])}}
+    sizes = {"(a) 4 x 256 MiB": 1024 * 2**20, staging.LARGE_OUT: 1024 * 2**20}
+    found = staging.figures(results, sizes, {"(a) 4 x 256 MiB": 700.0, staging.LARGE_OUT: 600.0})
     assert found["a_bb_stage_s"] == 1.5 and found["a_cp_ratio"] == 2.0 and "a_rsync_ratio" not in found
     assert found["b_cp_ratio"] == 2.0 and found["b_rsync_ratio"] == 7.5
     assert found["a_dd_pct"] == pytest.approx(1024 * 2**20 / 1.5 / 1e6 / 700 * 100)
+    assert found["f_dd_pct"] == pytest.approx(1024 * 2**20 / 2.0 / 1e6 / 600 * 100)
+    assert (found["dd_mb_s"], found["dd_out_mb_s"], found["f_cp_ratio"]) == (700.0, 600.0, 1.25)
 
 
 def test_lifecycle_ratio_is_the_stacks_median_over_raws():
