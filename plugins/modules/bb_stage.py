@@ -124,11 +124,10 @@ options:
     default: false
   gfapi:
     description:
-      - With a GlusterFS buffer (O(buffer_root) on a C(fuse.glusterfs) mount), copy files of up to
-        1 MiB straight to (stage-in) or from (stage-out) the volume with libgfapi instead of through
-        the mount, as the same user (faster for many small files).
-        Directories, larger files and replacements of partial copies of a stage-in still go through
-        the mount; a stage-out writes its destination through the file system there, as always.
+      - On a stage-in to a GlusterFS buffer (O(buffer_root) on a C(fuse.glusterfs) mount),
+        write files of up to 1 MiB straight to the volume with libgfapi instead of through the
+        mount, as the same user (several times faster for many small files).
+        Directories, larger files and replacements of partial copies still go through the mount.
       - The worker then keeps one capability, C(CAP_NET_BIND_SERVICE), so that bricks that accept
         only privileged source ports (C(server.allow-insecure off)) accept it too.
       - When libgfapi is missing or the volume cannot be reached, the mount is used and
@@ -279,13 +278,13 @@ hardlinks_copied:
   type: int
   sample: 0
 gfapi_files:
-  description: Files of RV(files) written (stage-in) or read (stage-out) through libgfapi rather than
-    the mount (see O(gfapi)).
+  description: Files of RV(files) written through libgfapi rather than the mount (see O(gfapi)).
   returned: when something was copied
   type: int
   sample: 10000
 gfapi_unused:
-  description: Why libgfapi was not used for this stage; null when it was. When the worker using
+  description: Why libgfapi was not used for this stage-in; null when it was, and for stage-out
+    (it writes outside the buffer, through the file system there). When the worker writing through
     libgfapi died of a signal (a crash in the C library), the stage ran again through the mount and
     this names the signal and the Python frames the worker was in.
   returned: when something was copied

@@ -306,7 +306,7 @@ class LocalVolume:
 
 def test_a_stage_in_through_gfapi_makes_its_new_links_there_too(linked, buffer, monkeypatch):
     volume = LocalVolume(str(buffer))
-    monkeypatch.setattr(sg, "open_gfapi", lambda target, verify, root, side: (sg.GfapiWriter(volume, root, "/"), None))
+    monkeypatch.setattr(sg, "open_gfapi", lambda target, verify, root: (sg.GfapiWriter(volume, root, "/"), None))
     result = stage("in", linked, buffer / "in", buffer, gfapi_via=("127.1.1.1", "v", str(buffer)))
     assert (result["failed_files"], result["hardlinks"], result["gfapi_files"]) == ([], 3, 2)
     assert groups_of(buffer / "in") == GROUPS
