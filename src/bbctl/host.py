@@ -147,7 +147,8 @@ def mount_at(target: Path) -> Mount | None:
     return found[-1] if found else None
 
 
-UMOUNT_WAIT = 20.0  # s: an unmount takes well under a second unless its FUSE daemon hangs
+FUSE_UMOUNT_WAIT = 20.0  # s: a FUSE unmount takes well under a second unless its daemon hangs
+UMOUNT_WAIT = 120.0  # s: any other (a brick's XFS may flush for a while)
 FUSECTL = Path("/sys/fs/fuse/connections")
 
 
@@ -156,11 +157,12 @@ def umount(target: Path, fuse_connection: int | None = None) -> bool:
     mount's FUSE daemon no longer answered.
 
     Such a mount blocks umount in the kernel (fuse_get_req) for good (seen after a load run was
-    stopped mid-job, 2026-12-06): after UMOUNT_WAIT s it is unmounted lazily and, given its
-    connection (the mount's device minor), that FUSE connection is aborted, so that nothing stays
-    blocked on it."""
+    stopped mid-job, 2026-12-06): given its connection (the mount's device minor), it is unmounted
+    lazily after FUSE_UMOUNT_WAIT s and that FUSE connection is aborted, so that nothing stays
+    blocked on it. Other file systems get UMOUNT_WAIT."""
+    wait = FUSE_UMOUNT_WAIT if fuse_connection is not None else UMOUNT_WAIT
     try:
-        if run(["umount", str(target)], check=False, timeout=UMOUNT_WAIT).returncode == 0:
+        if run(["umount", str(target)], check=False, timeout=wait).returncode == 0:
             return False
         hung = False
     except BBError:

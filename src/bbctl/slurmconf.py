@@ -98,7 +98,7 @@ def jobs(slurm_dir: Path | None) -> dict[str, SlurmJob] | None:
         return None
     try:
         listed = json.loads(proc.stdout)["jobs"]
-        return {str(job["job_id"]): _slurm_job(job) for job in listed}
+        return {str(record["job_id"]): _slurm_job(record) for record in listed}
     except (ValueError, TypeError, KeyError, AttributeError):
         return None  # not the shape Slurm's openapi plugins write
 
@@ -114,13 +114,14 @@ def job(slurm_dir: Path | None, job_id: str) -> SlurmJob:
     return answer[job_id]
 
 
-def _slurm_job(job: dict) -> SlurmJob:
-    state = str(_plain(job.get("job_state")) or "")
-    end = _plain(job.get("end_time"))
+def _slurm_job(record: dict) -> SlurmJob:
+    """One entry of squeue --json's "jobs" list."""
+    state = str(_plain(record.get("job_state")) or "")
+    end = _plain(record.get("end_time"))
     ended = state in ENDED and isinstance(end, int) and end > 0
-    counts = [_plain(job.get(key)) for key in ("node_count", "max_nodes")]
-    return SlurmJob(str(job["job_id"]), state, str(job.get("burst_buffer_state") or ""),
-                    float(end) if ended else None, str(job.get("nodes") or ""),
+    counts = [_plain(record.get(key)) for key in ("node_count", "max_nodes")]
+    return SlurmJob(str(record["job_id"]), state, str(record.get("burst_buffer_state") or ""),
+                    float(end) if ended else None, str(record.get("nodes") or ""),
                     max((n for n in counts if isinstance(n, int)), default=0))
 
 
