@@ -144,19 +144,25 @@ def forgotten_daemons(root: Path, proc: Path = Path("/proc")) -> list[int]:
     running (GlusterFS 10.3). Its command line still names the pid file it was given: that
     path, under this test bed's root, is what marks it as the test bed's."""
     found = []
+    for pid, argv in gluster_processes(proc, ("glusterfs", "glusterfsd")):
+        pid_file = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "-p"), None)
+        if pid_file and Path(pid_file).is_relative_to(root) and not Path(pid_file).exists():
+            found.append(pid)
+    return found
+
+
+def gluster_processes(proc: Path, programs: tuple[str, ...]) -> list[tuple[int, list[str]]]:
+    """(pid, argv) of the processes in proc whose program is one of programs (by file name)."""
+    found = []
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            argv = [arg.decode(errors="replace") for arg in (entry / "cmdline").read_bytes().split(b"\0") if arg]
         except OSError:
             continue
-        if not argv or Path(argv[0].decode(errors="replace")).name not in ("glusterfs", "glusterfsd"):
-            continue
-        pid_file = next((argv[i + 1].decode(errors="replace") for i, arg in enumerate(argv[:-1])
-                         if arg == b"-p"), None)
-        if pid_file and Path(pid_file).is_relative_to(root) and not Path(pid_file).exists():
-            found.append(int(entry.name))
+        if argv and Path(argv[0]).name in programs:
+            found.append((int(entry.name), argv))
     return found
 
 
@@ -178,19 +184,7 @@ def unmount_clients(config: TestbedConfig) -> list[str]:
 
 def fuse_clients(target: Path, proc: Path = Path("/proc")) -> list[int]:
     """Pids of the glusterfs clients whose command line ends with mount point target."""
-    found = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        argv = [arg for arg in argv if arg]
-        if argv and Path(argv[0].decode(errors="replace")).name == "glusterfs" and \
-                argv[-1].decode(errors="replace") == str(target):
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, argv in gluster_processes(proc, ("glusterfs",)) if argv[-1] == str(target)]
 
 
 def remove_bricks(config: TestbedConfig) -> list[str]:
