@@ -9,9 +9,12 @@ shell doing the same work with the gluster CLI on the same bricks: create (a
 striped 12 GiB buffer is disperse 3+1 on four bricks, bbctl.layouts), owner,
 privileged-port and quota-timeout options (the role's defaults), start, quota
 enable + limit, close the port gate, then stop, delete and remove the brick
-directories. (A job that stages also mounts the buffer on
-the stage host; that costs both sides the same mount and is left out.) The
-two alternate in one run so load and cache effects hit both.
+directories. Between the two, pre-run and post-run: ``bbctl pre-run`` mounts
+the buffer on the job's compute node and ``bbctl post-run`` unmounts it, against
+a raw ``mount -t glusterfs`` and ``umount`` of the raw volume (the target: each
+at most 0.5 s). (A job that stages also mounts the buffer on the stage host;
+that costs both sides the same mount and is left out.) The contenders
+alternate in one run so load and cache effects hit both.
 Brings the test bed up if it is not (and down again afterwards).
 
 A third contender measures the floor of the design: per stage, a fresh Python
@@ -37,7 +40,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import results_doc  # benchmarks/, beside this script
 import stage_floor  # benchmarks/, beside this script: the warm runner's start
@@ -59,7 +64,9 @@ LAYOUT = layouts.plan(CAPACITY_GIB * 1024**3, 4 * 1024**3, striped=True)
 SOCKET = ROOT / "node1" / "run" / "glusterd.socket"
 FIRST_SERVER = "bbnode1"  # inventory name of 127.1.1.1
 
-RAW = r"""
+COMPUTE_NODE = "vm"  # the test bed's one compute node (bb_clients), 127.0.0.1
+RAW_MOUNT = Path("/var/lib/bbctl-testbed/bbctl/bench-raw-mount")
+RAW_CREATE = r"""
 set -euo pipefail
 g() { gluster --mode=script --glusterd-sock="$SOCK" "$@" >/dev/null; }
 g volume create "$VOL" disperse "$DISPERSE" redundancy "$REDUNDANCY" transport tcp $BRICKS force
@@ -72,21 +79,43 @@ g volume start "$VOL"
 g volume quota "$VOL" enable
 g volume quota "$VOL" limit-usage / "$LIMIT"
 g volume set "$VOL" server.allow-insecure off
+"""
+RAW_DELETE = r"""
+set -euo pipefail
+g() { gluster --mode=script --glusterd-sock="$SOCK" "$@" >/dev/null; }
 g volume stop "$VOL"
 g volume delete "$VOL"
 for dir in $DIRS; do rm -rf "$dir"; done
 """
 
 
-def raw_cycle(round_no: int, uid: int) -> float:
+class Cycle(NamedTuple):
+    """One contender's lifecycle in s: the buffer made and destroyed (for raw, create .. delete without the
+    mount), and its mount and unmount on the compute node."""
+
+    create_delete: float
+    mount: float
+    unmount: float
+
+
+def timed(command: list[str], env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True)
+    return time.perf_counter() - start
+
+
+def raw_cycle(round_no: int, uid: int) -> Cycle:
     volume = f"bbraw-{round_no}"
     env = {**os.environ, "SOCK": str(SOCKET), "VOL": volume, "OWNER": str(uid), "LIMIT": f"{CAPACITY_GIB}GB",
            "DISPERSE": str(LAYOUT.disperse), "REDUNDANCY": str(LAYOUT.redundancy),
            "BRICKS": " ".join(f"{address}:{path}/{volume}" for address, path in BRICKS),
            "DIRS": " ".join(f"{path}/{volume}" for _address, path in BRICKS)}
-    start = time.perf_counter()
-    subprocess.run(["bash", "-c", RAW], env=env, check=True)
-    return time.perf_counter() - start
+    RAW_MOUNT.mkdir(parents=True, exist_ok=True)
+    create = timed(["bash", "-c", RAW_CREATE], env)
+    mount = timed(["mount", "-t", "glusterfs", f"{BRICKS[0][0]}:/{volume}", str(RAW_MOUNT)])
+    unmount = timed(["umount", str(RAW_MOUNT)])
+    delete = timed(["bash", "-c", RAW_DELETE], env)
+    return Cycle(create + delete, mount, unmount)
 
 
 def environment(warm: bool, code: Path | None = None) -> dict[str, str]:
@@ -108,12 +137,15 @@ def bbctl(*args: str, warm: bool = False, code: Path | None = None) -> float:
 
 
 def stack_cycle(round_no: int, uid: int, script: Path, warm: bool = False,
-                code: Path | None = None, contender: int = 0) -> tuple[float, float]:
+                code: Path | None = None, contender: int = 0) -> tuple[float, float, Cycle]:
+    """bbctl setup, pre-run, post-run, teardown of one job: (setup s, teardown s, the cycle)."""
     job = str(JOB_BASE + 10 * round_no + (2 + contender if code else warm))
     setup = bbctl("setup", "--job-id", job, "--uid", str(uid), "--gid", str(uid), "--script", str(script),
                   warm=warm, code=code)
+    mount = bbctl("pre-run", "--job-id", job, "--script", str(script), "--nodes", COMPUTE_NODE, warm=warm, code=code)
+    unmount = bbctl("post-run", "--job-id", job, "--script", str(script), warm=warm, code=code)
     teardown = bbctl("teardown", "--job-id", job, "--script", str(script), warm=warm, code=code)
-    return setup, teardown
+    return setup, teardown, Cycle(setup + teardown, mount, unmount)
 
 
 def floor_cycle(warm: bool = False) -> float:
@@ -169,40 +201,37 @@ def main() -> int:
         script = ROOT / "bbctl" / "bench-job.sh"
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(f"#!/bin/bash\n#BB_LUA jobdw capacity={CAPACITY_GIB}GiB pool=nvme\n")
-        raw, setups, teardowns, floors = [], [], [], []
-        warm: dict[str, list[float]] = {"setup": [], "teardown": [], "floor": []}
+        series: dict[str, list[float]] = defaultdict(list)
         other: dict[Path, list[float]] = {checkout: [] for checkout in args.against}
         for n in range(args.rounds):
-            raw.append(raw_cycle(n, uid))
-            setup, teardown = stack_cycle(n, uid, script)
-            setups.append(setup)
-            teardowns.append(teardown)
-            floors.append(floor_cycle())
-            line = (f"round {n + 1}: raw {raw[-1]:.2f} s, bbctl setup {setup:.2f} s + teardown {teardown:.2f} s, "
-                    f"two no-op stages {floors[-1]:.2f} s")
-            if server:
-                setup, teardown = stack_cycle(n, uid, script, warm=True)
-                warm["setup"].append(setup)
-                warm["teardown"].append(teardown)
-                warm["floor"].append(floor_cycle(warm=True))
-                line += (f"; warm runner: setup {setup:.2f} s + teardown {teardown:.2f} s, two no-op stages "
-                         f"{warm['floor'][-1]:.2f} s")
+            raw = raw_cycle(n, uid)
+            series["raw"].append(raw.create_delete)
+            series["raw mount"].append(raw.mount)
+            series["raw unmount"].append(raw.unmount)
+            contenders = [""] + (["warm "] if server else [])
+            for prefix in contenders:
+                setup, teardown, cycle = stack_cycle(n, uid, script, warm=bool(prefix))
+                series[prefix + "setup"].append(setup)
+                series[prefix + "teardown"].append(teardown)
+                series[prefix + "pre-run"].append(cycle.mount)
+                series[prefix + "post-run"].append(cycle.unmount)
+                series[prefix + "floor"].append(floor_cycle(warm=bool(prefix)))
             for index, checkout in enumerate(args.against):
-                setup, teardown = stack_cycle(n, uid, script, code=checkout.resolve(), contender=index)
-                other[checkout].append(setup + teardown)
-                line += f"; {checkout}: setup {setup:.2f} s + teardown {teardown:.2f} s"
-            print(line, file=sys.stderr)
+                _setup, _teardown, cycle = stack_cycle(n, uid, script, code=checkout.resolve(), contender=index)
+                other[checkout].append(cycle.create_delete)
+            print(f"round {n + 1}: " + ", ".join(f"{name} {values[-1]:.2f} s" for name, values in series.items()),
+                  file=sys.stderr)
     finally:
         if server:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
         if started_here:
             subprocess.run([str(BIN / "bbctl"), "testbed", "down"], check=True, capture_output=True)
-    report = render(raw, setups, teardowns, floors, args.rounds, warm if server else None)
+    report = render(series, args.rounds)
     for checkout, theirs in other.items():
-        report += against_lines(checkout, theirs, raw, setups, teardowns)
+        report += against_lines(checkout, theirs, series)
     print(report)
-    results_doc.write_figures(args.json, figures(raw, setups, teardowns, floors, warm if server else None))
+    results_doc.write_figures(args.json, figures(series))
     if args.write_doc:
         write_section(REPO / "docs" / "BENCHMARKS.md", report)
     return 0
@@ -211,32 +240,54 @@ def main() -> int:
 BEGIN, END = "<!-- lifecycle-results:begin -->", "<!-- lifecycle-results:end -->"
 
 
-def figures(raw: list[float], setups: list[float], teardowns: list[float], floors: list[float],
-            warm: dict[str, list[float]] | None = None) -> dict[str, float]:
+def stack(series: dict[str, list[float]], prefix: str = "") -> list[float]:
+    """Setup + teardown per round, s."""
+    return [s + t for s, t in zip(series[prefix + "setup"], series[prefix + "teardown"], strict=True)]
+
+
+def figures(series: dict[str, list[float]]) -> dict[str, float]:
     """Medians in s and the ratios the section quotes: {raw_s, setup_s, teardown_s, stack_s, floor_s,
-    stack_raw_ratio (target <= 1.5), floor_raw_ratio, above_floor_s}, with --warm-runner also warm_stack_s,
-    warm_stack_raw_ratio."""
+    stack_raw_ratio (target <= 1.3), floor_raw_ratio, above_floor_s, prerun_s, postrun_s, raw_mount_s,
+    raw_unmount_s}, with --warm-runner also warm_stack_s, warm_stack_raw_ratio, warm_prerun_s, warm_postrun_s."""
     med = statistics.median
-    stack = med([s + t for s, t in zip(setups, teardowns, strict=True)])
-    found = {"raw_s": med(raw), "setup_s": med(setups), "teardown_s": med(teardowns), "stack_s": stack,
-             "floor_s": med(floors), "stack_raw_ratio": stack / med(raw),
-             "floor_raw_ratio": (med(raw) + med(floors)) / med(raw), "above_floor_s": stack - med(raw) - med(floors)}
-    if warm:
-        warm_stack = med([s + t for s, t in zip(warm["setup"], warm["teardown"], strict=True)])
-        found |= {"warm_stack_s": warm_stack, "warm_stack_raw_ratio": warm_stack / med(raw)}
+    raw, floor = med(series["raw"]), med(series["floor"])
+    found = {"raw_s": raw, "setup_s": med(series["setup"]), "teardown_s": med(series["teardown"]),
+             "stack_s": med(stack(series)), "floor_s": floor, "stack_raw_ratio": med(stack(series)) / raw,
+             "floor_raw_ratio": (raw + floor) / raw, "above_floor_s": med(stack(series)) - raw - floor,
+             "prerun_s": med(series["pre-run"]), "postrun_s": med(series["post-run"]),
+             "raw_mount_s": med(series["raw mount"]), "raw_unmount_s": med(series["raw unmount"])}
+    if "warm setup" in series:
+        warm = med(stack(series, "warm "))
+        found |= {"warm_stack_s": warm, "warm_stack_raw_ratio": warm / raw,
+                  "warm_prerun_s": med(series["warm pre-run"]), "warm_postrun_s": med(series["warm post-run"])}
     return found
 
 
-def render(raw: list[float], setups: list[float], teardowns: list[float], floors: list[float], rounds: int,
-           warm: dict[str, list[float]] | None = None) -> str:
-    stack = [s + t for s, t in zip(setups, teardowns, strict=True)]
-    med_raw, med_stack, med_floor = statistics.median(raw), statistics.median(stack), statistics.median(floors)
+ROWS = [  # (series, label)
+    ("raw", "raw gluster CLI, create .. delete"),
+    ("setup", "bbctl setup"),
+    ("teardown", "bbctl teardown"),
+    ("stack", "bbctl setup + teardown"),
+    ("floor", "two no-op stages (one ansible-runner run of one `ping` each)"),
+    ("warm setup", "bbctl setup, warm runner"),
+    ("warm teardown", "bbctl teardown, warm runner"),
+    ("warm stack", "bbctl setup + teardown, warm runner"),
+    ("warm floor", "two no-op stages, warm runner"),
+    ("raw mount", "raw `mount -t glusterfs` on the compute node"),
+    ("pre-run", "bbctl pre-run (the buffer mounted on the compute node)"),
+    ("warm pre-run", "bbctl pre-run, warm runner"),
+    ("raw unmount", "raw `umount`"),
+    ("post-run", "bbctl post-run (unmounted)"),
+    ("warm post-run", "bbctl post-run, warm runner"),
+]
+
+
+def render(series: dict[str, list[float]], rounds: int) -> str:
+    warm = "warm setup" in series
+    series = {**series, "stack": stack(series)} | ({"warm stack": stack(series, "warm ")} if warm else {})
+    med = statistics.median
     machine = (f"{platform.node()}, {os.cpu_count()} cores, Linux {platform.release()}, "
                f"Python {platform.python_version()}")
-
-    def row(label: str, values: list[float]) -> str:
-        return f"| {label} | {statistics.median(values):.2f} s | {min(values):.2f} s | {max(values):.2f} s |"
-
     flag = " --warm-runner" if warm else ""
     lines = [
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine}; load average "
@@ -246,41 +297,34 @@ def render(raw: list[float], setups: list[float], teardowns: list[float], floors
         "",
         "| | median | min | max |",
         "| --- | --- | --- | --- |",
-        row("raw gluster CLI, create .. delete", raw),
-        row("bbctl setup", setups),
-        row("bbctl teardown", teardowns),
-        row("bbctl setup + teardown", stack),
-        row("two no-op stages (one ansible-runner run of one `ping` each)", floors),
     ]
-    if warm:
-        warm_stack = [s + t for s, t in zip(warm["setup"], warm["teardown"], strict=True)]
-        lines += [
-            row("bbctl setup, warm runner", warm["setup"]),
-            row("bbctl teardown, warm runner", warm["teardown"]),
-            row("bbctl setup + teardown, warm runner", warm_stack),
-            row("two no-op stages, warm runner", warm["floor"]),
-        ]
+    lines += [f"| {label} | {med(series[key]):.2f} s | {min(series[key]):.2f} s | {max(series[key]):.2f} s |"
+              for key, label in ROWS if key in series]
+    raw, floor = med(series["raw"]), med(series["floor"])
     lines += [
         "",
-        f"**Ratio (medians) bbctl / raw: {med_stack / med_raw:.2f}** (target at most 1.5). "
-        f"Floor of the design, (raw + two no-op stages) / raw: {(med_raw + med_floor) / med_raw:.2f}; "
-        f"bbctl above that floor: {med_stack - med_raw - med_floor:.2f} s for both stages.",
+        f"**Ratio (medians) bbctl / raw: {med(series['stack']) / raw:.2f}** (target at most 1.3). "
+        f"Floor of the design, (raw + two no-op stages) / raw: {(raw + floor) / raw:.2f}; "
+        f"bbctl above that floor: {med(series['stack']) - raw - floor:.2f} s for both stages. "
+        f"Pre-run {med(series['pre-run']):.2f} s, post-run {med(series['post-run']):.2f} s (target at most 0.5 s "
+        f"each; the raw mount {med(series['raw mount']):.2f} s, umount {med(series['raw unmount']):.2f} s).",
     ]
     if warm:
-        med_warm, med_warm_floor = statistics.median(warm_stack), statistics.median(warm["floor"])
-        lines += [""]
-        lines.append(
-            f"**With the warm runner: bbctl / raw {med_warm / med_raw:.2f}** (target at most 1.3); floor "
-            f"(raw + two no-op stages) / raw {(med_raw + med_warm_floor) / med_raw:.2f}; "
-            f"{med_stack - med_warm:.2f} s less for both stages than through ansible-runner.")
+        lines += [
+            "",
+            f"**With the warm runner: bbctl / raw {med(series['warm stack']) / raw:.2f}**; floor "
+            f"(raw + two no-op stages) / raw {(raw + med(series['warm floor'])) / raw:.2f}; "
+            f"{med(series['stack']) - med(series['warm stack']):.2f} s less for both stages than through "
+            f"ansible-runner; pre-run {med(series['warm pre-run']):.2f} s, post-run "
+            f"{med(series['warm post-run']):.2f} s.",
+        ]
     return "\n".join(lines)
 
 
-def against_lines(checkout: Path, other: list[float], raw: list[float], setups: list[float],
-                  teardowns: list[float]) -> str:
+def against_lines(checkout: Path, other: list[float], series: dict[str, list[float]]) -> str:
     """The other checkout's setup + teardown beside this one's (medians, and each one's ratio to raw)."""
-    mine = statistics.median(s + t for s, t in zip(setups, teardowns, strict=True))
-    theirs, med_raw = statistics.median(other), statistics.median(raw)
+    mine = statistics.median(stack(series))
+    theirs, med_raw = statistics.median(other), statistics.median(series["raw"])
     return (f"\n\nAgainst {checkout} in the same rounds: setup + teardown {theirs:.2f} s median "
             f"(min {min(other):.2f}, max {max(other):.2f}), {theirs / med_raw:.2f}x raw; this checkout "
             f"{mine:.2f} s, {mine / med_raw:.2f}x raw: this / that {mine / theirs:.3f}.")

@@ -128,7 +128,10 @@ COLUMNS = (
     Column("out (d) x rsync", "staging", "d_rsync_ratio", "{:.2f}",
            "the same: `rsync -a` s / bb_stage s (target 4)"),
     Column("life bbctl/raw", "lifecycle", "stack_raw_ratio", "{:.2f}",
-           "setup + teardown: bbctl / raw gluster CLI (medians; target 1.5)"),
+           "setup + teardown: bbctl / raw gluster CLI (medians; target 1.3)"),
+    Column("pre-run s", "lifecycle", "prerun_s", "{:.2f}",
+           "bbctl pre-run: the buffer mounted on one node (target 0.5)"),
+    Column("post-run s", "lifecycle", "postrun_s", "{:.2f}", "bbctl post-run: unmounted again (target 0.5)"),
     Column("load jobs/min", "load", "jobs_per_min", "{:.1f}", "jobs through Slurm per minute"),
 )
 

@@ -31,12 +31,30 @@ def test_staging_ratios_are_the_tools_seconds_over_bb_stages():
     assert (found["dd_mb_s"], found["dd_out_mb_s"], found["f_cp_ratio"]) == (700.0, 600.0, 1.25)
 
 
+def lifecycle_series(**values: list[float]) -> dict[str, list[float]]:
+    rounds = len(values["raw"])
+    return {"raw mount": [0.2] * rounds, "raw unmount": [0.1] * rounds, "pre-run": [1.0] * rounds,
+            "post-run": [0.9] * rounds} | {name.replace("_", " "): series for name, series in values.items()}
+
+
 def test_lifecycle_ratio_is_the_stacks_median_over_raws():
-    found = lifecycle.figures([8.0, 9.0, 10.0], [7.0, 7.0, 8.0], [5.0, 5.0, 5.0], [2.0, 2.0, 2.0])
+    series = lifecycle_series(raw=[8.0, 9.0, 10.0], setup=[7.0, 7.0, 8.0], teardown=[5.0, 5.0, 5.0],
+                              floor=[2.0, 2.0, 2.0])
+    found = lifecycle.figures(series)
     assert found["stack_s"] == 12.0 and found["stack_raw_ratio"] == 12.0 / 9.0
     assert found["above_floor_s"] == 1.0 and "warm_stack_s" not in found
-    warm = lifecycle.figures([9.0], [7.0], [5.0], [2.0], {"setup": [4.0], "teardown": [3.0], "floor": [1.0]})
-    assert warm["warm_stack_raw_ratio"] == 7.0 / 9.0
+    assert (found["prerun_s"], found["postrun_s"], found["raw_mount_s"]) == (1.0, 0.9, 0.2)
+    warm = lifecycle.figures(lifecycle_series(raw=[9.0], setup=[7.0], teardown=[5.0], floor=[2.0], warm_setup=[4.0],
+                                              warm_teardown=[3.0], warm_floor=[1.0], **{"warm_pre-run": [0.6],
+                                                                                       "warm_post-run": [0.5]}))
+    assert warm["warm_stack_raw_ratio"] == 7.0 / 9.0 and warm["warm_postrun_s"] == 0.5
+
+
+def test_lifecycle_report_rows_follow_the_series():
+    series = lifecycle_series(raw=[9.0], setup=[7.0], teardown=[5.0], floor=[2.0])
+    report = lifecycle.render(series, 1)
+    assert "| bbctl setup + teardown | 12.00 s |" in report and "warm runner" not in report
+    assert "Pre-run 1.00 s, post-run 0.90 s" in report and "the raw mount 0.20 s" in report
 
 
 def test_load_figures_with_and_without_the_queue_phase():
