@@ -15,6 +15,12 @@ nothing but the copy. Each tool's last copy is checked with ``tree_check.py`` ag
 (cp -a keeps hard links too; the checker fails the run on any difference). A plan-only run (check
 mode) gives the worker's peak RSS for planning alone.
 
+``--gluster LAYOUT`` (distribute or disperse, as ``staging.py --layout``): DIR is made a scratch
+GlusterFS volume on the test bed's bricks (``bbctl testbed up`` first), mounted, given to bbuser and
+destroyed afterwards; ``--source-root`` is then needed (the parallel filesystem's side).
+``--direction out``: the tree is first put in DIR (``cp -a`` as bbuser, not timed) and each tool
+copies it from there to SRC/dst, as a stage-out does.
+
 Prints a Markdown table (medians) and the raw figures as JSON.
 """
 
@@ -30,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +44,7 @@ sys.path.insert(0, str(REPO / "collections"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import results_doc  # noqa: E402
+import staging  # noqa: E402
 import tree_check  # noqa: E402
 import tree_gen  # noqa: E402
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import copy_engine  # noqa: E402
@@ -49,22 +57,23 @@ def as_user(*argv: object) -> list[str]:
     return ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", *[str(a) for a in argv]]
 
 
-def engine(source: Path, destination: Path, workers: int, dry_run: bool = False) -> dict:
+def engine(source: Path, destination: Path, workers: int, dry_run: bool = False, direction: str = "in") -> dict:
     """The stage's result: seconds, plan_seconds, peak_rss_kib (the worker's), files, hardlinks."""
     owner = pwd.getpwnam(USER)
-    request = StageRequest("in", "directory", str(source), str(destination), str(destination.parent))
+    buffer_root = destination.parent if direction == "in" else source.parent
+    request = StageRequest(direction, "directory", str(source), str(destination), str(buffer_root))
     result = copy_engine.stage_as_user(request, owner.pw_uid, owner.pw_gid, workers=workers, dry_run=dry_run)
     if result["failed_files"]:
         raise RuntimeError(f"the engine failed: {result['failed_files'][:3]}")
     return result
 
 
-def run_tool(tool: str, source: Path, destination: Path, workers: int) -> dict:
+def run_tool(tool: str, source: Path, destination: Path, workers: int, direction: str = "in") -> dict:
     """{seconds, ...} of one copy of source to destination (which must not exist)."""
     subprocess.run(["sync"], check=True)
     start = time.monotonic()
     if tool == "bb_stage":
-        result = engine(source, destination, workers)
+        result = engine(source, destination, workers, direction=direction)
         return {"seconds": time.monotonic() - start, "plan_seconds": result["plan_seconds"],
                 "peak_rss_kib": result["peak_rss_kib"]}
     argv = {"cp -a": ["cp", "-a", source, destination],
@@ -77,27 +86,34 @@ def warm(source: Path) -> None:
     subprocess.run(["tar", "-cf", "/dev/null", "-C", str(source), "."], check=True)  # reads everything
 
 
-def measure(root: Path, files: int, rounds: int, workers: int, per_dir: int, sources: Path) -> dict:
+def measure(root: Path, files: int, rounds: int, workers: int, per_dir: int, sources: Path,
+            direction: str = "in") -> dict:
     owner = pwd.getpwnam(USER)
     source = sources / f"src-{files}-{per_dir}"
     if not source.exists():
         tree_gen.generate(source, files, size=1024, seed=1, per_dir=per_dir, owner=(owner.pw_uid, owner.pw_gid))
     destination = root / "dst"
+    if direction == "out":  # the tree starts in the buffer and goes to the parallel filesystem's side
+        in_buffer = root / source.name
+        if not in_buffer.exists():
+            subprocess.run(as_user("cp", "-a", source, in_buffer), check=True)
+        source, destination = in_buffer, sources / "dst"
     warm(source)
     tools = ["bb_stage", "cp -a", "rsync -aH"]
     runs: dict[str, list[dict]] = {tool: [] for tool in tools}
     shutil.rmtree(destination, ignore_errors=True)
-    plan_only = engine(source, destination, workers, dry_run=True)
+    plan_only = engine(source, destination, workers, dry_run=True, direction=direction)
     for number in range(rounds):
         for tool in tools[number % 3:] + tools[:number % 3]:
             shutil.rmtree(destination, ignore_errors=True)
-            runs[tool].append(run_tool(tool, source, destination, workers))
+            runs[tool].append(run_tool(tool, source, destination, workers, direction))
             if number == rounds - 1:
                 differences = tree_check.compare(tree_check.snapshot(source), tree_check.snapshot(destination))
                 if differences:
                     raise RuntimeError(f"{tool}: {len(differences)} differences, first {differences[0]}")
     shutil.rmtree(destination, ignore_errors=True)
-    return {"files": files, "per_dir": per_dir, "entries": sum(1 for _ in tree_check.walk(str(source))),
+    entries = sum(1 for _ in tree_check.walk(str(source)))
+    return {"files": files, "per_dir": per_dir, "direction": direction, "entries": entries,
             "plan_only": {k: plan_only[k] for k in ("plan_seconds", "peak_rss_kib", "files", "hardlinks")},
             "runs": runs}
 
@@ -146,27 +162,44 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=copy_engine.DEFAULT_WORKERS)
     parser.add_argument("--keep", action="store_true", help="keep the generated sources")
+    parser.add_argument("--gluster", choices=["distribute", "disperse"],
+                        help="measure on a scratch GlusterFS volume of this layout made under --root")
+    parser.add_argument("--direction", choices=["in", "out"], default="in",
+                        help="out: copy from --root (the buffer) to --source-root")
     results_doc.add_json_option(parser)
     args = parser.parse_args()
+    if args.gluster and not args.source_root:
+        parser.error("--gluster needs --source-root: the parallel filesystem's side, off the volume")
+    with ExitStack() as stack:
+        root = args.root
+        if args.gluster:
+            root.mkdir(parents=True, exist_ok=True)
+            root = stack.enter_context(staging.volume(root, args.gluster)).mount
+        results = run(args, root, args.source_root or root)
+    print(f"\n{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d')}, workers {args.workers}, {args.rounds} rounds, direction {args.direction}"
+          f"{f', GlusterFS {args.gluster} volume' if args.gluster else ''}\n")
+    print("\n".join(table(results)))
+    results_doc.write_figures(args.json, figures(results))
+
+
+def run(args: argparse.Namespace, root: Path, sources: Path) -> list[dict]:
+    """Every tree size of args measured on root, sources made under sources (removed unless --keep)."""
     owner = pwd.getpwnam(USER)
-    sources = args.source_root or args.root
-    for directory in {args.root, sources}:
+    for directory in {root, sources}:
         directory.mkdir(parents=True, exist_ok=True)
         os.chown(directory, owner.pw_uid, owner.pw_gid)
     results = []
     try:
         for files in args.files:
             for per_dir in args.per_dir:
-                results.append(measure(args.root, files, args.rounds, args.workers, per_dir, sources))
+                results.append(measure(root, files, args.rounds, args.workers, per_dir, sources, args.direction))
                 print(json.dumps(results[-1]), flush=True)
     finally:
         if not args.keep:
-            for path in sources.glob("src-*"):
+            for path in [*sources.glob("src-*"), *root.glob("src-*"), sources / "dst"]:
                 shutil.rmtree(path, ignore_errors=True)
-    print(f"\n{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"{time.strftime('%Y-%m-%d')}, workers {args.workers}, {args.rounds} rounds\n")
-    print("\n".join(table(results)))
-    results_doc.write_figures(args.json, figures(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -122,7 +122,9 @@ class Api:
             self.h_unlink = _bind(lib, "glfs_h_unlink", ci, vp, vp, cp)
             self.h_link = _bind(lib, "glfs_h_link", ci, vp, vp, vp, cp)
             self.h_close = _bind(lib, "glfs_h_close", ci, vp)
-            self.h_open = _bind(lib, "glfs_h_open", vp, vp, vp, ci)
+            # create and open in one call (GFAPI_6.6): the fd may write whatever the mode, as
+            # open(2) with O_CREAT; a separate glfs_h_open of a 0444 file is refused (EACCES)
+            self.h_creat_open = _bind(lib, "glfs_h_creat_open", vp, vp, vp, cp, ci, u32, vp, ctypes.POINTER(vp))
             self.write = _bind(lib, "glfs_write", ctypes.c_ssize_t, vp, vp, ctypes.c_size_t, ci)
             self.close = _bind(lib, "glfs_close", ci, vp)
             self.setfsuid = _bind(lib, "glfs_setfsuid", ci, u32)
@@ -223,19 +225,25 @@ class Volume:
 
         Create, write, set the times: three calls to the bricks (through FUSE: six), on a
         volume whose translators write at once (close_each_file False). On a dispersed or
-        replicated volume the file is written through an fd and closed: its flush is what
-        puts the file's size and version on the bricks, which this process, exiting soon
-        after, would otherwise never do (its last files read as empty through every mount).
+        replicated volume the file is created and opened in one call (glfs_h_creat_open, so
+        that a read-only mode such as 0444 does not refuse the file's own write, as open(2)
+        with O_CREAT), written through that fd and closed: its flush is what puts the file's
+        size and version on the bricks, which this process, exiting soon after, would
+        otherwise never do (its last files read as empty through every mount).
         A write that write-behind held back and the brick then refused (a full quota) fails
         the setattr or close that follows it, so it is this file's error. A file that fails
         after it was created is removed: no partial file is left under its name."""
         api, raw = self.api, name.encode("utf-8", "surrogateescape")
-        handle = api.h_creat(self.fs, parent, raw, CREATE_FLAGS, mode, None)
+        fd = ctypes.c_void_p()
+        if self.close_each_file:
+            handle = api.h_creat_open(self.fs, parent, raw, CREATE_FLAGS, mode, None, ctypes.byref(fd))
+        else:
+            handle = api.h_creat(self.fs, parent, raw, CREATE_FLAGS, mode, None)
         if not handle:
             _raise(name=name)
         try:
             if self.close_each_file:
-                self._write_closed(handle, data, name)
+                self._write_closed(fd.value, data, name)
             else:
                 self._write_all(handle, data, name)
             self._set_times(handle, mode, atime_ns, mtime_ns, name)
@@ -285,9 +293,8 @@ class Volume:
         if self.api.h_setattrs(self.fs, handle, ctypes.byref(attributes), valid) != 0:
             _raise(name=name)
 
-    def _write_closed(self, handle, data, name):
-        """data through an fd of handle, flushed and closed before the times are set."""
-        fd = self.api.h_open(self.fs, handle, os.O_WRONLY)
+    def _write_closed(self, fd, data, name):
+        """data through fd (the file's, from glfs_h_creat_open), flushed and closed before the times are set."""
         if not fd:
             _raise(name=name)
         try:

@@ -359,18 +359,23 @@ def test_small_files_staged_through_gfapi_into_a_dispersed_volume_are_whole_on_e
     """A dispersed volume's client writes each file's size and version to the bricks only
     when it lets go of the file's lock: the stage's gfapi client must end (glfs_fini) before
     the worker exits, or its last files read as empty through the job's own mount (the demo
-    once read 78 of 200 lines). The mount looked at here is made after the stage."""
+    once read 78 of 200 lines). The mount looked at here is made after the stage. Read-only
+    and set-uid files come whole with their modes: each file is created and opened in one call
+    (a separate open of a 0444 file was refused, EACCES, and failed the stage)."""
     source = user_dir / "small"
     for index in range(200):
         write(source / f"sample{index}.txt", b"sample %d\n" % index, mtime_ns=OLD + index)
+    write(source / "read-only.txt", b"read only\n", mode=0o444)
+    write(source / "set-uid", b"#!/bin/sh\n", mode=0o755)
     as_owner(user_dir, owner)
+    (source / "set-uid").chmod(0o4755)  # after the chown, which clears it
     with scratch_volume("stg-ec", ("disperse", "3", "redundancy", "1")) as (name, top):
         stage_mount, job_mount = top / "stage", top / "job"
         mount_volume(name, stage_mount, owner)
         staged = bb_stage(**job(owner, direction="in", type="directory", source=str(source),
                                 destination=str(stage_mount / "small"), buffer_root=str(stage_mount)))
         assert not staged.get("failed"), staged.get("msg")
-        assert (staged["gfapi_files"], staged["gfapi_unused"]) == (200, None)
+        assert (staged["gfapi_files"], staged["gfapi_unused"]) == (202, None)
         mount_volume(name, job_mount, owner)
         assert snapshot(job_mount / "small") == snapshot(source)
 
