@@ -202,6 +202,45 @@ def _run_mount_command(module, argv, retries, delay, sleep):
         raise MountError(str(error)) from None
 
 
+# --- a shared mount root (containers made earlier see buffers mounted under it) ----------
+
+def plan_shared(path, exists, is_dir, mount, mode):
+    """Argv lists that make path a shared mount point; [] if it is one. Pure.
+
+    mount: the MountEntry at path (None: path is not a mount point); mode: of path if made.
+    Raises MountError if path is something other than a directory.
+    """
+    if exists and not is_dir:
+        raise MountError(f"{path} exists and is not a directory; buffers are mounted under a directory")
+    commands = [] if exists else [["mkdir", "-p", "--mode", f"{mode:04o}", path]]
+    if mount is None:
+        commands.append(["mount", "--bind", path, path])
+    if mount is None or not is_shared(mount):
+        commands.append(["mount", "--make-shared", path])
+    return commands
+
+
+def describe_shared(mount):
+    """{mount_point, shared} of the MountEntry at a path (None: not a mount point)."""
+    return {"mount_point": mount is not None, "shared": mount is not None and is_shared(mount)}
+
+
+def ensure_shared(runner, path, mode=0o755):
+    """Make path (normalised) a shared mount point through runner (a CommandRunner; check mode
+    plans only). Returns (before, after) as describe_shared; raises MountError when the kernel
+    shows no shared propagation afterwards."""
+    mount = mount_at(read_mountinfo(), path)
+    before = describe_shared(mount)
+    runner.change_all(plan_shared(path, os.path.lexists(path), os.path.isdir(path), mount, mode))
+    if runner.check_mode:
+        return before, {"mount_point": True, "shared": True}
+    after = describe_shared(mount_at(read_mountinfo(), path))
+    if not after["shared"]:
+        raise MountError(f"mount --make-shared {path} succeeded but the kernel shows no shared "
+                         "propagation there; see dmesg")
+    return before, after
+
+
 # --- owner and mode of a mount's root ----------------------------------------------
 
 def resolve_uid(owner):

@@ -88,8 +88,6 @@ commands:
     - ["mount", "--make-shared", "/mnt/bb"]
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import (
     CommandError,
@@ -97,48 +95,14 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner imp
 )
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import (
     MountError,
-    is_shared,
-    mount_at,
+    ensure_shared,
     normalise_path,
     parse_mode,
-    read_mountinfo,
 )
 
 
-class RootError(Exception):
-    """The mount root cannot be made shared; the message says what to do."""
-
-
-def plan_shared(path, exists, is_dir, mount, mode):
-    """Argv lists that make path a shared mount point; [] if it is one. Pure.
-
-    mount: the MountEntry at path (None: path is not a mount point).
-    """
-    if exists and not is_dir:
-        raise RootError(f"{path} exists and is not a directory; buffers are mounted under a directory")
-    commands = [] if exists else [["mkdir", "-p", "--mode", f"{mode:04o}", path]]
-    if mount is None:
-        commands.append(["mount", "--bind", path, path])
-    if mount is None or not is_shared(mount):
-        commands.append(["mount", "--make-shared", path])
-    return commands
-
-
-def describe(mount):
-    return {"mount_point": mount is not None, "shared": mount is not None and is_shared(mount)}
-
-
 def run(runner, path, mode):
-    mount = mount_at(read_mountinfo(), path)
-    before = describe(mount)
-    runner.change_all(plan_shared(path, os.path.lexists(path), os.path.isdir(path), mount, mode))
-    if runner.check_mode:
-        after = {"mount_point": True, "shared": True}
-    else:
-        after = describe(mount_at(read_mountinfo(), path))
-        if not after["shared"]:
-            raise RootError(f"mount --make-shared {path} succeeded but the kernel shows no shared "
-                            "propagation there; see dmesg")
+    before, after = ensure_shared(runner, path, mode)
     return runner.result(before, after, **after)
 
 
@@ -150,7 +114,7 @@ def main():
     runner = CommandRunner(module)
     try:
         result = run(runner, path, parse_mode(module.params["mode"]))
-    except (RootError, MountError, CommandError, OSError) as error:
+    except (MountError, CommandError, OSError) as error:
         module.fail_json(**runner.failure(error, path=path))
     module.exit_json(**result, path=path)
 

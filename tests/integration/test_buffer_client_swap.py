@@ -52,18 +52,20 @@ def playbook(workdir, name, buffer, *flags):
     return done, task_results(done.stdout)
 
 
-def test_mount_plans_shared_root_then_mount_then_swap_and_changes_nothing(workdir):
+def test_mount_plans_shared_root_and_mount_in_one_task_then_swap_and_changes_nothing(workdir):
     mount_path = str(workdir / "mnt" / "bb-job42")
     buffer = {"name": "bb-job42", "mount_path": mount_path, "swap": str(64 * 1024**2),
               "bricks": [{"host": "localhost"}]}
     done, results = playbook(workdir, "buffer_mount.yml", buffer, "--check")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr
     names = list(results)
-    shared = next(n for n in names if n.startswith("Make the mount root a shared"))
     mount = next(n for n in names if n.startswith("Mount the buffer"))
     swap = next(n for n in names if n.startswith("Give this node swap space"))
-    assert names.index(shared) < names.index(mount) < names.index(swap)
-    assert results[shared]["commands"][-1] == ["mount", "--make-shared", str(workdir / "mnt")]
+    assert names.index(mount) < names.index(swap)
+    root = str(workdir / "mnt")  # made a shared mount point by the mount's own task, before mounting
+    assert results[mount]["commands"][:4] == [["mkdir", "-p", "--mode", "0755", root], ["mount", "--bind", root, root],
+                                              ["mount", "--make-shared", root], ["mkdir", "-p", mount_path]]
+    assert results[mount]["commands"][4][:3] == ["mount", "-t", "glusterfs"]
     swap_file = f"{mount_path}/.swap/localhost"
     assert results[swap]["changed"] is True
     assert [str(64 * 1024**2), swap_file] == results[swap]["commands"][1][-2:]  # fallocate --length SIZE FILE

@@ -1,8 +1,9 @@
-"""shared_mount_root planner: (path, what is there, the mount at it) -> commands."""
+"""The shared mount root's planner (shared_mount_root, buffer_mount's shared_root): (path, what is
+there, the mount at it) -> commands."""
 
 import pytest
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import mounts as smr
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import parse_mountinfo_line
-from ansible_collections.hpc.burstbuffer.plugins.modules import shared_mount_root as smr
 
 ROOT = "/mnt/bb"
 BIND = ["mount", "--bind", ROOT, ROOT]
@@ -31,11 +32,11 @@ def test_plan_shared(exists, is_dir, entry, commands):
 
 
 def test_a_file_in_the_way_is_refused():
-    with pytest.raises(smr.RootError, match="/mnt/bb exists and is not a directory"):
+    with pytest.raises(smr.MountError, match="/mnt/bb exists and is not a directory"):
         smr.plan_shared(ROOT, True, False, None, 0o755)
 
 
 def test_describe_reads_propagation():
-    assert smr.describe(None) == {"mount_point": False, "shared": False}
-    assert smr.describe(mount()) == {"mount_point": True, "shared": False}
-    assert smr.describe(mount("shared:3")) == {"mount_point": True, "shared": True}
+    assert smr.describe_shared(None) == {"mount_point": False, "shared": False}
+    assert smr.describe_shared(mount()) == {"mount_point": True, "shared": False}
+    assert smr.describe_shared(mount("shared:3")) == {"mount_point": True, "shared": True}
