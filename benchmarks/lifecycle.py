@@ -202,7 +202,7 @@ def main() -> int:
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(f"#!/bin/bash\n#BB_LUA jobdw capacity={CAPACITY_GIB}GiB pool=nvme\n")
         series: dict[str, list[float]] = defaultdict(list)
-        other: dict[Path, list[float]] = {checkout: [] for checkout in args.against}
+        other: dict[Path, list[Cycle]] = {checkout: [] for checkout in args.against}
         for n in range(args.rounds):
             raw = raw_cycle(n, uid)
             series["raw"].append(raw.create_delete)
@@ -218,7 +218,7 @@ def main() -> int:
                 series[prefix + "floor"].append(floor_cycle(warm=bool(prefix)))
             for index, checkout in enumerate(args.against):
                 _setup, _teardown, cycle = stack_cycle(n, uid, script, code=checkout.resolve(), contender=index)
-                other[checkout].append(cycle.create_delete)
+                other[checkout].append(cycle)
             print(f"round {n + 1}: " + ", ".join(f"{name} {values[-1]:.2f} s" for name, values in series.items()),
                   file=sys.stderr)
     finally:
@@ -321,13 +321,17 @@ def render(series: dict[str, list[float]], rounds: int) -> str:
     return "\n".join(lines)
 
 
-def against_lines(checkout: Path, other: list[float], series: dict[str, list[float]]) -> str:
-    """The other checkout's setup + teardown beside this one's (medians, and each one's ratio to raw)."""
-    mine = statistics.median(stack(series))
-    theirs, med_raw = statistics.median(other), statistics.median(series["raw"])
-    return (f"\n\nAgainst {checkout} in the same rounds: setup + teardown {theirs:.2f} s median "
-            f"(min {min(other):.2f}, max {max(other):.2f}), {theirs / med_raw:.2f}x raw; this checkout "
-            f"{mine:.2f} s, {mine / med_raw:.2f}x raw: this / that {mine / theirs:.3f}.")
+def against_lines(checkout: Path, other: list[Cycle], series: dict[str, list[float]]) -> str:
+    """The other checkout's setup + teardown, pre-run and post-run beside this one's (through ansible-runner;
+    medians, and setup + teardown's ratio to raw)."""
+    med = statistics.median
+    mine, theirs = med(stack(series)), [cycle.create_delete for cycle in other]
+    med_raw = med(series["raw"])
+    return (f"\n\nAgainst {checkout} in the same rounds (through ansible-runner): setup + teardown "
+            f"{med(theirs):.2f} s median (min {min(theirs):.2f}, max {max(theirs):.2f}), {med(theirs) / med_raw:.2f}x "
+            f"raw; this checkout {mine:.2f} s, {mine / med_raw:.2f}x raw: this / that {mine / med(theirs):.3f}. "
+            f"Pre-run {med(c.mount for c in other):.2f} s there, {med(series['pre-run']):.2f} s here; post-run "
+            f"{med(c.unmount for c in other):.2f} s there, {med(series['post-run']):.2f} s here.")
 
 
 def write_section(doc: Path, block: str) -> None:

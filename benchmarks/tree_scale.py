@@ -86,8 +86,11 @@ def warm(source: Path) -> None:
     subprocess.run(["tar", "-cf", "/dev/null", "-C", str(source), "."], check=True)  # reads everything
 
 
+TOOLS = ["bb_stage", "cp -a", "rsync -aH"]
+
+
 def measure(root: Path, files: int, rounds: int, workers: int, per_dir: int, sources: Path,
-            direction: str = "in") -> dict:
+            direction: str = "in", tools: list[str] = TOOLS) -> dict:
     owner = pwd.getpwnam(USER)
     source = sources / f"src-{files}-{per_dir}"
     if not source.exists():
@@ -99,12 +102,11 @@ def measure(root: Path, files: int, rounds: int, workers: int, per_dir: int, sou
             subprocess.run(as_user("cp", "-a", source, in_buffer), check=True)
         source, destination = in_buffer, sources / "dst"
     warm(source)
-    tools = ["bb_stage", "cp -a", "rsync -aH"]
     runs: dict[str, list[dict]] = {tool: [] for tool in tools}
     shutil.rmtree(destination, ignore_errors=True)
     plan_only = engine(source, destination, workers, dry_run=True, direction=direction)
     for number in range(rounds):
-        for tool in tools[number % 3:] + tools[:number % 3]:
+        for tool in tools[number % len(tools):] + tools[:number % len(tools)]:
             shutil.rmtree(destination, ignore_errors=True)
             runs[tool].append(run_tool(tool, source, destination, workers, direction))
             if number == rounds - 1:
@@ -147,9 +149,9 @@ def figures(results: list[dict]) -> dict[str, float]:
         slug = f"f{case['files']}" + ("" if case["per_dir"] == 100 else f"_d{case['per_dir']}")
         seconds = {tool: statistics.median(r["seconds"] for r in runs) for tool, runs in case["runs"].items()}
         found |= {f"{slug}_bb_stage_s": seconds["bb_stage"],
-                  f"{slug}_cp_a_ratio": seconds["cp -a"] / seconds["bb_stage"],
-                  f"{slug}_rsync_ratio": seconds["rsync -aH"] / seconds["bb_stage"],
                   f"{slug}_peak_rss_mib": max(r["peak_rss_kib"] for r in case["runs"]["bb_stage"]) / 1024}
+        found |= {f"{slug}_{name}_ratio": seconds[tool] / seconds["bb_stage"]
+                  for tool, name in (("cp -a", "cp_a"), ("rsync -aH", "rsync")) if tool in seconds}
     return found
 
 
@@ -164,6 +166,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated sources")
     parser.add_argument("--gluster", choices=["distribute", "disperse"],
                         help="measure on a scratch GlusterFS volume of this layout made under --root")
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=TOOLS,
+                        help="the tools to compare (bb_stage always runs)")
     parser.add_argument("--direction", choices=["in", "out"], default="in",
                         help="out: copy from --root (the buffer) to --source-root")
     results_doc.add_json_option(parser)
@@ -193,7 +197,9 @@ def run(args: argparse.Namespace, root: Path, sources: Path) -> list[dict]:
     try:
         for files in args.files:
             for per_dir in args.per_dir:
-                results.append(measure(root, files, args.rounds, args.workers, per_dir, sources, args.direction))
+                tools = ["bb_stage", *(tool for tool in args.tools if tool != "bb_stage")]
+                results.append(measure(root, files, args.rounds, args.workers, per_dir, sources, args.direction,
+                                       tools))
                 print(json.dumps(results[-1]), flush=True)
     finally:
         if not args.keep:
