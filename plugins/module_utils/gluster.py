@@ -73,6 +73,12 @@ def cli_argv(glusterd_socket, *words):
     return prefix + [str(word) for word in words] + ["--xml"]
 
 
+def with_timeout(argv, seconds):
+    """argv (a ``gluster --mode=script ...`` list) with ``--timeout=seconds`` after the mode; unchanged
+    when seconds is None (the CLI's own 120 s)."""
+    return argv if seconds is None else [*argv[:2], f"--timeout={int(seconds)}", *argv[2:]]
+
+
 def remote_argv(host, *words):
     """A read-only question to the glusterd of host: ``--remote-host`` cannot change anything."""
     return [GLUSTER, "--mode=script", f"--remote-host={host}", f"--timeout={REMOTE_TIMEOUT}",
@@ -339,9 +345,10 @@ TRANSIENT_RETRY = Retry(when=lambda _rc, out, err: is_transient(out) or is_trans
 class GlusterCli:
     """The gluster CLI through a CommandRunner: C locale, check mode, retries of transient failures."""
 
-    def __init__(self, module, glusterd_socket=None, sleep=time.sleep):
+    def __init__(self, module, glusterd_socket=None, sleep=time.sleep, timeout=None):
         self.module = module
         self.socket = glusterd_socket
+        self.timeout = timeout  # seconds glusterd has to answer a read (None: the CLI's 120)
         self.sleep = sleep
         self.binary = module.get_bin_path(GLUSTER, required=True)
         self.runner = CommandRunner(module, retry=TRANSIENT_RETRY, sleep=sleep,
@@ -367,7 +374,7 @@ class GlusterCli:
         return self.read(pool_list_argv(self.socket), parse_pool_list)
 
     def volumes(self):
-        return self.read(volume_info_argv(self.socket), parse_volume_info)
+        return self.read(with_timeout(volume_info_argv(self.socket), self.timeout), parse_volume_info)
 
     def volume(self, name):
         return next((v for v in self.volumes() if v["name"] == name), None)

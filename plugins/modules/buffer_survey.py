@@ -28,6 +28,12 @@ options:
       - Ask this server's glusterd (C(gluster volume info)) for its volumes and their bricks.
     type: bool
     default: false
+  timeout:
+    description:
+      - Seconds glusterd has to answer (the gluster CLI's C(--timeout); its own default is 120).
+        A glusterd that is stopped or hung fails the task with C(Request timed out) after them,
+        and C(bbctl reconcile) counts that against the server.
+    type: int
   brick_roots:
     description:
       - Brick roots (the mount points of the NVMe bricks, the C(path) of each C(bb_bricks)
@@ -115,6 +121,7 @@ ARGUMENT_SPEC = dict(
     mount_roots=dict(type="list", elements="path", default=[]),
     prefixes=dict(type="list", elements="str", default=["bbjob-", "bbp-"]),
     glusterd_socket=dict(type="path"),
+    timeout=dict(type="int"),
 )
 
 
@@ -123,7 +130,7 @@ def ours(name, prefixes):
 
 
 def volumes(module, prefixes):
-    cli = GlusterCli(module, module.params["glusterd_socket"])
+    cli = GlusterCli(module, module.params["glusterd_socket"], timeout=module.params["timeout"])
     return [{"name": v["name"], "id": v["id"], "status": v["status"],
              "bricks": [{"host": b["host"], "path": b["path"]} for b in v["bricks"]]}
             for v in cli.volumes() if ours(v["name"], prefixes)]

@@ -9,6 +9,10 @@ the compute nodes); ``compare`` lists each difference as a ``Drift``; ``repair``
 fixes them with the playbooks every teardown uses, so nothing is removed by a path
 that a normal teardown would not take.
 
+A storage server that does not answer the survey counts one failure towards its being
+marked unusable (bbctl.server_health.record_unanswered): the survey is how a server that
+hangs, rather than fails, is found.
+
 Only names bbctl makes (``bbjob-*``, ``bbp-*``) are ever looked at. Lustre buffers are
 not surveyed (no Lustre here: docs/LUSTRE.md); their records are left alone.
 
@@ -26,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bbctl import runner, slurmconf
+from bbctl import runner, server_health, slurmconf
 from bbctl import site as sitecfg
 from bbctl.errors import BBError
 from bbctl.state import Buffer, BufferState
@@ -77,8 +81,19 @@ def survey(life: Any) -> Reality:
         extravars={"bb_survey_mount_roots": [str(site.stage_root), str(site.mount_root)]},
         hosts=["bb_storage", "bb_clients"], timeout=slurmconf.stage_timeout("setup", life._bb_settings),
         cancel=life.cancel)
-    return reality_of(run.results, address_map(life.pools.values()), storage=storage_servers(life),
-                      failures=run.failures)
+    storage = storage_servers(life)
+    return reality_of(run.results, address_map(life.pools.values()), storage=storage,
+                      failures=[*run.failures, *silent(run, storage)])
+
+
+def silent(run: runner.StageRun, storage: Iterable[str]) -> list[str]:
+    """Failures ("host: why") for the storage servers that gave no result at all before the survey timed
+    out (a server that hangs); none unless it timed out."""
+    if run.status != "timeout":
+        return []
+    spoke = run.ok_hosts() | set(run.failed_hosts())
+    return [f"{host}: no answer before the survey timed out after {run.seconds:.0f} s"
+            for host in sorted(set(storage) - spoke)]
 
 
 def address_map(pools: Iterable[Any]) -> dict[str, str]:
@@ -226,6 +241,7 @@ def destroy_pieces(life: Any, name: str, drifts: list[Drift]) -> None:
 def reconcile(life: Any, *, repair_drift: bool, older_than: float) -> dict[str, Any]:
     """Survey, compare and (with repair_drift) repair; the report ``bbctl reconcile --json`` prints."""
     reality = survey(life)
+    server_health.record_unanswered(life, reality.unanswered, storage_servers(life))
     drifts = compare(life.store.buffers(), reality, now=time.time(), older_than=older_than)
     report: dict[str, Any] = {"drift": [d.to_dict() for d in drifts], "unanswered": dict(reality.unanswered),
                               "repaired": []}

@@ -7,6 +7,12 @@ the server unusable (``failing``): allocation skips its bricks and the pools Slu
 count them, until an operator runs ``bbctl servers --resume NAME`` (docs/OPERATOR_GUIDE.md,
 section 13). A compute node's or the stage host's failure is no storage server's.
 
+A run that timed out blames nobody for the hang (the task that hangs is often another server's, waiting
+on the one at fault). A server that hangs is counted by bbctl's survey instead (``bbctl reconcile``,
+and every ``bbctl gc``): each server is asked alone, about its own glusterd and bricks, so a server
+that does not answer it (its glusterd stopped: the CLI's request times out; or no result before the
+survey's playbook timed out) is at fault itself and counts one failure (``record_unanswered``).
+
 A compute node on which a run did not unmount a buffer (post-run or teardown failed there, or the run
 timed out before the node had unmounted: a busy mount, or a FUSE client waiting on a brick that does
 not answer), or on which pre-run's mount hung until the playbook's timeout, is drained in Slurm with
@@ -17,6 +23,7 @@ does the same to a node whose epilog fails.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 
 from bbctl import runner, slurmconf
@@ -54,17 +61,32 @@ def record(life: Lifecycle, key: str, buffer: Buffer, run: runner.StageRun) -> N
     failed = blamed({host: message for host, message in run.failed_hosts().items() if host in storage})
     succeeded = (storage if run.status == "successful" else
                  run.ok_hosts() & storage if run.status == "failed" else set())
+    _count(life, key, run.stage, failed, succeeded - set(failed))
+
+
+def record_unanswered(life: Lifecycle, unanswered: Mapping[str, str], storage: Collection[str]) -> None:
+    """Count one failure for each storage server of ``storage`` that did not answer bbctl's survey
+    (``unanswered``: host -> why, as bbctl.reconcile.Reality has it); other hosts (the stage host, compute
+    nodes) are no storage server's. Answering resets no count: a server that answers a read may still fail
+    its stages."""
+    failed = {host: f"did not answer bbctl's survey: {why}" for host, why in unanswered.items() if host in storage}
+    _count(life, "reconcile", "survey", failed, set())
+
+
+def _count(life: Lifecycle, key: str, stage: str, failed: Mapping[str, str], succeeded: Collection[str]) -> None:
+    """One update of the servers' health; says which servers it made unusable. Never raises: a state store
+    or pools file that cannot be written is logged."""
     if not failed and not succeeded:
         return
     try:
-        marked = life.store.record_runs(failed, succeeded - set(failed), limit=life.site.server_fail_limit)
+        marked = life.store.record_runs(failed, succeeded, limit=life.site.server_fail_limit)
         for server in marked:
-            life.note(key, run.stage, f"storage server {server.name} is now unusable: {server.reason}; "
-                                      f"no new buffer gets its bricks until `bbctl servers --resume {server.name}`")
+            life.note(key, stage, f"storage server {server.name} is now unusable: {server.reason}; "
+                                  f"no new buffer gets its bricks until `bbctl servers --resume {server.name}`")
         if marked:
             life.refresh_pools()
     except BBError as exc:  # StateError, or the pools file not written
-        log.warning("%s %s: could not record the storage servers' health: %s", key, run.stage, exc)
+        log.warning("%s %s: could not record the storage servers' health: %s", key, stage, exc)
 
 
 def stuck_nodes(run: runner.StageRun, nodes: list[str], mount_path: str, *, mounting: bool) -> list[str]:

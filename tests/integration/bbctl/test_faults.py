@@ -603,3 +603,30 @@ hostname
     log = LOG.read_text(errors="replace")
     swept = {job for job in jobs if f" {job} sweep: the job ended" in log}
     assert swept == lost, f"Slurm lost the teardowns of {sorted(lost)}; bbctl sweep did {sorted(swept)}"
+
+
+def test_a_storage_server_whose_glusterd_hangs_is_counted_by_the_survey(user_dir):
+    """A stage that times out blames no server (the task that hangs may be another's, waiting on it);
+    the survey asks each server alone, so one whose glusterd is stopped (SIGSTOP: connected, never
+    answering) fails its own task after the survey's 30 s glusterd timeout and counts one failure;
+    the servers that answered count none."""
+    before = {server["name"]: server["failures"] for server in servers()}
+    glusterd = glusterd_pid(3)
+    os.kill(glusterd, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        surveyed = bbctl("reconcile", "--json")
+        took = time.monotonic() - started
+    finally:
+        os.kill(glusterd, signal.SIGCONT)
+    try:
+        report = json.loads(surveyed.stdout)
+        assert "bbnode3" in report["unanswered"] and "Request timed out" in report["unanswered"]["bbnode3"], report
+        assert took < 90, f"the survey took {took:.0f} s"
+        after = {server["name"]: server for server in servers()}
+        assert after["bbnode3"]["failures"] == before.get("bbnode3", 0) + 1, after["bbnode3"]
+        assert "did not answer bbctl's survey" in after["bbnode3"]["last_error"], after["bbnode3"]
+        assert {name: after[name]["failures"] for name in ("bbnode1", "bbnode2") if name in after} == {
+            name: count for name, count in before.items() if name in ("bbnode1", "bbnode2")}
+    finally:
+        assert bbctl("servers", "--resume", "bbnode3").returncode == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bbctl import allocation, cli, runner, server_health
+from bbctl import allocation, cli, reconcile, runner, server_health
 from bbctl import lifecycle as lc
 from bbctl import site as sitecfg
 from bbctl.errors import BBError
@@ -349,3 +349,48 @@ def test_a_pre_run_that_times_out_drains_the_nodes_that_had_not_mounted(life, mo
     with pytest.raises(runner.StageFailed, match="timed out"):
         life.pre_run("42", script(tmp_path, "#DW jobdw capacity=4GiB"), ["cn1", "cn2"])
     assert drained == [(["cn2"], f"bbctl: job 42 pre-run: mount of {mount_path} timed out")]
+
+
+# --- a server that hangs: counted by the survey (bbctl reconcile, bbctl gc) ---------------------------
+
+def surveyed(monkeypatch, config, *, status: str, failures: list[str], answering: list[str]) -> None:
+    """Fake the survey's run: each host of ``answering`` reports nothing of ours; ``failures`` as given."""
+    def run_stage(site, key, stage, playbook, *, extravars, hosts, timeout, cancel):
+        assert playbook == "buffer_survey.yml"
+        results = [(host, {"volumes": [], "brick_dirs": [], "mounts": []}) for host in answering]
+        return runner.StageRun(stage=stage, status=status, rc=0 if status == "successful" else 2, seconds=270.0,
+                               run_dir=config.runs_dir / key, failures=failures, results=results)
+    monkeypatch.setattr(runner, "run_stage", run_stage)
+
+
+def test_a_storage_server_that_does_not_answer_the_survey_counts_a_failure_and_no_one_else(config, monkeypatch):
+    life = lc.Lifecycle(config)
+    life.store.record_runs({"bbnode1": "earlier"}, [], limit=3)
+    surveyed(monkeypatch, config, status="failed", answering=["bbnode1", "bbnode3"],
+             failures=["bbnode2: Read the volumes and brick directories of burst buffers: Error : Request timed out",
+                       "cn1: Read the mounts of burst buffers: unreachable"])
+    reconcile.reconcile(life, repair_drift=False, older_than=0)
+    health = life.store.servers()
+    assert health["bbnode2"].failures == 1 and "did not answer bbctl's survey" in health["bbnode2"].last_error
+    assert "Request timed out" in health["bbnode2"].last_error
+    assert health["bbnode1"].failures == 1  # answering resets nothing
+    assert "bbnode3" not in health and "cn1" not in health  # answered; not a storage server
+
+
+def test_a_server_silent_until_the_survey_timed_out_is_counted_up_to_unusable(config, monkeypatch):
+    life = lc.Lifecycle(dataclasses.replace(config, server_fail_limit=2))
+    surveyed(monkeypatch, config, status="timeout", failures=[], answering=["bbnode1", "bbnode2", "cn1"])
+    for _ in range(2):
+        reconcile.reconcile(life, repair_drift=False, older_than=0)
+    server = life.store.servers()["bbnode3"]
+    assert server.unusable == FAILING and server.failures == 2
+    assert "no answer before the survey timed out after 270 s" in server.last_error
+    assert sorted(life.store.servers()) == ["bbnode3"]
+    assert pools_file(config)["quantity"] == 4  # of 6: Slurm no longer counts bbnode3's two bricks
+
+
+def test_a_cancelled_survey_blames_no_silent_server(config, monkeypatch):
+    life = lc.Lifecycle(config)
+    surveyed(monkeypatch, config, status="canceled", failures=[], answering=["bbnode1"])
+    reconcile.reconcile(life, repair_drift=False, older_than=0)
+    assert life.store.servers() == {}

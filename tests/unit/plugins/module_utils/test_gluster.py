@@ -30,6 +30,13 @@ def test_every_command_runs_in_script_mode_with_xml_and_the_socket_when_given():
         "gluster", "--mode=script", f"--glusterd-sock={SOCK}", "volume", "info", "gv1", "--xml"]
 
 
+def test_a_read_with_a_timeout_gives_glusterd_that_many_seconds_and_none_leaves_the_clis_own():
+    argv = g.volume_info_argv(SOCK)
+    assert g.with_timeout(argv, 30) == [
+        "gluster", "--mode=script", "--timeout=30", f"--glusterd-sock={SOCK}", "volume", "info", "--xml"]
+    assert g.with_timeout(argv, None) == argv
+
+
 @pytest.mark.parametrize(("layout", "transport", "force", "middle"), [
     (None, "tcp", False, ["transport", "tcp"]),
     ({"replica": 3}, "tcp", False, ["replica", "3", "transport", "tcp"]),

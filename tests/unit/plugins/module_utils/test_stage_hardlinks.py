@@ -315,6 +315,44 @@ def test_a_stage_in_through_gfapi_makes_its_new_links_there_too(linked, buffer, 
                      str(buffer / "in" / "c big")]  # the large first name went through the mount, its links not
 
 
+class SlowLinks(LocalVolume):
+    """LocalVolume whose links take a while and that notes two links of one first name made at once."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.busy, self.overlaps, self.guard = set(), [], threading.Lock()
+
+    def link(self, leader_parent, leader_name, parent, name):
+        leader = os.path.join(leader_parent, leader_name)
+        with self.guard:
+            if leader in self.busy:
+                self.overlaps.append(leader)
+            self.busy.add(leader)
+        threading.Event().wait(0.02)
+        try:
+            super().link(leader_parent, leader_name, parent, name)
+        finally:
+            with self.guard:
+                self.busy.discard(leader)
+
+
+def test_the_names_of_one_inode_are_linked_one_after_another_and_inodes_in_parallel(tmp_path, buffer, monkeypatch):
+    """Two links of one inode at once through GlusterFS's distribute translator failed now and then
+    (ENODATA, ENOENT): each inode's links are one task, in order."""
+    root = tmp_path / "pfs" / "many"
+    for index in range(12):
+        write(root / "d0" / f"f{index}", b"%d" % index)
+        for other in (1, 2, 3):
+            (root / f"d{other}").mkdir(exist_ok=True)
+            os.link(root / "d0" / f"f{index}", root / f"d{other}" / f"f{index}")
+    volume = SlowLinks(str(buffer))
+    monkeypatch.setattr(sg, "open_gfapi", lambda target, verify, root: (sg.GfapiWriter(volume, root, "/"), None))
+    result = stage("in", root, buffer / "in", buffer, workers=8, gfapi_via=("127.1.1.1", "v", str(buffer)))
+    assert (result["failed_files"], result["hardlinks"]) == ([], 36)
+    assert volume.overlaps == []
+    assert len(groups_of(buffer / "in")) == 12
+
+
 def test_only_new_links_of_a_stage_in_take_the_gfapi_path():
     new = sh.HardLinkPlan("/pfs/b", "/bb/b", "/bb/a", 1, (1, 2), False, None)
     assert sg.GfapiWriter.takes_link(new)
