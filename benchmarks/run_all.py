@@ -124,6 +124,8 @@ COLUMNS = (
     Column("stage (b) x cp", "staging", "b_cp_ratio", "{:.2f}",
            "10,000 small files: `cp -r` s / bb_stage s (target 2)"),
     Column("stage (a) % dd", "staging", "a_dd_pct", "{:.0f}", "4 large files: bb_stage as % of dd's MB/s (target 95)"),
+    Column("stage (b) % limit", "staging", "b_limit_pct", "{:.0f}",
+           "10,000 small files: the physical limit (`cp -r` straight onto XFS) as % of bb_stage's time"),
     Column("out (d) x cp", "staging", "d_cp_ratio", "{:.2f}",
            "10,000 small files staged out onto XFS: `cp -r` s / bb_stage s (target 2)"),
     Column("out (d) x rsync", "staging", "d_rsync_ratio", "{:.2f}",

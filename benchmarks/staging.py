@@ -388,10 +388,13 @@ def spread(values: list[float]) -> str:
     return f"{median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def main_table(results: dict[str, dict[str, Timing]], sizes: dict[str, int], dd_rates: dict[str, float]
-               ) -> list[str]:
-    rows = ["| case | tool | runs | seconds, median (min-max) | MB/s | bb_stage is |",
-            "| --- | --- | --- | --- | --- | --- |"]
+def main_table(results: dict[str, dict[str, Timing]], sizes: dict[str, int], dd_rates: dict[str, float],
+               limits: dict[str, float] | None = None) -> list[str]:
+    """One row per case and tool; ``limits``: per case, the seconds of the physical limit (the same tree
+    copied with ``cp -r`` straight onto XFS, no GlusterFS), each tool's time then also as % of it."""
+    limits = limits or {}
+    rows = ["| case | tool | runs | seconds, median (min-max) | MB/s | bb_stage is | % of the limit |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     for case, timings in results.items():
         bb = median(timings["bb_stage"].seconds)
         for tool, timing in timings.items():
@@ -401,8 +404,12 @@ def main_table(results: dict[str, dict[str, Timing]], sizes: dict[str, int], dd_
                 versus = f"{rate / dd_rates[case] * 100:.0f}% of dd" if case in dd_rates else ""
             else:
                 versus = f"{ratio(seconds, bb)} faster" if seconds >= bb else f"{ratio(bb, seconds)} slower"
+            limit = f"{limits[case] / seconds * 100:.0f}%" if case in limits else ""
             rows.append(f"| {case} | {tool} | {len(timing.seconds)} | {spread(timing.seconds)} | {rate:.0f} | "
-                        f"{versus} |")
+                        f"{versus} | {limit} |")
+        if case in limits:
+            rows.append(f"| {case} | the limit: `cp -r` straight onto XFS | | {limits[case]:.2f} | "
+                        f"{sizes[case] / limits[case] / 1e6:.0f} | | 100% |")
     return rows
 
 
@@ -449,15 +456,18 @@ def write_section(lines: list[str], layout: str) -> None:
 
 # --- the run ------------------------------------------------------------------------------------
 
-def figures(results: dict[str, dict[str, Timing]], sizes: dict[str, int], dd_rates: dict[str, float]
-            ) -> dict[str, float]:
+def figures(results: dict[str, dict[str, Timing]], sizes: dict[str, int], dd_rates: dict[str, float],
+            limits: dict[str, float] | None = None) -> dict[str, float]:
     """Medians per case (a)-(f): {a_bb_stage_s, a_cp_ratio, a_rsync_ratio, ..., a_dd_pct, f_dd_pct, dd_mb_s,
-    dd_out_mb_s}; a ratio is the tool's seconds / bb_stage's (above 1 bb_stage is faster), X_dd_pct
-    bb_stage's MB/s as % of dd's in the same direction."""
+    dd_out_mb_s, a_limit_pct, ...}; a ratio is the tool's seconds / bb_stage's (above 1 bb_stage is faster),
+    X_dd_pct bb_stage's MB/s as % of dd's in the same direction, X_limit_pct the physical limit's seconds
+    (``limits``) as % of bb_stage's."""
     found = {"dd_mb_s": dd_rates.get(LARGE_IN, 0.0), "dd_out_mb_s": dd_rates.get(LARGE_OUT, 0.0)}
     for case, timings in results.items():
         slug, bb = case[1], median(timings["bb_stage"].seconds)
         found[f"{slug}_bb_stage_s"] = bb
+        if limits and case in limits:
+            found[f"{slug}_limit_pct"] = limits[case] / bb * 100
         for tool, key in (("cp -r", "cp_ratio"), ("rsync -a", "rsync_ratio")):
             if tool in timings:
                 found[f"{slug}_{key}"] = median(timings[tool].seconds) / bb
@@ -512,6 +522,7 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
                 results[case] = bench.compare(f"({letter})", staged, {**out_tools, **extra}, out_rounds, inward=False)
                 if extra:
                     dd_rates[case] = 256 * MiB / median(results[case].pop(DD).seconds) / 1e6
+            limits = physical_limits(bench, sources, results, out_rounds)
             study: dict[str, dict[str, Timing]] = {}
             by_workers: dict[str, dict[int, Timing]] = {}
             if not args.quick:
@@ -529,12 +540,29 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
              f"volume: {args.layout} over 3 bricks; stage-out onto XFS on a loop device; bb_stage with "
              f"{copy_engine.DEFAULT_WORKERS} workers, 64 MiB chunks; volume options "
              f"{', '.join(f'`{k} {v}`' for k, v in recommended(args.layout).items())}; {references}.",
-             "", *main_table(results, sizes, dd_rates)]
+             "", *main_table(results, sizes, dd_rates, limits)]
     if study:
         lines += ["", *study_table(study)]
     if by_workers:
         lines += ["", *workers_table(by_workers)]
-    return lines, figures(results, sizes, dd_rates)
+    return lines, figures(results, sizes, dd_rates, limits)
+
+
+KIND_OF = {LARGE_IN: "large", SMALL_IN: "small", MIXED_IN: "mixed", SMALL_OUT: "small", MIXED_OUT: "mixed",
+           LARGE_OUT: "large"}
+
+
+def physical_limits(bench: Bench, sources: dict[str, Path], results: dict[str, dict[str, Timing]],
+                    rounds: int) -> dict[str, float]:
+    """Per measured case, the median seconds of ``cp -r`` of the same tree from the page cache straight onto
+    the XFS scratch (a loop device like each brick): what the disks and the kernel allow without GlusterFS,
+    the limit every tool's figure is set beside (issue 15, item 7)."""
+    by_kind = {}
+    for kind in sorted({KIND_OF[case] for case in results}):
+        log(f"the limit: {kind} straight onto XFS")
+        by_kind[kind] = median(bench.compare(f"limit {kind}", sources[kind], {"cp -r": cp}, rounds,
+                                             inward=False)["cp -r"].seconds)
+    return {case: by_kind[KIND_OF[case]] for case in results}
 
 
 def run_study(bench: Bench, vol: Volume, source: Path, rounds: int) -> dict[str, dict[str, Timing]]:

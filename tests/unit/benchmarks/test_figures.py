@@ -31,6 +31,18 @@ def test_staging_ratios_are_the_tools_seconds_over_bb_stages():
     assert (found["dd_mb_s"], found["dd_out_mb_s"], found["f_cp_ratio"]) == (700.0, 600.0, 1.25)
 
 
+def test_each_tool_is_set_beside_the_physical_limit():
+    timing = staging.Timing
+    case = staging.SMALL_IN
+    results = {case: {"bb_stage": timing([4.0]), "cp -r": timing([8.0])}}
+    lines = staging.main_table(results, {case: 40_000_000}, {}, {case: 1.0})
+    assert any(line.startswith(f"| {case} | bb_stage |") and line.endswith("| 25% |") for line in lines)
+    assert any(line.startswith(f"| {case} | cp -r |") and line.endswith("| 12% |") for line in lines)
+    assert f"| {case} | the limit: `cp -r` straight onto XFS | | 1.00 | 40 | | 100% |" in lines
+    assert staging.figures(results, {case: 1}, {}, {case: 1.0})["b_limit_pct"] == 25.0
+    assert "b_limit_pct" not in staging.figures(results, {case: 1}, {})
+
+
 def lifecycle_series(**values: list[float]) -> dict[str, list[float]]:
     rounds = len(values["raw"])
     return {"raw mount": [0.2] * rounds, "raw unmount": [0.1] * rounds, "pre-run": [1.0] * rounds,
