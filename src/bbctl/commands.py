@@ -321,11 +321,11 @@ def _reconcile(life: Lifecycle, args: argparse.Namespace) -> Reported:
 
 
 def _gc(life: Lifecycle, args: argparse.Namespace) -> Reported:
-    """gc's teardowns, then the drift a survey finds (repaired with --repair, never in a dry run);
-    the exit code as reconcile's: EXIT_DRIFT while drift is left."""
+    """gc's teardowns, then the drift a survey finds (repaired with --repair, never in a dry run, which
+    counts no server's silence either); the exit code as reconcile's: EXIT_DRIFT while drift is left."""
     report = operator_views.gc(life, args.older_than, dry_run=args.dry_run)
     report.update(reconcile.reconcile(life, repair_drift=args.repair and not args.dry_run,
-                                      older_than=args.older_than))
+                                      older_than=args.older_than, count_silence=not args.dry_run))
     return Reported(report, reconcile.exit_code(report))
 
 

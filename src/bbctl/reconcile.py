@@ -238,10 +238,12 @@ def destroy_pieces(life: Any, name: str, drifts: list[Drift]) -> None:
     run.raise_for_failure()
 
 
-def reconcile(life: Any, *, repair_drift: bool, older_than: float) -> dict[str, Any]:
-    """Survey, compare and (with repair_drift) repair; the report ``bbctl reconcile --json`` prints."""
+def reconcile(life: Any, *, repair_drift: bool, older_than: float, count_silence: bool = True) -> dict[str, Any]:
+    """Survey, compare and (with repair_drift) repair; the report ``bbctl reconcile --json`` prints.
+    ``count_silence``: count a failure for each storage server that did not answer (not in a dry run)."""
     reality = survey(life)
-    server_health.record_unanswered(life, reality.unanswered, storage_servers(life))
+    if count_silence:
+        server_health.record_unanswered(life, reality.unanswered, storage_servers(life))
     drifts = compare(life.store.buffers(), reality, now=time.time(), older_than=older_than)
     report: dict[str, Any] = {"drift": [d.to_dict() for d in drifts], "unanswered": dict(reality.unanswered),
                               "repaired": []}

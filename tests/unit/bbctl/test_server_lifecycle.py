@@ -353,20 +353,20 @@ def test_a_pre_run_that_times_out_drains_the_nodes_that_had_not_mounted(life, mo
 
 # --- a server that hangs: counted by the survey (bbctl reconcile, bbctl gc) ---------------------------
 
-def surveyed(monkeypatch, config, *, status: str, failures: list[str], answering: list[str]) -> None:
+def surveyed(monkeypatch, *, status: str, failures: list[str], answering: list[str]) -> None:
     """Fake the survey's run: each host of ``answering`` reports nothing of ours; ``failures`` as given."""
     def run_stage(site, key, stage, playbook, *, extravars, hosts, timeout, cancel):
         assert playbook == "buffer_survey.yml"
         results = [(host, {"volumes": [], "brick_dirs": [], "mounts": []}) for host in answering]
         return runner.StageRun(stage=stage, status=status, rc=0 if status == "successful" else 2, seconds=270.0,
-                               run_dir=config.runs_dir / key, failures=failures, results=results)
+                               run_dir=Path("/nonexistent") / key, failures=failures, results=results)
     monkeypatch.setattr(runner, "run_stage", run_stage)
 
 
 def test_a_storage_server_that_does_not_answer_the_survey_counts_a_failure_and_no_one_else(config, monkeypatch):
     life = lc.Lifecycle(config)
     life.store.record_runs({"bbnode1": "earlier"}, [], limit=3)
-    surveyed(monkeypatch, config, status="failed", answering=["bbnode1", "bbnode3"],
+    surveyed(monkeypatch, status="failed", answering=["bbnode1", "bbnode3"],
              failures=["bbnode2: Read the volumes and brick directories of burst buffers: Error : Request timed out",
                        "cn1: Read the mounts of burst buffers: unreachable"])
     reconcile.reconcile(life, repair_drift=False, older_than=0)
@@ -379,7 +379,7 @@ def test_a_storage_server_that_does_not_answer_the_survey_counts_a_failure_and_n
 
 def test_a_server_silent_until_the_survey_timed_out_is_counted_up_to_unusable(config, monkeypatch):
     life = lc.Lifecycle(dataclasses.replace(config, server_fail_limit=2))
-    surveyed(monkeypatch, config, status="timeout", failures=[], answering=["bbnode1", "bbnode2", "cn1"])
+    surveyed(monkeypatch, status="timeout", failures=[], answering=["bbnode1", "bbnode2", "cn1"])
     for _ in range(2):
         reconcile.reconcile(life, repair_drift=False, older_than=0)
     server = life.store.servers()["bbnode3"]
@@ -391,6 +391,20 @@ def test_a_server_silent_until_the_survey_timed_out_is_counted_up_to_unusable(co
 
 def test_a_cancelled_survey_blames_no_silent_server(config, monkeypatch):
     life = lc.Lifecycle(config)
-    surveyed(monkeypatch, config, status="canceled", failures=[], answering=["bbnode1"])
+    surveyed(monkeypatch, status="canceled", failures=[], answering=["bbnode1"])
     reconcile.reconcile(life, repair_drift=False, older_than=0)
     assert life.store.servers() == {}
+
+
+def test_a_dry_run_of_gc_counts_no_silence_and_a_real_one_does(config_file, monkeypatch, capsys):
+    """config_file (conftest): servers s1 and s2."""
+    surveyed(monkeypatch, status="failed", answering=["s1"],
+             failures=["s2: Read the volumes and brick directories of burst buffers: Error : Request timed out"])
+    bbctl(config_file, "gc", "--dry-run", "--json")
+    assert "s2" in json.loads(capsys.readouterr().out)["unanswered"]
+    bbctl(config_file, "servers", "--json")
+    assert {s["name"]: s["failures"] for s in json.loads(capsys.readouterr().out)["servers"]} == {"s1": 0, "s2": 0}
+    bbctl(config_file, "gc", "--json")
+    capsys.readouterr()
+    bbctl(config_file, "servers", "--json")
+    assert {s["name"]: s["failures"] for s in json.loads(capsys.readouterr().out)["servers"]} == {"s1": 0, "s2": 1}
