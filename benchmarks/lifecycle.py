@@ -250,10 +250,10 @@ def figures(series: dict[str, list[float]]) -> dict[str, float]:
     stack_raw_ratio (target <= 1.3), floor_raw_ratio, above_floor_s, prerun_s, postrun_s, raw_mount_s,
     raw_unmount_s}, with --warm-runner also warm_stack_s, warm_stack_raw_ratio, warm_prerun_s, warm_postrun_s."""
     med = statistics.median
-    raw, floor = med(series["raw"]), med(series["floor"])
+    raw, floor, both = med(series["raw"]), med(series["floor"]), med(stack(series))
     found = {"raw_s": raw, "setup_s": med(series["setup"]), "teardown_s": med(series["teardown"]),
-             "stack_s": med(stack(series)), "floor_s": floor, "stack_raw_ratio": med(stack(series)) / raw,
-             "floor_raw_ratio": (raw + floor) / raw, "above_floor_s": med(stack(series)) - raw - floor,
+             "stack_s": both, "floor_s": floor, "stack_raw_ratio": both / raw,
+             "floor_raw_ratio": (raw + floor) / raw, "above_floor_s": both - raw - floor,
              "prerun_s": med(series["pre-run"]), "postrun_s": med(series["post-run"]),
              "raw_mount_s": med(series["raw mount"]), "raw_unmount_s": med(series["raw unmount"])}
     if "warm setup" in series:

@@ -193,11 +193,11 @@ def run(args: argparse.Namespace, root: Path, sources: Path) -> list[dict]:
     for directory in {root, sources}:
         directory.mkdir(parents=True, exist_ok=True)
         os.chown(directory, owner.pw_uid, owner.pw_gid)
+    tools = ["bb_stage", *(tool for tool in args.tools if tool != "bb_stage")]
     results = []
     try:
         for files in args.files:
             for per_dir in args.per_dir:
-                tools = ["bb_stage", *(tool for tool in args.tools if tool != "bb_stage")]
                 results.append(measure(root, files, args.rounds, args.workers, per_dir, sources, args.direction,
                                        tools))
                 print(json.dumps(results[-1]), flush=True)
