@@ -60,6 +60,7 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_plan import 
     LinkPlan,
     Plan,
     dest_entry,
+    discard_temporaries,
     is_complete,
     same_mtime,
     temp_name,
@@ -381,15 +382,23 @@ def _restore_times(writeback, plan):
 
 
 def writeback(upper, lower, since_ns=None, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE,
-              dry_run=False, report=None):
-    """Plan and (unless ``dry_run``) carry out the write-back, in this process; returns the result."""
+              dry_run=False, report=None, discard=False):
+    """Plan and (unless ``dry_run``) carry out the write-back, in this process; returns the result.
+
+    ``discard``: write nothing back; remove the temporary files an interrupted write-back left on
+    DIR (``discarded``: how many; in a dry run, how many there are), as before a teardown with hurry.
+    """
     if workers < 1:
         raise StageError("workers is %d: use at least 1." % workers)
     if chunk_size < BLOCK:
         raise StageError("chunk_size is %d bytes: use at least 1MiB." % chunk_size)
     start = time.monotonic()
     planned = plan_writeback(upper, lower, since_ns)
-    if dry_run:
+    if discard:
+        found = sum(discard_temporaries(plan, dry_run) for plan in (planned.plan, planned.later))
+        result = {"files": 0, "bytes": 0, "discarded": found,
+                  "failed_files": planned.plan.failed + planned.later.failed, "not_copied": []}
+    elif dry_run:
         result = {"files": len(planned.plan.files) + len(planned.later.files),
                   "bytes": planned.plan.bytes + planned.later.bytes,
                   "deletions": len(planned.deletions), "planned": planned.summary(),
@@ -401,7 +410,7 @@ def writeback(upper, lower, since_ns=None, workers=DEFAULT_WORKERS, chunk_size=D
 
 
 def writeback_as_user(upper, lower, uid, gid, since_ns=None, workers=DEFAULT_WORKERS,
-                      chunk_size=DEFAULT_CHUNK_SIZE, dry_run=False, report=None, since_file=None):
+                      chunk_size=DEFAULT_CHUNK_SIZE, dry_run=False, report=None, since_file=None, discard=False):
     """``writeback`` in a forked worker that is uid/gid (user_worker.py); the caller only reads results.
 
     ``since_file``: where the cache kept the time it was first mounted (read by the worker, as the
@@ -410,6 +419,6 @@ def writeback_as_user(upper, lower, uid, gid, since_ns=None, workers=DEFAULT_WOR
 
     def work(send_progress):
         since = since_ns if since_ns is not None or since_file is None else read_since(since_file)
-        return writeback(upper, lower, since, workers, chunk_size, dry_run, send_progress)
+        return writeback(upper, lower, since, workers, chunk_size, dry_run, send_progress, discard)
 
     return run_as_user(uid, gid, work, report)

@@ -44,7 +44,7 @@ import time
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_copy import BLOCK, DEFAULT_CHUNK_SIZE, Copier
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError, as_user
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_gfapi import gfapi_target, gfapi_writer
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_plan import TEMP_SUFFIX, Planner
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_plan import Planner, discard_temporaries
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_progress import Progress
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import check_request
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_threads import DEFAULT_WORKERS, Crew
@@ -103,29 +103,6 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
     result.update(seconds=round(time.monotonic() - start, 3), plan_seconds=round(plan_done - start, 3),
                   peak_rss_kib=peak_rss_kib(), failed_files=plan.failed, not_copied=plan.not_copied)
     return result
-
-
-def discard_temporaries(plan, dry_run=False):
-    """Remove the temporary names (stage_plan.temp_name) that plan's stage-out would write through and
-    that an interrupted run left; how many there were. Only names the plan gives as temporaries, each
-    ending in TEMP_SUFFIX, are touched: a user's file of a like name is a destination, never a temporary.
-    A temporary that cannot be removed is a failed file."""
-    temps = [f.temp for f in plan.files if f.temp and f.replace_temp]
-    temps += [link.temp for link in plan.hardlinks if link.temp]
-    found = 0
-    for temp in temps:
-        if not temp.endswith(TEMP_SUFFIX) or not os.path.lexists(temp):
-            continue
-        found += 1
-        if dry_run:
-            continue
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            found -= 1
-        except OSError as exc:
-            plan.fail(temp, "cannot remove this temporary file%s" % as_user(exc))
-    return found
 
 
 def peak_rss_kib():

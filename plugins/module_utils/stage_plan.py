@@ -386,3 +386,26 @@ def scan_destination(path):
             except FileNotFoundError:
                 continue
     return found
+
+
+def discard_temporaries(plan, dry_run=False):
+    """Remove the temporary names (temp_name) that plan's stage-out or cache write-back would write
+    through and that an interrupted run left; how many there were. Only names the plan gives as temporaries, each
+    ending in TEMP_SUFFIX, are touched: a user's file of a like name is a destination, never a temporary.
+    A temporary that cannot be removed is a failed file."""
+    temps = [f.temp for f in plan.files if f.temp and f.replace_temp]
+    temps += [link.temp for link in plan.hardlinks if link.temp]
+    found = 0
+    for temp in temps:
+        if not temp.endswith(TEMP_SUFFIX) or not os.path.lexists(temp):
+            continue
+        found += 1
+        if dry_run:
+            continue
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            found -= 1
+        except OSError as exc:
+            plan.fail(temp, "cannot remove this temporary file%s" % as_user(exc))
+    return found

@@ -58,6 +58,15 @@ options:
   progress_file:
     description: Where to append progress snapshots (JSON lines), as hpc.burstbuffer.bb_stage does.
     type: path
+  discard:
+    description:
+      - Write nothing back; instead remove the temporary files (C(.NAME.bb-stage.tmp)) that an
+        interrupted write-back left on O(lower), as the job's user, and say how many in
+        RV(discarded). For a write-back that will not be run again (the job torn down with hurry).
+      - Only the temporary names this write-back would write through are removed; a user's own
+        file named like one is never touched.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - hpc.burstbuffer.attributes
 attributes:
@@ -102,6 +111,11 @@ links:
 deleted:
   description: Entries deleted on the cached directory because the job deleted them.
   returned: success
+  type: int
+  sample: 3
+discarded:
+  description: With O(discard), the temporary files removed (in check mode, found).
+  returned: when O(discard) is true
   type: int
   sample: 3
 deletions:
@@ -161,6 +175,7 @@ ARGUMENT_SPEC = dict(
     workers=dict(type="int", default=32),
     chunk_size=dict(type="str", default="64MiB"),
     progress_file=dict(type="path"),
+    discard=dict(type="bool", default=False),
 )
 LISTED = 1000
 EMPTY_RESULT = dict(files=0, bytes=0, seconds=0.0, failed_files=[], not_copied=[])
@@ -176,7 +191,8 @@ def run(module, params):
         result = writeback_as_user(os.path.join(params["buffer_dir"], UPPER), params["lower"], params["uid"],
                                    params["gid"], workers=params["workers"], chunk_size=chunk_size,
                                    dry_run=module.check_mode, report=progress,
-                                   since_file=os.path.join(params["buffer_dir"], SINCE))
+                                   since_file=os.path.join(params["buffer_dir"], SINCE),
+                                   discard=params["discard"])
     except (StageError, OSError) as exc:
         return dict(EMPTY_RESULT), "write-back to %s: %s" % (params["lower"], to_native(exc))
     error = None
@@ -194,7 +210,7 @@ def main():
     result, error = run(module, module.params)
     for item in result.get("kept", [])[:10]:
         module.warn("kept %s: the job deleted it, but it was %s" % (item["path"], item["reason"]))
-    changed = bool(result["files"] or result.get("deleted") or result.get("links"))
+    changed = bool(result["files"] or result.get("deleted") or result.get("links") or result.get("discarded"))
     if error is not None:
         module.fail_json(msg=error, changed=changed, **result)
     module.exit_json(changed=changed, **result)

@@ -43,6 +43,7 @@ BUILD_RESERVE = 60  # seconds of a build's budget kept for building the volume w
 USER_META = "user:"  # meta key prefix on a persistent buffer: a job that uses it
 STAGE_MOUNTED = "stage_mounted"  # meta: mounted on the stage host (teardown must unmount it there)
 FAILED_STAGE = "failed_stage"  # meta: the stage whose failure put the buffer in state failed
+STAGE_OUT_SPECS = "stage_out_specs"  # meta: its stage-out's bb_stage requests by buffer key (to discard them)
 BUILT = (BufferState.CREATED, BufferState.STAGED_IN, BufferState.MOUNTED, BufferState.STAGED_OUT,
          BufferState.STAGING_OUT)
 
@@ -363,13 +364,15 @@ class Lifecycle:
         """The stage_out lines; ``own``: the job's own buffer is staged out (its state follows)."""
         if not request.stage_out:
             return 0
+        by_key = playbook_vars.stage_specs(self.site, job_key, request.stage_out)
         if own:
-            # A failed stage-out left the data where it was: it may simply run again.
+            # A failed stage-out left the data where it was: it may simply run again. Its requests are
+            # kept so that a teardown without the job's script (bbctl sweep) can discard its temporaries.
             states = (BufferState.FAILED,) if stage_out_failed(self.store.get(job_key)) else BUILT
             self._require(job_key, states)
             self.store.transition(job_key, states, BufferState.STAGING_OUT, stage_out_verified=False, last_error="",
-                                  meta={FAILED_STAGE: None})
-        for key, specs in playbook_vars.stage_specs(self.site, job_key, request.stage_out).items():
+                                  meta={FAILED_STAGE: None, STAGE_OUT_SPECS: by_key})
+        for key, specs in by_key.items():
             with self.timed(key, "stage-out", job_key=job_key) as meter:
                 run = meter.ran(self._copy(key, specs, stage="stage-out", playbook="stage_out.yml",
                                            job_key=job_key))
@@ -426,34 +429,48 @@ class Lifecycle:
                               f"(state {buffer.state.value}"
                               f"{': ' + buffer.last_error if buffer.last_error else ''}); "
                               "rerun stage-out, or tear down with hurry to discard the data")
-            if request.stage_out and not buffer.stage_out_verified and (
-                    buffer.state is BufferState.STAGING_OUT or stage_out_failed(buffer)):
-                self._discard_stage_out(key, request)
+            self.discard_interrupted(buffer, request, stage="teardown")
             self._destroy(key, stage="teardown")
         return True
 
-    def _discard_stage_out(self, job_key: str, request: JobRequest) -> None:
-        """Before a teardown with hurry of a job whose stage-out was interrupted: remove, as the user, the
-        temporaries (``.NAME.bb-stage.tmp``) it left in the user's destinations. Never fails the
-        teardown (hurry discards the data anyway): what is left is named in bbctl.log."""
-        for key, specs in playbook_vars.stage_specs(self.site, job_key, request.stage_out).items():
-            buffer = self.store.get(key)
-            if buffer is None:
-                continue
-            if not buffer.meta.get(STAGE_MOUNTED):  # recorded first: the destroy then unmounts it
-                buffer = self.store.transition(key, {buffer.state}, buffer.state, meta={STAGE_MOUNTED: True})
-            run = self._run(buffer, "teardown", "stage_out.yml", extra={"mount_path": str(self.stage_path(key))},
-                            stages=specs, job_key=job_key, more={"bb_stage_discard": True},
-                            timeout=max(1, self._stage_timeout("teardown") // 2))
-            if run.status == "successful":
-                removed = sum(int(item.get("discarded") or 0) for _host, result in run.results
-                              for item in result.get("results") or [result])  # a loop's result holds its items
-                self.note(job_key, "teardown", f"removed {removed} temporary file(s) the interrupted stage-out "
-                                               "left in the destinations")
-            else:
-                self.note(job_key, "teardown", f"could not remove the interrupted stage-out's temporary files "
-                                               f"(.NAME.bb-stage.tmp, the user's to delete): {run.status}; "
-                                               f"{'; '.join(run.failures) or run.output_tail()}")
+    def discard_interrupted(self, buffer: Buffer, request: JobRequest | None = None, *, stage: str) -> None:
+        """Before a job buffer is torn down with hurry (or by ``bbctl sweep`` for Slurm) while its
+        stage-out was interrupted (state staging_out, or failed in stage-out): remove, as the user, the
+        temporaries (``.NAME.bb-stage.tmp``) that stage-out or the cache's write-back left in the user's
+        destinations. The stage_out lines come from the record (kept when the stage-out started), else
+        from ``request``. Never fails the teardown (hurry discards the data anyway): what is left is
+        named in bbctl.log."""
+        if buffer.stage_out_verified or not (buffer.state is BufferState.STAGING_OUT or stage_out_failed(buffer)):
+            return
+        if buffer.meta.get(CACHE):
+            self._discard(buffer.key, buffer.key, "cache_writeback.yml", stage, "write-back",
+                          more={"bb_cache": {"lower": buffer.meta[CACHE]}})
+        by_key = buffer.meta.get(STAGE_OUT_SPECS)
+        if by_key is None and request is not None and request.stage_out:
+            by_key = playbook_vars.stage_specs(self.site, buffer.key, request.stage_out)
+        for key, specs in (by_key or {}).items():
+            self._discard(key, buffer.key, "stage_out.yml", stage, "stage-out", stages=specs)
+
+    def _discard(self, key: str, job_key: str, playbook: str, stage: str, what: str, *,
+                 stages: list[dict[str, Any]] | None = None, more: dict[str, Any] | None = None) -> None:
+        """One playbook run with bb_stage_discard on buffer ``key`` (mounted on the stage host for it)."""
+        buffer = self.store.get(key)
+        if buffer is None:
+            return
+        if not buffer.meta.get(STAGE_MOUNTED):  # recorded first: the destroy then unmounts it
+            buffer = self.store.transition(key, {buffer.state}, buffer.state, meta={STAGE_MOUNTED: True})
+        run = self._run(buffer, stage, playbook, extra={"mount_path": str(self.stage_path(key))},
+                        stages=stages or [], job_key=job_key, more={**(more or {}), "bb_stage_discard": True},
+                        timeout=max(1, self._stage_timeout(stage) // 2))
+        if run.status == "successful":
+            removed = sum(int(item.get("discarded") or 0) for _host, result in run.results
+                          for item in result.get("results") or [result])  # a loop's result holds its items
+            self.note(job_key, stage, f"removed {removed} temporary file(s) the interrupted {what} "
+                                      "left in the destinations")
+        else:
+            self.note(job_key, stage, f"could not remove the interrupted {what}'s temporary files "
+                                      f"(.NAME.bb-stage.tmp, the user's to delete): {run.status}; "
+                                      f"{'; '.join(run.failures) or run.output_tail()}")
 
     # --- persistent buffers ------------------------------------------------------------------
     def create_persistent(self, name: str, uid: int, gid: int, capacity: int, pool: str | None, *,

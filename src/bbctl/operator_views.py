@@ -267,6 +267,7 @@ def sweep(life: Lifecycle, *, grace: float = SWEEP_GRACE, now: float | None = No
         life.note(buffer.key, "sweep", f"the job ended {now - ended:.0f} s ago and Slurm's teardown never ran "
                                        "(Slurm killed it as it started, and never retries one): tearing down")
         try:
+            life.discard_interrupted(buffer, stage="sweep")  # as a teardown with hurry would have
             life.destroy(buffer.key, stage="sweep")  # timed as sweep: a teardown timing is Slurm's
         except BBError as exc:
             life.note(buffer.key, "sweep", f"teardown failed: {exc}; the next sweep or bbctl gc tries again")

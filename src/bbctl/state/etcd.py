@@ -10,6 +10,7 @@ Layout under a prefix (default ``/bbctl``)::
                                         the history's index by age, for cutting it to its bounds
     <prefix>/counters/<stage>           JSON of that stage's counters, only ever incremented
     <prefix>/servers/<name>             JSON of a storage server's health (bbctl.state.base.ServerHealth)
+    <prefix>/unusable-since             when a storage server last became unusable (allocations compare on it)
 
 An allocation is two round trips: one read of the record's key and the
 pool's index, then one transaction that succeeds only if the record does not
@@ -24,11 +25,12 @@ keys deleted, index rewritten, history kept and cut), compared on the
 record's and the index's revisions. State changes compare the record's
 mod_revision.
 
-An allocation reads the servers' health in its first snapshot and never
-offers a brick of an unusable server; it does not compare on them (every
-failure counted would then restart the allocations in flight), so a drain
-committed during an allocation's few milliseconds may miss that one
-allocation: `bbctl servers` lists the buffers on a server.
+An allocation reads the servers' health in its snapshot and never offers a
+brick of an unusable server. It compares on one key, ``<prefix>/unusable-since``,
+that every write making a server unusable (a drain, the failure that reaches
+the limit) rewrites in the same transaction: a server taken out during an
+allocation's few milliseconds restarts that allocation, which then skips it,
+while a failure counted below the limit, or a resume, restarts nothing.
 
 The brick keys say who holds what (``bbctl gc``'s stray bricks, the status
 views); the index is what the allocator reads instead of them, always
@@ -42,7 +44,7 @@ from the brick keys. Upgrade every controller's bbctl together: an older
 bbctl's release leaves the index claiming the bricks it freed.
 
 etcd limits a transaction to ``--max-txn-ops`` operations (128 by default), so
-a buffer may hold at most that many bricks minus two: raise the option (and
+a buffer may hold at most that many bricks minus four: raise the option (and
 ``max_txn_ops`` here) or the pool's granularity for bigger buffers. Run etcd
 with ``--auto-compaction-retention``: every allocation adds revisions (the
 index is ~3 KB at 2,500 bricks in use), and without compaction the database
@@ -90,6 +92,7 @@ from bbctl.state.timings import Running, StageTiming
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
 HISTORY_BATCH = 16  # oldest history entries a release reads, and cuts in its own transaction
+ALLOCATION_OPS = 4  # an allocation's failure branch reads the record, index, unusable-since, servers + a key a brick
 
 
 def _unchanged(key: str, found: Sequence[KeyValue]) -> dict[str, Any]:
@@ -172,44 +175,50 @@ class EtcdStore:
     def _server_key(self, name: str) -> str:
         return f"{self.prefix}/servers/{name}"
 
+    def _unusable_key(self) -> str:
+        """Rewritten whenever a storage server becomes unusable; allocations compare on it."""
+        return f"{self.prefix}/unusable-since"
+
     # --- allocation ----------------------------------------------------------------------
 
     def allocate(self, spec: BufferSpec, pool: Pool) -> Buffer:
         check_key(spec.key)
         needed = spec.brick_count(pool.granularity)
-        if needed + 2 > self.max_txn_ops:
-            raise StateError(f"buffer {spec.key} needs {needed} bricks; etcd takes at most {self.max_txn_ops - 2} "
+        if needed + ALLOCATION_OPS > self.max_txn_ops:
+            raise StateError(f"buffer {spec.key} needs {needed} bricks; etcd takes at most "
+                             f"{self.max_txn_ops - ALLOCATION_OPS} "
                              "in one transaction: raise etcd's --max-txn-ops or the pool's granularity")
         record_key, index_key = self._buffer_key(spec.key), self._index_key(pool.name)
         sent: set[bytes] = set()  # records of transactions whose outcome is unknown
-        record_kvs, index_kvs, server_kvs = self._snapshot({"key": b64(record_key)}, {"key": b64(index_key)},
-                                                           self._range_prefix(self._server_key("")))
-        unusable = unusable_servers(self._health(server_kvs))
+        view = [{"key": b64(record_key)}, {"key": b64(index_key)}, {"key": b64(self._unusable_key())},
+                self._range_prefix(self._server_key(""))]
+        record_kvs, index_kvs, marked_kvs, server_kvs = self._snapshot(*view)
         index = self._pool_index(pool.name, index_kvs)
         for _ in range(MAX_CAS_ATTEMPTS):
             if record_kvs:
                 if record_kvs[0].value in sent:  # an earlier attempt did commit
                     return Buffer.from_dict(json.loads(record_kvs[0].value))
                 raise BufferExists(spec.key)
-            chosen = index.choose(pool, needed, unusable)
+            chosen = index.choose(pool, needed, unusable_servers(self._health(server_kvs)))
             record = new_record(spec, pool, chosen, self.clock())
             value = json.dumps(record.to_dict())
             brick_keys = [self._brick_key(pool.name, brick.id) for brick in chosen]
-            compare = [_absent(record_key), _at(index_key, index.revision)]
+            compare = [_absent(record_key), _at(index_key, index.revision),
+                       _at(self._unusable_key(), marked_kvs[0].mod_revision if marked_kvs else 0)]
             compare += [_absent(k) for k in brick_keys]
             success = [_put(record_key, value), _put(index_key, index.taking(chosen).encode())]
             success += [_put(k, spec.key) for k in brick_keys]
-            failure = [{"request_range": {"key": b64(k)}} for k in [record_key, index_key, *brick_keys]]
+            failure = [{"request_range": r} for r in view] + [{"request_range": {"key": b64(k)}} for k in brick_keys]
             try:
                 answer = self._txn(compare, success, failure)
             except OutcomeUnknown:
                 sent.add(value.encode())
-                record_kvs, index_kvs = self._snapshot({"key": b64(record_key)}, {"key": b64(index_key)})
+                record_kvs, index_kvs, marked_kvs, server_kvs = self._snapshot(*view)
                 index = self._pool_index(pool.name, index_kvs)
                 continue
             if answer.get("succeeded"):
                 return record
-            record_kvs, index_kvs, *held = _ranges(answer)
+            record_kvs, index_kvs, marked_kvs, server_kvs, *held = _ranges(answer)
             index = self._pool_index(pool.name, index_kvs)
             if any(found and not index.holds(brick) for brick, found in zip(chosen, held, strict=True)):
                 index = self._repaired_index(pool.name)  # a brick key the index misses: trust the keys
@@ -483,9 +492,12 @@ class EtcdStore:
             if not changed:
                 return {}
             puts = {self._server_key(name): json.dumps(server.to_dict()) for name, server in changed.items()}
+            writes = [_put(k, v) for k, v in puts.items()]
+            if any(server.unusable and not was_unusable(found_kvs, server.name) for server in changed.values()
+                   for found_kvs in [by_key[self._server_key(server.name)]]):
+                writes.append(_put(self._unusable_key(), str(self.clock())))  # allocations in flight start again
             try:
-                if self._txn([_unchanged(k, by_key[k]) for k in puts], [_put(k, v) for k, v in puts.items()]
-                             ).get("succeeded"):
+                if self._txn([_unchanged(k, by_key[k]) for k in puts], writes).get("succeeded"):
                     return changed
             except OutcomeUnknown:
                 sent = {k: v.encode() for k, v in puts.items()}
@@ -494,6 +506,11 @@ class EtcdStore:
     def close(self) -> None:
         """This thread's connections closed (a later call opens new ones)."""
         self.gateway.close()
+
+
+def was_unusable(found: list[KeyValue], name: str) -> bool:
+    """The server's health as read (its key's range) said unusable."""
+    return bool(found) and ServerHealth.from_dict(json.loads(found[0].value)).unusable
 
 
 _HealthChange = Callable[[dict[str, ServerHealth]], dict[str, ServerHealth]]  # the servers' health read -> to write

@@ -356,6 +356,35 @@ def test_scancel_hurry_after_a_killed_stage_out_leaves_no_temporary_in_the_desti
     assert leftovers(f"bbjob-{job}") == []
 
 
+CACHE_JOB = """\
+#BB_LUA jobdw capacity=4GiB pool=nvme type=cache pfs={out}
+cd "$DW_JOB_STRIPED"
+for f in *; do tr 'a-z' 'A-Z' < "$f" > "$f.new" && mv "$f.new" "$f"; done
+"""
+
+
+def test_scancel_hurry_after_a_killed_cache_write_back_leaves_no_temporary_in_the_cached_directory(user_dir):
+    """A cache buffer's write-back is its stage-out: killed mid-way and given up on with --hurry, the
+    teardown removes, as the user, the temporaries it left in pfs=DIR, and every file stays whole."""
+    out = user_dir / "out"
+    before = tree(out, 1500, 4096)
+    new = {name: hashlib.sha256((out / name).read_bytes().upper()).hexdigest() for name in before}
+    job = submit(write_job(user_dir, "cache.sh", CACHE_JOB.format(out=out)))
+    pid = stage_pid(job, "stage-out", timeout=600)
+    copying(job, "stage-out")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 300
+    while "data_out" not in job_fields(job).get("Reason", "") and time.monotonic() < deadline:
+        time.sleep(1)
+    assert any(p.name.endswith(".bb-stage.tmp") for p in out.iterdir()), "the kill left no temporary to remove"
+    subprocess.run(["scancel", "--hurry", str(job)], env=ENV, check=True)
+    wait_torn_down(job, timeout=300)
+    assert sorted(p.name for p in out.iterdir()) == sorted(before), "only the user's files are left"
+    each_whole(out, before, new)
+    assert log_line(job, r"teardown: removed \d+ temporary file\(s\) the interrupted write-back", timeout=5)
+    assert leftovers(f"bbjob-{job}") == []
+
+
 def sums_of_one(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

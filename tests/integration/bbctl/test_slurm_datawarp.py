@@ -2,23 +2,29 @@
 
 The module switches the test bed's Slurm to the datawarp plugin and back to
 lua at the end (storage stays up), then submits DataWarp-style job scripts
-(#DW / #BB) as the unprivileged user.
+(#DW / #BB) as the unprivileged user. Two faults of test_faults.py run here
+too: bbctl killed in stage-in, and in stage-out followed by scancel --hurry.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
+import signal
 import subprocess
+import time
 
 import pytest
 
 from tests.cache_job import JOB, differences, make_dir, run_job, snapshot
 from tests.conftest import BBCTL, TESTBED_ROOT
+from tests.integration.bbctl import test_faults as faults
 from tests.integration.bbctl.slurmjobs import (
     ENV,
     bbctl,
+    job_fields,
     leftovers,
     scontrol,
     submit,
@@ -108,3 +114,42 @@ cd "$DW_JOB_STRIPED_CACHE"
     assert differences(snapshot(pfs), snapshot(direct)) == []
     assert leftovers(f"bbjob-{job}") == []
 
+
+
+# --- faults through dw_wlm_cli: the same bbctl stages, Slurm's other plugin around them ----------------
+
+def test_bbctl_killed_during_stage_in_through_dw_wlm_cli_holds_the_job_and_leaves_nothing(user_dir):
+    source = user_dir / "in"
+    before = faults.tree(source, 1500, 4096)
+    job = submit(write_job(user_dir, "job.sh", f"""\
+#DW jobdw type=scratch capacity=8GiB access_mode=striped
+#DW stage_in type=directory source={source} destination=$DW_JOB_STRIPED/in
+hostname
+"""))
+    os.kill(faults.stage_pid(job, "stage-in"), signal.SIGKILL)
+    fields = faults.held(job)
+    assert fields["JobState"] == "PENDING" and "data_in" in fields["Reason"], fields
+    assert faults.sums_of(source) == before
+    faults.cancel_and_check_nothing_left(job)
+
+
+def test_scancel_hurry_after_a_killed_stage_out_through_dw_wlm_cli_removes_its_temporaries(user_dir):
+    out = user_dir / "out"
+    before = faults.tree(out, 1500, 4096)
+    new = {name: hashlib.sha256((out / name).read_bytes().upper()).hexdigest() for name in before}
+    job = submit(write_job(user_dir, "job.sh", faults.STAGE_OUT_JOB.replace("#BB_LUA", "#DW").replace(
+        " pool=nvme", "").format(out=out)))
+    pid = faults.stage_pid(job, "stage-out", timeout=600)
+    faults.copying(job, "stage-out")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 300
+    while job_fields(job).get("JobState") != "STAGE_OUT" and time.monotonic() < deadline:
+        time.sleep(1)
+    time.sleep(5)  # Slurm has seen the failed data_out
+    assert any(p.name.endswith(".bb-stage.tmp") for p in out.iterdir()), "the kill left no temporary to remove"
+    subprocess.run(["scancel", "--hurry", str(job)], env=ENV, check=True)
+    wait_torn_down(job, timeout=300)
+    assert sorted(p.name for p in out.iterdir()) == sorted(before), "only the user's files are left"
+    faults.each_whole(out, before, new)
+    assert faults.log_line(job, r"teardown: removed \d+ temporary file\(s\)", timeout=5)
+    assert leftovers(f"bbjob-{job}") == []

@@ -847,6 +847,35 @@ def test_a_teardown_with_hurry_first_removes_what_an_interrupted_stage_out_left(
     assert destroy["extravars"]["bb_stage_mounted"] is True, "the stage host's mount is recorded: destroy unmounts it"
 
 
+def test_a_failed_stage_out_is_discarded_from_its_record_when_the_job_script_is_gone(life, recorder, tmp_path):
+    job = script(tmp_path, "#DW jobdw capacity=1GiB", STAGE_OUT)
+    life.setup("42", UID, GID, job)
+    recorder.failing.add("stage_out.yml")
+    with pytest.raises(BBError):
+        life.stage_out("42", job)
+    recorder.failing.clear()
+    job.unlink()  # Slurm's teardown may come without a readable script
+    life.teardown("42", job, hurry=True)
+    [discard] = [r for r in recorder.runs if r["extravars"].get("bb_stage_discard")]
+    assert discard["playbook"] == "stage_out.yml"
+    assert discard["extravars"]["bb_stages"][0]["destination"] == "/pfs/out.dat"
+
+
+def test_a_teardown_with_hurry_of_an_interrupted_cache_write_back_removes_its_temporaries(life, recorder, tmp_path):
+    job = script(tmp_path, CACHE_LINE)
+    life.setup("42", UID, GID, job)
+    recorder.failing.add("cache_writeback.yml")
+    with pytest.raises(BBError):
+        life.stage_out("42", job)
+    recorder.failing.clear()
+    assert life.teardown("42", job, hurry=True) is True
+    discard, destroy = recorder.runs[-2:]
+    assert (discard["playbook"], destroy["playbook"]) == ("cache_writeback.yml", "buffer_destroy.yml")
+    assert discard["extravars"]["bb_stage_discard"] is True
+    assert discard["extravars"]["bb_cache"] == {"lower": "/pfs/me/run"}
+    assert discard["extravars"]["bb_stage_uid"] == UID
+
+
 @pytest.mark.parametrize("stage_out_ran", [False, True])
 def test_no_discard_when_no_stage_out_was_interrupted(life, recorder, tmp_path, stage_out_ran):
     job = script(tmp_path, "#DW jobdw capacity=1GiB", STAGE_OUT)

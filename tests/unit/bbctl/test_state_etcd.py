@@ -249,3 +249,36 @@ def test_a_failure_count_whose_answer_is_lost_is_counted_once(store, monkeypatch
     monkeypatch.setattr(store.gateway, "call", LoseAnswers(store.gateway, 1))
     [marked] = store.record_runs({"s01": "s01: x: y"}, [], limit=2)
     assert marked.failures == 2 and store.servers()["s01"] == marked
+
+
+class BeforeFirstWrite:
+    """Runs ``action`` (another controller's write) once, just before this store's first write is sent."""
+
+    def __init__(self, gateway: Gateway, action) -> None:
+        self.call, self.action, self.writes = gateway.call, action, 0
+
+    def __call__(self, path: str, body: dict, *, write: bool) -> dict:
+        if write:
+            self.writes += 1
+            if self.writes == 1:
+                self.action()
+        return self.call(path, body, write=write)
+
+
+def test_a_server_drained_while_an_allocation_is_in_flight_gets_none_of_its_bricks(store, monkeypatch):
+    pool = make_pool(servers=2, per_server=1)  # the two-brick buffer needs both servers
+    other = EtcdStore(store.gateway.endpoints, prefix=store.prefix)
+    monkeypatch.setattr(store.gateway, "call", BeforeFirstWrite(
+        store.gateway, lambda: other.drain_server("s01", "maintenance")))
+    with pytest.raises(NotEnoughBricks):
+        store.allocate(spec("7", bricks=2), pool)
+    assert store.get("7") is None and store.allocated_brick_ids("nvme") == set()
+
+
+def test_a_failure_counted_below_the_limit_restarts_no_allocation(store, monkeypatch):
+    pool = make_pool(servers=2, per_server=1)
+    other = EtcdStore(store.gateway.endpoints, prefix=store.prefix)
+    hook = BeforeFirstWrite(store.gateway, lambda: other.record_runs({"s01": "s01: x: y"}, [], limit=3))
+    monkeypatch.setattr(store.gateway, "call", hook)
+    assert {b.server for b in store.allocate(spec("7", bricks=2), pool).bricks} == {"s01", "s02"}
+    assert hook.writes == 1, "the allocation's transaction went through at the first attempt"

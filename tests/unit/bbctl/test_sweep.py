@@ -163,3 +163,24 @@ def test_later_openapi_shapes_are_read_too(monkeypatch):
 def test_no_answer_from_squeue_is_none(monkeypatch, answer):
     monkeypatch.setattr(slurmconf.host, "run", lambda argv, **_kw: answer)
     assert slurmconf.jobs(None) is None
+
+
+def test_a_lost_teardown_of_an_interrupted_stage_out_first_removes_its_temporaries(config, recorder, slurm,
+                                                                                  tmp_path):
+    """Slurm's teardown (with hurry: the job was cancelled) was lost; the sweep has no job script, so it
+    discards what the record of the stage-out says it was writing."""
+    life = lc.Lifecycle(config)
+    job = script(tmp_path, "#DW jobdw capacity=1GiB",
+                 "#DW stage_out type=directory source=$DW_JOB_STRIPED/out destination=/pfs/me/out")
+    life.setup("42", UID, GID, job)
+    recorder.failing.add("stage_out.yml")
+    with pytest.raises(BBError):
+        life.stage_out("42", job)
+    recorder.failing.clear()
+    slurm["jobs"] = {"42": ended(60)}
+    assert sweep(life) == ["42"]
+    discard, destroy = recorder.runs[-2:]
+    assert (discard["playbook"], discard["stage"], destroy["playbook"]) == ("stage_out.yml", "sweep",
+                                                                           "buffer_destroy.yml")
+    assert discard["extravars"]["bb_stage_discard"] is True
+    assert discard["extravars"]["bb_stages"][0]["destination"] == "/pfs/me/out"

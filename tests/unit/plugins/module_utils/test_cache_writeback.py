@@ -173,6 +173,26 @@ def test_a_failed_copy_deletes_nothing(trees, monkeypatch):
     assert result["failed_files"] and (lower / "gone").exists()
 
 
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_discard_removes_only_the_write_backs_temporaries_and_writes_nothing(trees, dry_run):
+    """What a killed write-back leaves on DIR, removed before a teardown with hurry: its temporaries only,
+    not a user's file of a like name, and nothing is written back or deleted."""
+    lower, upper = trees
+    write(upper / "keep", b"changed", mtime=T_FILE)
+    write(upper / "d" / "new", b"new")
+    write(upper / ".wh.gone", b"")
+    write(lower / ".keep.bb-stage.tmp", b"chan")  # a copy cut short
+    write(lower / "d" / ".new.bb-stage.tmp", b"")
+    write(lower / ".mine.bb-stage.tmp", b"the user's own")  # no copy of the plan writes through it
+    result = cw.writeback(str(upper), str(lower), discard=True, dry_run=dry_run)
+    assert result["discarded"] == 2 and result["failed_files"] == [] and result["files"] == 0
+    for temporary in (lower / ".keep.bb-stage.tmp", lower / "d" / ".new.bb-stage.tmp"):
+        assert temporary.exists() is dry_run
+    assert (lower / ".mine.bb-stage.tmp").read_bytes() == b"the user's own"
+    assert (lower / "keep").read_bytes() == b"untouched" and (lower / "gone").exists()
+    assert not (lower / "d" / "new").exists()
+
+
 def test_plan_only_reads(trees):
     lower, upper = trees
     write(upper / ".wh.gone", b"")
