@@ -161,7 +161,8 @@ LAYOUT_WORDS = {"distribute": (), "disperse": ("disperse", "3", "redundancy", "1
 
 
 @contextmanager
-def volume(top: Path, layout: str = "distribute") -> Iterator[Volume]:
+def volume(top: Path, layout: str = "distribute", mount_options: str = "") -> Iterator[Volume]:
+    """A scratch volume on the test bed's bricks, mounted at top/buffer (``mount_options``: its -o)."""
     name = f"stg-bench-{uuid.uuid4().hex[:6]}"
     mount = top / "buffer"
     mount.mkdir()
@@ -178,7 +179,8 @@ def volume(top: Path, layout: str = "distribute") -> Iterator[Volume]:
             gluster("volume", "quota", name, "limit-usage", "/", "8GB")
         studied = {key for options in STUDY.values() for key in options}
         defaults = option_values(name, studied)
-        sh("mount", "-t", "glusterfs", f"127.1.1.1:/{name}", mount)
+        sh("mount", "-t", "glusterfs", *(["-o", mount_options] if mount_options else []), f"127.1.1.1:/{name}",
+           mount)
         mounted = True
         settle(mount)
         owner = pwd.getpwnam(USER)

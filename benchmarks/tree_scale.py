@@ -170,6 +170,7 @@ def main() -> None:
                         help="the tools to compare (bb_stage always runs)")
     parser.add_argument("--direction", choices=["in", "out"], default="in",
                         help="out: copy from --root (the buffer) to --source-root")
+    parser.add_argument("--mount-options", default="", help="with --gluster: the FUSE mount's -o (e.g. lru-limit=0)")
     results_doc.add_json_option(parser)
     args = parser.parse_args()
     if args.gluster and not args.source_root:
@@ -178,11 +179,12 @@ def main() -> None:
         root = args.root
         if args.gluster:
             root.mkdir(parents=True, exist_ok=True)
-            root = stack.enter_context(staging.volume(root, args.gluster)).mount
+            root = stack.enter_context(staging.volume(root, args.gluster, args.mount_options)).mount
         results = run(args, root, args.source_root or root)
     print(f"\n{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d')}, workers {args.workers}, {args.rounds} rounds, direction {args.direction}"
-          f"{f', GlusterFS {args.gluster} volume' if args.gluster else ''}\n")
+          f"{f', GlusterFS {args.gluster} volume' if args.gluster else ''}"
+          f"{f', mounted -o {args.mount_options}' if args.mount_options else ''}\n")
     print("\n".join(table(results)))
     results_doc.write_figures(args.json, figures(results))
 

@@ -17,6 +17,7 @@ __metaclass__ = type
 
 import ctypes
 import os
+import signal
 
 PR_SET_PDEATHSIG = 1
 PR_SET_KEEPCAPS = 8
@@ -39,10 +40,25 @@ def keep_capabilities(keep):
 def die_with_parent(signal_number, parent):
     """Ask for signal_number when the parent dies (PR_SET_PDEATHSIG); False if the parent
     (its pid, read by the caller beforehand) had already died before the wish was registered.
+    The signal is unblocked first: a blocked death signal never arrives (unblock_signals).
 
     Changing credentials clears the setting: set it after dropping privileges."""
+    unblock_signals([signal_number])
     prctl(PR_SET_PDEATHSIG, signal_number)
     return os.getppid() == parent
+
+
+def unblock_signals(numbers=None):
+    """Unblock ``numbers`` (default: every signal) in the calling thread.
+
+    A signal mask survives fork and exec, and Slurm 22.05's slurmctld forks dw_wlm_cli from a
+    thread that blocks SIGTERM, SIGHUP, SIGINT and more (SigBlk 0x897827, read on the test bed):
+    every process below it then never saw Slurm's SIGTERM nor the kernel's death signal, and a
+    stage whose bbctl was killed went on copying, orphaned (docs/RELIABILITY.md)."""
+    if numbers is None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    else:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, numbers)
 
 
 class _CapHeader(ctypes.Structure):

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from bbctl import commands, site
-from bbctl.collection import sizes
+from bbctl.collection import linux_process, sizes
 from bbctl.errors import BBError
 from bbctl.testbed.config import DEFAULT_ROOT, SLURM_FLAVOURS, TestbedConfig
 
@@ -135,6 +135,7 @@ def _print_status(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    linux_process.unblock_signals()  # Slurm's blocked mask would hide its SIGTERM from us and our children
     args = build_parser().parse_args(argv)
     if args.command in commands.DETACHED:
         from bbctl import detach

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bbctl import detach, host, runner, site
-from bbctl.collection import sizes
+from bbctl.collection import linux_process, sizes
 from bbctl.commands import DETACHED, log_to_file, on_sigterm, slurm_env, slurm_node_count, slurm_nodes
 from bbctl.datawarp.program import LifecycleFactory, Parser, fail, leading_config
 from bbctl.datawarp.sessions import configurations_document, instances_document, sessions_document
@@ -285,6 +285,7 @@ atexit.register(_PROCESS_SCOPE.close)
 
 
 def main(argv: Sequence[str] | None = None, *, lifecycle: LifecycleFactory = open_lifecycle) -> int:
+    linux_process.unblock_signals()  # slurmctld forks us with SIGTERM and SIGHUP blocked
     try:
         config, args = parse_dw_wlm_cli(sys.argv[1:] if argv is None else argv)
     except BBError as exc:  # already names the function (or is Slurm's "invalid function")

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bbctl import playbook_guard
 
 # A stand-in for ansible-playbook: a child and a grandchild (a worker running a module), pids written down.
@@ -42,15 +44,20 @@ def kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def start_guarded_tree(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
-    """bbctl (a parent process) -> guard -> tree -> worker; returns the parent and the pids below it."""
+SLURM_BLOCKED = ("import signal; "
+                 "signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGHUP, signal.SIGINT]); ")
+
+
+def start_guarded_tree(tmp_path: Path, prelude: str = "") -> tuple[subprocess.Popen[bytes], list[int]]:
+    """bbctl (a parent process, running ``prelude`` first) -> guard -> tree -> worker; returns the parent
+    and the pids below it."""
     (tmp_path / "tree.py").write_text(TREE)
     pids = tmp_path / "pids"
     code = ("import sys; from bbctl.playbook_guard import run_guarded; "
             f"sys.exit(run_guarded([sys.executable, {str(tmp_path / 'tree.py')!r}, {str(pids)!r}]))")
     # The parent runs the guard in a new session, as pexpect does for ansible-runner.
     bbctl = subprocess.Popen([sys.executable, "-c",
-                              "import subprocess, sys, time; "
+                              prelude + "import subprocess, sys, time; "
                               f"p = subprocess.Popen([sys.executable, '-c', {code!r}], start_new_session=True); "
                               "open(sys.argv[1], 'w').write(str(p.pid)); time.sleep(300)",
                               str(tmp_path / "guard.pid")])
@@ -61,8 +68,9 @@ def start_guarded_tree(tmp_path: Path) -> tuple[subprocess.Popen[bytes], list[in
     return bbctl, [guard, *map(int, pids.read_text().split())]
 
 
-def test_killing_bbctl_ends_the_playbook_its_workers_and_their_modules(tmp_path):
-    bbctl, pids = start_guarded_tree(tmp_path)
+@pytest.mark.parametrize("prelude", ["", SLURM_BLOCKED], ids=["plain", "signals blocked as slurmctld forks us"])
+def test_killing_bbctl_ends_the_playbook_its_workers_and_their_modules(tmp_path, prelude):
+    bbctl, pids = start_guarded_tree(tmp_path, prelude)
     try:
         assert all(alive(p) for p in pids)
         os.kill(bbctl.pid, signal.SIGKILL)  # as Slurm does when a stage outlives its timeout
@@ -90,3 +98,23 @@ def test_install_writes_an_executable_guard_once(tmp_path):
     before = script.stat().st_mtime_ns
     playbook_guard.install(tmp_path / "bin")
     assert script.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("entry", ["bbctl", "dw_wlm_cli"])
+def test_the_entry_points_clear_the_signal_mask_slurm_forks_them_with(entry):
+    """slurmctld forks dw_wlm_cli from a thread blocking SIGTERM and SIGHUP; a mask survives exec, so
+    bbctl would never see Slurm's SIGTERM, nor its guard the kernel's death signal."""
+    from bbctl import cli
+    from bbctl.datawarp import dw_wlm_cli
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGHUP])
+    try:
+        if entry == "bbctl":
+            with pytest.raises(SystemExit):
+                cli.main(["--help"])
+        else:
+            assert dw_wlm_cli.main(["--function", "no-such-function"]) != 0
+        still_blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    assert {signal.SIGTERM, signal.SIGHUP} & still_blocked == set()
