@@ -341,6 +341,13 @@ def test_scancel_hurry_after_a_killed_stage_out_leaves_no_temporary_in_the_desti
     """The user gives up on the results: the teardown removes, as the user, the temporaries the
     killed stage-out left beside their files, and every file stays whole (old or new)."""
     job, out, before, new = stage_out_job(user_dir)
+    kill_stage_out_then_hurry(job, out, before, new, "stage-out")
+
+
+def kill_stage_out_then_hurry(job: int, out: Path, before: dict[str, str], new: dict[str, str], what: str) -> None:
+    """SIGKILL job's bbctl mid stage-out (``what``: stage-out or write-back), wait for Slurm to show the
+    failed data_out, scancel --hurry; then only the user's files are left in out, each whole (old or
+    new), the teardown said it removed temporaries, and nothing of the buffer is left."""
     pid = stage_pid(job, "stage-out", timeout=600)
     copying(job, "stage-out")
     os.kill(pid, signal.SIGKILL)
@@ -352,7 +359,7 @@ def test_scancel_hurry_after_a_killed_stage_out_leaves_no_temporary_in_the_desti
     wait_torn_down(job, timeout=300)
     assert sorted(p.name for p in out.iterdir()) == sorted(before), "only the user's files are left"
     each_whole(out, before, new)
-    assert log_line(job, r"teardown: removed \d+ temporary file\(s\)", timeout=5)
+    assert log_line(job, rf"teardown: removed \d+ temporary file\(s\) the interrupted {what}", timeout=5)
     assert leftovers(f"bbjob-{job}") == []
 
 
@@ -368,21 +375,9 @@ def test_scancel_hurry_after_a_killed_cache_write_back_leaves_no_temporary_in_th
     teardown removes, as the user, the temporaries it left in pfs=DIR, and every file stays whole."""
     out = user_dir / "out"
     before = tree(out, 1500, 4096)
-    new = {name: hashlib.sha256((out / name).read_bytes().upper()).hexdigest() for name in before}
+    new = upper_sums(out, before)
     job = submit(write_job(user_dir, "cache.sh", CACHE_JOB.format(out=out)))
-    pid = stage_pid(job, "stage-out", timeout=600)
-    copying(job, "stage-out")
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 300
-    while "data_out" not in job_fields(job).get("Reason", "") and time.monotonic() < deadline:
-        time.sleep(1)
-    assert any(p.name.endswith(".bb-stage.tmp") for p in out.iterdir()), "the kill left no temporary to remove"
-    subprocess.run(["scancel", "--hurry", str(job)], env=ENV, check=True)
-    wait_torn_down(job, timeout=300)
-    assert sorted(p.name for p in out.iterdir()) == sorted(before), "only the user's files are left"
-    each_whole(out, before, new)
-    assert log_line(job, r"teardown: removed \d+ temporary file\(s\) the interrupted write-back", timeout=5)
-    assert leftovers(f"bbjob-{job}") == []
+    kill_stage_out_then_hurry(job, out, before, new, "write-back")
 
 
 def sums_of_one(path: Path) -> str:
@@ -426,8 +421,12 @@ def stage_out_job(user_dir: Path) -> tuple[int, Path, dict[str, str], dict[str, 
     out = user_dir / "out"
     before = tree(out, 1500, 4096)
     job = submit(write_job(user_dir, "job.sh", STAGE_OUT_JOB.format(out=out)))
-    new = {name: hashlib.sha256((out / name).read_bytes().upper()).hexdigest() for name in before}
-    return job, out, before, new
+    return job, out, before, upper_sums(out, before)
+
+
+def upper_sums(out: Path, before: dict[str, str]) -> dict[str, str]:
+    """The sums of out's files once a job has rewritten each in upper case."""
+    return {name: hashlib.sha256((out / name).read_bytes().upper()).hexdigest() for name in before}
 
 
 def each_whole(out: Path, before: dict[str, str], new: dict[str, str]) -> None:

@@ -8,13 +8,11 @@ too: bbctl killed in stage-in, and in stage-out followed by scancel --hurry.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -24,7 +22,6 @@ from tests.integration.bbctl import test_faults as faults
 from tests.integration.bbctl.slurmjobs import (
     ENV,
     bbctl,
-    job_fields,
     leftovers,
     scontrol,
     submit,
@@ -136,20 +133,6 @@ hostname
 def test_scancel_hurry_after_a_killed_stage_out_through_dw_wlm_cli_removes_its_temporaries(user_dir):
     out = user_dir / "out"
     before = faults.tree(out, 1500, 4096)
-    new = {name: hashlib.sha256((out / name).read_bytes().upper()).hexdigest() for name in before}
     job = submit(write_job(user_dir, "job.sh", faults.STAGE_OUT_JOB.replace("#BB_LUA", "#DW").replace(
         " pool=nvme", "").format(out=out)))
-    pid = faults.stage_pid(job, "stage-out", timeout=600)
-    faults.copying(job, "stage-out")
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 300
-    while job_fields(job).get("JobState") != "STAGE_OUT" and time.monotonic() < deadline:
-        time.sleep(1)
-    time.sleep(5)  # Slurm has seen the failed data_out
-    assert any(p.name.endswith(".bb-stage.tmp") for p in out.iterdir()), "the kill left no temporary to remove"
-    subprocess.run(["scancel", "--hurry", str(job)], env=ENV, check=True)
-    wait_torn_down(job, timeout=300)
-    assert sorted(p.name for p in out.iterdir()) == sorted(before), "only the user's files are left"
-    faults.each_whole(out, before, new)
-    assert faults.log_line(job, r"teardown: removed \d+ temporary file\(s\)", timeout=5)
-    assert leftovers(f"bbjob-{job}") == []
+    faults.kill_stage_out_then_hurry(job, out, before, faults.upper_sums(out, before), "stage-out")
