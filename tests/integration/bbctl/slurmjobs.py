@@ -89,9 +89,9 @@ def wait_torn_down(job: int, timeout: float = 120) -> None:
     """Until Slurm has finished the job and bbctl holds no record of its buffer.
 
     A teardown Slurm 22.05 lost (it killed the one it started as it cancelled the job) is done by the
-    test bed's `bbctl sweep`; Slurm then keeps the buffer's space in its books until slurmctld
-    restarts (it requeues the teardown then, which finds nothing to do), so this restarts it: the
-    tests after see the whole pool."""
+    test bed's `bbctl sweep` (or had nothing to do: teardown_lost); Slurm then keeps the buffer's
+    space in its books until slurmctld restarts (it requeues the teardown then, which finds nothing
+    to do), so this restarts it: the tests after see the whole pool."""
     wait_for(job, FINISHED, timeout)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -99,7 +99,7 @@ def wait_torn_down(job: int, timeout: float = 120) -> None:
             state = job_fields(job).get("BurstBufferState")
             if state in (None, "", "complete"):
                 return
-            if state == "teardown" and swept(job):
+            if state == "teardown" and (swept(job) or teardown_lost(job)):
                 release_lost_allocation(job)
                 return
         time.sleep(0.5)
@@ -110,6 +110,13 @@ def swept(job: int) -> bool:
     """bbctl sweep tore job's buffer down (Slurm lost its teardown)."""
     log = TESTBED_ROOT / "bbctl" / "bbctl.log"
     return f" {job} sweep: the job ended" in log.read_text(errors="replace")
+
+
+def teardown_lost(job: int) -> bool:
+    """slurmctld killed the teardown it started for job. With no record left in bbctl (a setup that
+    failed and rolled back, say) the sweep has nothing to do and says nothing."""
+    log = TESTBED_ROOT / "slurm" / "log" / "slurmctld.log"
+    return f"teardown for JobId={job} terminated by slurmctld" in log.read_text(errors="replace")
 
 
 def restart_slurmctld() -> None:
