@@ -390,9 +390,9 @@ def scan_destination(path):
 
 def discard_temporaries(plan, dry_run=False):
     """Remove the temporary names (temp_name) that plan's stage-out or cache write-back would write
-    through and that an interrupted run left; how many there were. Only names the plan gives as temporaries, each
-    ending in TEMP_SUFFIX, are touched: a user's file of a like name is a destination, never a temporary.
-    A temporary that cannot be removed is a failed file."""
+    through and that an interrupted run left; how many there were. Only names the plan gives as
+    temporaries, each ending in TEMP_SUFFIX, are touched: a user's file of a like name is a
+    destination, never a temporary. A temporary that cannot be removed is a failed file."""
     temps = [f.temp for f in plan.files if f.temp and f.replace_temp]
     temps += [link.temp for link in plan.hardlinks if link.temp]
     found = 0

@@ -488,13 +488,14 @@ class EtcdStore:
             if sent and all(by_key[k] and by_key[k][0].value == v for k, v in sent.items()):
                 return {name: ServerHealth.from_dict(json.loads(sent[self._server_key(name)]))
                         for name in names if self._server_key(name) in sent}  # an earlier attempt did commit
-            changed = change(self._health([kv for kvs_ in found for kv in kvs_]))
+            current = self._health([kv for kvs_ in found for kv in kvs_])
+            changed = change(current)
             if not changed:
                 return {}
             puts = {self._server_key(name): json.dumps(server.to_dict()) for name, server in changed.items()}
             writes = [_put(k, v) for k, v in puts.items()]
-            if any(server.unusable and not was_unusable(found_kvs, server.name) for server in changed.values()
-                   for found_kvs in [by_key[self._server_key(server.name)]]):
+            if any(server.unusable and not (name in current and current[name].unusable)
+                   for name, server in changed.items()):
                 writes.append(_put(self._unusable_key(), str(self.clock())))  # allocations in flight start again
             try:
                 if self._txn([_unchanged(k, by_key[k]) for k in puts], writes).get("succeeded"):
@@ -506,11 +507,6 @@ class EtcdStore:
     def close(self) -> None:
         """This thread's connections closed (a later call opens new ones)."""
         self.gateway.close()
-
-
-def was_unusable(found: list[KeyValue], name: str) -> bool:
-    """The server's health as read (its key's range) said unusable."""
-    return bool(found) and ServerHealth.from_dict(json.loads(found[0].value)).unusable
 
 
 _HealthChange = Callable[[dict[str, ServerHealth]], dict[str, ServerHealth]]  # the servers' health read -> to write

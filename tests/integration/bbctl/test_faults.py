@@ -39,6 +39,8 @@ from tests.integration.bbctl.slurmjobs import (
     restart_slurmctld,
     said,
     submit,
+    swept,
+    teardown_lost,
     wait_for,
     wait_torn_down,
     write_job,
@@ -626,11 +628,9 @@ hostname
     for job in jobs:
         wait_torn_down(job, timeout=120)
         assert leftovers(f"bbjob-{job}") == []
-    ctld = (TESTBED_ROOT / "slurm" / "log" / "slurmctld.log").read_text(errors="replace")
-    lost = {job for job in jobs if f"teardown for JobId={job} terminated by slurmctld" in ctld}
-    log = LOG.read_text(errors="replace")
-    swept = {job for job in jobs if f" {job} sweep: the job ended" in log}
-    assert swept == lost, f"Slurm lost the teardowns of {sorted(lost)}; bbctl sweep did {sorted(swept)}"
+    lost = {job for job in jobs if teardown_lost(job)}
+    done = {job for job in jobs if swept(job)}
+    assert done == lost, f"Slurm lost the teardowns of {sorted(lost)}; bbctl sweep did {sorted(done)}"
 
 
 def test_a_storage_server_whose_glusterd_hangs_is_counted_by_the_survey(user_dir):
