@@ -346,9 +346,12 @@ class Lifecycle:
         key, request = sitecfg.job_key(job_id), job.read_request(script)
         buffer = self.store.get(key)
         if buffer is not None and buffer.meta.get("nodes"):
-            self._unmount(buffer, buffer.meta["nodes"], stage="post-run", job_key=key)
-            # Unmounted everywhere: teardown need not visit the nodes again.
-            self.store.transition(key, BUILT, buffer.state, meta={"nodes": None})
+            # Slurm 22.05 runs no stage-out after a failed post-run: the job would wait in stage-out
+            # until an operator's `scancel --hurry` discarded its data. So a node that could not
+            # unmount and is drained for it does not fail post-run: the job's data is staged out
+            # from the stage host's own mount, and the teardown unmounts that node again.
+            left = self._unmount(buffer, buffer.meta["nodes"], stage="post-run", job_key=key, leave_drained=True)
+            self.store.transition(key, BUILT, buffer.state, meta={"nodes": left or None})
         for name in request.persistent:
             self._release_persistent_use(name, key)
 
@@ -577,13 +580,21 @@ class Lifecycle:
             server_health.drain_stuck(self, job_key, run, nodes, paths["mount_path"], mounting=True)
             run.raise_for_failure()
 
-    def _unmount(self, buffer: Buffer, nodes: list[str], *, stage: str, job_key: str) -> None:
+    def _unmount(self, buffer: Buffer, nodes: list[str], *, stage: str, job_key: str,
+                 leave_drained: bool = False) -> list[str]:
+        """Unmount buffer from nodes; the nodes it stays mounted on (only with leave_drained: those
+        drained in Slurm for it, when they are all that failed). Raises StageFailed otherwise."""
         with self.timed(buffer.key, stage, job_key=job_key) as meter:
             paths = playbook_vars.client_paths(self.site, buffer)
             run = meter.ran(self._run(buffer, stage, "buffer_unmount.yml", nodes=nodes, job_key=job_key,
                                       extra=paths))
-            server_health.drain_stuck(self, job_key, run, nodes, paths["mount_path"])
+            drained = server_health.drain_stuck(self, job_key, run, nodes, paths["mount_path"])
+            if leave_drained and drained and run.status != "successful" and set(run.failed_hosts()) <= set(drained):
+                self.note(job_key, stage, f"the buffer stays mounted on {', '.join(drained)} (drained): the job "
+                                          "goes on to stage-out, and its teardown unmounts it there")
+                return drained
             run.raise_for_failure()
+            return []
 
     def _release_persistent_use(self, name: str, job_key: str) -> None:
         persistent = self.store.get(name)

@@ -578,11 +578,19 @@ def node_fields(name: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", out)) | {"Reason": out.split("Reason=", 1)[-1].strip()}
 
 
-def test_a_node_where_post_run_cannot_unmount_is_drained_naming_the_job(user_dir):
+def test_a_node_where_post_run_cannot_unmount_is_drained_and_the_job_still_stages_out(user_dir):
     """A process left in the buffer on the compute node (outside the job: Slurm cannot end it) keeps
-    the mount busy; post-run fails there, and bbctl drains the node as Slurm drains one whose epilog
-    fails. Returned, the node runs the job's teardown and nothing is left."""
-    job = submit(write_job(user_dir, "job.sh", "#BB_LUA jobdw capacity=4GiB pool=nvme\nsleep 15\n"))
+    the mount busy; post-run's unmount fails there, and bbctl drains the node as Slurm drains one
+    whose epilog fails. The job goes on: Slurm 22.05 would run no stage-out after a failed post-run
+    (the job waited in stage-out until `scancel --hurry` discarded its output). Its output is staged
+    out, the teardown unmounts the node once the process is gone, and nothing is left."""
+    result = user_dir / "result"
+    job = submit(write_job(user_dir, "job.sh", f"""\
+#BB_LUA jobdw capacity=4GiB pool=nvme
+#BB_LUA stage_out type=file source=$DW_JOB_STRIPED/result destination={result}
+echo "made in the buffer" > $DW_JOB_STRIPED/result
+sleep 15
+"""))
     fields = wait_for(job, {"RUNNING"}, timeout=180)
     node = fields["NodeList"]
     mount = Path(json.loads(bbctl("show", str(job)).stdout)["mount_path"])
@@ -599,8 +607,9 @@ def test_a_node_where_post_run_cannot_unmount_is_drained_naming_the_job(user_dir
         holder.wait()
         subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], env=ENV, check=False)
     assert "DRAIN" not in node_fields(node)["State"]
-    subprocess.run(["scancel", "--hurry", str(job)], env=ENV, check=True)
     wait_torn_down(job, timeout=300)
+    assert job_fields(job)["JobState"] == "COMPLETED", job_fields(job)
+    assert result.read_text() == "made in the buffer\n"
     assert leftovers(f"bbjob-{job}") == []
 
 
