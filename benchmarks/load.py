@@ -42,16 +42,18 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
 
 from tests.integration.bbctl import load  # noqa: E402
-from tests.integration.bbctl.slurmjobs import ENV, as_user, write_job  # noqa: E402
+from tests.integration.bbctl.slurmjobs import ENV, as_user, use_plugin, write_job  # noqa: E402
 
 BEGIN, END = "<!-- load-results:begin -->", "<!-- load-results:end -->"
 SUBMIT_RPC = re.compile(r"^\[(\S+)\] _slurm_rpc_submit_batch_job: JobId=(\d+) .*usec=(\d+)")
 PROBES = 100
+PREFIXES = {"lua": "#BB_LUA", "datawarp": "#DW"}
 
 
-def throughput(jobs: int, max_granules: int, timeout: float) -> dict:
+def throughput(jobs: int, max_granules: int, timeout: float, plugin: str = "lua") -> dict:
     _bricks, granule_gib = load.pool_shape()
-    run = load.LoadRun(count=jobs, max_granules=max_granules, granule_gib=granule_gib)
+    run = load.LoadRun(count=jobs, max_granules=max_granules, granule_gib=granule_gib,
+                       prefix=PREFIXES[plugin])
     watcher = load.Watcher(run.jobs)
     try:
         run.submit_all()
@@ -195,13 +197,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--max-granules", type=int, default=2, help="buffers of 1..N granules (default 2)")
-    parser.add_argument("--queued", type=int, default=750, help="held jobs for the queue phase (0: skip it)")
+    parser.add_argument("--queued", type=int, default=None,
+                        help="held jobs for the queue phase (0: skip it; default 750 with lua, 0 with datawarp)")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--plugin", choices=sorted(PREFIXES), default="lua",
+                        help="Slurm's burst buffer plugin (the test bed is switched to it); the queue "
+                             "phase measures burst_buffer/lua's hook, so with datawarp it runs only if asked")
     parser.add_argument("--write-doc", action="store_true")
     results_doc.add_json_option(parser)
     args = parser.parse_args()
-    result = throughput(args.jobs, args.max_granules, args.timeout)
-    queued = queue(args.queued) if args.queued else None
+    use_plugin(args.plugin)
+    result = throughput(args.jobs, args.max_granules, args.timeout, args.plugin)
+    held = args.queued if args.queued is not None else (750 if args.plugin == "lua" else 0)
+    queued = queue(held) if held else None
     lines = report(result, queued)
     print("\n".join(lines))
     results_doc.write_figures(args.json, figures(result, queued))

@@ -141,9 +141,10 @@ class Watcher(threading.Thread):
             raise AssertionError(f"the load watcher failed: {self.failure!r}") from self.failure
 
 
+# The directives' prefix is the plugin's: #BB_LUA for burst_buffer/lua, #DW for burst_buffer/datawarp.
 JOB_SCRIPT = """\
-#BB_LUA jobdw capacity={capacity}GiB pool={pool} access_mode=striped type=scratch
-#BB_LUA stage_in type=file source={source} destination=$DW_JOB_STRIPED/input
+{prefix} jobdw capacity={capacity}GiB pool={pool} access_mode=striped type=scratch
+{prefix} stage_in type=file source={source} destination=$DW_JOB_STRIPED/input
 sum=$(sha256sum < "$DW_JOB_STRIPED/input" | cut -d' ' -f1)
 [ "$sum" = "{digest}" ] && echo ok > {marker} || echo "wrong data: $sum" > {marker}
 sleep {runtime}
@@ -162,6 +163,7 @@ class LoadRun:
     file_kib: int = 64
     runtime: int = 1
     pool: str = "nvme"
+    prefix: str = "#BB_LUA"
     jobs: dict[int, JobSeen] = field(default_factory=dict)
     markers: dict[int, Path] = field(default_factory=dict)
     began: float = 0.0
@@ -180,7 +182,8 @@ class LoadRun:
         os.chown(source, owner.pw_uid, owner.pw_gid)
         marker = self.directory / f"ok-{index}"
         script = write_job(self.directory, f"job-{index}.sh", JOB_SCRIPT.format(
-            capacity=(1 + index % self.max_granules) * self.granule_gib, pool=self.pool, source=source,
+            prefix=self.prefix, capacity=(1 + index % self.max_granules) * self.granule_gib, pool=self.pool,
+            source=source,
             digest=hashlib.sha256(data).hexdigest(),
             marker=marker, runtime=self.runtime))
         return script
