@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from bbctl import playbook_guard
-from bbctl.collection import COLLECTION_ROOT, COLLECTIONS_PATH, PLAYBOOKS, sizes
+from bbctl.collection import COLLECTION_ROOT, COLLECTIONS_PATH, PLAYBOOKS, linux_process, sizes
 from bbctl.errors import BBError
 from bbctl.site import Site
 from bbctl.warm import client as warm_client
@@ -181,6 +181,7 @@ def run_stage(site: Site, key: str, stage: str, playbook: str, *, extravars: Map
               on_event: Callable[[str], None] = lambda _m: None, cancel: Cancel | None = None) -> StageRun:
     """Run playbooks/<playbook> for one stage of one buffer and wait for it: through the warm runner
     when one answers on the site's socket (bbctl.warm), else through ansible-runner."""
+    linux_process.lower_priority(site.stage_nice)  # the warm runner's stages lower their own
     started = time.monotonic()
     run_dir = site.runs_dir / key / f"{time.strftime('%Y%m%dT%H%M%S')}-{stage}"
     suffix = 1

@@ -12,6 +12,7 @@ One YAML file (``--config``, else ``$BBCTL_CONFIG``, else /etc/bbctl/bbctl.yml):
     brick_wait: 10                        # seconds setup waits for bricks Slurm counts as free
     server_fail_limit: 3                  # consecutive failed runs that make a storage server unusable
     drain_nodes: true                     # drain a compute node where a buffer could not be unmounted
+    stage_nice: 10                        # niceness of the stages' playbooks and copies (0: as bbctl)
     stage_workers: 32                     # copy threads per stage (bb_stage's default)
     policy: {max_capacity: 1TiB}          # limits, persistent creators, presets (bbctl.policy)
 
@@ -78,6 +79,14 @@ class ConfigError(BBError):
 def positive_int(value: Any) -> int:
     """An argument-spec type: a whole number above 0 (YAML's true/false are not numbers here)."""
     return _whole_number_from(value, 1, f"expected a whole number above 0, not {value!r}")
+
+
+def niceness(value: Any) -> int:
+    """An argument-spec type: a niceness, a whole number from 0 to 19 (setpriority's range for us)."""
+    number = _whole_number_from(value, 0, f"expected a niceness from 0 to 19, not {value!r}")
+    if number > 19:
+        raise ValueError(f"expected a niceness from 0 to 19, not {value!r}")
+    return number
 
 
 def whole_number(value: Any) -> int:
@@ -173,6 +182,16 @@ SETTINGS: dict[str, dict[str, Any]] = {
                        "the next job there would meet it. The reason names "
                        "the job and the cause; `scontrol update NodeName=N State=RESUME` returns the node once "
                        "it is clean (docs/OPERATOR_GUIDE.md, \"A compute node bbctl drained\")."},
+    "stage_nice": {
+        "type": niceness, "default": 10,
+        "description": "The niceness (0-19) at which bbctl runs a stage's playbook and what it starts on the "
+                       "controller (the copies of stage-in and stage-out, ansible-playbook itself), through the "
+                       "warm runner too. Many stages at once can keep every core busy, and slurmctld's own "
+                       "quick burst buffer calls then wait for the CPU: burst_buffer/datawarp kills `dw_wlm_cli "
+                       "--function job_process` after ValidateTimeout (5 s by default) and refuses the "
+                       "submission. Measured on two cores with 12 busy processes: job_process took 1.8-2.0 s "
+                       "beside them at niceness 0 and 0.23-0.28 s at 10 (docs/RELIABILITY.md, \"Load\"). "
+                       "0: stages run at bbctl's own niceness."},
     "stage_workers": {
         "type": positive_int, "default": stage_threads.DEFAULT_WORKERS,
         "description": "Copy threads per stage-in or stage-out (`bb_stage`'s `workers`)."},
@@ -245,6 +264,7 @@ class Site:
     brick_wait: int = 10  # seconds
     server_fail_limit: int = 3  # consecutive failed runs; 0: never mark a server unusable
     drain_nodes: bool = True  # drain a compute node where a buffer could not be unmounted
+    stage_nice: int = 10  # niceness of stages' playbooks (linux_process.lower_priority)
     stage_workers: int = stage_threads.DEFAULT_WORKERS
     policy: Policy = field(default_factory=Policy)
     warm_runner_socket: Path = Path("/run/bbctl/warm-runner.sock")
@@ -362,7 +382,7 @@ def _site(settings: Mapping[str, Any], data: Any, where: Path) -> Site:
                 state=settings["state"] or str(work_dir / "state.db"), pools=settings["pools"],
                 work_dir=work_dir, mount_root=Path(settings["mount_root"]), keep_runs=settings["keep_runs"],
                 brick_wait=settings["brick_wait"], server_fail_limit=settings["server_fail_limit"],
-                drain_nodes=settings["drain_nodes"],
+                drain_nodes=settings["drain_nodes"], stage_nice=settings["stage_nice"],
                 stage_workers=settings["stage_workers"], policy=site_policy,
                 warm_runner_socket=Path(settings["warm_runner_socket"]), raw=data, **optional)
 

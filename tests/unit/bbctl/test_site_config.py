@@ -66,6 +66,18 @@ def test_counts_must_be_whole_numbers_above_0(key, value):
     assert f"expected a whole number above 0, not {value!r}" in message
 
 
+def test_stage_nice_is_10_unless_set_from_0_to_19():
+    assert site.from_mapping(minimal(), WHERE).stage_nice == 10
+    assert site.from_mapping(minimal(stage_nice=0), WHERE).stage_nice == 0
+    assert site.from_mapping(minimal(stage_nice="19"), WHERE).stage_nice == 19
+
+
+@pytest.mark.parametrize("value", [20, -1, True, "low"])
+def test_stage_nice_outside_0_to_19_is_named(value):
+    message = problem(minimal(stage_nice=value))
+    assert "'stage_nice'" in message and f"expected a niceness from 0 to 19, not {value!r}" in message
+
+
 def test_every_problem_is_reported_at_once():
     message = problem({"pools": None, "keep_runs": 0, "colour": "blue"})
     for named in ("inventory", "'pools'", "'keep_runs'", "unknown setting(s) colour"):

@@ -53,6 +53,19 @@ def test_a_stage_runs_warm_with_the_events_and_results_of_an_ansible_runner_run(
     assert "setup (noop.yml): successful, rc 0" in server.text()
 
 
+def test_a_stage_runs_at_the_sites_stage_nice_and_the_listener_at_its_own(tmp_path):
+    config = warm_server.local_site(tmp_path / "nice", stage_nice=13)  # a niceness no other test sets
+    server = warm_server.start(config)
+    try:
+        warm_run, _seen = run(config, "niceness.yml")
+        assert ran_warm(warm_run)
+        [(_host, result)] = warm_run.results
+        assert result["msg"] == "13"
+        assert os.getpriority(os.PRIO_PROCESS, server.process.pid) < 13, "the listener keeps its own"
+    finally:
+        server.stop()
+
+
 def test_a_failed_task_is_reported_as_ansible_runner_reports_it(warm):
     config, _server = warm
     failed, seen = run(config, "fail.yml", bb_word="seven")

@@ -19,8 +19,9 @@ PLAYBOOKS = Path(__file__).with_name("warm_playbooks")
 MAIN = "import sys; from bbctl.cli import main; sys.exit(main())"
 
 
-def local_site(root: Path) -> site.Site:
-    """A site of the stage host and one storage server, both this machine (local connection, this Python)."""
+def local_site(root: Path, **settings: object) -> site.Site:
+    """A site of the stage host and one storage server, both this machine (local connection, this Python);
+    settings: more of bbctl.yml."""
     root.mkdir(parents=True, exist_ok=True)
     inventory = root / "inventory.yml"
     second = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}  # a storage server
@@ -28,7 +29,7 @@ def local_site(root: Path) -> site.Site:
     config = root / "bbctl.yml"
     config.write_text(yaml.safe_dump({"inventory": str(inventory), "pools": {"nvme": {}},
                                       "work_dir": str(root / "work"),
-                                      "warm_runner_socket": str(root / "warm" / "runner.sock")}))
+                                      "warm_runner_socket": str(root / "warm" / "runner.sock"), **settings}))
     return site.load(config)
 
 
