@@ -136,7 +136,8 @@ class Watcher(threading.Thread):
 
     def stop(self) -> None:
         self._halt.set()
-        self.join()
+        if self.ident is not None:  # started: a submission refused before it is not its failure
+            self.join()
         if self.failure is not None:
             raise AssertionError(f"the load watcher failed: {self.failure!r}") from self.failure
 
