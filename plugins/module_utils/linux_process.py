@@ -48,18 +48,19 @@ def die_with_parent(signal_number, parent):
     return os.getppid() == parent
 
 
-def lower_priority(niceness):
-    """Make the calling process (and what it starts from now on) at least as nice as ``niceness``
-    (0-19); a process already nicer keeps its own. Returns the niceness it runs at.
+def set_niceness(niceness):
+    """Run the calling process (and what it starts from now on) at ``niceness`` (0-19); a process
+    not allowed to raise its priority back (not root) keeps the lower one it has. Returns the
+    niceness it runs at.
 
     Stages of many jobs at once can keep every core busy; at equal priority slurmctld's quick
     burst buffer calls then wait their turn, and Slurm kills a datawarp job_process after its 5 s
     ValidateTimeout, refusing the submission (measured: docs/RELIABILITY.md, "Load")."""
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if niceness > current:
+    try:
         os.setpriority(os.PRIO_PROCESS, 0, niceness)
-        return niceness
-    return current
+    except PermissionError:
+        pass
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def unblock_signals(numbers=None):

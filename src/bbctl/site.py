@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bbctl import cache_file, policy
+from bbctl import cache_file, entry, policy
 from bbctl.collection import stage_threads
 from bbctl.errors import BBError
 from bbctl.policy import Policy
@@ -183,15 +183,17 @@ SETTINGS: dict[str, dict[str, Any]] = {
                        "the job and the cause; `scontrol update NodeName=N State=RESUME` returns the node once "
                        "it is clean (docs/OPERATOR_GUIDE.md, \"A compute node bbctl drained\")."},
     "stage_nice": {
-        "type": niceness, "default": 10,
-        "description": "The niceness (0-19) at which bbctl runs a stage's playbook and what it starts on the "
-                       "controller (the copies of stage-in and stage-out, ansible-playbook itself), through the "
-                       "warm runner too. Many stages at once can keep every core busy, and slurmctld's own "
-                       "quick burst buffer calls then wait for the CPU: burst_buffer/datawarp kills `dw_wlm_cli "
+        "type": niceness, "default": entry.DEFAULT_STAGE_NICE,
+        "description": "The niceness (0-19) of bbctl's stage processes: the stages that run playbooks "
+                       "(`bbctl setup`, `stage-in`, `pre-run`, `post-run`, `stage-out`, `teardown`, persistent "
+                       "buffers, `gc`, `reconcile`, `sweep`; dw_wlm_cli's setup, data_in, pre_run, post_run, "
+                       "data_out, teardown, create_persistent), their playbooks and what those start on the "
+                       "controller, through the warm runner too. They start at 10 before bbctl.yml is read "
+                       "(bbctl.entry) and take this value then. Quick calls (job_process, paths, pools, status) "
+                       "keep their caller's priority. Many stages at once can keep every core busy, and "
+                       "slurmctld's quick calls then wait for the CPU: burst_buffer/datawarp kills `dw_wlm_cli "
                        "--function job_process` after ValidateTimeout (5 s by default) and refuses the "
-                       "submission. Measured on two cores with 12 busy processes: job_process took 1.8-2.0 s "
-                       "beside them at niceness 0 and 0.23-0.28 s at 10 (docs/RELIABILITY.md, \"Load\"). "
-                       "0: stages run at bbctl's own niceness."},
+                       "submission (docs/RELIABILITY.md, \"Load\"). 0: stages run at full priority."},
     "stage_workers": {
         "type": positive_int, "default": stage_threads.DEFAULT_WORKERS,
         "description": "Copy threads per stage-in or stage-out (`bb_stage`'s `workers`)."},
@@ -264,7 +266,7 @@ class Site:
     brick_wait: int = 10  # seconds
     server_fail_limit: int = 3  # consecutive failed runs; 0: never mark a server unusable
     drain_nodes: bool = True  # drain a compute node where a buffer could not be unmounted
-    stage_nice: int = 10  # niceness of stages' playbooks (linux_process.lower_priority)
+    stage_nice: int = entry.DEFAULT_STAGE_NICE  # niceness of stage processes (bbctl.entry)
     stage_workers: int = stage_threads.DEFAULT_WORKERS
     policy: Policy = field(default_factory=Policy)
     warm_runner_socket: Path = Path("/run/bbctl/warm-runner.sock")

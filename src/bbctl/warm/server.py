@@ -204,7 +204,7 @@ def _fork_supervisor(conn: socket.socket, listener: socket.socket, site: Site, d
         listener.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
-        linux_process.lower_priority(site.stage_nice)  # this stage only: the listener keeps its own
+        linux_process.set_niceness(site.stage_nice)  # this stage only: the listener keeps its own
         code = stage.supervise(conn, site.runs_dir, site.inventory, dirs, log=_log)
     finally:
         os._exit(code)  # not the server's atexit handlers (see stage._playbook_process)

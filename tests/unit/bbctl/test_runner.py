@@ -165,7 +165,7 @@ def test_run_stage_runs_ansible_runner_with_the_pty_swap(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ansible_runner, "run", fake_run)
     niced: list[int] = []
-    monkeypatch.setattr(runner.linux_process, "lower_priority", niced.append)  # not this test process
+    monkeypatch.setattr(runner.linux_process, "set_niceness", niced.append)  # not this test process
     run = runner.run_stage(a_site(tmp_path), "7", "setup", "buffer_create.yml", extravars={}, hosts=["s1"],
                            timeout=60)
     assert niced == [10], "a stage runs at the site's stage_nice"
