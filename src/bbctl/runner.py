@@ -181,7 +181,7 @@ def run_stage(site: Site, key: str, stage: str, playbook: str, *, extravars: Map
               on_event: Callable[[str], None] = lambda _m: None, cancel: Cancel | None = None) -> StageRun:
     """Run playbooks/<playbook> for one stage of one buffer and wait for it: through the warm runner
     when one answers on the site's socket (bbctl.warm), else through ansible-runner."""
-    linux_process.set_niceness(site.stage_nice)  # the warm runner's stages set their own (bbctl.entry)
+    linux_process.set_niceness(site.stage_nice)  # stage processes start at 10 (bbctl.entry); the site's now
     started = time.monotonic()
     run_dir = site.runs_dir / key / f"{time.strftime('%Y%m%dT%H%M%S')}-{stage}"
     suffix = 1

@@ -25,16 +25,23 @@ def report():
     return 0
 for name in ("bbctl.cli", "bbctl.datawarp", "bbctl.datawarp.dw_wlm_cli"):
     sys.modules[name] = types.SimpleNamespace(main=report)
+try:  # as root: start from 0 whatever this test process runs at (a stage test may have raised it)
+    os.setpriority(os.PRIO_PROCESS, 0, 0)
+except PermissionError:
+    pass
+print(os.getpriority(os.PRIO_PROCESS, 0))
 from bbctl import entry
 getattr(entry, script)()
 """
 STUBS = ["bbctl.cli", "bbctl.datawarp", "bbctl.datawarp.dw_wlm_cli", "bbctl.entry"]
 
 
-def probe(*argv: str) -> tuple[int, list[str]]:
+def probe(*argv: str) -> tuple[int, int, list[str]]:
+    """(niceness the child started at, niceness at the real command's main, bbctl modules by then)."""
     done = subprocess.run([sys.executable, "-c", PROBE, SRC, *argv], capture_output=True, text=True, check=True)
-    nice, modules = json.loads(done.stdout)
-    return nice, [m for m in modules if m not in STUBS]
+    start, rest = done.stdout.split("\n", 1)
+    nice, modules = json.loads(rest)
+    return int(start), nice, [m for m in modules if m not in STUBS]
 
 
 @pytest.mark.parametrize("argv", [("dw_wlm_cli", "--function", "setup", "--token", "7"),
@@ -43,7 +50,8 @@ def probe(*argv: str) -> tuple[int, list[str]]:
                                   ("bbctl", "--config=/b.yml", "stage-out", "--job-id", "7"),
                                   ("bbctl", "teardown", "--job-id", "7")])
 def test_a_stage_starts_at_the_default_stage_nice_before_importing_bbctl(argv):
-    assert probe(*argv) == (entry.DEFAULT_STAGE_NICE, []), "nicer first, and nothing of bbctl imported yet"
+    start, nice, modules = probe(*argv)
+    assert (nice, modules) == (max(start, entry.DEFAULT_STAGE_NICE), []), "nicer first, no bbctl imported yet"
 
 
 @pytest.mark.parametrize("argv", [("dw_wlm_cli", "--function", "job_process", "--job", "/tmp/s"),
@@ -51,7 +59,8 @@ def test_a_stage_starts_at_the_default_stage_nice_before_importing_bbctl(argv):
                                   ("dw_wlm_cli", "--function", "pools"),
                                   ("bbctl", "paths", "--job-id", "7"), ("bbctl", "status")])
 def test_quick_calls_keep_their_priority(argv):
-    assert probe(*argv)[0] == 0
+    start, nice, _modules = probe(*argv)
+    assert nice == start
 
 
 def test_the_default_is_the_sites():
