@@ -15,6 +15,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -56,10 +57,8 @@ def set_niceness(niceness):
     Stages of many jobs at once can keep every core busy; at equal priority slurmctld's quick
     burst buffer calls then wait their turn, and Slurm kills a datawarp job_process after its 5 s
     ValidateTimeout, refusing the submission (measured: docs/RELIABILITY.md, "Load")."""
-    try:
+    with contextlib.suppress(PermissionError):
         os.setpriority(os.PRIO_PROCESS, 0, niceness)
-    except PermissionError:
-        pass
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 
