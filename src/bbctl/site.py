@@ -12,7 +12,7 @@ One YAML file (``--config``, else ``$BBCTL_CONFIG``, else /etc/bbctl/bbctl.yml):
     brick_wait: 10                        # seconds setup waits for bricks Slurm counts as free
     server_fail_limit: 3                  # consecutive failed runs that make a storage server unusable
     drain_nodes: true                     # drain a compute node where a buffer could not be unmounted
-    stage_nice: 10                        # niceness of the stages' playbooks and copies (0: as bbctl)
+    stage_nice: 10                        # niceness of stage processes and their playbooks (0: full priority)
     stage_workers: 32                     # copy threads per stage (bb_stage's default)
     policy: {max_capacity: 1TiB}          # limits, persistent creators, presets (bbctl.policy)
 

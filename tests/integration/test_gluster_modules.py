@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bbctl import host
 from bbctl.testbed import storage
 from bbctl.testbed.config import TestbedConfig
 from tests.integration.module_task import run_tasks
@@ -782,7 +783,7 @@ def quotads_not_connected(testbed, name):
     root = testbed.first.xml("volume", "status", name)
     bricks = {f"{n.findtext('hostname')}:{n.findtext('port')}" for n in root.iter("node")
               if n.findtext("path", "").startswith("/")}
-    pids = [int(path.read_text().split()[0]) for path in TESTBED.glob("node*/run/quotad/quotad.pid")]
+    pids = [host.read_pid(path) for path in TESTBED.glob("node*/run/quotad/quotad.pid")]
     sockets = sh("ss", "-tnpH", "state", "established", check=True).stdout.splitlines()
     return [(pid, brick) for pid in pids for brick in bricks
             if not any(f" {brick} " in f" {line} " and f"pid={pid}," in line for line in sockets)]

@@ -68,6 +68,19 @@ def test_the_default_is_the_sites():
         entry.DEFAULT_STAGE_NICE
 
 
+def test_the_stage_names_are_the_commands_own():
+    """The entry cannot import the commands it names (that is its point): a renamed one must fail here,
+    not silently run at full priority."""
+    import argparse
+
+    from bbctl import cli
+    from bbctl.datawarp import dw_wlm_cli
+
+    [commands] = [a.choices for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert not entry.BBCTL_STAGES - set(commands), "bbctl has no such command"
+    assert not entry.DW_WLM_CLI_STAGES - set(dw_wlm_cli.FUNCTIONS), "dw_wlm_cli has no such function"
+
+
 def test_the_console_scripts_go_through_the_entry():
     text = (Path(SRC).parent / "pyproject.toml").read_text()
     assert 'bbctl = "bbctl.entry:bbctl"' in text and 'dw_wlm_cli = "bbctl.entry:dw_wlm_cli"' in text
