@@ -129,8 +129,12 @@ def mount_argv(source, path, fstype=None, options=None):
     return [*argv, source, path]
 
 
-def umount_argv(path):
-    return ["umount", path]
+def umount_argv(path, lazy=False):
+    """umount of a normalised path. --no-canonicalize: umount would otherwise stat the path
+    first, and a stat of a FUSE mount whose daemon no longer answers blocks for good (seen on
+    the test bed: umount stuck in newfstatat, 2026-12-06); umount2() itself does not wait for
+    the daemon. lazy: detach now, free when the last user goes (umount -l)."""
+    return ["umount", "--no-canonicalize", *(["--lazy"] if lazy else []), path]
 
 
 def backoff_delays(retries, delay):
@@ -200,6 +204,67 @@ def _run_mount_command(module, argv, retries, delay, sleep):
             argv).attempts
     except CommandError as error:
         raise MountError(str(error)) from None
+
+
+# --- a FUSE mount whose daemon no longer answers ----------------------------------
+
+FUSECTL = "/sys/fs/fuse/connections"
+# What the caller of timeout(1) sees when the command timed out: 124 after TERM; after KILL,
+# timeout's own death by SIGKILL (it signals its whole process group, itself included), which
+# Python's subprocess reports as -9 and a shell as 128 + 9.
+_TIMED_OUT = (124, -9, 128 + 9)
+
+
+def is_fuse(entry):
+    return entry.fstype == "fuse" or entry.fstype.startswith("fuse.")
+
+
+def answers_argv(path, timeout):
+    """A stat of path in a child that timeout(1) kills after ``timeout`` s. A FUSE request
+    waits killably, so SIGKILL ends the child even when the daemon never answers."""
+    return ["timeout", "--signal=KILL", f"{timeout:g}", "stat", "--format=%i", "--", path]
+
+
+def answers(runner, path, timeout):
+    """Whether the file system mounted at path answered a stat within ``timeout`` s. An error
+    is an answer (a GlusterFS client that lost its bricks says ENOTCONN); silence is not: a
+    glusterfs client that never reached a brick can leave its mount with no reader of
+    /dev/fuse (seen under load, 2026-12-06), and every stat there then blocks for good."""
+    return runner.read(answers_argv(path, timeout), ok=None, retry=None).rc not in _TIMED_OUT
+
+
+def abort_fuse_connection(runner, minor, fusectl=FUSECTL):
+    """Abort FUSE connection ``minor`` (a FUSE mount's device minor is its connection number):
+    every request waiting on it ends with ENOTCONN, so the processes stuck there go on. fusectl
+    is mounted for the purpose when it is not (and unmounted after). Not in check mode."""
+    mounted_here = not os.path.ismount(fusectl)
+    if mounted_here:
+        runner.change(["mount", "-t", "fusectl", "fusectl", fusectl])
+    try:
+        runner.act(_write_abort, os.path.join(fusectl, str(minor), "abort"))
+    finally:
+        if mounted_here:
+            runner.change(umount_argv(fusectl))
+
+
+def _write_abort(path):
+    try:
+        with open(path, "w") as handle:
+            handle.write("1")
+    except FileNotFoundError:
+        pass  # the connection has ended already
+
+
+def release_dead_fuse(runner, entry, fusectl=FUSECTL):
+    """Unmount a FUSE mount (a MountEntry) whose daemon no longer answers: abort its connection,
+    then unmount it, lazily if a process still has its working directory there (nothing can
+    reach the files behind a dead connection anyway). Check mode plans the first umount only.
+    Returns the connection number."""
+    abort_fuse_connection(runner, entry.minor, fusectl)
+    done = runner.change(umount_argv(entry.target), ok=None, retry=None)
+    if done is not None and done.rc != 0:
+        runner.change(umount_argv(entry.target, lazy=True), retry=None)
+    return entry.minor
 
 
 # --- a shared mount root (containers made earlier see buffers mounted under it) ----------

@@ -87,6 +87,19 @@ options:
       - Seconds before the first retry.
     type: float
     default: 1.0
+  answer_timeout:
+    description:
+      - GlusterFS only. Seconds a C(stat) of the mounted buffer may take before its FUSE client
+        counts as dead. A client that never reached a brick can leave a mount where every
+        access blocks for good, C(umount) included.
+      - With O(state=mounted), a new mount that does not answer is released and mounted
+        again, as often as O(retries) allows; then the module fails, naming the client log.
+      - With O(state=unmounted), a mount that does not answer has its FUSE connection aborted
+        (through C(/sys/fs/fuse/connections), mounting C(fusectl) there for the purpose when
+        needed) and is unmounted, lazily if a process still has its working directory there.
+        A warning names the aborted connection.
+    type: float
+    default: 30.0
   shared_root:
     description:
       - With O(state=mounted), first make this directory (normally the parent of O(path)) a
@@ -186,6 +199,7 @@ commands:
 """
 
 import os
+import time
 from collections import namedtuple
 
 from ansible.module_utils.basic import AnsibleModule
@@ -195,7 +209,9 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner imp
 )
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import (
     MountError,
+    answers,
     attribute_commands,
+    backoff_delays,
     ensure_shared,
     mount_argv,
     mount_at,
@@ -203,6 +219,7 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import (
     normalise_path,
     parse_mode,
     read_mountinfo,
+    release_dead_fuse,
     resolve_gid,
     resolve_uid,
     root_attributes,
@@ -336,15 +353,58 @@ def describe(src, fstype, root):
     return facts
 
 
+def is_ours(mount, params):
+    """Whether this run may unmount that mount (plan_unmounted's rule; never another's mount)."""
+    return (mount.fstype == KERNEL_FSTYPE[params["fstype"]]
+            and (not params["src"] or is_wanted_mount(mount, params)))
+
+
+def release_if_dead(runner, params, state):
+    """state, or after releasing a GlusterFS mount of ours at its path that does not answer a
+    stat within answer_timeout (FUSE connection aborted, unmounted; warned), the state then.
+    Looking inside such a mount, or a plain umount, would block this module for good."""
+    if (state.mount is None or params["fstype"] != "glusterfs" or not is_ours(state.mount, params)
+            or answers(runner, state.path, params["answer_timeout"])):
+        return state
+    minor = release_dead_fuse(runner, state.mount)
+    runner.module.warn(f"{state.path}: its GlusterFS client did not answer a stat within "
+                       f"{params['answer_timeout']:g} s; aborted FUSE connection {minor} and "
+                       "unmounted it.")
+    if runner.check_mode:
+        return state._replace(mount=None, empty=True, root=None)
+    return read_state(state.path)
+
+
+def mount_answering(runner, params, state, sleep=time.sleep):
+    """Mount as planned and make sure the new mount answers (GlusterFS): a dead one is released
+    and mounted again after backoff_delays(retries, delay); BufferError when none answered."""
+    delays = backoff_delays(params["retries"], params["delay"])
+    while True:
+        fresh = state.mount is None
+        runner.change_all(plan_mounted(state, params))
+        if runner.check_mode:
+            return
+        verify_mounted(state.path, params)
+        if not fresh or params["fstype"] != "glusterfs" or answers(
+                runner, state.path, params["answer_timeout"]):
+            return
+        release_dead_fuse(runner, mount_at(read_mountinfo(), state.path))
+        if not delays:
+            raise BufferError(
+                f"the GlusterFS client mounted {params['src']} at {state.path} but did not answer "
+                f"a stat within {params['answer_timeout']:g} s, {params['retries'] + 1} times: it "
+                "reached no brick (glusterd or the bricks not answering, or no privileged port "
+                "free on this host); see the client log (/var/log/glusterfs/). Each mount was "
+                "released.")
+        sleep(delays.pop(0))
+        state = read_state(state.path)
+
+
 def ensure_mounted(runner, params, state):
     if params["shared_root"]:  # before the mount, which then propagates to namespaces made earlier
         ensure_shared(runner, normalise_path(params["shared_root"]))
-    runner.change_all(plan_mounted(state, params))
-    if runner.check_mode:
-        root = state.root or NEW_VOLUME_ROOT
-    else:
-        verify_mounted(state.path, params)
-        root = root_attributes(state.path)
+    mount_answering(runner, params, state)
+    root = (state.root or NEW_VOLUME_ROOT) if runner.check_mode else root_attributes(state.path)
     wanted = root_commands(state.path, root, params)
     runner.change_all(wanted)
     if not runner.check_mode:
@@ -387,6 +447,7 @@ ARGUMENT_SPEC = dict(
     mode=dict(type="raw"),
     retries=dict(type="int", default=5),
     delay=dict(type="float", default=1.0),
+    answer_timeout=dict(type="float", default=30.0),
     remove_dir=dict(type="bool", default=False),
     shared_root=dict(type="path"),
 )
@@ -406,10 +467,13 @@ def main():
 
 
 def run(runner, params):
-    state = read_state(params["path"], look_inside=params["state"] == "mounted")
+    seen = read_state(params["path"], look_inside=False)
+    state = release_if_dead(runner, params, seen)
+    if params["state"] == "mounted" and state.mount is not None:
+        state = read_state(params["path"])  # it answers: safe to look inside
     ensure = ensure_mounted if params["state"] == "mounted" else ensure_unmounted
     mounted, after = ensure(runner, params, state)
-    mount = state.mount
+    mount = seen.mount
     before = describe(mount.source if mount else None, mount.fstype if mount else None, state.root)
     return runner.result(before, after, mounted=mounted)
 

@@ -9,8 +9,10 @@ touched. Skipped when ``bbctl testbed status`` says the test bed is not up.
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -134,7 +136,7 @@ def test_mount_for_a_job_check_mode_idempotence_and_unmount(volumes, workdir, bu
     assert os.stat(path).st_mode & 0o7777 == 0o700
 
     would_unmount = buffer_mount(check=True, path=path, state="unmounted", remove_dir=True)
-    assert would_unmount["commands"] == [["umount", path], ["rmdir", path]]
+    assert would_unmount["commands"] == [["umount", "--no-canonicalize", path], ["rmdir", path]]
     assert path in mounts()
 
     unmounted = buffer_mount(path=path, state="unmounted", remove_dir=True)
@@ -178,3 +180,43 @@ def test_unmount_waits_out_a_busy_mount(volumes, workdir, buffer_mount):
     assert not unmounted.get("failed"), unmounted.get("msg")
     assert unmounted["changed"] is True
     assert path not in mounts()
+
+
+def client_pid(path):
+    """The pid of the glusterfs client that mount.glusterfs started for path (the last word of
+    its command line is the mount point, unique to this test)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry.name.isdigit() and argv[0].endswith(b"glusterfs") and path.encode() in argv[-2:]:
+            return int(entry.name)
+    raise AssertionError(f"no glusterfs client serves {path}")
+
+
+def test_a_mount_whose_client_no_longer_answers_is_released_not_waited_on(volumes, workdir, buffer_mount):
+    """A FUSE mount whose daemon reads /dev/fuse no more blocks every access, `umount PATH`'s own
+    stat included, for good (seen under load, 2026-12-06). A stopped client is such a daemon."""
+    path, src = str(workdir / "job45"), f"127.1.1.1:/{volumes[0]}"
+    assert buffer_mount(path=path, src=src)["changed"] is True
+    pid = client_pid(path)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stuck = subprocess.Popen(["stat", path], stdout=subprocess.DEVNULL)  # a job's process, stuck
+        released = buffer_mount(path=path, state="unmounted", answer_timeout=3, remove_dir=True)
+        assert not released.get("failed"), released.get("msg")
+        assert released["changed"] is True and path not in mounts()
+        assert any("did not answer a stat within 3 s; aborted FUSE connection" in warning
+                   for warning in released.get("warnings", [])), released.get("warnings")
+        assert stuck.wait(timeout=10) != 0  # the abort let it go, with an error
+        assert not os.path.exists(path)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Its connection gone, the client ends by itself.
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if Path(f"/proc/{pid}").exists():
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError(f"glusterfs client {pid} outlived its aborted connection")

@@ -15,7 +15,7 @@ SRC = "127.1.1.1:/bb-job42"
 GLUSTER = parse_mountinfo_line((PROC / "mountinfo_gluster_line").read_text()
                                .replace("/var/tmp/bbfix/gm", PATH)
                                .replace("/bm-probe", "/bb-job42"))
-UMOUNT = ["umount", PATH]
+UMOUNT = ["umount", "--no-canonicalize", PATH]
 
 
 def mounted(source, fstype):
@@ -224,3 +224,103 @@ def test_a_mount_point_is_normalised_without_being_looked_up(monkeypatch, tmp_pa
     assert mounts.normalise_path(mounted, mountinfo=[at(mounted)]) == mounted
     assert looked == [str(tmp_path / "stage")]
     assert mounts.normalise_path(mounted, mountinfo=[]) == mounted and looked[-1] == mounted
+
+
+KILLED = (-9, "", "")  # the probe's timeout(1) died with it: the mount did not answer
+ANSWERED = (0, "1\n", "")
+PROBE = ["timeout", "--signal=KILL", "30", "stat", "--format=%i", "--", PATH]
+
+
+def probe_params(**overrides):
+    return params(**{"src": None, "state": "unmounted", "answer_timeout": 30.0, "retries": 0,
+                     "delay": 0.001, **overrides})
+
+
+@pytest.mark.parametrize(("answer", "alive"), [
+    (ANSWERED, True), ((1, "", "stat: Transport endpoint is not connected"), True),
+    (KILLED, False), ((-9, "", ""), False), ((124, "", ""), False)])
+def test_a_mount_answers_when_its_stat_returns_even_with_an_error(fake_module, answer, alive):
+    module = fake_module([answer])
+    assert mounts.answers(bm.buffer_runner(module, 0, 1.0), PATH, 30.0) is alive
+    assert module.calls[0][0] == PROBE
+
+
+def fusectl_dir(tmp_path, minor):
+    (tmp_path / str(minor)).mkdir()
+    (tmp_path / str(minor) / "abort").write_text("")
+    return str(tmp_path)
+
+
+def test_a_dead_mount_is_aborted_then_unmounted_lazily_if_still_busy(fake_module, tmp_path):
+    fusectl = fusectl_dir(tmp_path, 50)  # not a mount point: fusectl is mounted there first
+    busy = (32, "", f"umount: {PATH}: target is busy.")
+    module = fake_module([(0, "", ""), (0, "", ""), busy, (0, "", "")])
+    runner = bm.buffer_runner(module, 0, 1.0)
+    assert mounts.release_dead_fuse(runner, mounted(SRC, "fuse.glusterfs"), fusectl=fusectl) == 50
+    assert (tmp_path / "50" / "abort").read_text() == "1"
+    assert runner.commands == [
+        ["mount", "-t", "fusectl", "fusectl", fusectl], ["umount", "--no-canonicalize", fusectl],
+        UMOUNT, ["umount", "--no-canonicalize", "--lazy", PATH]]
+
+
+def test_unmounting_a_dead_mount_releases_it_with_a_warning(fake_module, monkeypatch, tmp_path):
+    table = [mounted(SRC, "fuse.glusterfs")]
+    monkeypatch.setattr(bm, "read_mountinfo", lambda: list(table))
+    monkeypatch.setattr(bm, "release_dead_fuse", lambda runner, entry: table.clear() or entry.minor)
+    module = fake_module([KILLED])
+    result = bm.run(bm.buffer_runner(module, 0, 1.0), dict(probe_params(), path=PATH))
+    assert module.calls[0][0] == PROBE and len(module.calls) == 1  # no plain umount after it
+    assert result["diff"]["before"]["mounted"] is True
+    assert module.warnings == [f"{PATH}: its GlusterFS client did not answer a stat within 30 s; "
+                               "aborted FUSE connection 50 and unmounted it."]
+
+
+def test_a_live_mount_is_unmounted_plainly(fake_module, monkeypatch):
+    monkeypatch.setattr(bm, "read_mountinfo", lambda: [mounted(SRC, "fuse.glusterfs")])
+    module = fake_module([ANSWERED, (0, "", "")])
+    bm.run(bm.buffer_runner(module, 0, 1.0), dict(probe_params(), path=PATH))
+    assert [call[0] for call in module.calls] == [PROBE, UMOUNT] and module.warnings == []
+
+
+def test_another_sources_dead_mount_is_never_released(fake_module, monkeypatch):
+    monkeypatch.setattr(bm, "read_mountinfo", lambda: [mounted("127.1.1.9:/other", "fuse.glusterfs")])
+    module = fake_module([])
+    with pytest.raises(bm.BufferError, match="not unmounting it"):
+        bm.run(bm.buffer_runner(module, 0, 1.0), dict(probe_params(src=SRC), path=PATH))
+    assert module.calls == []  # not even probed
+
+
+def test_a_new_mount_that_never_answers_is_released_and_retried_then_refused(fake_module, monkeypatch):
+    table = []
+    monkeypatch.setattr(bm, "read_mountinfo", lambda: list(table))
+    monkeypatch.setattr(bm, "read_state", lambda path, look_inside=True: state(
+        table[-1] if table else None))
+    released = []
+    monkeypatch.setattr(bm, "release_dead_fuse",
+                        lambda runner, entry: released.append(entry.minor) or table.clear())
+    mount = ["mount", "-t", "glusterfs", SRC, PATH]
+
+    def answers(argv_answers):
+        module = fake_module(argv_answers)
+        original = module.run_command
+
+        def run_command(argv, **kwargs):
+            if argv[0] == "mount":
+                table.append(mounted(SRC, "fuse.glusterfs"))
+            return original(argv, **kwargs)
+        module.run_command = run_command
+        return module
+
+    module = answers([(0, "", ""), KILLED, (0, "", ""), KILLED])
+    with pytest.raises(bm.BufferError, match=r"did not answer a stat within 30 s, 2 times.*client log"):
+        bm.mount_answering(bm.buffer_runner(module, 1, 0.001),
+                           params(answer_timeout=30.0, retries=1, delay=0.001), state(),
+                           sleep=lambda _s: None)
+    assert [call[0] for call in module.calls] == [mount, PROBE, mount, PROBE] and released == [50, 50]
+
+    table.clear()
+    module = answers([(0, "", ""), KILLED, (0, "", ""), ANSWERED])
+    bm.mount_answering(bm.buffer_runner(module, 1, 0.001),
+                       params(answer_timeout=30.0, retries=1, delay=0.001), state(),
+                       sleep=lambda _s: None)
+    assert len(table) == 1  # the second mount answered and stays

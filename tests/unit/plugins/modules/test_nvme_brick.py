@@ -18,7 +18,7 @@ MKFS = ["mkfs.xfs", "-i", "size=512", DEV]
 MKFS_FORCE = ["mkfs.xfs", "-f", "-i", "size=512", DEV]
 MOUNT = ["mount", "-t", "xfs", "-o", "noatime,inode64,allocsize=64k", DEV, PATH]
 WIPE = ["wipefs", "-a", DEV]
-UMOUNT = ["umount", PATH]
+UMOUNT = ["umount", "--no-canonicalize", PATH]
 
 
 def signature(name):
