@@ -267,6 +267,50 @@ def release_dead_fuse(runner, entry, fusectl=FUSECTL):
     return entry.minor
 
 
+# --- glusterd's aux mounts ------------------------------------------------------------
+
+# A gluster quota command mounts the volume on the host it runs on, at
+# /var/run/gluster/<volume>_quota_list (quota list) or _quota_limit (limit-usage), the client's
+# pid in that path + ".pid" (compiled into glusterd and the CLI, whatever glusterd's run
+# directory). A command that timed out leaves its mount (found after 50 jobs at once, 2026-12-07),
+# and every quota command leaves its pid file.
+AUX_MOUNT_DIR = "/var/run/gluster"
+AUX_MOUNT_KINDS = ("_quota_list", "_quota_limit")
+
+
+def aux_mount_paths(name, directory=AUX_MOUNT_DIR):
+    """Where glusterd's quota commands mount volume ``name``: the kernel's spelling (no symlink)."""
+    real = os.path.realpath(directory)
+    return [os.path.join(real, name + kind) for kind in AUX_MOUNT_KINDS]
+
+
+def aux_mount_volume(target, directory=AUX_MOUNT_DIR):
+    """The volume whose aux mount target is, or None when target is no aux mount."""
+    if os.path.dirname(target) != os.path.realpath(directory):
+        return None
+    name = os.path.basename(target)
+    return next((name[:-len(kind)] for kind in AUX_MOUNT_KINDS if name.endswith(kind)), None)
+
+
+def release_aux_mounts(runner, name, directory=AUX_MOUNT_DIR, mountinfo=None):
+    """Remove what quota commands left of a deleted volume on this host: each aux mount (lazily:
+    its client may no longer answer), its directory and the pid files. Check mode plans the
+    commands. Returns the paths removed or to remove."""
+    entries = read_mountinfo() if mountinfo is None else mountinfo
+    removed = []
+    for path in aux_mount_paths(name, directory):
+        if mount_at(entries, path) is not None:
+            runner.change(umount_argv(path, lazy=True))
+            removed.append(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            runner.change(["rmdir", path])
+            removed.append(path)
+        if os.path.isfile(path + ".pid"):
+            runner.act(os.remove, path + ".pid")
+            removed.append(path + ".pid")
+    return sorted(set(removed))
+
+
 # --- a shared mount root (containers made earlier see buffers mounted under it) ----------
 
 def plan_shared(path, exists, is_dir, mount, mode):

@@ -16,7 +16,8 @@ description:
   - Reads, on the host the task runs on, the three things a burst buffer leaves on a machine
     so that they can be compared with what the orchestrator's state store says should exist
     (C(bbctl reconcile)) - the GlusterFS volumes this server's glusterd knows, the brick
-    directories on its brick roots, and the mounts under the buffer mount roots.
+    directories on its brick roots, the mounts under the buffer mount roots, and (with
+    O(aux_mounts)) the mounts that gluster's quota commands left.
   - Only names that start with one of O(prefixes) are reported, so a site's other volumes
     and directories are never listed, and never offered for removal.
   - Never changes anything; check mode and normal mode do the same.
@@ -41,6 +42,13 @@ options:
     type: list
     elements: path
     default: []
+  aux_mounts:
+    description:
+      - List the aux mounts of burst buffer volumes that gluster's quota commands make on the
+        host they run on, C(/var/run/gluster/NAME_quota_list) and C(NAME_quota_limit). A command
+        that timed out leaves its mount behind.
+    type: bool
+    default: false
   mount_roots:
     description:
       - Directories under which mounts are listed (the stage host's and compute nodes'
@@ -100,6 +108,12 @@ brick_dirs:
   type: list
   elements: dict
   sample: [{root: /srv/bb/nvme0n1, name: bbjob-4711, path: /srv/bb/nvme0n1/bbjob-4711, volume_id: null}]
+aux_mounts:
+  description: The aux mounts of volumes whose names start with a prefix ([] without O(aux_mounts)).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{target: /run/gluster/bbjob-4711_quota_list, volume: bbjob-4711}]
 mounts:
   description: Mounts at or under the mount roots whose last path component starts with a prefix.
   returned: always
@@ -113,11 +127,12 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import GlusterCli, GlusterError
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster_rules import volume_id_of
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import read_mountinfo
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import aux_mount_volume, read_mountinfo
 
 ARGUMENT_SPEC = dict(
     volumes=dict(type="bool", default=False),
     brick_roots=dict(type="list", elements="path", default=[]),
+    aux_mounts=dict(type="bool", default=False),
     mount_roots=dict(type="list", elements="path", default=[]),
     prefixes=dict(type="list", elements="str", default=["bbjob-", "bbp-"]),
     glusterd_socket=dict(type="path"),
@@ -161,10 +176,19 @@ def mounts(roots, prefixes):
     return found
 
 
+def aux_mounts(prefixes):
+    found = []
+    for entry in read_mountinfo():
+        volume = aux_mount_volume(entry.target)
+        if volume is not None and ours(volume, prefixes):
+            found.append({"target": entry.target, "volume": volume})
+    return found
+
+
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     params = module.params
-    result = {"changed": False, "volumes": [], "brick_dirs": [], "mounts": []}
+    result = {"changed": False, "volumes": [], "brick_dirs": [], "mounts": [], "aux_mounts": []}
     try:
         if params["volumes"]:
             result["volumes"] = volumes(module, params["prefixes"])
@@ -172,6 +196,8 @@ def main():
         module.fail_json(msg=str(error), **result)
     result["brick_dirs"] = brick_dirs(params["brick_roots"], params["prefixes"])
     result["mounts"] = mounts(params["mount_roots"], params["prefixes"])
+    if params["aux_mounts"]:
+        result["aux_mounts"] = aux_mounts(params["prefixes"])
     module.exit_json(**result)
 
 

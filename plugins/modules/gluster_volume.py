@@ -48,7 +48,8 @@ options:
       - V(stopped) the volume exists and is not started.
       - V(absent) the volume does not exist (stopped first if started). Its brick directories
         stay on the bricks, but for those listed in O(remove_brick_dirs); remove the others with
-        M(hpc.burstbuffer.gluster_brick_dir) on each brick host.
+        M(hpc.burstbuffer.gluster_brick_dir) on each brick host. What gluster's quota commands
+        left of the volume on this host goes too (RV(aux_mounts_removed)).
     type: str
     choices: [present, started, stopped, absent]
     default: present
@@ -239,6 +240,18 @@ brick_dirs_removed:
   sample:
     - path: /srv/bricks/nvme0/job-4711
       volume_id: a16102d7-05e9-4f25-8be5-bd6825bd3d20
+aux_mounts_removed:
+  description:
+    - With O(state=absent), what gluster's quota commands had left of the volume on this host
+      (in check mode, would leave) and was removed - an aux mount under C(/var/run/gluster)
+      (C(NAME_quota_list), C(NAME_quota_limit); left by a command that timed out), unmounted
+      lazily and its directory removed, and their C(.pid) files.
+  returned: with O(state=absent)
+  type: list
+  elements: str
+  sample:
+    - /run/gluster/job-4711_quota_list
+    - /run/gluster/job-4711_quota_list.pid
 rolled_back:
   description:
     - Commands run to undo a volume this task created after a later step failed. Only in the
@@ -289,6 +302,7 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster_volume_pla
     request_problems,
     summary,
 )
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import release_aux_mounts
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
@@ -481,11 +495,15 @@ def run_absent(module, cli, params, observed):
     commands = plan_absent(volume, params)
     apply(module, cli, params, observed, commands)
     cli.runner.act(remove, dirs)
+    aux = release_aux_mounts(cli.runner, params["name"])
     before, after = summary(volume), {"state": "absent"}
     if dirs:
         before["brick_dirs_here"], after["brick_dirs_here"] = [entry["path"] for entry in dirs], []
+    if aux:
+        before["aux_mounts_here"], after["aux_mounts_here"] = aux, []
     return cli.runner.result(
-        before, after, changed=bool(commands or dirs), brick_dirs_removed=dirs,
+        before, after, changed=bool(commands or dirs or aux), brick_dirs_removed=dirs,
+        aux_mounts_removed=aux,
         volume=with_brick_status(cli, volume) if cli.runner.check_mode else None)
 
 

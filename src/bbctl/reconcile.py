@@ -45,6 +45,7 @@ VOLUME_MISSING = "volume_missing"     # a record whose volume is not there (dele
 ORPHAN_VOLUME = "orphan_volume"       # a volume no record holds
 STRAY_BRICK_DIR = "stray_brick_dir"   # a brick directory of no record and no volume
 STRAY_MOUNT = "stray_mount"           # a buffer mount of no record
+STRAY_AUX_MOUNT = "stray_aux_mount"   # a gluster quota command's mount of a volume that is gone
 
 # Exit code of a report with drift left (bbctl --help): found and not repaired, or a repair failed.
 EXIT_DRIFT = 5
@@ -59,6 +60,7 @@ class Reality:
     mounts: list[tuple[str, str]]                 # (host, mount target)
     answered: frozenset[str]                      # storage servers whose glusterd answered
     unanswered: Mapping[str, str] = field(default_factory=dict)  # host -> why it did not
+    aux_mounts: list[tuple[str, str, str]] = field(default_factory=list)  # (server, target, volume)
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def reality_of(results: Iterable[tuple[str, Mapping[str, Any]]], addresses: Mapp
                storage: frozenset[str], failures: Iterable[str] = ()) -> Reality:
     """Reality from buffer_survey's results, (host, result) in any order."""
     volumes: dict[str, list[tuple[str, str]]] = {}
-    brick_dirs, mounts, answered = [], [], set()
+    brick_dirs, mounts, aux_mounts, answered = [], [], [], set()
     for host, result in results:
         if "brick_dirs" not in result:
             continue  # not a buffer_survey result
@@ -120,13 +122,14 @@ def reality_of(results: Iterable[tuple[str, Mapping[str, Any]]], addresses: Mapp
                                            for b in volume["bricks"]]
         brick_dirs += [(host, d["root"], d["name"]) for d in result["brick_dirs"]]
         mounts += [(host, m["target"]) for m in result["mounts"]]
+        aux_mounts += [(host, m["target"], m["volume"]) for m in result.get("aux_mounts", [])]
     unanswered = {}
     for failure in failures:
         host = failure.split(":", 1)[0]
         unanswered[host] = failure
         answered.discard(host)
     return Reality(volumes=volumes, brick_dirs=brick_dirs, mounts=mounts, answered=frozenset(answered),
-                   unanswered=unanswered)
+                   unanswered=unanswered, aux_mounts=aux_mounts)
 
 
 def compare(buffers: Iterable[Buffer], reality: Reality, *, now: float, older_than: float) -> list[Drift]:
@@ -140,6 +143,10 @@ def compare(buffers: Iterable[Buffer], reality: Reality, *, now: float, older_th
     drifts += [Drift(STRAY_MOUNT, name, None, (f"{host}:{target}",), "a buffer mount no buffer record holds")
                for host, target in sorted(reality.mounts)
                if (name := mounted_volume(target)) not in live]
+    drifts += [Drift(STRAY_AUX_MOUNT, volume, None, (f"{host}:{target}",),
+                     "a gluster quota command's mount of a volume that no longer exists (the command timed out)")
+               for host, target, volume in sorted(reality.aux_mounts)
+               if host in reality.answered and volume not in reality.volumes]
     return drifts
 
 
@@ -181,7 +188,13 @@ def repair(life: Any, drifts: list[Drift]) -> list[dict[str, Any]]:
     pieces of a volume no record holds are removed by one buffer_destroy.yml run per volume."""
     outcomes = []
     pieces: dict[str, list[Drift]] = defaultdict(list)
+    aux = [drift for drift in drifts if drift.kind == STRAY_AUX_MOUNT]
+    if aux:
+        error = _error_of(lambda: unmount_aux(life, aux))
+        outcomes += [{"volume": d.volume, "kind": d.kind, "repaired": error is None, "error": error} for d in aux]
     for drift in drifts:
+        if drift.kind == STRAY_AUX_MOUNT:
+            continue
         if drift.kind == VOLUME_MISSING and drift.key is not None:
             outcomes.append(_outcome(drift, lambda d=drift: life.destroy(d.key, stage="reconcile")))
         else:
@@ -203,6 +216,19 @@ def _error_of(action: Any) -> str | None:
     except BBError as exc:  # one failed repair must not stop the others; it is reported
         return str(exc)
     return None
+
+
+def unmount_aux(life: Any, drifts: list[Drift]) -> None:
+    """One buffer_aux_unmount.yml run over the storage servers holding the drifts' aux mounts."""
+    paths: dict[str, list[str]] = defaultdict(list)
+    for drift in drifts:
+        for piece in drift.where:
+            host, path = piece.split(":", 1)
+            paths[host].append(path)
+    run = runner.run_stage(life.site, "reconcile", "reconcile", "buffer_aux_unmount.yml",
+                           extravars={"bb_aux_mounts": dict(paths)}, hosts=sorted(paths),
+                           timeout=slurmconf.stage_timeout("teardown", life._bb_settings), cancel=life.cancel)
+    run.raise_for_failure()
 
 
 def destroy_pieces(life: Any, name: str, drifts: list[Drift]) -> None:

@@ -159,9 +159,11 @@ def volumes() -> list[str]:
 
 
 def leftovers(volume: str) -> list[str]:
-    """Whatever of volume is still anywhere: the volume, a mount, a brick directory."""
+    """Whatever of volume is still anywhere: the volume, a mount, a brick directory, what gluster's
+    quota commands left in glusterd's run directory (an aux mount's directory, pid files)."""
     found = [f"volume {volume}"] if volume in volumes() else []
     mounts = Path("/proc/self/mountinfo").read_text()
     found += [f"mount {line.split()[4]}" for line in mounts.splitlines() if volume in line]
     found += [f"brick dir {path}" for path in TESTBED_ROOT.glob(f"node*/bricks/*/{volume}")]
+    found += [f"aux {path}" for path in Path("/run/gluster").glob(f"{volume}_quota_*")]
     return found

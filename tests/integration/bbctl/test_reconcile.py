@@ -1,10 +1,11 @@
 """bbctl reconcile on the real test bed: drift made for real behind bbctl's back, found, repaired.
 
-Four kinds of drift are made at once with the tools an operator (or a crash) would
+Five kinds of drift are made at once with the tools an operator (or a crash) would
 use: a persistent buffer whose volume is deleted with the gluster CLI; a volume made
 with the gluster CLI that no record holds, FUSE-mounted under the mount root; brick
 directories a `gluster volume delete` left behind; a record that never got its volume
-(a setup that died after allocating). `bbctl reconcile` must report each, change
+(a setup that died after allocating); the aux mount a `gluster volume quota list` that timed
+out leaves on the storage server. `bbctl reconcile` must report each, change
 nothing, and with `--repair` remove them, so that a second survey finds none, the
 pool's free bricks equal the bricks no volume or brick directory uses, and the
 machine holds nothing of them.
@@ -60,6 +61,7 @@ def test_drift_is_reported_then_repaired(life, testbed):
     tag = uuid.uuid4().hex[:6]
     deleted, orphan, stray, never = f"rcdel{tag}", f"bbp-rcorphan{tag}", f"bbp-rcstray{tag}", f"rcnever{tag}"
     mount = Path(life.site.mount_root) / orphan
+    aux = Path("/run/gluster") / f"{sitecfg.volume_name(deleted)}_quota_list"
     assert reconcile()["drift"] == [], "the test bed had drift before the test"
     free_before = free_bricks()
     try:
@@ -67,6 +69,10 @@ def test_drift_is_reported_then_repaired(life, testbed):
         made = bbctl("create-persistent", "--name", deleted, "--uid", "1001", "--gid", "1001",
                      "--capacity", "4GiB")
         assert made.returncode == 0, made.stderr[-2000:]
+        # 5. ... whose `quota list` had timed out, leaving its aux mount where glusterd makes it.
+        aux.mkdir()
+        subprocess.run(["mount", "-t", "glusterfs", f"127.1.1.1:/{sitecfg.volume_name(deleted)}", str(aux)],
+                       check=True, timeout=60)
         gluster("volume", "stop", sitecfg.volume_name(deleted), "force")
         gluster("volume", "delete", sitecfg.volume_name(deleted))
         # 2. A volume of our name that no record holds, mounted under the mount root.
@@ -85,6 +91,7 @@ def test_drift_is_reported_then_repaired(life, testbed):
         report = reconcile(exit_code=EXIT_DRIFT)
         found = {(d["kind"], d["volume"]) for d in report["drift"]}
         assert found == {("volume_missing", sitecfg.volume_name(deleted)), ("orphan_volume", orphan),
+                         ("stray_aux_mount", sitecfg.volume_name(deleted)),
                          ("stray_mount", orphan), ("stray_brick_dir", stray),
                          ("volume_missing", sitecfg.volume_name(never))}, report
         assert report["repaired"] == [] and orphan in volumes() and mount.is_mount()  # a report changes nothing
@@ -101,9 +108,11 @@ def test_drift_is_reported_then_repaired(life, testbed):
         repaired = reconcile("--repair")
         assert all(r["repaired"] for r in repaired["repaired"]), repaired["repaired"]
         # One outcome per drift found (the test bed's stage host is also its compute node: both report the mount).
-        assert len(repaired["repaired"]) == len(repaired["drift"]) >= 5
+        assert len(repaired["repaired"]) == len(repaired["drift"]) >= 6
     finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+        for target in (mount, aux):
+            subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
+        aux.rmdir() if aux.exists() and not aux.is_mount() else None
         mount.rmdir() if mount.exists() and not mount.is_mount() else None
         for key in (deleted, never):
             if life.store.get(key) is not None:
@@ -120,4 +129,4 @@ def test_drift_is_reported_then_repaired(life, testbed):
     assert free_bricks() == free_before  # the two records' bricks are free again, nothing else is held
     for name in (sitecfg.volume_name(deleted), orphan, stray, sitecfg.volume_name(never)):
         assert not leftovers(name), leftovers(name)
-    assert not mount.exists()
+    assert not mount.exists() and not aux.exists()

@@ -6,7 +6,7 @@ import pytest
 
 from bbctl import reconcile
 from bbctl.pools import Brick
-from bbctl.reconcile import ORPHAN_VOLUME, STRAY_BRICK_DIR, STRAY_MOUNT, VOLUME_MISSING, Reality
+from bbctl.reconcile import ORPHAN_VOLUME, STRAY_AUX_MOUNT, STRAY_BRICK_DIR, STRAY_MOUNT, VOLUME_MISSING, Reality
 from bbctl.state import Buffer, BufferState
 
 NOW = 1_000_000.0
@@ -23,9 +23,9 @@ def record(key: str, state: BufferState = BufferState.CREATED, *, servers=("s1",
                   bricks=tuple(brick(s) for s in servers), created_at=NOW - age, updated_at=NOW - age)
 
 
-def reality(volumes=None, brick_dirs=(), mounts=(), answered=("s1", "s2", "s3")) -> Reality:
+def reality(volumes=None, brick_dirs=(), mounts=(), answered=("s1", "s2", "s3"), aux_mounts=()) -> Reality:
     return Reality(volumes=volumes or {}, brick_dirs=list(brick_dirs), mounts=list(mounts),
-                   answered=frozenset(answered))
+                   answered=frozenset(answered), aux_mounts=list(aux_mounts))
 
 
 def kinds(drifts) -> list[tuple[str, str]]:
@@ -106,11 +106,36 @@ def test_mounts_of_no_record_are_stray_private_ones_by_their_volume():
     assert [d.where for d in drifts] == [("node1:/mnt/bb/bbjob-5",), ("node1:/mnt/bb/bbjob-5-private",)]
 
 
+def test_an_aux_mount_is_drift_once_its_volume_is_gone_and_its_server_answered():
+    """Found after 50 jobs at once (2026-12-07): `quota list` timed out and its mount stayed."""
+    listed = "/run/gluster/bbjob-61_quota_list"
+    found = reality({"bbjob-7": [("s1", ROOT), ("s2", ROOT)]},
+                    aux_mounts=[("s1", listed, "bbjob-61"), ("s1", "/run/gluster/bbjob-7_quota_list", "bbjob-7"),
+                                ("s9", "/run/gluster/bbjob-62_quota_limit", "bbjob-62")])
+    drifts = compare([record("7")], found)
+    assert kinds(drifts) == [(STRAY_AUX_MOUNT, "bbjob-61")]  # bbjob-7 lives; s9 did not answer
+    assert drifts[0].where == (f"s1:{listed}",) and "timed out" in drifts[0].detail
+
+
+def test_repair_unmounts_aux_mounts_in_one_run_over_their_servers(monkeypatch):
+    runs = []
+    monkeypatch.setattr(reconcile, "unmount_aux", lambda life, drifts: runs.append([d.where for d in drifts]))
+    monkeypatch.setattr(reconcile, "destroy_pieces", lambda life, name, drifts: runs.append(name))
+    aux = [reconcile.Drift(STRAY_AUX_MOUNT, f"bbjob-{n}", None, (f"s1:/run/gluster/bbjob-{n}_quota_list",), "x")
+           for n in (61, 69)]
+    stray = reconcile.Drift(STRAY_MOUNT, "bbjob-5", None, ("node1:/mnt/bb/bbjob-5",), "x")
+    outcomes = reconcile.repair(object(), [*aux, stray])
+    assert runs == [[d.where for d in aux], "bbjob-5"]
+    assert [(o["kind"], o["volume"], o["repaired"]) for o in outcomes] == [
+        (STRAY_AUX_MOUNT, "bbjob-61", True), (STRAY_AUX_MOUNT, "bbjob-69", True), (STRAY_MOUNT, "bbjob-5", True)]
+
+
 def test_reality_of_maps_addresses_to_servers_and_drops_hosts_that_failed():
     results = [
         ("s1", {"volumes": [{"name": "bbjob-7", "bricks": [{"host": "s1-ib", "path": f"{ROOT}/bbjob-7"},
                                                          {"host": "s2-ib", "path": f"{ROOT}/bbjob-7"}]}],
-                "brick_dirs": [{"root": ROOT, "name": "bbjob-7"}], "mounts": []}),
+                "brick_dirs": [{"root": ROOT, "name": "bbjob-7"}], "mounts": [],
+                "aux_mounts": [{"target": "/run/gluster/bbjob-6_quota_list", "volume": "bbjob-6"}]}),
         ("s2", {"volumes": [], "brick_dirs": [], "mounts": []}),
         ("node1", {"volumes": [], "brick_dirs": [], "mounts": [{"target": "/mnt/bb/bbjob-7"}]}),
         ("s1", {"changed": False}),  # another task's result
@@ -120,6 +145,7 @@ def test_reality_of_maps_addresses_to_servers_and_drops_hosts_that_failed():
     assert found.volumes == {"bbjob-7": [("s1", ROOT), ("s2", ROOT)]}
     assert found.brick_dirs == [("s1", ROOT, "bbjob-7")] and found.mounts == [("node1", "/mnt/bb/bbjob-7")]
     assert found.answered == frozenset({"s1"}) and "s2" in found.unanswered
+    assert found.aux_mounts == [("s1", "/run/gluster/bbjob-6_quota_list", "bbjob-6")]
 
 
 def test_render_names_each_drift_and_each_repair():

@@ -188,3 +188,31 @@ def test_root_attributes_reads_a_real_directory(tmp_path):
     tmp_path.chmod(0o710)
     uid, _gid, mode = mounts.root_attributes(str(tmp_path))
     assert (uid, mode) == (tmp_path.stat().st_uid, 0o710)
+
+
+def test_an_aux_mount_left_by_a_timed_out_quota_list_is_unmounted_lazily(fake_module, tmp_path):
+    run = tmp_path / "run"
+    (run / "bbjob-61_quota_list").mkdir(parents=True)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "run").symlink_to(run)  # /var/run -> /run, as on Debian
+    target = str(run / "bbjob-61_quota_list")
+    table = [mounts.parse_mountinfo_line(
+        f"90 27 0:77 / {target} rw - fuse.glusterfs localhost:bbjob-61 rw")]
+    runner = mounts.CommandRunner(fake_module([OK, OK]))
+    removed = mounts.release_aux_mounts(runner, "bbjob-61", directory=str(tmp_path / "var" / "run"),
+                                        mountinfo=table)
+    assert runner.commands == [["umount", "--no-canonicalize", "--lazy", target], ["rmdir", target]]
+    assert removed == [target]
+    assert mounts.aux_mount_volume(target, directory=str(tmp_path / "var" / "run")) == "bbjob-61"
+    assert mounts.aux_mount_volume(str(run / "bbjob-61_quota_limit"), str(run)) == "bbjob-61"
+    assert mounts.aux_mount_volume(str(run / "bbjob-61"), str(run)) is None
+    assert mounts.aux_mount_volume("/elsewhere/bbjob-61_quota_list", str(run)) is None
+
+
+def test_aux_mounts_in_check_mode_are_planned_not_removed(fake_module, tmp_path):
+    (tmp_path / "bbp-x_quota_limit").mkdir()
+    (tmp_path / "bbp-x_quota_limit.pid").write_text("1")
+    runner = mounts.CommandRunner(fake_module([], check_mode=True))
+    removed = mounts.release_aux_mounts(runner, "bbp-x", directory=str(tmp_path), mountinfo=[])
+    assert removed == [str(tmp_path / "bbp-x_quota_limit"), str(tmp_path / "bbp-x_quota_limit.pid")]
+    assert (tmp_path / "bbp-x_quota_limit.pid").exists() and (tmp_path / "bbp-x_quota_limit").is_dir()

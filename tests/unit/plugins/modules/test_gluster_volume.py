@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import gluster as g
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import gluster_rules as rules
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import mounts
 from ansible_collections.hpc.burstbuffer.plugins.modules import gluster_volume as gv
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "gluster"
@@ -262,6 +263,16 @@ class Failed(Exception):
     pass
 
 
+@pytest.fixture(autouse=True)
+def aux_dir(tmp_path, monkeypatch):
+    """glusterd's aux mount directory, here a temporary one: never this machine's /run/gluster."""
+    directory = tmp_path / "run-gluster"
+    directory.mkdir()
+    monkeypatch.setattr(gv, "release_aux_mounts", lambda runner, name: mounts.release_aux_mounts(
+        runner, name, directory=str(directory), mountinfo=[]))
+    return directory
+
+
 @pytest.fixture
 def gluster_module(fake_module):
     class GlusterFakeModule(fake_module):
@@ -507,3 +518,21 @@ def test_no_quota_read_back_unless_allow_insecure_turns_off(gluster_module):
     gv.apply(module, g.GlusterCli(module, SOCK), params(quota="1GiB"), seen,
              [QUOTA_ON, limit(GIB)])
     assert len(module.calls) == 2
+
+
+def test_absent_removes_what_quota_commands_left_of_the_volume(gluster_module, aux_dir):
+    """A `quota list` that timed out leaves its aux directory (and mount); every one leaves a pid file."""
+    (aux_dir / "gv-exp1_quota_list").mkdir()
+    (aux_dir / "gv-exp1_quota_list.pid").write_text("10637\n")
+    (aux_dir / "gv-exp10_quota_list.pid").write_text("10638\n")  # another volume's: kept
+    module = gluster_module([answer("volume_info_missing.xml"), (0, "", "")])
+    result = gv.run(module, g.GlusterCli(module, SOCK), params(state="absent"))
+    listed = str(aux_dir / "gv-exp1_quota_list")
+    assert result["commands"] == [["rmdir", listed]] and result["changed"] is True
+    assert result["aux_mounts_removed"] == [listed, listed + ".pid"]
+    (aux_dir / "gv-exp1_quota_list").rmdir()  # what the rmdir above did (the fake runs nothing)
+    assert sorted(p.name for p in aux_dir.iterdir()) == ["gv-exp10_quota_list.pid"]
+    assert result["diff"]["after"] == {"state": "absent", "aux_mounts_here": []}
+    second = gluster_module([answer("volume_info_missing.xml")])
+    again = gv.run(second, g.GlusterCli(second, SOCK), params(state="absent"))
+    assert (again["changed"], again["aux_mounts_removed"]) == (False, [])
