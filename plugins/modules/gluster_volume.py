@@ -449,7 +449,7 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    cli = GlusterCli(module, params["glusterd_socket"])
+    cli = GlusterCli(module, params["glusterd_socket"], reask_timed_out=True)
     try:
         result = run(module, cli, params)
     except (GlusterError, VolumeError) as error:

@@ -527,3 +527,26 @@ def test_node_uuid_is_none_when_the_node_cannot_be_asked(gluster_module):
     module = gluster_module([(1, "", "Connection failed. Please check if gluster daemon is "
                                      "operational.\n")])
     assert g.GlusterCli(module, None).node_uuid("127.1.9.7") is None
+
+
+TIMED_OUT = (1, "", "Error : Request timed out\n")  # the CLI's words after its 120 s (or --timeout)
+
+
+def test_a_read_that_timed_out_is_asked_once_more_where_asked_for(gluster_module):
+    """50 jobs at once (2026-12-07): one setup's `quota list` timed out behind a dozen setups' locks."""
+    listed = (0, fixture("quota_list_root_8gib.xml"), "")
+    module = gluster_module([TIMED_OUT, listed])
+    assert g.GlusterCli(module, None, reask_timed_out=True).quota_limit("gv-q") == 8 * 1024**3
+    assert len(module.calls) == 2
+
+    twice = gluster_module([TIMED_OUT, TIMED_OUT])
+    with pytest.raises(g.GlusterError, match="Request timed out"):
+        g.GlusterCli(twice, None, reask_timed_out=True).quota_limit("gv-q")
+    assert len(twice.calls) == 2  # once more, not again and again: each costs the CLI's timeout
+
+
+def test_a_read_that_timed_out_is_not_asked_again_by_default(gluster_module):
+    module = gluster_module([TIMED_OUT])  # buffer_survey: a glusterd that hangs is the finding
+    with pytest.raises(g.GlusterError, match="Request timed out"):
+        g.GlusterCli(module, None, timeout=30).volumes()
+    assert len(module.calls) == 1
