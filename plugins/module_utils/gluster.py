@@ -346,6 +346,12 @@ def gluster_text(done):
 
 # Other tasks and people share glusterd: a command that meets the cluster lock is tried again.
 TRANSIENT_RETRY = Retry(when=lambda _rc, out, err: is_transient(out) or is_transient(err), delays=RETRY_DELAYS)
+# glusterd keeps the volume lock of a transaction its CLI gave up on until its lock timer ends,
+# 180 s after it was taken: 60 s after the CLI's 120 s (seen 2026-12-07, a `quota list` under 50
+# jobs at once: refused "Another transaction is in progress" until 06:30:47, taken at 06:27:52).
+# A read asked again after a timeout waits out the lock that long (RETRY_DELAYS then 5 s steps:
+# 85.5 s of waiting in all).
+AFTER_TIMEOUT_RETRY = TRANSIENT_RETRY._replace(delays=RETRY_DELAYS + (5,) * 12)
 
 
 class GlusterCli:
@@ -355,10 +361,10 @@ class GlusterCli:
         self.module = module
         self.socket = glusterd_socket
         self.timeout = timeout  # seconds glusterd has to answer a read (None: the CLI's 120)
-        # Ask a read once more after "Request timed out": it changed nothing, and glusterd behind a
-        # dozen setups' cluster locks on two cores answered the second time (50 jobs at once,
-        # 2026-12-07: one setup failed on `quota list` after 120 s). Off where a timeout is the
-        # finding (buffer_survey counts a hung glusterd against its server).
+        # Ask a read once more after "Request timed out" (AFTER_TIMEOUT_RETRY): it changed nothing
+        # (50 jobs at once, 2026-12-07: a setup failed on `quota list` after 120 s, behind a dozen
+        # setups on two cores). Off where a timeout is the finding (buffer_survey counts a hung
+        # glusterd against its server).
         self.reask_timed_out = reask_timed_out
         self.sleep = sleep
         self.binary = module.get_bin_path(GLUSTER, required=True)
@@ -370,7 +376,7 @@ class GlusterCli:
         once more if glusterd did not answer in time."""
         done = self.runner.read(argv, ok=None)
         if self.reask_timed_out and is_timed_out(done.out + done.err):
-            done = self.runner.read(argv, ok=None)
+            done = self.runner.read(argv, ok=None, retry=AFTER_TIMEOUT_RETRY)
         return gluster_text(done)
 
     def execute(self, argv):

@@ -535,9 +535,13 @@ TIMED_OUT = (1, "", "Error : Request timed out\n")  # the CLI's words after its 
 def test_a_read_that_timed_out_is_asked_once_more_where_asked_for(gluster_module):
     """50 jobs at once (2026-12-07): one setup's `quota list` timed out behind a dozen setups' locks."""
     listed = (0, fixture("quota_list_root_8gib.xml"), "")
-    module = gluster_module([TIMED_OUT, listed])
-    assert g.GlusterCli(module, None, reask_timed_out=True).quota_limit("gv-q") == 8 * 1024**3
-    assert len(module.calls) == 2
+    lock = (0, fixture("error_lock_contention.xml"), "")
+    # glusterd holds the timed-out transaction's lock until its 180 s lock timer ends: 60 s more.
+    held = 17  # TRANSIENT_RETRY alone gives up after 10
+    module = gluster_module([TIMED_OUT, *[lock] * held, listed])
+    slept = []
+    assert g.GlusterCli(module, None, sleep=slept.append, reask_timed_out=True).quota_limit("gv-q") == 8 * 1024**3
+    assert len(module.calls) == held + 2 and sum(slept) > 60
 
     twice = gluster_module([TIMED_OUT, TIMED_OUT])
     with pytest.raises(g.GlusterError, match="Request timed out"):
