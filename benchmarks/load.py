@@ -61,7 +61,7 @@ def throughput(jobs: int, max_granules: int, timeout: float, plugin: str = "lua"
         run.wait(watcher, timeout)
     finally:
         watcher.stop()
-        ok = run.ok()
+        ok, failed_checks = run.ok(), run.failed_checks()
         run.cleanup()
     starts = [s for seen in run.jobs.values() if (s := seen.submit_to_start()) is not None]
     pings = [t for t, _ in watcher.pings]
@@ -69,7 +69,8 @@ def throughput(jobs: int, max_granules: int, timeout: float, plugin: str = "lua"
         "jobs": jobs, "seconds": run.ended - run.began, "per_minute": jobs / ((run.ended - run.began) / 60),
         "submit_to_running": load.percentiles(starts),
         "completed": sum(seen.state == "COMPLETED" for seen in run.jobs.values()),
-        "checked_ok": sum(ok.values()), "strange": run.strange_reasons(), "overlaps": watcher.overlaps,
+        "checked_ok": sum(ok.values()), "failed_checks": failed_checks,
+        "strange": run.strange_reasons(), "overlaps": watcher.overlaps,
         "most_buffers": watcher.most_buffers, "short_at_setup": len(run.short_at_setup()),
         "ping_failures": sum(not up for _, up in watcher.pings), "ping_max": max(pings, default=0.0),
         "unexplained_volumes": load.gluster_matches_store(),
@@ -213,7 +214,7 @@ def main() -> int:
     lines = report(result, queued)
     print("\n".join(lines))
     results_doc.write_figures(args.json, figures(result, queued))
-    for key in ("strange", "overlaps", "unexplained_volumes"):
+    for key in ("failed_checks", "strange", "overlaps", "unexplained_volumes"):
         if result[key]:
             print(f"{key}: {result[key]}")
     if args.write_doc:

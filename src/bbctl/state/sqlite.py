@@ -134,6 +134,12 @@ class SQLiteStore:
                 time.sleep(0.005 + random.random() * 0.02)
 
     def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION. A current database is only read: the write lock
+        would queue every opening, ``paths`` and ``job_process`` included, behind every stage's
+        writes, and Slurm kills those after ValidateTimeout (5 s) and holds the job (seen with 50
+        jobs through burst_buffer/datawarp, 2026-12-07: ``paths`` killed after 5.1 s)."""
+        if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
         with self._write():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:

@@ -225,6 +225,18 @@ class LoadRun:
         """Per job: whether it wrote ``ok`` (its staged file had the right checksum)."""
         return {job: marker.exists() and marker.read_text().strip() == "ok" for job, marker in self.markers.items()}
 
+    def failed_checks(self) -> dict[int, str]:
+        """Per job that did not write ``ok``: what its marker says (or that it wrote none) and the end of
+        its output, read before cleanup() removes them."""
+        failed = {}
+        for job, marker in self.markers.items():
+            said = marker.read_text().strip() if marker.exists() else "no marker"
+            if said != "ok":
+                output = self.directory / f"slurm-{job}.out"
+                tail = output.read_text(errors="replace")[-500:] if output.exists() else "no output"
+                failed[job] = f"{said}; output: {tail}"
+        return failed
+
     def strange_reasons(self) -> dict[int, list[tuple[str, str]]]:
         """Jobs that went through a state or reason a job waiting its turn never shows."""
         return {job: [(s, r) for s, r in seen.seen if s == "PENDING" and r not in WAITING_REASONS]

@@ -38,11 +38,11 @@ def test_more_buffers_than_the_pool_holds_all_run_in_turn_and_nothing_overlaps()
         run.wait(watcher, timeout=1500)
     finally:
         watcher.stop()
-        ok = run.ok()
+        ok, failed_checks = run.ok(), run.failed_checks()
         run.cleanup()
     states = {job: seen.state for job, seen in run.jobs.items()}
     assert set(states.values()) == {"COMPLETED"}, states
-    assert all(ok.values()), f"jobs that read wrong staged data: {[j for j, good in ok.items() if not good]}"
+    assert all(ok.values()), f"jobs that did not read back their staged data: {failed_checks}"
     assert run.strange_reasons() == {}, "a job was held or failed a stage instead of waiting its turn"
     assert watcher.overlaps == [], f"bricks in two buffers at once: {watcher.overlaps}"
     assert watcher.most_buffers >= 2, "the jobs never overlapped in time: the test proved nothing"

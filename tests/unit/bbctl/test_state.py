@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import queue
+import sqlite3
 import threading
 import time
 import uuid
@@ -552,3 +553,21 @@ def test_a_schema_2_database_gains_the_history_and_counters(tmp_path, clock):
     upgraded.transition("7", BufferState.ALLOCATING, BufferState.DESTROYED)
     upgraded.release("7")
     assert [t["stage"] for t in upgraded.history("7")["meta"][TIMINGS]] == ["setup"]
+
+
+def test_opening_a_current_database_waits_for_no_writer(tmp_path, clock):
+    """`paths` and `job_process` open the store under a 5 s ValidateTimeout; 50 jobs' stages write
+    all the time. Opening must not queue for the write lock (2026-12-07: `paths` killed at 5.1 s)."""
+    path = tmp_path / "state.db"
+    SQLiteStore(path, clock=clock).close()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a stage's write in progress
+    try:
+        started = time.monotonic()
+        reader = SQLiteStore(path, clock=clock, busy_timeout=2.0)
+        assert time.monotonic() - started < 1.0
+        assert reader.buffers() == []
+        reader.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
