@@ -215,10 +215,6 @@ FUSECTL = "/sys/fs/fuse/connections"
 _TIMED_OUT = (124, -9, 128 + 9)
 
 
-def is_fuse(entry):
-    return entry.fstype == "fuse" or entry.fstype.startswith("fuse.")
-
-
 def answers_argv(path, timeout):
     """A stat of path in a child that timeout(1) kills after ``timeout`` s. A FUSE request
     waits killably, so SIGKILL ends the child even when the daemon never answers."""

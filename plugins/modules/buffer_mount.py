@@ -305,13 +305,18 @@ def plan_mounted(state, params):
     return [*commands, mount]
 
 
+def is_ours(mount, params):
+    """Whether this run may unmount that mount: of the wanted type, and of src when given (never
+    another's mount)."""
+    return (mount.fstype == KERNEL_FSTYPE[params["fstype"]]
+            and (not params["src"] or is_wanted_mount(mount, params)))
+
+
 def plan_unmounted(state, params):
     """Argv lists that unmount the buffer at path; [] if nothing is mounted there."""
     if state.mount is None:
         return []
-    wrong_type = state.mount.fstype != KERNEL_FSTYPE[params["fstype"]]
-    wrong_source = params["src"] and not is_wanted_mount(state.mount, params)
-    if wrong_type or wrong_source:
+    if not is_ours(state.mount, params):
         refuse_other_mount(state, params, "unmounting")
     return [umount_argv(state.path)]
 
@@ -351,12 +356,6 @@ def describe(src, fstype, root):
     if root is not None:
         facts.update(owner=root[0], group=root[1], mode=f"{root[2]:04o}")
     return facts
-
-
-def is_ours(mount, params):
-    """Whether this run may unmount that mount (plan_unmounted's rule; never another's mount)."""
-    return (mount.fstype == KERNEL_FSTYPE[params["fstype"]]
-            and (not params["src"] or is_wanted_mount(mount, params)))
 
 
 def release_if_dead(runner, params, state):

@@ -149,7 +149,7 @@ def mount_at(target: Path) -> Mount | None:
 
 FUSE_UMOUNT_WAIT = 20.0  # s: a FUSE unmount takes well under a second unless its daemon hangs
 UMOUNT_WAIT = 120.0  # s: any other (a brick's XFS may flush for a while)
-FUSECTL = Path("/sys/fs/fuse/connections")
+FUSECTL = Path(collection.mounts.FUSECTL)
 
 
 def umount(target: Path, fuse_connection: int | None = None) -> bool:

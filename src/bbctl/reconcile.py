@@ -190,8 +190,7 @@ def repair(life: Any, drifts: list[Drift]) -> list[dict[str, Any]]:
     pieces: dict[str, list[Drift]] = defaultdict(list)
     aux = [drift for drift in drifts if drift.kind == STRAY_AUX_MOUNT]
     if aux:
-        error = _error_of(lambda: unmount_aux(life, aux))
-        outcomes += [{"volume": d.volume, "kind": d.kind, "repaired": error is None, "error": error} for d in aux]
+        outcomes += _outcomes(aux, _error_of(lambda: unmount_aux(life, aux)))
     for drift in drifts:
         if drift.kind == STRAY_AUX_MOUNT:
             continue
@@ -200,14 +199,17 @@ def repair(life: Any, drifts: list[Drift]) -> list[dict[str, Any]]:
         else:
             pieces[drift.volume].append(drift)
     for name, found in pieces.items():
-        error = _error_of(lambda n=name, f=found: destroy_pieces(life, n, f))
-        outcomes += [{"volume": name, "kind": d.kind, "repaired": error is None, "error": error} for d in found]
+        outcomes += _outcomes(found, _error_of(lambda n=name, f=found: destroy_pieces(life, n, f)))
     return outcomes
 
 
 def _outcome(drift: Drift, action: Any) -> dict[str, Any]:
-    error = _error_of(action)
-    return {"volume": drift.volume, "kind": drift.kind, "repaired": error is None, "error": error}
+    return _outcomes([drift], _error_of(action))[0]
+
+
+def _outcomes(drifts: list[Drift], error: str | None) -> list[dict[str, Any]]:
+    """One outcome per drift that one repair (which failed with error, or not) covered."""
+    return [{"volume": d.volume, "kind": d.kind, "repaired": error is None, "error": error} for d in drifts]
 
 
 def _error_of(action: Any) -> str | None:
