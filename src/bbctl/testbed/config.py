@@ -116,6 +116,11 @@ class TestbedConfig:
         return self.root / "testbed.json"
 
     @property
+    def up_since_file(self) -> Path:
+        """Made by the first ``up``; its mtime dates what the bed's daemons left outside root."""
+        return self.root / "up-since"
+
+    @property
     def bbctl_config(self) -> Path:
         """bbctl's site configuration for the test bed (BBCTL_CONFIG of its Slurm)."""
         return self.root / "bbctl.yml"

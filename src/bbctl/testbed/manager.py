@@ -80,6 +80,8 @@ def up(config: TestbedConfig, progress: Progress = _quiet) -> dict[str, object]:
     _refuse_other_shape(config)
     preflight(config)
     config.root.mkdir(parents=True, exist_ok=True)
+    if not config.up_since_file.exists():  # a second up keeps it: its mtime dates the first
+        config.up_since_file.touch()
     config.save()
     for node in config.nodes:
         for k in range(1, node.brick_count + 1):
@@ -145,6 +147,10 @@ def down(root: Path, progress: Progress = _quiet) -> None:
         progress(f"stopped {what}")
     for what in storage.remove_bricks(config):
         progress(what)
+    if config.up_since_file.exists():
+        leftovers = storage.remove_run_dir_leftovers(config.up_since_file.stat().st_mtime)
+        if leftovers:
+            progress(f"removed {len(leftovers)} stale sockets and pid files from {storage.RUN_DIR}")
     if root.exists():
         shutil.rmtree(root)
         progress(f"removed {root}")

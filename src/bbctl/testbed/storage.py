@@ -8,14 +8,18 @@ directory, run directory and socket, as GlusterFS's regression tests do it.
 
 from __future__ import annotations
 
+import stat
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from bbctl import host
+from bbctl import collection, host
 from bbctl.collection import block_devices
 from bbctl.errors import BBError, TestbedError
 from bbctl.testbed.config import Node, TestbedConfig
+
+# glusterd's run directory for brick sockets and quota pid files, shared by every glusterd here.
+RUN_DIR = Path(collection.mounts.AUX_MOUNT_DIR)
 
 # --- bricks ------------------------------------------------------------------
 
@@ -164,6 +168,48 @@ def gluster_processes(proc: Path, programs: tuple[str, ...]) -> list[tuple[int, 
         if argv and Path(argv[0]).name in programs:
             found.append((int(entry.name), argv))
     return found
+
+
+def remove_run_dir_leftovers(since: float, run_dir: Path = RUN_DIR,
+                             net_unix: Path = Path("/proc/net/unix")) -> list[str]:
+    """Remove what the test bed's daemons left in glusterd's shared run directory.
+
+    Every glusterd on a machine uses /var/run/gluster whatever its own run directory
+    (GlusterFS 10.3): a brick process binds ``<hash>.socket`` there and nobody removes it when
+    the brick stops, and each quota command leaves ``<volume>_quota_*.pid``. One test-bed
+    day left over a thousand. Removed: entries modified at or after since (epoch seconds,
+    when the bed came up) that are a socket no process has bound (/proc/net/unix) or a pid
+    file whose process has ended. Returns what was removed."""
+    if not run_dir.is_dir():
+        return []
+    entries = [e for e in run_dir.iterdir() if e.suffix in (".socket", ".pid")]
+    bound = bound_sockets(net_unix)  # read after listing: a socket made since is in both
+    removed = []
+    for entry in sorted(entries):
+        try:
+            info = entry.lstat()
+        except FileNotFoundError:
+            continue
+        if info.st_mtime < since:
+            continue
+        if entry.suffix == ".socket":
+            stale = stat.S_ISSOCK(info.st_mode) and str(entry) not in bound
+        else:
+            stale = stat.S_ISREG(info.st_mode) and host.running_pid(entry) is None
+        if stale:
+            entry.unlink(missing_ok=True)
+            removed.append(str(entry))
+    return removed
+
+
+def bound_sockets(net_unix: Path = Path("/proc/net/unix")) -> set[str]:
+    """Paths of the Unix sockets bound by any process (the Path column of /proc/net/unix)."""
+    paths = set()
+    for line in net_unix.read_text(errors="replace").splitlines()[1:]:
+        fields = line.split(maxsplit=7)
+        if len(fields) == 8:
+            paths.add(fields[7])
+    return paths
 
 
 def unmount_clients(config: TestbedConfig) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -60,3 +62,38 @@ def test_a_hung_unmount_is_made_lazily_and_its_fuse_connection_aborted(monkeypat
     assert ran == [["umount", "/mnt/ok"], ["umount", "/mnt/busy"], ["umount", "-l", "/mnt/busy"],
                    ["umount", "/mnt/hung"], ["umount", "-l", "/mnt/hung"]]
     assert aborted == [59]
+
+
+def test_down_removes_unbound_sockets_and_dead_pid_files_made_since_up_and_nothing_else(tmp_path):
+    """Every glusterd here shares /var/run/gluster; brick sockets and quota pid files stay after
+    their process (1,248 sockets had piled up in a few test-bed days)."""
+    run_dir, since = tmp_path / "gluster", 1_000_000.0
+    run_dir.mkdir()
+
+    def made(name: str, *, at: float, kind: str = "socket", content: str = "") -> Path:
+        path = run_dir / name
+        if kind == "socket":
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.bind(str(path))
+        else:
+            path.write_text(content)
+        os.utime(path, (at, at))
+        return path
+
+    stale_socket = made("0a1b.socket", at=since + 5)
+    listening = made("2c3d.socket", at=since + 5)
+    older = made("4e5f.socket", at=since - 5)  # before the bed came up: not ours to judge
+    dead_pid = made("bbjob-7_quota_list.pid", at=since + 5, kind="file", content="999999999\n")
+    live_pid = made("bbjob-8_quota_list.pid", at=since + 5, kind="file", content=f"{os.getpid()}\n")
+    not_socket = made("odd.socket", at=since + 5, kind="file")
+    other = made("quotad.vol", at=since + 5, kind="file")
+    net_unix = tmp_path / "unix"
+    net_unix.write_text("Num       RefCount Protocol Flags    Type St Inode Path\n"
+                        f"0000000000000000: 00000002 00000000 00010000 0001 01 1234 {listening}\n"
+                        "0000000000000000: 00000002 00000000 00000000 0002 01 1235\n")
+
+    removed = storage.remove_run_dir_leftovers(since, run_dir, net_unix)
+
+    assert removed == [str(stale_socket), str(dead_pid)]
+    assert {p.name for p in run_dir.iterdir()} == {
+        listening.name, older.name, live_pid.name, not_socket.name, other.name}
