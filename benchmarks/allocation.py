@@ -16,7 +16,11 @@ the machine's load falls on all of them alike:
   with the current layout (one index key per pool) and the one before it
   (one key per brick, read whole by every allocation): that store's code is
   loaded from git at OLD_LAYOUT_COMMIT, so both run in the same process
-  against the same members.
+  against the same members;
+- the same SQLite and three etcd members (current layout) with their files on
+  tmpfs (/dev/shm): an fsync that costs nothing, standing in for a disk whose
+  fsync is cheap (an NVMe drive with power-loss protection), so that the
+  stores' own cost is seen apart from this machine's shared disk.
 
 Target (DESIGN.md): allocate + release p99 <= 5 ms.
 """
@@ -105,8 +109,9 @@ def old_etcd_module() -> ModuleType:
     return module
 
 
-def contenders(stack: ExitStack, tmp: Path, etcd: bool) -> list[Contender]:
-    found = [Contender("SQLite", SQLiteStore(tmp / "state.db"))]
+def contenders(stack: ExitStack, tmp: Path, etcd: bool, shm: Path) -> list[Contender]:
+    found = [Contender("SQLite", SQLiteStore(tmp / "state.db")),
+             Contender("SQLite tmpfs", SQLiteStore(shm / "state.db"))]
     if not etcd:
         return found
     old = old_etcd_module()
@@ -117,6 +122,9 @@ def contenders(stack: ExitStack, tmp: Path, etcd: bool) -> list[Contender]:
                                old.EtcdStore(cluster.endpoints[0], prefix="/old")))
         found.append(Contender(f"etcd {members}m, index per pool (new)",
                                EtcdStore(cluster.endpoints, prefix="/new")))
+    (shm / "etcd3").mkdir()
+    cluster = stack.enter_context(EtcdCluster(shm / "etcd3", 3))
+    found.append(Contender("etcd 3m tmpfs, index per pool (new)", EtcdStore(cluster.endpoints, prefix="/new")))
     return found
 
 
@@ -140,6 +148,8 @@ def ratios(found: list[Contender]) -> list[str]:
     pairs = [(f"etcd {m}m, key per brick (old)", f"etcd {m}m, index per pool (new)", f"old / new, {m} member(s)")
              for m in (1, 3)]
     pairs += [(f"etcd {m}m, index per pool (new)", "SQLite", f"etcd {m}m new / SQLite") for m in (1, 3)]
+    pairs += [("SQLite", "SQLite tmpfs", "SQLite, disk / tmpfs"),
+              ("etcd 3m, index per pool (new)", "etcd 3m tmpfs, index per pool (new)", "etcd 3m new, disk / tmpfs")]
     lines = ["| ratio, allocate + release | p50 | p95 | p99 |", "| --- | --- | --- | --- |"]
     for top, bottom, label in pairs:
         if top in by_name and bottom in by_name:
@@ -170,8 +180,9 @@ def main() -> int:
     args = parser.parse_args()
     started, load_before = time.gmtime(), os.getloadavg()
     pool = big_pool()
-    with tempfile.TemporaryDirectory(prefix="bbctl-bench-", dir="/var/tmp") as tmp, ExitStack() as stack:
-        found = contenders(stack, Path(tmp), not args.no_etcd)
+    with tempfile.TemporaryDirectory(prefix="bbctl-bench-", dir="/var/tmp") as tmp, \
+            tempfile.TemporaryDirectory(prefix="bbctl-bench-", dir="/dev/shm") as shm, ExitStack() as stack:
+        found = contenders(stack, Path(tmp), not args.no_etcd, Path(shm))
         for contender in found:
             fill(contender.store, pool, random.Random(7))
         for turn in range(-(-args.cycles // args.round)):

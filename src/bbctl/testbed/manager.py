@@ -145,6 +145,8 @@ def down(root: Path, progress: Progress = _quiet) -> None:
         progress(f"unmounted client {target}")
     for what in storage.stop_gluster_processes(config):
         progress(f"stopped {what}")
+    for target in storage.unmount_clients(config):  # made meanwhile (a quota command's aux mount)
+        progress(f"unmounted client {target}")
     for what in storage.remove_bricks(config):
         progress(what)
     if config.up_since_file.exists():

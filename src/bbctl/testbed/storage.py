@@ -8,6 +8,7 @@ directory, run directory and socket, as GlusterFS's regression tests do it.
 
 from __future__ import annotations
 
+import os
 import stat
 import time
 import xml.etree.ElementTree as ET
@@ -177,12 +178,13 @@ def remove_run_dir_leftovers(since: float, run_dir: Path = RUN_DIR,
     Every glusterd on a machine uses /var/run/gluster whatever its own run directory
     (GlusterFS 10.3): a brick process binds ``<hash>.socket`` there and nobody removes it when
     the brick stops, and each quota command leaves ``<volume>_quota_*.pid``. One test-bed
-    day left over a thousand. Removed: entries modified at or after since (epoch seconds,
-    when the bed came up) that are a socket no process has bound (/proc/net/unix) or a pid
-    file whose process has ended. Returns what was removed."""
+    day left over a thousand; a quota command's aux mount leaves its directory. Removed:
+    entries modified at or after since (epoch seconds, when the bed came up) that are a socket
+    no process has bound (/proc/net/unix), a pid file whose process has ended, or an empty
+    ``<volume>_quota_*`` directory that is no mount point. Returns what was removed."""
     if not run_dir.is_dir():
         return []
-    entries = [e for e in run_dir.iterdir() if e.suffix in (".socket", ".pid")]
+    entries = [e for e in run_dir.iterdir() if e.suffix in (".socket", ".pid") or "_quota_" in e.name]
     bound = bound_sockets(net_unix)  # read after listing: a socket made since is in both
     removed = []
     for entry in sorted(entries):
@@ -192,10 +194,15 @@ def remove_run_dir_leftovers(since: float, run_dir: Path = RUN_DIR,
             continue
         if info.st_mtime < since:
             continue
+        if stat.S_ISDIR(info.st_mode):
+            if not os.path.ismount(entry) and not any(entry.iterdir()):
+                entry.rmdir()
+                removed.append(str(entry))
+            continue
         if entry.suffix == ".socket":
             stale = stat.S_ISSOCK(info.st_mode) and str(entry) not in bound
         else:
-            stale = stat.S_ISREG(info.st_mode) and host.running_pid(entry) is None
+            stale = entry.suffix == ".pid" and stat.S_ISREG(info.st_mode) and host.running_pid(entry) is None
         if stale:
             entry.unlink(missing_ok=True)
             removed.append(str(entry))

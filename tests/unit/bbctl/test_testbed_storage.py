@@ -87,6 +87,11 @@ def test_down_removes_unbound_sockets_and_dead_pid_files_made_since_up_and_nothi
     live_pid = made("bbjob-8_quota_list.pid", at=since + 5, kind="file", content=f"{os.getpid()}\n")
     not_socket = made("odd.socket", at=since + 5, kind="file")
     other = made("quotad.vol", at=since + 5, kind="file")
+    aux_dir = run_dir / "bbjob-9_quota_list"  # an aux mount's directory, the mount gone
+    aux_dir.mkdir()
+    os.utime(aux_dir, (since + 5, since + 5))
+    kept_dir = run_dir / "bbjob-10_quota_limit"  # not empty: not ours to judge
+    (kept_dir / "x").mkdir(parents=True)
     net_unix = tmp_path / "unix"
     net_unix.write_text("Num       RefCount Protocol Flags    Type St Inode Path\n"
                         f"0000000000000000: 00000002 00000000 00010000 0001 01 1234 {listening}\n"
@@ -94,6 +99,6 @@ def test_down_removes_unbound_sockets_and_dead_pid_files_made_since_up_and_nothi
 
     removed = storage.remove_run_dir_leftovers(since, run_dir, net_unix)
 
-    assert removed == [str(stale_socket), str(dead_pid)]
+    assert removed == [str(stale_socket), str(dead_pid), str(aux_dir)]
     assert {p.name for p in run_dir.iterdir()} == {
-        listening.name, older.name, live_pid.name, not_socket.name, other.name}
+        listening.name, older.name, live_pid.name, not_socket.name, other.name, kept_dir.name}
