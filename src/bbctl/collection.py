@@ -23,11 +23,12 @@ if str(COLLECTIONS_PATH) not in sys.path:
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import (  # noqa: E402
     block_devices,
+    command_runner,
     linux_process,
     mounts,
     sizes,
     stage_threads,
 )
 
-__all__ = ["COLLECTIONS_PATH", "COLLECTION_ROOT", "PLAYBOOKS", "block_devices", "linux_process", "mounts", "sizes",
-           "stage_threads"]
+__all__ = ["COLLECTIONS_PATH", "COLLECTION_ROOT", "PLAYBOOKS", "block_devices", "command_runner", "linux_process",
+           "mounts", "sizes", "stage_threads"]

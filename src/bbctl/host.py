@@ -174,17 +174,21 @@ def umount(target: Path, fuse_connection: int | None = None) -> bool:
 
 
 def abort_fuse_connection(number: int) -> None:
-    """Abort FUSE connection ``number`` (fusectl; mounted for the purpose when it is not, as here)."""
-    mounted_here = not os.path.ismount(FUSECTL)
-    if mounted_here:
-        run(["mount", "-t", "fusectl", "none", str(FUSECTL)])
-    try:
-        (FUSECTL / str(number) / "abort").write_text("1")
-    except FileNotFoundError:
-        pass  # gone already
-    finally:
-        if mounted_here:
-            run(["umount", str(FUSECTL)], check=False)
+    """Abort FUSE connection ``number``, by the collection's own steps (fusectl mounted for the
+    purpose when it is not, as here)."""
+    runner = collection.command_runner.CommandRunner(_HostModule())
+    collection.mounts.abort_fuse_connection(runner, number, str(FUSECTL))
+
+
+class _HostModule:
+    """What the collection's CommandRunner asks of an Ansible module, served by run() here."""
+
+    check_mode = False
+
+    @staticmethod
+    def run_command(argv: Sequence[str], environ_update: dict[str, str] | None = None) -> tuple[int, str, str]:
+        done = run(argv, check=False, env={**C_LOCALE, **(environ_update or {})})
+        return done.returncode, done.stdout, done.stderr
 
 
 # --- loop devices ------------------------------------------------------------

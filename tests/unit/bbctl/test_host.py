@@ -54,3 +54,23 @@ def test_run_failure_is_one_line_with_the_command():
         assert "\n" not in str(exc)
     else:
         raise AssertionError("expected BBError")
+
+
+def test_the_test_beds_fuse_abort_runs_the_collections_steps_through_host_run(monkeypatch, tmp_path):
+    """One set of fusectl steps for modules and test bed: mount fusectl, write 1 to the
+    connection's abort, unmount fusectl; here each command goes through host.run."""
+    fusectl = tmp_path / "connections"
+    (fusectl / "47").mkdir(parents=True)
+    (fusectl / "47" / "abort").write_text("")
+    ran = []
+
+    def fake_run(argv, *, check=True, timeout=120, env=None):
+        ran.append(list(argv))
+        return subprocess.CompletedProcess(list(argv), 0, "", "")
+
+    monkeypatch.setattr(host, "run", fake_run)
+    monkeypatch.setattr(host, "FUSECTL", fusectl)
+    host.abort_fuse_connection(47)
+    assert ran == [["mount", "-t", "fusectl", "fusectl", str(fusectl)],
+                   ["umount", "--no-canonicalize", str(fusectl)]]
+    assert (fusectl / "47" / "abort").read_text() == "1"
