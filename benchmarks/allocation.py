@@ -20,7 +20,11 @@ the machine's load falls on all of them alike:
 - the same SQLite and three etcd members (current layout) with their files on
   tmpfs (/dev/shm): an fsync that costs nothing, standing in for a disk whose
   fsync is cheap (an NVMe drive with power-loss protection), so that the
-  stores' own cost is seen apart from this machine's shared disk.
+  stores' own cost is seen apart from this machine's shared disk;
+- etcd's floor on the same three members: an "allocate" and a "release" that
+  are each one read and one put of a 3 KB value (the pool index's size with
+  2,500 bricks in use), the least that a read-then-compare-and-swap operation
+  costs, with none of bbctl's work.
 
 Target (DESIGN.md): allocate + release p99 <= 5 ms.
 """
@@ -48,6 +52,7 @@ from results_doc import add_json_option, write_figures, write_section
 from bbctl.pools import Brick, Pool
 from bbctl.state import BufferSpec, SQLiteStore, StateStore
 from bbctl.state.etcd import EtcdStore
+from bbctl.state.etcd_gateway import Gateway, b64
 from bbctl.testbed.etcd import EtcdCluster
 
 GiB = 1024**3
@@ -73,7 +78,7 @@ def fill(store: StateStore, pool: Pool, rng: random.Random) -> None:
 @dataclass
 class Contender:
     name: str
-    store: StateStore
+    store: StateStore | EtcdFloor
     rng: random.Random = field(default_factory=lambda: random.Random(42))
     times: dict[str, list[float]] = field(default_factory=lambda: {op: [] for op in OPERATIONS})
     done: int = 0
@@ -95,6 +100,28 @@ class Contender:
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class EtcdFloor:
+    """etcd's least cost for an operation that reads, then writes: one range, one 3 KB put."""
+
+    VALUE = "x" * 3000
+
+    def __init__(self, endpoints: list[str]) -> None:
+        self.gateway = Gateway(endpoints, 10.0)
+
+    def allocate(self, spec: BufferSpec, pool: Pool) -> None:
+        self._read_then_put(f"/floor/{pool.name}")
+
+    def release(self, key: str) -> None:
+        self._read_then_put("/floor/nvme")
+
+    def _read_then_put(self, key: str) -> None:
+        self.gateway.call("/v3/kv/range", {"key": b64(key)}, write=False)
+        self.gateway.call("/v3/kv/put", {"key": b64(key), "value": b64(self.VALUE)}, write=True)
+
+    def close(self) -> None:
+        pass
 
 
 def old_etcd_module() -> ModuleType:
@@ -122,6 +149,7 @@ def contenders(stack: ExitStack, tmp: Path, etcd: bool, shm: Path) -> list[Conte
                                old.EtcdStore(cluster.endpoints[0], prefix="/old")))
         found.append(Contender(f"etcd {members}m, index per pool (new)",
                                EtcdStore(cluster.endpoints, prefix="/new")))
+    found.append(Contender("etcd 3m floor, read + 3 KB put", EtcdFloor(cluster.endpoints)))
     (shm / "etcd3").mkdir()
     cluster = stack.enter_context(EtcdCluster(shm / "etcd3", 3))
     found.append(Contender("etcd 3m tmpfs, index per pool (new)", EtcdStore(cluster.endpoints, prefix="/new")))
@@ -148,7 +176,8 @@ def ratios(found: list[Contender]) -> list[str]:
     pairs = [(f"etcd {m}m, key per brick (old)", f"etcd {m}m, index per pool (new)", f"old / new, {m} member(s)")
              for m in (1, 3)]
     pairs += [(f"etcd {m}m, index per pool (new)", "SQLite", f"etcd {m}m new / SQLite") for m in (1, 3)]
-    pairs += [("SQLite", "SQLite tmpfs", "SQLite, disk / tmpfs"),
+    pairs += [("etcd 3m, index per pool (new)", "etcd 3m floor, read + 3 KB put", "etcd 3m new / etcd's floor"),
+              ("SQLite", "SQLite tmpfs", "SQLite, disk / tmpfs"),
               ("etcd 3m, index per pool (new)", "etcd 3m tmpfs, index per pool (new)", "etcd 3m new, disk / tmpfs")]
     lines = ["| ratio, allocate + release | p50 | p95 | p99 |", "| --- | --- | --- | --- |"]
     for top, bottom, label in pairs:
