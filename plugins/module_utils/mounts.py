@@ -307,6 +307,30 @@ def release_aux_mounts(runner, name, directory=AUX_MOUNT_DIR, mountinfo=None):
     return sorted(set(removed))
 
 
+def release_dead_aux_mounts(runner, timeout=5, directory=AUX_MOUNT_DIR, mountinfo=None, fusectl=FUSECTL):
+    """Abort the FUSE connection of each aux mount on this host that no longer answers a stat
+    within ``timeout`` s. Not in check mode. Returns those mounts' paths.
+
+    glusterd ends a quota command by unmounting its aux mount itself (``umount -l PATH``, which
+    stats PATH first) while it holds the trusted pool's lock. An aux mount whose client never
+    reached a brick (no privileged port was free, 2026-12-07) has no reader of /dev/fuse: that
+    stat blocks for good, and so does every gluster transaction of the pool ("Another
+    transaction is in progress" for 12 minutes, 11 teardowns waiting). Aborting the connection
+    ends the stat with an error; glusterd's umount finishes and the lock goes (the 11
+    teardowns ended within 25 s)."""
+    if runner.check_mode:
+        return []
+    entries = read_mountinfo() if mountinfo is None else mountinfo
+    aborted = []
+    for entry in entries:
+        if not entry.fstype.startswith("fuse") or aux_mount_volume(entry.target, directory) is None:
+            continue
+        if not answers(runner, entry.target, timeout):
+            abort_fuse_connection(runner, entry.minor, fusectl)
+            aborted.append(entry.target)
+    return aborted
+
+
 # --- a shared mount root (containers made earlier see buffers mounted under it) ----------
 
 def plan_shared(path, exists, is_dir, mount, mode):

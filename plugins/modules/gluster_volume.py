@@ -240,6 +240,17 @@ brick_dirs_removed:
   sample:
     - path: /srv/bricks/nvme0/job-4711
       volume_id: a16102d7-05e9-4f25-8be5-bd6825bd3d20
+aux_mounts_aborted:
+  description:
+    - Aux mounts under C(/var/run/gluster) on this host (of any volume) that did not answer a
+      C(stat) within 5 s, whose FUSE connection the module aborted before anything else. glusterd
+      unmounts its aux mount at the end of a quota command while holding the trusted pool's
+      lock, and that unmount blocks for good on a mount whose client never reached a brick;
+      every gluster transaction then waits. Empty in check mode.
+  returned: always
+  type: list
+  elements: str
+  sample: []
 aux_mounts_removed:
   description:
     - With O(state=absent), what gluster's quota commands had left of the volume on this host
@@ -274,6 +285,7 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.brick_dirs import 
     owners,
     remove,
 )
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import CommandError
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import (
     GlusterCli,
     GlusterError,
@@ -302,7 +314,7 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster_volume_pla
     request_problems,
     summary,
 )
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import release_aux_mounts
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import release_aux_mounts, release_dead_aux_mounts
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
@@ -451,10 +463,15 @@ def main():
     params = module.params
     cli = GlusterCli(module, params["glusterd_socket"], reask_timed_out=True)
     try:
+        # First, so that a glusterd stuck on one (and with it the pool's lock) can go on.
+        unjammed = release_dead_aux_mounts(cli.runner)
+        for path in unjammed:
+            module.warn(f"aborted the FUSE connection of {path}, an aux mount of glusterd's that no longer "
+                        "answered (its client never reached the bricks: no privileged port free?)")
         result = run(module, cli, params)
-    except (GlusterError, VolumeError) as error:
+    except (CommandError, VolumeError) as error:  # GlusterError is a CommandError
         module.fail_json(**failure(cli, error, params))
-    module.exit_json(**result)
+    module.exit_json(**result, aux_mounts_aborted=unjammed)
 
 
 def failure(cli, error, params):

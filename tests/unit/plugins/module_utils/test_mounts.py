@@ -216,3 +216,26 @@ def test_aux_mounts_in_check_mode_are_planned_not_removed(fake_module, tmp_path)
     removed = mounts.release_aux_mounts(runner, "bbp-x", directory=str(tmp_path), mountinfo=[])
     assert removed == [str(tmp_path / "bbp-x_quota_limit"), str(tmp_path / "bbp-x_quota_limit.pid")]
     assert (tmp_path / "bbp-x_quota_limit.pid").exists() and (tmp_path / "bbp-x_quota_limit").is_dir()
+
+
+def test_an_aux_mount_that_no_longer_answers_has_its_fuse_connection_aborted(fake_module, tmp_path):
+    """glusterd's own `umount -l` of such a mount blocks for good and holds the pool's lock
+    (2026-12-07: 11 teardowns waited 12 minutes until the connection was aborted by hand)."""
+    run, fusectl = tmp_path / "run", tmp_path / "connections"
+    run.mkdir()
+    (fusectl / "41").mkdir(parents=True)
+    (fusectl / "41" / "abort").write_text("")
+    dead, alive = str(run / "bbjob-35_quota_list"), str(run / "bbjob-39_quota_limit")
+    table = [mounts.parse_mountinfo_line(f"70 27 0:41 / {dead} rw - fuse.glusterfs 127.1.1.2:bbjob-35 rw"),
+             mounts.parse_mountinfo_line(f"72 27 0:43 / {alive} rw - fuse.glusterfs 127.1.1.1:bbjob-39 rw"),
+             mounts.parse_mountinfo_line(f"74 27 0:45 / {run}/other rw - fuse.glusterfs 127.1.1.1:x rw")]
+    killed = (-9, "", "")
+    module = fake_module([killed, OK, OK, OK])  # stat of dead: killed; fusectl mount; stat of alive; umount
+    runner = mounts.CommandRunner(module)
+    aborted = mounts.release_dead_aux_mounts(runner, timeout=5, directory=str(run), mountinfo=table,
+                                             fusectl=str(fusectl))
+    assert aborted == [dead]
+    assert (fusectl / "41" / "abort").read_text() == "1"
+    assert [argv[-1] for argv, _env in module.calls if argv[0] == "timeout"] == [dead, alive]  # "other": no aux mount
+    assert mounts.release_dead_aux_mounts(mounts.CommandRunner(fake_module([], check_mode=True)),
+                                          directory=str(run), mountinfo=table) == []

@@ -270,6 +270,8 @@ def aux_dir(tmp_path, monkeypatch):
     directory.mkdir()
     monkeypatch.setattr(gv, "release_aux_mounts", lambda runner, name: mounts.release_aux_mounts(
         runner, name, directory=str(directory), mountinfo=[]))
+    monkeypatch.setattr(gv, "release_dead_aux_mounts", lambda runner: mounts.release_dead_aux_mounts(
+        runner, directory=str(directory), mountinfo=[]))
     return directory
 
 
