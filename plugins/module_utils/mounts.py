@@ -216,9 +216,11 @@ _TIMED_OUT = (124, -9, 128 + 9)
 
 
 def answers_argv(path, timeout):
-    """A stat of path in a child that timeout(1) kills after ``timeout`` s. A FUSE request
-    waits killably, so SIGKILL ends the child even when the daemon never answers."""
-    return ["timeout", "--signal=KILL", f"{timeout:g}", "stat", "--format=%i", "--", path]
+    """A statfs of path in a child that timeout(1) kills after ``timeout`` s. A FUSE request
+    waits killably, so SIGKILL ends the child even when the daemon never answers. statfs, not
+    stat: the kernel answers a stat from its attribute cache for a while (a stopped glusterfs
+    client's mount "answered" a stat 0.5 s after another one), never a statfs."""
+    return ["timeout", "--signal=KILL", f"{timeout:g}", "stat", "--file-system", "--format=%i", "--", path]
 
 
 def answers(runner, path, timeout):

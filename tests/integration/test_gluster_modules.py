@@ -410,6 +410,36 @@ def test_stopped_then_absent_straight_from_started(testbed, volume_name, ansible
     assert (again["changed"], again["commands"]) == (False, [])
 
 
+def test_an_aux_mount_that_no_longer_answers_is_aborted_before_anything_else(testbed, volume_name, ansible):
+    """glusterd unmounts a quota command's aux mount itself, holding the trusted pool's lock, and
+    its umount blocked for good on a mount whose client never reached a brick: every gluster
+    transaction then waited (12 minutes in a load run, 2026-12-07). A stopped client is such a
+    mount; the stat left stuck on it stands for glusterd's umount."""
+    name = volume_name("aux")
+    sock = testbed.first.socket
+    ok(ansible.run("gluster_volume", {"name": name, "state": "started", "bricks": testbed.bricks(name),
+                                      "glusterd_socket": sock}))
+    aux = Path("/run/gluster") / f"{name}_quota_list"
+    aux.mkdir()
+    subprocess.run(["mount", "-t", "glusterfs", f"127.1.1.1:/{name}", str(aux)], check=True, timeout=60)
+    (pid,) = storage.fuse_clients(aux)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stuck = subprocess.Popen(["stat", str(aux)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        absent = ok(ansible.run("gluster_volume", {"name": name, "state": "absent", "glusterd_socket": sock}))
+        assert absent["aux_mounts_aborted"] == [str(aux)], (absent["commands"], absent.get("warnings"))
+        assert any("aborted the FUSE connection" in warning for warning in absent.get("warnings", []))
+        assert stuck.wait(timeout=10) != 0  # let go, with an error
+        assert testbed.volume_info(name) is None
+        assert str(aux) not in [str(m.target) for m in host.mounts()] and not aux.exists()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if host.mount_at(aux) is not None:
+            host.umount(aux)
+        if aux.exists():
+            aux.rmdir()
+
+
 def xattrs(path):
     return {key: os.getxattr(path, key) for key in os.listxattr(path)}
 

@@ -228,7 +228,7 @@ def test_a_mount_point_is_normalised_without_being_looked_up(monkeypatch, tmp_pa
 
 KILLED = (-9, "", "")  # the probe's timeout(1) died with it: the mount did not answer
 ANSWERED = (0, "1\n", "")
-PROBE = ["timeout", "--signal=KILL", "30", "stat", "--format=%i", "--", PATH]
+PROBE = ["timeout", "--signal=KILL", "30", "stat", "--file-system", "--format=%i", "--", PATH]
 
 
 def probe_params(**overrides):
