@@ -310,8 +310,8 @@ def release_aux_mounts(runner, name, directory=AUX_MOUNT_DIR, mountinfo=None):
 
 
 def release_dead_aux_mounts(runner, timeout=5, directory=AUX_MOUNT_DIR, mountinfo=None, fusectl=FUSECTL):
-    """Abort the FUSE connection of each aux mount on this host that no longer answers a stat
-    within ``timeout`` s. Not in check mode. Returns those mounts' paths.
+    """Abort the FUSE connection of each aux mount on this host that no longer answers a statfs
+    within ``timeout`` s (answers()). Not in check mode. Returns those mounts' paths.
 
     glusterd ends a quota command by unmounting its aux mount itself (``umount -l PATH``, which
     stats PATH first) while it holds the trusted pool's lock. An aux mount whose client never

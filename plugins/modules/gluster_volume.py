@@ -243,7 +243,7 @@ brick_dirs_removed:
 aux_mounts_aborted:
   description:
     - Aux mounts under C(/var/run/gluster) on this host (of any volume) that did not answer a
-      C(stat) within 5 s, whose FUSE connection the module aborted before anything else. glusterd
+      statfs within 5 s, whose FUSE connection the module aborted before anything else. glusterd
       unmounts its aux mount at the end of a quota command while holding the trusted pool's
       lock, and that unmount blocks for good on a mount whose client never reached a brick;
       every gluster transaction then waits. Empty in check mode.

@@ -152,7 +152,8 @@ def down(root: Path, progress: Progress = _quiet) -> None:
     if config.up_since_file.exists():
         leftovers = storage.remove_run_dir_leftovers(config.up_since_file.stat().st_mtime)
         if leftovers:
-            progress(f"removed {len(leftovers)} stale sockets and pid files from {storage.RUN_DIR}")
+            progress(f"removed {len(leftovers)} stale sockets, pid files and aux mount directories "
+                     f"from {storage.RUN_DIR}")
     if root.exists():
         shutil.rmtree(root)
         progress(f"removed {root}")

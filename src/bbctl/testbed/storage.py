@@ -8,7 +8,6 @@ directory, run directory and socket, as GlusterFS's regression tests do it.
 
 from __future__ import annotations
 
-import os
 import stat
 import time
 import xml.etree.ElementTree as ET
@@ -181,10 +180,12 @@ def remove_run_dir_leftovers(since: float, run_dir: Path = RUN_DIR,
     day left over a thousand; a quota command's aux mount leaves its directory. Removed:
     entries modified at or after since (epoch seconds, when the bed came up) that are a socket
     no process has bound (/proc/net/unix), a pid file whose process has ended, or an empty
-    ``<volume>_quota_*`` directory that is no mount point. Returns what was removed."""
+    ``<volume>_quota_*`` directory; never a mount point. Returns what was removed."""
     if not run_dir.is_dir():
         return []
-    entries = [e for e in run_dir.iterdir() if e.suffix in (".socket", ".pid") or "_quota_" in e.name]
+    mounted = {str(m.target) for m in host.mounts()}  # never stat one: a dead FUSE mount blocks
+    entries = [e for e in run_dir.iterdir() if str(e) not in mounted
+               and (e.suffix in (".socket", ".pid") or "_quota_" in e.name)]
     bound = bound_sockets(net_unix)  # read after listing: a socket made since is in both
     removed = []
     for entry in sorted(entries):
@@ -195,7 +196,7 @@ def remove_run_dir_leftovers(since: float, run_dir: Path = RUN_DIR,
         if info.st_mtime < since:
             continue
         if stat.S_ISDIR(info.st_mode):
-            if not os.path.ismount(entry) and not any(entry.iterdir()):
+            if not any(entry.iterdir()):
                 entry.rmdir()
                 removed.append(str(entry))
             continue
