@@ -309,9 +309,11 @@ def release_aux_mounts(runner, name, directory=AUX_MOUNT_DIR, mountinfo=None):
     return sorted(set(removed))
 
 
-def release_dead_aux_mounts(runner, timeout=5, directory=AUX_MOUNT_DIR, mountinfo=None, fusectl=FUSECTL):
-    """Abort the FUSE connection of each aux mount on this host that no longer answers a statfs
-    within ``timeout`` s (answers()). Not in check mode. Returns those mounts' paths.
+def release_dead_aux_mounts(runner, timeout=5, min_age=60, directory=AUX_MOUNT_DIR, mountinfo=None,
+                            fusectl=FUSECTL, clock=time.time):
+    """Abort the FUSE connection of each aux mount on this host, at least ``min_age`` s old, that
+    no longer answers a statfs within ``timeout`` s (answers()). Not in check mode. Returns those
+    mounts' paths.
 
     glusterd ends a quota command by unmounting its aux mount itself (``umount -l PATH``, which
     stats PATH first) while it holds the trusted pool's lock. An aux mount whose client never
@@ -319,7 +321,9 @@ def release_dead_aux_mounts(runner, timeout=5, directory=AUX_MOUNT_DIR, mountinf
     stat blocks for good, and so does every gluster transaction of the pool ("Another
     transaction is in progress" for 12 minutes, 11 teardowns waiting). Aborting the connection
     ends the stat with an error; glusterd's umount finishes and the lock goes (the 11
-    teardowns ended within 25 s)."""
+    teardowns ended within 25 s). The age (of the client's pid file, which glusterd writes
+    when it mounts; no pid file: old) spares the mount of a quota command still running on a
+    loaded host, whose client may take a while to answer."""
     if runner.check_mode:
         return []
     entries = read_mountinfo() if mountinfo is None else mountinfo
@@ -327,7 +331,11 @@ def release_dead_aux_mounts(runner, timeout=5, directory=AUX_MOUNT_DIR, mountinf
     for entry in entries:
         if not entry.fstype.startswith("fuse") or aux_mount_volume(entry.target, directory) is None:
             continue
-        if not answers(runner, entry.target, timeout):
+        try:
+            age = clock() - os.stat(entry.target + ".pid").st_mtime
+        except OSError:
+            age = min_age
+        if age >= min_age and not answers(runner, entry.target, timeout):
             abort_fuse_connection(runner, entry.minor, fusectl)
             aborted.append(entry.target)
     return aborted

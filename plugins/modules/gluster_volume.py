@@ -242,11 +242,11 @@ brick_dirs_removed:
       volume_id: a16102d7-05e9-4f25-8be5-bd6825bd3d20
 aux_mounts_aborted:
   description:
-    - Aux mounts under C(/var/run/gluster) on this host (of any volume) that did not answer a
-      statfs within 5 s, whose FUSE connection the module aborted before anything else. glusterd
-      unmounts its aux mount at the end of a quota command while holding the trusted pool's
-      lock, and that unmount blocks for good on a mount whose client never reached a brick;
-      every gluster transaction then waits. Empty in check mode.
+    - Aux mounts under C(/var/run/gluster) on this host (of any volume), a minute old or more,
+      that did not answer a statfs within 5 s, whose FUSE connection the module aborted before
+      anything else. glusterd unmounts its aux mount at the end of a quota command while
+      holding the trusted pool's lock, and that unmount blocks for good on a mount whose client
+      never reached a brick; every gluster transaction then waits. Empty in check mode.
   returned: always
   type: list
   elements: str

@@ -1,5 +1,6 @@
 """module_utils/mounts.py: mountinfo parsing, mount lookup, busy retries, root attributes."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -225,17 +226,24 @@ def test_an_aux_mount_that_no_longer_answers_has_its_fuse_connection_aborted(fak
     run.mkdir()
     (fusectl / "41").mkdir(parents=True)
     (fusectl / "41" / "abort").write_text("")
-    dead, alive = str(run / "bbjob-35_quota_list"), str(run / "bbjob-39_quota_limit")
+    dead, alive = str(run / "bbjob-35_quota_list"), str(run / "bbjob-39_quota_limit")  # no pid file: old
+    young = str(run / "bbjob-40_quota_list")
     table = [mounts.parse_mountinfo_line(f"70 27 0:41 / {dead} rw - fuse.glusterfs 127.1.1.2:bbjob-35 rw"),
              mounts.parse_mountinfo_line(f"72 27 0:43 / {alive} rw - fuse.glusterfs 127.1.1.1:bbjob-39 rw"),
-             mounts.parse_mountinfo_line(f"74 27 0:45 / {run}/other rw - fuse.glusterfs 127.1.1.1:x rw")]
+             mounts.parse_mountinfo_line(f"74 27 0:45 / {run}/other rw - fuse.glusterfs 127.1.1.1:x rw"),
+             mounts.parse_mountinfo_line(f"76 27 0:47 / {young} rw - fuse.glusterfs 127.1.1.1:bbjob-40 rw")]
+    (run / "bbjob-40_quota_list.pid").write_text("4711")  # its quota command began 30 s ago: not asked
+    os.utime(run / "bbjob-40_quota_list.pid", (1031.0, 1031.0))
+    (run / "bbjob-35_quota_list.pid").write_text("4712")
+    os.utime(run / "bbjob-35_quota_list.pid", (1000.0, 1000.0))
     killed = (-9, "", "")
     module = fake_module([killed, OK, OK, OK])  # stat of dead: killed; fusectl mount; stat of alive; umount
     runner = mounts.CommandRunner(module)
     aborted = mounts.release_dead_aux_mounts(runner, timeout=5, directory=str(run), mountinfo=table,
-                                             fusectl=str(fusectl))
+                                             fusectl=str(fusectl), clock=lambda: 1000.0 + 61)
     assert aborted == [dead]
     assert (fusectl / "41" / "abort").read_text() == "1"
-    assert [argv[-1] for argv, _env in module.calls if argv[0] == "timeout"] == [dead, alive]  # "other": no aux mount
+    # "other" is no aux mount; young is 30 s old
+    assert [argv[-1] for argv, _env in module.calls if argv[0] == "timeout"] == [dead, alive]
     assert mounts.release_dead_aux_mounts(mounts.CommandRunner(fake_module([], check_mode=True)),
                                           directory=str(run), mountinfo=table) == []
