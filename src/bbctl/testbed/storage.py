@@ -183,10 +183,14 @@ def remove_run_dir_leftovers(since: float, run_dir: Path = RUN_DIR,
     ``<volume>_quota_*`` directory; never a mount point. Returns what was removed."""
     if not run_dir.is_dir():
         return []
-    mounted = {str(m.target) for m in host.mounts()}  # never stat one: a dead FUSE mount blocks
-    entries = [e for e in run_dir.iterdir() if str(e) not in mounted
+    # Never stat a mount point (a dead FUSE mount blocks): mountinfo spells /run, not /var/run.
+    real_dir = run_dir.resolve()
+    mounted = {str(m.target) for m in host.mounts()}
+    entries = [e for e in run_dir.iterdir() if str(real_dir / e.name) not in mounted
                and (e.suffix in (".socket", ".pid") or "_quota_" in e.name)]
-    bound = bound_sockets(net_unix)  # read after listing: a socket made since is in both
+    # Read after listing (a socket made since is in both), in either spelling of the directory.
+    bound = {Path(path).name for path in bound_sockets(net_unix)
+             if Path(path).parent in (run_dir, real_dir)}
     removed = []
     for entry in sorted(entries):
         try:
@@ -201,7 +205,7 @@ def remove_run_dir_leftovers(since: float, run_dir: Path = RUN_DIR,
                 removed.append(str(entry))
             continue
         if entry.suffix == ".socket":
-            stale = stat.S_ISSOCK(info.st_mode) and str(entry) not in bound
+            stale = stat.S_ISSOCK(info.st_mode) and entry.name not in bound
         else:
             stale = entry.suffix == ".pid" and stat.S_ISREG(info.st_mode) and host.running_pid(entry) is None
         if stale:

@@ -64,7 +64,7 @@ def test_a_hung_unmount_is_made_lazily_and_its_fuse_connection_aborted(monkeypat
     assert aborted == [59]
 
 
-def test_down_removes_unbound_sockets_and_dead_pid_files_made_since_up_and_nothing_else(tmp_path):
+def test_down_removes_unbound_sockets_and_dead_pid_files_made_since_up_and_nothing_else(tmp_path, monkeypatch):
     """Every glusterd here shares /var/run/gluster; brick sockets and quota pid files stay after
     their process (1,248 sockets had piled up in a few test-bed days)."""
     run_dir, since = tmp_path / "gluster", 1_000_000.0
@@ -97,8 +97,16 @@ def test_down_removes_unbound_sockets_and_dead_pid_files_made_since_up_and_nothi
                         f"0000000000000000: 00000002 00000000 00010000 0001 01 1234 {listening}\n"
                         "0000000000000000: 00000002 00000000 00000000 0002 01 1235\n")
 
-    removed = storage.remove_run_dir_leftovers(since, run_dir, net_unix)
+    mounted_dir = run_dir / "bbjob-11_quota_list"  # still a mount point: never looked at
+    mounted_dir.mkdir()
+    os.utime(mounted_dir, (since + 5, since + 5))
+    real_run_dir = tmp_path / "real-gluster"
+    real_run_dir.symlink_to(run_dir)  # as /var/run -> /run: mountinfo has the real spelling
+    monkeypatch.setattr(host, "mounts", lambda: [host.Mount("127.1.1.1:bbjob-11", Path(mounted_dir),
+                                                            "fuse.glusterfs", 41)])
 
-    assert removed == [str(stale_socket), str(dead_pid), str(aux_dir)]
+    removed = storage.remove_run_dir_leftovers(since, real_run_dir, net_unix)
+
+    assert removed == [str(real_run_dir / p.name) for p in (stale_socket, dead_pid, aux_dir)]
     assert {p.name for p in run_dir.iterdir()} == {
-        listening.name, older.name, live_pid.name, not_socket.name, other.name, kept_dir.name}
+        listening.name, older.name, live_pid.name, not_socket.name, other.name, kept_dir.name, mounted_dir.name}
