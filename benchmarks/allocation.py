@@ -105,20 +105,20 @@ def percentile(values: list[float], fraction: float) -> float:
 class EtcdFloor:
     """etcd's least cost for an operation that reads, then writes: one range, one 3 KB put."""
 
-    VALUE = "x" * 3000
+    KEY, VALUE = "/floor/index", "x" * 3000  # one key, as every operation in a pool writes its index
 
     def __init__(self, endpoints: list[str]) -> None:
         self.gateway = Gateway(endpoints, 10.0)
 
     def allocate(self, spec: BufferSpec, pool: Pool) -> None:
-        self._read_then_put(f"/floor/{pool.name}")
+        self._read_then_put()
 
     def release(self, key: str) -> None:
-        self._read_then_put("/floor/nvme")
+        self._read_then_put()
 
-    def _read_then_put(self, key: str) -> None:
-        self.gateway.call("/v3/kv/range", {"key": b64(key)}, write=False)
-        self.gateway.call("/v3/kv/put", {"key": b64(key), "value": b64(self.VALUE)}, write=True)
+    def _read_then_put(self) -> None:
+        self.gateway.call("/v3/kv/range", {"key": b64(self.KEY)}, write=False)
+        self.gateway.call("/v3/kv/put", {"key": b64(self.KEY), "value": b64(self.VALUE)}, write=True)
 
     def close(self) -> None:
         pass

@@ -197,21 +197,23 @@ def remove_run_dir_leftovers(since: float, run_dir: Path = RUN_DIR,
             info = entry.lstat()
         except FileNotFoundError:
             continue
-        if info.st_mtime < since:
-            continue
-        if stat.S_ISDIR(info.st_mode):
-            if not any(entry.iterdir()):
+        if info.st_mtime >= since and _stale(entry, info.st_mode, bound):
+            if stat.S_ISDIR(info.st_mode):
                 entry.rmdir()
-                removed.append(str(entry))
-            continue
-        if entry.suffix == ".socket":
-            stale = stat.S_ISSOCK(info.st_mode) and entry.name not in bound
-        else:
-            stale = entry.suffix == ".pid" and stat.S_ISREG(info.st_mode) and host.running_pid(entry) is None
-        if stale:
-            entry.unlink(missing_ok=True)
+            else:
+                entry.unlink(missing_ok=True)
             removed.append(str(entry))
     return removed
+
+
+def _stale(entry: Path, mode: int, bound: set[str]) -> bool:
+    """An empty aux-mount directory, a socket no process has bound (bound: names), or a pid file
+    whose process has ended."""
+    if stat.S_ISDIR(mode):
+        return not any(entry.iterdir())
+    if entry.suffix == ".socket":
+        return stat.S_ISSOCK(mode) and entry.name not in bound
+    return entry.suffix == ".pid" and stat.S_ISREG(mode) and host.running_pid(entry) is None
 
 
 def bound_sockets(net_unix: Path = Path("/proc/net/unix")) -> set[str]:
