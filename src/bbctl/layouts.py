@@ -19,6 +19,14 @@ one extra brick per set. So (docs/BENCHMARKS.md, "Layouts for striped buffers"):
 The buffer's capacity (what Slurm books, quota and ``df`` show) stays the data
 bricks' granules; the redundancy bricks are taken from the pool on top and
 reach Slurm as space that is not free.
+
+Only dispersed buffers get GlusterFS quota (``Layout.quota``). A brick is never
+shared between buffers, so a distributed buffer is already bounded by its own
+bricks, which hold the granules Slurm booked; and every quota enable or delete
+of a quota-enabled volume restarts the quota daemon of every server of the pool,
+which reconnects to every brick of every quota-enabled volume from a privileged
+port (docs/RELIABILITY.md, "The privileged-port budget"). A dispersed buffer
+keeps it: filled to its bricks it answered EIO and lost the file written last.
 """
 
 from __future__ import annotations
@@ -74,6 +82,11 @@ class Layout:
         its capacity (quota) allows. slurm/bbctl-layouts.lua computes the same from bbctl-site.lua.
         """
         return self.largest_file(granularity) if self.file_bricks < self.data_bricks else None
+
+    @property
+    def quota(self) -> bool:
+        """Whether the capacity needs GlusterFS quota: dispersed only (see the module's docstring)."""
+        return bool(self.redundancy)
 
     def volume_args(self) -> dict[str, int]:
         """hpc.burstbuffer.gluster_volume's layout options: ``disperse`` and ``redundancy``, or nothing."""

@@ -23,11 +23,12 @@ CACHE = "cache"  # state meta: the directory a cache buffer caches (jobdw type=c
 
 
 def buffer_vars(buffer: Buffer, extra: dict[str, Any]) -> dict[str, Any]:
-    """``bb_buffer``: the volume, its owner and bricks, and the paths of this run (``extra``)."""
+    """``bb_buffer``: the volume, its owner and bricks, whether its capacity needs quota (``quota``,
+    layouts.Layout.quota), and the paths of this run (``extra``)."""
     return {"name": sitecfg.volume_name(buffer.key), "fs": buffer.fs, "capacity": str(buffer.capacity),
             "owner": buffer.owner_uid, "group": buffer.owner_gid,
             "bricks": [{"host": b.server, "path": b.path, "device": b.device} for b in buffer.bricks],
-            "layout": volume_layout(buffer), **extra}
+            "layout": volume_layout(buffer), "quota": layouts.of(buffer).quota, **extra}
 
 
 def volume_layout(buffer: Buffer) -> dict[str, Any]:

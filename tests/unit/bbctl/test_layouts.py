@@ -53,6 +53,12 @@ def test_volume_args_and_description():
     assert Layout(3).describe() == "distribute over 3 brick(s)"
 
 
+def test_only_dispersed_buffers_need_quota():
+    """A distributed buffer's whole bricks bound it; a dispersed one filled to its bricks answers EIO."""
+    assert Layout(6, 1, 1).quota and Layout(18, 2, 1).quota
+    assert not Layout(1).quota and not Layout(3).quota
+
+
 def test_meta_round_trips_and_old_records_read_as_distribute():
     layout = Layout(18, 2, 1)
     assert Layout.from_meta(layout.to_meta(), 20) == layout

@@ -99,6 +99,7 @@ def test_setup_allocates_and_builds(life, recorder, config, tmp_path):
     bb = run["extravars"]["bb_buffer"]
     assert bb["name"] == "bbjob-42" and bb["owner"] == UID and bb["capacity"] == str(6 * GiB)
     assert bb["layout"] == {"disperse": 3, "redundancy": 1, "force": False}
+    assert bb["quota"] is True  # a dispersed buffer's bricks do not bound it cleanly (layouts.Layout.quota)
     assert "mount_path" not in bb  # mounted on the stage host only when something is staged
     assert sorted(run["hosts"]) == sorted(b.server for b in buffer.bricks)
     pools = json.loads(config.pools_json.read_text())["pools"]
@@ -328,6 +329,8 @@ def test_private_buffers_and_one_granule_are_distributed(life, recorder, tmp_pat
     life.setup("43", UID, GID, script(tmp_path, "#DW jobdw capacity=4GiB"))
     assert [len(life.store.get(key).bricks) for key in ("42", "43")] == [2, 1]
     assert [run["extravars"]["bb_buffer"]["layout"] for run in recorder.runs] == [{}, {}]
+    # whole bricks of their own bound them: no quota, so no quota daemon restarts for them
+    assert [run["extravars"]["bb_buffer"]["quota"] for run in recorder.runs] == [False, False]
 
 
 def test_a_disperse_set_on_fewer_servers_than_bricks_is_forced(life, recorder, tmp_path):
