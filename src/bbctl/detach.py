@@ -19,6 +19,8 @@ import traceback
 from collections.abc import Callable
 from typing import TextIO
 
+from bbctl.collection import linux_process
+
 IGNORED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -57,6 +59,8 @@ def run_detached(work: Callable[[], int]) -> int:
         code = 1
         try:
             os.setsid()  # out of the process group Slurm kills
+            # ... and into an autogroup of its own, where only the session's niceness counts.
+            linux_process.set_session_niceness(os.getpriority(os.PRIO_PROCESS, 0))
             for sig in IGNORED:
                 signal.signal(sig, signal.SIG_IGN)
             sys.stdout, sys.stderr = _Unread(sys.stdout), _Unread(sys.stderr)  # type: ignore[assignment]

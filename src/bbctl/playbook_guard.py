@@ -8,7 +8,9 @@ under them. bbctl therefore puts this guard first on ansible-runner's PATH as
 ``ansible-playbook``: it asks the kernel for SIGTERM when bbctl dies
 (PR_SET_PDEATHSIG), runs the real ansible-playbook in its own process group
 (the pty session's), and on SIGTERM, SIGINT or SIGHUP ends that whole group:
-SIGTERM, a short grace, then SIGKILL.
+SIGTERM, a short grace, then SIGKILL. That session is also a scheduling autogroup
+of its own, where bbctl's stage niceness would count for nothing against
+slurmctld: the guard gives the session the niceness it was started with.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def run_guarded(argv: list[str]) -> int:
     """Run argv in this process group; end the whole group if we are told to stop or bbctl dies."""
     if not die_with_parent():
         return 143
+    if os.getsid(0) == os.getpid():  # ansible-runner's pty made us a session: give it the stage's niceness
+        linux_process.set_session_niceness(os.getpriority(os.PRIO_PROCESS, 0))
     # The same process group as this guard: ansible-runner's own cancel (SIGKILL to the
     # guard's group) then reaches ansible-playbook, its workers and their modules too.
     child = subprocess.Popen(argv)

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bbctl import commands
 
 REPO = Path(__file__).resolve().parents[3]
@@ -81,3 +83,21 @@ def test_a_command_that_ignores_sigterm_stays_deaf_inside_on_sigterm():
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert cancelled == []
+
+
+AUTOGROUP_CHILD = """
+import os, sys
+from pathlib import Path
+from bbctl import detach
+os.nice(10)  # as bbctl.entry starts a stage
+sys.exit(detach.run_detached(lambda: Path(sys.argv[1]).write_text(Path("/proc/self/autogroup").read_text()) and 0))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="a kernel without CONFIG_SCHED_AUTOGROUP")
+def test_the_detached_work_keeps_the_stages_niceness_in_its_own_session(tmp_path):
+    """setsid makes a new scheduling autogroup at niceness 0: the stage's niceness is given to it."""
+    done = subprocess.run([sys.executable, "-c", AUTOGROUP_CHILD, str(tmp_path / "autogroup")], capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "autogroup").read_text().split()[-1] == "10"

@@ -91,6 +91,21 @@ def test_sigterm_to_the_guard_ends_the_whole_group(tmp_path):
         kill_all(pids)
 
 
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="a kernel without CONFIG_SCHED_AUTOGROUP")
+def test_the_playbooks_session_gets_the_stages_niceness(tmp_path):
+    """ansible-runner's pty is a new session, so a new scheduling autogroup at niceness 0, where the
+    stage's niceness would count only against its own session (linux_process.set_session_niceness)."""
+    bbctl, pids = start_guarded_tree(tmp_path, "import os; os.nice(10); ")
+    try:
+        autogroups = [Path(f"/proc/{pid}/autogroup").read_text().split() for pid in pids]
+        assert {tuple(group) for group in autogroups} == {tuple(autogroups[0])}  # one session: guard, tree, worker
+        assert autogroups[0][-1] == "10"
+    finally:
+        bbctl.kill()
+        bbctl.wait()
+        kill_all(pids)
+
+
 def test_install_writes_an_executable_guard_once(tmp_path):
     bin_dir = playbook_guard.install(tmp_path / "bin")
     script = bin_dir / "ansible-playbook"

@@ -49,3 +49,29 @@ def test_a_refused_prctl_raises_with_its_errno():
         linux_process.prctl(-1, 0)
     assert raised.value.errno == errno.EINVAL
     assert "prctl" in str(raised.value)
+
+
+AUTOGROUP = Path("/proc/self/autogroup")
+needs_autogroup = pytest.mark.skipif(not AUTOGROUP.exists(), reason="a kernel without CONFIG_SCHED_AUTOGROUP")
+
+# Run in a child that leads a new session (so a new autogroup): sets its niceness, reports the autogroup.
+SESSION = f"""
+import sys
+sys.path.insert(0, {COLLECTIONS!r})
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import linux_process
+done = linux_process.set_session_niceness(int(sys.argv[1]))
+print(done, open("/proc/self/autogroup").read().split()[-1])
+"""
+
+
+@needs_autogroup
+def test_set_session_niceness_sets_the_autogroup_of_a_new_session_only():
+    done = subprocess.run([sys.executable, "-c", SESSION, "7"], capture_output=True, text=True, check=True,
+                          start_new_session=True)
+    assert done.stdout.split() == ["True", "7"]
+    assert AUTOGROUP.read_text().split()[-1] == "0"  # ours (the test's session) is untouched
+
+
+def test_set_session_niceness_says_false_where_the_kernel_has_no_autogroup(tmp_path):
+    assert linux_process.set_session_niceness(5, path=str(tmp_path / "missing" / "autogroup")) is False
+    assert linux_process.set_session_niceness(0, path=str(tmp_path / "missing" / "autogroup")) is True
