@@ -1,6 +1,7 @@
 """Filling a dispersed volume to its quota: brick mount options side by side.
 
-Run (as root): ``.venv/bin/python benchmarks/brick_fill.py [--rounds 3] [--quota-share 0.92] [--write-doc]``
+Run (as root): ``.venv/bin/python benchmarks/brick_fill.py [--rounds 3] [--quota-share 0.92] [--write-doc]``,
+or with ``--no-quota`` (below).
 
 Why: the layouts benchmark saw writers of dispersed volumes get EIO before the quota's EDQUOT.
 A dispersed file is written to every brick of its set, so a volume only fails cleanly when its
@@ -14,7 +15,14 @@ bricks mounted first with ``noatime,inode64`` (the old default) and then with
 block_devices.BRICK_MOUNT_OPTIONS (``allocsize=64k`` added), alternating, ``--rounds`` times each.
 
 Reported per fill: bytes in files as a share of the quota, the writer's error, and each
-brick's used MiB (a clean fill leaves them equal). Like layouts.py, run it while no other
+brick's used MiB (a clean fill leaves them equal).
+
+``--no-quota`` asks the next question (docs/RELIABILITY.md, the privileged-port budget: every
+quota enable and delete restarts every server's quotad): does a dispersed volume on bricks
+mounted with BRICK_MOUNT_OPTIONS fail cleanly when it has no quota and its bricks fill? Each
+round fills a volume without quota, once with one file and once with 64 MiB files, and then
+reads every file back; reported: bytes in files as a share of the data bricks' free space, the
+writer's error, the files that could not be read whole, and the bricks' used MiB. Like layouts.py, run it while no other
 GlusterFS cluster on this machine holds a volume with quota (they share one quotad socket).
 """
 
@@ -33,6 +41,7 @@ from layouts import Bed, Layout, MiB, sh
 from bbctl.collection import block_devices
 
 BEGIN, END = "<!-- brick-fill-results:begin -->", "<!-- brick-fill-results:end -->"
+NOQ_BEGIN, NOQ_END = "<!-- brick-fill-no-quota:begin -->", "<!-- brick-fill-no-quota:end -->"
 OLD_OPTIONS = "noatime,inode64"
 LAYOUT = Layout("disperse 3+1", 4, 3, ("disperse", "4", "redundancy", "1"))
 
@@ -62,6 +71,55 @@ def one_fill(bed: Bed, index: int, quota: int) -> dict:
     finally:
         sh("umount", "-l", mount, check=False)
         layouts.destroy(bed, volume, mount)
+
+
+def unreadable(mount) -> list[str]:
+    """Files under ``mount`` that cannot be read to their end (a dispersed file short of fragments: EIO)."""
+    bad = []
+    for entry in sorted(os.scandir(mount), key=lambda e: e.name):
+        done = sh("cat", entry.path, check=False, timeout=300) if entry.is_file() else None
+        if done is not None and done.returncode != 0:
+            bad.append(f"{entry.name}: {layouts.first_error(done.stderr)}")
+    return bad
+
+
+def fill_without_quota(bed: Bed, index: int, many: bool, space: int) -> dict:
+    volume, mount = f"noq{index}", layouts.WORK / f"mnt{index}"
+    layouts.create(bed, LAYOUT, volume, None)
+    try:
+        layouts.mount_volume(bed, volume, mount)
+        result = layouts.fill(bed, mount, many=many)
+        bad = [] if result.hung else unreadable(mount)
+        return {"files": "64 MiB files" if many else "one file", "share": result.written / space,
+                "error": result.error, "stall_s": result.stall_s, "unreadable": bad,
+                "bricks": brick_used_mib(bed)}
+    finally:
+        sh("umount", "-l", mount, check=False)
+        layouts.destroy(bed, volume, mount)
+
+
+def render_without_quota(rows: list[dict], space: int, started: str) -> list[str]:
+    lines = [f"Measured {started} by `benchmarks/brick_fill.py --no-quota`: {LAYOUT.name} over four 1 GiB XFS "
+             f"loop bricks mounted `{block_devices.BRICK_MOUNT_OPTIONS}`, no quota, data bricks' free space "
+             f"{space // MiB} MiB, dd (4 MiB blocks, fsync) until the writer's error, then every file read "
+             f"back; {layouts.machine()}.", "",
+             "| fill | written / free space | writer's error | s from last progress to the error | files not readable "
+             "| bricks' used MiB |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        lines.append(f"| {row['files']} | {row['share']:.1%} | {row['error']} | {row['stall_s']:.1f} | "
+                     f"{'; '.join(row['unreadable']) or 'none'} | {' / '.join(map(str, row['bricks']))} |")
+    return lines
+
+
+def figures_without_quota(rows: list[dict]) -> dict[str, float]:
+    """{noquota_fills, noquota_clean_fills, noquota_min_fill_pct, noquota_unreadable_files}: a clean fill ends
+    in ENOSPC with every file readable."""
+    return {"noquota_fills": len(rows),
+            "noquota_clean_fills": sum(row["error"] == "No space left on device" and not row["unreadable"]
+                                       for row in rows),
+            "noquota_min_fill_pct": min((row["share"] * 100 for row in rows), default=None),
+            "noquota_unreadable_files": sum(len(row["unreadable"]) for row in rows)}
 
 
 def usable_quota(bed: Bed, share: float) -> int:
@@ -97,9 +155,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quota-share", type=float, default=0.92, help="of the data bricks' free space")
+    parser.add_argument("--no-quota", action="store_true",
+                        help="fill volumes without quota (bricks as BRICK_MOUNT_OPTIONS mounts them) and read back")
     parser.add_argument("--write-doc", action="store_true", help="replace the results in docs/BENCHMARKS.md")
     results_doc.add_json_option(parser)
     args = parser.parse_args()
+    if args.no_quota:
+        without_quota(args)
+        return
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     bed = Bed(1024**3)
     layouts.manager.up(bed.config, print)
@@ -121,6 +184,29 @@ def main() -> None:
     results_doc.write_figures(args.json, figures(rows))
     if args.write_doc:
         results_doc.write_section(BEGIN, END, lines, "Filling a dispersed buffer: brick mount options")
+
+
+def without_quota(args: argparse.Namespace) -> None:
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    bed = Bed(1024**3)
+    layouts.manager.up(bed.config, print)
+    rows: list[dict] = []
+    try:
+        remount_bricks(bed, block_devices.BRICK_MOUNT_OPTIONS)
+        space = usable_quota(bed, 1.0)
+        for index in range(2 * args.rounds):
+            rows.append(fill_without_quota(bed, index, many=bool(index % 2), space=space))
+            print(rows[-1], flush=True)
+    finally:
+        for mount in layouts.WORK.glob("mnt*"):
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+        layouts.manager.down(layouts.ROOT, print)
+        shutil.rmtree(layouts.ROOT, ignore_errors=True)
+    lines = render_without_quota(rows, space, started)
+    print("\n".join(lines))
+    results_doc.write_figures(args.json, figures_without_quota(rows))
+    if args.write_doc:
+        results_doc.write_section(NOQ_BEGIN, NOQ_END, lines, "Filling a dispersed buffer without quota")
 
 
 if __name__ == "__main__":

@@ -259,17 +259,19 @@ def brick_killed(bed: Bed, volume: str, mount: Path, source: Path) -> str:
     return f"write: {error or 'ok'}; read back {'identical' if same else 'DIFFERENT'}"
 
 
-def create(bed: Bed, layout: Layout, volume: str, capacity: int) -> float:
+def create(bed: Bed, layout: Layout, volume: str, capacity: int | None) -> float:
+    """Seconds to create and start ``volume``, with a quota of ``capacity`` bytes unless it is None."""
     start = time.perf_counter()
     bed.gluster("volume", "create", volume, *layout.create, "transport", "tcp",
                 *[f"{address}:{root / volume}" for address, root in bed.bricks[:layout.bricks]], "force")
     for key, value in layout.options.items():
         bed.gluster("volume", "set", volume, key, value)
-    for key, value in QUOTA_OPTIONS.items():
+    for key, value in QUOTA_OPTIONS.items() if capacity is not None else ():
         bed.gluster("volume", "set", volume, key, value)
     bed.gluster("volume", "start", volume)
-    bed.gluster("volume", "quota", volume, "enable")
-    bed.gluster("volume", "quota", volume, "limit-usage", "/", f"{capacity // MiB}MB")
+    if capacity is not None:
+        bed.gluster("volume", "quota", volume, "enable")
+        bed.gluster("volume", "quota", volume, "limit-usage", "/", f"{capacity // MiB}MB")
     return time.perf_counter() - start
 
 

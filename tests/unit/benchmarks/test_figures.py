@@ -88,6 +88,11 @@ def test_layouts_and_brick_fill_figures():
             (new, {"share": 1.0, "error": "Disk quota exceeded"})]
     assert brick_fill.figures(rows) == {"old_fills": 1, "old_edquot_fills": 0, "old_min_fill_pct": 99.5,
                                         "new_fills": 1, "new_edquot_fills": 1, "new_min_fill_pct": 100.0}
+    without = [{"share": 0.99, "error": "No space left on device", "unreadable": []},
+               {"share": 0.97, "error": "No space left on device", "unreadable": ["f12: Input/output error"]},
+               {"share": 0.5, "error": "Input/output error", "unreadable": []}]
+    assert brick_fill.figures_without_quota(without) == {"noquota_fills": 3, "noquota_clean_fills": 1,
+                                                         "noquota_min_fill_pct": 50.0, "noquota_unreadable_files": 1}
 
 
 def test_local_benchmarks_figures():
