@@ -79,13 +79,13 @@ def set_session_niceness(niceness, path="/proc/self/autogroup", attempts=10, pau
     Niceness 0 is the autogroup's own default: nothing is written."""
     if niceness == 0:
         return True
-    for _ in range(attempts):
+    for attempt in range(attempts):
         try:
             with open(path, "w") as autogroup:
                 autogroup.write(str(niceness))
             return True
         except OSError as exc:
-            if exc.errno != errno.EAGAIN:
+            if exc.errno != errno.EAGAIN or attempt + 1 == attempts:
                 return False
         time.sleep(pause)
     return False
