@@ -29,10 +29,12 @@ GlusterFS cluster on this machine holds a volume with quota (they share one quot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 
 import layouts  # benchmarks/, beside this script
 import results_doc
@@ -151,6 +153,20 @@ def figures(rows: list[tuple[str, dict]]) -> dict[str, float]:
     return found
 
 
+@contextlib.contextmanager
+def private_bed() -> Iterator[Bed]:
+    """The layouts benchmark's bed of 1 GiB bricks, up for the block and gone after it, whatever happened."""
+    bed = Bed(1024**3)
+    layouts.manager.up(bed.config, print)
+    try:
+        yield bed
+    finally:
+        for mount in layouts.WORK.glob("mnt*"):
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+        layouts.manager.down(layouts.ROOT, print)
+        shutil.rmtree(layouts.ROOT, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -164,49 +180,37 @@ def main() -> None:
         without_quota(args)
         return
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    bed = Bed(1024**3)
-    layouts.manager.up(bed.config, print)
     rows = []
-    try:
+    with private_bed() as bed:
         quota = usable_quota(bed, args.quota_share)
         for index in range(2 * args.rounds):
             options = (OLD_OPTIONS, block_devices.BRICK_MOUNT_OPTIONS)[index % 2]
             remount_bricks(bed, options)
             rows.append((options, one_fill(bed, index, quota)))
             print(rows[-1], flush=True)
-    finally:
-        for mount in layouts.WORK.glob("mnt*"):
-            subprocess.run(["umount", "-l", str(mount)], check=False)
-        layouts.manager.down(layouts.ROOT, print)
-        shutil.rmtree(layouts.ROOT, ignore_errors=True)
-    lines = render(rows, quota, started)
-    print("\n".join(lines))
-    results_doc.write_figures(args.json, figures(rows))
-    if args.write_doc:
-        results_doc.write_section(BEGIN, END, lines, "Filling a dispersed buffer: brick mount options")
+    publish(args, render(rows, quota, started), figures(rows),
+            (BEGIN, END, "Filling a dispersed buffer: brick mount options"))
 
 
 def without_quota(args: argparse.Namespace) -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    bed = Bed(1024**3)
-    layouts.manager.up(bed.config, print)
     rows: list[dict] = []
-    try:
+    with private_bed() as bed:
         remount_bricks(bed, block_devices.BRICK_MOUNT_OPTIONS)
         space = usable_quota(bed, 1.0)
         for index in range(2 * args.rounds):
             rows.append(fill_without_quota(bed, index, many=bool(index % 2), space=space))
             print(rows[-1], flush=True)
-    finally:
-        for mount in layouts.WORK.glob("mnt*"):
-            subprocess.run(["umount", "-l", str(mount)], check=False)
-        layouts.manager.down(layouts.ROOT, print)
-        shutil.rmtree(layouts.ROOT, ignore_errors=True)
-    lines = render_without_quota(rows, space, started)
+    publish(args, render_without_quota(rows, space, started), figures_without_quota(rows),
+            (NOQ_BEGIN, NOQ_END, "Filling a dispersed buffer without quota"))
+
+
+def publish(args: argparse.Namespace, lines: list[str], found: dict, section: tuple[str, str, str]) -> None:
+    """Print the table, write the figures (--json) and, with --write-doc, the (begin, end, heading) section."""
     print("\n".join(lines))
-    results_doc.write_figures(args.json, figures_without_quota(rows))
+    results_doc.write_figures(args.json, found)
     if args.write_doc:
-        results_doc.write_section(NOQ_BEGIN, NOQ_END, lines, "Filling a dispersed buffer without quota")
+        results_doc.write_section(*section[:2], lines, section[2])
 
 
 if __name__ == "__main__":
