@@ -15,15 +15,15 @@ bricks mounted first with ``noatime,inode64`` (the old default) and then with
 block_devices.BRICK_MOUNT_OPTIONS (``allocsize=64k`` added), alternating, ``--rounds`` times each.
 
 Reported per fill: bytes in files as a share of the quota, the writer's error, and each
-brick's used MiB (a clean fill leaves them equal).
+brick's used MiB (a clean fill leaves them equal). Like layouts.py, run it while no other
+GlusterFS cluster on this machine holds a volume with quota (they share one quotad socket).
 
 ``--no-quota`` asks the next question (docs/RELIABILITY.md, the privileged-port budget: every
 quota enable and delete restarts every server's quotad): does a dispersed volume on bricks
 mounted with BRICK_MOUNT_OPTIONS fail cleanly when it has no quota and its bricks fill? Each
 round fills a volume without quota, once with one file and once with 64 MiB files, and then
 reads every file back; reported: bytes in files as a share of the data bricks' free space, the
-writer's error, the files that could not be read whole, and the bricks' used MiB. Like layouts.py, run it while no other
-GlusterFS cluster on this machine holds a volume with quota (they share one quotad socket).
+writer's error, the files that could not be read whole, and the bricks' used MiB.
 """
 
 from __future__ import annotations

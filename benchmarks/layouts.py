@@ -264,9 +264,8 @@ def create(bed: Bed, layout: Layout, volume: str, capacity: int | None) -> float
     start = time.perf_counter()
     bed.gluster("volume", "create", volume, *layout.create, "transport", "tcp",
                 *[f"{address}:{root / volume}" for address, root in bed.bricks[:layout.bricks]], "force")
-    for key, value in layout.options.items():
-        bed.gluster("volume", "set", volume, key, value)
-    for key, value in QUOTA_OPTIONS.items() if capacity is not None else ():
+    options = {**layout.options, **(QUOTA_OPTIONS if capacity is not None else {})}
+    for key, value in options.items():
         bed.gluster("volume", "set", volume, key, value)
     bed.gluster("volume", "start", volume)
     if capacity is not None:

@@ -64,8 +64,9 @@ def set_niceness(niceness):
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 
-def set_session_niceness(niceness, path="/proc/self/autogroup", attempts=10, pause=0.1):
-    """Give the calling session's scheduling autogroup ``niceness`` (0-19); False where there is none
+def set_session_niceness(niceness=None, path="/proc/self/autogroup", attempts=10, pause=0.1):
+    """Give the calling session's scheduling autogroup ``niceness`` (0-19; default: the calling
+    process's own); False where there is none
     (a kernel without CONFIG_SCHED_AUTOGROUP) or the kernel refused. Call it only in a process that
     leads a session of its own: every process of the session shares the setting.
 
@@ -77,6 +78,8 @@ def set_session_niceness(niceness, path="/proc/self/autogroup", attempts=10, pau
     at 10, 0.27-0.42 s (docs/RELIABILITY.md, "Load"). Without CAP_SYS_ADMIN the kernel takes one
     change every 100 ms machine-wide and answers EAGAIN meanwhile: retried ``attempts`` times.
     Niceness 0 is the autogroup's own default: nothing is written."""
+    if niceness is None:
+        niceness = os.getpriority(os.PRIO_PROCESS, 0)
     if niceness == 0:
         return True
     for attempt in range(attempts):

@@ -60,7 +60,7 @@ def run_detached(work: Callable[[], int]) -> int:
         try:
             os.setsid()  # out of the process group Slurm kills
             # ... and into an autogroup of its own, where only the session's niceness counts.
-            linux_process.set_session_niceness(os.getpriority(os.PRIO_PROCESS, 0))
+            linux_process.set_session_niceness()
             for sig in IGNORED:
                 signal.signal(sig, signal.SIG_IGN)
             sys.stdout, sys.stderr = _Unread(sys.stdout), _Unread(sys.stderr)  # type: ignore[assignment]

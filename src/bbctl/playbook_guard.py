@@ -66,7 +66,7 @@ def run_guarded(argv: list[str]) -> int:
     if not die_with_parent():
         return 143
     if os.getsid(0) == os.getpid():  # ansible-runner's pty made us a session: give it the stage's niceness
-        linux_process.set_session_niceness(os.getpriority(os.PRIO_PROCESS, 0))
+        linux_process.set_session_niceness()
     # The same process group as this guard: ansible-runner's own cancel (SIGKILL to the
     # guard's group) then reaches ansible-playbook, its workers and their modules too.
     child = subprocess.Popen(argv)
