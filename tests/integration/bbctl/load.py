@@ -88,6 +88,18 @@ def all_jobs() -> dict[int, dict[str, str]]:
     return jobs
 
 
+def _log_of(job: int, lines: int = 20) -> list[str]:
+    """The last ``lines`` lines bbctl.log holds about ``job`` (which stage ran how, and through what):
+    a wrong read is explained from them, as the test bed's own logs go with its ``down``."""
+    return [line for line in bbctl_log().splitlines() if f" {job} " in line][-lines:]
+
+
+def bbctl_log() -> str:
+    """The test bed's bbctl.log ('' before bbctl wrote one)."""
+    log = site.load(BBCTL_CONFIG).work_dir / "bbctl.log"
+    return log.read_text(errors="replace") if log.exists() else ""
+
+
 def overlaps(buffers: Iterable) -> list[str]:
     """Brick ids held by more than one buffer record (empty when the allocator kept them apart)."""
     held = Counter(brick.id for buffer in buffers for brick in buffer.bricks)
@@ -147,7 +159,11 @@ JOB_SCRIPT = """\
 {prefix} jobdw capacity={capacity}GiB pool={pool} access_mode=striped type=scratch
 {prefix} stage_in type=file source={source} destination=$DW_JOB_STRIPED/input
 sum=$(sha256sum < "$DW_JOB_STRIPED/input" | cut -d' ' -f1)
-[ "$sum" = "{digest}" ] && echo ok > {marker} || echo "wrong data: $sum" > {marker}
+if [ "$sum" = "{digest}" ]; then echo ok > {marker}; else
+  {{ echo "wrong data: $sum"; stat -c 'size %s, mtime %Y, inode %i' "$DW_JOB_STRIPED/input"
+     findmnt -no SOURCE,FSTYPE -T "$DW_JOB_STRIPED"; sleep 3
+     echo "read again 3 s later: $(sha256sum < "$DW_JOB_STRIPED/input" | cut -d' ' -f1)"; }} > {marker} 2>&1
+fi
 sleep {runtime}
 """
 
@@ -234,7 +250,7 @@ class LoadRun:
             if said != "ok":
                 output = self.directory / f"slurm-{job}.out"
                 tail = output.read_text(errors="replace")[-500:] if output.exists() else "no output"
-                failed[job] = f"{said}; output: {tail}"
+                failed[job] = f"{said}; output: {tail}; bbctl.log: {_log_of(job)}"
         return failed
 
     def strange_reasons(self) -> dict[int, list[tuple[str, str]]]:
@@ -246,8 +262,7 @@ class LoadRun:
     def short_at_setup(self) -> list[int]:
         """Jobs whose setup found too few free bricks although Slurm had admitted them (bbctl.allocation):
         setup waited and, if still short, left the build to stage-in."""
-        log = SLURMCTLD_LOG.parents[2] / "bbctl" / "bbctl.log"
-        text = log.read_text(errors="replace") if log.exists() else ""
+        text = bbctl_log()
         return sorted({int(m[1]) for m in re.finditer(r" (\d+) setup: waiting up to", text)} & set(self.jobs))
 
     def cleanup(self) -> None:
