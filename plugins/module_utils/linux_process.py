@@ -20,12 +20,16 @@ import ctypes
 import errno
 import os
 import signal
+import socket
+import stat
+import struct
 import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_KEEPCAPS = 8
 CAP_NET_BIND_SERVICE = 10
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
+LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff 1, l_linger 0}: close(2) sends RST
 
 
 def prctl(option, value):
@@ -130,3 +134,33 @@ def set_only_capability(number):
 def _raise_errno(call):
     number = ctypes.get_errno()
     raise OSError(number, "%s: %s" % (call, os.strerror(number)))
+
+
+def reset_tcp_on_exit(fd_dir="/proc/self/fd"):
+    """Make every TCP connection of this process end with a reset (RST) when it is closed, not with
+    FIN and TIME-WAIT; returns how many were set. Call it only when the process is about to exit
+    and nothing it has sent is still needed: close(2) then discards data not yet sent.
+
+    Why: the side that closes first keeps its local port in TIME-WAIT for 60 s. A libgfapi client
+    (the copy worker's stage-in) binds ports below 1024, as bricks with server.allow-insecure off
+    trust no others: one for glusterd and one per brick, and a host has 1023 of them. Each
+    stage-in left its ports in TIME-WAIT after it exited; under load they ran out (docs/RELIABILITY.md,
+    "Load"). Sockets that are not TCP (the worker's pipe to its parent is not one) are left alone."""
+    count = 0
+    for name in os.listdir(fd_dir):
+        try:
+            fd = int(name)
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            connection = socket.socket(fileno=fd)  # family and type read from the fd
+        except (ValueError, OSError):
+            continue  # not a number, or closed since the listing (the listing's own fd)
+        try:
+            if connection.type == socket.SOCK_STREAM and connection.family in (socket.AF_INET, socket.AF_INET6):
+                connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+                count += 1
+        except OSError:
+            pass  # a listening or half-made socket takes no linger worth having
+        finally:
+            connection.detach()  # the fd stays open: it belongs to whoever made it
+    return count

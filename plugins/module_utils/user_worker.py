@@ -137,6 +137,10 @@ def _child(write_end, uid, gid, work, keep_net_bind, parent, crash):  # pragma: 
         with contextlib.suppress(OSError):
             send({"error": "copy worker failed: %s: %s" % (exc.__class__.__name__, exc)})
     finally:
+        # gfapi's connections hold ports below 1024: reset, they are free at once, not after 60 s
+        # of TIME-WAIT. Every call has had its answer by now (work returned, or failed).
+        with contextlib.suppress(OSError):
+            linux_process.reset_tcp_on_exit()
         os._exit(code)
 
 

@@ -11,6 +11,7 @@ import errno
 import os
 import pwd
 import signal
+import socket
 import stat
 import threading
 import time
@@ -761,6 +762,26 @@ def test_the_worker_cannot_become_root_again(user_tree, monkeypatch):
     assert result["ids"] == [owner.pw_uid, owner.pw_uid, owner.pw_gid, owner.pw_gid]
     assert result["setuid"] == "refused"
     assert result["groups"] == uw.user_groups(owner.pw_uid, owner.pw_gid)
+
+
+@needs_root
+def test_the_worker_resets_its_tcp_connections_as_it_exits(user_tree, monkeypatch):
+    """A libgfapi worker's connections hold ports below 1024: reset, not left in TIME-WAIT for 60 s."""
+    top, owner = user_tree
+    "127.0.0.1".encode("idna")  # the worker (the job's user) may not read the codec's module: import it here
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        connections = []
+
+        def connect(*_args, **_kwargs):
+            connections.append(socket.create_connection(listener.getsockname()))  # still open at exit
+            return {"connected": True}
+
+        monkeypatch.setattr(ce, "stage", connect)
+        assert ce.stage_as_user(request("in", "file", "/x", top / "buffer" / "x", top / "buffer"),
+                                owner.pw_uid, owner.pw_gid) == {"connected": True}
+        accepted, _address = listener.accept()
+        with accepted, pytest.raises(ConnectionResetError):
+            accepted.recv(1)  # FIN would read b""
 
 
 @needs_root

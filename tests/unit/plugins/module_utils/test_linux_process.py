@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,44 @@ def test_set_session_niceness_sets_the_autogroup_of_a_new_session_only():
 def test_set_session_niceness_says_false_where_the_kernel_has_no_autogroup(tmp_path):
     assert linux_process.set_session_niceness(5, path=str(tmp_path / "missing" / "autogroup")) is False
     assert linux_process.set_session_niceness(0, path=str(tmp_path / "missing" / "autogroup")) is True
+
+
+# Run in a child: connects to the test's listener, opens a UDP and a unix socket too, optionally sets
+# every TCP connection to reset on close, reports how many it set, and exits (closing them all).
+CONNECT = f"""
+import os, socket, sys
+sys.path.insert(0, {COLLECTIONS!r})
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import linux_process
+tcp = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+udp, pair = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socketpair()
+print(linux_process.reset_tcp_on_exit() if sys.argv[2] == "reset" else 0, flush=True)
+os._exit(0)
+"""
+
+
+def close_seen_by_peer(how):
+    """(connections the child set, what the listener's side saw when the child exited)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        done = subprocess.run([sys.executable, "-c", CONNECT, str(listener.getsockname()[1]), how],
+                              capture_output=True, text=True, check=True, timeout=30)
+        accepted, _address = listener.accept()
+        with accepted:
+            try:
+                seen = "FIN" if accepted.recv(1) == b"" else "data"
+            except ConnectionResetError:
+                seen = "RST"
+    return int(done.stdout), seen
+
+
+def test_reset_tcp_on_exit_ends_the_tcp_connection_with_a_reset_and_leaves_other_sockets():
+    assert close_seen_by_peer("reset") == (1, "RST")  # the UDP socket and the socketpair are not counted
+
+
+def test_a_connection_not_reset_ends_with_fin_so_the_test_can_fail():
+    assert close_seen_by_peer("keep") == (0, "FIN")
+
+
+def test_reset_tcp_on_exit_skips_entries_that_are_not_open_descriptors(tmp_path):
+    (tmp_path / "not-a-number").touch()
+    (tmp_path / "99999").touch()  # no such fd in this process
+    assert linux_process.reset_tcp_on_exit(fd_dir=str(tmp_path)) == 0
