@@ -26,6 +26,7 @@ import errno
 import os
 import platform
 import threading
+import time
 
 LIBRARY = "libgfapi.so.0"
 VOLFILE_PORT = 24007
@@ -36,6 +37,7 @@ INIT_TIMEOUT = 15.0  # glfs_init blocks for good when the bricks refuse this cli
 DELAYED_POST_OP = (b"type cluster/disperse", b"type cluster/replicate")
 VOLFILE_LIMIT = 1 << 20
 VOLFILE_ATTEMPTS = 4  # the graph can change between asking the volfile's length and copying it
+VOLFILE_WAIT, VOLFILE_PAUSE = 2.0, 0.01  # s to wait at most for a volfile not stored yet, and between asks
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 SPECIAL_BITS = 0o6000  # set-user-id, set-group-id
 SET_ATTR_MODE, SET_ATTR_ATIME, SET_ATTR_MTIME = 0x1, 0x10, 0x20  # GFAPI_SET_ATTR_*
@@ -151,10 +153,29 @@ class Volume:
         self.lock = threading.Lock()
         self.directories = {}
         volfile = self._volfile()
-        self.close_each_file = any(name in volfile for name in DELAYED_POST_OP)
+        # Without the volfile nothing says the volume writes at once: files are closed one by one,
+        # which is right on every volume (only slower where nothing delays its post-op).
+        self.close_each_file = not volfile or any(name in volfile for name in DELAYED_POST_OP)
 
-    def _volfile(self):
-        """The client graph this process runs (bytes), as glusterd sent it.
+    def _volfile(self, wait=None):
+        """The client graph this process runs (bytes), as glusterd sent it; b"" if gfapi has not
+        stored it within ``wait`` s (default VOLFILE_WAIT).
+
+        glfs_init can return before gfapi stores the volfile it built the graph from (GlusterFS
+        api/src/glfs-mgmt.c stores it after activating the graph, and the bricks can come up
+        first): it then has length 0. Taken for a volume without delayed post-ops, that once made
+        a stage-in on a dispersed volume write without closing its files; they read back empty
+        (tests/integration/bbctl/test_load.py, about one job in 70 under load). So an empty
+        answer is asked again."""
+        deadline = time.monotonic() + (VOLFILE_WAIT if wait is None else wait)
+        while True:
+            volfile = self._volfile_once()
+            if volfile or time.monotonic() >= deadline:
+                return volfile
+            time.sleep(VOLFILE_PAUSE)
+
+    def _volfile_once(self):
+        """The volfile gfapi holds now (b"" if none yet).
 
         glfs_get_volfile copies as many bytes as it is offered, not the volfile's length
         (GlusterFS 10.3 api/src/glfs.c): a 64 KiB buffer for a 3 KiB volfile read past the end

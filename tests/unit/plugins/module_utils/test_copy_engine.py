@@ -1069,6 +1069,37 @@ def test_files_are_closed_one_by_one_only_where_translators_delay_their_post_op(
     assert [c for c in api.calls if c[0] == "get_volfile"] == [("get_volfile", 0), ("get_volfile", len(volfile))]
 
 
+class LateVolfileApi(ClientApi):
+    """glfs_init returned before gfapi stored its volfile: the first ``empty`` asks get length 0."""
+
+    def __init__(self, volfile, empty):
+        super().__init__(volfile)
+        self.empty = empty
+
+    def get_volfile(self, fs, buffer, size):
+        if self.empty:
+            self.empty -= 1
+            self.calls.append(("get_volfile", size))
+            return 0 if size == 0 else -1  # what glfs_get_volfile answers while it holds no volfile
+        return super().get_volfile(fs, buffer, size)
+
+
+@pytest.mark.parametrize("volfile, each", [(DISPERSED, True),
+                                           (b"volume v-dht\n    type cluster/distribute\nend-volume\n", False)])
+def test_a_volfile_not_stored_yet_is_waited_for(volfile, each, monkeypatch):
+    monkeypatch.setattr(gfapi, "VOLFILE_PAUSE", 0.001)
+    api = LateVolfileApi(volfile, empty=3)
+    assert gfapi.Volume("127.1.1.1", "v", api=api).close_each_file is each  # the distributed one proves it waited
+    assert [c for c in api.calls if c[0] == "get_volfile"] == [("get_volfile", 0)] * 4 + [("get_volfile", len(volfile))]
+
+
+def test_without_a_volfile_each_file_is_closed_which_is_right_on_every_volume(monkeypatch):
+    monkeypatch.setattr(gfapi, "VOLFILE_PAUSE", 0.001)
+    monkeypatch.setattr(gfapi, "VOLFILE_WAIT", 0.02)
+    api = LateVolfileApi(b"volume v-dht\n    type cluster/distribute\nend-volume\n", empty=10**6)
+    assert gfapi.Volume("127.1.1.1", "v", api=api).close_each_file is True
+
+
 def test_a_volfile_that_grows_between_asking_its_length_and_copying_it_is_asked_for_again():
     api = ClientApi(b"short volfile\n")
 
