@@ -40,6 +40,17 @@ Retry = namedtuple("Retry", ["when", "delays", "gave_up", "only"], defaults=[Non
 
 _RUNNER_RETRY = object()  # change()/read() without retry=: the runner's own policy
 
+# What the caller of timeout(1) sees when the command timed out: 124 after TERM; after KILL,
+# timeout's own death by SIGKILL (it signals its whole process group, itself included), which
+# Python's subprocess reports as -9 and a shell as 128 + 9.
+TIMED_OUT = (124, -9, 128 + 9)
+
+
+def under_deadline(argv, seconds):
+    """argv run by timeout(1): killed after ``seconds``, with every process it started in its
+    process group (a child blocked on a FUSE request that never ends is killable)."""
+    return ["timeout", "--signal=KILL", "%g" % seconds, *argv]
+
 
 class CommandError(Exception):
     """A command failed; str() says which and why, the attributes what it printed."""
@@ -73,14 +84,17 @@ class CommandRunner:
     """Runs a module's commands; records and (in check mode) skips those that change things.
 
     ``binaries`` maps a program name to the path run in its place, so the recorded argv keeps
-    the name (``gluster ...``) while the binary found on this host runs.
+    the name (``gluster ...``) while the binary found on this host runs. ``deadlines`` maps a
+    program name to the seconds it may run (under_deadline); a command killed so fails with
+    rc in TIMED_OUT and says so, and is recorded as planned.
     """
 
-    def __init__(self, module, retry=None, sleep=time.sleep, binaries=None):
+    def __init__(self, module, retry=None, sleep=time.sleep, binaries=None, deadlines=None):
         self.module = module
         self.retry = retry
         self.sleep = sleep
         self.binaries = dict(binaries or {})
+        self.deadlines = dict(deadlines or {})
         self.commands = []
 
     @property
@@ -140,10 +154,15 @@ class CommandRunner:
             retry = None
         delays = list(retry.delays) if retry is not None else []
         run_argv = [self.binaries.get(argv[0], argv[0]), *argv[1:]]
+        deadline = self.deadlines.get(argv[0])
+        if deadline is not None:
+            run_argv = under_deadline(run_argv, deadline)
         attempts = 0
         while True:
             attempts += 1
             rc, out, err = self.module.run_command(run_argv, environ_update=C_LOCALE)
+            if deadline is not None and rc in TIMED_OUT:
+                err = (err or "") + "killed: no end within %g s" % deadline
             done = Completed(list(argv), rc, out, err, attempts)
             if retry is None or not retry.when(rc, out, err):
                 return done

@@ -15,18 +15,22 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import grp
 import os
 import pwd
 import re
+import signal
 import stat
 import time
 from collections import namedtuple
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import (
+    TIMED_OUT,
     CommandError,
     CommandRunner,
     Retry,
+    under_deadline,
 )
 
 MOUNTINFO = "/proc/self/mountinfo"
@@ -209,10 +213,6 @@ def _run_mount_command(module, argv, retries, delay, sleep):
 # --- a FUSE mount whose daemon no longer answers ----------------------------------
 
 FUSECTL = "/sys/fs/fuse/connections"
-# What the caller of timeout(1) sees when the command timed out: 124 after TERM; after KILL,
-# timeout's own death by SIGKILL (it signals its whole process group, itself included), which
-# Python's subprocess reports as -9 and a shell as 128 + 9.
-_TIMED_OUT = (124, -9, 128 + 9)
 
 
 def answers_argv(path, timeout):
@@ -220,7 +220,7 @@ def answers_argv(path, timeout):
     waits killably, so SIGKILL ends the child even when the daemon never answers. statfs, not
     stat: the kernel answers a stat from its attribute cache for a while (a stopped glusterfs
     client's mount "answered" a stat 0.5 s after another one), never a statfs."""
-    return ["timeout", "--signal=KILL", f"{timeout:g}", "stat", "--file-system", "--format=%i", "--", path]
+    return under_deadline(["stat", "--file-system", "--format=%i", "--", path], timeout)
 
 
 def answers(runner, path, timeout):
@@ -228,7 +228,7 @@ def answers(runner, path, timeout):
     is an answer (a GlusterFS client that lost its bricks says ENOTCONN); silence is not: a
     glusterfs client that never reached a brick can leave its mount with no reader of
     /dev/fuse (seen under load, 2026-12-06), and every stat there then blocks for good."""
-    return runner.read(answers_argv(path, timeout), ok=None, retry=None).rc not in _TIMED_OUT
+    return runner.read(answers_argv(path, timeout), ok=None, retry=None).rc not in TIMED_OUT
 
 
 def abort_fuse_connection(runner, minor, fusectl=FUSECTL):
@@ -263,6 +263,31 @@ def release_dead_fuse(runner, entry, fusectl=FUSECTL):
     if done is not None and done.rc != 0:
         runner.change(umount_argv(entry.target, lazy=True), retry=None)
     return entry.minor
+
+
+def glusterfs_clients_of(target, proc="/proc"):
+    """Pids of the glusterfs client processes mount.glusterfs started for mount point ``target``
+    (the last word of such a client's command line is its mount point)."""
+    wanted = os.fsencode(target)
+    pids = []
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            with open(os.path.join(proc, name, "cmdline"), "rb") as handle:
+                argv = handle.read().rstrip(b"\0").split(b"\0")
+        except OSError:
+            continue  # ended meanwhile
+        if os.path.basename(argv[0]) == b"glusterfs" and argv[-1] == wanted:
+            pids.append(int(name))
+    return pids
+
+
+def end_processes(pids, signal_number=signal.SIGTERM):
+    """Send signal_number to each pid that still exists."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal_number)
 
 
 # --- glusterd's aux mounts ------------------------------------------------------------

@@ -94,6 +94,10 @@ options:
         access blocks for good, C(umount) included.
       - With O(state=mounted), a new mount that does not answer is released and mounted
         again, as often as O(retries) allows; then the module fails, naming the client log.
+        C(mount.glusterfs) looks at the new mount itself, and a client whose brick refused its
+        handshake (no privileged source port free) never answers it, so a GlusterFS C(mount)
+        that has not ended after twice O(answer_timeout) is killed and its mount released
+        the same way.
       - With O(state=unmounted), a mount that does not answer has its FUSE connection aborted
         (through C(/sys/fs/fuse/connections), mounting C(fusectl) there for the purpose when
         needed) and is unmounted, lazily if a process still has its working directory there.
@@ -204,6 +208,7 @@ from collections import namedtuple
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.command_runner import (
+    TIMED_OUT,
     CommandError,
     CommandRunner,
 )
@@ -212,7 +217,9 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.mounts import (
     answers,
     attribute_commands,
     backoff_delays,
+    end_processes,
     ensure_shared,
+    glusterfs_clients_of,
     mount_argv,
     mount_at,
     mount_retry,
@@ -332,10 +339,20 @@ def root_commands(path, root, params):
 
 # --- acting ----------------------------------------------------------------------------
 
-def buffer_runner(module, retries, delay):
+def buffer_runner(module, retries, delay, mount_deadline=None):
     """The module's CommandRunner: mount and umount are retried while the target is busy, and a
-    GlusterFS mount while its client reaches no brick (mounts.mount_retry)."""
-    return CommandRunner(module, retry=mount_retry(retries, delay))
+    GlusterFS mount while its client reaches no brick (mounts.mount_retry); mount is killed
+    after ``mount_deadline`` s when one is given (mount_answering then releases what it left)."""
+    deadlines = {"mount": mount_deadline} if mount_deadline else None
+    return CommandRunner(module, retry=mount_retry(retries, delay), deadlines=deadlines)
+
+
+def mount_deadline(params):
+    """Seconds a GlusterFS mount command may take (None: no limit). mount.glusterfs ends with a
+    stat of the new mount, which never returns when the client's only brick refused its
+    handshake ("received RPC status error"; seen on the test bed with the privileged ports
+    taken, 2026-12-07, docs/RELIABILITY.md): twice the time such a stat is given."""
+    return 2 * params["answer_timeout"] if params["fstype"] == "glusterfs" else None
 
 
 def verify_mounted(path, params):
@@ -380,23 +397,47 @@ def mount_answering(runner, params, state, sleep=time.sleep):
     delays = backoff_delays(params["retries"], params["delay"])
     while True:
         fresh = state.mount is None
-        runner.change_all(plan_mounted(state, params))
-        if runner.check_mode:
+        if not mounted_in_time(runner, state, params):
+            release_dead_fuse_at(runner, state.path)
+        elif runner.check_mode:
             return
-        verify_mounted(state.path, params)
-        if not fresh or params["fstype"] != "glusterfs" or answers(
-                runner, state.path, params["answer_timeout"]):
-            return
-        release_dead_fuse(runner, mount_at(read_mountinfo(), state.path))
+        else:
+            verify_mounted(state.path, params)
+            if not fresh or params["fstype"] != "glusterfs" or answers(
+                    runner, state.path, params["answer_timeout"]):
+                return
+            release_dead_fuse(runner, mount_at(read_mountinfo(), state.path))
         if not delays:
             raise BufferError(
-                f"the GlusterFS client mounted {params['src']} at {state.path} but did not answer "
-                f"a stat within {params['answer_timeout']:g} s, {params['retries'] + 1} times: it "
+                f"the GlusterFS client of {params['src']} at {state.path} did not answer a stat "
+                f"within {params['answer_timeout']:g} s, {params['retries'] + 1} times: it "
                 "reached no brick (glusterd or the bricks not answering, or no privileged port "
                 "free on this host); see the client log (/var/log/glusterfs/). Each mount was "
                 "released.")
         sleep(delays.pop(0))
         state = read_state(state.path)
+
+
+def mounted_in_time(runner, state, params):
+    """Run the planned mount commands; False when mount was killed at its deadline (a new
+    GlusterFS mount only: anything else that fails raises as usual)."""
+    try:
+        runner.change_all(plan_mounted(state, params))
+    except CommandError as error:
+        if state.mount is not None or not error.argv or error.argv[0] != "mount" or error.rc not in TIMED_OUT:
+            raise
+        return False
+    return True
+
+
+def release_dead_fuse_at(runner, path):
+    """Release the mount a killed mount command left at path, if the kernel shows one, and end its
+    client: one that never got its bricks does not see the aborted connection and would stay
+    until the volume stops."""
+    entry = mount_at(read_mountinfo(), path)
+    if entry is not None:
+        release_dead_fuse(runner, entry)
+    runner.act(end_processes, glusterfs_clients_of(path))
 
 
 def ensure_mounted(runner, params, state):
@@ -456,7 +497,7 @@ def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
                            required_if=[("state", "mounted", ["src"])])
     params = dict(module.params, path=normalise_path(module.params["path"]))
-    runner = buffer_runner(module, params["retries"], params["delay"])
+    runner = buffer_runner(module, params["retries"], params["delay"], mount_deadline(params))
     echoed = {"path": params["path"], "src": params["src"], "fstype": params["fstype"]}
     try:
         result = run(runner, params)

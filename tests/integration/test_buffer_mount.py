@@ -220,3 +220,51 @@ def test_a_mount_whose_client_no_longer_answers_is_released_not_waited_on(volume
     if Path(f"/proc/{pid}").exists():
         os.kill(pid, signal.SIGKILL)
         raise AssertionError(f"glusterfs client {pid} outlived its aborted connection")
+
+
+@pytest.fixture
+def refusing_volume():
+    """A started one-brick volume whose brick refuses its clients at the handshake: it takes privileged
+    ports only (server.allow-insecure off) and its clients bind unprivileged ones (client.bind-insecure
+    on), as a client that found no privileged port free does."""
+    if not bed_is_up():
+        pytest.skip("the test bed is not up (`.venv/bin/bbctl testbed up --slurm none` builds it)")
+    name, (host, root) = f"bm-r{uuid.uuid4().hex[:8]}", BRICK_HOSTS[0]
+    gluster("volume", "create", name, f"{host}:{root / name}", "force")
+    try:
+        gluster("volume", "set", name, "server.allow-insecure", "off")
+        gluster("volume", "set", name, "client.bind-insecure", "on")
+        gluster("volume", "start", name)
+        yield name
+    finally:
+        gluster("volume", "stop", name, "force", check=False)
+        gluster("volume", "delete", name, check=False)
+        shutil.rmtree(root / name, ignore_errors=True)
+
+
+def test_a_mount_whose_brick_refuses_the_handshake_is_killed_released_and_refused(refusing_volume, workdir,
+                                                                                  buffer_mount):
+    """mount.glusterfs's own stat of such a mount never returned (seen with the host's privileged ports
+    taken, 2026-12-07): the mount is killed at twice answer_timeout, its mount released, tried again."""
+    path = str(workdir / "job45")
+    began = time.monotonic()
+    refused = buffer_mount(path=path, src=f"127.1.1.1:/{refusing_volume}", answer_timeout=3, retries=1, delay=0.5)
+    took = time.monotonic() - began
+    assert refused["failed"] is True
+    assert "did not answer a stat within 3 s, 2 times" in refused["msg"], refused["msg"]
+    assert took < 90  # two mounts killed at 6 s each, not a wait for good
+    assert path not in mounts()
+    assert client_gone(path, within=15)  # a released client ends once its connection is aborted
+
+
+def client_gone(path, within):
+    """Whether no glusterfs client serves path any more, waiting up to ``within`` s."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            client_pid(path)
+        except AssertionError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)

@@ -190,3 +190,20 @@ def test_result_shape(fake_module, commands, changed, diff):
     assert result == {"changed": bool(commands) or bool(changed), "commands": commands,
                       "diff": diff, "path": "/x"}
     assert diff_of(1, 2, False) == {"before": 1, "after": 1}
+
+
+def test_a_program_with_a_deadline_runs_under_timeout_and_is_recorded_as_planned(fake_module):
+    module = fake_module([OK, OK])
+    runner = CommandRunner(module, deadlines={"mount": 60})
+    runner.change(["mount", "h:/v", "/x"])
+    runner.change(["mkdir", "-p", "/x"])  # no deadline of its own
+    assert [call[0] for call in module.calls] == [["timeout", "--signal=KILL", "60", "mount", "h:/v", "/x"],
+                                                  ["mkdir", "-p", "/x"]]
+    assert runner.commands == [["mount", "h:/v", "/x"], ["mkdir", "-p", "/x"]]
+
+
+def test_a_command_killed_at_its_deadline_fails_saying_so(fake_module):
+    runner = CommandRunner(fake_module([(-9, "", "")]), deadlines={"mount": 60})
+    with pytest.raises(CommandError, match=r"mount h:/v /x failed \(rc -9\): killed: no end within 60 s") as failed:
+        runner.change(["mount", "h:/v", "/x"])
+    assert failed.value.argv == ["mount", "h:/v", "/x"] and runner.commands == []

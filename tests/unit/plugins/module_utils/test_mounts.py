@@ -1,6 +1,8 @@
 """module_utils/mounts.py: mountinfo parsing, mount lookup, busy retries, root attributes."""
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -247,3 +249,23 @@ def test_an_aux_mount_that_no_longer_answers_has_its_fuse_connection_aborted(fak
     assert [argv[-1] for argv, _env in module.calls if argv[0] == "timeout"] == [dead, alive]
     assert mounts.release_dead_aux_mounts(mounts.CommandRunner(fake_module([], check_mode=True)),
                                           directory=str(run), mountinfo=table) == []
+
+
+def test_glusterfs_clients_of_a_mount_point_are_found_by_their_last_word(tmp_path):
+    def process(pid, *argv):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    process(101, "/usr/sbin/glusterfs", "--process-name", "fuse", "--volfile-id=/bbjob-7", "/mnt/bb/bbjob-7")
+    process(102, "/usr/sbin/glusterfs", "--volfile-id=/bbjob-70", "/mnt/bb/bbjob-70")  # another mount point
+    process(103, "/usr/bin/stat", "/mnt/bb/bbjob-7")  # not a client
+    (tmp_path / "self").mkdir()  # not a pid
+    (tmp_path / "104").mkdir()  # ended meanwhile: no cmdline
+    assert mounts.glusterfs_clients_of("/mnt/bb/bbjob-7", proc=str(tmp_path)) == [101]
+
+
+def test_end_processes_terminates_those_alive_and_skips_those_gone():
+    alive = subprocess.Popen(["sleep", "60"])
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    mounts.end_processes([gone.pid, alive.pid])  # the ended one raises nothing
+    assert alive.wait(timeout=10) == -signal.SIGTERM

@@ -324,3 +324,50 @@ def test_a_new_mount_that_never_answers_is_released_and_retried_then_refused(fak
                        params(answer_timeout=30.0, retries=1, delay=0.001), state(),
                        sleep=lambda _s: None)
     assert len(table) == 1  # the second mount answered and stays
+
+
+def test_a_glusterfs_mount_is_given_twice_the_answer_timeout_and_others_no_deadline():
+    assert bm.mount_deadline(params(answer_timeout=30.0)) == 60.0
+    assert bm.mount_deadline(params(fstype="lustre", answer_timeout=30.0)) is None
+
+
+def test_a_mount_killed_at_its_deadline_is_released_and_mounted_again(fake_module, monkeypatch):
+    """A client whose only brick refused its handshake never answers mount.glusterfs's own stat
+    (seen on the test bed with the privileged ports taken, 2026-12-07): mount never ends."""
+    table = []
+    monkeypatch.setattr(bm, "read_mountinfo", lambda: list(table))
+    monkeypatch.setattr(bm, "read_state", lambda path, look_inside=True: state(table[-1] if table else None))
+    released = []
+    monkeypatch.setattr(bm, "release_dead_fuse",
+                        lambda runner, entry: released.append(entry.minor) or table.clear())
+    module = fake_module([KILLED, (0, "", ""), ANSWERED])
+    real = module.run_command
+
+    def run_command(argv, **kwargs):
+        if "mount" in argv[:4]:
+            table.append(mounted(SRC, "fuse.glusterfs"))  # the kernel shows the mount, hung or not
+        return real(argv, **kwargs)
+    module.run_command = run_command
+    runner = bm.buffer_runner(module, 1, 0.001, mount_deadline=60.0)
+    bm.mount_answering(runner, params(answer_timeout=30.0, retries=1, delay=0.001), state(), sleep=lambda _s: None)
+    deadline_mount = ["timeout", "--signal=KILL", "60", "mount", "-t", "glusterfs", SRC, PATH]
+    assert [call[0] for call in module.calls] == [deadline_mount, deadline_mount, PROBE]
+    assert released == [50] and len(table) == 1  # the first released, the second answered and stays
+
+
+def test_a_mount_killed_every_time_is_refused_naming_the_client_log(fake_module, monkeypatch):
+    monkeypatch.setattr(bm, "read_mountinfo", lambda: [])  # killed before the kernel showed a mount
+    monkeypatch.setattr(bm, "read_state", lambda path, look_inside=True: state())
+    module = fake_module([KILLED, KILLED])
+    with pytest.raises(bm.BufferError, match=r"did not answer a stat within 30 s, 2 times.*client log"):
+        bm.mount_answering(bm.buffer_runner(module, 1, 0.001, mount_deadline=60.0),
+                           params(answer_timeout=30.0, retries=1, delay=0.001), state(), sleep=lambda _s: None)
+    assert len(module.calls) == 2
+
+
+def test_a_failed_mount_that_was_not_killed_fails_as_before(fake_module):
+    module = fake_module([(32, "", "mount: wrong fs type")])
+    with pytest.raises(CommandError, match="wrong fs type"):
+        bm.mount_answering(bm.buffer_runner(module, 0, 0.001, mount_deadline=60.0),
+                           params(answer_timeout=30.0, retries=0, delay=0.001), state(), sleep=lambda _s: None)
+
