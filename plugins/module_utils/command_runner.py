@@ -162,7 +162,7 @@ class CommandRunner:
             attempts += 1
             rc, out, err = self.module.run_command(run_argv, environ_update=C_LOCALE)
             if deadline is not None and rc in TIMED_OUT:
-                err = (err or "") + "killed: no end within %g s" % deadline
+                err = "%skilled: no end within %g s" % (err.rstrip("\n") + "\n" if err else "", deadline)
             done = Completed(list(argv), rc, out, err, attempts)
             if retry is None or not retry.when(rc, out, err):
                 return done

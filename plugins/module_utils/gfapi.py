@@ -165,7 +165,7 @@ class Volume:
         api/src/glfs-mgmt.c stores it after activating the graph, and the bricks can come up
         first): it then has length 0. Taken for a volume without delayed post-ops, that once made
         a stage-in on a dispersed volume write without closing its files; they read back empty
-        (tests/integration/bbctl/test_load.py, about one job in 70 under load). So an empty
+        (tests/integration/bbctl/test_load.py: 2 of 108 jobs, docs/RELIABILITY.md). So an empty
         answer is asked again."""
         deadline = time.monotonic() + (VOLFILE_WAIT if wait is None else wait)
         while True:

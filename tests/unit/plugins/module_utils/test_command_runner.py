@@ -207,3 +207,10 @@ def test_a_command_killed_at_its_deadline_fails_saying_so(fake_module):
     with pytest.raises(CommandError, match=r"mount h:/v /x failed \(rc -9\): killed: no end within 60 s") as failed:
         runner.change(["mount", "h:/v", "/x"])
     assert failed.value.argv == ["mount", "h:/v", "/x"] and runner.commands == []
+
+
+def test_what_a_killed_command_printed_stays_before_the_deadline_note(fake_module):
+    runner = CommandRunner(fake_module([(-9, "", "mount.glusterfs: waiting\n")]), deadlines={"mount": 6})
+    with pytest.raises(CommandError) as failed:
+        runner.change(["mount", "h:/v", "/x"])
+    assert failed.value.err == "mount.glusterfs: waiting\nkilled: no end within 6 s"
