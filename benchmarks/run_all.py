@@ -10,15 +10,16 @@ recorded with its exit code and the run goes on; the runner exits 1 if any faile
 
 - local: neither GlusterFS nor Slurm (lua_inslurmctld, allocation, startup, stage_floor, cache,
   tree_scale); some need root and bbuser, as each says;
-- gluster: layouts and brick_fill build their own GlusterFS cluster (127.1.2.x); every quotad of the
+- gluster: layouts, brick_fill and gfapi_ports build their own GlusterFS cluster (127.1.2.x); every quotad of the
   machine shares one socket, so they run before the test bed is up;
 - testbed: staging and lifecycle on ``bbctl testbed up``'s default shape, then load on a test bed of
   its own shape: the runner brings each shape up, runs its benchmarks and takes it down (also on failure).
 
 How long ``--quick`` takes: the local group 3.7 minutes (2026-12-06, 2 cores at load 8-13; allocation is
 2.5 of them); the other two about 20 minutes more (estimated from docs/BENCHMARKS.md, not yet run: layouts
-and brick_fill about 3 each, two test beds up and down, staging 2.5, lifecycle 1, load about 6). A full run
-takes hours (staging 20 minutes, allocation 10, all eight layouts, tree_scale at 200,000 files, load's 50 jobs).
+and brick_fill about 3 each, gfapi_ports 2.5, two test beds up and down, staging 2.5, lifecycle 1, load about
+6). A full run takes hours (staging 20 minutes, allocation 10, all eight layouts, tree_scale at 200,000
+files, load's 50 jobs).
 
 ``--skip-testbed`` leaves out the last two groups. If a test bed (or the layouts' bed) already exists when
 they would start, they are recorded as failed and nothing of it is touched: the runner takes down only
@@ -91,6 +92,7 @@ REGISTRY = (
     # all eight layouts fill 4-8 GiB twice each (20-30 minutes): quick measures one shipped layout
     Benchmark("layouts", script("layouts"), quick=("--quick", "--only", "disperse 3+1 (shipped)"), group=GLUSTER),
     Benchmark("brick_fill", script("brick_fill"), quick=("--rounds", "1"), group=GLUSTER),
+    Benchmark("gfapi_ports", script("gfapi_ports"), quick=("--writers", "40", "--rounds", "1"), group=GLUSTER),
     # staging writes its section of BENCHMARKS.md unless told not to; the runner's record is the history
     Benchmark("staging", script("staging"), quick=("--quick", "--no-write"), full=("--no-write",), group=TESTBED),
     Benchmark("lifecycle", script("lifecycle"), quick=("--rounds", "2", "--warm-runner"), full=("--warm-runner",),
