@@ -30,6 +30,7 @@ import time
 import brick_fill  # benchmarks/, beside this script
 import layouts
 import results_doc
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi  # found once layouts imported bbctl.collection
 from layouts import Bed, Layout, sh
 
 from bbctl.collection import linux_process
@@ -43,8 +44,6 @@ TIME_WAIT_S = 62  # TCP's 60 s, and a little
 
 def writer(bed: Bed, volume: str, name: str, reset: bool) -> bool:
     """One libgfapi client in a child process: create ``name`` holding DATA, exit (resetting first if asked)."""
-    from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi  # libgfapi: only here
-
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         code = 1
@@ -63,13 +62,13 @@ def writer(bed: Bed, volume: str, name: str, reset: bool) -> bool:
 
 def privileged_time_wait(prefix: str) -> dict[str, int]:
     """Sockets in TIME-WAIT from a local port below 1024 to a peer on ``prefix``.*, by peer:
-    glusterd (24007: the volfile, and the brick port asked before each brick) or a brick."""
+    glusterd (its port: the volfile, and the brick port asked before each brick) or a brick."""
     lines = sh("ss", "-Htan", "state", "time-wait").stdout.splitlines()
     count = {"glusterd": 0, "brick": 0}
     for line in lines:
         local, peer = line.split()[-2:]
         if int(local.rsplit(":", 1)[1]) < 1024 and peer.startswith(prefix + "."):
-            count["glusterd" if peer.endswith(":24007") else "brick"] += 1
+            count["glusterd" if peer.endswith(f":{gfapi.VOLFILE_PORT}") else "brick"] += 1
     return count
 
 
