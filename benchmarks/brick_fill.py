@@ -207,10 +207,7 @@ def without_quota(args: argparse.Namespace) -> None:
 
 def publish(args: argparse.Namespace, lines: list[str], found: dict, section: tuple[str, str, str]) -> None:
     """Print the table, write the figures (--json) and, with --write-doc, the (begin, end, heading) section."""
-    print("\n".join(lines))
-    results_doc.write_figures(args.json, found)
-    if args.write_doc:
-        results_doc.write_section(*section[:2], lines, section[2])
+    results_doc.publish(lines, found, args.json, section if args.write_doc else None)
 
 
 if __name__ == "__main__":

@@ -177,11 +177,8 @@ def main() -> int:
             subprocess.run(["umount", "-l", str(mountpoint)], check=False)
         for path in (pfs_top, buffer_top, mount_top):
             shutil.rmtree(path, ignore_errors=True)
-    table = report(results, args)
-    print("\n".join(table))
-    results_doc.write_figures(args.json, figures(results))
-    if args.write:
-        results_doc.write_section(BEGIN, END, table, "Cache buffers against plain ones")
+    results_doc.publish(report(results, args), figures(results), args.json,
+                        (BEGIN, END, "Cache buffers against plain ones") if args.write else None)
     return 0
 
 

@@ -30,12 +30,15 @@ import time
 import brick_fill  # benchmarks/, beside this script
 import layouts
 import results_doc
-from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi  # found once layouts imported bbctl.collection
+
+# ansible_collections is found once layouts has imported bbctl.collection
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi
 from layouts import Bed, Layout, sh
 
 from bbctl.collection import linux_process
 
 BEGIN, END = "<!-- gfapi-ports:begin -->", "<!-- gfapi-ports:end -->"
+HEADING = "Ports a stage-in through libgfapi leaves taken"
 LAYOUT = Layout("disperse 2+1", 3, 2, ("disperse", "3", "redundancy", "1"))
 GATE = {"server.allow-insecure": "off", "client.bind-insecure": "off"}
 DATA = hashlib.sha256(b"gfapi-ports").digest() * 2048  # 64 KiB
@@ -138,11 +141,8 @@ def main() -> None:
                 time.sleep(TIME_WAIT_S)  # the previous arm's ports drain first
             rows.append(one_arm(bed, index, reset=bool(index % 2), writers=args.writers))
             print(rows[-1], flush=True)
-    lines = render(rows, args.writers, started)
-    print("\n".join(lines))
-    results_doc.write_figures(args.json, figures(rows))
-    if args.write_doc:
-        results_doc.write_section(BEGIN, END, lines, "Ports a stage-in through libgfapi leaves taken")
+    results_doc.publish(render(rows, args.writers, started), figures(rows), args.json,
+                        (BEGIN, END, HEADING) if args.write_doc else None)
 
 
 if __name__ == "__main__":

@@ -34,3 +34,14 @@ def write_figures(path: Path | None, figures: dict[str, float | int | str | None
     if path is not None:
         rounded = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in figures.items()}
         path.write_text(json.dumps(rounded, indent=1, sort_keys=True) + "\n")
+
+
+def publish(lines: list[str], figures: dict[str, float | int | str | None], json_path: Path | None,
+            section: tuple[str, str, str] | None) -> None:
+    """What a benchmark does with its results: print ``lines``, write ``figures`` to ``json_path``
+    (``--json``; see write_figures) and, when ``section`` (begin marker, end marker, heading) is given
+    (``--write-doc``), put ``lines`` into docs/BENCHMARKS.md there (see write_section)."""
+    print("\n".join(lines))
+    write_figures(json_path, figures)
+    if section is not None:
+        write_section(*section[:2], lines, section[2])

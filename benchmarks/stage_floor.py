@@ -128,11 +128,8 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
     if served != len(WHICH) * (args.rounds + 1):
         raise SystemExit(f"the warm runner ran {served} stages, not {len(WHICH) * (args.rounds + 1)}: some fell back")
-    report = render(times, args.rounds, loads)
-    print(report)
-    results_doc.write_figures(args.json, figures(times))
-    if args.write_doc:
-        results_doc.write_section(BEGIN, END, [report], "The floor of one stage, warm or not")
+    results_doc.publish([render(times, args.rounds, loads)], figures(times), args.json,
+                        (BEGIN, END, "The floor of one stage, warm or not") if args.write_doc else None)
     return 0
 
 

@@ -21,7 +21,7 @@ fi
 
 if want lint; then
   step "lint: ruff, yamllint, ansible-lint, shellcheck"
-  ruff check src tests plugins
+  ruff check src tests plugins benchmarks
   yamllint --strict .
   ansible-lint --offline
   shellcheck scripts/*.sh .ci/run

@@ -176,12 +176,27 @@ def test_figures_are_written_rounded_and_only_when_asked(tmp_path):
     assert run_all.read_figures(tmp_path / "absent.json") == {}
 
 
+def test_publish_prints_writes_the_figures_and_the_section_only_when_asked(tmp_path, capsys, monkeypatch):
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\n<!-- b -->\nold\n<!-- e -->\ntail\n")
+    monkeypatch.setattr(results_doc, "BENCHMARKS_MD", doc)
+    monkeypatch.setattr(results_doc.write_section, "__defaults__", (doc,))
+    figures = tmp_path / "figures.json"
+    results_doc.publish(["| a |", "| 1 |"], {"x_s": 1.23456}, figures, None)
+    assert capsys.readouterr().out == "| a |\n| 1 |\n"
+    assert json.loads(figures.read_text()) == {"x_s": 1.235} and "old" in doc.read_text()
+    results_doc.publish(["new"], {}, None, ("<!-- b -->", "<!-- e -->", "Heading"))
+    assert doc.read_text() == "# Benchmarks\n\n<!-- b -->\nnew\n<!-- e -->\ntail\n"
+
+
 def test_every_registered_benchmark_exists_and_writes_figures():
     names = {bench.name for bench in run_all.REGISTRY}
     for bench in run_all.REGISTRY:
         source = Path(bench.command[-1])
         assert source.name == f"{bench.name}.py" and source.exists()
-        assert "add_json_option(parser)" in source.read_text() and "write_figures(" in source.read_text()
+        text = source.read_text()
+        assert "add_json_option(parser)" in text
+        assert "write_figures(" in text or "results_doc.publish(" in text
     assert {column.benchmark for column in run_all.COLUMNS} <= names
 
 
