@@ -74,6 +74,7 @@ def throughput(jobs: int, max_granules: int, timeout: float, plugin: str = "lua"
         "most_buffers": watcher.most_buffers, "short_at_setup": len(run.short_at_setup()),
         "ping_failures": sum(not up for _, up in watcher.pings), "ping_max": max(pings, default=0.0),
         "unexplained_volumes": load.gluster_matches_store(),
+        "most_ports": watcher.most_ports,
     }
 
 
@@ -145,13 +146,14 @@ def _cancel(jobs: list[int]) -> None:
 
 def figures(result: dict, queued: dict | None) -> dict[str, float]:
     """{jobs, total_s, jobs_per_min, submit_to_running_median_s, submit_to_running_p95_s, completed, checked_ok,
-    overlaps, held_or_failed}, with the queue phase also {submit_buffer_median_us, submit_buffer_p99_us,
-    submit_plain_median_us, submit_plain_p99_us} (slurmctld's usec= of each submit RPC)."""
+    overlaps, held_or_failed, most_ports_below_1024}, with the queue phase also {submit_buffer_median_us,
+    submit_buffer_p99_us, submit_plain_median_us, submit_plain_p99_us} (slurmctld's usec= of each submit RPC)."""
     s2r = result["submit_to_running"]
     found = {"jobs": result["jobs"], "total_s": result["seconds"], "jobs_per_min": result["per_minute"],
              "submit_to_running_median_s": s2r.get("median"), "submit_to_running_p95_s": s2r.get("p95"),
              "completed": result["completed"], "checked_ok": result["checked_ok"],
-             "overlaps": len(result["overlaps"]), "held_or_failed": len(result["strange"])}
+             "overlaps": len(result["overlaps"]), "held_or_failed": len(result["strange"]),
+             "most_ports_below_1024": result["most_ports"][0]}
     if queued:
         for name, key in (("buffer", "with_buffer"), ("plain", "plain")):
             found |= {f"submit_{name}_median_us": queued[key].get("median"),
@@ -165,13 +167,14 @@ def report(result: dict, queued: dict | None) -> list[str]:
         f"{datetime.now():%Y-%m-%d %H:%M} UTC, {platform.node()}, Debian 12, {_cpus()} cores, load average "
         f"{_load()} at the end (other work shared the machine).", "",
         "| jobs | total s | jobs/min | submit-to-running median / p95 / max s | completed / data checked | "
-        "setup short of bricks | most buffers at once | overlaps | held or failed | ping failures / max s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "setup short of bricks | most buffers at once | overlaps | held or failed | ping failures / max s | "
+        "ports < 1024 at most (towards glusterd) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         f"| {result['jobs']} | {result['seconds']:.0f} | {result['per_minute']:.1f} | "
         f"{s2r.get('median', 0):.0f} / {s2r.get('p95', 0):.0f} / {s2r.get('max', 0):.0f} | "
         f"{result['completed']} / {result['checked_ok']} | {result['short_at_setup']} | {result['most_buffers']} | "
         f"{len(result['overlaps'])} | {len(result['strange'])} | {result['ping_failures']} / "
-        f"{result['ping_max']:.2f} |",
+        f"{result['ping_max']:.2f} | {result['most_ports'][0]} ({result['most_ports'][1]}) |",
     ]
     if queued:
         bb, plain = queued["with_buffer"], queued["plain"]

@@ -106,8 +106,31 @@ def overlaps(buffers: Iterable) -> list[str]:
     return sorted(brick for brick, count in held.items() if count > 1)
 
 
+GLUSTERD_PORT = 24007
+LISTEN = "0A"  # the st column of /proc/net/tcp (include/net/tcp_states.h)
+
+
+def privileged_ports(tables: Iterable[str] = ("/proc/net/tcp", "/proc/net/tcp6")) -> tuple[int, int]:
+    """(TCP connections on this host whose local port is below 1024, of them towards glusterd's port),
+    TIME-WAIT included, listeners not. Every client of a buffer behind the privileged-port gate binds one
+    (docs/RELIABILITY.md, "The privileged-port budget"); the host has 1,023."""
+    taken = to_glusterd = 0
+    for table in tables:
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            _slot, local, remote, state, *_ = line.split()
+            if state != LISTEN and int(local.rsplit(":", 1)[1], 16) < 1024:
+                taken += 1
+                to_glusterd += int(remote.rsplit(":", 1)[1], 16) == GLUSTERD_PORT
+    return taken, to_glusterd
+
+
 class Watcher(threading.Thread):
-    """Samples jobs, the state store and ``scontrol ping`` every ``interval`` seconds until ``stop()``."""
+    """Samples jobs, the state store, ``scontrol ping`` and the host's ports below 1024 every ``interval``
+    seconds until ``stop()``."""
 
     def __init__(self, jobs: dict[int, JobSeen], interval: float = 1.0) -> None:
         super().__init__(daemon=True, name="load-watcher")
@@ -116,6 +139,7 @@ class Watcher(threading.Thread):
         self.overlaps: list[tuple[float, list[str]]] = []
         self.most_buffers = 0
         self.pings: list[tuple[float, bool]] = []  # (seconds the ping took, whether slurmctld answered UP)
+        self.most_ports = (0, 0)  # privileged_ports() at its highest sample
         self._halt = threading.Event()
         self.failure: BaseException | None = None
 
@@ -140,6 +164,7 @@ class Watcher(threading.Thread):
         self.most_buffers = max(self.most_buffers, len(buffers))
         if clash := overlaps(buffers):
             self.overlaps.append((time.time(), clash))
+        self.most_ports = max(self.most_ports, privileged_ports())
 
     def _ping(self) -> None:
         began = time.monotonic()

@@ -71,8 +71,9 @@ def test_lifecycle_report_rows_follow_the_series():
 
 def test_load_figures_with_and_without_the_queue_phase():
     result = {"jobs": 10, "seconds": 300.0, "per_minute": 2.0, "submit_to_running": {"median": 40.0, "p95": 90.0},
-              "completed": 10, "checked_ok": 9, "overlaps": [], "strange": ["job 3 held"]}
+              "completed": 10, "checked_ok": 9, "overlaps": [], "strange": ["job 3 held"], "most_ports": (856, 430)}
     assert load.figures(result, None)["held_or_failed"] == 1
+    assert load.figures(result, None)["most_ports_below_1024"] == 856
     queued = {"with_buffer": {"median": 1206, "p99": 1414}, "plain": {}}
     found = load.figures(result, queued)
     assert found["submit_buffer_p99_us"] == 1414 and found["submit_plain_median_us"] is None
@@ -113,3 +114,15 @@ def test_local_benchmarks_figures():
                                                      "cp -a": [{"seconds": 1.0}], "rsync -aH": [{"seconds": 4.0}]}}
     assert tree_scale.figures([case]) == {"f10000_bb_stage_s": 2.0, "f10000_cp_a_ratio": 0.5,
                                           "f10000_rsync_ratio": 2.0, "f10000_peak_rss_mib": 2.0}
+
+
+def test_privileged_ports_counts_connections_from_ports_below_1024_but_no_listener(tmp_path):
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    rows = ["0: 0100007F:5DC7 00000000:0000 0A 0 0 0 0 0 0",   # glusterd listening on 24007
+            "1: 0100007F:03FF 0100007F:5DC7 06 0 0 0 0 0 0",   # 1023 -> 24007, TIME-WAIT
+            "2: 0100007F:03FE 0201007F:C001 01 0 0 0 0 0 0",   # 1022 -> a brick's 49153, established
+            "3: 0100007F:0016 00000000:0000 0A 0 0 0 0 0 0",   # a listener below 1024 (sshd)
+            "4: 0100007F:C350 0100007F:5DC7 01 0 0 0 0 0 0"]   # 50000 -> 24007: not privileged
+    tcp = tmp_path / "tcp"
+    tcp.write_text(header + "\n".join(rows) + "\n")
+    assert load.load.privileged_ports([str(tcp), str(tmp_path / "absent")]) == (2, 1)
