@@ -181,11 +181,15 @@ def mounted_volume(target: str) -> str:
     return name.removesuffix(PRIVATE_SUFFIX)
 
 
-def repair(life: Any, drifts: list[Drift]) -> list[dict[str, Any]]:
+def repair(life: Any, drifts: list[Drift], unanswered: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Fix each drift with the teardown playbook; [{volume, kind, repaired, error}] in drift order.
 
     A record whose volume is missing is torn down as gc would (its bricks released); the
-    pieces of a volume no record holds are removed by one buffer_destroy.yml run per volume."""
+    pieces of a volume no record holds are removed by one buffer_destroy.yml run per volume.
+    A repair that would touch a host in ``unanswered`` (host -> why; the survey's) is not tried:
+    its teardown could only fail there, or time out, and leave a half-removed buffer; it is
+    reported, to be repaired by a later run once the host answers."""
+    unanswered = unanswered or {}
     outcomes = []
     pieces: dict[str, list[Drift]] = defaultdict(list)
     aux = [drift for drift in drifts if drift.kind == STRAY_AUX_MOUNT]
@@ -195,16 +199,26 @@ def repair(life: Any, drifts: list[Drift]) -> list[dict[str, Any]]:
         if drift.kind == STRAY_AUX_MOUNT:
             continue
         if drift.kind == VOLUME_MISSING and drift.key is not None:
-            outcomes.append(_outcome(drift, lambda d=drift: life.destroy(d.key, stage="reconcile")))
+            outcomes.append(_outcome(drift, lambda d=drift: life.destroy(d.key, stage="reconcile"), unanswered))
         else:
             pieces[drift.volume].append(drift)
     for name, found in pieces.items():
-        outcomes += _outcomes(found, _error_of(lambda n=name, f=found: destroy_pieces(life, n, f)))
+        silent = _silent_hosts(found, unanswered)
+        outcomes += _outcomes(found, silent or _error_of(lambda n=name, f=found: destroy_pieces(life, n, f)))
     return outcomes
 
 
-def _outcome(drift: Drift, action: Any) -> dict[str, Any]:
-    return _outcomes([drift], _error_of(action))[0]
+def _silent_hosts(drifts: Iterable[Drift], unanswered: Mapping[str, str]) -> str | None:
+    """Why drifts with a piece on a host that did not answer the survey are not repaired now, or None."""
+    hosts = sorted({piece.split(":", 1)[0] for drift in drifts for piece in drift.where} & set(unanswered))
+    if not hosts:
+        return None
+    return (f"not tried: {', '.join(hosts)} did not answer the survey ({'; '.join(unanswered[h] for h in hosts)});"
+            " run `bbctl reconcile --repair` again once it answers")
+
+
+def _outcome(drift: Drift, action: Any, unanswered: Mapping[str, str]) -> dict[str, Any]:
+    return _outcomes([drift], _silent_hosts([drift], unanswered) or _error_of(action))[0]
 
 
 def _outcomes(drifts: list[Drift], error: str | None) -> list[dict[str, Any]]:
@@ -276,7 +290,7 @@ def reconcile(life: Any, *, repair_drift: bool, older_than: float, count_silence
     report: dict[str, Any] = {"drift": [d.to_dict() for d in drifts], "unanswered": dict(reality.unanswered),
                               "repaired": []}
     if repair_drift and drifts:
-        report["repaired"] = repair(life, drifts)
+        report["repaired"] = repair(life, drifts, reality.unanswered)
         life.refresh_pools()
     return report
 

@@ -25,9 +25,6 @@ from pathlib import Path
 import pytest
 
 from bbctl import host
-from bbctl.errors import BBError
-from bbctl.testbed import storage
-from bbctl.testbed.config import TestbedConfig
 from tests.conftest import TESTBED_ROOT
 from tests.integration.bbctl.slurmjobs import (
     BBCTL,
@@ -45,6 +42,7 @@ from tests.integration.bbctl.slurmjobs import (
     wait_torn_down,
     write_job,
 )
+from tests.integration.bbctl.storage_servers import glusterd_pid, node, restart_glusterd
 
 pytestmark = [pytest.mark.testbed, pytest.mark.usefixtures("lua_slurm", "servers_given_back")]
 
@@ -136,40 +134,6 @@ def tree(root: Path, files: int, size: int) -> dict[str, str]:
 
 def sums_of(root: Path) -> dict[str, str]:
     return {p.name: sums_of_one(p) for p in root.iterdir()}
-
-
-def config() -> TestbedConfig:
-    return TestbedConfig.load(TESTBED_ROOT)
-
-
-def node(index: int):
-    return config().nodes[index - 1]
-
-
-def glusterd_pid(index: int) -> int:
-    pid = host.read_pid(node(index).pid_file)
-    assert pid, f"glusterd of node {index} is not running"
-    return pid
-
-
-def restart_glusterd(index: int, timeout: float = 60) -> None:
-    """Start glusterd of server ``index`` again and wait until every server sees every peer connected:
-    ensure_peers asks server 1 only, and a volume deleted before server 3 itself saw its peers again
-    was deleted on the others only (seen: server 3 kept bbjob-3 for good, and every teardown waited)."""
-    storage.start_glusterd(node(index))
-    storage.ensure_peers(config().nodes)
-    deadline = time.monotonic() + timeout
-    while not all_connected() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert all_connected(), {n.name: storage.peers(n) for n in config().nodes}
-    time.sleep(3)  # the handshake that follows "connected" syncs the volumes
-
-
-def all_connected() -> bool:
-    try:
-        return all(all(storage.peers(n).values()) for n in config().nodes)
-    except (BBError, ET.ParseError):  # a glusterd still starting answers with an error
-        return False
 
 
 def stage_pid(job: int, stage: str, timeout: float = 180) -> int:

@@ -14,6 +14,8 @@ machine holds nothing of them.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -27,6 +29,7 @@ from bbctl.reconcile import EXIT_DRIFT
 from bbctl.state import BufferSpec, BufferState
 from tests.conftest import TESTBED_ROOT
 from tests.integration.bbctl.slurmjobs import BBCTL_CONFIG, GLUSTERD_SOCKET, bbctl, leftovers, volumes
+from tests.integration.bbctl.storage_servers import glusterd_pid, restart_glusterd
 
 pytestmark = pytest.mark.testbed
 GIB = 1024**3
@@ -130,3 +133,47 @@ def test_drift_is_reported_then_repaired(life, testbed):
     for name in (sitecfg.volume_name(deleted), orphan, stray, sitecfg.volume_name(never)):
         assert not leftovers(name), leftovers(name)
     assert not mount.exists() and not aux.exists()
+
+
+def test_repair_with_a_storage_server_down_leaves_its_pieces_and_finishes_once_it_is_back(life, testbed):
+    """Server 3's glusterd killed: the survey names it unanswered; --repair removes what lies on the
+    servers that answered (brick directories of a deleted volume on 1 and 2) and does not try a volume
+    with a brick on server 3 (its delete could only fail: "Some of the peers are down"), saying why;
+    a second --repair once server 3 is back removes the rest, including server 3's own stray brick
+    directory, which the first survey could not see."""
+    tag = uuid.uuid4().hex[:6]
+    stray, orphan, hidden = f"bbp-rcup{tag}", f"bbp-rcorph{tag}", f"bbp-rchid{tag}"
+    assert reconcile()["drift"] == [], "the test bed had drift before the test"
+    free_before = free_bricks()
+    try:
+        gluster("volume", "create", stray, brick(1, 2, stray), brick(2, 2, stray), "force")
+        gluster("volume", "delete", stray)
+        gluster("volume", "create", hidden, brick(3, 2, hidden), "force")
+        gluster("volume", "delete", hidden)
+        gluster("volume", "create", orphan, brick(2, 3, orphan), brick(3, 3, orphan), "force")
+        os.kill(glusterd_pid(3), signal.SIGKILL)
+        try:
+            first = reconcile("--repair", exit_code=EXIT_DRIFT)
+            assert set(first["unanswered"]) == {"bbnode3"}, first["unanswered"]
+            outcomes = {(r["kind"], r["volume"]): r for r in first["repaired"]}
+            assert set(outcomes) == {("stray_brick_dir", stray), ("orphan_volume", orphan)}, first
+            assert outcomes["stray_brick_dir", stray]["repaired"], outcomes
+            left = outcomes["orphan_volume", orphan]
+            assert not left["repaired"] and left["error"].startswith("not tried: bbnode3 did not answer"), left
+            assert not leftovers(stray) and orphan in volumes()
+            assert (TESTBED_ROOT / "node3" / "bricks" / "nvme2" / hidden).is_dir()  # not seen, not touched
+        finally:
+            restart_glusterd(3)
+        second = reconcile("--repair")
+        assert {(r["kind"], r["volume"], r["repaired"]) for r in second["repaired"]} == {
+            ("orphan_volume", orphan, True), ("stray_brick_dir", hidden, True)}, second
+    finally:
+        assert bbctl("servers", "--resume", "bbnode3").returncode == 0  # the survey counted its silence
+        subprocess.run(["gluster", "--mode=script", f"--glusterd-sock={GLUSTERD_SOCKET}", "volume", "delete",
+                        orphan], capture_output=True, check=False)
+        for path in TESTBED_ROOT.glob(f"node*/bricks/*/bbp-rc*{tag}"):
+            subprocess.run(["rm", "-rf", str(path)], check=False)
+    assert reconcile()["drift"] == []
+    assert free_bricks() == free_before
+    for name in (stray, orphan, hidden):
+        assert not leftovers(name), leftovers(name)

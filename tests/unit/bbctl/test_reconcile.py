@@ -130,6 +130,30 @@ def test_repair_unmounts_aux_mounts_in_one_run_over_their_servers(monkeypatch):
         (STRAY_AUX_MOUNT, "bbjob-61", True), (STRAY_AUX_MOUNT, "bbjob-69", True), (STRAY_MOUNT, "bbjob-5", True)]
 
 
+def test_repair_leaves_what_lies_on_a_server_that_did_not_answer_and_says_so(monkeypatch):
+    destroyed, pieces = [], []
+
+    class Life:
+        def destroy(self, key, stage):
+            destroyed.append(key)
+
+    monkeypatch.setattr(reconcile, "destroy_pieces", lambda life, name, drifts: pieces.append(name))
+    down = {"s3": "s3: glusterd is not running"}
+    drifts = compare([record("7", servers=("s1", "s3")), record("8", servers=("s1", "s2"))], reality(answered=("s1",)))
+    drifts += compare([], reality({"bbp-old": [("s2", ROOT), ("s3", ROOT)]}, answered=("s1", "s2")))
+    drifts += compare([], reality(brick_dirs=[("s1", ROOT, "bbp-gone")], answered=("s1",)))
+    assert kinds(drifts) == [(VOLUME_MISSING, "bbjob-7"), (VOLUME_MISSING, "bbjob-8"), (ORPHAN_VOLUME, "bbp-old"),
+                             (STRAY_BRICK_DIR, "bbp-gone")]
+    outcomes = reconcile.repair(Life(), drifts, down)
+    assert destroyed == ["8"] and pieces == ["bbp-gone"]  # nothing that touches s3 was tried
+    assert [(o["volume"], o["repaired"]) for o in outcomes] == [
+        ("bbjob-7", False), ("bbjob-8", True), ("bbp-old", False), ("bbp-gone", True)]
+    for left in (outcomes[0], outcomes[2]):
+        assert left["error"].startswith("not tried: s3 did not answer the survey (s3: glusterd is not running)")
+        assert "bbctl reconcile --repair" in left["error"]
+    assert reconcile.exit_code({"drift": drifts, "repaired": outcomes}) == reconcile.EXIT_DRIFT
+
+
 def test_reality_of_maps_addresses_to_servers_and_drops_hosts_that_failed():
     results = [
         ("s1", {"volumes": [{"name": "bbjob-7", "bricks": [{"host": "s1-ib", "path": f"{ROOT}/bbjob-7"},
