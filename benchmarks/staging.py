@@ -9,6 +9,11 @@ through ``setpriv``, bb_stage through ``copy_engine.stage_as_user`` (its forked 
 to uid 1001 before it opens a file). Runs alternate between tools (the order rotates every
 round) so that load from other users of the machine falls on all of them alike; sources are
 read once beforehand (warm page cache for all) and ``sync`` runs before every timed copy.
+A stage-out's time ends when its copy is on the XFS's disk (``sync -f`` of the destination
+within the timing: a stage-out is done when the data is safe on the parallel filesystem), and
+it starts with the buffer's files out of the stage host's page cache (``posix_fadvise``
+DONTNEED through the mount; the bricks keep theirs, as NVMe would serve them): otherwise a
+tool reads what the previous one left in memory.
 
 Cases: (a) 4 x 256 MiB files, (b) 10,000 x 4 KiB files in 40 directories, (c) a mixed tree,
 each staged in; (d), (e), (f): (b), (c) and (a) staged back out of the buffer onto an XFS file
@@ -334,12 +339,29 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def evict(tree: Path) -> None:
+    """Drop the pages of every file under tree from this host's page cache (for a tree in the FUSE
+    mount: the stage host's cache only; the bricks' stay)."""
+    for dirpath, _dirnames, filenames in os.walk(tree):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def timed(vol: Volume, copy: Callable[[Path, Path], None], source: Path, destination: Path,
-          timing: Timing) -> float:
+          timing: Timing, outward: bool = False) -> float:
+    """Seconds of one copy; ``outward``: from a cold stage-host cache until it is on the destination's disk."""
     sh("sync")
+    if outward and source.is_relative_to(vol.mount):
+        evict(source)
     pids = vol.pids()
     cpu_before, start = cpu_seconds(pids), time.perf_counter()
     copy(source, destination)
+    if outward:
+        sh("sync", "-f", destination)
     elapsed = time.perf_counter() - start
     timing.seconds.append(elapsed)
     timing.cpu.append(cpu_seconds(pids) - cpu_before)
@@ -371,7 +393,7 @@ class Bench:
                 if not inward:
                     destination.parent.mkdir(exist_ok=True)
                     os.chown(destination.parent, *pwd_ids())
-                elapsed = timed(self.vol, tools[name], source, destination, timings[name])
+                elapsed = timed(self.vol, tools[name], source, destination, timings[name], outward=not inward)
                 log(f"  {label}: {name} {elapsed:.2f} s")
                 if not keep:
                     shutil.rmtree(destination)
@@ -485,6 +507,7 @@ SMALL_OUT, MIXED_OUT, LARGE_OUT = "(d) (b) staged out to XFS", "(e) (c) staged o
 def run(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
     """The report's lines and the headline figures (figures())."""
     rounds = 2 if args.quick else 5
+    cases = set(args.cases or ("abcd" if args.quick else "abcdef"))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="stg-bench-", dir="/var/tmp") as tmp:
@@ -502,20 +525,23 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
                      "cp -r": cp, "rsync -a": rsync}
             results: dict[str, dict[str, Timing]] = {}
             dd_rates: dict[str, float] = {}
-            log("(a) large files")
-            results[LARGE_IN] = bench.compare("(a)", sources["large"], {**tools, DD: dd}, rounds)
-            dd_rates[LARGE_IN] = 256 * MiB / median(results[LARGE_IN].pop(DD).seconds) / 1e6
-            log("(b) small files")
-            results[SMALL_IN] = bench.compare(
-                "(b)", sources["small"], tools, rounds, keep=True, only_first={"rsync -a": 1 if args.quick else 3})
-            log("(c) mixed tree")
-            results[MIXED_IN] = bench.compare("(c)", sources["mixed"], tools, rounds,
-                                              only_first={"rsync -a": 1 if args.quick else 3})
+            if "a" in cases:
+                log("(a) large files")
+                results[LARGE_IN] = bench.compare("(a)", sources["large"], {**tools, DD: dd}, rounds)
+                dd_rates[LARGE_IN] = 256 * MiB / median(results[LARGE_IN].pop(DD).seconds) / 1e6
+            if "b" in cases:
+                log("(b) small files")
+                results[SMALL_IN] = bench.compare("(b)", sources["small"], tools, rounds, keep=True,
+                                                  only_first={"rsync -a": 1 if args.quick else 3})
+            if "c" in cases:
+                log("(c) mixed tree")
+                results[MIXED_IN] = bench.compare("(c)", sources["mixed"], tools, rounds,
+                                                  only_first={"rsync -a": 1 if args.quick else 3})
             # Stage-out reads through the mount: libgfapi reads were slower (docs/BENCHMARKS.md).
             out_tools = {"bb_stage": bb_stage(vol.mount, "out"), "cp -r": cp, "rsync -a": rsync}
             out_rounds = 2 if args.quick else 3
             for case, kind, letter in ((SMALL_OUT, "small", "d"), (MIXED_OUT, "mixed", "e"), (LARGE_OUT, "large", "f")):
-                if args.quick and letter != "d":
+                if letter not in cases:
                     continue
                 log(f"({letter}) {kind} staged out")
                 staged = vol.mount / f"staged-{kind}"
@@ -527,18 +553,20 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
             limits = physical_limits(bench, sources, results, out_rounds)
             study: dict[str, dict[str, Timing]] = {}
             by_workers: dict[str, dict[int, Timing]] = {}
-            if not args.quick:
+            if not args.quick and not args.cases:
                 study = run_study(bench, vol, sources["small"], 4)
                 vol.set_options(recommended(args.layout))
                 by_workers = run_workers(bench, vol, sources, 3)
-    references = f"dd of one 256 MiB file (bs=1M) into the mount: **{dd_rates[LARGE_IN]:.0f} MB/s**"
-    if LARGE_OUT in dd_rates:
-        references += f", out of it onto the XFS: **{dd_rates[LARGE_OUT]:.0f} MB/s**"
+    references = ", ".join(
+        f"dd of one 256 MiB file (bs=1M) {where}: **{dd_rates[case]:.0f} MB/s**"
+        for case, where in ((LARGE_IN, "into the mount"), (LARGE_OUT, "out of it onto the XFS, synced"))
+        if case in dd_rates) or "no dd reference (cases (a) and (f) not run)"
     lines = [f"{started}; {machine()}.",
              f"Load average (1/5/15 min) {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f} at the "
              f"start, {os.getloadavg()[0]:.1f} at the end (the machine is shared). "
              f"{'Quick run' if args.quick else 'Full run'}: `.venv/bin/python benchmarks/staging.py"
-             f"{' --quick' if args.quick else ''}{' --layout disperse' if args.layout == 'disperse' else ''}`; "
+             f"{' --quick' if args.quick else ''}{' --layout disperse' if args.layout == 'disperse' else ''}"
+             f"{' --cases ' + ' '.join(args.cases) if args.cases else ''}`; "
              f"volume: {args.layout} over 3 bricks; stage-out onto XFS on a loop device; bb_stage with "
              f"{copy_engine.DEFAULT_WORKERS} workers, 64 MiB chunks; volume options "
              f"{', '.join(f'`{k} {v}`' for k, v in recommended(args.layout).items())}; {references}.",
@@ -608,6 +636,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="2 rounds, cases (a)-(d) only, no option or worker study (about 4 minutes)")
     parser.add_argument("--no-write", action="store_true", help="print the results, leave docs/BENCHMARKS.md")
+    parser.add_argument("--cases", nargs="+", choices=list("abcdef"), metavar="LETTER",
+                        help="only these cases (a-f; no option or worker study; docs/BENCHMARKS.md not "
+                             "written), e.g. --cases d e f")
     parser.add_argument("--layout", choices=sorted(LAYOUT_WORDS), default="distribute",
                         help="the volume: plain distribute (default) or disperse 2+1 with quota, as a striped "
                              "buffer of two granules (bbctl.layouts)")
@@ -620,7 +651,9 @@ def main() -> None:
     lines, found = run(args)
     print("\n".join(lines))
     results_doc.write_figures(args.json, found)
-    if not args.no_write:
+    if args.cases:
+        log("--cases: docs/BENCHMARKS.md left as it is (its table holds every case)")
+    elif not args.no_write:
         write_section(lines, args.layout)
         log(f"written to {BENCHMARKS_MD.relative_to(REPO)}")
 
