@@ -24,11 +24,13 @@ CACHE = "cache"  # state meta: the directory a cache buffer caches (jobdw type=c
 
 def buffer_vars(buffer: Buffer, extra: dict[str, Any]) -> dict[str, Any]:
     """``bb_buffer``: the volume, its owner and bricks, whether its capacity needs quota (``quota``,
-    layouts.Layout.quota), and the paths of this run (``extra``)."""
+    layouts.Layout.quota), a Lustre buffer's ``fsname`` (site.lustre_fsname), and the paths of this
+    run (``extra``)."""
+    lustre = {"fsname": sitecfg.lustre_fsname(buffer.key)} if buffer.fs == "lustre" else {}
     return {"name": sitecfg.volume_name(buffer.key), "fs": buffer.fs, "capacity": str(buffer.capacity),
             "owner": buffer.owner_uid, "group": buffer.owner_gid,
             "bricks": [{"host": b.server, "path": b.path, "device": b.device} for b in buffer.bricks],
-            "layout": volume_layout(buffer), "quota": layouts.of(buffer).quota, **extra}
+            "layout": volume_layout(buffer), "quota": layouts.of(buffer).quota, **lustre, **extra}
 
 
 def volume_layout(buffer: Buffer) -> dict[str, Any]:

@@ -481,6 +481,24 @@ def volume_name(key: str) -> str:
     return f"{PERSISTENT_VOLUME_PREFIX}{safe}-{name_hash(key):08x}"
 
 
+def lustre_fsname(key: str) -> str:
+    """The Lustre fsname of a buffer key: unique per key, 8 characters at most (mkfs.lustre's limit).
+
+    A job's is ``j`` and its id in base 36 (``4711`` -> ``j3mv``; the largest id, ten digits, takes
+    seven); a persistent buffer's is ``p`` and its name's hash (name_hash) in base 36, which two names
+    share with a chance of one in about 4e9. The volume name cut to 8 characters, the role's default
+    for hand runs, is not unique: ``bbjob-4711`` and ``bbjob-4799`` both give ``bbjob-47``, and two
+    buffers' targets on one server would then share a mount point.
+    """
+    number, kind = (int(key), "j") if is_job_key(key) else (name_hash(key), "p")
+    digits = ""
+    while True:
+        number, digit = divmod(number, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+        if not number:
+            return kind + digits
+
+
 def name_hash(name: str) -> int:
     """A polynomial hash of the name's UTF-8 bytes modulo a prime below 2**32 (Lua 5.1 has no bit operations)."""
     value = 0

@@ -26,17 +26,23 @@ def accepted(role: str) -> set[str]:
     return set(specs["argument_specs"]["main"]["options"]["bb_buffer"]["options"])
 
 
-def buffer(**meta) -> Buffer:
+def buffer(fs: str = "gluster", **meta) -> Buffer:
     bricks = tuple(Brick(pool="nvme", server=f"bbnode{n}", address=f"127.1.1.{n}", path=f"/bricks/n{n}/nvme1",
                          device=f"/dev/loop{n}") for n in (1, 2, 3))
-    return Buffer(key="42", owner_uid=1001, owner_gid=1001, pool="nvme", capacity=8 * 1024**3, fs="gluster",
+    return Buffer(key="42", owner_uid=1001, owner_gid=1001, pool="nvme", capacity=8 * 1024**3, fs=fs,
                   state=BufferState.CREATED, bricks=bricks, created_at=0.0, updated_at=0.0,
                   meta={"layout": {"data_bricks": 2, "sets": 1, "redundancy": 1}, **meta})
 
 
+@pytest.mark.parametrize("fs", ["gluster", "lustre"])
 @pytest.mark.parametrize("role", ROLES)
-def test_every_key_of_a_buffer_is_one_each_role_accepts(role: str):
-    assert set(playbook_vars.buffer_vars(buffer(), {})) - accepted(role) == set()
+def test_every_key_of_a_buffer_is_one_each_role_accepts(role: str, fs: str):
+    assert set(playbook_vars.buffer_vars(buffer(fs), {})) - accepted(role) == set()
+
+
+def test_a_lustre_buffer_gets_its_unique_fsname_a_gluster_one_none():
+    assert playbook_vars.buffer_vars(buffer("lustre"), {})["fsname"] == "j16"  # job 42 in base 36
+    assert "fsname" not in playbook_vars.buffer_vars(buffer(), {})
 
 
 @pytest.mark.parametrize("meta", [{}, {playbook_vars.PRIVATE: True, playbook_vars.SWAP: "1GiB"},

@@ -56,3 +56,26 @@ def test_every_name_the_grammar_accepts_gets_a_distinct_valid_short_volume():
 def test_the_hash_is_the_documented_polynomial():
     assert site.name_hash("") == 0
     assert site.name_hash("a.") == (97 * 131 + 46) % site.NAME_HASH_MODULUS
+
+
+# The lustre_target module's own rule for fsnames (1-8 of A-Z a-z 0-9 _ -).
+lustre = importlib.import_module("ansible_collections.hpc.burstbuffer.plugins.module_utils.lustre")
+
+
+@pytest.mark.parametrize("key, fsname", [("4711", "j3mv"), ("0", "j0"), ("9999999999", "j4ldqpdr"),
+                                         ("results", None), ("test35.1", None)])
+def test_lustre_fsnames_are_valid_and_name_jobs_by_their_id(key, fsname):
+    made = site.lustre_fsname(key)
+    assert lustre.validate_fsname(made) == made and len(made) <= 8
+    if fsname is not None:
+        assert made == fsname
+    assert int(made[1:], 36) == (int(key) if key.isdigit() else site.name_hash(key))
+
+
+def test_jobs_that_share_a_volume_names_first_8_characters_get_distinct_fsnames():
+    assert site.volume_name("4711")[:8] == site.volume_name("4799")[:8]  # what the role's default would use
+    jobs = {site.lustre_fsname(str(job)) for job in range(0, 200_000, 7)}
+    assert len(jobs) == len(range(0, 200_000, 7))
+    names = random_names(5000)
+    persistent = {site.lustre_fsname(name) for name in names}
+    assert len(persistent) == len(names) and not persistent & jobs
