@@ -49,6 +49,15 @@ options:
         that timed out leaves its mount behind.
     type: bool
     default: false
+  lustre_target_roots:
+    description:
+      - Directories where Lustre buffers' server targets are mounted (the C(lustre_buffer) role's
+        C(lustre_buffer_target_root)). Each C(lustre) mount directly under one, named as the role
+        names it (C(FSNAME-MDT0000), C(FSNAME-OST0001)), is reported in RV(lustre_targets). Nothing
+        outside these directories is looked at, so a site's own Lustre servers are never listed.
+    type: list
+    elements: path
+    default: []
   mount_roots:
     description:
       - Directories under which mounts are listed (the stage host's and compute nodes'
@@ -114,6 +123,12 @@ aux_mounts:
   type: list
   elements: dict
   sample: [{target: /run/gluster/bbjob-4711_quota_list, volume: bbjob-4711}]
+lustre_targets:
+  description: The Lustre targets mounted directly under O(lustre_target_roots), by their mount point's name.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{target: /var/lib/bb-lustre/j3mv-OST0001, source: /dev/nvme1n1, fsname: j3mv, kind: ost, index: 1}]
 mounts:
   description: Mounts at or under the mount roots whose last path component starts with a prefix.
   returned: always
@@ -123,6 +138,7 @@ mounts:
 """
 
 import os
+import re
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.gluster import GlusterCli, GlusterError
@@ -134,6 +150,7 @@ ARGUMENT_SPEC = dict(
     brick_roots=dict(type="list", elements="path", default=[]),
     aux_mounts=dict(type="bool", default=False),
     mount_roots=dict(type="list", elements="path", default=[]),
+    lustre_target_roots=dict(type="list", elements="path", default=[]),
     prefixes=dict(type="list", elements="str", default=["bbjob-", "bbp-"]),
     glusterd_socket=dict(type="path"),
     timeout=dict(type="int"),
@@ -176,6 +193,22 @@ def mounts(roots, prefixes):
     return found
 
 
+# How the lustre_buffer role names a target's mount point: FSNAME-MDT0000, FSNAME-OST000a.
+TARGET_NAME = re.compile(r"^([A-Za-z0-9_-]{1,8})-(MDT|OST)([0-9a-f]{4})$")
+
+
+def lustre_targets(roots, entries):
+    """The lustre mounts (mountinfo entries) directly under one of roots, named as a target."""
+    roots = {os.path.normpath(root) for root in roots}
+    found = []
+    for entry in entries:
+        named = TARGET_NAME.match(os.path.basename(entry.target))
+        if entry.fstype == "lustre" and os.path.dirname(entry.target) in roots and named:
+            found.append({"target": entry.target, "source": entry.source, "fsname": named.group(1),
+                          "kind": named.group(2).lower(), "index": int(named.group(3), 16)})
+    return found
+
+
 def aux_mounts(prefixes):
     found = []
     for entry in read_mountinfo():
@@ -188,7 +221,8 @@ def aux_mounts(prefixes):
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     params = module.params
-    result = {"changed": False, "volumes": [], "brick_dirs": [], "mounts": [], "aux_mounts": []}
+    result = {"changed": False, "volumes": [], "brick_dirs": [], "mounts": [], "aux_mounts": [],
+              "lustre_targets": []}
     try:
         if params["volumes"]:
             result["volumes"] = volumes(module, params["prefixes"])
@@ -198,6 +232,8 @@ def main():
     result["mounts"] = mounts(params["mount_roots"], params["prefixes"])
     if params["aux_mounts"]:
         result["aux_mounts"] = aux_mounts(params["prefixes"])
+    if params["lustre_target_roots"]:
+        result["lustre_targets"] = lustre_targets(params["lustre_target_roots"], read_mountinfo())
     module.exit_json(**result)
 
 

@@ -14,7 +14,9 @@ marked unusable (bbctl.server_health.record_unanswered): the survey is how a ser
 hangs, rather than fails, is found.
 
 Only names bbctl makes (``bbjob-*``, ``bbp-*``) are ever looked at. Lustre buffers are
-not surveyed (no Lustre here: docs/LUSTRE.md); their records are left alone.
+surveyed by the targets mounted under the lustre_buffer role's target root (their MDT
+missing, or targets of an fsname no record holds); Lustre never ran here, so that part is
+tested with survey results, not on a live system (docs/LUSTRE.md).
 
 ``exit_code`` is what ``bbctl reconcile`` and ``bbctl gc`` (which reports the same drift)
 exit with: 0 when no drift is left, EXIT_DRIFT when some was found and not repaired, so
@@ -46,6 +48,7 @@ ORPHAN_VOLUME = "orphan_volume"       # a volume no record holds
 STRAY_BRICK_DIR = "stray_brick_dir"   # a brick directory of no record and no volume
 STRAY_MOUNT = "stray_mount"           # a buffer mount of no record
 STRAY_AUX_MOUNT = "stray_aux_mount"   # a gluster quota command's mount of a volume that is gone
+ORPHAN_LUSTRE = "orphan_lustre"       # Lustre targets mounted of an fsname no record holds
 
 # Exit code of a report with drift left (bbctl --help): found and not repaired, or a repair failed.
 EXIT_DRIFT = 5
@@ -61,6 +64,19 @@ class Reality:
     answered: frozenset[str]                      # storage servers whose glusterd answered
     unanswered: Mapping[str, str] = field(default_factory=dict)  # host -> why it did not
     aux_mounts: list[tuple[str, str, str]] = field(default_factory=list)  # (server, target, volume)
+    lustre_targets: list[LustreTarget] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LustreTarget:
+    """A Lustre target mounted under the lustre_buffer role's target root (buffer_survey)."""
+
+    server: str
+    target: str  # its mount point
+    device: str
+    fsname: str
+    kind: str  # mdt or ost
+    index: int
 
 
 @dataclass(frozen=True)
@@ -111,7 +127,7 @@ def reality_of(results: Iterable[tuple[str, Mapping[str, Any]]], addresses: Mapp
                storage: frozenset[str], failures: Iterable[str] = ()) -> Reality:
     """Reality from buffer_survey's results, (host, result) in any order."""
     volumes: dict[str, list[tuple[str, str]]] = {}
-    brick_dirs, mounts, aux_mounts, answered = [], [], [], set()
+    brick_dirs, mounts, aux_mounts, lustre, answered = [], [], [], [], set()
     for host, result in results:
         if "brick_dirs" not in result:
             continue  # not a buffer_survey result
@@ -123,13 +139,16 @@ def reality_of(results: Iterable[tuple[str, Mapping[str, Any]]], addresses: Mapp
         brick_dirs += [(host, d["root"], d["name"]) for d in result["brick_dirs"]]
         mounts += [(host, m["target"]) for m in result["mounts"]]
         aux_mounts += [(host, m["target"], m["volume"]) for m in result.get("aux_mounts", [])]
+        lustre += [LustreTarget(host, m["target"], m["source"], m["fsname"], m["kind"], m["index"])
+                   for m in result.get("lustre_targets", [])]
     unanswered = {}
     for failure in failures:
         host = failure.split(":", 1)[0]
         unanswered[host] = failure
         answered.discard(host)
     return Reality(volumes=volumes, brick_dirs=brick_dirs, mounts=mounts, answered=frozenset(answered),
-                   unanswered=unanswered, aux_mounts=aux_mounts)
+                   unanswered=unanswered, aux_mounts=aux_mounts,
+                   lustre_targets=[target for target in lustre if target.server in answered])
 
 
 def compare(buffers: Iterable[Buffer], reality: Reality, *, now: float, older_than: float) -> list[Drift]:
@@ -147,20 +166,42 @@ def compare(buffers: Iterable[Buffer], reality: Reality, *, now: float, older_th
                      "a gluster quota command's mount of a volume that no longer exists (the command timed out)")
                for host, target, volume in sorted(reality.aux_mounts)
                if host in reality.answered and volume not in reality.volumes]
+    fsnames = {sitecfg.lustre_fsname(b.key) for b in live.values() if b.fs == "lustre"}
+    orphans: dict[str, list[LustreTarget]] = defaultdict(list)
+    for target in reality.lustre_targets:
+        if target.fsname not in fsnames:
+            orphans[target.fsname].append(target)
+    drifts += [Drift(ORPHAN_LUSTRE, fsname, None, tuple(f"{t.server}:{t.target}" for t in _in_order(targets)),
+                     "Lustre targets of a file system no buffer record holds (made or left outside bbctl)")
+               for fsname, targets in sorted(orphans.items())]
     return drifts
+
+
+def _in_order(targets: Iterable[LustreTarget]) -> list[LustreTarget]:
+    """MDT first, then the OSTs by index: the order of a Lustre buffer's bricks (lustre_buffer role)."""
+    return sorted(targets, key=lambda t: (t.kind != "mdt", t.index))
 
 
 def _missing(buffer: Buffer, reality: Reality, *, now: float, older_than: float) -> Drift | None:
     name = sitecfg.volume_name(buffer.key)
-    servers = {brick.server for brick in buffer.bricks}
-    if buffer.fs != "gluster" or name in reality.volumes or not servers & reality.answered:
-        return None  # there, not ours to survey, or nobody could say
+    if buffer.fs == "lustre":
+        # The MDT makes the file system: asked of the server that holds it (the first brick).
+        mdt_server = buffer.bricks[0].server if buffer.bricks else None
+        fsname = sitecfg.lustre_fsname(buffer.key)
+        there = any(t.fsname == fsname and t.kind == "mdt" for t in reality.lustre_targets)
+        if there or mdt_server not in reality.answered:
+            return None
+        gone = f"its Lustre MDT ({fsname}-MDT0000) is not mounted on {mdt_server}"
+    else:
+        if name in reality.volumes or not {brick.server for brick in buffer.bricks} & reality.answered:
+            return None  # there, or nobody could say
+        gone = "its volume"
     if buffer.state in MOVING and now - buffer.updated_at < older_than:
         return None  # a stage may be making or removing it right now
     if buffer.state in (BufferState.ALLOCATING, BufferState.CREATING, BufferState.FAILED):
-        detail = f"the record is {buffer.state.value} and its volume never came up or is gone"
+        detail = f"the record is {buffer.state.value} and {gone} never came up or is gone"
     else:
-        detail = f"the record is {buffer.state.value} but its volume is gone (deleted outside bbctl?)"
+        detail = f"the record is {buffer.state.value} but {gone} is gone (deleted outside bbctl?)"
     return Drift(VOLUME_MISSING, name, buffer.key, tuple(f"{b.server}:{b.path}/{name}" for b in buffer.bricks),
                  detail)
 
@@ -181,15 +222,17 @@ def mounted_volume(target: str) -> str:
     return name.removesuffix(PRIVATE_SUFFIX)
 
 
-def repair(life: Any, drifts: list[Drift], unanswered: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+def repair(life: Any, drifts: list[Drift], reality: Reality | None = None) -> list[dict[str, Any]]:
     """Fix each drift with the teardown playbook; [{volume, kind, repaired, error}] in drift order.
 
     A record whose volume is missing is torn down as gc would (its bricks released); the
-    pieces of a volume no record holds are removed by one buffer_destroy.yml run per volume.
-    A repair that would touch a host in ``unanswered`` (host -> why; the survey's) is not tried:
-    its teardown could only fail there, or time out, and leave a half-removed buffer; it is
+    pieces of a volume no record holds are removed by one buffer_destroy.yml run per volume,
+    and so are the Lustre targets of an fsname no record holds (``reality``: the survey's).
+    A repair that would touch a host that did not answer the survey is not tried: its
+    teardown could only fail there, or time out, and leave a half-removed buffer; it is
     reported, to be repaired by a later run once the host answers."""
-    unanswered = unanswered or {}
+    unanswered = reality.unanswered if reality else {}
+    targets = reality.lustre_targets if reality else []
     outcomes = []
     pieces: dict[str, list[Drift]] = defaultdict(list)
     aux = [drift for drift in drifts if drift.kind == STRAY_AUX_MOUNT]
@@ -200,6 +243,9 @@ def repair(life: Any, drifts: list[Drift], unanswered: Mapping[str, str] | None 
             continue
         if drift.kind == VOLUME_MISSING and drift.key is not None:
             outcomes.append(_outcome(drift, lambda d=drift: life.destroy(d.key, stage="reconcile"), unanswered))
+        elif drift.kind == ORPHAN_LUSTRE:
+            mine = [target for target in targets if target.fsname == drift.volume]
+            outcomes.append(_outcome(drift, lambda d=drift, m=mine: destroy_lustre(life, d.volume, m), unanswered))
         else:
             pieces[drift.volume].append(drift)
     for name, found in pieces.items():
@@ -280,6 +326,26 @@ def destroy_pieces(life: Any, name: str, drifts: list[Drift]) -> None:
     run.raise_for_failure()
 
 
+def destroy_lustre(life: Any, fsname: str, targets: list[LustreTarget]) -> None:
+    """One buffer_destroy.yml run for Lustre targets of no record: the lustre_buffer role unmounts
+    and wipes each, OSTs first. It takes a buffer's bricks as MDT then OST 0, 1, ... (their index
+    is their place), so only such a complete set is given to it; anything else is for a person."""
+    ordered = _in_order(targets)
+    osts = [target.index for target in ordered if target.kind == "ost"]
+    if not ordered or ordered[0].kind != "mdt" or osts != list(range(len(osts))):
+        found = ", ".join(f"{t.server}:{t.target} ({t.device})" for t in ordered)
+        raise BBError(f"not tried: {fsname}'s targets are not one MDT and OSTs 0 to N-1 ({found}); "
+                      "unmount them and wipe their devices by hand (docs/LUSTRE.md)")
+    buffer = {"name": fsname, "fsname": fsname, "fs": "lustre", "owner": 0, "group": 0, "layout": {},
+              "bricks": [{"host": t.server, "path": os.path.dirname(t.target), "device": t.device} for t in ordered],
+              "mount_path": str(life.site.stage_root / fsname)}
+    run = runner.run_stage(life.site, "reconcile", "reconcile", "buffer_destroy.yml",
+                           extravars={"bb_buffer": buffer, "bb_stage_mounted": False},
+                           hosts=sorted({t.server for t in ordered}),
+                           timeout=slurmconf.stage_timeout("teardown", life._bb_settings), cancel=life.cancel)
+    run.raise_for_failure()
+
+
 def reconcile(life: Any, *, repair_drift: bool, older_than: float, count_silence: bool = True) -> dict[str, Any]:
     """Survey, compare and (with repair_drift) repair; the report ``bbctl reconcile --json`` prints.
     ``count_silence``: count a failure for each storage server that did not answer (not in a dry run)."""
@@ -290,7 +356,7 @@ def reconcile(life: Any, *, repair_drift: bool, older_than: float, count_silence
     report: dict[str, Any] = {"drift": [d.to_dict() for d in drifts], "unanswered": dict(reality.unanswered),
                               "repaired": []}
     if repair_drift and drifts:
-        report["repaired"] = repair(life, drifts, reality.unanswered)
+        report["repaired"] = repair(life, drifts, reality)
         life.refresh_pools()
     return report
 

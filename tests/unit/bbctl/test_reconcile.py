@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 
 from bbctl import reconcile
@@ -67,8 +69,70 @@ def test_a_failed_setup_is_a_volume_that_never_came_up():
     assert kinds(drifts) == [(VOLUME_MISSING, "bbjob-7")] and "never came up" in drifts[0].detail
 
 
-def test_destroyed_records_and_lustre_buffers_are_not_compared():
-    assert compare([record("7", BufferState.DESTROYED), record("8", fs="lustre")], reality()) == []
+def test_destroyed_records_are_not_compared():
+    assert compare([record("7", BufferState.DESTROYED)], reality()) == []
+
+
+def lustre_target(fsname: str, kind: str, index: int, server: str = "s1") -> reconcile.LustreTarget:
+    return reconcile.LustreTarget(server, f"/var/lib/bb-lustre/{fsname}-{kind.upper()}{index:04x}",
+                                  f"/dev/nvme{index}n1", fsname, kind, index)
+
+
+def test_a_lustre_buffer_is_there_while_its_mdt_is_mounted_on_its_first_server():
+    lustre = record("8", fs="lustre")  # fsname j8, MDT on s1
+    mdt = lustre_target("j8", "mdt", 0)
+    assert compare([lustre], Reality(**{**reality().__dict__, "lustre_targets": [mdt]})) == []
+    drifts = compare([lustre], reality())
+    assert kinds(drifts) == [(VOLUME_MISSING, "bbjob-8")] and "j8-MDT0000) is not mounted on s1" in drifts[0].detail
+    assert compare([lustre], reality(answered=("s2", "s3"))) == []  # s1, which would know, did not answer
+
+
+def test_lustre_targets_of_no_record_are_one_orphan_per_fsname_mdt_first():
+    found = Reality(**{**reality().__dict__, "lustre_targets": [
+        lustre_target("j9", "ost", 1, "s2"), lustre_target("j9", "mdt", 0), lustre_target("j9", "ost", 0, "s3"),
+        lustre_target("j8", "mdt", 0)]})
+    drifts = compare([record("8", fs="lustre")], found)
+    assert kinds(drifts) == [(reconcile.ORPHAN_LUSTRE, "j9")]
+    assert drifts[0].where == ("s1:/var/lib/bb-lustre/j9-MDT0000", "s3:/var/lib/bb-lustre/j9-OST0000",
+                               "s2:/var/lib/bb-lustre/j9-OST0001")
+
+
+def test_orphan_lustre_targets_are_destroyed_as_a_buffer_only_when_the_set_is_whole(monkeypatch, tmp_path):
+    runs = []
+
+    class Run:
+        def raise_for_failure(self):
+            pass
+
+    def run_stage(site, key, stage, playbook, extravars, hosts, timeout, cancel):
+        runs.append((playbook, extravars, hosts))
+        return Run()
+
+    class Life:
+        site = type("Site", (), {"stage_root": tmp_path})()
+        _bb_settings = types.MappingProxyType({})
+        cancel = None
+
+    monkeypatch.setattr(reconcile.runner, "run_stage", run_stage)
+    whole = [lustre_target("j9", "ost", 1, "s2"), lustre_target("j9", "mdt", 0), lustre_target("j9", "ost", 0, "s3")]
+    found = Reality(**{**reality().__dict__, "lustre_targets": [*whole, lustre_target("ja", "ost", 1, "s2")]})
+    outcomes = reconcile.repair(Life(), compare([], found), found)
+    assert [(o["volume"], o["repaired"]) for o in outcomes] == [("j9", True), ("ja", False)]
+    assert "not tried: ja's targets are not one MDT and OSTs 0 to N-1" in outcomes[1]["error"]
+    [(playbook, extravars, hosts)] = runs  # ja was not given to the role
+    assert playbook == "buffer_destroy.yml" and hosts == ["s1", "s2", "s3"] and not extravars["bb_stage_mounted"]
+    buffer = extravars["bb_buffer"]
+    assert (buffer["fs"], buffer["fsname"]) == ("lustre", "j9")
+    assert [(b["host"], b["device"]) for b in buffer["bricks"]] == [
+        ("s1", "/dev/nvme0n1"), ("s3", "/dev/nvme0n1"), ("s2", "/dev/nvme1n1")]
+
+
+def test_reality_of_keeps_the_lustre_targets_of_servers_that_answered():
+    target = {"target": "/var/lib/bb-lustre/j8-MDT0000", "source": "/dev/nvme0n1", "fsname": "j8", "kind": "mdt",
+              "index": 0}
+    results = [(s, {"brick_dirs": [], "mounts": [], "lustre_targets": [target]}) for s in ("s1", "s2")]
+    found = reconcile.reality_of(results, {}, storage=frozenset({"s1", "s2"}), failures=["s2: timed out"])
+    assert found.lustre_targets == [reconcile.LustreTarget("s1", target["target"], "/dev/nvme0n1", "j8", "mdt", 0)]
 
 
 def test_a_volume_no_record_holds_is_an_orphan_and_its_brick_dirs_go_with_it():
@@ -138,7 +202,8 @@ def test_repair_leaves_what_lies_on_a_server_that_did_not_answer_and_says_so(mon
             destroyed.append(key)
 
     monkeypatch.setattr(reconcile, "destroy_pieces", lambda life, name, drifts: pieces.append(name))
-    down = {"s3": "s3: glusterd is not running"}
+    down = reality(answered=("s1", "s2"))
+    down = Reality(**{**down.__dict__, "unanswered": {"s3": "s3: glusterd is not running"}})
     drifts = compare([record("7", servers=("s1", "s3")), record("8", servers=("s1", "s2"))], reality(answered=("s1",)))
     drifts += compare([], reality({"bbp-old": [("s2", ROOT), ("s3", ROOT)]}, answered=("s1", "s2")))
     drifts += compare([], reality(brick_dirs=[("s1", ROOT, "bbp-gone")], answered=("s1",)))
