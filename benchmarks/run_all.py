@@ -129,9 +129,12 @@ COLUMNS = (
     Column("stage (b) % limit", "staging", "b_limit_pct", "{:.0f}",
            "10,000 small files: the physical limit (`cp -r` straight onto XFS) as % of bb_stage's time"),
     Column("out (d) x cp", "staging", "d_cp_ratio", "{:.2f}",
-           "10,000 small files staged out onto XFS: `cp -r` s / bb_stage s (target 2)"),
+           "10,000 small files staged out onto XFS: `cp -r` s / bb_stage s (target 2; since 2026-12-07 timed "
+           "from a cold stage-host cache until synced)"),
     Column("out (d) x rsync", "staging", "d_rsync_ratio", "{:.2f}",
            "the same: `rsync -a` s / bb_stage s (target 4)"),
+    Column("out (f) % dd", "staging", "f_dd_pct", "{:.0f}",
+           "4 large files staged out, synced: bb_stage as % of dd's MB/s (target 95; full runs only)"),
     Column("life bbctl/raw", "lifecycle", "stack_raw_ratio", "{:.2f}",
            "setup + teardown: bbctl / raw gluster CLI (medians; through ansible-runner)"),
     Column("life warm/raw", "lifecycle", "warm_stack_raw_ratio", "{:.2f}",
@@ -140,6 +143,9 @@ COLUMNS = (
            "bbctl pre-run through the warm runner: the buffer mounted on one node (target 0.5)"),
     Column("post-run s", "lifecycle", "warm_postrun_s", "{:.2f}", "the same for post-run: unmounted (target 0.5)"),
     Column("load jobs/min", "load", "jobs_per_min", "{:.1f}", "jobs through Slurm per minute"),
+    Column("load ports", "load", "most_ports_below_1024", "{:.0f}",
+           "the most ports below 1024 in use on the host during the load (of 1023: every client of a buffer "
+           "behind the privileged-port gate binds one)"),
 )
 
 
