@@ -25,9 +25,11 @@ def record(key: str, state: BufferState = BufferState.CREATED, *, servers=("s1",
                   bricks=tuple(brick(s) for s in servers), created_at=NOW - age, updated_at=NOW - age)
 
 
-def reality(volumes=None, brick_dirs=(), mounts=(), answered=("s1", "s2", "s3"), aux_mounts=()) -> Reality:
+def reality(volumes=None, brick_dirs=(), mounts=(), answered=("s1", "s2", "s3"), aux_mounts=(),
+            lustre_targets=(), unanswered=None) -> Reality:
     return Reality(volumes=volumes or {}, brick_dirs=list(brick_dirs), mounts=list(mounts),
-                   answered=frozenset(answered), aux_mounts=list(aux_mounts))
+                   answered=frozenset(answered), aux_mounts=list(aux_mounts), lustre_targets=list(lustre_targets),
+                   unanswered=unanswered or {})
 
 
 def kinds(drifts) -> list[tuple[str, str]]:
@@ -81,16 +83,16 @@ def lustre_target(fsname: str, kind: str, index: int, server: str = "s1") -> rec
 def test_a_lustre_buffer_is_there_while_its_mdt_is_mounted_on_its_first_server():
     lustre = record("8", fs="lustre")  # fsname j8, MDT on s1
     mdt = lustre_target("j8", "mdt", 0)
-    assert compare([lustre], Reality(**{**reality().__dict__, "lustre_targets": [mdt]})) == []
+    assert compare([lustre], reality(lustre_targets=[mdt])) == []
     drifts = compare([lustre], reality())
     assert kinds(drifts) == [(VOLUME_MISSING, "bbjob-8")] and "j8-MDT0000) is not mounted on s1" in drifts[0].detail
     assert compare([lustre], reality(answered=("s2", "s3"))) == []  # s1, which would know, did not answer
 
 
 def test_lustre_targets_of_no_record_are_one_orphan_per_fsname_mdt_first():
-    found = Reality(**{**reality().__dict__, "lustre_targets": [
+    found = reality(lustre_targets=[
         lustre_target("j9", "ost", 1, "s2"), lustre_target("j9", "mdt", 0), lustre_target("j9", "ost", 0, "s3"),
-        lustre_target("j8", "mdt", 0)]})
+        lustre_target("j8", "mdt", 0)])
     drifts = compare([record("8", fs="lustre")], found)
     assert kinds(drifts) == [(reconcile.ORPHAN_LUSTRE, "j9")]
     assert drifts[0].where == ("s1:/var/lib/bb-lustre/j9-MDT0000", "s3:/var/lib/bb-lustre/j9-OST0000",
@@ -115,7 +117,7 @@ def test_orphan_lustre_targets_are_destroyed_as_a_buffer_only_when_the_set_is_wh
 
     monkeypatch.setattr(reconcile.runner, "run_stage", run_stage)
     whole = [lustre_target("j9", "ost", 1, "s2"), lustre_target("j9", "mdt", 0), lustre_target("j9", "ost", 0, "s3")]
-    found = Reality(**{**reality().__dict__, "lustre_targets": [*whole, lustre_target("ja", "ost", 1, "s2")]})
+    found = reality(lustre_targets=[*whole, lustre_target("ja", "ost", 1, "s2")])
     outcomes = reconcile.repair(Life(), compare([], found), found)
     assert [(o["volume"], o["repaired"]) for o in outcomes] == [("j9", True), ("ja", False)]
     assert "not tried: ja's targets are not one MDT and OSTs 0 to N-1" in outcomes[1]["error"]
@@ -202,8 +204,7 @@ def test_repair_leaves_what_lies_on_a_server_that_did_not_answer_and_says_so(mon
             destroyed.append(key)
 
     monkeypatch.setattr(reconcile, "destroy_pieces", lambda life, name, drifts: pieces.append(name))
-    down = reality(answered=("s1", "s2"))
-    down = Reality(**{**down.__dict__, "unanswered": {"s3": "s3: glusterd is not running"}})
+    down = reality(answered=("s1", "s2"), unanswered={"s3": "s3: glusterd is not running"})
     drifts = compare([record("7", servers=("s1", "s3")), record("8", servers=("s1", "s2"))], reality(answered=("s1",)))
     drifts += compare([], reality({"bbp-old": [("s2", ROOT), ("s3", ROOT)]}, answered=("s1", "s2")))
     drifts += compare([], reality(brick_dirs=[("s1", ROOT, "bbp-gone")], answered=("s1",)))
