@@ -24,6 +24,14 @@ mounted with BRICK_MOUNT_OPTIONS fail cleanly when it has no quota and its brick
 round fills a volume without quota, once with one file and once with 64 MiB files, and then
 reads every file back; reported: bytes in files as a share of the data bricks' free space, the
 writer's error, the files that could not be read whole, and the bricks' used MiB.
+
+``--quorum`` tries the exact-limit defect (issue 10: filled to its quota, a dispersed volume may answer EIO
+and lose the file written last, because each brick judges the crossing write against quotad by itself).
+``disperse.quorum-count`` is how many bricks must take a write for the client to call it done (default:
+the data bricks). Set to every brick, a write some brick refused should fail as a whole, before the bricks
+drift apart. Each round fills two volumes with quota (``--quota-mib``), one with the default and one with
+``quorum-count`` = all bricks, alternating one file and 64 MiB files, and reads every file back; then a
+write to each while one brick process is killed (what the stricter quorum costs).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import layouts  # benchmarks/, beside this script
 import results_doc
@@ -44,6 +53,7 @@ from bbctl.collection import block_devices
 
 BEGIN, END = "<!-- brick-fill-results:begin -->", "<!-- brick-fill-results:end -->"
 NOQ_BEGIN, NOQ_END = "<!-- brick-fill-no-quota:begin -->", "<!-- brick-fill-no-quota:end -->"
+QUO_BEGIN, QUO_END = "<!-- brick-fill-quorum:begin -->", "<!-- brick-fill-quorum:end -->"
 OLD_OPTIONS = "noatime,inode64"
 LAYOUT = Layout("disperse 3+1", 4, 3, ("disperse", "4", "redundancy", "1"))
 
@@ -130,6 +140,86 @@ def usable_quota(bed: Bed, share: float) -> int:
     return int(st.f_bavail * st.f_frsize * LAYOUT.data_bricks * share) // MiB * MiB
 
 
+QUORUMS = (("default (data bricks)", None), ("all bricks", str(LAYOUT.bricks)))
+
+
+def quorum_options(count: str | None) -> dict[str, str]:
+    return {"disperse.quorum-count": count} if count else {}
+
+
+def quorum_fill(bed: Bed, index: int, count: str | None, many: bool, quota: int) -> dict:
+    """Fill a volume with quota ``quota`` and disperse.quorum-count ``count``; its error, unreadable files."""
+    volume, mount = f"quo{index}", layouts.WORK / f"mnt{index}"
+    layouts.create(bed, LAYOUT, volume, quota, extra=quorum_options(count))
+    try:
+        layouts.mount_volume(bed, volume, mount)
+        result = layouts.fill(bed, mount, many=many)
+        bad = [] if result.hung else unreadable(mount)
+        return {"files": "64 MiB files" if many else "one file", "share": result.written / quota,
+                "error": result.error, "stall_s": result.stall_s, "unreadable": bad}
+    finally:
+        sh("umount", "-l", mount, check=False)
+        layouts.destroy(bed, volume, mount)
+
+
+def quorum_brick_loss(bed: Bed, index: int, count: str | None, source: Path) -> str:
+    """What a writer and a read-back see when one brick process dies mid-write (layouts.brick_killed)."""
+    volume, mount = f"qbl{index}", layouts.WORK / f"mnt{index}"
+    layouts.create(bed, LAYOUT, volume, None, extra=quorum_options(count))
+    try:
+        layouts.mount_volume(bed, volume, mount)
+        return layouts.brick_killed(bed, volume, mount, source)
+    finally:
+        sh("umount", "-l", mount, check=False)
+        layouts.destroy(bed, volume, mount)
+
+
+def quorum(args: argparse.Namespace) -> None:
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows: list[dict] = []
+    source = layouts.WORK / "source"
+    with private_bed() as bed:
+        remount_bricks(bed, block_devices.BRICK_MOUNT_OPTIONS)
+        layouts.WORK.mkdir(parents=True, exist_ok=True)
+        sh("dd", "if=/dev/urandom", f"of={source}", "bs=1M", "count=256", "status=none")
+        for index in range(2 * args.rounds):
+            for name, count in QUORUMS:
+                row = quorum_fill(bed, len(rows), count, many=bool(index % 2), quota=args.quota_mib * MiB)
+                rows.append({"quorum": name, **row})
+                print(rows[-1], flush=True)
+        losses = {name: quorum_brick_loss(bed, 100 + k, count, source) for k, (name, count) in enumerate(QUORUMS)}
+        print(losses, flush=True)
+    publish(args, render_quorum(rows, losses, args.quota_mib, started), figures_quorum(rows),
+            (QUO_BEGIN, QUO_END, "Filling a dispersed buffer: disperse.quorum-count"))
+
+
+def render_quorum(rows: list[dict], losses: dict[str, str], quota_mib: int, started: str) -> list[str]:
+    lines = [f"Measured {started} by `benchmarks/brick_fill.py --quorum`: {LAYOUT.name} over four 1 GiB XFS "
+             f"loop bricks mounted `{block_devices.BRICK_MOUNT_OPTIONS}`, quota {quota_mib} MiB (with the "
+             f"role's quota timeouts), dd (4 MiB blocks, fsync) until the writer's error, then every file read "
+             f"back; {layouts.machine()}.", "",
+             "| disperse.quorum-count | fill | written / quota | writer's error | files not readable |",
+             "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        lines.append(f"| {row['quorum']} | {row['files']} | {row['share']:.1%} | {row['error']} | "
+                     f"{'; '.join(row['unreadable']) or 'none'} |")
+    lines += ["", "| disperse.quorum-count | a 256 MiB write while one brick process is killed |", "| --- | --- |"]
+    lines += [f"| {name} | {seen} |" for name, seen in losses.items()]
+    return lines
+
+
+def figures_quorum(rows: list[dict]) -> dict[str, float]:
+    """Per quorum (default, all): fills, fills that ended in EDQUOT with every file readable, files lost."""
+    found = {}
+    for (name, _count), slug in zip(QUORUMS, ("default", "all"), strict=True):
+        fills = [row for row in rows if row["quorum"] == name]
+        found |= {f"quorum_{slug}_fills": len(fills),
+                  f"quorum_{slug}_clean_fills": sum("quota exceeded" in row["error"] and not row["unreadable"]
+                                                    for row in fills),
+                  f"quorum_{slug}_unreadable_files": sum(len(row["unreadable"]) for row in fills)}
+    return found
+
+
 def render(rows: list[tuple[str, dict]], quota: int, started: str) -> list[str]:
     lines = [f"Measured {started} by `benchmarks/brick_fill.py`: {LAYOUT.name} over four 1 GiB XFS loop bricks, "
              f"quota {quota // MiB} MiB, 64 MiB files (dd, fsync) until the writer's error; "
@@ -173,11 +263,17 @@ def main() -> None:
     parser.add_argument("--quota-share", type=float, default=0.92, help="of the data bricks' free space")
     parser.add_argument("--no-quota", action="store_true",
                         help="fill volumes without quota (bricks as BRICK_MOUNT_OPTIONS mounts them) and read back")
+    parser.add_argument("--quorum", action="store_true",
+                        help="fill volumes with quota, disperse.quorum-count default against all bricks (issue 10)")
+    parser.add_argument("--quota-mib", type=int, default=256, help="with --quorum: each volume's quota")
     parser.add_argument("--write-doc", action="store_true", help="replace the results in docs/BENCHMARKS.md")
     results_doc.add_json_option(parser)
     args = parser.parse_args()
     if args.no_quota:
         without_quota(args)
+        return
+    if args.quorum:
+        quorum(args)
         return
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = []

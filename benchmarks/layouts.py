@@ -259,12 +259,13 @@ def brick_killed(bed: Bed, volume: str, mount: Path, source: Path) -> str:
     return f"write: {error or 'ok'}; read back {'identical' if same else 'DIFFERENT'}"
 
 
-def create(bed: Bed, layout: Layout, volume: str, capacity: int | None) -> float:
-    """Seconds to create and start ``volume``, with a quota of ``capacity`` bytes unless it is None."""
+def create(bed: Bed, layout: Layout, volume: str, capacity: int | None, extra: dict[str, str] | None = None) -> float:
+    """Seconds to create and start ``volume``, with a quota of ``capacity`` bytes unless it is None, and the
+    layout's options plus ``extra``."""
     start = time.perf_counter()
     bed.gluster("volume", "create", volume, *layout.create, "transport", "tcp",
                 *[f"{address}:{root / volume}" for address, root in bed.bricks[:layout.bricks]], "force")
-    options = {**layout.options, **(QUOTA_OPTIONS if capacity is not None else {})}
+    options = {**layout.options, **(QUOTA_OPTIONS if capacity is not None else {}), **(extra or {})}
     for key, value in options.items():
         bed.gluster("volume", "set", volume, key, value)
     bed.gluster("volume", "start", volume)

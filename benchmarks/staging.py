@@ -308,6 +308,18 @@ def bb_stage(buffer_root: Path, direction: str = "in", workers: int = copy_engin
     return run
 
 
+def read_alone(source: Path, destination: Path) -> None:
+    """Every file of source read through the mount by 32 parallel ``cat`` as the user, nothing written
+    (destination stays empty): the read side's floor for a stage-out, which no copying tool goes below."""
+    destination.mkdir()
+    os.chown(destination, *pwd_ids())
+    sh(*as_user("bash", "-c", 'find "$1" -type f -print0 | xargs -0 -P 32 -n 64 cat > /dev/null', "read",
+                source))
+
+
+READ_ALONE = "reading alone: 32 x `cat`, nothing written"
+
+
 def dd(source: Path, destination: Path) -> None:
     destination.mkdir()
     os.chown(destination, *pwd_ids())
@@ -546,7 +558,8 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
                 log(f"({letter}) {kind} staged out")
                 staged = vol.mount / f"staged-{kind}"
                 bb_stage(vol.mount)(sources[kind], staged)
-                extra = {DD: dd} if kind == "large" else {}
+                extra = {DD: dd} if kind == "large" else {
+                    READ_ALONE: read_alone, "bb_stage (8 workers)": bb_stage(vol.mount, "out", workers=8)}
                 results[case] = bench.compare(f"({letter})", staged, {**out_tools, **extra}, out_rounds, inward=False)
                 if extra:
                     dd_rates[case] = 256 * MiB / median(results[case].pop(DD).seconds) / 1e6
