@@ -561,7 +561,7 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
                 extra = {DD: dd} if kind == "large" else {
                     READ_ALONE: read_alone, "bb_stage (8 workers)": bb_stage(vol.mount, "out", workers=8)}
                 results[case] = bench.compare(f"({letter})", staged, {**out_tools, **extra}, out_rounds, inward=False)
-                if extra:
+                if kind == "large":
                     dd_rates[case] = 256 * MiB / median(results[case].pop(DD).seconds) / 1e6
             limits = physical_limits(bench, sources, results, out_rounds)
             study: dict[str, dict[str, Timing]] = {}

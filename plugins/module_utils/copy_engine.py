@@ -13,7 +13,8 @@ parts live in a file each, by subject:
   stage resumable, stage-out's temporary names, symlinks that may not lead out of the buffer.
 - stage_copy.py: carry the plan out: directories, files in chunks, links, directory times.
 - stage_hardlinks.py: hard links kept as links: the rule for a group, and making the links.
-- stage_gfapi.py: small new files of a stage-in straight into a GlusterFS volume (gfapi.py).
+- stage_gfapi.py: small files straight into (stage-in) or out of (stage-out) a GlusterFS volume
+  (gfapi.py).
 - stage_threads.py: the crew of threads the planner and the copier share (concurrent.futures).
 - stage_progress.py: progress counters and the progress file bbctl reads.
 - user_worker.py: the forked worker that drops privileges; the security-critical part.
@@ -26,8 +27,9 @@ Why it is shaped this way (figures in docs/BENCHMARKS.md, "Staging"):
   ever passed to a shell.
 - On a GlusterFS FUSE mount each small file costs about six round trips to the
   bricks and the kernel serialises creates inside one directory, so many threads
-  (32-64) work round-robin across directories, large files in chunks; small new
-  files of a stage-in skip FUSE through libgfapi when the volume can be reached.
+  (32-64) work round-robin across directories, large files in chunks; small files
+  skip FUSE through libgfapi when the volume can be reached (new ones of a stage-in
+  written, a stage-out's read).
 - A stage can be run again after a failure or a kill: complete files are skipped,
   an interrupted one never looks complete, and stage-out never leaves a partial
   file under its final name.
@@ -43,7 +45,11 @@ import time
 
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_copy import BLOCK, DEFAULT_CHUNK_SIZE, Copier
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import StageError, as_user
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_gfapi import gfapi_target, gfapi_writer
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_gfapi import (
+    GFAPI_READS_FROM,
+    gfapi_side,
+    gfapi_target,
+)
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_plan import Planner, discard_temporaries
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_progress import Progress
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_rules import check_request
@@ -53,11 +59,12 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils.user_worker import
 
 # --- one stage in this process ---------------------------------------------------------------
 def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verify=False,
-          dry_run=False, report=None, gfapi_via=None, discard=False):
+          dry_run=False, report=None, gfapi_via=None, discard=False, gfapi_reads_from=GFAPI_READS_FROM):
     """Stage ``request`` in the current process (as whoever runs it); returns the result dict.
 
     ``report`` receives progress snapshots (dicts) at most every PROGRESS_INTERVAL seconds.
-    ``gfapi_via``: gfapi_target()'s answer; small files then bypass the FUSE mount.
+    ``gfapi_via``: gfapi_target()'s answer; small files then bypass the buffer's FUSE mount (a
+    stage-out's only when it has at least ``gfapi_reads_from`` of them).
     ``discard``: copy nothing; remove the temporary files an interrupted stage-out left in the
     destination (``discarded``: how many; in a dry run, how many there are).
     Raises StageError when the request cannot be staged at all; per-file failures are in
@@ -69,6 +76,8 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
         raise StageError("workers is %d: use at least 1." % workers)
     if chunk_size < BLOCK:
         raise StageError("chunk_size is %d bytes: use at least 1MiB." % chunk_size)
+    if gfapi_reads_from < 0:
+        raise StageError("gfapi_reads_from is %d: use 0 or more." % gfapi_reads_from)
     request = check_request(request)
     start = time.monotonic()
     buffer_dev = buffer_device(request.buffer_root)
@@ -87,7 +96,7 @@ def stage(request, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE, verif
             result["planned"] = plan.summary()
         else:
             progress = Progress(len(plan.files), plan.bytes, report)
-            fast, why_not = gfapi_writer(request, plan, gfapi_via, verify)
+            fast, why_not = gfapi_side(request, plan, gfapi_via, verify, gfapi_reads_from)
             copier = Copier(plan, crew, request.direction == "out", chunk_size, verify, buffer_dev,
                             progress, fast)
             copier.run()
@@ -133,12 +142,14 @@ def buffer_device(buffer_root):
 # --- as the job's user: a forked worker (user_worker.py) --------------------------------------
 
 def stage_as_user(request, uid, gid, workers=DEFAULT_WORKERS, chunk_size=DEFAULT_CHUNK_SIZE,
-                  verify=False, dry_run=False, report=None, use_gfapi=True, discard=False):
+                  verify=False, dry_run=False, report=None, use_gfapi=True, discard=False,
+                  gfapi_reads_from=GFAPI_READS_FROM):
     """Run ``stage`` in a forked worker that is uid/gid; the caller (root) only reads its results.
 
-    ``report`` receives the worker's progress snapshots. ``use_gfapi``: a stage-in to a
-    GlusterFS mount writes small files through libgfapi; only then does the worker keep
-    the one capability that needs.
+    ``report`` receives the worker's progress snapshots. ``use_gfapi``: a stage to or from a
+    GlusterFS mount writes or reads small files through libgfapi (a stage-out reads through it
+    only when it has at least ``gfapi_reads_from`` of them); only then does the worker keep the
+    one capability that needs.
 
     If a worker writing through libgfapi dies of a signal (a crash in the C library), the stage
     runs again through the mount (a stage is safe to run again: files land under temporary names
@@ -148,7 +159,8 @@ def stage_as_user(request, uid, gid, workers=DEFAULT_WORKERS, chunk_size=DEFAULT
 
     def work_via(target):
         return lambda send_progress: stage(request, workers, chunk_size, verify, dry_run,
-                                           report=send_progress, gfapi_via=target, discard=discard)
+                                           report=send_progress, gfapi_via=target, discard=discard,
+                                           gfapi_reads_from=gfapi_reads_from)
 
     try:
         return run_as_user(uid, gid, work_via(via), report, keep_net_bind=via is not None)

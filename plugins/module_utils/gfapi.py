@@ -10,7 +10,8 @@ process: a file is created by handle in its parent directory (no lookup of the
 path), written and given its times: three calls instead of six, and no kernel
 round trips.
 
-Only what stage-in needs (new small files, and hard links to them: ``Volume.link``):
+Only what staging needs: new small files and hard links to them for a stage-in
+(``Volume.create_file``, ``Volume.link``), small files read for a stage-out (``Volume.read_file``):
 the calls below, in the versions GlusterFS 10.3 exports as default (ctypes binds
 those). Identity: gfapi sends the bricks the uid, gid and groups set with ``glfs_setfsuid``/``glfs_setfsgid``/
 ``glfs_setfsgroups`` for the calling thread; the copy worker runs as the job's
@@ -45,6 +46,10 @@ SET_ATTR_MODE, SET_ATTR_ATIME, SET_ATTR_MTIME = 0x1, 0x10, 0x20  # GFAPI_SET_ATT
 
 class GfapiError(Exception):
     """libgfapi cannot be used here; the message says why (the mount is used instead)."""
+
+
+class SourceChanged(Exception):
+    """A file to read is not what the stage planned (the message says how, in the copy engine's words)."""
 
 
 class Timespec(ctypes.Structure):
@@ -128,13 +133,15 @@ class Api:
             # open(2) with O_CREAT; a separate glfs_h_open of a 0444 file is refused (EACCES)
             self.h_creat_open = _bind(lib, "glfs_h_creat_open", vp, vp, vp, cp, ci, u32, vp, ctypes.POINTER(vp))
             self.write = _bind(lib, "glfs_write", ctypes.c_ssize_t, vp, vp, ctypes.c_size_t, ci)
+            self.h_open = _bind(lib, "glfs_h_open", vp, vp, vp, ci)
+            self.read = _bind(lib, "glfs_read", ctypes.c_ssize_t, vp, vp, ctypes.c_size_t, ci)
             self.close = _bind(lib, "glfs_close", ci, vp)
             self.setfsuid = _bind(lib, "glfs_setfsuid", ci, u32)
             self.setfsgid = _bind(lib, "glfs_setfsgid", ci, u32)
             self.setfsgroups = _bind(lib, "glfs_setfsgroups", ci, ctypes.c_size_t,
                                      ctypes.POINTER(u32))
         except AttributeError as exc:
-            raise GfapiError("%s lacks a call stage-in needs (%s)" % (library, exc)) from None
+            raise GfapiError("%s lacks a call staging needs (%s)" % (library, exc)) from None
 
 
 class Volume:
@@ -295,6 +302,47 @@ class Volume:
         finally:
             api.h_close(leader)
 
+    def read_file(self, parent, name, size):
+        """(FileInfo, bytes) of the regular file ``name`` in directory handle ``parent``, which must hold
+        ``size`` bytes: looked up without following a symlink, opened read-only (the brick checks the
+        caller's identity, as an open through the mount does) and read whole. Raises OSError when a call
+        fails, SourceChanged when the file is no longer a regular file of ``size`` bytes."""
+        raw = name.encode("utf-8", "surrogateescape")
+        handle, attributes = self._lookup(parent, raw, name)
+        try:
+            if attributes.st_mode & 0o170000 != 0o100000:
+                raise SourceChanged("no longer a regular file")
+            if attributes.st_size != size:
+                raise SourceChanged("changed while staging (%d bytes, %d when planned); stage again"
+                                    % (attributes.st_size, size))
+            fd = self.api.h_open(self.fs, handle, os.O_RDONLY)
+            if not fd:
+                _raise(name=name)
+            try:
+                data = self._read_all(fd, size, name)
+            finally:
+                self.api.close(fd)
+        finally:
+            self.api.h_close(handle)
+        return FileInfo(attributes.st_mode, size, _ns(attributes.st_atim), _ns(attributes.st_mtim)), data
+
+    def _read_all(self, fd, size, name):
+        """size bytes from fd; one byte more is asked for, so a file that grew is seen."""
+        buffer = ctypes.create_string_buffer(size + 1)
+        start = ctypes.addressof(buffer)
+        done = 0
+        while done <= size:
+            got = self.api.read(fd, start + done, size + 1 - done, 0)
+            if got < 0:
+                _raise(name=name)
+            if got == 0:
+                break
+            done += got
+        if done != size:
+            raise SourceChanged("changed while staging (%d bytes read, %d when planned); stage again"
+                                % (done, size))
+        return buffer.raw[:size]
+
     def _lookup(self, parent, raw, name):
         """(handle, Stat) of ``raw`` in directory handle ``parent``, never following a symlink;
         the caller closes the handle."""
@@ -330,6 +378,19 @@ class Volume:
         """data at offset 0 through anonymous writes to handle."""
         _write_chunks(lambda at, count, done: self.api.h_anonymous_write(self.fs, handle, at, count, done),
                       data, name)
+
+
+class FileInfo:
+    """What a stage needs of a source file's stat, with os.stat_result's names."""
+
+    __slots__ = ("st_atime_ns", "st_mode", "st_mtime_ns", "st_size")
+
+    def __init__(self, mode, size, atime_ns, mtime_ns):
+        self.st_mode, self.st_size, self.st_atime_ns, self.st_mtime_ns = mode, size, atime_ns, mtime_ns
+
+
+def _ns(timespec):
+    return timespec.tv_sec * 10**9 + timespec.tv_nsec
 
 
 def _write_chunks(write, data, name):

@@ -241,7 +241,7 @@ class Copier:
         else:
             copy, offset, length = FileCopy(task, 1), 0, task.size
         if self.fast is not None and self.fast.takes(copy.plan):
-            self.copy_through_gfapi(copy)
+            (self.copy_out_through_gfapi if self.outward else self.copy_through_gfapi)(copy)
             return
         with copy.lock:
             if copy.src is None and copy.error is None:
@@ -309,6 +309,29 @@ class Copier:
                     self.fast.files += 1
                 self.progress.add(nbytes=len(data))
         self.progress.add(files=1)
+
+    def copy_out_through_gfapi(self, copy):
+        """A small file of a stage-out: read whole from the volume, then written to its temporary name
+        and finished as any other file (mode, times, close, rename)."""
+        plan = copy.plan
+        try:
+            copy.info, data = self.fast.read(plan.source, plan.size, self.local)
+        except OSError as exc:
+            copy.error = "cannot read%s" % as_user(exc)
+        except StageError as exc:
+            copy.error = str(exc)
+        else:
+            replace = plan.replace_temp if plan.temp else plan.replace
+            try:
+                copy.dst = create_file(copy.target, os.O_WRONLY, stat.S_IMODE(copy.info.st_mode), replace)
+                write_all(copy.dst, data)
+            except OSError as exc:
+                copy.error = "cannot write %s%s" % (written_as(plan), as_user(exc))
+            else:
+                with self.lock:
+                    self.fast.files += 1
+                self.progress.add(nbytes=len(data))
+        self.complete_file(copy)
 
     def buffer(self):
         buf = getattr(self.local, "buffer", None)
@@ -451,6 +474,12 @@ def read_small(plan):
         return info, b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def create_file(path, access, mode, replace):

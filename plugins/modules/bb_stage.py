@@ -124,16 +124,26 @@ options:
     default: false
   gfapi:
     description:
-      - On a stage-in to a GlusterFS buffer (O(buffer_root) on a C(fuse.glusterfs) mount),
-        write files of up to 1 MiB straight to the volume with libgfapi instead of through the
-        mount, as the same user (several times faster for many small files).
-        Directories, larger files and replacements of partial copies still go through the mount.
+      - With a GlusterFS buffer (O(buffer_root) on a C(fuse.glusterfs) mount), copy files of up to
+        1 MiB straight to (stage-in) or from (stage-out) the volume with libgfapi instead of through
+        the mount, as the same user (faster for many small files).
+        Directories, larger files and replacements of partial copies of a stage-in still go through
+        the mount; a stage-out writes its destination through the file system there, as always.
       - The worker then keeps one capability, C(CAP_NET_BIND_SERVICE), so that bricks that accept
         only privileged source ports (C(server.allow-insecure off)) accept it too.
       - When libgfapi is missing or the volume cannot be reached, the mount is used and
         RV(gfapi_unused) says why. Not used with O(verify) (read back through the mount).
     type: bool
     default: true
+  gfapi_reads_from:
+    description:
+      - A stage-out reads its files of up to 1 MiB through libgfapi (see O(gfapi)) only when it has
+        at least this many of them; fewer are read through the mount, which is faster for them.
+      - On the project's test bed the mount read 50,000 small files in two thirds of libgfapi's
+        time, 100,000 in about the same, and 200,000 in 1.45 times it (the project's tree
+        benchmark). C(0) reads every stage-out's small files through libgfapi.
+    type: int
+    default: 100000
   discard:
     description:
       - Copy nothing. Remove, as the job's user, the temporary files (C(.NAME.bb-stage.tmp))
@@ -278,13 +288,13 @@ hardlinks_copied:
   type: int
   sample: 0
 gfapi_files:
-  description: Files of RV(files) written through libgfapi rather than the mount (see O(gfapi)).
+  description: Files of RV(files) written (stage-in) or read (stage-out) through libgfapi rather than
+    the mount (see O(gfapi)).
   returned: when something was copied
   type: int
   sample: 10000
 gfapi_unused:
-  description: Why libgfapi was not used for this stage-in; null when it was, and for stage-out
-    (it writes outside the buffer, through the file system there). When the worker writing through
+  description: Why libgfapi was not used for this stage; null when it was. When the worker using
     libgfapi died of a signal (a crash in the C library), the stage ran again through the mount and
     this names the signal and the Python frames the worker was in.
   returned: when something was copied
@@ -316,7 +326,11 @@ planned:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
-from ansible_collections.hpc.burstbuffer.plugins.module_utils.copy_engine import DEFAULT_WORKERS, stage_as_user
+from ansible_collections.hpc.burstbuffer.plugins.module_utils.copy_engine import (
+    DEFAULT_WORKERS,
+    GFAPI_READS_FROM,
+    stage_as_user,
+)
 from ansible_collections.hpc.burstbuffer.plugins.module_utils.stage_errors import (
     StageError,
     copy_preflight,
@@ -338,6 +352,7 @@ ARGUMENT_SPEC = dict(
     chunk_size=dict(type="str", default="64MiB"),
     verify=dict(type="bool", default=False),
     gfapi=dict(type="bool", default=True),
+    gfapi_reads_from=dict(type="int", default=GFAPI_READS_FROM),
     discard=dict(type="bool", default=False),
     progress_file=dict(type="path"),
 )
@@ -370,7 +385,8 @@ def run_stage(module, params):
         result = stage_as_user(request_from(params), params["uid"], params["gid"],
                                workers=params["workers"], chunk_size=chunk_size,
                                verify=params["verify"], dry_run=module.check_mode, report=report,
-                               use_gfapi=params["gfapi"], discard=params["discard"])
+                               use_gfapi=params["gfapi"], discard=params["discard"],
+                               gfapi_reads_from=params["gfapi_reads_from"])
     except (StageError, OSError) as exc:
         return dict(EMPTY_RESULT), to_native(exc)
     if last and params["progress_file"]:

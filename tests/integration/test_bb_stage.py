@@ -310,6 +310,41 @@ def test_root_as_the_job_owner_is_refused(buffer, job_dir, pfs_tree, bb_stage):
     assert not (job_dir / "x").exists()
 
 
+def test_a_large_stage_out_reads_through_gfapi_as_the_user_and_a_small_one_through_the_mount(
+        buffer, job_dir, pfs_tree, user_dir, owner, bb_stage):
+    """gfapi_reads_from chooses the reader; through libgfapi the bricks judge the user's reads, a symlink
+    stays a symlink, a file larger than 1 MiB goes through the mount, and the copy is whole."""
+    staged = job_dir / "results"
+    stage_in = bb_stage(**job(owner, direction="in", type="directory", source=str(pfs_tree),
+                              destination=str(staged), buffer_root=str(buffer)))
+    assert not stage_in.get("failed"), stage_in.get("msg")
+    secret = staged / "dir1" / "secret"
+    write(secret, b"root only")  # root's 0600 file through the mount: the user may not read it
+    secret.chmod(0o600)
+    os.symlink("/etc/passwd", staged / "passwd")  # never followed out of the buffer
+    os.lchown(staged / "passwd", owner.pw_uid, owner.pw_gid)
+
+    through_gfapi = bb_stage(**job(owner, direction="out", type="directory", source=str(staged),
+                                   destination=str(user_dir / "via-gfapi"), buffer_root=str(buffer),
+                                   gfapi_reads_from=0))
+    assert through_gfapi["failed"] is True
+    assert [f["path"] for f in through_gfapi["failed_files"]] == [str(secret)]
+    assert "Permission denied" in through_gfapi["failed_files"][0]["reason"]
+    assert (through_gfapi["gfapi_files"], through_gfapi["gfapi_unused"]) == (34, None)  # all but big.bin
+    expected = snapshot(staged)
+    del expected["dir1/secret"]  # not there, nor a temporary name of it
+    assert expected["passwd"] == ("link", "/etc/passwd", owner.pw_uid)
+    assert snapshot(user_dir / "via-gfapi") == expected
+
+    through_mount = bb_stage(**job(owner, direction="out", type="directory", source=str(staged / "dir0"),
+                                   destination=str(user_dir / "via-mount"), buffer_root=str(buffer)))
+    assert not through_mount.get("failed"), through_mount.get("msg")
+    assert through_mount["gfapi_files"] == 0
+    assert through_mount["gfapi_unused"] == (
+        "10 file(s) of at most 1 MiB to read, fewer than 100000: the mount reads them faster")
+    assert snapshot(user_dir / "via-mount") == snapshot(pfs_tree / "dir0")
+
+
 def test_gfapi_writes_as_the_user_so_the_bricks_refuse_what_the_user_may_not(
         buffer, job_dir, pfs_tree, owner, bb_stage):
     locked = job_dir / "locked"

@@ -24,6 +24,7 @@ from ansible_collections.hpc.burstbuffer.plugins.module_utils import gfapi, moun
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_copy as sc
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_errors as se
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_gfapi as sg
+from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_hardlinks as sh
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_plan as sp
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_progress as pr
 from ansible_collections.hpc.burstbuffer.plugins.module_utils import stage_rules as sr
@@ -954,9 +955,9 @@ GLUSTER_MOUNTS = [mount_entry("/", "ext4", "/dev/vda1"),
     ("in", True, "/mnt/bb/sub/x", None),   # another filesystem mounted inside the buffer
     ("in", True, "/mnt/bbother", None),    # a sibling whose name merely starts alike
     ("in", False, "/mnt/bb", None),        # asked not to
-    ("out", True, "/mnt/bb", None),        # stage-out reads the buffer through the mount
+    ("out", True, "/mnt/bb", ("127.1.1.1", "bbjob-42", "/mnt/bb")),  # stage-out reads small files so
 ])
-def test_gfapi_is_used_for_a_stage_in_to_a_glusterfs_mount_only(direction, use, root, target):
+def test_gfapi_is_used_for_a_stage_to_or_from_a_glusterfs_mount_only(direction, use, root, target):
     asked = sr.StageRequest(direction, "directory", "/pfs/in", root + "/in", root)
     assert sg.gfapi_target(asked, use, mountinfo=GLUSTER_MOUNTS) == target
 
@@ -982,12 +983,129 @@ def test_only_new_small_files_of_a_stage_in_take_the_gfapi_path():
     assert not sg.GfapiWriter.takes(plan._replace(temp="/mnt/bb/.a.tmp"))  # stage-out's temporary names
 
 
-def test_stage_out_has_no_gfapi_reason_and_a_stage_in_without_small_files_says_so():
-    plan = types.SimpleNamespace(files=[sp.FilePlan("/pfs/a", "/mnt/bb/a", sc.BLOCK + 1, False, None, False)])
+def test_a_stage_without_small_files_says_why_gfapi_was_not_needed(monkeypatch):
+    large = types.SimpleNamespace(files=[sp.FilePlan("/pfs/a", "/mnt/bb/a", sc.BLOCK + 1, False, None, False)])
     outward = sr.StageRequest("out", "directory", "/mnt/bb/out", "/pfs/out", "/mnt/bb")
     inward = sr.StageRequest("in", "directory", "/pfs/in", "/mnt/bb/in", "/mnt/bb")
-    assert sg.gfapi_writer(outward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, None)
-    assert sg.gfapi_writer(inward, plan, ("127.1.1.1", "v", "/mnt/bb"), False) == (None, sg.NO_SMALL_FILES)
+    target = ("127.1.1.1", "v", "/mnt/bb")
+    assert sg.gfapi_side(outward, large, target, False) == (None, sg.NO_SMALL_FILES)
+    assert sg.gfapi_side(inward, large, target, False) == (None, sg.NO_SMALL_FILES)
+    opened = []
+    monkeypatch.setattr(sg, "open_gfapi", lambda target, verify, root, side: opened.append((root, side)) or (None, "x"))
+    small_out = types.SimpleNamespace(files=[sp.FilePlan("/mnt/bb/a", "/pfs/a", 10, False, "/pfs/.a.tmp", False)])
+    small_in = types.SimpleNamespace(files=[sp.FilePlan("/pfs/a", "/mnt/bb/a", 10, False, None, False)])
+    sg.gfapi_side(outward, small_out, target, False, reads_from=1)
+    sg.gfapi_side(inward, small_in, target, False, reads_from=2)  # a stage-in writes whatever the count
+    assert opened == [("/mnt/bb", sg.GfapiReader), ("/mnt/bb", sg.GfapiWriter)]
+
+
+def test_a_stage_out_of_fewer_small_files_than_gfapi_reads_from_reads_through_the_mount_and_says_why(monkeypatch):
+    monkeypatch.setattr(sg, "open_gfapi", lambda *args: pytest.fail("gfapi opened for too few files"))
+    outward = sr.StageRequest("out", "directory", "/mnt/bb/out", "/pfs/out", "/mnt/bb")
+    plan = types.SimpleNamespace(files=[sp.FilePlan("/mnt/bb/%d" % i, "/pfs/%d" % i, 10, False, None, False)
+                                        for i in range(3)] + [sp.FilePlan("/mnt/bb/big", "/pfs/big",
+                                                                          sc.BLOCK + 1, False, None, False)])
+    assert sg.gfapi_side(outward, plan, ("127.1.1.1", "v", "/mnt/bb"), False, reads_from=4) == (
+        None, "3 file(s) of at most 1 MiB to read, fewer than 4: the mount reads them faster")
+    assert sg.GFAPI_READS_FROM == ce.GFAPI_READS_FROM > 10000  # the measured crossover, one definition
+
+
+def test_a_negative_gfapi_reads_from_is_refused(tmp_path):
+    with pytest.raises(se.StageError, match="gfapi_reads_from is -1: use 0 or more"):
+        ce.stage(request("out", "directory", str(tmp_path / "b"), str(tmp_path / "p"), str(tmp_path)),
+                 gfapi_reads_from=-1)
+
+
+def test_a_stage_out_reads_every_small_file_the_planner_found_whatever_its_destination_holds():
+    plan = sp.FilePlan("/mnt/bb/a", "/pfs/a", sc.BLOCK, True, "/pfs/.a.tmp", True)
+    assert sg.GfapiReader.takes(plan) and sg.GfapiReader.takes(plan._replace(replace=False, temp=None))
+    assert not sg.GfapiReader.takes(plan._replace(size=sc.BLOCK + 1))  # large: chunks via the mount
+    assert not sg.GfapiReader.takes_link(sh.HardLinkPlan("/bb/b", "/pfs/b", "/pfs/a", 1, (1, 2), False, None))
+
+
+class LocalReadVolume:
+    """Stands in for gfapi.Volume on a stage-out: reads the volume's files from a local directory, as
+    read_file does (regular files of the planned size only), and records what it was asked."""
+
+    def __init__(self, root, refuse=()):
+        self.root = root
+        self.refuse = set(refuse)
+        self.calls = []
+
+    def use_identity(self, uid, gid, groups):
+        self.calls.append(("identity", uid, gid))
+
+    def directory(self, path):
+        return self.root + path
+
+    def read_file(self, parent, name, size):
+        self.calls.append(("read", parent, name))
+        path = os.path.join(parent, name)
+        if name in self.refuse:
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), name)
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise gfapi.SourceChanged("no longer a regular file")
+        if info.st_size != size:
+            raise gfapi.SourceChanged(f"changed while staging ({info.st_size} bytes, {size} when planned); stage again")
+        with open(path, "rb") as handle:
+            data = handle.read()
+        return gfapi.FileInfo(info.st_mode, info.st_size, info.st_atime_ns, info.st_mtime_ns), data
+
+
+def test_a_stage_out_through_gfapi_writes_each_file_whole_under_its_temporary_name_then_renames_it(
+        tmp_path, monkeypatch):
+    buffer, pfs = tmp_path / "bb", tmp_path / "pfs"
+    (buffer / "out" / "deep").mkdir(parents=True)
+    pfs.mkdir()
+    for name, data, mode in (("a", b"alpha", 0o640), ("deep/b", b"", 0o600), ("deep/c", b"c" * sc.BLOCK, 0o2755),
+                             ("big", b"L" * (sc.BLOCK + 1), 0o644)):
+        path = buffer / "out" / name
+        path.write_bytes(data)
+        path.chmod(mode)
+        os.utime(path, ns=(OLD, OLD))
+    volume = LocalReadVolume(str(buffer))
+    renames = []
+    real_rename = os.rename
+    monkeypatch.setattr(sc.os, "rename", lambda a, b: renames.append((a, b)) or real_rename(a, b))
+    monkeypatch.setattr(sg, "open_gfapi", lambda target, verify, root, side: (side(volume, root, "/"), None))
+    result = ce.stage(request("out", "directory", str(buffer / "out"), str(pfs / "out"), str(buffer)),
+                      gfapi_via=("127.1.1.1", "v", str(buffer)), gfapi_reads_from=0)
+    assert (result["failed_files"], result["files"], result["gfapi_files"], result["gfapi_unused"]) == ([], 4, 3, None)
+    assert sorted(call[2] for call in volume.calls if call[0] == "read") == ["a", "b", "c"]  # "big": the mount
+    for name, mode in (("a", 0o640), ("deep/b", 0o600), ("deep/c", 0o2755), ("big", 0o644)):
+        copied, source = pfs / "out" / name, buffer / "out" / name
+        assert copied.read_bytes() == source.read_bytes(), name
+        assert (stat.S_IMODE(copied.stat().st_mode), copied.stat().st_mtime_ns) == (mode, OLD), name
+    assert sorted(b for _a, b in renames) == sorted(str(pfs / "out" / n) for n in ("a", "deep/b", "deep/c", "big"))
+    assert not [p for p in pfs.rglob("*") if p.name.endswith(sp.TEMP_SUFFIX)]
+
+
+def test_a_stage_out_file_gfapi_cannot_read_or_that_changed_fails_alone_and_leaves_no_temporary(
+        tmp_path, monkeypatch):
+    buffer, pfs = tmp_path / "bb", tmp_path / "pfs"
+    (buffer / "out").mkdir(parents=True)
+    pfs.mkdir()
+    for name in ("kept", "secret", "grew"):
+        (buffer / "out" / name).write_bytes(b"x" * 10)
+    volume = LocalReadVolume(str(buffer), refuse={"secret"})
+    monkeypatch.setattr(sg, "open_gfapi", lambda target, verify, root, side: (side(volume, root, "/"), None))
+    real_read = volume.read_file
+
+    def growing(parent, name, size):
+        if name == "grew":
+            (buffer / "out" / "grew").write_bytes(b"x" * 20)  # written to after it was planned
+        return real_read(parent, name, size)
+
+    volume.read_file = growing
+    result = ce.stage(request("out", "directory", str(buffer / "out"), str(pfs / "out"), str(buffer)),
+                      gfapi_via=("127.1.1.1", "v", str(buffer)), gfapi_reads_from=0)
+    failed = {f["path"]: f["reason"] for f in result["failed_files"]}
+    assert set(failed) == {str(buffer / "out" / "secret"), str(buffer / "out" / "grew")}
+    assert "cannot read" in failed[str(buffer / "out" / "secret")]
+    assert "Permission denied" in failed[str(buffer / "out" / "secret")]
+    assert failed[str(buffer / "out" / "grew")] == "changed while staging (20 bytes, 10 when planned); stage again"
+    assert sorted(p.name for p in (pfs / "out").iterdir()) == ["kept"]
 
 
 class RecordingVolume:

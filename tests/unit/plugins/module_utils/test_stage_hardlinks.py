@@ -306,7 +306,7 @@ class LocalVolume:
 
 def test_a_stage_in_through_gfapi_makes_its_new_links_there_too(linked, buffer, monkeypatch):
     volume = LocalVolume(str(buffer))
-    monkeypatch.setattr(sg, "open_gfapi", lambda target, verify, root: (sg.GfapiWriter(volume, root, "/"), None))
+    monkeypatch.setattr(sg, "open_gfapi", lambda target, verify, root, side: (sg.GfapiWriter(volume, root, "/"), None))
     result = stage("in", linked, buffer / "in", buffer, gfapi_via=("127.1.1.1", "v", str(buffer)))
     assert (result["failed_files"], result["hardlinks"], result["gfapi_files"]) == ([], 3, 2)
     assert groups_of(buffer / "in") == GROUPS
@@ -346,7 +346,7 @@ def test_the_names_of_one_inode_are_linked_one_after_another_and_inodes_in_paral
             (root / f"d{other}").mkdir(exist_ok=True)
             os.link(root / "d0" / f"f{index}", root / f"d{other}" / f"f{index}")
     volume = SlowLinks(str(buffer))
-    monkeypatch.setattr(sg, "open_gfapi", lambda target, verify, root: (sg.GfapiWriter(volume, root, "/"), None))
+    monkeypatch.setattr(sg, "open_gfapi", lambda target, verify, root, side: (sg.GfapiWriter(volume, root, "/"), None))
     result = stage("in", root, buffer / "in", buffer, workers=8, gfapi_via=("127.1.1.1", "v", str(buffer)))
     assert (result["failed_files"], result["hardlinks"]) == ([], 36)
     assert volume.overlaps == []

@@ -13,7 +13,8 @@ from ansible_collections.hpc.burstbuffer.plugins.modules import bb_stage
 def params(**overrides):
     base = {"direction": "in", "type": "directory", "source": "/pfs/in", "destination": "/bb/job1/in",
             "buffer_root": "/bb/job1", "uid": 1001, "gid": 1001, "workers": 32, "chunk_size": "64MiB",
-            "verify": False, "gfapi": True, "discard": False, "progress_file": None, "buffer_variables": {}}
+            "verify": False, "gfapi": True, "gfapi_reads_from": 100000, "discard": False, "progress_file": None,
+            "buffer_variables": {}}
     return {**base, **overrides}
 
 
@@ -61,16 +62,18 @@ def test_documented_options_match_the_argument_spec():
         assert documented[name].get("required", False) == spec.get("required", False), name
         assert documented[name].get("choices") == spec.get("choices"), name
     assert bb_stage.ARGUMENT_SPEC["workers"]["default"] == ce.DEFAULT_WORKERS
+    assert bb_stage.ARGUMENT_SPEC["gfapi_reads_from"]["default"] == ce.GFAPI_READS_FROM
 
 
 def test_stage_runs_as_the_job_user_with_parsed_options(engine):
-    outcome, error = bb_stage.run_stage(Module(), params(chunk_size="1GiB", workers=8, verify=True, gfapi=False))
+    outcome, error = bb_stage.run_stage(Module(), params(chunk_size="1GiB", workers=8, verify=True, gfapi=False,
+                                                         gfapi_reads_from=7))
     assert error is None and outcome == result()
     request, uid, gid, options = engine.calls[0]
     assert request == sr.StageRequest("in", "directory", "/pfs/in", "/bb/job1/in", "/bb/job1")
     assert (uid, gid) == (1001, 1001)
     assert (options["workers"], options["chunk_size"], options["verify"], options["dry_run"],
-            options["use_gfapi"]) == (8, 1024**3, True, False, False)
+            options["use_gfapi"], options["gfapi_reads_from"]) == (8, 1024**3, True, False, False, 7)
 
 
 def test_check_mode_is_a_dry_run(engine):
