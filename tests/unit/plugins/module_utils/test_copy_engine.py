@@ -1002,9 +1002,9 @@ def test_a_stage_without_small_files_says_why_gfapi_was_not_needed(monkeypatch):
 def test_a_stage_out_of_fewer_small_files_than_gfapi_reads_from_reads_through_the_mount_and_says_why(monkeypatch):
     monkeypatch.setattr(sg, "open_gfapi", lambda *args: pytest.fail("gfapi opened for too few files"))
     outward = sr.StageRequest("out", "directory", "/mnt/bb/out", "/pfs/out", "/mnt/bb")
-    plan = types.SimpleNamespace(files=[sp.FilePlan("/mnt/bb/%d" % i, "/pfs/%d" % i, 10, False, None, False)
-                                        for i in range(3)] + [sp.FilePlan("/mnt/bb/big", "/pfs/big",
-                                                                          sc.BLOCK + 1, False, None, False)])
+    small = [sp.FilePlan(f"/mnt/bb/{i}", f"/pfs/{i}", 10, False, None, False) for i in range(3)]
+    large = sp.FilePlan("/mnt/bb/big", "/pfs/big", sc.BLOCK + 1, False, None, False)
+    plan = types.SimpleNamespace(files=[*small, large])
     assert sg.gfapi_side(outward, plan, ("127.1.1.1", "v", "/mnt/bb"), False, reads_from=4) == (
         None, "3 file(s) of at most 1 MiB to read, fewer than 4: the mount reads them faster")
     assert sg.GFAPI_READS_FROM == ce.GFAPI_READS_FROM > 10000  # the measured crossover, one definition
