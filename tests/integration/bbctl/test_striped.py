@@ -53,7 +53,8 @@ EIO = "Input/output error"
 
 def full_or_known_eio(error: str) -> None:
     if EIO in error and not any(reason in error for reason in FULL):
-        pytest.xfail(f"a dispersed buffer filled to its exact limit answered EIO (a known limit, docs/OPERATOR_GUIDE.md "Buffer layouts"): {error}")
+        pytest.xfail(f"a dispersed buffer filled to its exact limit answered EIO (a known limit: "
+                     f"docs/OPERATOR_GUIDE.md, 'Buffer layouts'): {error}")
     assert any(reason in error for reason in FULL), error
 
 
