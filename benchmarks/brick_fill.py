@@ -156,7 +156,8 @@ def quorum_fill(bed: Bed, index: int, count: str | None, many: bool, quota: int)
         result = layouts.fill(bed, mount, many=many)
         bad = [] if result.hung else unreadable(mount)
         return {"files": "64 MiB files" if many else "one file", "share": result.written / quota,
-                "error": result.error, "stall_s": result.stall_s, "unreadable": bad}
+                "error": result.error, "stall_s": result.stall_s, "unreadable": bad,
+                "bricks": brick_used_mib(bed)}  # tells a file cut back (bricks full) from writes refused
     finally:
         sh("umount", "-l", mount, check=False)
         layouts.destroy(bed, volume, mount)
@@ -198,11 +199,12 @@ def render_quorum(rows: list[dict], losses: dict[str, str], quota_mib: int, star
              f"loop bricks mounted `{block_devices.BRICK_MOUNT_OPTIONS}`, quota {quota_mib} MiB (with the "
              f"role's quota timeouts), dd (4 MiB blocks, fsync) until the writer's error, then every file read "
              f"back; {layouts.machine()}.", "",
-             "| disperse.quorum-count | fill | written / quota | writer's error | files not readable |",
-             "| --- | --- | --- | --- | --- |"]
+             "| disperse.quorum-count | fill | written / quota | writer's error | files not readable "
+             "| bricks' used MiB |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         lines.append(f"| {row['quorum']} | {row['files']} | {row['share']:.1%} | {row['error']} | "
-                     f"{'; '.join(row['unreadable']) or 'none'} |")
+                     f"{'; '.join(row['unreadable']) or 'none'} | {' / '.join(map(str, row['bricks']))} |")
     lines += ["", "| disperse.quorum-count | a 256 MiB write while one brick process is killed |", "| --- | --- |"]
     lines += [f"| {name} | {seen} |" for name, seen in losses.items()]
     return lines
