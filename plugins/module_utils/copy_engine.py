@@ -149,7 +149,8 @@ def stage_as_user(request, uid, gid, workers=DEFAULT_WORKERS, chunk_size=DEFAULT
     ``report`` receives the worker's progress snapshots. ``use_gfapi``: a stage to or from a
     GlusterFS mount writes or reads small files through libgfapi (a stage-out reads through it
     only when it has at least ``gfapi_reads_from`` of them); only then does the worker keep the
-    one capability that needs.
+    one capability that needs (a stage-out's worker keeps it whenever the buffer is a GlusterFS
+    mount: how many small files it has is known only once it has planned, as the user).
 
     If a worker writing through libgfapi dies of a signal (a crash in the C library), the stage
     runs again through the mount (a stage is safe to run again: files land under temporary names
