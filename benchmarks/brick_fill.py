@@ -73,16 +73,32 @@ def brick_used_mib(bed: Bed) -> list[int]:
     return used
 
 
-def one_fill(bed: Bed, index: int, quota: int) -> dict:
-    volume, mount = f"fill{index}", layouts.WORK / f"mnt{index}"
-    layouts.create(bed, LAYOUT, volume, quota)
+@contextlib.contextmanager
+def scratch_volume(bed: Bed, volume: str, quota: int | None, extra: dict[str, str] | None = None) -> Iterator[Path]:
+    """LAYOUT as ``volume`` (quota in bytes or None, more options), mounted; gone afterwards."""
+    mount = layouts.WORK / f"mnt-{volume}"
+    layouts.create(bed, LAYOUT, volume, quota, extra=extra)
     try:
         layouts.mount_volume(bed, volume, mount)
-        result = layouts.fill(bed, mount, many=True)
-        return {"share": result.written / quota, "error": result.error, "bricks": brick_used_mib(bed)}
+        yield mount
     finally:
         sh("umount", "-l", mount, check=False)
         layouts.destroy(bed, volume, mount)
+
+
+def fill_and_read(bed: Bed, mount: Path, many: bool, space: int) -> dict:
+    """Fill ``mount`` (one file or 64 MiB files) and read every file back; the bricks' used MiB tell a
+    file cut back (bricks full) from writes refused."""
+    result = layouts.fill(bed, mount, many=many)
+    bad = [] if result.hung else unreadable(mount)
+    return {"files": "64 MiB files" if many else "one file", "share": result.written / space,
+            "error": result.error, "stall_s": result.stall_s, "unreadable": bad, "bricks": brick_used_mib(bed)}
+
+
+def one_fill(bed: Bed, index: int, quota: int) -> dict:
+    with scratch_volume(bed, f"fill{index}", quota) as mount:
+        result = layouts.fill(bed, mount, many=True)
+        return {"share": result.written / quota, "error": result.error, "bricks": brick_used_mib(bed)}
 
 
 def unreadable(mount) -> list[str]:
@@ -96,18 +112,8 @@ def unreadable(mount) -> list[str]:
 
 
 def fill_without_quota(bed: Bed, index: int, many: bool, space: int) -> dict:
-    volume, mount = f"noq{index}", layouts.WORK / f"mnt{index}"
-    layouts.create(bed, LAYOUT, volume, None)
-    try:
-        layouts.mount_volume(bed, volume, mount)
-        result = layouts.fill(bed, mount, many=many)
-        bad = [] if result.hung else unreadable(mount)
-        return {"files": "64 MiB files" if many else "one file", "share": result.written / space,
-                "error": result.error, "stall_s": result.stall_s, "unreadable": bad,
-                "bricks": brick_used_mib(bed)}
-    finally:
-        sh("umount", "-l", mount, check=False)
-        layouts.destroy(bed, volume, mount)
+    with scratch_volume(bed, f"noq{index}", None) as mount:
+        return fill_and_read(bed, mount, many, space)
 
 
 def render_without_quota(rows: list[dict], space: int, started: str) -> list[str]:
@@ -149,30 +155,15 @@ def quorum_options(count: str | None) -> dict[str, str]:
 
 def quorum_fill(bed: Bed, index: int, count: str | None, many: bool, quota: int) -> dict:
     """Fill a volume with quota ``quota`` and disperse.quorum-count ``count``; its error, unreadable files."""
-    volume, mount = f"quo{index}", layouts.WORK / f"mnt{index}"
-    layouts.create(bed, LAYOUT, volume, quota, extra=quorum_options(count))
-    try:
-        layouts.mount_volume(bed, volume, mount)
-        result = layouts.fill(bed, mount, many=many)
-        bad = [] if result.hung else unreadable(mount)
-        return {"files": "64 MiB files" if many else "one file", "share": result.written / quota,
-                "error": result.error, "stall_s": result.stall_s, "unreadable": bad,
-                "bricks": brick_used_mib(bed)}  # tells a file cut back (bricks full) from writes refused
-    finally:
-        sh("umount", "-l", mount, check=False)
-        layouts.destroy(bed, volume, mount)
+    with scratch_volume(bed, f"quo{index}", quota, quorum_options(count)) as mount:
+        return fill_and_read(bed, mount, many, quota)
 
 
 def quorum_brick_loss(bed: Bed, index: int, count: str | None, source: Path) -> str:
     """What a writer and a read-back see when one brick process dies mid-write (layouts.brick_killed)."""
-    volume, mount = f"qbl{index}", layouts.WORK / f"mnt{index}"
-    layouts.create(bed, LAYOUT, volume, None, extra=quorum_options(count))
-    try:
-        layouts.mount_volume(bed, volume, mount)
+    volume = f"qbl{index}"
+    with scratch_volume(bed, volume, None, quorum_options(count)) as mount:
         return layouts.brick_killed(bed, volume, mount, source)
-    finally:
-        sh("umount", "-l", mount, check=False)
-        layouts.destroy(bed, volume, mount)
 
 
 def quorum(args: argparse.Namespace) -> None:
