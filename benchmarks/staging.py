@@ -293,13 +293,15 @@ def rsync(source: Path, destination: Path) -> None:
 
 
 def bb_stage(buffer_root: Path, direction: str = "in", workers: int = copy_engine.DEFAULT_WORKERS,
-             chunk_size: int = DEFAULT_CHUNK_SIZE, use_gfapi: bool = True) -> Callable[[Path, Path], None]:
+             chunk_size: int = DEFAULT_CHUNK_SIZE, use_gfapi: bool = True,
+             gfapi_reads_from: int = copy_engine.GFAPI_READS_FROM) -> Callable[[Path, Path], None]:
     owner = pwd.getpwnam(USER)
 
     def run(source: Path, destination: Path) -> None:
         request = StageRequest(direction, "directory", str(source), str(destination), str(buffer_root))
         result = copy_engine.stage_as_user(request, owner.pw_uid, owner.pw_gid, workers=workers,
-                                           chunk_size=chunk_size, use_gfapi=use_gfapi)
+                                           chunk_size=chunk_size, use_gfapi=use_gfapi,
+                                           gfapi_reads_from=gfapi_reads_from)
         if result["failed_files"]:
             raise RuntimeError(f"bb_stage failed: {result['failed_files'][:3]}")
         if use_gfapi and direction == "in" and result["gfapi_unused"] not in (None, NO_SMALL_FILES):
@@ -318,6 +320,7 @@ def read_alone(source: Path, destination: Path) -> None:
 
 
 READ_ALONE = "reading alone: 32 x `cat`, nothing written"
+GFAPI_READS = "bb_stage, every small file read through libgfapi"
 
 
 def dd(source: Path, destination: Path) -> None:
@@ -559,7 +562,7 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
                 staged = vol.mount / f"staged-{kind}"
                 bb_stage(vol.mount)(sources[kind], staged)
                 extra = {DD: dd} if kind == "large" else {
-                    READ_ALONE: read_alone, "bb_stage (8 workers)": bb_stage(vol.mount, "out", workers=8)}
+                    READ_ALONE: read_alone, GFAPI_READS: bb_stage(vol.mount, "out", gfapi_reads_from=0)}
                 results[case] = bench.compare(f"({letter})", staged, {**out_tools, **extra}, out_rounds, inward=False)
                 if kind == "large":
                     dd_rates[case] = 256 * MiB / median(results[case].pop(DD).seconds) / 1e6

@@ -10,6 +10,7 @@ import ctypes
 import errno
 import os
 import pwd
+import re
 import signal
 import socket
 import stat
@@ -1253,6 +1254,67 @@ def test_a_file_whose_close_fails_is_removed_and_named():
         volume.create_file(0xD1, "f.txt", b"abc", 0o640, OLD, OLD)
     assert raised.value.filename == "f.txt"
     assert [c[0] for c in api.calls] == ["h_creat_open", "write", "close", "h_unlink", "h_close"]
+
+
+class ReadingApi(ClientApi):
+    """A volume holding one file: its lookup fills the stat, its anonymous reads come in pieces of at most
+    ``piece`` bytes from ``content`` (which may differ from the size the lookup reports)."""
+
+    def __init__(self, mode, size, content, piece=4, fail=None):
+        super().__init__(fail=fail)
+        self.mode, self.size, self.content, self.piece = mode, size, content, piece
+
+    def h_lookupat(self, fs, parent, raw, attributes, follow):
+        self.calls.append(("h_lookupat", raw, follow))
+        info = gfapi.Stat.from_address(attributes)
+        info.st_mode, info.st_size = self.mode, self.size
+        info.st_mtim.tv_sec, info.st_mtim.tv_nsec = 1_600_000_000, 5
+        return 0xF11E
+
+    def h_anonymous_read(self, fs, handle, start, count, offset):
+        self.calls.append(("h_anonymous_read", handle, count, offset))
+        if "h_anonymous_read" in self.fail:
+            ctypes.set_errno(self.fail["h_anonymous_read"])
+            return -1
+        piece = self.content[offset:offset + min(count, self.piece)]
+        ctypes.memmove(start, piece, len(piece))
+        return len(piece)
+
+
+def reading_volume(api):
+    volume = gfapi.Volume.__new__(gfapi.Volume)
+    volume.api, volume.fs, volume.name = api, 0xF5, "v"
+    return volume
+
+
+def test_a_file_is_read_whole_through_an_anonymous_fd_without_following_a_symlink_and_its_handle_closed():
+    api = ReadingApi(0o100640, 10, b"0123456789")
+    info, data = reading_volume(api).read_file(0xD1, "f.txt", 10)
+    assert data == b"0123456789"
+    assert (stat.S_IMODE(info.st_mode), info.st_size, info.st_mtime_ns) == (0o640, 10, 1_600_000_000 * 10**9 + 5)
+    assert api.calls[0] == ("h_lookupat", b"f.txt", 0)  # 0: a symlink is not followed
+    assert [c[3] for c in api.calls if c[0] == "h_anonymous_read"] == [0, 4, 8, 10]  # to one byte past the end
+    assert api.calls[-1] == ("h_close",) and not [c for c in api.calls if c[0] in ("h_open", "close")]
+
+
+@pytest.mark.parametrize(("mode", "size", "content", "said"), [
+    (0o120777, 10, b"", "no longer a regular file"),                       # a symlink put in its place
+    (0o100644, 12, b"0123456789ab", "changed while staging (12 bytes, 10 when planned)"),
+    (0o100644, 10, b"0123456789 and more", "changed while staging (11 bytes read, 10 when planned)"),
+    (0o100644, 10, b"01234", "changed while staging (5 bytes read, 10 when planned)"),
+])
+def test_a_file_that_is_no_longer_what_was_planned_is_refused_and_its_handle_closed(mode, size, content, said):
+    api = ReadingApi(mode, size, content)
+    with pytest.raises(gfapi.SourceChanged, match=re.escape(said)):
+        reading_volume(api).read_file(0xD1, "f.txt", 10)
+    assert api.calls[-1] == ("h_close",)
+
+
+def test_a_read_the_bricks_refuse_is_an_oserror_naming_the_file():
+    api = ReadingApi(0o100600, 10, b"0123456789", fail={"h_anonymous_read": errno.EACCES})
+    with pytest.raises(OSError, match="Permission denied") as raised:
+        reading_volume(api).read_file(0xD1, "secret", 10)
+    assert raised.value.filename == "secret" and api.calls[-1] == ("h_close",)
 
 
 # --- discard: what an interrupted stage-out left, removed before a teardown with hurry ------------
