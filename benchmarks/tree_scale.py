@@ -57,12 +57,14 @@ def as_user(*argv: object) -> list[str]:
     return ["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", *[str(a) for a in argv]]
 
 
-def engine(source: Path, destination: Path, workers: int, dry_run: bool = False, direction: str = "in") -> dict:
+def engine(source: Path, destination: Path, workers: int, dry_run: bool = False, direction: str = "in",
+           gfapi_reads_from: int = copy_engine.GFAPI_READS_FROM) -> dict:
     """The stage's result: seconds, plan_seconds, peak_rss_kib (the worker's), files, hardlinks."""
     owner = pwd.getpwnam(USER)
     buffer_root = destination.parent if direction == "in" else source.parent
     request = StageRequest(direction, "directory", str(source), str(destination), str(buffer_root))
-    result = copy_engine.stage_as_user(request, owner.pw_uid, owner.pw_gid, workers=workers, dry_run=dry_run)
+    result = copy_engine.stage_as_user(request, owner.pw_uid, owner.pw_gid, workers=workers, dry_run=dry_run,
+                                       gfapi_reads_from=gfapi_reads_from)
     if result["failed_files"]:
         raise RuntimeError(f"the engine failed: {result['failed_files'][:3]}")
     return result
@@ -72,8 +74,8 @@ def run_tool(tool: str, source: Path, destination: Path, workers: int, direction
     """{seconds, ...} of one copy of source to destination (which must not exist)."""
     subprocess.run(["sync"], check=True)
     start = time.monotonic()
-    if tool == "bb_stage":
-        result = engine(source, destination, workers, direction=direction)
+    if tool in READS_FROM:
+        result = engine(source, destination, workers, direction=direction, gfapi_reads_from=READS_FROM[tool])
         return {"seconds": time.monotonic() - start, "plan_seconds": result["plan_seconds"],
                 "peak_rss_kib": result["peak_rss_kib"]}
     argv = {"cp -a": ["cp", "-a", source, destination],
@@ -86,11 +88,15 @@ def warm(source: Path) -> None:
     subprocess.run(["tar", "-cf", "/dev/null", "-C", str(source), "."], check=True)  # reads everything
 
 
-TOOLS = ["bb_stage", "cp -a", "rsync -aH"]
+# the engine as it ships, and (a stage-out's contenders) with every small file read through the mount or
+# through libgfapi, whatever their count
+READS_FROM = {"bb_stage": copy_engine.GFAPI_READS_FROM, "bb_stage, mount reads": 2**62, "bb_stage, gfapi reads": 0}
+TOOLS = [*READS_FROM, "cp -a", "rsync -aH"]
+DEFAULT_TOOLS = ["bb_stage", "cp -a", "rsync -aH"]
 
 
 def measure(root: Path, files: int, rounds: int, workers: int, per_dir: int, sources: Path,
-            direction: str = "in", tools: list[str] = TOOLS) -> dict:
+            direction: str = "in", tools: list[str] = DEFAULT_TOOLS) -> dict:
     owner = pwd.getpwnam(USER)
     source = sources / f"src-{files}-{per_dir}"
     if not source.exists():
@@ -166,7 +172,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated sources")
     parser.add_argument("--gluster", choices=["distribute", "disperse"],
                         help="measure on a scratch GlusterFS volume of this layout made under --root")
-    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=TOOLS,
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=DEFAULT_TOOLS,
                         help="the tools to compare (bb_stage always runs)")
     parser.add_argument("--direction", choices=["in", "out"], default="in",
                         help="out: copy from --root (the buffer) to --source-root")
