@@ -123,8 +123,6 @@ class Api:
             self.get_volfile = _bind(lib, "glfs_get_volfile", ctypes.c_ssize_t, vp, vp, ctypes.c_size_t)
             self.h_lookupat = _bind(lib, "glfs_h_lookupat", vp, vp, vp, cp, vp, ci)
             self.h_creat = _bind(lib, "glfs_h_creat", vp, vp, vp, cp, ci, u32, vp)
-            self.h_anonymous_read = _bind(lib, "glfs_h_anonymous_read", ctypes.c_ssize_t, vp, vp, vp,
-                                          ctypes.c_size_t, ctypes.c_int64)
             self.h_anonymous_write = _bind(lib, "glfs_h_anonymous_write", ctypes.c_ssize_t, vp, vp, vp,
                                            ctypes.c_size_t, ctypes.c_long)
             self.h_setattrs = _bind(lib, "glfs_h_setattrs", ci, vp, vp, ctypes.POINTER(Stat), ci)
@@ -135,6 +133,8 @@ class Api:
             # open(2) with O_CREAT; a separate glfs_h_open of a 0444 file is refused (EACCES)
             self.h_creat_open = _bind(lib, "glfs_h_creat_open", vp, vp, vp, cp, ci, u32, vp, ctypes.POINTER(vp))
             self.write = _bind(lib, "glfs_write", ctypes.c_ssize_t, vp, vp, ctypes.c_size_t, ci)
+            self.h_open = _bind(lib, "glfs_h_open", vp, vp, vp, ci)
+            self.read = _bind(lib, "glfs_read", ctypes.c_ssize_t, vp, vp, ctypes.c_size_t, ci)
             self.close = _bind(lib, "glfs_close", ci, vp)
             self.setfsuid = _bind(lib, "glfs_setfsuid", ci, u32)
             self.setfsgid = _bind(lib, "glfs_setfsgid", ci, u32)
@@ -304,12 +304,13 @@ class Volume:
 
     def read_file(self, parent, name, size):
         """(FileInfo, bytes) of the regular file ``name`` in directory handle ``parent``, which must hold
-        ``size`` bytes: looked up without following a symlink and read whole through an anonymous fd
-        (no open and close: two brick calls where an open costs four; the brick's access-control
-        translator checks each read of a gfapi client against the caller's identity, as an open
-        through the mount is checked; the integration test reads a root-only file to show it).
-        Raises OSError when a call fails, SourceChanged when the file is no longer a regular file of
-        ``size`` bytes."""
+        ``size`` bytes: looked up without following a symlink, opened read-only (the brick checks the
+        caller's identity, as an open through the mount does) and read whole. Raises OSError when a call
+        fails, SourceChanged when the file is no longer a regular file of ``size`` bytes.
+
+        Never through an anonymous fd (glfs_h_anonymous_read, which would save the open and the
+        close): tried on GlusterFS 10.3 on 2026-12-08, the bricks let the job's user read a root-only
+        0600 file that way; only the open is checked (tests/integration/test_bb_stage.py)."""
         raw = name.encode("utf-8", "surrogateescape")
         handle, attributes = self._lookup(parent, raw, name)
         try:
@@ -318,18 +319,24 @@ class Volume:
             if attributes.st_size != size:
                 raise SourceChanged("changed while staging (%d bytes, %d when planned); stage again"
                                     % (attributes.st_size, size))
-            data = self._read_all(handle, size, name)
+            fd = self.api.h_open(self.fs, handle, os.O_RDONLY)
+            if not fd:
+                _raise(name=name)
+            try:
+                data = self._read_all(fd, size, name)
+            finally:
+                self.api.close(fd)
         finally:
             self.api.h_close(handle)
         return FileInfo(attributes.st_mode, size, _ns(attributes.st_atim), _ns(attributes.st_mtim)), data
 
-    def _read_all(self, handle, size, name):
-        """size bytes of the file ``handle``; one byte more is asked for, so a file that grew is seen."""
+    def _read_all(self, fd, size, name):
+        """size bytes from fd; one byte more is asked for, so a file that grew is seen."""
         buffer = ctypes.create_string_buffer(size + 1)
         start = ctypes.addressof(buffer)
         done = 0
         while done <= size:
-            got = self.api.h_anonymous_read(self.fs, handle, start + done, size + 1 - done, done)
+            got = self.api.read(fd, start + done, size + 1 - done, 0)
             if got < 0:
                 _raise(name=name)
             if got == 0:

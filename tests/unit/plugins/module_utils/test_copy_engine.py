@@ -1257,12 +1257,12 @@ def test_a_file_whose_close_fails_is_removed_and_named():
 
 
 class ReadingApi(ClientApi):
-    """A volume holding one file: its lookup fills the stat, its anonymous reads come in pieces of at most
-    ``piece`` bytes from ``content`` (which may differ from the size the lookup reports)."""
+    """A volume holding one file: its lookup fills the stat, its reads come in pieces of at most ``piece``
+    bytes from ``content`` (which may differ from the size the lookup reports)."""
 
     def __init__(self, mode, size, content, piece=4, fail=None):
         super().__init__(fail=fail)
-        self.mode, self.size, self.content, self.piece = mode, size, content, piece
+        self.mode, self.size, self.content, self.piece, self.offset = mode, size, content, piece, 0
 
     def h_lookupat(self, fs, parent, raw, attributes, follow):
         self.calls.append(("h_lookupat", raw, follow))
@@ -1271,13 +1271,18 @@ class ReadingApi(ClientApi):
         info.st_mtim.tv_sec, info.st_mtim.tv_nsec = 1_600_000_000, 5
         return 0xF11E
 
-    def h_anonymous_read(self, fs, handle, start, count, offset):
-        self.calls.append(("h_anonymous_read", handle, count, offset))
-        if "h_anonymous_read" in self.fail:
-            ctypes.set_errno(self.fail["h_anonymous_read"])
-            return -1
-        piece = self.content[offset:offset + min(count, self.piece)]
+    def h_open(self, fs, handle, flags):
+        self.calls.append(("h_open", handle, flags))
+        if "h_open" in self.fail:
+            ctypes.set_errno(self.fail["h_open"])
+            return None
+        return 0xFD
+
+    def read(self, fd, start, count, flags):
+        self.calls.append(("read", fd, count))
+        piece = self.content[self.offset:self.offset + min(count, self.piece)]
         ctypes.memmove(start, piece, len(piece))
+        self.offset += len(piece)
         return len(piece)
 
 
@@ -1287,14 +1292,15 @@ def reading_volume(api):
     return volume
 
 
-def test_a_file_is_read_whole_through_an_anonymous_fd_without_following_a_symlink_and_its_handle_closed():
+def test_a_file_is_opened_read_only_read_whole_without_following_a_symlink_and_closed():
     api = ReadingApi(0o100640, 10, b"0123456789")
     info, data = reading_volume(api).read_file(0xD1, "f.txt", 10)
     assert data == b"0123456789"
     assert (stat.S_IMODE(info.st_mode), info.st_size, info.st_mtime_ns) == (0o640, 10, 1_600_000_000 * 10**9 + 5)
     assert api.calls[0] == ("h_lookupat", b"f.txt", 0)  # 0: a symlink is not followed
-    assert [c[3] for c in api.calls if c[0] == "h_anonymous_read"] == [0, 4, 8, 10]  # to one byte past the end
-    assert api.calls[-1] == ("h_close",) and not [c for c in api.calls if c[0] in ("h_open", "close")]
+    assert ("h_open", 0xF11E, os.O_RDONLY) in api.calls  # the open is what the bricks check the user at
+    assert [c[2] for c in api.calls if c[0] == "read"] == [11, 7, 3, 1]  # to one byte past the end
+    assert api.calls[-2:] == [("close", 0xFD), ("h_close",)]
 
 
 @pytest.mark.parametrize(("mode", "size", "content", "said"), [
@@ -1310,11 +1316,12 @@ def test_a_file_that_is_no_longer_what_was_planned_is_refused_and_its_handle_clo
     assert api.calls[-1] == ("h_close",)
 
 
-def test_a_read_the_bricks_refuse_is_an_oserror_naming_the_file():
-    api = ReadingApi(0o100600, 10, b"0123456789", fail={"h_anonymous_read": errno.EACCES})
+def test_an_open_the_bricks_refuse_is_an_oserror_naming_the_file():
+    api = ReadingApi(0o100600, 10, b"0123456789", fail={"h_open": errno.EACCES})
     with pytest.raises(OSError, match="Permission denied") as raised:
         reading_volume(api).read_file(0xD1, "secret", 10)
     assert raised.value.filename == "secret" and api.calls[-1] == ("h_close",)
+    assert not [c for c in api.calls if c[0] == "read"]
 
 
 # --- discard: what an interrupted stage-out left, removed before a teardown with hurry ------------
