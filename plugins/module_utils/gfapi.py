@@ -310,7 +310,7 @@ class Volume:
 
         Never through an anonymous fd (glfs_h_anonymous_read, which would save the open and the
         close): tried on GlusterFS 10.3 on 2026-12-08, the bricks let the job's user read a root-only
-        0600 file that way; only the open is checked (tests/integration/test_bb_stage.py)."""
+        0600 file that way: the user is checked at the open (tests/integration/test_bb_stage.py)."""
         raw = name.encode("utf-8", "surrogateescape")
         handle, attributes = self._lookup(parent, raw, name)
         try:
