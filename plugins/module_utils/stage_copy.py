@@ -278,14 +278,19 @@ class Copier:
                           % (info.st_size, plan.size))
             return
         copy.info = info
-        access = os.O_RDWR if self.verify else os.O_WRONLY
+        self.create_target(copy, os.O_RDWR if self.verify else os.O_WRONLY)
+
+    def create_target(self, copy, access):
+        """Create the file a copy writes (the temporary name on stage-out) with the source's mode
+        (``copy.info``), sized at once when it comes in several chunks; ``copy.error`` says why not."""
+        plan = copy.plan
         replace = plan.replace_temp if plan.temp else plan.replace
         try:
-            copy.dst = create_file(copy.target, access, stat.S_IMODE(info.st_mode), replace)
-            if info.st_size > self.chunk_size:
-                os.ftruncate(copy.dst, info.st_size)
+            copy.dst = create_file(copy.target, access, stat.S_IMODE(copy.info.st_mode), replace)
+            if copy.info.st_size > self.chunk_size:
+                os.ftruncate(copy.dst, copy.info.st_size)
         except OSError as exc:
-            copy.error = "cannot write %s%s" % (written_as(copy.plan), as_user(exc))
+            copy.error = "cannot write %s%s" % (written_as(plan), as_user(exc))
 
     def copy_through_gfapi(self, copy):
         """A small file of a stage-in: read whole, then created, written and timed in one go."""
@@ -321,9 +326,9 @@ class Copier:
         except StageError as exc:
             copy.error = str(exc)
         else:
-            replace = plan.replace_temp if plan.temp else plan.replace
+            self.create_target(copy, os.O_WRONLY)
+        if copy.error is None:
             try:
-                copy.dst = create_file(copy.target, os.O_WRONLY, stat.S_IMODE(copy.info.st_mode), replace)
                 write_all(copy.dst, data)
             except OSError as exc:
                 copy.error = "cannot write %s%s" % (written_as(plan), as_user(exc))

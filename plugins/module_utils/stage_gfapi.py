@@ -153,8 +153,9 @@ def gfapi_side(request, plan, target, verify, reads_from=GFAPI_READS_FROM):
     return open_gfapi(target, verify, root, side)
 
 
-def open_gfapi(target, verify, buffer_root="/", side=None):
-    """(GfapiWriter, or ``side``, or None; why not): the mount stays in use whenever gfapi cannot be."""
+def open_gfapi(target, verify, buffer_root="/", side=GfapiWriter):
+    """(``side``: a GfapiWriter or GfapiReader, or None; why not): the mount stays in use whenever
+    gfapi cannot be."""
     if target is None:
         return None, "the buffer is not a GlusterFS mount, or gfapi is off"
     if verify:
@@ -162,6 +163,6 @@ def open_gfapi(target, verify, buffer_root="/", side=None):
     server, volume, mount_point = target
     root_in_volume = gfapi.volume_path(mount_point, os.path.realpath(buffer_root))
     try:
-        return (side or GfapiWriter)(gfapi.Volume(server, volume), buffer_root, root_in_volume), None
+        return side(gfapi.Volume(server, volume), buffer_root, root_in_volume), None
     except gfapi.GfapiError as exc:
         return None, str(exc)
